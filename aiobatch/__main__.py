@@ -1,0 +1,5 @@
+import sys
+
+from aiobatch.cli import main
+
+sys.exit(main())

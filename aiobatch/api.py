@@ -1,0 +1,175 @@
+"""The PyODPS-style facade: ``JobHandle``, task results and progress, over any backend.
+
+A backend is the in-process ``Runtime`` (and, later, a ``Client`` over the control socket);
+the handle only speaks the small ``Backend`` protocol, so it works the same over either.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+import msgspec
+
+from aiobatch.errors import JobFailed
+from aiobatch.events import Event
+from aiobatch.states import JOB_TERMINAL, JobState, coarse_status
+
+
+class InstanceResult(msgspec.Struct, frozen=True, kw_only=True):
+    index: int
+    status: str
+    reason: str | None = None
+    attempts: int = 0
+    exit_code: int | None = None
+    duration_s: float | None = None
+
+
+class TaskResult(msgspec.Struct, frozen=True, kw_only=True):
+    """A task's status, counts, and (when asked for) every instance."""
+
+    status: str
+    reason: str | None
+    total: int
+    done: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    instances: list[InstanceResult] | None = None
+    # Last lines of stderr of failed instances, by index (filled by get_task_result).
+    stderr_tails: dict[int, list[str]] | None = None
+
+    @property
+    def progress(self) -> TaskProgress:
+        return TaskProgress(name="", done=self.done, running=self.running, total=self.total)
+
+
+class JobSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """A job as ``aiobatch run --json`` prints it."""
+
+    id: str
+    name: str
+    status: str
+    reason: str | None
+    submitted_at: float
+    started_at: float | None
+    ended_at: float | None
+    tasks: dict[str, TaskResult]
+
+
+class JobSummary(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    name: str
+    status: str
+    reason: str | None
+    submitted_at: float
+    started_at: float | None
+    ended_at: float | None
+
+
+class TaskProgress(msgspec.Struct, frozen=True, kw_only=True):
+    """One task seen as a PyODPS stage: ``name:done/running/total[pct%]``."""
+
+    name: str
+    done: int
+    running: int
+    total: int
+
+    @property
+    def percent(self) -> int:
+        return math.floor(100 * self.done / self.total) if self.total else 100
+
+    def get_stage_progress_formatted_string(self) -> str:
+        return f"{self.name}:{self.done}/{self.running}/{self.total}[{self.percent}%]"
+
+
+class Backend(Protocol):
+    """What a ``JobHandle`` needs from a runtime or a client."""
+
+    def cached_status(self, job_id: str) -> JobState: ...
+    async def job_snapshot(self, job_id: str, *, instances: bool = False) -> JobSnapshot: ...
+    async def task_result(self, job_id: str, task: str) -> TaskResult: ...
+    async def wait_job(self, job_id: str) -> JobSnapshot: ...
+    async def suspend_job(self, job_id: str) -> bool: ...
+    async def resume_job(self, job_id: str) -> bool: ...
+    async def stop_job(self, job_id: str) -> None: ...
+    async def stop_instance(self, job_id: str, task: str, index: int) -> None: ...
+    def job_events(self, job_id: str) -> AsyncIterator[Event]: ...
+
+
+class JobHandle:
+    """A submitted job. Cheap to create; holds only the id and the backend."""
+
+    def __init__(self, backend: Backend, job_id: str, name: str, task_names: list[str]) -> None:
+        self._backend = backend
+        self.id = job_id
+        self.name = name
+        self._task_names = task_names
+
+    def __repr__(self) -> str:
+        return f"<JobHandle {self.id} {self.name!r} {self.status}>"
+
+    @property
+    def status(self) -> JobState:
+        """Fine-grained state, as last known to the backend (live for a Runtime)."""
+        return self._backend.cached_status(self.id)
+
+    @property
+    def coarse_status(self) -> str:
+        """``Running``, ``Suspended`` or ``Terminated``, as PyODPS reports an instance."""
+        return coarse_status(self.status)
+
+    async def get_status(self) -> JobState:
+        return JobState((await self._backend.job_snapshot(self.id)).status)
+
+    async def is_terminated(self) -> bool:
+        return await self.get_status() in JOB_TERMINAL
+
+    async def is_successful(self) -> bool:
+        return await self.get_status() is JobState.SUCCEEDED
+
+    async def wait_for_completion(self) -> JobSnapshot:
+        return await self._backend.wait_job(self.id)
+
+    async def wait_for_success(self) -> JobSnapshot:
+        """Wait for the end; raise ``JobFailed`` naming the failed tasks unless it SUCCEEDED."""
+        snapshot = await self.wait_for_completion()
+        if snapshot.status != JobState.SUCCEEDED:
+            failed = [name for name, task in snapshot.tasks.items() if task.status == "FAILED"]
+            raise JobFailed(self.id, snapshot.status, failed)
+        return snapshot
+
+    def get_task_names(self) -> list[str]:
+        return list(self._task_names)
+
+    async def get_task_result(self, name: str) -> TaskResult:
+        """Status, per-instance exit codes, attempts, durations, stderr tails of failures."""
+        return await self._backend.task_result(self.id, name)
+
+    async def get_task_results(self) -> dict[str, TaskResult]:
+        return {name: await self.get_task_result(name) for name in self._task_names}
+
+    async def get_task_progress(self, name: str) -> TaskProgress:
+        task = (await self._backend.job_snapshot(self.id)).tasks[name]
+        return TaskProgress(name=name, done=task.done, running=task.running, total=task.total)
+
+    async def snapshot(self, *, instances: bool = False) -> JobSnapshot:
+        return await self._backend.job_snapshot(self.id, instances=instances)
+
+    async def suspend(self) -> bool:
+        return await self._backend.suspend_job(self.id)
+
+    async def resume(self) -> bool:
+        return await self._backend.resume_job(self.id)
+
+    async def stop(self) -> None:
+        await self._backend.stop_job(self.id)
+
+    async def stop_instance(self, task: str, index: int) -> None:
+        await self._backend.stop_instance(self.id, task, index)
+
+    def events(self) -> AsyncIterator[Event]:
+        """Every state change of this job from now on, ending after its final state."""
+        return self._backend.job_events(self.id)

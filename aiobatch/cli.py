@@ -1,0 +1,168 @@
+"""The ``aiobatch`` command.
+
+Exit codes: 0 job SUCCEEDED; 1 job FAILED or CANCELLED; 2 invalid spec, config or usage;
+130 interrupted (the job is stopped cleanly first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import anyio
+import msgspec
+
+from aiobatch.api import JobHandle, JobSnapshot, TaskProgress
+from aiobatch.config import load_config
+from aiobatch.errors import ConfigError, SpecError
+from aiobatch.events import Event, InstanceStateChanged, TaskStateChanged
+from aiobatch.logging import configure_logging
+from aiobatch.model import TaskRec
+from aiobatch.progress import ProgressView
+from aiobatch.runtime import Runtime
+from aiobatch.spec import JobDef, json_schema, load_spec
+from aiobatch.states import JobState
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aiobatch", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run one job in this process and exit with its result")
+    run.add_argument("spec", type=Path, help="job spec (.yaml, .yml, .json or .toml)")
+    run.add_argument("--state-dir", type=Path, help="where state, logs and work dirs live")
+    run.add_argument("--config", type=Path, help="configuration file (TOML)")
+    run.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.add_argument("--verbose", action="store_true", help="log runtime events too")
+
+    validate = commands.add_parser("validate", help="check a job spec and list every problem")
+    validate.add_argument("spec", type=Path)
+    validate.add_argument("--config", type=Path, help="configuration file (TOML)")
+
+    commands.add_parser("schema", help="print the JSON Schema of the job spec")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``aiobatch`` console script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "schema":
+            sys.stdout.write(msgspec.json.format(msgspec.json.encode(json_schema())).decode())
+            sys.stdout.write("\n")
+            return EXIT_OK
+        if args.command == "validate":
+            return _validate(args)
+        return _run(args)
+    except (SpecError, ConfigError) as exc:
+        print(f"aiobatch: invalid input:\n{_indent(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _indent(text: str) -> str:
+    return "\n".join(f"  {line}" for line in text.splitlines())
+
+
+def _validate(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    defn = load_spec(args.spec, compute_envs=config.env_kinds(), templates=config.templates)
+    instances = sum(task.instances for task in defn.tasks)
+    print(f"{args.spec}: valid: job {defn.name!r}, {len(defn.tasks)} tasks, {instances} instances")
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    # The progress view already tells what the info log would; show warnings and worse.
+    configure_logging(config.logging.format, config.logging.level if args.verbose else "warning")
+    runtime = Runtime(args.state_dir, config=config)
+    defn = runtime.resolve(args.spec)  # bad input fails here, before any state is written
+    return anyio.run(_run_job, runtime, defn, args)
+
+
+async def _run_job(runtime: Runtime, defn: JobDef, args: argparse.Namespace) -> int:
+    interrupted = False
+
+    async def stop_on_signal(job: JobHandle) -> None:
+        nonlocal interrupted
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                interrupted = True
+                await job.stop()
+
+    async with runtime:
+        job = await runtime.submit(defn)
+        with _progress(runtime, job, enabled=not args.quiet):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(stop_on_signal, job)
+                await job.wait_for_completion()
+                tg.cancel_scope.cancel()
+        snapshot = await job.snapshot(instances=True)
+        if args.json:
+            sys.stdout.write(msgspec.json.encode(snapshot).decode() + "\n")
+        elif not args.quiet:
+            _print_summary(runtime, snapshot)
+    if interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if snapshot.status == JobState.SUCCEEDED else EXIT_FAILED
+
+
+def progress_of(task: TaskRec) -> TaskProgress:
+    return TaskProgress(name=task.name, done=task.done, running=task.active, total=task.total)
+
+
+@contextmanager
+def _progress(runtime: Runtime, job: JobHandle, *, enabled: bool) -> Iterator[None]:
+    """Show the job's progress on stderr while the context is open."""
+    if not enabled:
+        yield
+        return
+    records = runtime.engine.jobs[job.id].tasks
+    view = ProgressView(
+        {name: task.total for name, task in records.items()},
+        sys.stderr,
+        bars=sys.stderr.isatty(),
+    )
+
+    def show(event: Event) -> None:
+        if event.job_id != job.id:
+            return
+        progress = None
+        if isinstance(event, TaskStateChanged | InstanceStateChanged):
+            progress = progress_of(records[event.task])
+        view.update(event, progress)
+
+    view.start(
+        {
+            name: (task.state.value, runtime.engine.waiting_reason(task), progress_of(task))
+            for name, task in records.items()
+        }
+    )
+    unsubscribe = runtime.bus.subscribe(show)
+    try:
+        yield
+    finally:
+        unsubscribe()
+        view.close()
+
+
+def _print_summary(runtime: Runtime, snapshot: JobSnapshot) -> None:
+    took = (snapshot.ended_at or 0) - (snapshot.started_at or snapshot.submitted_at)
+    print(f"job {snapshot.id} ({snapshot.name}) {snapshot.status} in {took:.2f}s")
+    for name, task in snapshot.tasks.items():
+        progress = TaskProgress(name=name, done=task.done, running=task.running, total=task.total)
+        why = f" ({task.reason})" if task.reason else ""
+        print(f"  {progress.get_stage_progress_formatted_string()} {task.status}{why}")
+        for inst in task.instances or ():
+            if inst.status == "FAILED":
+                print(f"    [{inst.index}] attempts={inst.attempts} {inst.reason}")
+                log = runtime.layout.log_path(snapshot.id, name, inst.index, "stderr")
+                for line in Runtime.tail(log, 3):
+                    print(f"      | {line}")

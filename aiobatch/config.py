@@ -1,0 +1,123 @@
+"""The configuration file (TOML) and the defaults it falls back on."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+from msgspec import Struct
+
+from aiobatch.errors import ConfigError
+from aiobatch.spec import TemplateSpec, convert_at
+from aiobatch.units import parse_duration
+
+
+class ComputeEnvConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    kind: Literal["local", "docker"] = "local"
+    # Instances that may run at once in this env; default: CPUs for local, 4 for docker.
+    slots: int | None = None
+
+
+class LoggingConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    # auto: console renderer on a terminal, JSON lines otherwise (e.g. under systemd).
+    format: Literal["auto", "console", "json"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Config(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    state_dir: str | None = None
+    # Time a process gets between SIGTERM and SIGKILL on timeout or stop.
+    kill_grace: str | int | float = "10s"
+    compute_envs: dict[str, ComputeEnvConfig] = {}
+    templates: dict[str, TemplateSpec] = {}
+    logging: LoggingConfig = LoggingConfig()
+
+    @property
+    def kill_grace_s(self) -> float:
+        return parse_duration(self.kill_grace)
+
+    def env_slots(self) -> dict[str, int]:
+        return {name: env.slots or 1 for name, env in self.effective_envs().items()}
+
+    def effective_envs(self) -> dict[str, ComputeEnvConfig]:
+        """Configured envs plus the built-in ``local`` and ``docker`` ones, slots filled in."""
+        envs = {
+            "local": ComputeEnvConfig(kind="local"),
+            "docker": ComputeEnvConfig(kind="docker"),
+            **self.compute_envs,
+        }
+        return {name: _with_default_slots(env) for name, env in envs.items()}
+
+    def env_kinds(self) -> dict[str, str]:
+        return {name: env.kind for name, env in self.effective_envs().items()}
+
+
+def _with_default_slots(env: ComputeEnvConfig) -> ComputeEnvConfig:
+    if env.slots is not None:
+        return env
+    slots = (os.cpu_count() or 1) if env.kind == "local" else 4
+    return ComputeEnvConfig(kind=env.kind, slots=slots)
+
+
+def _validate(config: Config, where: str) -> None:
+    problems = []
+    for name, env in config.compute_envs.items():
+        if env.slots is not None and env.slots < 1:
+            problems.append(f"{where}: $.compute_envs.{name}.slots: must be at least 1")
+    try:
+        config.kill_grace_s  # noqa: B018 - parsed for its error
+    except ValueError as exc:
+        problems.append(f"{where}: $.kill_grace: {exc}")
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def _table(raw: dict[str, Any], key: str, errors: list[str]) -> dict[str, Any]:
+    value = raw.pop(key, {})
+    if not isinstance(value, dict):
+        errors.append(f"$.{key}: expected a table")
+        return {}
+    return value
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Read a TOML config file; ``None`` gives the defaults. Raises ConfigError."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        raw = msgspec.toml.decode(data)
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    # Tables of named entries are converted one by one so errors name the entry.
+    errors: list[str] = []
+    envs = {
+        name: convert_at(value, ComputeEnvConfig, f"$.compute_envs.{name}", errors)
+        for name, value in _table(raw, "compute_envs", errors).items()
+    }
+    templates = {
+        name: convert_at(value, TemplateSpec, f"$.templates.{name}", errors)
+        for name, value in _table(raw, "templates", errors).items()
+    }
+    config = convert_at(raw, Config, "$", errors)
+    if errors:
+        raise ConfigError("\n".join(f"{path}: {error}" for error in errors))
+    config = msgspec.structs.replace(config, compute_envs=envs, templates=templates)
+    assert isinstance(config, Config)
+    _validate(config, str(path))
+    return config
+
+
+def default_state_dir() -> Path:
+    """``$AIOBATCH_STATE_DIR``, else ``$XDG_STATE_HOME/aiobatch``, else ``~/.local/state/...``."""
+    if explicit := os.environ.get("AIOBATCH_STATE_DIR"):
+        return Path(explicit)
+    if xdg := os.environ.get("XDG_STATE_HOME"):
+        return Path(xdg) / "aiobatch"
+    return Path.home() / ".local" / "state" / "aiobatch"

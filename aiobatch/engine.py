@@ -1,0 +1,371 @@
+"""The pure core: applies state transitions to jobs, tasks and instances, and says what to do.
+
+The engine does no I/O and never awaits. Each method changes records through the transition
+tables, appends the resulting events to ``outbox`` and returns the instances the caller must
+start or stop. The runtime publishes the outbox on the bus and performs the effects; tests
+drive the engine directly.
+"""
+
+from __future__ import annotations
+
+import signal as signals
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiobatch import resolver
+from aiobatch.events import (
+    Event,
+    InstanceStateChanged,
+    JobStateChanged,
+    JobStopRequested,
+    TaskStateChanged,
+)
+from aiobatch.model import InstanceRec, JobRec, TaskRec
+from aiobatch.scheduler import Scheduler, can_dispatch
+from aiobatch.states import (
+    JOB_TERMINAL,
+    InstanceState,
+    JobState,
+    TaskState,
+    check_instance,
+    check_job,
+    check_task,
+)
+
+STOPPED_BY_USER = "stopped_by_user"
+RUNTIME_LOST = "runtime_lost"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one attempt ended, as an executor saw it."""
+
+    exit_code: int | None = None
+    signal: int | None = None
+    # Set when the attempt failed for a reason other than its exit status (timeout, hooks).
+    reason: str | None = None
+    duration_s: float | None = None
+
+    @property
+    def code(self) -> int | None:
+        """Exit code in the shell's convention: a signal N reads as 128 + N."""
+        if self.signal is not None:
+            return 128 + self.signal
+        return self.exit_code
+
+    @property
+    def succeeded(self) -> bool:
+        return self.reason is None and self.signal is None and self.exit_code == 0
+
+    def failure_reason(self) -> str:
+        if self.reason is not None:
+            return self.reason
+        if self.signal is not None:
+            try:
+                return f"signal: {signals.Signals(self.signal).name}"
+            except ValueError:
+                return f"signal: {self.signal}"
+        return f"exit_code: {self.exit_code}"
+
+
+def should_retry(task: TaskRec, attempt: int, outcome: Outcome) -> bool:
+    limit, codes = task.defn.retry_limit, task.defn.retry_exit_codes
+    if attempt > limit:
+        return False
+    if codes is None or outcome.reason == RUNTIME_LOST:
+        return True  # a lost runtime is not the program's failure: always worth another try
+    return outcome.code is not None and outcome.code in codes
+
+
+class Engine:
+    def __init__(self, slots: dict[str, int], clock: Callable[[], float] = time.time) -> None:
+        self.jobs: dict[str, JobRec] = {}
+        self.scheduler = Scheduler(slots)
+        self.outbox: list[Event] = []
+        self._clock = clock
+
+    # -- events -----------------------------------------------------------------------------
+
+    def _job_to(self, job: JobRec, state: JobState, reason: str | None) -> None:
+        job.state = check_job(job.state, state)
+        job.reason = reason
+        now = self._clock()
+        if state is JobState.RUNNING and job.started_at is None:
+            job.started_at = now
+        self.outbox.append(JobStateChanged(job_id=job.id, state=state, reason=reason, ts=now))
+
+    def _task_to(self, task: TaskRec, state: TaskState, reason: str | None = None) -> None:
+        task.state = check_task(task.state, state)
+        task.reason = reason
+        self.outbox.append(
+            TaskStateChanged(
+                job_id=task.job.id, task=task.name, state=state, reason=reason, ts=self._clock()
+            )
+        )
+
+    def _instance_to(
+        self, inst: InstanceRec, state: InstanceState, reason: str | None = None
+    ) -> None:
+        inst.state = check_instance(inst.state, state)
+        inst.reason = reason
+        self.outbox.append(
+            InstanceStateChanged(
+                job_id=inst.task.job.id,
+                task=inst.task.name,
+                index=inst.index,
+                attempt=inst.attempt,
+                state=state,
+                reason=reason,
+                ts=self._clock(),
+                exit_code=inst.exit_code,
+                signal=inst.signal,
+                pid=inst.pid,
+                started_at=inst.started_at,
+                duration_s=inst.duration_s,
+            )
+        )
+
+    def drain(self) -> list[Event]:
+        events, self.outbox = self.outbox, []
+        return events
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def add_job(self, job: JobRec) -> None:
+        """Take a stored job in (new or recovered) and start it if it has not started."""
+        self.jobs[job.id] = job
+        if job.state is JobState.SUBMITTED:
+            self._job_to(job, JobState.RUNNING, None)
+            for task in job.tasks.values():
+                if task.unmet == 0:
+                    self._task_to(task, TaskState.READY)
+        for task in job.tasks.values():
+            self.scheduler.offer(task)
+
+    def forget(self, job_id: str) -> None:
+        self.jobs.pop(job_id, None)
+
+    def suspend_job(self, job: JobRec) -> bool:
+        if job.state is not JobState.RUNNING or job.stopping is not None:
+            return False
+        self._job_to(job, JobState.SUSPENDED, "suspended_by_user")
+        return True
+
+    def resume_job(self, job: JobRec) -> bool:
+        if job.state is not JobState.SUSPENDED:
+            return False
+        self._job_to(job, JobState.RUNNING, None)
+        for task in job.tasks.values():
+            self.scheduler.offer(task)
+        return True
+
+    def stop_job(self, job: JobRec, reason: str = STOPPED_BY_USER) -> list[InstanceRec]:
+        """Wind a job down to CANCELLED; returns the active instances to stop."""
+        return self._wind_down(job, JobState.CANCELLED, reason)
+
+    def _wind_down(self, job: JobRec, final: JobState, reason: str) -> list[InstanceRec]:
+        if job.stopping is not None or job.state not in (JobState.RUNNING, JobState.SUSPENDED):
+            return []
+        job.stopping = (final, reason)
+        self.outbox.append(
+            JobStopRequested(job_id=job.id, state=final, reason=reason, ts=self._clock())
+        )
+        to_stop: list[InstanceRec] = []
+        for task in job.tasks.values():
+            if task.state not in (TaskState.READY, TaskState.RUNNING):
+                continue  # PENDING tasks are skipped when their upstream ends
+            while task.retry_queue:
+                waiting = task.retry_queue.popleft()
+                self._instance_to(waiting, InstanceState.CANCELLED, reason)
+                task.cancelled += 1
+            task.cancelled += task.fresh  # never started: no record, no event
+            task.fresh = 0
+            for inst in task.instances:
+                if inst is not None and inst.active:
+                    inst.stop_reason = reason
+                    to_stop.append(inst)
+        for task in list(job.tasks.values()):
+            self._maybe_finish_task(task)
+        return to_stop
+
+    def _maybe_finish_job(self, job: JobRec) -> None:
+        if job.unfinished_tasks or job.state in JOB_TERMINAL:
+            return
+        if job.stopping is not None:
+            final, reason = job.stopping
+        else:
+            final, reason = JobState.SUCCEEDED, None
+            for task in job.tasks.values():
+                if task.state is TaskState.FAILED:
+                    final, reason = JobState.FAILED, f"task_failed: {task.name}"
+                    break
+                if task.state is not TaskState.SUCCEEDED and final is JobState.SUCCEEDED:
+                    final, reason = JobState.CANCELLED, f"task_{task.state.lower()}: {task.name}"
+        job.stopping = None
+        job.ended_at = self._clock()
+        self._job_to(job, final, reason)
+
+    # -- tasks ------------------------------------------------------------------------------
+
+    def _maybe_finish_task(self, task: TaskRec) -> None:
+        if task.state not in (TaskState.READY, TaskState.RUNNING):
+            return
+        if task.active or task.pending:
+            return
+        if task.failed:
+            state = TaskState.FAILED
+            failed = (i for i in task.instances if i and i.state is InstanceState.FAILED)
+            reason = next((i.reason for i in failed), None)
+        elif task.cancelled:
+            stopping = task.job.stopping
+            state, reason = TaskState.CANCELLED, stopping[1] if stopping else STOPPED_BY_USER
+        else:
+            state, reason = TaskState.SUCCEEDED, None
+        self._task_to(task, state, reason)
+        self._after_task_finished(task)
+
+    def _after_task_finished(self, task: TaskRec) -> None:
+        job = task.job
+        job.unfinished_tasks -= 1
+        ready, skipped = resolver.after_task_finished(task)
+        if skipped:
+            reason = resolver.upstream_reason(task)
+            for dependent in skipped:
+                self._task_to(dependent, TaskState.SKIPPED, reason)
+                job.unfinished_tasks -= 1
+        for dependent in ready:
+            if job.stopping is not None:
+                # Its upstream succeeded but the job is winding down: it never starts.
+                self._task_to(dependent, TaskState.CANCELLED, job.stopping[1])
+                dependent.cancelled, dependent.fresh = dependent.fresh, 0
+                self._after_task_finished(dependent)
+            else:
+                self._task_to(dependent, TaskState.READY)
+                self.scheduler.offer(dependent)
+        self._maybe_finish_job(job)
+
+    # -- instances --------------------------------------------------------------------------
+
+    def dispatch(self) -> list[InstanceRec]:
+        """Start as many instances as free slots allow: each goes PENDING -> STAGING."""
+        started: list[InstanceRec] = []
+        for env in self.scheduler.slots:
+            while (task := self.scheduler.pick(env)) is not None:
+                inst = task.retry_queue.popleft() if task.retry_queue else task.take_fresh()
+                inst.stop_reason = None
+                inst.exit_code = inst.signal = inst.pid = inst.duration_s = inst.started_at = None
+                task.active += 1
+                if task.state is TaskState.READY:
+                    self._task_to(task, TaskState.RUNNING)
+                self._instance_to(inst, InstanceState.STAGING)
+                started.append(inst)
+        return started
+
+    def instance_running(self, inst: InstanceRec, pid: int | None) -> None:
+        inst.pid = pid
+        inst.started_at = self._clock()
+        self._instance_to(inst, InstanceState.RUNNING)
+
+    def instance_exited(self, inst: InstanceRec, outcome: Outcome) -> None:
+        """The program ended; the after-exit hooks (uploads) run next."""
+        inst.exit_code, inst.signal = outcome.exit_code, outcome.signal
+        inst.duration_s = outcome.duration_s
+        self._instance_to(inst, InstanceState.UPLOADING)
+
+    def instance_finished(self, inst: InstanceRec, outcome: Outcome) -> list[InstanceRec]:
+        """Settle an attempt: success, retry, failure or cancellation; returns instances to stop."""
+        task, job = inst.task, inst.task.job
+        inst.exit_code, inst.signal = outcome.exit_code, outcome.signal
+        if outcome.duration_s is not None:
+            inst.duration_s = outcome.duration_s
+        inst.ended_at = self._clock()
+        task.active -= 1
+        self.scheduler.release(task.defn.compute_env)
+        to_stop: list[InstanceRec] = []
+        if inst.stop_reason is not None:
+            self._instance_to(inst, InstanceState.CANCELLED, inst.stop_reason)
+            task.cancelled += 1
+        elif outcome.succeeded:
+            self._instance_to(inst, InstanceState.SUCCEEDED)
+            task.succeeded += 1
+        elif job.stopping is None and should_retry(task, inst.attempt, outcome):
+            inst.attempt += 1  # the row of a waiting instance names the attempt it waits to make
+            self._instance_to(inst, InstanceState.PENDING, outcome.failure_reason())
+            task.retry_queue.append(inst)
+        else:
+            reason = outcome.failure_reason()
+            self._instance_to(inst, InstanceState.FAILED, reason)
+            task.failed += 1
+            if task.defn.on_failure == "fail_job":
+                to_stop = self._wind_down(job, JobState.FAILED, f"task_failed: {task.name}")
+        self._maybe_finish_task(task)
+        if can_dispatch(task):
+            self.scheduler.offer(task)
+        return to_stop
+
+    def instance_interrupted(self, inst: InstanceRec) -> None:
+        """The runtime is shutting down mid-attempt: back to PENDING, the attempt not counted."""
+        if not inst.active:
+            return
+        task = inst.task
+        task.active -= 1
+        self.scheduler.release(task.defn.compute_env)
+        self._instance_to(inst, InstanceState.PENDING, "interrupted")
+        task.retry_queue.appendleft(inst)
+
+    def stop_instance(self, task: TaskRec, index: int) -> InstanceRec | None:
+        """Stop one instance. Returns it if it is active (the caller stops it), else None."""
+        inst = task.record(index) if task.instances[index] is None else task.instances[index]
+        assert inst is not None
+        if inst.active:
+            inst.stop_reason = STOPPED_BY_USER
+            return inst
+        if inst.state is InstanceState.PENDING:
+            if inst in task.retry_queue:
+                task.retry_queue.remove(inst)
+            self._instance_to(inst, InstanceState.CANCELLED, STOPPED_BY_USER)
+            task.cancelled += 1
+            self._maybe_finish_task(task)
+        return None
+
+    def recover_job(self, job: JobRec, lost: list[InstanceRec]) -> list[InstanceRec]:
+        """Take in a job loaded after a crash; ``lost`` were active when the runtime died.
+
+        Each lost instance is a failed attempt (reason ``runtime_lost``) under the retry policy.
+        Then any step the crash interrupted is completed: ready, skipped and finished tasks.
+        """
+        self.jobs[job.id] = job
+        stopping, job.stopping = job.stopping, None
+        to_stop: list[InstanceRec] = []
+        for inst in lost:
+            inst.task.active += 1
+            self.scheduler.used[inst.task.defn.compute_env] += 1
+            to_stop += self.instance_finished(inst, Outcome(reason=RUNTIME_LOST))
+        if stopping is not None:
+            to_stop += self._wind_down(job, *stopping)
+        for task in list(job.tasks.values()):
+            if task.state is TaskState.PENDING and task.unmet == 0 and job.stopping is None:
+                self._task_to(task, TaskState.READY)
+            self._maybe_finish_task(task)
+            self.scheduler.offer(task)
+        self._maybe_finish_job(job)
+        return to_stop
+
+    # -- reasons ----------------------------------------------------------------------------
+
+    def waiting_reason(self, task: TaskRec) -> str | None:
+        """Why a task is not done yet, or why it ended; derived, so always current."""
+        state = task.state
+        if state is TaskState.PENDING:
+            waiting = resolver.waiting_for(task)
+            return f"waiting_for: {', '.join(waiting)}" if waiting else None
+        if state in (TaskState.READY, TaskState.RUNNING) and task.pending:
+            limit = task.defn.max_parallel
+            if task.job.state is JobState.SUSPENDED:
+                return "job_suspended"
+            if limit is not None and task.active >= limit:
+                return "max_parallel"
+            if not self.scheduler.has_free_slot(task.defn.compute_env):
+                return f"no_free_slot: {task.defn.compute_env}"
+        return task.reason

@@ -1,0 +1,58 @@
+"""One error root for the package; each subclass also inherits the builtin it resembles."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class AiobatchError(Exception):
+    """Root of every error aiobatch raises on purpose."""
+
+
+class SpecError(AiobatchError, ValueError):
+    """A job spec is invalid. ``errors`` holds every problem, each prefixed by its field path."""
+
+    def __init__(self, errors: Sequence[str]) -> None:
+        self.errors = tuple(errors)
+        super().__init__("\n".join(self.errors))
+
+
+class ConfigError(AiobatchError, ValueError):
+    """The configuration file is invalid."""
+
+
+class InvalidTransition(AiobatchError, RuntimeError):
+    """A state change that the transition table forbids."""
+
+    def __init__(self, kind: str, old: str, new: str) -> None:
+        self.kind, self.old, self.new = kind, old, new
+        super().__init__(f"illegal {kind} transition {old} -> {new}")
+
+
+class JobNotFound(AiobatchError, LookupError):
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"no job with id {job_id!r}")
+
+
+class TaskNotFound(AiobatchError, LookupError):
+    def __init__(self, job_id: str, task: str) -> None:
+        super().__init__(f"job {job_id!r} has no task {task!r}")
+
+
+class InstanceNotFound(AiobatchError, LookupError):
+    def __init__(self, job_id: str, task: str, index: int) -> None:
+        super().__init__(f"task {task!r} of job {job_id!r} has no instance {index}")
+
+
+class JobFailed(AiobatchError):
+    """Raised by ``wait_for_success`` when a job ends in any state but SUCCEEDED."""
+
+    def __init__(self, job_id: str, status: str, failed_tasks: Sequence[str]) -> None:
+        self.job_id, self.status, self.failed_tasks = job_id, status, tuple(failed_tasks)
+        names = ", ".join(self.failed_tasks) or "none"
+        super().__init__(f"job {job_id} ended {status}; failed tasks: {names}")
+
+
+class RuntimeClosed(AiobatchError, RuntimeError):
+    """The runtime is not open (or is shutting down) and takes no new work."""

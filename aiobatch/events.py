@@ -1,0 +1,105 @@
+"""Events (frozen, tagged msgspec structs) and the in-process bus that carries them.
+
+There is one event type per kind of entity; its ``state`` says what happened. That keeps the
+store, the watchers and the wire format uniform: a consumer switches on the tag, not on
+dozens of classes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import anyio
+import msgspec
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+
+class JobSubmitted(msgspec.Struct, frozen=True, tag=True, kw_only=True):
+    job_id: str
+    name: str
+    ts: float
+
+
+class JobStateChanged(msgspec.Struct, frozen=True, tag=True, kw_only=True):
+    job_id: str
+    state: str
+    reason: str | None
+    ts: float
+
+
+class JobStopRequested(msgspec.Struct, frozen=True, tag=True, kw_only=True):
+    """The job winds down: no new instance starts, active ones are stopped, then ``state``."""
+
+    job_id: str
+    state: str
+    reason: str
+    ts: float
+
+
+class TaskStateChanged(msgspec.Struct, frozen=True, tag=True, kw_only=True):
+    job_id: str
+    task: str
+    state: str
+    reason: str | None
+    ts: float
+
+
+class InstanceStateChanged(msgspec.Struct, frozen=True, tag=True, kw_only=True, omit_defaults=True):
+    job_id: str
+    task: str
+    index: int
+    attempt: int
+    state: str
+    reason: str | None
+    ts: float
+    exit_code: int | None = None
+    signal: int | None = None
+    pid: int | None = None
+    started_at: float | None = None
+    duration_s: float | None = None
+
+
+Event = JobSubmitted | JobStateChanged | JobStopRequested | TaskStateChanged | InstanceStateChanged
+Subscriber = Callable[[Event], None]
+
+event_encoder = msgspec.json.Encoder()
+event_decoder = msgspec.json.Decoder(Event)
+
+
+class Bus:
+    """Synchronous fan-out to subscribers, plus async streams for watchers.
+
+    Subscribers run inline in ``publish`` and must not block: the store buffers, waiters set
+    flags, streams enqueue. Publishing is therefore cheap enough for every state change.
+    """
+
+    def __init__(self) -> None:
+        self._subscribers: list[Subscriber] = []
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        self._subscribers.append(subscriber)
+        return lambda: self._subscribers.remove(subscriber)
+
+    def publish(self, event: Event) -> None:
+        for subscriber in self._subscribers:
+            subscriber(event)
+
+    @contextmanager
+    def stream(self, job_id: str | None = None) -> Iterator[MemoryObjectReceiveStream[Event]]:
+        """A receive stream of every event (of one job, if given) while the context is open."""
+        send: MemoryObjectSendStream[Event]
+        send, receive = anyio.create_memory_object_stream[Event](math.inf)
+
+        def forward(event: Event) -> None:
+            if job_id is None or event.job_id == job_id:
+                send.send_nowait(event)
+
+        unsubscribe = self.subscribe(forward)
+        try:
+            with receive:
+                yield receive
+        finally:
+            unsubscribe()
+            send.close()

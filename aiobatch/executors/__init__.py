@@ -1,0 +1,1 @@
+"""Executors run one attempt of an instance: ``local`` processes (and, later, containers)."""

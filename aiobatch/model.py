@@ -1,0 +1,179 @@
+"""In-memory records of jobs, tasks and instances, kept small for jobs of 100,000 instances.
+
+An instance that never left PENDING has no record: its task counts it (``fresh``) and its
+state is derived. Records appear at first dispatch, or when recovery or a stop needs one.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING
+
+from aiobatch.spec import JobDef, TaskDef
+from aiobatch.states import (
+    INSTANCE_ACTIVE,
+    InstanceState,
+    JobState,
+    TaskState,
+)
+
+if TYPE_CHECKING:
+    from aiobatch.executors.base import AttemptControl
+
+
+class InstanceRec:
+    __slots__ = (
+        "attempt",
+        "control",
+        "duration_s",
+        "ended_at",
+        "exit_code",
+        "index",
+        "pid",
+        "reason",
+        "signal",
+        "started_at",
+        "state",
+        "stop_reason",
+        "task",
+    )
+
+    def __init__(self, task: TaskRec, index: int) -> None:
+        self.task = task
+        self.index = index
+        self.state = InstanceState.PENDING
+        self.reason: str | None = None
+        self.attempt = 1
+        self.exit_code: int | None = None
+        self.signal: int | None = None
+        self.pid: int | None = None
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
+        self.duration_s: float | None = None
+        # Set while the instance is active: how the runtime stops this attempt.
+        self.control: AttemptControl | None = None
+        self.stop_reason: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state in INSTANCE_ACTIVE
+
+    def __repr__(self) -> str:
+        return f"<Instance {self.task.job.id}/{self.task.name}[{self.index}] {self.state}>"
+
+
+class TaskRec:
+    __slots__ = (
+        "active",
+        "cancelled",
+        "defn",
+        "dependents",
+        "failed",
+        "fresh",
+        "instances",
+        "job",
+        "name",
+        "next_fresh",
+        "queued",
+        "reason",
+        "retry_queue",
+        "seq",
+        "state",
+        "succeeded",
+        "unmet",
+    )
+
+    def __init__(self, job: JobRec, defn: TaskDef, seq: int) -> None:
+        self.job = job
+        self.defn = defn
+        self.name = defn.name
+        self.seq = seq
+        self.state = TaskState.PENDING
+        self.reason: str | None = None
+        self.unmet = len(set(defn.depends_on))
+        self.dependents: list[TaskRec] = []
+        # One slot per index; None until the instance first needs a record.
+        self.instances: list[InstanceRec | None] = [None] * defn.instances
+        self.fresh = defn.instances  # never dispatched, no record
+        self.next_fresh = 0  # lowest index that may still be fresh
+        self.retry_queue: deque[InstanceRec] = deque()
+        self.active = 0
+        self.succeeded = 0
+        self.failed = 0
+        self.cancelled = 0
+        self.queued = False  # in the scheduler's heap
+
+    @property
+    def pending(self) -> int:
+        return self.fresh + len(self.retry_queue)
+
+    @property
+    def total(self) -> int:
+        return self.defn.instances
+
+    @property
+    def done(self) -> int:
+        return self.succeeded + self.failed + self.cancelled
+
+    def take_fresh(self) -> InstanceRec:
+        """Create the record of the lowest fresh index."""
+        while self.instances[self.next_fresh] is not None:
+            self.next_fresh += 1
+        inst = InstanceRec(self, self.next_fresh)
+        self.instances[self.next_fresh] = inst
+        self.fresh -= 1
+        return inst
+
+    def record(self, index: int) -> InstanceRec:
+        """The record of ``index``, created (and no longer fresh) if it had none."""
+        inst = self.instances[index]
+        if inst is None:
+            inst = InstanceRec(self, index)
+            self.instances[index] = inst
+            self.fresh -= 1
+        return inst
+
+    def __repr__(self) -> str:
+        return f"<Task {self.job.id}/{self.name} {self.state}>"
+
+
+class JobRec:
+    __slots__ = (
+        "defn",
+        "ended_at",
+        "id",
+        "reason",
+        "seq",
+        "started_at",
+        "state",
+        "stopping",
+        "submitted_at",
+        "tasks",
+        "unfinished_tasks",
+    )
+
+    def __init__(self, job_id: str, defn: JobDef, seq: int, submitted_at: float) -> None:
+        self.id = job_id
+        self.defn = defn
+        self.seq = seq
+        self.state = JobState.SUBMITTED
+        self.reason: str | None = None
+        self.submitted_at = submitted_at
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
+        # Set once the job must wind down: its final state and the reason.
+        self.stopping: tuple[JobState, str] | None = None
+        self.tasks: dict[str, TaskRec] = {}
+        for seq_in_job, task_def in enumerate(defn.tasks):
+            self.tasks[task_def.name] = TaskRec(self, task_def, seq_in_job)
+        for task in self.tasks.values():
+            for dep in set(task.defn.depends_on):
+                self.tasks[dep].dependents.append(task)
+        self.unfinished_tasks = len(self.tasks)
+
+    @property
+    def priority(self) -> int:
+        return self.defn.priority
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self.defn.name} {self.state}>"

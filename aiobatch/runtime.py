@@ -1,0 +1,454 @@
+"""``Runtime``: wires store, bus, engine and executors under one task group.
+
+The async shell around the pure engine: every engine call is followed by ``_pump``, which
+publishes the engine's events on the bus, stops what the engine says to stop, and starts
+the instances it dispatched.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import msgspec
+import structlog
+from anyio.abc import TaskGroup
+
+from aiobatch.api import (
+    InstanceResult,
+    JobHandle,
+    JobSnapshot,
+    JobSummary,
+    TaskResult,
+)
+from aiobatch.config import Config, default_state_dir, load_config
+from aiobatch.engine import Engine, Outcome
+from aiobatch.errors import (
+    InstanceNotFound,
+    JobNotFound,
+    RuntimeClosed,
+    SpecError,
+    TaskNotFound,
+)
+from aiobatch.events import Bus, Event, JobStateChanged
+from aiobatch.executors.base import AttemptControl, Executor, InstanceContext
+from aiobatch.executors.local import LocalExecutor, kill_orphan
+from aiobatch.layout import StateLayout
+from aiobatch.model import InstanceRec, JobRec, TaskRec
+from aiobatch.recovery import restore_job
+from aiobatch.spec import JobDef, JobSpec, load_spec
+from aiobatch.states import JOB_TERMINAL, InstanceState, JobState, TaskState
+from aiobatch.store import Store
+
+log = structlog.get_logger("aiobatch.runtime")
+
+SpecSource = str | Path | JobSpec | JobDef | Mapping[str, Any]
+STDERR_TAIL_LINES = 10
+
+
+def new_job_id() -> str:
+    """Sortable and readable: UTC time to the second, then 24 random bits."""
+    return datetime.now(UTC).strftime("%Y%m%d%H%M%S") + secrets.token_hex(3)
+
+
+class Runtime:
+    """Runs jobs in this process. Use as ``async with Runtime(state_dir=...) as rt:``."""
+
+    def __init__(
+        self,
+        state_dir: str | Path | None = None,
+        *,
+        config: Config | str | Path | None = None,
+        executors: Mapping[str, Executor] | None = None,
+    ) -> None:
+        self.config = config if isinstance(config, Config) else load_config(config)
+        root = state_dir or self.config.state_dir or default_state_dir()
+        self.layout = StateLayout(Path(root).expanduser())
+        self.bus = Bus()
+        self.store = Store(self.layout.database)
+        self.engine = Engine(self.config.env_slots())
+        self._env_kinds = self.config.env_kinds()
+        # Executors by compute env kind.
+        self.executors: dict[str, Executor] = {"local": LocalExecutor(), **(executors or {})}
+        self._stack: AsyncExitStack | None = None
+        self._instances: TaskGroup | None = None
+        self._closing = False
+        self._job_done: dict[str, anyio.Event] = {}
+        # Jobs of earlier runs, loaded on demand for queries; they never run here.
+        self._archive: dict[str, JobRec] = {}
+        self._next_seq = 1
+        self._kill_grace = self.config.kill_grace_s
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            self.layout.root.mkdir(parents=True, exist_ok=True)
+            await self.store.open()
+            stack.push_async_callback(self.store.close)
+            writer = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(writer.cancel_scope.cancel)
+            self.bus.subscribe(self.store.on_event)
+            self.bus.subscribe(self._on_event)
+            await writer.start(self.store.run)
+            stack.push_async_callback(self.store.flush)
+            self._instances = await stack.enter_async_context(anyio.create_task_group())
+            stack.push_async_callback(self._shut_down)
+            self._next_seq = await self.store.next_job_seq()
+            await self._recover()
+        except BaseException:
+            await stack.__aexit__(None, None, None)
+            raise
+        self._stack = stack
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        stack, self._stack = self._stack, None
+        assert stack is not None
+        return await stack.__aexit__(exc_type, exc, tb)
+
+    async def _shut_down(self) -> None:
+        """Stop dispatching; interrupt running attempts (they go back to PENDING)."""
+        self._closing = True
+        if self._instances is not None:
+            self._instances.cancel_scope.cancel()
+
+    async def _recover(self) -> None:
+        for job_id in await self.store.unfinished_job_ids():
+            job, lost = await self._load(job_id)
+            for inst in lost:
+                if inst.pid is not None:
+                    kill_orphan(inst.pid, job.id, inst.task.name, inst.index)
+            if lost:
+                log.warning("instances_lost", job_id=job_id, count=len(lost))
+            self._pump(self.engine.recover_job(job, lost))
+            log.info("job_recovered", job_id=job_id, state=job.state.value)
+
+    async def _load(self, job_id: str) -> tuple[JobRec, list[InstanceRec]]:
+        row = await self.store.job_row(job_id)
+        if row is None:
+            raise JobNotFound(job_id)
+        tasks = await self.store.task_rows(job_id)
+        instances = await self.store.instance_rows(job_id)
+        return restore_job(row, tasks, instances)
+
+    # -- the shell around the engine --------------------------------------------------------
+
+    def _pump(self, to_stop: list[InstanceRec] | None = None) -> None:
+        engine = self.engine
+        started = [] if self._closing else engine.dispatch()
+        for inst in started:
+            inst.control = AttemptControl()
+        for event in engine.drain():
+            self.bus.publish(event)
+        for inst in to_stop or ():
+            if inst.control is not None and inst.stop_reason is not None:
+                inst.control.stop(inst.stop_reason)
+        assert self._instances is not None or not started
+        for inst in started:
+            self._instances.start_soon(self._run_instance, inst)  # type: ignore[union-attr]
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, JobStateChanged) and event.state in JOB_TERMINAL:
+            done = self._job_done.pop(event.job_id, None)
+            if done is not None:
+                done.set()
+            log.info("job_ended", job_id=event.job_id, state=event.state, reason=event.reason)
+
+    def _context(self, inst: InstanceRec) -> InstanceContext:
+        task, job = inst.task, inst.task.job
+        work_dir = self.layout.work_dir(job.id, task.name, inst.index)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        self.layout.log_dir(job.id, task.name).mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            **job.defn.env,
+            **task.defn.env,
+            "AIOBATCH_JOB_ID": job.id,
+            "AIOBATCH_JOB_NAME": job.defn.name,
+            "AIOBATCH_TASK_NAME": task.name,
+            "AIOBATCH_INSTANCE_INDEX": str(inst.index),
+            "AIOBATCH_INSTANCE_COUNT": str(task.total),
+            "AIOBATCH_ATTEMPT": str(inst.attempt),
+        }
+        assert inst.control is not None
+        return InstanceContext(
+            job_id=job.id,
+            task=task.defn,
+            index=inst.index,
+            attempt=inst.attempt,
+            work_dir=work_dir,
+            stdout_path=self.layout.log_path(job.id, task.name, inst.index, "stdout"),
+            stderr_path=self.layout.log_path(job.id, task.name, inst.index, "stderr"),
+            env=env,
+            kill_grace_s=self._kill_grace,
+            control=inst.control,
+        )
+
+    async def _run_instance(self, inst: InstanceRec) -> None:
+        engine = self.engine
+        executor = self.executors[self._env_kinds[inst.task.defn.compute_env]]
+
+        def on_started(pid: int | None) -> None:
+            engine.instance_running(inst, pid)
+            self._pump()
+
+        try:
+            ctx = self._context(inst)
+            outcome = await executor.run(ctx, on_started)
+            if inst.state is InstanceState.RUNNING:  # else it never started: nothing ran
+                engine.instance_exited(inst, outcome)
+                self._pump()
+            to_stop = engine.instance_finished(inst, outcome)
+        except anyio.get_cancelled_exc_class():
+            engine.instance_interrupted(inst)
+            self._pump()
+            raise
+        except Exception as exc:  # an executor bug must not take the runtime down
+            log.exception("executor_failed", job_id=inst.task.job.id, task=inst.task.name)
+            outcome = Outcome(reason=f"executor_error: {exc}")
+            if inst.state is InstanceState.RUNNING:
+                engine.instance_exited(inst, outcome)
+            to_stop = engine.instance_finished(inst, outcome)
+        inst.control = None
+        self._pump(to_stop)
+
+    # -- public API -------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._stack is None or self._closing:
+            raise RuntimeClosed("the runtime is not open")
+
+    def resolve(self, spec: SpecSource) -> JobDef:
+        """Validate a spec against this runtime's config and executors. Raises SpecError."""
+        if isinstance(spec, JobDef):
+            defn = spec
+        else:
+            defn = load_spec(spec, compute_envs=self._env_kinds, templates=self.config.templates)
+        problems = []
+        for i, task in enumerate(defn.tasks):
+            kind = self._env_kinds[task.compute_env]
+            executor = self.executors.get(kind)
+            if executor is None:
+                problems.append(
+                    f"$.tasks[{i}].compute_env: compute env {task.compute_env!r} of kind "
+                    f"{kind!r} is not supported by this aiobatch"
+                )
+                continue
+            for name in executor.unsupported(task):
+                problems.append(
+                    f"$.tasks[{i}].{name}: not supported by compute env {task.compute_env!r}"
+                    f" (kind {kind!r})"
+                )
+        if problems:
+            raise SpecError(problems)
+        return defn
+
+    async def submit(self, spec: SpecSource) -> JobHandle:
+        """Validate, store durably, then start a job. Raises SpecError on bad input."""
+        self._check_open()
+        defn = self.resolve(spec)
+        job_id, seq, now = new_job_id(), self._next_seq, time.time()
+        self._next_seq += 1
+        self.store.add_job(job_id, seq, defn, now)
+        await self.store.flush()
+        job = JobRec(job_id, defn, seq, now)
+        self.engine.add_job(job)
+        self._pump()
+        log.info("job_submitted", job_id=job_id, name=defn.name, tasks=len(defn.tasks))
+        return self._handle(job)
+
+    def _handle(self, job: JobRec) -> JobHandle:
+        return JobHandle(self, job.id, job.defn.name, list(job.tasks))
+
+    async def _job(self, job_id: str) -> JobRec:
+        job = self.engine.jobs.get(job_id) or self._archive.get(job_id)
+        if job is None:
+            job, _ = await self._load(job_id)
+            self._archive[job_id] = job
+        return job
+
+    async def get_job(self, job_id: str) -> JobHandle:
+        return self._handle(await self._job(job_id))
+
+    async def exist_job(self, job_id: str) -> bool:
+        return job_id in self.engine.jobs or await self.store.job_row(job_id) is not None
+
+    async def list_jobs(
+        self, *, status: JobState | str | None = None, limit: int | None = None
+    ) -> list[JobSummary]:
+        """Jobs newest first, optionally of one status."""
+        await self.store.flush()
+        states = [JobState(status).value] if status is not None else None
+        return [
+            JobSummary(
+                id=row.id,
+                name=row.defn.name,
+                status=row.state.value,
+                reason=row.reason,
+                submitted_at=row.submitted_at,
+                started_at=row.started_at,
+                ended_at=row.ended_at,
+            )
+            for row in await self.store.list_job_rows(states=states, limit=limit)
+        ]
+
+    def cached_status(self, job_id: str) -> JobState:
+        job = self.engine.jobs.get(job_id) or self._archive.get(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job.state
+
+    async def job_snapshot(self, job_id: str, *, instances: bool = False) -> JobSnapshot:
+        job = await self._job(job_id)
+        return JobSnapshot(
+            id=job.id,
+            name=job.defn.name,
+            status=job.state.value,
+            reason=job.reason,
+            submitted_at=job.submitted_at,
+            started_at=job.started_at,
+            ended_at=job.ended_at,
+            tasks={name: self._task_result(task, instances) for name, task in job.tasks.items()},
+        )
+
+    def _task_result(self, task: TaskRec, instances: bool) -> TaskResult:
+        return TaskResult(
+            status=task.state.value,
+            reason=self.engine.waiting_reason(task),
+            total=task.total,
+            done=task.done,
+            running=task.active,
+            succeeded=task.succeeded,
+            failed=task.failed,
+            cancelled=task.cancelled,
+            instances=[self._instance_result(task, i) for i in range(task.total)]
+            if instances
+            else None,
+        )
+
+    def _instance_result(self, task: TaskRec, index: int) -> InstanceResult:
+        inst = task.instances[index]
+        if inst is None:
+            # Never started: pending while the task may still run it, else it never will.
+            finished = task.state in (
+                TaskState.SUCCEEDED,
+                TaskState.FAILED,
+                TaskState.CANCELLED,
+                TaskState.SKIPPED,
+            )
+            if finished:
+                return InstanceResult(index=index, status="CANCELLED", reason=task.reason)
+            return InstanceResult(
+                index=index, status="PENDING", reason=self.engine.waiting_reason(task)
+            )
+        attempts = inst.attempt - (inst.state is InstanceState.PENDING)
+        return InstanceResult(
+            index=index,
+            status=inst.state.value,
+            reason=inst.reason,
+            attempts=attempts,
+            exit_code=inst.exit_code,
+            duration_s=None if inst.duration_s is None else round(inst.duration_s, 6),
+        )
+
+    async def task_result(self, job_id: str, task_name: str) -> TaskResult:
+        job = await self._job(job_id)
+        task = job.tasks.get(task_name)
+        if task is None:
+            raise TaskNotFound(job_id, task_name)
+        result = self._task_result(task, instances=True)
+        tails = {
+            inst.index: self.tail(self.layout.log_path(job_id, task_name, inst.index, "stderr"))
+            for inst in task.instances
+            if inst is not None and inst.state is InstanceState.FAILED
+        }
+        return msgspec.structs.replace(result, stderr_tails=tails)
+
+    @staticmethod
+    def tail(path: Path, lines: int = STDERR_TAIL_LINES) -> list[str]:
+        try:
+            with path.open("rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 64 * 1024))
+                data = f.read()
+        except OSError:
+            return []
+        return [line.decode(errors="replace") for line in deque(data.splitlines(), lines)]
+
+    async def wait_job(self, job_id: str) -> JobSnapshot:
+        job = await self._job(job_id)
+        if job.state not in JOB_TERMINAL:
+            done = self._job_done.setdefault(job_id, anyio.Event())
+            await done.wait()
+        return await self.job_snapshot(job_id)
+
+    async def suspend_job(self, job_id: str) -> bool:
+        changed = self.engine.suspend_job(await self._live_job(job_id))
+        self._pump()
+        return changed
+
+    async def resume_job(self, job_id: str) -> bool:
+        changed = self.engine.resume_job(await self._live_job(job_id))
+        self._pump()
+        return changed
+
+    async def stop_job(self, job_id: str) -> None:
+        job = await self._job(job_id)
+        if job.state in JOB_TERMINAL:
+            return
+        self._pump(self.engine.stop_job(job))
+
+    async def stop_instance(self, job_id: str, task: str, index: int) -> None:
+        job = await self._live_job(job_id)
+        task_rec = job.tasks.get(task)
+        if task_rec is None:
+            raise TaskNotFound(job_id, task)
+        if not 0 <= index < task_rec.total:
+            raise InstanceNotFound(job_id, task, index)
+        inst = self.engine.stop_instance(task_rec, index)
+        self._pump([inst] if inst is not None else None)
+
+    async def _live_job(self, job_id: str) -> JobRec:
+        job = self.engine.jobs.get(job_id)
+        if job is None:
+            await self._job(job_id)  # raises JobNotFound for an unknown id
+            raise RuntimeClosed(f"job {job_id} is not running in this runtime")
+        return job
+
+    async def job_events(self, job_id: str) -> AsyncIterator[Event]:
+        job = await self._job(job_id)
+        if job.state in JOB_TERMINAL:
+            return
+        with self.bus.stream(job_id) as stream:
+            async for event in stream:
+                yield event
+                if isinstance(event, JobStateChanged) and event.state in JOB_TERMINAL:
+                    return
+
+    def statistics(self) -> dict[str, Any]:
+        """Counts of jobs by state and slots in use per compute env."""
+        jobs: dict[str, int] = {}
+        for job in self.engine.jobs.values():
+            jobs[job.state.value] = jobs.get(job.state.value, 0) + 1
+        return {
+            "jobs": jobs,
+            "compute_envs": self.engine.scheduler.statistics(),
+            "commits": self.store.commits,
+        }

@@ -1,0 +1,356 @@
+"""SQLite persistence: schema, group commit of events, loading jobs back after a crash.
+
+The store subscribes to the bus. Events are buffered and written by one writer task, many
+per transaction: the writer takes whatever accumulated while the previous transaction ran.
+Rows of the same instance or task within a batch are coalesced (the last event carries the
+whole row), while every event is appended to the ``events`` table.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import anyio
+import msgspec
+from anyio.abc import TaskStatus
+
+from aiobatch.events import (
+    Event,
+    InstanceStateChanged,
+    JobStateChanged,
+    JobStopRequested,
+    JobSubmitted,
+    TaskStateChanged,
+    event_decoder,
+    event_encoder,
+)
+from aiobatch.spec import JobDef
+from aiobatch.states import JOB_TERMINAL, InstanceState, JobState
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    spec BLOB NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT,
+    stopping_state TEXT,
+    stopping_reason TEXT,
+    submitted_at REAL NOT NULL,
+    started_at REAL,
+    ended_at REAL
+);
+CREATE INDEX jobs_by_state ON jobs (state);
+CREATE TABLE tasks (
+    job_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT,
+    PRIMARY KEY (job_id, name)
+) WITHOUT ROWID;
+CREATE TABLE instances (
+    job_id TEXT NOT NULL,
+    task TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT,
+    exit_code INTEGER,
+    signal INTEGER,
+    pid INTEGER,
+    started_at REAL,
+    ended_at REAL,
+    duration_s REAL,
+    PRIMARY KEY (job_id, task, idx)
+) WITHOUT ROWID;
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX events_by_job ON events (job_id, seq);
+"""
+
+_UPSERT_INSTANCE = """
+INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (job_id, task, idx) DO UPDATE SET
+    attempt = excluded.attempt, state = excluded.state, reason = excluded.reason,
+    exit_code = excluded.exit_code, signal = excluded.signal, pid = excluded.pid,
+    started_at = excluded.started_at, ended_at = excluded.ended_at,
+    duration_s = excluded.duration_s
+"""
+
+_TERMINAL_INSTANCE = {
+    s.value for s in (InstanceState.SUCCEEDED, InstanceState.FAILED, InstanceState.CANCELLED)
+}
+_TERMINAL_JOB = {s.value for s in JOB_TERMINAL}
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    id: str
+    seq: int
+    defn: JobDef
+    state: JobState
+    reason: str | None
+    stopping: tuple[JobState, str] | None
+    submitted_at: float
+    started_at: float | None
+    ended_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRow:
+    task: str
+    index: int
+    attempt: int
+    state: InstanceState
+    reason: str | None
+    exit_code: int | None
+    signal: int | None
+    pid: int | None
+    started_at: float | None
+    ended_at: float | None
+    duration_s: float | None
+
+
+@dataclass(slots=True)
+class _Batch:
+    new_jobs: list[tuple[Any, ...]] = field(default_factory=list)
+    new_tasks: list[tuple[Any, ...]] = field(default_factory=list)
+    job_updates: list[tuple[Any, ...]] = field(default_factory=list)
+    job_stops: list[tuple[Any, ...]] = field(default_factory=list)
+    tasks: dict[tuple[str, str], tuple[Any, ...]] = field(default_factory=dict)
+    instances: dict[tuple[str, str, int], tuple[Any, ...]] = field(default_factory=dict)
+    events: list[tuple[str, bytes]] = field(default_factory=list)
+    waiters: list[anyio.Event] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.new_jobs or self.events or self.waiters)
+
+
+class Store:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._db: aiosqlite.Connection | None = None
+        self._batch = _Batch()
+        self._wake = anyio.Event()
+        self.commits = 0  # transactions written, for statistics and tests
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        assert self._db is not None, "store is not open"
+        return self._db
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, one per batch.
+        self._db = await aiosqlite.connect(self.path, isolation_level=None)
+        await self.db.execute("PRAGMA journal_mode = WAL")
+        await self.db.execute("PRAGMA synchronous = FULL")
+        await self.db.execute("PRAGMA foreign_keys = OFF")
+        await self._migrate()
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def _migrate(self) -> None:
+        async with self.db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+        ) as cursor:
+            exists = await cursor.fetchone() is not None
+        if not exists:
+            await self.db.executescript(
+                f"BEGIN; {SCHEMA} INSERT INTO schema_version VALUES ({SCHEMA_VERSION}); COMMIT;"
+            )
+            return
+        async with self.db.execute("SELECT version FROM schema_version") as cursor:
+            row = await cursor.fetchone()
+        version = row[0] if row else 0
+        if version != SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(
+                f"{self.path}: schema version {version}, this aiobatch reads {SCHEMA_VERSION}"
+            )
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def on_event(self, event: Event) -> None:
+        """Bus subscriber: buffer the event's effect on the tables (no I/O here)."""
+        batch = self._batch
+        batch.events.append((event.job_id, event_encoder.encode(event)))
+        if isinstance(event, InstanceStateChanged):
+            ended = event.ts if event.state in _TERMINAL_INSTANCE else None
+            batch.instances[(event.job_id, event.task, event.index)] = (
+                event.job_id, event.task, event.index, event.attempt, event.state,
+                event.reason, event.exit_code, event.signal, event.pid, event.started_at,
+                ended, event.duration_s,
+            )  # fmt: skip
+        elif isinstance(event, TaskStateChanged):
+            batch.tasks[(event.job_id, event.task)] = (
+                event.state,
+                event.reason,
+                event.job_id,
+                event.task,
+            )
+        elif isinstance(event, JobStateChanged):
+            started = event.ts if event.state == JobState.RUNNING else None
+            ended = event.ts if event.state in _TERMINAL_JOB else None
+            batch.job_updates.append((event.state, event.reason, started, ended, event.job_id))
+        elif isinstance(event, JobStopRequested):
+            batch.job_stops.append((event.state, event.reason, event.job_id))
+        self._wake.set()
+
+    def add_job(self, job_id: str, seq: int, defn: JobDef, submitted_at: float) -> None:
+        """Buffer a new job with its tasks, all PENDING; ``flush`` makes it durable."""
+        batch = self._batch
+        spec = msgspec.json.encode(defn)
+        batch.new_jobs.append(
+            (job_id, seq, defn.name, defn.priority, spec, JobState.SUBMITTED.value, None,
+             None, None, submitted_at, None, None)
+        )  # fmt: skip
+        batch.new_tasks.extend((job_id, task.name, "PENDING", None) for task in defn.tasks)
+        self.on_event(JobSubmitted(job_id=job_id, name=defn.name, ts=submitted_at))
+
+    async def flush(self) -> None:
+        """Return once everything buffered so far is committed."""
+        done = anyio.Event()
+        self._batch.waiters.append(done)
+        self._wake.set()
+        await done.wait()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """The writer: one transaction per wake-up, holding all that accumulated."""
+        task_status.started()
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            await self.write_pending()
+
+    async def write_pending(self) -> None:
+        batch, self._batch = self._batch, _Batch()
+        if not batch:
+            return
+        # A transaction must not be torn by cancellation: shield it, it is short.
+        with anyio.CancelScope(shield=True):
+            db = self.db
+            await db.execute("BEGIN")
+            try:
+                if batch.new_jobs:
+                    await db.executemany(
+                        "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        batch.new_jobs,
+                    )
+                    await db.executemany("INSERT INTO tasks VALUES (?, ?, ?, ?)", batch.new_tasks)
+                if batch.job_updates:
+                    await db.executemany(
+                        "UPDATE jobs SET state = ?, reason = ?, "
+                        "started_at = COALESCE(started_at, ?), ended_at = ? WHERE id = ?",
+                        batch.job_updates,
+                    )
+                if batch.job_stops:
+                    await db.executemany(
+                        "UPDATE jobs SET stopping_state = ?, stopping_reason = ? WHERE id = ?",
+                        batch.job_stops,
+                    )
+                if batch.tasks:
+                    await db.executemany(
+                        "UPDATE tasks SET state = ?, reason = ? WHERE job_id = ? AND name = ?",
+                        batch.tasks.values(),
+                    )
+                if batch.instances:
+                    await db.executemany(_UPSERT_INSTANCE, batch.instances.values())
+                if batch.events:
+                    await db.executemany(
+                        "INSERT INTO events (job_id, body) VALUES (?, ?)", batch.events
+                    )
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            self.commits += 1
+        for waiter in batch.waiters:
+            waiter.set()
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def next_job_seq(self) -> int:
+        async with self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) + 1 if row else 1
+
+    async def unfinished_job_ids(self) -> list[str]:
+        async with self.db.execute(
+            "SELECT id FROM jobs WHERE state NOT IN (?, ?, ?) ORDER BY seq", tuple(_TERMINAL_JOB)
+        ) as cursor:
+            return [row[0] async for row in cursor]
+
+    async def list_job_rows(
+        self, *, states: list[str] | None = None, limit: int | None = None
+    ) -> list[JobRow]:
+        query = "SELECT * FROM jobs"
+        params: list[Any] = []
+        if states:
+            query += f" WHERE state IN ({', '.join('?' for _ in states)})"
+            params += states
+        query += " ORDER BY seq DESC"
+        if limit is not None:
+            query += " LIMIT ?"
+            params.append(limit)
+        async with self.db.execute(query, params) as cursor:
+            return [_job_row(row) async for row in cursor]
+
+    async def job_row(self, job_id: str) -> JobRow | None:
+        async with self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)) as cursor:
+            row = await cursor.fetchone()
+        return _job_row(row) if row is not None else None
+
+    async def task_rows(self, job_id: str) -> dict[str, tuple[str, str | None]]:
+        async with self.db.execute(
+            "SELECT name, state, reason FROM tasks WHERE job_id = ?", (job_id,)
+        ) as cursor:
+            return {row[0]: (row[1], row[2]) async for row in cursor}
+
+    async def instance_rows(self, job_id: str) -> list[InstanceRow]:
+        async with self.db.execute(
+            "SELECT task, idx, attempt, state, reason, exit_code, signal, pid, started_at, "
+            "ended_at, duration_s FROM instances WHERE job_id = ?",
+            (job_id,),
+        ) as cursor:
+            return [
+                InstanceRow(r[0], r[1], r[2], InstanceState(r[3]), *r[4:]) async for r in cursor
+            ]
+
+    async def events(
+        self, job_id: str, *, after: int = 0, limit: int = 100_000
+    ) -> list[tuple[int, Event]]:
+        async with self.db.execute(
+            "SELECT seq, body FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (job_id, after, limit),
+        ) as cursor:
+            return [(row[0], event_decoder.decode(row[1])) async for row in cursor]
+
+
+def _job_row(row: Any) -> JobRow:
+    stopping = (JobState(row[7]), row[8]) if row[7] else None
+    return JobRow(
+        id=row[0],
+        seq=row[1],
+        defn=msgspec.json.decode(row[4], type=JobDef),
+        state=JobState(row[5]),
+        reason=row[6],
+        stopping=stopping,
+        submitted_at=row[9],
+        started_at=row[10],
+        ended_at=row[11],
+    )

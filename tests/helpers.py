@@ -1,0 +1,71 @@
+"""Test helpers: waiting on bus events, and gates that hold an instance until released."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from aiobatch.events import Event, InstanceStateChanged
+
+
+async def until(
+    stream: MemoryObjectReceiveStream[Event],
+    predicate: Callable[[Event], bool],
+    limit_s: float = 20,
+) -> Event:
+    """The first event from ``stream`` that matches (a safety limit, not synchronisation)."""
+    with anyio.fail_after(limit_s):
+        async for event in stream:
+            if predicate(event):
+                return event
+    raise AssertionError("event stream ended")
+
+
+def instance_is(task: str, state: str, index: int | None = None) -> Callable[[Event], bool]:
+    def match(event: Event) -> bool:
+        return (
+            isinstance(event, InstanceStateChanged)
+            and event.task == task
+            and event.state == state
+            and (index is None or event.index == index)
+        )
+
+    return match
+
+
+class Gates:
+    """One FIFO per instance index: ``command`` blocks until ``release(index)``."""
+
+    def __init__(self, root: Path, count: int) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            os.mkfifo(root / str(index))
+
+    @property
+    def command(self) -> str:
+        return f'read _ < "{self.root}/$AIOBATCH_INSTANCE_INDEX"'
+
+    async def release(self, index: int) -> None:
+        def open_and_write() -> None:
+            # Blocks until the instance opens its end: it may not have got there yet.
+            with open(self.root / str(index), "w") as fifo:
+                fifo.write("go\n")
+
+        await anyio.to_thread.run_sync(open_and_write)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it is dead for our purposes.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -1,0 +1,335 @@
+"""The embedded Runtime with real subprocesses, real SQLite files and real signals."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aiobatch import JobFailed, JobState, Runtime, SpecError
+from aiobatch.config import ComputeEnvConfig, Config
+from aiobatch.events import InstanceStateChanged, JobStateChanged
+from tests.helpers import Gates, instance_is, process_alive, until
+
+pytestmark = pytest.mark.anyio
+
+
+def one_slot() -> Config:
+    return Config(compute_envs={"local": ComputeEnvConfig(kind="local", slots=1)})
+
+
+async def test_diamond_with_fan_out_runs_in_dependency_order(state_dir: Path) -> None:
+    spec = {
+        "name": "diamond",
+        "env": {"GREETING": "hello"},
+        "tasks": [
+            {"name": "split", "command": "echo split >> ../../../order"},
+            {
+                "name": "render",
+                "depends_on": ["split"],
+                "instances": 4,
+                "env": {"WHO": "render"},
+                "command": "echo $GREETING $WHO $AIOBATCH_TASK_NAME $AIOBATCH_INSTANCE_INDEX "
+                "$AIOBATCH_INSTANCE_COUNT $AIOBATCH_ATTEMPT $AIOBATCH_JOB_NAME; pwd; "
+                "echo render >> ../../../order",
+            },
+            {"name": "check", "depends_on": ["split"], "command": ["sh", "-c", "echo err >&2"]},
+            {"name": "merge", "depends_on": ["render", "check"], "command": "cat ../../../order"},
+        ],
+    }
+    async with Runtime(state_dir) as rt:
+        job = await rt.submit(spec)
+        snapshot = await job.wait_for_success()
+        assert job.status is JobState.SUCCEEDED and job.coarse_status == "Terminated"
+        assert await job.is_terminated() and await job.is_successful()
+        assert job.get_task_names() == ["split", "render", "check", "merge"]
+        progress = await job.get_task_progress("render")
+        assert progress.get_stage_progress_formatted_string() == "render:4/0/4[100%]"
+        result = await job.get_task_result("render")
+
+    assert snapshot.status == "SUCCEEDED"
+    assert [i.exit_code for i in result.instances or []] == [0, 0, 0, 0]
+    assert all(i.attempts == 1 and (i.duration_s or 0) > 0 for i in result.instances or [])
+    logs = state_dir / "logs" / job.id
+    for index in range(4):
+        out = (logs / "render" / f"{index}.stdout").read_text().splitlines()
+        assert out[0] == f"hello render render {index} 4 1 diamond"
+        assert out[1] == str(state_dir / "work" / job.id / "render" / str(index))
+    assert (logs / "check" / "0.stderr").read_text() == "err\n"
+    order = (logs / "merge" / "0.stdout").read_text().split()
+    assert order[0] == "split" and order[1:] == ["render"] * 4
+
+
+async def test_submitted_job_is_committed_before_submit_returns(state_dir: Path) -> None:
+    async with Runtime(state_dir) as rt:
+        job = await rt.submit({"name": "durable", "tasks": [{"name": "a", "command": "true"}]})
+        # A separate connection, as another process would see it.
+        with sqlite3.connect(state_dir / "aiobatch.db") as db:
+            rows = db.execute("SELECT name FROM jobs WHERE id = ?", (job.id,)).fetchall()
+        assert rows == [("durable",)]
+        await job.wait_for_success()
+
+
+async def test_invalid_spec_stores_nothing(state_dir: Path) -> None:
+    async with Runtime(state_dir) as rt:
+        with pytest.raises(SpecError) as info:
+            await rt.submit({"name": "bad", "tasks": [{"name": "a", "depends_on": ["b"]}]})
+        assert "$.tasks[0].depends_on[0]: unknown task 'b'" in info.value.errors
+        assert await rt.list_jobs() == []
+
+
+async def test_fields_of_later_issues_are_rejected_at_submit(state_dir: Path) -> None:
+    spec = {"name": "s3", "tasks": [{"name": "a", "command": "true", "stdout": "s3://b/logs/"}]}
+    async with Runtime(state_dir) as rt:
+        with pytest.raises(SpecError, match=r"\$\.tasks\[0\]\.stdout: not supported by compute"):
+            await rt.submit(spec)
+        with pytest.raises(SpecError, match="compute env 'docker' of kind 'docker' is not"):
+            await rt.submit({"name": "d", "tasks": [{"name": "a", "image": "busybox"}]})
+
+
+async def test_retries_on_listed_exit_codes_then_fails(state_dir: Path) -> None:
+    spec = {
+        "name": "flaky",
+        "tasks": [
+            {
+                "name": "first-fails",
+                # Fails with 3 on attempt 1, succeeds on attempt 2.
+                "command": 'test "$AIOBATCH_ATTEMPT" -ge 2 || exit 3',
+                "retries": {"limit": 2, "on_exit_codes": [3]},
+            },
+            {
+                "name": "wrong-code",
+                "command": "exit 4",
+                "retries": {"limit": 2, "on_exit_codes": [3]},
+                "on_failure": "continue",
+            },
+        ],
+    }
+    async with Runtime(state_dir) as rt:
+        job = await rt.submit(spec)
+        with pytest.raises(JobFailed) as info:
+            await job.wait_for_success()
+        first = await job.get_task_result("first-fails")
+        wrong = await job.get_task_result("wrong-code")
+    assert info.value.failed_tasks == ("wrong-code",)
+    assert first.status == "SUCCEEDED" and (first.instances or [])[0].attempts == 2
+    [failed] = wrong.instances or []
+    assert (failed.status, failed.reason, failed.attempts) == ("FAILED", "exit_code: 4", 1)
+
+
+async def test_fail_job_stops_running_siblings(state_dir: Path, tmp_path: Path) -> None:
+    gates = Gates(tmp_path / "gates", 1)
+    spec = {
+        "name": "fail-fast",
+        "tasks": [
+            {"name": "slow", "command": gates.command + "; sleep 60"},
+            {"name": "bad", "command": "exit 2"},
+            {"name": "after", "depends_on": ["slow"], "command": "true"},
+        ],
+    }
+    async with Runtime(state_dir) as rt:
+        with rt.bus.stream() as events:
+            job = await rt.submit(spec)
+            running = await until(events, instance_is("slow", "RUNNING"))
+        snapshot = await job.wait_for_completion()
+    assert isinstance(running, InstanceStateChanged) and running.pid is not None
+    assert not process_alive(running.pid)
+    assert snapshot.status == "FAILED" and snapshot.reason == "task_failed: bad"
+    assert snapshot.tasks["slow"].status == "CANCELLED"
+    assert snapshot.tasks["after"].status == "SKIPPED"
+    assert snapshot.tasks["after"].reason == "upstream_cancelled: slow"
+
+
+async def test_continue_runs_independent_branches(state_dir: Path) -> None:
+    spec = {
+        "name": "carry-on",
+        "tasks": [
+            {"name": "bad", "command": "exit 1", "on_failure": "continue"},
+            {"name": "downstream", "depends_on": ["bad"], "command": "true"},
+            {"name": "deeper", "depends_on": ["downstream"], "command": "true"},
+            {"name": "other", "command": "true"},
+            {"name": "other2", "depends_on": ["other"], "command": "true"},
+        ],
+    }
+    async with Runtime(state_dir) as rt:
+        snapshot = await (await rt.submit(spec)).wait_for_completion()
+    states = {name: task.status for name, task in snapshot.tasks.items()}
+    assert states == {
+        "bad": "FAILED",
+        "downstream": "SKIPPED",
+        "deeper": "SKIPPED",
+        "other": "SUCCEEDED",
+        "other2": "SUCCEEDED",
+    }
+    assert snapshot.tasks["deeper"].reason == "upstream_failed: bad"
+    assert snapshot.status == "FAILED"
+
+
+async def test_timeout_kills_the_whole_process_group(state_dir: Path, tmp_path: Path) -> None:
+    pidfile = tmp_path / "grandchild.pid"
+    spec = {
+        "name": "slowpoke",
+        "tasks": [
+            {
+                "name": "hang",
+                # The grandchild ignores nothing but is not the leader: the group kill gets it.
+                "command": f"sleep 60 & echo $! > {pidfile}; wait",
+                "timeout": "300ms",
+                "retries": 1,
+            }
+        ],
+    }
+    async with Runtime(state_dir, config=Config(kill_grace="1s")) as rt:
+        job = await rt.submit(spec)
+        snapshot = await job.wait_for_completion()
+        result = await job.get_task_result("hang")
+    [inst] = result.instances or []
+    assert snapshot.status == "FAILED"
+    assert (inst.reason, inst.attempts) == ("timeout", 2)
+    assert not process_alive(int(pidfile.read_text()))
+
+
+async def test_term_ignored_then_killed_after_grace(state_dir: Path) -> None:
+    spec = {
+        "name": "stubborn",
+        "tasks": [{"name": "a", "command": "trap '' TERM; sleep 30", "timeout": "200ms"}],
+    }
+    async with Runtime(state_dir, config=Config(kill_grace="300ms")) as rt:
+        job = await rt.submit(spec)
+        await job.wait_for_completion()
+        [inst] = (await job.get_task_result("a")).instances or []
+    assert inst.reason == "timeout" and inst.exit_code is None
+    assert inst.duration_s is not None and 0.4 < inst.duration_s < 5
+
+
+async def test_suspend_holds_new_instances_and_resume_releases_them(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    gates = Gates(tmp_path / "gates", 3)
+    spec = {"name": "pausable", "tasks": [{"name": "t", "instances": 3, "command": gates.command}]}
+    async with Runtime(state_dir, config=one_slot()) as rt:
+        with rt.bus.stream() as events:
+            job = await rt.submit(spec)
+            await until(events, instance_is("t", "RUNNING", 0))
+            assert await job.suspend()
+            assert job.status is JobState.SUSPENDED and job.coarse_status == "Suspended"
+            await gates.release(0)
+            await until(events, instance_is("t", "SUCCEEDED", 0))
+            # Dispatch happens in the same step as the release of the slot: nothing started.
+            result = await job.get_task_result("t")
+            assert [i.status for i in result.instances or []] == [
+                "SUCCEEDED",
+                "PENDING",
+                "PENDING",
+            ]
+            assert result.reason == "job_suspended"
+            assert await job.resume()
+            for index in (1, 2):
+                await until(events, instance_is("t", "RUNNING", index))
+                await gates.release(index)
+        snapshot = await job.wait_for_success()
+    assert snapshot.tasks["t"].succeeded == 3
+
+
+async def test_reasons_while_waiting(state_dir: Path, tmp_path: Path) -> None:
+    gates = Gates(tmp_path / "gates", 2)
+    spec = {
+        "name": "why",
+        "tasks": [
+            {"name": "first", "instances": 2, "max_parallel": 1, "command": gates.command},
+            {"name": "second", "depends_on": ["first"], "command": "true"},
+        ],
+    }
+    async with Runtime(state_dir) as rt:
+        with rt.bus.stream() as events:
+            job = await rt.submit(spec)
+            await until(events, instance_is("first", "RUNNING", 0))
+            snapshot = await job.snapshot(instances=True)
+            assert snapshot.tasks["first"].reason == "max_parallel"
+            assert snapshot.tasks["second"].reason == "waiting_for: first"
+            assert (await job.get_task_progress("first")).get_stage_progress_formatted_string() == (
+                "first:0/1/2[0%]"
+            )
+            await gates.release(0)
+            await until(events, instance_is("first", "RUNNING", 1))
+            await gates.release(1)
+        await job.wait_for_success()
+
+
+async def test_stop_job_kills_processes_and_cancels(state_dir: Path) -> None:
+    spec = {"name": "stoppable", "tasks": [{"name": "t", "instances": 3, "command": "sleep 60"}]}
+    async with Runtime(state_dir, config=Config(kill_grace="5s")) as rt:
+        with rt.bus.stream() as events:
+            job = await rt.submit(spec)
+            first = await until(events, instance_is("t", "RUNNING"))
+            await rt.stop_job(job.id)
+            ended = await until(events, lambda e: isinstance(e, JobStateChanged))
+        snapshot = await job.wait_for_completion()
+    assert isinstance(ended, JobStateChanged) and ended.state == "CANCELLED"
+    assert isinstance(first, InstanceStateChanged) and not process_alive(first.pid or 0)
+    assert snapshot.reason == "stopped_by_user"
+    assert {t.status for t in snapshot.tasks.values()} == {"CANCELLED"}
+
+
+async def test_stop_one_instance(state_dir: Path, tmp_path: Path) -> None:
+    gates = Gates(tmp_path / "gates", 2)
+    spec = {"name": "one", "tasks": [{"name": "t", "instances": 2, "command": gates.command}]}
+    async with Runtime(state_dir, config=one_slot()) as rt:
+        with rt.bus.stream() as events:
+            job = await rt.submit(spec)
+            await until(events, instance_is("t", "RUNNING", 0))
+            await job.stop_instance("t", 0)
+            await until(events, instance_is("t", "CANCELLED", 0))
+            await until(events, instance_is("t", "RUNNING", 1))
+            await gates.release(1)
+        snapshot = await job.wait_for_completion()
+        result = await job.get_task_result("t")
+    assert [(i.status, i.reason) for i in result.instances or []] == [
+        ("CANCELLED", "stopped_by_user"),
+        ("SUCCEEDED", None),
+    ]
+    assert snapshot.status == "CANCELLED"
+
+
+async def test_priority_orders_dispatch_between_jobs(state_dir: Path, tmp_path: Path) -> None:
+    gates = Gates(tmp_path / "gates", 1)
+    started: list[str] = []
+    async with Runtime(state_dir, config=one_slot()) as rt:
+        with rt.bus.stream() as events:
+            blocker = await rt.submit(
+                {"name": "blocker", "tasks": [{"name": "b", "command": gates.command}]}
+            )
+            await until(events, instance_is("b", "RUNNING"))
+            low = await rt.submit({"name": "low", "tasks": [{"name": "low", "command": "true"}]})
+            high = await rt.submit(
+                {"name": "high", "priority": 5, "tasks": [{"name": "high", "command": "true"}]}
+            )
+            rt.bus.subscribe(
+                lambda e: (
+                    started.append(e.task)
+                    if isinstance(e, InstanceStateChanged) and e.state == "STAGING"
+                    else None
+                )
+            )
+            await gates.release(0)
+            for job in (blocker, low, high):
+                await job.wait_for_success()
+    assert started == ["high", "low"]
+
+
+async def test_list_exist_get_and_reopen(state_dir: Path) -> None:
+    spec: dict[str, Any] = {"name": "listed", "tasks": [{"name": "a", "command": "exit 1"}]}
+    async with Runtime(state_dir) as rt:
+        job = await rt.submit(spec)
+        await job.wait_for_completion()
+        assert await rt.exist_job(job.id) and not await rt.exist_job("nope")
+    async with Runtime(state_dir) as rt:
+        [summary] = await rt.list_jobs()
+        assert (summary.id, summary.status) == (job.id, "FAILED")
+        assert await rt.list_jobs(status="SUCCEEDED") == []
+        again = await rt.get_job(job.id)
+        assert again.status is JobState.FAILED
+        result = await again.get_task_result("a")
+        assert (result.instances or [])[0].exit_code == 1
