@@ -86,6 +86,7 @@ class Runtime:
         # Jobs of earlier runs, loaded on demand for queries; they never run here.
         self._archive: dict[str, JobRec] = {}
         self._next_seq = 1
+        self._log_dirs: dict[str, set[str]] = {}  # per running job, tasks whose log dir exists
         self._kill_grace = self.config.kill_grace_s
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -166,6 +167,7 @@ class Runtime:
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, JobStateChanged) and event.state in JOB_TERMINAL:
+            self._log_dirs.pop(event.job_id, None)
             done = self._job_done.pop(event.job_id, None)
             if done is not None:
                 done.set()
@@ -175,7 +177,10 @@ class Runtime:
         task, job = inst.task, inst.task.job
         work_dir = self.layout.work_dir(job.id, task.name, inst.index)
         work_dir.mkdir(parents=True, exist_ok=True)
-        self.layout.log_dir(job.id, task.name).mkdir(parents=True, exist_ok=True)
+        made = self._log_dirs.setdefault(job.id, set())
+        if task.name not in made:
+            self.layout.log_dir(job.id, task.name).mkdir(parents=True, exist_ok=True)
+            made.add(task.name)
         env = {
             **os.environ,
             **job.defn.env,

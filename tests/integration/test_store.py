@@ -1,0 +1,57 @@
+"""The SQLite store on real files: group commit, schema version, loading rows back."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from aiobatch.events import InstanceStateChanged, TaskStateChanged
+from aiobatch.spec import resolve_spec
+from aiobatch.store import SCHEMA_VERSION, Store
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_many_events_one_transaction_and_rows_coalesced(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite")
+    await store.open()
+    try:
+        defn = resolve_spec(
+            {"name": "j", "tasks": [{"name": "t", "instances": 500, "command": "x"}]}
+        )
+        store.add_job("job1", 1, defn, 1.0)
+        for index in range(500):
+            for state in ("STAGING", "RUNNING", "UPLOADING", "SUCCEEDED"):
+                store.on_event(
+                    InstanceStateChanged(
+                        job_id="job1", task="t", index=index, attempt=1, state=state,
+                        reason=None, ts=2.0, exit_code=0 if state == "SUCCEEDED" else None,
+                    )
+                )  # fmt: skip
+        store.on_event(
+            TaskStateChanged(job_id="job1", task="t", state="READY", reason=None, ts=2.0)
+        )
+        await store.flush()
+        assert store.commits == 1
+        rows = await store.instance_rows("job1")
+        events = await store.events("job1")
+    finally:
+        await store.close()
+    assert len(rows) == 500 and {r.state for r in rows} == {"SUCCEEDED"}
+    assert all(r.ended_at == 2.0 and r.exit_code == 0 for r in rows)
+    assert len(events) == 1 + 2000 + 1  # submitted, instance changes, task change
+    with sqlite3.connect(tmp_path / "db.sqlite") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert db.execute("SELECT state FROM tasks").fetchall() == [("READY",)]
+
+
+async def test_unknown_schema_version_is_refused(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite")
+    await store.open()
+    await store.close()
+    with sqlite3.connect(tmp_path / "db.sqlite") as db:
+        db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    with pytest.raises(sqlite3.DatabaseError, match="schema version"):
+        await Store(tmp_path / "db.sqlite").open()
