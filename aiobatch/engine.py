@@ -25,6 +25,7 @@ from aiobatch.model import InstanceRec, JobRec, TaskRec
 from aiobatch.scheduler import Scheduler, can_dispatch
 from aiobatch.states import (
     JOB_TERMINAL,
+    TASK_TERMINAL,
     InstanceState,
     JobState,
     TaskState,
@@ -243,6 +244,7 @@ class Engine:
             else:
                 self._task_to(dependent, TaskState.READY)
                 self.scheduler.offer(dependent)
+                self._maybe_finish_task(dependent)  # all its instances may have been stopped
         self._maybe_finish_job(job)
 
     # -- instances --------------------------------------------------------------------------
@@ -316,8 +318,13 @@ class Engine:
 
     def stop_instance(self, task: TaskRec, index: int) -> InstanceRec | None:
         """Stop one instance. Returns it if it is active (the caller stops it), else None."""
-        inst = task.record(index) if task.instances[index] is None else task.instances[index]
-        assert inst is not None
+        if task.state in TASK_TERMINAL or task.job.stopping is not None:
+            return None  # every instance has ended or is being stopped already
+        inst = task.instances[index]
+        if inst is None:
+            if task.fresh == 0:
+                return None  # counted cancelled, without a record, when the job wound down
+            inst = task.record(index)
         if inst.active:
             inst.stop_reason = STOPPED_BY_USER
             return inst

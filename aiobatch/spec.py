@@ -328,8 +328,11 @@ def resolve_spec(
         if resolved_task is not None:
             resolved.append(resolved_task)
 
-    edges = {task.name: task.depends_on for task in job.tasks}
+    # First task of each name only: duplicates are reported above.
+    edges = {name: job.tasks[i].depends_on for name, i in index_of.items()}
     for cycle in find_cycles(edges):
+        if len(cycle) == 2:
+            continue  # a self-dependency, reported above in plainer words
         # Point at the edge that closes the cycle; "a -> b" reads "a depends on b".
         last, first = cycle[-2], cycle[-1]
         j = job.tasks[index_of[last]].depends_on.index(first)

@@ -1,0 +1,831 @@
+"""Property and unit tests of the pure engine: scheduling, retries, failure policies, stops.
+
+The state machine drives ``Engine`` the way the runtime does (dispatch, then for each started
+instance: running, exited, finished; or finished straight from STAGING when the program never
+started) and interleaves user operations: stop an instance, stop a job, suspend, resume.
+After every step it checks the bookkeeping against the records and replays the outbox through
+the transition tables.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Literal
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from aiobatch.engine import STOPPED_BY_USER, Engine, Outcome
+from aiobatch.events import (
+    Event,
+    InstanceStateChanged,
+    JobStateChanged,
+    JobStopRequested,
+    TaskStateChanged,
+)
+from aiobatch.model import InstanceRec, JobRec, TaskRec
+from aiobatch.spec import JobDef, TaskDef
+from aiobatch.states import (
+    INSTANCE_ACTIVE,
+    JOB_TERMINAL,
+    TASK_TERMINAL,
+    InstanceState,
+    JobState,
+    TaskState,
+    check_instance,
+    check_job,
+    check_task,
+)
+
+ENVS = ("local", "gpu")
+TaskKey = tuple[str, str]
+InstKey = tuple[str, str, int]
+
+SUCCESS = Outcome(exit_code=0, duration_s=1.0)
+# Outcomes of a program that ran; success comes first so failures shrink towards it.
+RAN_OUTCOMES = [
+    SUCCESS,
+    Outcome(exit_code=1, duration_s=1.0),
+    Outcome(exit_code=2, duration_s=1.0),
+    Outcome(exit_code=3, duration_s=1.0),
+    Outcome(signal=9, duration_s=1.0),  # code 137
+    Outcome(signal=15, duration_s=1.0),  # code 143
+    Outcome(signal=15, reason="timeout", duration_s=1.0),
+]
+# Outcomes of an attempt whose program never started (the instance is still STAGING).
+STAGING_OUTCOMES = [
+    Outcome(reason="exec_failed: /bin/sh: No such file or directory"),
+    Outcome(reason="executor_error: boom"),
+]
+
+
+# Shrinks to False; True one draw in five.
+RARELY = st.sampled_from([False, False, False, False, True])
+
+# -- job definitions ---------------------------------------------------------------------------
+
+
+def task_def(
+    name: str,
+    *,
+    instances: int = 1,
+    depends_on: tuple[str, ...] = (),
+    compute_env: str = "local",
+    max_parallel: int | None = None,
+    retry_limit: int = 0,
+    retry_exit_codes: tuple[int, ...] | None = None,
+    on_failure: Literal["fail_job", "continue"] = "fail_job",
+) -> TaskDef:
+    return TaskDef(
+        name=name,
+        command="true",
+        instances=instances,
+        depends_on=depends_on,
+        compute_env=compute_env,
+        max_parallel=max_parallel,
+        retry_limit=retry_limit,
+        retry_exit_codes=retry_exit_codes,
+        on_failure=on_failure,
+    )
+
+
+@st.composite
+def task_defs(draw: st.DrawFn, name: str, earlier: list[str]) -> TaskDef:
+    deps = draw(st.lists(st.sampled_from(earlier), unique=True, max_size=3)) if earlier else []
+    return task_def(
+        name,
+        instances=draw(st.integers(1, 4)),
+        depends_on=tuple(deps),
+        compute_env=draw(st.sampled_from(ENVS)),
+        max_parallel=draw(st.none() | st.integers(1, 3)),
+        retry_limit=draw(st.integers(0, 2)),
+        retry_exit_codes=draw(
+            st.none() | st.lists(st.sampled_from([1, 2, 137, 143]), unique=True).map(tuple)
+        ),
+        on_failure=draw(st.sampled_from(["fail_job", "continue"])),
+    )
+
+
+@st.composite
+def job_defs(draw: st.DrawFn) -> JobDef:
+    names = [f"t{i}" for i in range(draw(st.integers(1, 6)))]
+    tasks = [draw(task_defs(n, names[:i])) for i, n in enumerate(names)]
+    return JobDef(name="job", tasks=tuple(tasks), priority=draw(st.integers(-1, 1)))
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def instances_of(task: TaskRec) -> Iterator[InstanceRec]:
+    return (i for i in task.instances if i is not None)
+
+
+def dispatchable(task: TaskRec) -> bool:
+    """Could start an instance now if its env had a free slot (own reading of the rules)."""
+    limit = task.defn.max_parallel
+    return (
+        task.state in (TaskState.READY, TaskState.RUNNING)
+        and task.job.state is JobState.RUNNING
+        and task.job.stopping is None
+        and task.fresh + len(task.retry_queue) > 0
+        and (limit is None or task.active < limit)
+    )
+
+
+class Replay:
+    """The state of every entity, rebuilt from events alone through the check functions."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, JobState] = {}
+        self.tasks: dict[TaskKey, TaskState] = {}
+        self.instances: dict[InstKey, InstanceState] = {}
+        self.attempts: dict[InstKey, int] = {}
+        self.stop_requested: set[str] = set()
+
+    def apply(self, event: Event, jobs: dict[str, JobRec]) -> None:
+        if isinstance(event, JobStateChanged):
+            old = self.jobs.get(event.job_id, JobState.SUBMITTED)
+            self.jobs[event.job_id] = check_job(old, JobState(event.state))
+        elif isinstance(event, JobStopRequested):
+            assert event.job_id not in self.stop_requested, "stop requested twice"
+            assert self.jobs[event.job_id] not in JOB_TERMINAL
+            assert event.state in (JobState.CANCELLED, JobState.FAILED)
+            self.stop_requested.add(event.job_id)
+        elif isinstance(event, TaskStateChanged):
+            tkey = (event.job_id, event.task)
+            old_task = self.tasks.get(tkey, TaskState.PENDING)
+            self.tasks[tkey] = check_task(old_task, TaskState(event.state))
+            assert self.jobs[event.job_id] not in JOB_TERMINAL, f"{event} after the job ended"
+        elif isinstance(event, InstanceStateChanged):
+            ikey = (event.job_id, event.task, event.index)
+            old_inst = self.instances.get(ikey, InstanceState.PENDING)
+            new = InstanceState(event.state)
+            self.instances[ikey] = check_instance(old_inst, new)
+            task_def = jobs[event.job_id].tasks[event.task].defn
+            assert 0 <= event.index < task_def.instances
+            attempt = self.attempts.get(ikey, 1)
+            if old_inst in INSTANCE_ACTIVE and new is InstanceState.PENDING:
+                assert event.attempt == attempt + 1, "a retry counts the next attempt"
+            else:
+                assert event.attempt == attempt
+            assert event.attempt <= task_def.retry_limit + 1
+            self.attempts[ikey] = event.attempt
+            if new is InstanceState.STAGING:
+                # An instance starts only in a RUNNING task of a RUNNING job.
+                assert self.tasks.get((event.job_id, event.task)) is TaskState.RUNNING
+                assert self.jobs[event.job_id] is JobState.RUNNING
+                assert event.job_id not in self.stop_requested
+
+
+# -- the state machine -------------------------------------------------------------------------
+
+
+class EngineMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ticks = itertools.count()
+        self.engine = Engine({}, clock=self.clock)
+        self.replay = Replay()
+        # The outcome each UPLOADING instance exited with, by identity of its record.
+        self.exited: dict[int, Outcome] = {}
+
+    def clock(self) -> float:
+        return float(next(self.ticks))
+
+    # -- views ---------------------------------------------------------------------------------
+
+    @property
+    def jobs(self) -> list[JobRec]:
+        return list(self.engine.jobs.values())
+
+    def tasks(self) -> Iterator[TaskRec]:
+        for job in self.jobs:
+            yield from job.tasks.values()
+
+    def records(self) -> Iterator[InstanceRec]:
+        for task in self.tasks():
+            yield from instances_of(task)
+
+    def in_state(self, *states: InstanceState) -> list[InstanceRec]:
+        return [i for i in self.records() if i.state in states]
+
+    def any_active(self) -> bool:
+        return any(i.active for i in self.records())
+
+    def check_to_stop(self, to_stop: list[InstanceRec], job: JobRec) -> None:
+        for inst in to_stop:
+            assert inst.active, f"{inst} returned to stop but not active"
+            assert inst.stop_reason is not None
+            assert inst.task.job is job
+
+    # -- rules ---------------------------------------------------------------------------------
+
+    @initialize(
+        local=st.integers(1, 3),
+        gpu=st.integers(1, 2),
+        defn=job_defs(),
+    )
+    def start(self, local: int, gpu: int, defn: JobDef) -> None:
+        self.engine = Engine({"local": local, "gpu": gpu}, clock=self.clock)
+        self.add(defn)
+
+    def add(self, defn: JobDef) -> None:
+        seq = len(self.engine.jobs) + 1
+        job = JobRec(f"j{seq}", defn, seq, submitted_at=self.clock())
+        self.engine.add_job(job)
+        assert job.state is JobState.RUNNING
+
+    @precondition(lambda self: len(self.engine.jobs) < 3)
+    @rule(defn=job_defs())
+    def add_job(self, defn: JobDef) -> None:
+        self.add(defn)
+
+    @rule()
+    def dispatch(self) -> None:
+        started = self.engine.dispatch()
+        assert len({id(i) for i in started}) == len(started)
+        last_key: dict[str, tuple[int, int, int]] = {}
+        for inst in started:
+            assert inst.state is InstanceState.STAGING
+            assert inst.stop_reason is None
+            task = inst.task
+            env = task.defn.compute_env
+            key = (-task.job.priority, task.job.seq, task.seq)
+            # Within one dispatch an env serves higher priority, then earlier jobs, first.
+            assert key >= last_key.get(env, key), f"{inst} dispatched out of order"
+            last_key[env] = key
+        # Work conserving: a free slot is left only when nothing in its env can start.
+        scheduler = self.engine.scheduler
+        for task in self.tasks():
+            env = task.defn.compute_env
+            if dispatchable(task):
+                assert scheduler.used[env] >= scheduler.slots[env], (
+                    f"{task} could start but {env} has a free slot"
+                )
+        if not started and not self.any_active():
+            for job in self.jobs:
+                idle_by_choice = job.state is JobState.SUSPENDED and job.stopping is None
+                assert job.state in JOB_TERMINAL or idle_by_choice, f"{job} is stuck"
+
+    @precondition(lambda self: self.in_state(InstanceState.STAGING))
+    @rule(data=st.data())
+    def instance_running(self, data: st.DataObject) -> None:
+        inst = data.draw(st.sampled_from(self.in_state(InstanceState.STAGING)))
+        self.engine.instance_running(inst, pid=1000 + inst.index)
+        assert inst.state is InstanceState.RUNNING
+
+    @precondition(lambda self: self.in_state(InstanceState.RUNNING))
+    @rule(data=st.data(), outcome=st.sampled_from(RAN_OUTCOMES))
+    def instance_exited(self, data: st.DataObject, outcome: Outcome) -> None:
+        inst = data.draw(st.sampled_from(self.in_state(InstanceState.RUNNING)))
+        self.engine.instance_exited(inst, outcome)
+        assert inst.state is InstanceState.UPLOADING
+        self.exited[id(inst)] = outcome
+
+    @precondition(lambda self: self.in_state(InstanceState.UPLOADING))
+    @rule(data=st.data())
+    def instance_finished(self, data: st.DataObject) -> None:
+        inst = data.draw(st.sampled_from(self.in_state(InstanceState.UPLOADING)))
+        self.finish(inst, self.exited.pop(id(inst)))
+
+    @precondition(lambda self: self.in_state(InstanceState.RUNNING))
+    @rule(data=st.data(), outcome=st.sampled_from(RAN_OUTCOMES))
+    def instance_exited_and_finished(self, data: st.DataObject, outcome: Outcome) -> None:
+        inst = data.draw(st.sampled_from(self.in_state(InstanceState.RUNNING)))
+        self.engine.instance_exited(inst, outcome)
+        self.finish(inst, outcome)
+
+    @precondition(lambda self: self.in_state(InstanceState.STAGING))
+    @rule(data=st.data(), outcome=st.sampled_from(STAGING_OUTCOMES))
+    def never_started(self, data: st.DataObject, outcome: Outcome) -> None:
+        """The program never ran: exec failed, or the attempt was stopped while staging."""
+        inst = data.draw(st.sampled_from(self.in_state(InstanceState.STAGING)))
+        self.finish(inst, outcome)
+
+    def finish(self, inst: InstanceRec, outcome: Outcome) -> None:
+        job, attempt, stopped = inst.task.job, inst.attempt, inst.stop_reason is not None
+        to_stop = self.engine.instance_finished(inst, outcome)
+        self.check_to_stop(to_stop, job)
+        if stopped:
+            assert inst.state is InstanceState.CANCELLED
+        elif outcome.succeeded:
+            assert inst.state is InstanceState.SUCCEEDED
+        elif inst.state is InstanceState.PENDING:
+            assert inst.attempt == attempt + 1 <= inst.task.defn.retry_limit + 1
+            codes = inst.task.defn.retry_exit_codes
+            assert codes is None or outcome.code in codes
+            assert inst in inst.task.retry_queue
+        else:
+            assert inst.state is InstanceState.FAILED
+
+    @rule(data=st.data(), act=RARELY)
+    def stop_instance(self, data: st.DataObject, act: bool) -> None:
+        if not act:
+            return
+        job = data.draw(st.sampled_from(self.jobs))
+        task = data.draw(st.sampled_from(list(job.tasks.values())))
+        index = data.draw(st.integers(0, task.total - 1))
+        was = task.instances[index]
+        was_active = was is not None and was.active
+        inst = self.engine.stop_instance(task, index)
+        if was_active:
+            assert inst is not None and inst is was
+            assert inst.stop_reason == STOPPED_BY_USER
+        else:
+            assert inst is None
+            rec = task.instances[index]
+            # No record: the index was counted cancelled when the job wound down, or its
+            # task had ended already (a stop then changes nothing).
+            assert rec is None or rec.state is not InstanceState.PENDING
+
+    @rule(data=st.data(), act=RARELY)
+    def stop_job(self, data: st.DataObject, act: bool) -> None:
+        if not act:
+            return  # stopping a job ends most of the story: do it less often than the rest
+        job = data.draw(st.sampled_from(self.jobs))
+        was = job.state
+        to_stop = self.engine.stop_job(job)
+        self.check_to_stop(to_stop, job)
+        if was in JOB_TERMINAL:
+            assert job.state is was and not to_stop
+        else:
+            # Nothing of the job may start again; every active instance is being stopped.
+            assert job.stopping is not None or job.state in JOB_TERMINAL
+            for task in job.tasks.values():
+                assert not dispatchable(task)
+                for inst in instances_of(task):
+                    assert not inst.active or inst.stop_reason is not None
+
+    @rule(data=st.data())
+    def suspend_job(self, data: st.DataObject) -> None:
+        job = data.draw(st.sampled_from(self.jobs))
+        expected = job.state is JobState.RUNNING and job.stopping is None
+        assert self.engine.suspend_job(job) is expected
+        if expected:
+            assert job.state is JobState.SUSPENDED
+
+    @rule(data=st.data())
+    def resume_job(self, data: st.DataObject) -> None:
+        job = data.draw(st.sampled_from(self.jobs))
+        expected = job.state is JobState.SUSPENDED
+        assert self.engine.resume_job(job) is expected
+        if expected:
+            assert job.state is JobState.RUNNING
+
+    # -- invariants ----------------------------------------------------------------------------
+
+    @invariant()
+    def outbox_replays_through_the_tables(self) -> None:
+        for event in self.engine.drain():
+            self.replay.apply(event, self.engine.jobs)
+        for job in self.jobs:
+            assert self.replay.jobs[job.id] is job.state
+            for task in job.tasks.values():
+                assert self.replay.tasks.get((job.id, task.name), TaskState.PENDING) is task.state
+                for inst in instances_of(task):
+                    key = (job.id, task.name, inst.index)
+                    assert self.replay.instances.get(key) is inst.state, inst
+                    assert self.replay.attempts[key] == inst.attempt
+
+    @invariant()
+    def slots_match_active_instances(self) -> None:
+        scheduler = self.engine.scheduler
+        for env in ENVS:
+            active = sum(1 for i in self.records() if i.active and i.task.defn.compute_env == env)
+            assert scheduler.used[env] == active, f"{env}: used {scheduler.used[env]} != {active}"
+            assert 0 <= scheduler.used[env] <= scheduler.slots[env]
+
+    @invariant()
+    def task_counters(self) -> None:
+        for task in self.tasks():
+            records = list(instances_of(task))
+            active = sum(1 for i in records if i.active)
+            assert task.active == active, f"{task}: active {task.active} != {active}"
+            limit = task.defn.max_parallel
+            assert limit is None or task.active <= limit, f"{task} over max_parallel"
+            assert all(i.state is InstanceState.PENDING for i in task.retry_queue)
+            waiting = {id(i) for i in records if i.state is InstanceState.PENDING}
+            assert waiting == {id(i) for i in task.retry_queue}
+            assert task.succeeded == sum(1 for i in records if i.state is InstanceState.SUCCEEDED)
+            assert task.failed == sum(1 for i in records if i.state is InstanceState.FAILED)
+            cancelled = sum(1 for i in records if i.state is InstanceState.CANCELLED)
+            assert task.cancelled >= cancelled
+            # Each instance is counted exactly once: never started, waiting, active or done.
+            assert task.fresh >= 0, f"{task}: fresh {task.fresh}"
+            assert task.fresh <= sum(1 for i in task.instances if i is None)
+            counted = task.fresh + len(task.retry_queue) + task.active + task.done
+            assert counted == task.total, f"{task}: {counted} instances counted of {task.total}"
+            for inst in records:
+                assert inst.attempt <= task.defn.retry_limit + 1
+
+    @invariant()
+    def tasks_respect_dependencies(self) -> None:
+        for job in self.jobs:
+            for task in job.tasks.values():
+                deps = [job.tasks[d] for d in task.defn.depends_on]
+                unmet = sum(1 for d in set(deps) if d.state is not TaskState.SUCCEEDED)
+                if task.state is TaskState.PENDING:
+                    assert unmet, f"{task} is PENDING with every dependency SUCCEEDED"
+                    assert task.unmet == unmet
+                    assert not any(i.active for i in instances_of(task))
+                elif task.state is TaskState.SKIPPED:
+                    assert any(d.state in TASK_TERMINAL - {TaskState.SUCCEEDED} for d in deps), (
+                        f"{task} SKIPPED though no upstream task failed"
+                    )
+                else:  # READY, RUNNING, SUCCEEDED, FAILED, CANCELLED: it was released to run
+                    assert not unmet, f"{task} is {task.state} before its dependencies SUCCEEDED"
+                if task.state is TaskState.READY:
+                    assert task.active == task.succeeded == task.failed == 0
+                if task.state in TASK_TERMINAL:
+                    assert task.active == 0
+                    if task.state is not TaskState.SKIPPED:
+                        assert task.pending == 0
+                if task.state is TaskState.SUCCEEDED:
+                    assert task.succeeded == task.total
+                if task.state is TaskState.FAILED:
+                    assert task.failed > 0
+
+    @invariant()
+    def jobs_end_consistently(self) -> None:
+        for job in self.jobs:
+            states = [t.state for t in job.tasks.values()]
+            assert job.unfinished_tasks == sum(1 for s in states if s not in TASK_TERMINAL)
+            if job.state in JOB_TERMINAL:
+                assert job.unfinished_tasks == 0
+                assert job.stopping is None
+                assert (job.state is JobState.SUCCEEDED) == all(
+                    s is TaskState.SUCCEEDED for s in states
+                )
+                if job.state is JobState.FAILED:
+                    assert TaskState.FAILED in states
+            else:
+                assert job.unfinished_tasks > 0, f"{job}: every task ended but the job did not"
+
+    @invariant()
+    def no_deadlock(self) -> None:
+        """With nothing active, a job that is not suspended by choice has work to start."""
+        if self.any_active():
+            return
+        for job in self.jobs:
+            if job.state in JOB_TERMINAL:
+                continue
+            if job.state is JobState.SUSPENDED and job.stopping is None:
+                continue
+            assert any(dispatchable(t) for t in job.tasks.values()), f"{job} is stuck"
+
+    def teardown(self) -> None:
+        """Resume everything and let every attempt succeed: every job must end."""
+        for _ in range(10_000):
+            for job in self.jobs:
+                self.engine.resume_job(job)
+            started = self.engine.dispatch()
+            active = [i for i in self.records() if i.active]
+            if not started and not active:
+                break
+            for inst in active:
+                if inst.state is InstanceState.STAGING:
+                    self.engine.instance_running(inst, pid=1)
+                elif inst.state is InstanceState.RUNNING:
+                    self.engine.instance_exited(inst, SUCCESS)
+                else:
+                    self.finish(inst, self.exited.pop(id(inst), SUCCESS))
+            self.outbox_replays_through_the_tables()
+            self.slots_match_active_instances()
+            self.task_counters()
+        self.outbox_replays_through_the_tables()
+        self.task_counters()
+        self.tasks_respect_dependencies()
+        self.jobs_end_consistently()
+        for job in self.jobs:
+            assert job.state in JOB_TERMINAL, f"{job} never ended"
+
+
+EngineMachine.TestCase.settings = settings(
+    max_examples=100,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestEngineMachine = EngineMachine.TestCase
+
+
+# -- plain unit tests of specific paths ----------------------------------------------------------
+
+
+class Harness:
+    """One engine, one job, and the runtime's sequence of calls for an attempt."""
+
+    def __init__(self, *tasks: TaskDef, slots: int = 4, gpu: int = 1, priority: int = 0) -> None:
+        self.engine = Engine({"local": slots, "gpu": gpu}, clock=lambda: 0.0)
+        self.job = self.submit(*tasks, priority=priority)
+
+    def submit(self, *tasks: TaskDef, priority: int = 0) -> JobRec:
+        seq = len(self.engine.jobs) + 1
+        job = JobRec(f"j{seq}", JobDef(name="job", tasks=tasks, priority=priority), seq, 0.0)
+        self.engine.add_job(job)
+        return job
+
+    def task(self, name: str) -> TaskRec:
+        return self.job.tasks[name]
+
+    def dispatch(self) -> list[str]:
+        return [f"{i.task.name}[{i.index}]" for i in self.engine.dispatch()]
+
+    def inst(self, name: str, index: int = 0) -> InstanceRec:
+        inst = self.task(name).instances[index]
+        assert inst is not None
+        return inst
+
+    def run(self, name: str, index: int = 0, outcome: Outcome = SUCCESS) -> list[InstanceRec]:
+        """The attempt runs and ends with ``outcome``; returns the instances to stop."""
+        inst = self.inst(name, index)
+        if inst.state is InstanceState.STAGING:
+            self.engine.instance_running(inst, pid=100)
+        self.engine.instance_exited(inst, outcome)
+        return self.engine.instance_finished(inst, outcome)
+
+    def job_state(self) -> JobState:
+        return self.job.state
+
+    def states(self) -> dict[str, TaskState]:
+        return {name: task.state for name, task in self.job.tasks.items()}
+
+
+def test_outcome_code_counts_a_signal_as_128_plus_n() -> None:
+    assert Outcome(signal=9).code == 137
+    assert Outcome(signal=15, reason="timeout").code == 143
+    assert Outcome(exit_code=3).code == 3
+    assert Outcome(exit_code=0).succeeded
+    assert not Outcome(exit_code=0, reason="upload_failed").succeeded
+    assert Outcome(signal=9).failure_reason() == "signal: SIGKILL"
+    assert Outcome(exit_code=3).failure_reason() == "exit_code: 3"
+    assert Outcome(signal=15, reason="timeout").failure_reason() == "timeout"
+
+
+@pytest.mark.parametrize(
+    ("codes", "outcome", "retried"),
+    [
+        ((137,), Outcome(signal=9), True),  # SIGKILL reads as 137
+        ((9,), Outcome(signal=9), False),  # ... not as 9
+        ((143,), Outcome(signal=15, reason="timeout"), True),  # a timeout is a TERM: 143
+        ((3, 137), Outcome(exit_code=3), True),
+        ((3, 137), Outcome(exit_code=1), False),
+        ((1,), Outcome(reason="exec_failed: x: not found"), False),  # no exit code at all
+        (None, Outcome(reason="exec_failed: x: not found"), True),
+        (None, Outcome(exit_code=1), True),
+    ],
+)
+def test_retry_on_exit_codes(
+    codes: tuple[int, ...] | None, outcome: Outcome, retried: bool
+) -> None:
+    h = Harness(task_def("a", retry_limit=1, retry_exit_codes=codes))
+    assert h.dispatch() == ["a[0]"]
+    inst = h.inst("a")
+    if outcome.reason is not None and outcome.reason.startswith("exec_failed"):
+        h.engine.instance_finished(inst, outcome)  # never ran: finished from STAGING
+    else:
+        h.run("a", outcome=outcome)
+    if retried:
+        assert (inst.state, inst.attempt, inst.reason) == (
+            InstanceState.PENDING,
+            2,
+            outcome.failure_reason(),
+        )
+        assert h.task("a").state is TaskState.RUNNING
+        assert h.dispatch() == ["a[0]"]
+        h.run("a")
+        assert h.job.state is JobState.SUCCEEDED
+    else:
+        assert (inst.state, inst.attempt) == (InstanceState.FAILED, 1)
+        assert h.job.state is JobState.FAILED
+        assert h.job.reason == "task_failed: a"
+
+
+def test_retry_limit_counts_attempts() -> None:
+    h = Harness(task_def("a", retry_limit=2, retry_exit_codes=(137,)))
+    for attempt in (1, 2, 3):
+        assert h.dispatch() == ["a[0]"]
+        assert h.inst("a").attempt == attempt
+        h.run("a", outcome=Outcome(signal=9))
+    inst = h.inst("a")
+    assert (inst.state, inst.attempt, inst.reason) == (InstanceState.FAILED, 3, "signal: SIGKILL")
+    assert h.task("a").state is TaskState.FAILED
+    assert h.task("a").reason == "signal: SIGKILL"
+    assert h.job.state is JobState.FAILED
+
+
+def test_fail_job_cancels_the_rest_and_ends_failed() -> None:
+    h = Harness(
+        task_def("a", instances=2),
+        task_def("b", instances=3),
+        task_def("c", depends_on=("a",)),
+        slots=3,
+    )
+    assert h.dispatch() == ["a[0]", "a[1]", "b[0]"]
+    to_stop = h.run("a", 0, Outcome(exit_code=1))
+    assert {f"{i.task.name}[{i.index}]" for i in to_stop} == {"a[1]", "b[0]"}
+    assert all(i.stop_reason == "task_failed: a" for i in to_stop)
+    assert h.job.stopping == (JobState.FAILED, "task_failed: a")
+    assert h.dispatch() == []  # a free slot, but nothing starts while winding down
+    assert h.job.state is JobState.RUNNING
+    for inst in to_stop:
+        h.run(inst.task.name, inst.index, Outcome(signal=15))
+        assert inst.state is InstanceState.CANCELLED
+    assert h.states() == {
+        "a": TaskState.FAILED,
+        "b": TaskState.CANCELLED,
+        "c": TaskState.SKIPPED,
+    }
+    assert h.task("b").cancelled == 3  # one stopped, two never started
+    assert h.task("c").reason == "upstream_failed: a"
+    assert (h.job.state, h.job.reason) == (JobState.FAILED, "task_failed: a")
+
+
+def test_continue_runs_independent_branches_and_ends_failed() -> None:
+    h = Harness(
+        task_def("a", on_failure="continue"),
+        task_def("b"),
+        task_def("c", depends_on=("a",)),
+        task_def("d", depends_on=("c",)),
+        task_def("e", depends_on=("b",)),
+    )
+    assert h.dispatch() == ["a[0]", "b[0]"]
+    assert h.run("a", outcome=Outcome(exit_code=2)) == []
+    assert h.job.stopping is None
+    assert h.task("c").state is TaskState.SKIPPED
+    assert h.task("d").reason == "upstream_failed: a"  # the root cause, not "c"
+    h.run("b")
+    assert h.dispatch() == ["e[0]"]
+    h.run("e")
+    assert h.states() == {
+        "a": TaskState.FAILED,
+        "b": TaskState.SUCCEEDED,
+        "c": TaskState.SKIPPED,
+        "d": TaskState.SKIPPED,
+        "e": TaskState.SUCCEEDED,
+    }
+    assert (h.job.state, h.job.reason) == (JobState.FAILED, "task_failed: a")
+
+
+def test_stop_job_ends_cancelled() -> None:
+    h = Harness(task_def("a", instances=3), task_def("b", depends_on=("a",)), slots=1)
+    assert h.dispatch() == ["a[0]"]
+    h.engine.instance_running(h.inst("a"), pid=1)
+    (inst,) = h.engine.stop_job(h.job)
+    assert inst is h.inst("a") and inst.stop_reason == STOPPED_BY_USER
+    assert h.engine.stop_job(h.job) == []  # a second stop is a no-op
+    h.run("a", outcome=Outcome(signal=15))
+    assert h.states() == {"a": TaskState.CANCELLED, "b": TaskState.SKIPPED}
+    assert h.task("a").reason == STOPPED_BY_USER
+    assert h.task("b").reason == "upstream_cancelled: a"
+    assert (h.job.state, h.job.reason) == (JobState.CANCELLED, STOPPED_BY_USER)
+    kinds = [type(e).__name__ for e in h.engine.drain()]
+    assert kinds.count("JobStopRequested") == 1
+
+
+def test_stop_job_with_nothing_active_ends_at_once() -> None:
+    h = Harness(task_def("a", instances=2), task_def("b", depends_on=("a",)))
+    assert h.engine.stop_job(h.job) == []
+    assert h.states() == {"a": TaskState.CANCELLED, "b": TaskState.SKIPPED}
+    assert h.job.state is JobState.CANCELLED
+
+
+def test_stop_instance_cancels_a_waiting_instance() -> None:
+    h = Harness(task_def("a", instances=2), slots=1)
+    assert h.dispatch() == ["a[0]"]
+    assert h.engine.stop_instance(h.task("a"), 1) is None
+    assert h.inst("a", 1).state is InstanceState.CANCELLED
+    h.run("a", 0)
+    assert h.dispatch() == []
+    assert h.task("a").state is TaskState.CANCELLED
+    assert (h.job.state, h.job.reason) == (JobState.CANCELLED, "task_cancelled: a")
+
+
+def test_stop_instance_of_an_active_one_is_left_to_the_caller() -> None:
+    h = Harness(task_def("a", retry_limit=3))
+    h.dispatch()
+    inst = h.engine.stop_instance(h.task("a"), 0)
+    assert inst is h.inst("a") and inst.stop_reason == STOPPED_BY_USER
+    h.run("a", outcome=Outcome(signal=15))
+    assert inst.state is InstanceState.CANCELLED  # stopped: not retried
+    assert h.job.state is JobState.CANCELLED
+
+
+def test_suspend_blocks_dispatch_and_resume_restarts_it() -> None:
+    h = Harness(task_def("a", instances=2), slots=1)
+    assert h.dispatch() == ["a[0]"]
+    assert h.engine.suspend_job(h.job)
+    assert not h.engine.suspend_job(h.job)
+    assert h.job_state() is JobState.SUSPENDED
+    h.run("a", 0)  # a suspended job lets its running instances finish
+    assert h.dispatch() == []
+    assert h.engine.waiting_reason(h.task("a")) == "job_suspended"
+    assert h.engine.resume_job(h.job)
+    assert not h.engine.resume_job(h.job)
+    assert h.dispatch() == ["a[1]"]
+    h.run("a", 1)
+    assert h.job.state is JobState.SUCCEEDED
+
+
+def test_a_suspended_job_can_end() -> None:
+    h = Harness(task_def("a"))
+    h.dispatch()
+    assert h.engine.suspend_job(h.job)
+    h.run("a")
+    assert h.job.state is JobState.SUCCEEDED
+
+
+def test_suspend_refused_while_winding_down() -> None:
+    h = Harness(task_def("a"))
+    h.dispatch()
+    h.engine.stop_job(h.job)
+    assert not h.engine.suspend_job(h.job)
+    h.run("a", outcome=Outcome(signal=15))
+    assert h.job.state is JobState.CANCELLED
+    assert not h.engine.suspend_job(h.job)
+    assert not h.engine.resume_job(h.job)
+
+
+def test_waiting_reasons() -> None:
+    h = Harness(
+        task_def("a", instances=3, max_parallel=1),
+        task_def("b", instances=2),
+        task_def("c", depends_on=("a", "b")),
+        task_def("g", compute_env="gpu", instances=2),
+        slots=2,
+    )
+    assert h.engine.waiting_reason(h.task("c")) == "waiting_for: a, b"
+    assert h.dispatch() == ["a[0]", "b[0]", "g[0]"]
+    assert h.engine.waiting_reason(h.task("a")) == "max_parallel"
+    assert h.engine.waiting_reason(h.task("b")) == "no_free_slot: local"
+    assert h.engine.waiting_reason(h.task("g")) == "no_free_slot: gpu"
+    h.run("b", 0)
+    assert h.dispatch() == ["b[1]"]
+    assert h.engine.waiting_reason(h.task("b")) is None  # nothing left to start
+    h.run("b", 1)
+    assert h.engine.waiting_reason(h.task("c")) == "waiting_for: a"
+    assert h.engine.suspend_job(h.job)
+    assert h.engine.waiting_reason(h.task("a")) == "job_suspended"
+    assert h.engine.waiting_reason(h.task("c")) == "waiting_for: a"
+    assert h.engine.resume_job(h.job)
+    h.run("a", 0, Outcome(exit_code=1))  # fail_job: the job winds down
+    h.run("g", 0, Outcome(signal=15))
+    assert h.engine.waiting_reason(h.task("a")) == "exit_code: 1"
+    assert h.engine.waiting_reason(h.task("c")) == "upstream_failed: a"
+    assert h.engine.waiting_reason(h.task("g")) == "task_failed: a"
+
+
+def test_higher_priority_job_dispatches_first() -> None:
+    h = Harness(task_def("a", instances=2), slots=1)
+    urgent = h.submit(task_def("a", instances=2), priority=5)
+    later = h.submit(task_def("a"), priority=5)
+    order = []
+    for _ in range(5):
+        (inst,) = h.engine.dispatch()
+        order.append(inst.task.job.id)
+        h.engine.instance_running(inst, pid=1)
+        h.engine.instance_exited(inst, SUCCESS)
+        h.engine.instance_finished(inst, SUCCESS)
+    assert order == [urgent.id, urgent.id, later.id, h.job.id, h.job.id]
+    assert all(j.state is JobState.SUCCEEDED for j in h.engine.jobs.values())
+
+
+# -- regressions: bugs the state machine found ------------------------------------------------
+
+
+def test_stop_instance_during_wind_down_does_not_hang_the_job() -> None:
+    h = Harness(task_def("a", instances=3), slots=1)
+    assert h.dispatch() == ["a[0]"]
+    h.engine.stop_job(h.job)
+    h.engine.stop_instance(h.task("a"), 1)
+    h.run("a", 0, Outcome(signal=15))
+    assert h.task("a").fresh >= 0
+    assert h.job.state is JobState.CANCELLED
+
+
+def test_stopping_all_instances_of_a_pending_task_cancels_it() -> None:
+    h = Harness(task_def("a"), task_def("b", depends_on=("a",)))
+    assert h.engine.stop_instance(h.task("b"), 0) is None
+    assert h.dispatch() == ["a[0]"]
+    h.run("a")
+    assert h.dispatch() == []
+    assert h.task("b").state is TaskState.CANCELLED
+    assert h.job.state is JobState.CANCELLED
+
+
+def test_stop_instance_after_the_job_ended_changes_nothing() -> None:
+    h = Harness(task_def("a"), task_def("b", depends_on=("a",), instances=2))
+    h.engine.stop_job(h.job)
+    assert h.job.state is JobState.CANCELLED
+    h.engine.drain()
+    assert h.engine.stop_instance(h.task("b"), 1) is None
+    assert h.engine.drain() == []
