@@ -12,7 +12,7 @@ from typing import Protocol
 
 import msgspec
 
-from aiobatch.errors import JobFailed
+from aiobatch.errors import JobFailed, JobNotFound
 from aiobatch.events import Event
 from aiobatch.states import JOB_TERMINAL, JobState, coarse_status
 
@@ -40,10 +40,6 @@ class TaskResult(msgspec.Struct, frozen=True, kw_only=True):
     instances: list[InstanceResult] | None = None
     # Last lines of stderr of failed instances, by index (filled by get_task_result).
     stderr_tails: dict[int, list[str]] | None = None
-
-    @property
-    def progress(self) -> TaskProgress:
-        return TaskProgress(name="", done=self.done, running=self.running, total=self.total)
 
 
 class JobSnapshot(msgspec.Struct, frozen=True, kw_only=True):
@@ -102,11 +98,19 @@ class Backend(Protocol):
 class JobHandle:
     """A submitted job. Cheap to create; holds only the id and the backend."""
 
-    def __init__(self, backend: Backend, job_id: str, name: str, task_names: list[str]) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        job_id: str,
+        name: str,
+        task_names: list[str],
+        status: JobState = JobState.SUBMITTED,
+    ) -> None:
         self._backend = backend
         self.id = job_id
         self.name = name
         self._task_names = task_names
+        self._last_status = status  # for when the backend no longer holds the job
 
     def __repr__(self) -> str:
         return f"<JobHandle {self.id} {self.name!r} {self.status}>"
@@ -114,7 +118,11 @@ class JobHandle:
     @property
     def status(self) -> JobState:
         """Fine-grained state, as last known to the backend (live for a Runtime)."""
-        return self._backend.cached_status(self.id)
+        try:
+            self._last_status = self._backend.cached_status(self.id)
+        except JobNotFound:
+            pass
+        return self._last_status
 
     @property
     def coarse_status(self) -> str:
@@ -122,7 +130,7 @@ class JobHandle:
         return coarse_status(self.status)
 
     async def get_status(self) -> JobState:
-        return JobState((await self._backend.job_snapshot(self.id)).status)
+        return JobState((await self.snapshot()).status)
 
     async def is_terminated(self) -> bool:
         return await self.get_status() in JOB_TERMINAL
@@ -131,7 +139,9 @@ class JobHandle:
         return await self.get_status() is JobState.SUCCEEDED
 
     async def wait_for_completion(self) -> JobSnapshot:
-        return await self._backend.wait_job(self.id)
+        snapshot = await self._backend.wait_job(self.id)
+        self._last_status = JobState(snapshot.status)
+        return snapshot
 
     async def wait_for_success(self) -> JobSnapshot:
         """Wait for the end; raise ``JobFailed`` naming the failed tasks unless it SUCCEEDED."""
@@ -156,7 +166,9 @@ class JobHandle:
         return TaskProgress(name=name, done=task.done, running=task.running, total=task.total)
 
     async def snapshot(self, *, instances: bool = False) -> JobSnapshot:
-        return await self._backend.job_snapshot(self.id, instances=instances)
+        snapshot = await self._backend.job_snapshot(self.id, instances=instances)
+        self._last_status = JobState(snapshot.status)
+        return snapshot
 
     async def suspend(self) -> bool:
         return await self._backend.suspend_job(self.id)

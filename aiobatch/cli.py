@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -64,6 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SpecError, ConfigError) as exc:
         print(f"aiobatch: invalid input:\n{_indent(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # before any job was submitted: nothing to stop
+        print("aiobatch: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _indent(text: str) -> str:
@@ -90,25 +93,26 @@ def _run(args: argparse.Namespace) -> int:
 async def _run_job(runtime: Runtime, defn: JobDef, args: argparse.Namespace) -> int:
     interrupted = False
 
-    async def stop_on_signal(job: JobHandle) -> None:
+    async def stop_on_signal(signals: AsyncIterator[int], job: JobHandle) -> None:
         nonlocal interrupted
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for _ in signals:
-                interrupted = True
-                await job.stop()
+        async for _ in signals:
+            interrupted = True
+            await job.stop()
 
-    async with runtime:
-        job = await runtime.submit(defn)
-        with _progress(runtime, job, enabled=not args.quiet):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(stop_on_signal, job)
-                await job.wait_for_completion()
-                tg.cancel_scope.cancel()
-        snapshot = await job.snapshot(instances=True)
-        if args.json:
-            sys.stdout.write(msgspec.json.encode(snapshot).decode() + "\n")
-        elif not args.quiet:
-            _print_summary(runtime, snapshot)
+    # Listen before anything starts: a Ctrl-C at any point from here on stops the job cleanly.
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with runtime:
+            job = await runtime.submit(defn)
+            with _progress(runtime, job, enabled=not args.quiet):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(stop_on_signal, signals, job)
+                    await job.wait_for_completion()
+                    tg.cancel_scope.cancel()
+            snapshot = await job.snapshot(instances=True)
+            if args.json:
+                sys.stdout.write(msgspec.json.encode(snapshot).decode() + "\n")
+            elif not args.quiet:
+                _print_summary(runtime, snapshot)
     if interrupted:
         return EXIT_INTERRUPTED
     return EXIT_OK if snapshot.status == JobState.SUCCEEDED else EXIT_FAILED

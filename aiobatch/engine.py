@@ -144,8 +144,9 @@ class Engine:
         for task in job.tasks.values():
             self.scheduler.offer(task)
 
-    def forget(self, job_id: str) -> None:
-        self.jobs.pop(job_id, None)
+    def forget(self, job_id: str) -> JobRec | None:
+        """Drop an ended job: the engine holds only jobs that can still change."""
+        return self.jobs.pop(job_id, None)
 
     def suspend_job(self, job: JobRec) -> bool:
         if job.state is not JobState.RUNNING or job.stopping is not None:

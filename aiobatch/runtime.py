@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime
@@ -53,6 +53,7 @@ log = structlog.get_logger("aiobatch.runtime")
 
 SpecSource = str | Path | JobSpec | JobDef | Mapping[str, Any]
 STDERR_TAIL_LINES = 10
+ARCHIVE_SIZE = 256  # ended jobs kept in memory for queries; older ones are read from SQLite
 
 
 def new_job_id() -> str:
@@ -83,8 +84,8 @@ class Runtime:
         self._instances: TaskGroup | None = None
         self._closing = False
         self._job_done: dict[str, anyio.Event] = {}
-        # Jobs of earlier runs, loaded on demand for queries; they never run here.
-        self._archive: dict[str, JobRec] = {}
+        # Ended jobs (of this run, or loaded for a query), most recent last; bounded.
+        self._archive: OrderedDict[str, JobRec] = OrderedDict()
         self._next_seq = 1
         self._log_dirs: dict[str, set[str]] = {}  # per running job, tasks whose log dir exists
         self._kill_grace = self.config.kill_grace_s
@@ -168,6 +169,9 @@ class Runtime:
     def _on_event(self, event: Event) -> None:
         if isinstance(event, JobStateChanged) and event.state in JOB_TERMINAL:
             self._log_dirs.pop(event.job_id, None)
+            job = self.engine.forget(event.job_id)
+            if job is not None:
+                self._remember(job)
             done = self._job_done.pop(event.job_id, None)
             if done is not None:
                 done.set()
@@ -280,14 +284,20 @@ class Runtime:
         return self._handle(job)
 
     def _handle(self, job: JobRec) -> JobHandle:
-        return JobHandle(self, job.id, job.defn.name, list(job.tasks))
+        return JobHandle(self, job.id, job.defn.name, list(job.tasks), job.state)
 
     async def _job(self, job_id: str) -> JobRec:
         job = self.engine.jobs.get(job_id) or self._archive.get(job_id)
         if job is None:
             job, _ = await self._load(job_id)
-            self._archive[job_id] = job
+            self._remember(job)
         return job
+
+    def _remember(self, job: JobRec) -> None:
+        self._archive[job.id] = job
+        self._archive.move_to_end(job.id)
+        while len(self._archive) > ARCHIVE_SIZE:
+            self._archive.popitem(last=False)
 
     async def get_job(self, job_id: str) -> JobHandle:
         return self._handle(await self._job(job_id))
@@ -405,12 +415,14 @@ class Runtime:
         return await self.job_snapshot(job_id)
 
     async def suspend_job(self, job_id: str) -> bool:
-        changed = self.engine.suspend_job(await self._live_job(job_id))
+        job = await self._live_job(job_id)
+        changed = job is not None and self.engine.suspend_job(job)
         self._pump()
         return changed
 
     async def resume_job(self, job_id: str) -> bool:
-        changed = self.engine.resume_job(await self._live_job(job_id))
+        job = await self._live_job(job_id)
+        changed = job is not None and self.engine.resume_job(job)
         self._pump()
         return changed
 
@@ -421,7 +433,7 @@ class Runtime:
         self._pump(self.engine.stop_job(job))
 
     async def stop_instance(self, job_id: str, task: str, index: int) -> None:
-        job = await self._live_job(job_id)
+        job = await self._live_job(job_id) or await self._job(job_id)
         task_rec = job.tasks.get(task)
         if task_rec is None:
             raise TaskNotFound(job_id, task)
@@ -430,11 +442,11 @@ class Runtime:
         inst = self.engine.stop_instance(task_rec, index)
         self._pump([inst] if inst is not None else None)
 
-    async def _live_job(self, job_id: str) -> JobRec:
+    async def _live_job(self, job_id: str) -> JobRec | None:
+        """The job if it has not ended; None if it has; JobNotFound if there is none."""
         job = self.engine.jobs.get(job_id)
         if job is None:
-            await self._job(job_id)  # raises JobNotFound for an unknown id
-            raise RuntimeClosed(f"job {job_id} is not running in this runtime")
+            await self._job(job_id)
         return job
 
     async def job_events(self, job_id: str) -> AsyncIterator[Event]:

@@ -333,3 +333,17 @@ async def test_list_exist_get_and_reopen(state_dir: Path) -> None:
         assert again.status is JobState.FAILED
         result = await again.get_task_result("a")
         assert (result.instances or [])[0].exit_code == 1
+
+
+async def test_ended_jobs_leave_the_engine_but_stay_queryable(state_dir: Path) -> None:
+    async with Runtime(state_dir) as rt:
+        job = await rt.submit({"name": "done", "tasks": [{"name": "a", "command": "true"}]})
+        await job.wait_for_success()
+        assert job.id not in rt.engine.jobs  # the engine holds only jobs that can change
+        assert job.status is JobState.SUCCEEDED
+        assert not await job.suspend()
+        assert not await job.resume()
+        await job.stop()
+        await job.stop_instance("a", 0)
+        assert (await job.snapshot()).status == "SUCCEEDED"
+        assert rt.statistics()["jobs"] == {}
