@@ -87,7 +87,8 @@ class Runtime:
         # Ended jobs (of this run, or loaded for a query), most recent last; bounded.
         self._archive: OrderedDict[str, JobRec] = OrderedDict()
         self._next_seq = 1
-        self._log_dirs: dict[str, set[str]] = {}  # per running job, tasks whose log dir exists
+        # Per running job and task: the environment its instances share (also: log dir made).
+        self._task_env: dict[str, dict[str, dict[str, str]]] = {}
         self._kill_grace = self.config.kill_grace_s
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -168,7 +169,7 @@ class Runtime:
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, JobStateChanged) and event.state in JOB_TERMINAL:
-            self._log_dirs.pop(event.job_id, None)
+            self._task_env.pop(event.job_id, None)
             job = self.engine.forget(event.job_id)
             if job is not None:
                 self._remember(job)
@@ -181,19 +182,22 @@ class Runtime:
         task, job = inst.task, inst.task.job
         work_dir = self.layout.work_dir(job.id, task.name, inst.index)
         work_dir.mkdir(parents=True, exist_ok=True)
-        made = self._log_dirs.setdefault(job.id, set())
-        if task.name not in made:
+        base_env = self._task_env.setdefault(job.id, {}).get(task.name)
+        if base_env is None:  # first dispatch of the task: once per task, not per instance
             self.layout.log_dir(job.id, task.name).mkdir(parents=True, exist_ok=True)
-            made.add(task.name)
+            base_env = {
+                **os.environ,
+                **job.defn.env,
+                **task.defn.env,
+                "AIOBATCH_JOB_ID": job.id,
+                "AIOBATCH_JOB_NAME": job.defn.name,
+                "AIOBATCH_TASK_NAME": task.name,
+                "AIOBATCH_INSTANCE_COUNT": str(task.total),
+            }
+            self._task_env[job.id][task.name] = base_env
         env = {
-            **os.environ,
-            **job.defn.env,
-            **task.defn.env,
-            "AIOBATCH_JOB_ID": job.id,
-            "AIOBATCH_JOB_NAME": job.defn.name,
-            "AIOBATCH_TASK_NAME": task.name,
+            **base_env,
             "AIOBATCH_INSTANCE_INDEX": str(inst.index),
-            "AIOBATCH_INSTANCE_COUNT": str(task.total),
             "AIOBATCH_ATTEMPT": str(inst.attempt),
         }
         assert inst.control is not None

@@ -1,0 +1,902 @@
+#!/usr/bin/env python3
+"""Core benchmarks of aiobatch, each against a baseline measured in the same run.
+
+    .venv/bin/python scripts/bench.py [--quick] [--no-big] [--only 1,3] [--json-out PATH]
+
+1. ``aiobatch run --quiet`` of one task with 2,000 instances of ``true`` at 8 slots (every state
+   change persisted), as a whole process, vs a plain asyncio script spawning the same processes
+   8 at a time, also as a whole process.
+2. Snakemake vs ``aiobatch run`` on 500 independent jobs, a chain of 200 and a single job.
+3. Group commit: 6,000 ``InstanceStateChanged`` events through ``Store.on_event`` + ``flush``
+   vs one awaited aiosqlite ``execute`` per row.
+4. ``import aiobatch`` vs importing its dependencies alone; no container/cloud SDK imported by
+   a local-only run.
+5. ``Runtime.submit`` of a 10,000-task DAG (about 20,000 edges) up to the first dispatch; and
+   ``resolve_spec`` alone.
+6. Peak RSS and wall time of ``aiobatch run`` with 100,000 instances (``--no-big`` skips it).
+
+Whole-process timings are wall clock around fork to reap (``os.wait4``, which also gives the
+child's peak RSS); each repetition gets a fresh state or working dir. Timings report the
+median and the best of the repetitions; ratios use medians. The markdown table goes to stdout,
+progress to stderr, everything measured to ``--json-out`` (default bench-results/core.json).
+State and working dirs live under the system temp dir (``TMPDIR`` moves them); aiobatch creates
+a work dir and two log files per instance there, so a probe of that file system's mkdir and
+create latency is recorded at the start and the end: on a busy disk it dominates section 1.
+Exit status: 0, or 1 when a correctness check failed (or, with ``--strict``, a target was
+missed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import anyio
+
+from aiobatch.config import ComputeEnvConfig, Config
+from aiobatch.events import Event, InstanceStateChanged, event_encoder
+from aiobatch.logging import configure_logging
+from aiobatch.runtime import Runtime
+from aiobatch.spec import resolve_spec
+from aiobatch.store import _UPSERT_INSTANCE, SCHEMA, Store
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_JSON_OUT = Path("bench-results") / "core.json"  # relative to the repo root
+DEFAULT_SNAKEMAKE_VENV = Path("bench-results") / "snakemake-venv"
+SLOTS = 8
+PROCESS_TIMEOUT_S = 1800.0
+MIB = 1024 * 1024
+
+# Spawns N `true` 8 at a time with nothing but asyncio: the floor for "run N processes".
+ASYNCIO_BASELINE = """
+import asyncio, sys
+
+async def main(n, slots):
+    sem = asyncio.Semaphore(slots)
+
+    async def one():
+        async with sem:
+            proc = await asyncio.create_subprocess_exec("true")
+            await proc.wait()
+
+    await asyncio.gather(*(one() for _ in range(n)))
+
+asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
+"""
+
+# Measures an import inside a fresh interpreter (interpreter startup excluded).
+IMPORT_PROBE = """
+import sys, time
+t = time.perf_counter()
+for name in sys.argv[1:]:
+    __import__(name)
+print(time.perf_counter() - t)
+"""
+
+# Runs a job through the CLI entry point in this very process, then lists what got imported.
+MODULES_PROBE = """
+import json, sys
+from aiobatch.cli import main
+rc = main(["run", sys.argv[1], "--state-dir", sys.argv[2], "--config", sys.argv[3], "--quiet"])
+forbidden = sorted(m for m in sys.modules if m.split(".")[0] in ("aiodocker", "aiobotocore"))
+print(json.dumps({"rc": rc, "forbidden": forbidden, "modules": len(sys.modules)}))
+"""
+
+# Snakefiles: the cheapest faithful formulation of each shape.
+# * Several jobs of one rule need distinct outputs for Snakemake to build the DAG, so (a) and (b)
+#   use one wildcard rule whose output is declared with touch(): Snakemake creates the empty
+#   file itself after `true` exits (no extra shell command), and a target rule `all` asks for
+#   all 500 files (a) or for the last link of the chain (b), whose input function names the
+#   previous link. These empty marker files are the only files the workflows create.
+# * A rule without outputs always runs when it is the target, so (c) is one rule with no
+#   input and no output at all.
+# * `shell: "true"` runs `true` through bash (Snakemake's shell); aiobatch runs the argv
+#   ["true"] directly (no shell), which is how one writes a command in an aiobatch spec.
+SNAKEFILE_INDEPENDENT = """\
+rule all:
+    input: expand("o/{{i}}", i=range({n}))
+
+rule job:
+    output: touch("o/{{i}}")
+    shell: "true"
+"""
+
+SNAKEFILE_CHAIN = """\
+wildcard_constraints:
+    i=r"\\d+"
+
+rule all:
+    input: "o/{last}"
+
+rule job:
+    input: lambda wc: [f"o/{{int(wc.i) - 1}}"] if int(wc.i) > 0 else []
+    output: touch("o/{{i}}")
+    shell: "true"
+"""
+
+SNAKEFILE_SINGLE = """\
+rule all:
+    shell: "true"
+"""
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def note(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class ProcResult:
+    wall_s: float
+    returncode: int
+    maxrss_kib: int
+    stdout: str
+    stderr: str
+
+
+def run_process(
+    argv: Sequence[str | Path],
+    *,
+    cwd: Path | None = None,
+    capture_stdout: bool = False,
+    timeout_s: float = PROCESS_TIMEOUT_S,
+) -> ProcResult:
+    """Run a whole process; wall clock from spawn to reap, peak RSS from ``wait4``."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            [str(a) for a in argv],
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out if capture_stdout else subprocess.DEVNULL,
+            stderr=err,
+        )
+        killer = threading.Timer(timeout_s, proc.kill)
+        killer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            killer.cancel()
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return ProcResult(
+            wall_s=wall,
+            returncode=proc.returncode,
+            maxrss_kib=usage.ru_maxrss,  # KiB on Linux
+            stdout=out.read().decode(errors="replace"),
+            stderr=err.read()[-4000:].decode(errors="replace"),
+        )
+
+
+def checked(result: ProcResult, what: str) -> ProcResult:
+    if result.returncode != 0:
+        raise RuntimeError(f"{what}: exit status {result.returncode}\n{result.stderr}")
+    return result
+
+
+@dataclass
+class Timing:
+    samples: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def best(self) -> float:
+        return min(self.samples)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"median_s": self.median, "best_s": self.best, "samples_s": self.samples}
+
+
+def fmt_s(t: Timing | float) -> str:
+    if isinstance(t, Timing):
+        return f"{fmt_s(t.median)} (best {fmt_s(t.best)})"
+    return f"{t * 1000:.1f} ms" if t < 1 else f"{t:.2f} s"
+
+
+@dataclass
+class Row:
+    benchmark: str
+    aiobatch: str
+    baseline: str = ""
+    ratio: str = ""
+    target: str = ""
+    met: bool | None = None
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+    sections: dict[str, Any] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+    def row(self, row: Row) -> None:
+        self.rows.append(row)
+
+    def check(self, ok: bool, message: str) -> bool:
+        if not ok:
+            self.failures.append(message)
+            note(f"CHECK FAILED: {message}")
+        return ok
+
+    def markdown(self) -> str:
+        lines = [
+            "| Benchmark | aiobatch | Baseline | Ratio | Target | Met |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in self.rows:
+            met = "" if r.met is None else ("yes" if r.met else "**no**")
+            lines.append(
+                f"| {r.benchmark} | {r.aiobatch} | {r.baseline} | {r.ratio} | {r.target} | {met} |"
+            )
+        return "\n".join(lines)
+
+
+@contextmanager
+def scratch_dir(root: Path, name: str) -> Iterator[Path]:
+    """A fresh directory under ``root`` for one measurement.
+
+    It is not removed here but with ``root`` when the whole run ends: deleting thousands of
+    files makes the next file creations on ext4 much slower for a while (the inode allocator
+    skips recently deleted inodes one by one), which would tax whichever run comes next.
+    """
+    yield Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
+
+
+def aiobatch_cli() -> Path:
+    """The ``aiobatch`` console script installed next to this interpreter."""
+    candidate = Path(sys.executable).parent / "aiobatch"
+    if candidate.exists():
+        return candidate
+    found = shutil.which("aiobatch")
+    if found is None:
+        raise SystemExit("bench: the aiobatch command is not installed (run scripts/setup)")
+    return Path(found)
+
+
+def write_json(path: Path, data: Any) -> Path:
+    path.write_text(json.dumps(data))
+    return path
+
+
+def dir_size_bytes(root: Path) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(root):
+        total += os.lstat(dirpath).st_blocks * 512
+        for name in files:
+            total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+    return total
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
+        self.args = args
+        self.quick: bool = args.quick
+        self.reps: int = args.reps if args.reps is not None else (1 if self.quick else 3)
+        self.tmp = tmp
+        self.report = Report()
+        self.cli = aiobatch_cli()
+        self.config = tmp / "config.toml"
+        self.config.write_text(f"[compute_envs.local]\nslots = {SLOTS}\n")
+
+    def n(self, full: int, quick: int) -> int:
+        return quick if self.quick else full
+
+    def aiobatch_run(self, spec: Path, state_dir: Path) -> ProcResult:
+        argv: list[str | Path] = [self.cli, "run", spec, "--state-dir", state_dir]
+        return run_process([*argv, "--config", self.config, "--quiet"])
+
+    def interleaved(self, *runs: Callable[[], float], reps: int | None = None) -> list[Timing]:
+        """Repeat each measurement ``reps`` times, alternating them to spread machine noise."""
+        samples: list[list[float]] = [[] for _ in runs]
+        for _ in range(reps or self.reps):
+            for i, run in enumerate(runs):
+                samples[i].append(run())
+        return [Timing(s) for s in samples]
+
+    # -- 1. many instances of one task --------------------------------------------------------
+
+    def bench_instances(self) -> None:
+        n = self.n(2000, 200)
+        note(f"1. {n} instances of `true` at {SLOTS} slots: aiobatch run vs plain asyncio")
+        spec = write_json(
+            self.tmp / f"instances-{n}.json",
+            {"name": f"bench-{n}", "tasks": [{"name": "t", "command": ["true"], "instances": n}]},
+        )
+        persisted: list[dict[str, Any]] = []
+
+        def aiobatch() -> float:
+            with scratch_dir(self.tmp, "state") as state:
+                result = checked(self.aiobatch_run(spec, state), "aiobatch run")
+                persisted.append(_persisted_counts(state / "aiobatch.db"))
+            return result.wall_s
+
+        def baseline() -> float:
+            argv = [sys.executable, "-c", ASYNCIO_BASELINE, str(n), str(SLOTS)]
+            return checked(run_process(argv), "asyncio baseline").wall_s
+
+        ours, base = self.interleaved(aiobatch, baseline)
+        ratio = ours.median / base.median
+        last = persisted[-1]
+        # Per instance: STAGING, RUNNING, UPLOADING, SUCCEEDED, each an event row.
+        self.report.check(
+            last["instances"].get("SUCCEEDED") == n and last["events"] >= 4 * n,
+            f"1: expected {n} SUCCEEDED instances and >= {4 * n} events, got {last}",
+        )
+        self.report.sections["instances"] = {
+            "instances": n,
+            "slots": SLOTS,
+            "aiobatch": ours.as_json(),
+            "asyncio_baseline": base.as_json(),
+            "ratio_median": ratio,
+            "ratio_best": ours.best / base.best,
+            "aiobatch_instances_per_s": n / ours.median,
+            "baseline_instances_per_s": n / base.median,
+            "persisted": last,
+        }
+        self.report.row(
+            Row(
+                f"1. {n:,} x `true`, 8 slots, whole process",
+                f"{fmt_s(ours)}; {n / ours.median:,.0f} inst/s",
+                f"asyncio: {fmt_s(base)}; {n / base.median:,.0f} inst/s",
+                f"{ratio:.2f}x",
+                "<= 1.5x (stretch 1.0x)",
+                ratio <= 1.5,
+            )
+        )
+        self.report.row(
+            Row(
+                "1. ... every state change persisted",
+                f"{last['events']:,} event rows, {last['instances'].get('SUCCEEDED', 0):,}"
+                " instances SUCCEEDED",
+            )
+        )
+
+    # -- 2. Snakemake ---------------------------------------------------------------------------
+
+    def snakemake_bin(self) -> tuple[Path, str]:
+        venv = Path(self.args.snakemake_venv)
+        if not venv.is_absolute():
+            venv = REPO / venv
+        exe = venv / "bin" / "snakemake"
+        if not exe.exists():
+            note(f"creating {venv} and installing snakemake into it (takes a minute)")
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check"]
+            subprocess.run([*pip, "install", "--quiet", "snakemake"], check=True)
+        version = checked(run_process([exe, "--version"], capture_stdout=True), "snakemake")
+        return exe, version.stdout.strip()
+
+    def bench_snakemake(self) -> None:
+        exe, version = self.snakemake_bin()
+        n_indep, n_chain = self.n(500, 50), self.n(200, 20)
+        note(f"2. Snakemake {version} vs aiobatch: {n_indep} independent, chain of {n_chain}, 1")
+        true: list[str] = ["true"]
+        shapes = {
+            "independent": (
+                f"(a) {n_indep} independent jobs",
+                SNAKEFILE_INDEPENDENT.format(n=n_indep),
+                [{"name": f"t{i}", "command": true} for i in range(n_indep)],
+                n_indep,
+            ),
+            "chain": (
+                f"(b) chain of {n_chain} dependent jobs",
+                SNAKEFILE_CHAIN.format(last=n_chain - 1),
+                [
+                    {"name": f"t{i}", "command": true, "depends_on": [f"t{i - 1}"] if i else []}
+                    for i in range(n_chain)
+                ],
+                n_chain,
+            ),
+            "single": ("(c) 1-job workflow", SNAKEFILE_SINGLE, [{"name": "t", "command": true}], 0),
+        }
+
+        def snakemake(snakefile: str, outputs: int) -> float:
+            with scratch_dir(self.tmp, "snakemake") as work:
+                (work / "Snakefile").write_text(snakefile)
+                argv: list[str | Path] = [exe, "--snakefile", "Snakefile", "--cores", str(SLOTS)]
+                argv += ["--quiet", "all"]
+                result = checked(run_process(argv, cwd=work), "snakemake")
+                made = len(os.listdir(work / "o")) if outputs else 0
+                self.report.check(made == outputs, f"2: snakemake made {made}/{outputs} outputs")
+            return result.wall_s
+
+        def aiobatch(spec: Path) -> float:
+            with scratch_dir(self.tmp, "state") as state:
+                return checked(self.aiobatch_run(spec, state), "aiobatch run").wall_s
+
+        # One untimed run of each tool first: both then start with warm caches.
+        snakemake(SNAKEFILE_SINGLE, 0)
+        warm = write_json(self.tmp / "warm.json", {"name": "warm", "tasks": shapes["single"][2]})
+        aiobatch(warm)
+
+        section: dict[str, Any] = {"snakemake_version": version, "slots": SLOTS}
+        for key, (label, snakefile, tasks, outputs) in shapes.items():
+            spec = write_json(self.tmp / f"shape-{key}.json", {"name": key, "tasks": tasks})
+            ours, theirs = self.interleaved(
+                partial(aiobatch, spec), partial(snakemake, snakefile, outputs)
+            )
+            speedup = theirs.median / ours.median
+            section[key] = {
+                "jobs": len(tasks),
+                "aiobatch": ours.as_json(),
+                "snakemake": theirs.as_json(),
+                "speedup_median": speedup,
+            }
+            if key == "single":
+                target, met = "aiobatch < 0.4 s end to end", ours.median < 0.4
+            else:
+                target, met = ">= 5x faster", speedup >= 5
+            self.report.row(
+                Row(
+                    f"2. {label}",
+                    fmt_s(ours),
+                    f"snakemake: {fmt_s(theirs)}",
+                    f"{speedup:.1f}x faster",
+                    target,
+                    met,
+                )
+            )
+        self.report.sections["snakemake"] = section
+
+    # -- 3. group commit ------------------------------------------------------------------------
+
+    def bench_group_commit(self) -> None:
+        n = self.n(6000, 600)
+        note(f"3. group commit of {n} InstanceStateChanged events vs one execute per row")
+        now = time.time()
+        # Distinct instances, so nothing coalesces: the store writes n instance rows + n events.
+        events = [
+            InstanceStateChanged(
+                job_id="20260101000000abcdef", task="t", index=i, attempt=1, state="SUCCEEDED",
+                reason=None, ts=now, exit_code=0, pid=10_000 + i, started_at=now - 0.01,
+                duration_s=0.01,
+            )
+            for i in range(n)
+        ]  # fmt: skip
+        reps = max(self.reps, 5) if not self.quick else 1
+        store_s: list[float] = []
+        naive_s: list[float] = []
+        same_rows_s: list[float] = []
+        commits: list[int] = []
+        for _ in range(reps):
+            with scratch_dir(self.tmp, "db") as d:
+                elapsed, count = anyio.run(_time_store, d / "store.db", events)
+                store_s.append(elapsed)
+                commits.append(count)
+                naive_s.append(anyio.run(_time_unbatched, d / "naive.db", events, False))
+                same_rows_s.append(anyio.run(_time_unbatched, d / "same.db", events, True))
+        ours, naive, same = Timing(store_s), Timing(naive_s), Timing(same_rows_s)
+        self.report.sections["group_commit"] = {
+            "events": n,
+            "store_on_event_to_flush": ours.as_json(),
+            "store_commits": commits,
+            "baseline_one_execute_per_event_row": naive.as_json(),
+            "baseline_same_rows_two_executes_per_event": same.as_json(),
+            "ratio_median": ours.median / naive.median,
+        }
+        self.report.row(
+            Row(
+                f"3. {n:,} events: on_event + flush()",
+                f"{fmt_s(ours)} in {max(commits)} transaction(s)",
+                f"{n:,} awaited executes: {fmt_s(naive)}",
+                f"{naive.median / ours.median:.1f}x faster",
+                "< 100 ms",
+                ours.median < 0.1,
+            )
+        )
+        self.report.row(
+            Row(
+                "3. ... baseline writing the same rows",
+                "",
+                f"{2 * n:,} awaited executes: {fmt_s(same)}",
+                f"{same.median / ours.median:.1f}x faster",
+            )
+        )
+
+    # -- 4. import time -------------------------------------------------------------------------
+
+    def bench_imports(self) -> None:
+        reps = 1 if self.quick else 5
+        note("4. import time, and no container/cloud SDK in a local-only run")
+        deps = ["anyio", "aiosqlite", "msgspec", "structlog"]
+
+        def probe(*modules: str) -> float:
+            argv = [sys.executable, "-c", IMPORT_PROBE, *modules]
+            return float(checked(run_process(argv, capture_stdout=True), "import").stdout)
+
+        def process(code: str) -> float:
+            return checked(run_process([sys.executable, "-c", code]), "python").wall_s
+
+        ours, theirs, bare, whole = self.interleaved(
+            lambda: probe("aiobatch"),
+            lambda: probe(*deps),
+            lambda: process("pass"),
+            lambda: process("import aiobatch"),
+            reps=reps,
+        )
+        top = _importtime_top("aiobatch", 8)
+
+        with scratch_dir(self.tmp, "state") as state:
+            spec = write_json(
+                self.tmp / "tiny.json",
+                {"name": "tiny", "tasks": [{"name": "t", "command": "true"}]},
+            )
+            argv: list[str | Path] = [sys.executable, "-c", MODULES_PROBE, spec, state, self.config]
+            out = checked(run_process(argv, capture_stdout=True), "modules probe").stdout
+        found = json.loads(out.strip().splitlines()[-1])
+        installed = [m for m in ("aiodocker", "aiobotocore") if _installed(m)]
+        ok = self.report.check(
+            found["rc"] == 0 and not found["forbidden"],
+            f"4: local-only run imported {found['forbidden']} (rc {found['rc']})",
+        )
+        self.report.sections["imports"] = {
+            "import_aiobatch": ours.as_json(),
+            "import_deps_only": theirs.as_json(),
+            "deps": deps,
+            "process_python_pass": bare.as_json(),
+            "process_python_import_aiobatch": whole.as_json(),
+            "importtime_top_self_us": top,
+            "local_run": {**found, "sdks_installed": installed},
+        }
+        self.report.row(
+            Row(
+                "4. `import aiobatch`, fresh process",
+                fmt_s(ours),
+                f"{' + '.join(deps)}: {fmt_s(theirs)}",
+                f"{ours.median / theirs.median:.2f}x",
+            )
+        )
+        self.report.row(
+            Row(
+                "4. ... whole `python -c 'import aiobatch'`",
+                fmt_s(whole),
+                f"`python -c pass`: {fmt_s(bare)}",
+                f"+{(whole.median - bare.median) * 1000:.0f} ms",
+            )
+        )
+        sdks = ", ".join(installed) if installed else "neither installed here"
+        self.report.row(
+            Row(
+                "4. local-only run imports no aiodocker/aiobotocore",
+                f"imported: {', '.join(found['forbidden']) or 'none'}"
+                f" ({found['modules']} modules in all; {sdks})",
+                target="none imported",
+                met=ok,
+            )
+        )
+
+    # -- 5. a big DAG up to the first dispatch ----------------------------------------------
+
+    def bench_submit(self) -> None:
+        n = self.n(10_000, 1_000)
+        spec = _random_dag(n, seed=20240601)
+        edges = sum(len(t.get("depends_on", ())) for t in spec["tasks"])
+        note(f"5. submit of {n} tasks / {edges} edges until the first dispatch")
+        config = Config(compute_envs={"local": ComputeEnvConfig(kind="local", slots=SLOTS)})
+        envs = config.env_kinds()
+
+        def resolve() -> float:
+            start = time.perf_counter()
+            resolve_spec(spec, compute_envs=envs)
+            return time.perf_counter() - start
+
+        submits: list[float] = []
+        first_staging: list[float] = []
+
+        def submit() -> float:
+            with scratch_dir(self.tmp, "state") as state:
+                took, staged = anyio.run(_time_submit, spec, state, config)
+            ok = staged is not None and staged <= took
+            self.report.check(ok, "5: no instance reached STAGING before submit() returned")
+            submits.append(took)
+            first_staging.append(staged if staged is not None else float("nan"))
+            return took
+
+        resolved, submitted = self.interleaved(resolve, submit)
+        staging = Timing(first_staging)
+        self.report.sections["submit"] = {
+            "tasks": n,
+            "edges": edges,
+            "resolve_spec": resolved.as_json(),
+            "submit": submitted.as_json(),
+            "submit_to_first_staging_event": staging.as_json(),
+        }
+        self.report.row(
+            Row(
+                f"5. submit {n:,} tasks / {edges:,} edges -> first dispatch",
+                f"{fmt_s(submitted)} (STAGING at {fmt_s(staging.median)})",
+                f"resolve_spec alone: {fmt_s(resolved)}",
+                f"{submitted.median / resolved.median:.1f}x",
+                "< 1 s",
+                submitted.median < 1.0,
+            )
+        )
+
+    # -- 6. peak RSS with 100,000 instances ---------------------------------------------------
+
+    def bench_big(self) -> None:
+        n = self.n(100_000, 5_000)
+        note(f"6. peak RSS of aiobatch run with {n} instances (slow: minutes)")
+        spec = write_json(
+            self.tmp / f"big-{n}.json",
+            {"name": f"big-{n}", "tasks": [{"name": "t", "command": ["true"], "instances": n}]},
+        )
+        with scratch_dir(self.tmp, "state") as state:
+            result = checked(self.aiobatch_run(spec, state), "aiobatch run (big)")
+            persisted = _persisted_counts(state / "aiobatch.db")
+            state_bytes = dir_size_bytes(state)
+        self.report.check(
+            persisted["instances"].get("SUCCEEDED") == n,
+            f"6: expected {n} SUCCEEDED instances, got {persisted}",
+        )
+        rss_mib = result.maxrss_kib / 1024
+        self.report.sections["big"] = {
+            "instances": n,
+            "slots": SLOTS,
+            "wall_s": result.wall_s,
+            "instances_per_s": n / result.wall_s,
+            "peak_rss_mib": rss_mib,
+            "state_dir_mib": state_bytes / MIB,
+            "persisted": persisted,
+        }
+        self.report.row(
+            Row(
+                f"6. {n:,} x `true`, peak RSS",
+                f"{rss_mib:.0f} MiB; {fmt_s(result.wall_s)}, {n / result.wall_s:,.0f} inst/s",
+                "",
+                "",
+                "< 250 MiB",
+                rss_mib < 250,
+            )
+        )
+        self.report.row(
+            Row("6. ... state dir left behind", f"{state_bytes / MIB:,.0f} MiB on disk")
+        )
+
+
+# -- in-process pieces (anyio) -------------------------------------------------------------------
+
+
+def _persisted_counts(db_path: Path) -> dict[str, Any]:
+    with sqlite3.connect(db_path) as db:
+        states = dict(db.execute("SELECT state, count(*) FROM instances GROUP BY state"))
+        (events,) = db.execute("SELECT count(*) FROM events").fetchone()
+    db.close()
+    return {"instances": states, "events": events}
+
+
+async def _time_store(path: Path, events: list[InstanceStateChanged]) -> tuple[float, int]:
+    """Push the events through a fresh store's bus subscriber; time until all is committed."""
+    store = Store(path)
+    await store.open()
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(store.run)
+            start = time.perf_counter()
+            for event in events:
+                store.on_event(event)
+            await store.flush()
+            elapsed = time.perf_counter() - start
+            tg.cancel_scope.cancel()
+        return elapsed, store.commits
+    finally:
+        await store.close()
+
+
+async def _time_unbatched(path: Path, events: list[InstanceStateChanged], same_rows: bool) -> float:
+    """One awaited execute per row in one transaction: what writing without a buffer costs."""
+    async with aiosqlite.connect(path, isolation_level=None) as db:
+        await db.execute("PRAGMA journal_mode = WAL")
+        await db.execute("PRAGMA synchronous = FULL")
+        await db.executescript(f"BEGIN; {SCHEMA} COMMIT;")
+        start = time.perf_counter()
+        await db.execute("BEGIN")
+        for e in events:
+            if same_rows:
+                row = (e.job_id, e.task, e.index, e.attempt, e.state, e.reason, e.exit_code,
+                       e.signal, e.pid, e.started_at, e.ts, e.duration_s)  # fmt: skip
+                await db.execute(_UPSERT_INSTANCE, row)
+            await db.execute(
+                "INSERT INTO events (job_id, body) VALUES (?, ?)",
+                (e.job_id, event_encoder.encode(e)),
+            )
+        await db.execute("COMMIT")
+        return time.perf_counter() - start
+
+
+async def _time_submit(
+    spec: dict[str, Any], state: Path, config: Config
+) -> tuple[float, float | None]:
+    """Time ``submit`` of a dict already in memory; also when the first STAGING was published."""
+    staged: list[float] = []
+
+    def on_event(event: Event) -> None:
+        if not staged and isinstance(event, InstanceStateChanged) and event.state == "STAGING":
+            staged.append(time.perf_counter())
+
+    async with Runtime(state, config=config) as rt:
+        rt.bus.subscribe(on_event)
+        start = time.perf_counter()
+        job = await rt.submit(spec)
+        took = time.perf_counter() - start
+        await job.stop()
+        await job.wait_for_completion()
+    return took, (staged[0] - start if staged else None)
+
+
+def _random_dag(n: int, seed: int) -> dict[str, Any]:
+    """Task i depends on 2 distinct random earlier tasks (task 1 on task 0 only, 0 on none)."""
+    rng = random.Random(seed)
+    tasks: list[dict[str, Any]] = []
+    for i in range(n):
+        task: dict[str, Any] = {"name": f"t{i}", "command": ["true"]}
+        if i:
+            task["depends_on"] = [f"t{j}" for j in rng.sample(range(i), min(2, i))]
+        tasks.append(task)
+    return {"name": f"dag-{n}", "tasks": tasks}
+
+
+def _importtime_top(module: str, count: int) -> list[dict[str, Any]]:
+    """The modules with the largest self import time, from ``python -X importtime``."""
+    result = checked(
+        run_process([sys.executable, "-X", "importtime", "-c", f"import {module}"]), ""
+    )
+    rows: list[dict[str, Any]] = []
+    for line in result.stderr.splitlines():
+        parts = line.removeprefix("import time:").split("|")
+        if len(parts) == 3 and parts[0].strip().isdigit():
+            rows.append(
+                {"module": parts[2].strip(), "self_us": int(parts[0]), "cum_us": int(parts[1])}
+            )
+    return sorted(rows, key=lambda r: -r["self_us"])[:count]
+
+
+def fs_probe(root: Path, count: int = 300) -> dict[str, float]:
+    """Median cost of one mkdir and one file create under ``root``: what each instance's
+    work dir and log files cost on this file system right now (it varies with other I/O)."""
+    mkdirs: list[float] = []
+    creates: list[float] = []
+    with scratch_dir(root, "fsprobe") as d:
+        for i in range(count):
+            start = time.perf_counter()
+            os.mkdir(d / str(i))
+            middle = time.perf_counter()
+            os.close(os.open(d / str(i) / "f", os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o644))
+            mkdirs.append(middle - start)
+            creates.append(time.perf_counter() - middle)
+    return {
+        "mkdir_us": statistics.median(mkdirs) * 1e6,
+        "create_us": statistics.median(creates) * 1e6,
+    }
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+# -- main -------------------------------------------------------------------------------------
+
+SECTIONS: dict[str, Callable[[Bench], None]] = {
+    "1": Bench.bench_instances,
+    "2": Bench.bench_snakemake,
+    "3": Bench.bench_group_commit,
+    "4": Bench.bench_imports,
+    "5": Bench.bench_submit,
+    "6": Bench.bench_big,
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--json-out",
+        type=Path,
+        default=DEFAULT_JSON_OUT,
+        help=f"where to write the results (relative to the repo root; default {DEFAULT_JSON_OUT})",
+    )
+    parser.add_argument(
+        "--big",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the 100,000-instance peak RSS benchmark (default: on; minutes)",
+    )
+    parser.add_argument("--quick", action="store_true", help="small counts, one repetition")
+    parser.add_argument("--reps", type=int, help="repetitions per measurement (default 3)")
+    parser.add_argument(
+        "--only", help="comma-separated sections to run, e.g. 1,3 (default: all)", default=""
+    )
+    parser.add_argument(
+        "--snakemake-venv",
+        default=str(DEFAULT_SNAKEMAKE_VENV),
+        help=f"venv for snakemake, created if missing (default {DEFAULT_SNAKEMAKE_VENV})",
+    )
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    wanted = [s.strip() for s in args.only.split(",") if s.strip()] or list(SECTIONS)
+    unknown = [s for s in wanted if s not in SECTIONS]
+    if unknown:
+        raise SystemExit(f"bench: unknown section(s) {unknown}; known: {', '.join(SECTIONS)}")
+    if not args.big and "6" in wanted:
+        wanted.remove("6")
+    configure_logging("json", "warning")  # the in-process Runtime of section 5 stays quiet
+    out = args.json_out if args.json_out.is_absolute() else REPO / args.json_out
+    started = time.time()
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="aiobatch-bench-") as tmp:
+        fs_before = fs_probe(Path(tmp))
+        bench = Bench(args, Path(tmp))
+        for key in wanted:
+            SECTIONS[key](bench)
+        fs_after = fs_probe(Path(tmp))
+    report = bench.report
+    table = report.markdown()
+    missed = [r.benchmark for r in report.rows if r.met is False]
+    result = {
+        "started_at": started,
+        "duration_s": time.time() - started,
+        "quick": args.quick,
+        "reps": bench.reps,
+        "sections_run": wanted,
+        "machine": {
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+            "tmp_fs_before": fs_before,
+            "tmp_fs_after": fs_after,
+        },
+        "results": report.sections,
+        "rows": [asdict(r) for r in report.rows],
+        "targets_missed": missed,
+        "check_failures": report.failures,
+        "markdown": table,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(table)
+    fs = [f"{f['mkdir_us']:.0f}/{f['create_us']:.0f} us" for f in (fs_before, fs_after)]
+    print(
+        f"\nload average before/after: {load_before[0]:.2f} / {os.getloadavg()[0]:.2f}; "
+        f"one mkdir/file create in the temp dir before/after: {fs[0]} / {fs[1]}"
+    )
+    note(f"wrote {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
+    if report.failures:
+        print(f"\ncheck failures: {report.failures}", file=sys.stderr)
+        return 1
+    return 1 if args.strict and missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
