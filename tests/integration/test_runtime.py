@@ -347,3 +347,56 @@ async def test_ended_jobs_leave_the_engine_but_stay_queryable(state_dir: Path) -
         await job.stop_instance("a", 0)
         assert (await job.snapshot()).status == "SUCCEEDED"
         assert rt.statistics()["jobs"] == {}
+
+
+async def test_exit_reasons_signal_and_exec_failure(state_dir: Path) -> None:
+    spec = {
+        "name": "reasons",
+        "tasks": [
+            {"name": "killed", "command": "kill -KILL $$", "on_failure": "continue"},
+            {"name": "missing", "command": ["/nonexistent/tool"], "on_failure": "continue"},
+            {
+                "name": "signal-retried",
+                "command": 'test "$AIOBATCH_ATTEMPT" -ge 2 || kill -TERM $$',
+                "retries": {"limit": 1, "on_exit_codes": [143]},
+            },
+        ],
+    }
+    async with Runtime(state_dir) as rt:
+        job = await rt.submit(spec)
+        snapshot = await job.wait_for_completion()
+        results = await job.get_task_results()
+    [killed] = results["killed"].instances or []
+    [missing] = results["missing"].instances or []
+    [retried] = results["signal-retried"].instances or []
+    assert (killed.status, killed.reason, killed.exit_code) == ("FAILED", "signal: SIGKILL", None)
+    assert missing.status == "FAILED"
+    assert missing.reason == "exec_failed: /nonexistent/tool: No such file or directory"
+    assert (retried.status, retried.attempts) == ("SUCCEEDED", 2)
+    assert snapshot.status == "FAILED"
+
+
+async def test_clean_exit_interrupts_attempts_without_counting_them(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    gates = Gates(tmp_path / "gates", 1)
+    spec = {"name": "resumable", "tasks": [{"name": "t", "command": gates.command}]}
+    async with Runtime(state_dir) as rt:
+        with rt.bus.stream() as events:
+            job = await rt.submit(spec)
+            running = await until(events, instance_is("t", "RUNNING"))
+    assert isinstance(running, InstanceStateChanged)
+    assert not process_alive(running.pid or 0)  # killed on the way out
+    async with Runtime(state_dir) as rt:
+        with rt.bus.stream() as events:
+            again = await rt.get_job(job.id)
+            assert again.status is JobState.RUNNING
+            await until(events, instance_is("t", "RUNNING"))
+            await gates.release(0)
+        snapshot = await again.wait_for_success()
+        history = [e for _, e in await rt.store.events(job.id)]
+    [inst] = (await again.get_task_result("t")).instances or []
+    assert inst.attempts == 1
+    reasons = [e.reason for e in history if isinstance(e, InstanceStateChanged)]
+    assert "interrupted" in reasons and "runtime_lost" not in reasons
+    assert snapshot.status == "SUCCEEDED"
