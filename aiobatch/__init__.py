@@ -18,6 +18,7 @@ from aiobatch.errors import (
     JobNotFound,
     RuntimeClosed,
     SpecError,
+    StateDirBusy,
     TaskNotFound,
 )
 from aiobatch.events import (
@@ -57,6 +58,7 @@ __all__ = [
     "Runtime",
     "RuntimeClosed",
     "SpecError",
+    "StateDirBusy",
     "TaskDef",
     "TaskNotFound",
     "TaskProgress",

@@ -18,7 +18,7 @@ import msgspec
 
 from aiobatch.api import JobHandle, JobSnapshot, TaskProgress
 from aiobatch.config import load_config
-from aiobatch.errors import ConfigError, SpecError
+from aiobatch.errors import ConfigError, SpecError, StateDirBusy
 from aiobatch.events import Event, InstanceStateChanged, TaskStateChanged
 from aiobatch.logging import configure_logging
 from aiobatch.model import TaskRec
@@ -63,6 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     except (SpecError, ConfigError) as exc:
         print(f"aiobatch: invalid input:\n{_indent(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+    except StateDirBusy as exc:
+        print(f"aiobatch: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:  # before any job was submitted: nothing to stop
         print("aiobatch: interrupted", file=sys.stderr)

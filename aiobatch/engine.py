@@ -240,7 +240,8 @@ class Engine:
             if job.stopping is not None:
                 # Its upstream succeeded but the job is winding down: it never starts.
                 self._task_to(dependent, TaskState.CANCELLED, job.stopping[1])
-                dependent.cancelled, dependent.fresh = dependent.fresh, 0
+                dependent.cancelled += dependent.fresh  # some may have been stopped one by one
+                dependent.fresh = 0
                 self._after_task_finished(dependent)
             else:
                 self._task_to(dependent, TaskState.READY)

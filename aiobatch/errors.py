@@ -54,5 +54,15 @@ class JobFailed(AiobatchError):
         super().__init__(f"job {job_id} ended {status}; failed tasks: {names}")
 
 
+class StateDirBusy(AiobatchError, RuntimeError):
+    """Another runtime holds the state dir."""
+
+    def __init__(self, state_dir: object, holder_pid: str) -> None:
+        super().__init__(
+            f"state dir {state_dir} is in use by another aiobatch runtime (pid {holder_pid}); "
+            "use another --state-dir"
+        )
+
+
 class RuntimeClosed(AiobatchError, RuntimeError):
     """The runtime is not open (or is shutting down) and takes no new work."""

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
+
+from aiobatch.errors import StateDirBusy
 
 Stream = Literal["stdout", "stderr"]
 
@@ -13,6 +19,10 @@ class StateLayout:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "lock"
 
     @property
     def database(self) -> Path:
@@ -26,3 +36,23 @@ class StateLayout:
 
     def log_path(self, job_id: str, task: str, index: int, stream: Stream) -> Path:
         return self.log_dir(job_id, task) / f"{index}.{stream}"
+
+
+@contextmanager
+def lock_state_dir(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the state dir: two runtimes on one dir would run jobs twice.
+
+    The kernel drops the lock when the process dies, however it dies.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise StateDirBusy(path.parent, holder) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)

@@ -8,7 +8,6 @@ the instances it dispatched.
 from __future__ import annotations
 
 import os
-import secrets
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Mapping
@@ -42,7 +41,7 @@ from aiobatch.errors import (
 from aiobatch.events import Bus, Event, JobStateChanged
 from aiobatch.executors.base import AttemptControl, Executor, InstanceContext
 from aiobatch.executors.local import LocalExecutor, kill_orphan
-from aiobatch.layout import StateLayout
+from aiobatch.layout import StateLayout, lock_state_dir
 from aiobatch.model import InstanceRec, JobRec, TaskRec
 from aiobatch.recovery import restore_job
 from aiobatch.spec import JobDef, JobSpec, load_spec
@@ -58,7 +57,7 @@ ARCHIVE_SIZE = 256  # ended jobs kept in memory for queries; older ones are read
 
 def new_job_id() -> str:
     """Sortable and readable: UTC time to the second, then 24 random bits."""
-    return datetime.now(UTC).strftime("%Y%m%d%H%M%S") + secrets.token_hex(3)
+    return datetime.now(UTC).strftime("%Y%m%d%H%M%S") + os.urandom(3).hex()
 
 
 class Runtime:
@@ -98,6 +97,7 @@ class Runtime:
         await stack.__aenter__()
         try:
             self.layout.root.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(lock_state_dir(self.layout.lock))
             await self.store.open()
             stack.push_async_callback(self.store.close)
             writer = await stack.enter_async_context(anyio.create_task_group())
@@ -163,9 +163,11 @@ class Runtime:
         for inst in to_stop or ():
             if inst.control is not None and inst.stop_reason is not None:
                 inst.control.stop(inst.stop_reason)
-        assert self._instances is not None or not started
-        for inst in started:
-            self._instances.start_soon(self._run_instance, inst)  # type: ignore[union-attr]
+        if started:
+            instances = self._instances
+            assert instances is not None, "dispatch happens only while the runtime is open"
+            for inst in started:
+                instances.start_soon(self._run_instance, inst)
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, JobStateChanged) and event.state in JOB_TERMINAL:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from aiobatch import JobFailed, JobState, Runtime, SpecError
+from aiobatch import JobFailed, JobState, Runtime, SpecError, StateDirBusy
 from aiobatch.config import ComputeEnvConfig, Config
 from aiobatch.events import InstanceStateChanged, JobStateChanged
 from tests.helpers import Gates, instance_is, process_alive, until
@@ -400,3 +401,14 @@ async def test_clean_exit_interrupts_attempts_without_counting_them(
     reasons = [e.reason for e in history if isinstance(e, InstanceStateChanged)]
     assert "interrupted" in reasons and "runtime_lost" not in reasons
     assert snapshot.status == "SUCCEEDED"
+
+
+async def test_one_runtime_per_state_dir(state_dir: Path) -> None:
+    async with Runtime(state_dir):
+        with pytest.raises(
+            StateDirBusy, match=rf"in use by another aiobatch runtime \(pid {os.getpid()}\)"
+        ):
+            async with Runtime(state_dir):
+                pass
+    async with Runtime(state_dir) as rt:  # released on exit
+        assert await rt.list_jobs() == []

@@ -336,8 +336,12 @@ class EngineMachine(RuleBasedStateMachine):
         index = data.draw(st.integers(0, task.total - 1))
         was = task.instances[index]
         was_active = was is not None and was.active
+        winding_down = job.stopping is not None
         inst = self.engine.stop_instance(task, index)
-        if was_active:
+        if was_active and winding_down:
+            # The wind-down is stopping it already, with the job's reason.
+            assert inst is None and was is not None and was.stop_reason is not None
+        elif was_active:
             assert inst is not None and inst is was
             assert inst.stop_reason == STOPPED_BY_USER
         else:
