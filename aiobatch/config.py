@@ -13,11 +13,24 @@ from aiobatch.errors import ConfigError
 from aiobatch.spec import TemplateSpec, convert_at
 from aiobatch.units import parse_duration
 
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+
 
 class ComputeEnvConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     kind: Literal["local", "docker"] = "local"
-    # Instances that may run at once in this env; default: CPUs for local, 4 for docker.
+    # Instances that may run at once: in all for local (default: CPUs), per host for docker
+    # (default: 4).
     slots: int | None = None
+    # docker only: the engines instances are spread over, and TLS for tcp:// ones.
+    hosts: tuple[str, ...] = (DEFAULT_DOCKER_HOST,)
+    tls_ca_cert: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    @property
+    def total_slots(self) -> int:
+        per_host = self.slots or 1
+        return per_host * len(self.hosts) if self.kind == "docker" else per_host
 
 
 class LoggingConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -39,7 +52,7 @@ class Config(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
         return parse_duration(self.kill_grace)
 
     def env_slots(self) -> dict[str, int]:
-        return {name: env.slots or 1 for name, env in self.effective_envs().items()}
+        return {name: env.total_slots for name, env in self.effective_envs().items()}
 
     def effective_envs(self) -> dict[str, ComputeEnvConfig]:
         """Configured envs plus the built-in ``local`` and ``docker`` ones, slots filled in."""
@@ -58,7 +71,7 @@ def _with_default_slots(env: ComputeEnvConfig) -> ComputeEnvConfig:
     if env.slots is not None:
         return env
     slots = (os.cpu_count() or 1) if env.kind == "local" else 4
-    return ComputeEnvConfig(kind=env.kind, slots=slots)
+    return msgspec.structs.replace(env, slots=slots)
 
 
 def _validate(config: Config, where: str) -> None:
@@ -66,6 +79,14 @@ def _validate(config: Config, where: str) -> None:
     for name, env in config.compute_envs.items():
         if env.slots is not None and env.slots < 1:
             problems.append(f"{where}: $.compute_envs.{name}.slots: must be at least 1")
+        if env.kind == "docker" and not env.hosts:
+            problems.append(f"{where}: $.compute_envs.{name}.hosts: needs at least one host")
+        for i, host in enumerate(env.hosts):
+            if not host.startswith(("unix://", "tcp://", "http://", "https://")):
+                problems.append(
+                    f"{where}: $.compute_envs.{name}.hosts[{i}]: {host!r} is not a Docker "
+                    "endpoint (unix:///path/docker.sock or tcp://host:port)"
+                )
     try:
         config.kill_grace_s  # noqa: B018 - parsed for its error
     except ValueError as exc:

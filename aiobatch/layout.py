@@ -24,6 +24,16 @@ class StateLayout:
     def lock(self) -> Path:
         return self.root / "lock"
 
+    def runtime_id(self) -> str:
+        """A stable id of this state dir, made once; labels the containers it starts."""
+        path = self.root / "runtime-id"
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            runtime_id = os.urandom(8).hex()
+            path.write_text(runtime_id + "\n")
+            return runtime_id
+
     @property
     def database(self) -> Path:
         return self.root / "aiobatch.db"

@@ -77,8 +77,10 @@ class Runtime:
         self.store = Store(self.layout.database)
         self.engine = Engine(self.config.env_slots())
         self._env_kinds = self.config.env_kinds()
-        # Executors by compute env kind.
-        self.executors: dict[str, Executor] = {"local": LocalExecutor(), **(executors or {})}
+        # Executors by compute env name; made on first use, opened before their first run.
+        self.executors: dict[str, Executor] = dict(executors or {})
+        self._opened: set[str] = set()
+        self._executor_stack = AsyncExitStack()
         self._stack: AsyncExitStack | None = None
         self._instances: TaskGroup | None = None
         self._closing = False
@@ -106,14 +108,17 @@ class Runtime:
             self.bus.subscribe(self._on_event)
             await writer.start(self.store.run)
             stack.push_async_callback(self.store.flush)
+            # Executors close after every instance has ended: enter their stack first.
+            self._executor_stack = await stack.enter_async_context(AsyncExitStack())
             self._instances = await stack.enter_async_context(anyio.create_task_group())
             stack.push_async_callback(self._shut_down)
             self._next_seq = await self.store.next_job_seq()
+            self._stack = stack
             await self._recover()
         except BaseException:
+            self._stack = None
             await stack.__aexit__(None, None, None)
             raise
-        self._stack = stack
         return self
 
     async def __aexit__(
@@ -140,6 +145,8 @@ class Runtime:
                     kill_orphan(inst.pid, job.id, inst.task.name, inst.index)
             if lost:
                 log.warning("instances_lost", job_id=job_id, count=len(lost))
+            self.resolve(job.defn)  # fails loudly if the config lost an env this job needs
+            await self._open_executors(job.defn)
             self._pump(self.engine.recover_job(job, lost))
             log.info("job_recovered", job_id=job_id, state=job.state.value)
 
@@ -187,8 +194,10 @@ class Runtime:
         base_env = self._task_env.setdefault(job.id, {}).get(task.name)
         if base_env is None:  # first dispatch of the task: once per task, not per instance
             self.layout.log_dir(job.id, task.name).mkdir(parents=True, exist_ok=True)
+            # A local process inherits this process's environment; a container keeps its image's.
+            inherited = os.environ if self._env_kinds[task.defn.compute_env] == "local" else {}
             base_env = {
-                **os.environ,
+                **inherited,
                 **job.defn.env,
                 **task.defn.env,
                 "AIOBATCH_JOB_ID": job.id,
@@ -218,7 +227,7 @@ class Runtime:
 
     async def _run_instance(self, inst: InstanceRec) -> None:
         engine = self.engine
-        executor = self.executors[self._env_kinds[inst.task.defn.compute_env]]
+        executor = self.executors[inst.task.defn.compute_env]
 
         def on_started(pid: int | None) -> None:
             engine.instance_running(inst, pid)
@@ -259,13 +268,7 @@ class Runtime:
         problems = []
         for i, task in enumerate(defn.tasks):
             kind = self._env_kinds[task.compute_env]
-            executor = self.executors.get(kind)
-            if executor is None:
-                problems.append(
-                    f"$.tasks[{i}].compute_env: compute env {task.compute_env!r} of kind "
-                    f"{kind!r} is not supported by this aiobatch"
-                )
-                continue
+            executor = self._executor(task.compute_env)
             for name in executor.unsupported(task):
                 problems.append(
                     f"$.tasks[{i}].{name}: not supported by compute env {task.compute_env!r}"
@@ -275,10 +278,32 @@ class Runtime:
             raise SpecError(problems)
         return defn
 
+    def _executor(self, env_name: str) -> Executor:
+        executor = self.executors.get(env_name)
+        if executor is None:
+            env = self.config.effective_envs()[env_name]
+            if env.kind == "docker":
+                from aiobatch.executors.docker import DockerExecutor  # only when used
+
+                executor = DockerExecutor(env_name, env, self.layout.runtime_id())
+            else:
+                executor = LocalExecutor()
+            self.executors[env_name] = executor
+        return executor
+
+    async def _open_executors(self, defn: JobDef) -> None:
+        """Open (once) the executors a job's tasks need, before any of them is dispatched."""
+        for env_name in {task.compute_env for task in defn.tasks} - self._opened:
+            executor = self._executor(env_name)
+            await executor.open()
+            self._executor_stack.push_async_callback(executor.aclose)
+            self._opened.add(env_name)
+
     async def submit(self, spec: SpecSource) -> JobHandle:
         """Validate, store durably, then start a job. Raises SpecError on bad input."""
         self._check_open()
         defn = self.resolve(spec)
+        await self._open_executors(defn)
         job_id, seq, now = new_job_id(), self._next_seq, time.time()
         self._next_seq += 1
         self.store.add_job(job_id, seq, defn, now)

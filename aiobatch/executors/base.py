@@ -48,6 +48,14 @@ class Executor(Protocol):
 
     kind: str
 
+    async def open(self) -> None:
+        """Acquire what runs need (clients, connections); called once, before the first run."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what ``open`` acquired; called after the last run has ended."""
+        ...
+
     def unsupported(self, task: TaskDef) -> list[str]:
         """Fields of ``task`` this executor cannot honour (the task is rejected at submit)."""
         ...

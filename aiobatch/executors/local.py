@@ -53,6 +53,12 @@ def kill_orphan(pid: int, job_id: str, task: str, index: int) -> bool:
 class LocalExecutor:
     kind = "local"
 
+    async def open(self) -> None:
+        pass  # nothing to acquire: processes need no client
+
+    async def aclose(self) -> None:
+        pass
+
     def unsupported(self, task: TaskDef) -> list[str]:
         return [name for name in _LOCAL_UNSUPPORTED if getattr(task, name)]
 

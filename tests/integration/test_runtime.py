@@ -86,8 +86,21 @@ async def test_fields_of_later_issues_are_rejected_at_submit(state_dir: Path) ->
     async with Runtime(state_dir) as rt:
         with pytest.raises(SpecError, match=r"\$\.tasks\[0\]\.stdout: not supported by compute"):
             await rt.submit(spec)
-        with pytest.raises(SpecError, match="compute env 'docker' of kind 'docker' is not"):
-            await rt.submit({"name": "d", "tasks": [{"name": "a", "image": "busybox"}]})
+        with pytest.raises(
+            SpecError, match=r"\$\.tasks\[0\]\.inputs: not supported by compute env 'docker'"
+        ):
+            await rt.submit(
+                {
+                    "name": "d",
+                    "tasks": [
+                        {
+                            "name": "a",
+                            "image": "busybox",
+                            "inputs": [{"from": "s3://b/k", "path": "k"}],
+                        }
+                    ],
+                }
+            )
 
 
 async def test_retries_on_listed_exit_codes_then_fails(state_dir: Path) -> None:

@@ -1,0 +1,206 @@
+"""Docker executor: each attempt one container, through aiodocker, on one of the env's hosts.
+
+Imported only when a job uses a docker compute env, so a local-only run never pays for
+aiodocker. The instance work dir is bind-mounted (at ``/aiobatch`` unless the task's
+``workdir`` says otherwise) and is the container's working dir; stdout and stderr are
+followed while the container runs and appended to the same log files local instances use.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiodocker
+import anyio
+from aiodocker.containers import DockerContainer
+
+from aiobatch.config import ComputeEnvConfig
+from aiobatch.engine import Outcome
+from aiobatch.executors.base import InstanceContext
+from aiobatch.spec import TaskDef
+
+CONTAINER_WORKDIR = "/aiobatch"
+LABEL_PREFIX = "aiobatch."
+_UNSUPPORTED = ("inputs", "outputs", "stdout", "stderr")
+
+
+class DockerExecutor:
+    kind = "docker"
+
+    def __init__(self, env_name: str, config: ComputeEnvConfig, runtime_id: str) -> None:
+        self.env_name = env_name
+        self.config = config
+        self.runtime_id = runtime_id
+        self._clients: dict[str, aiodocker.Docker] = {}
+        self._in_flight = dict.fromkeys(config.hosts, 0)
+
+    def unsupported(self, task: TaskDef) -> list[str]:
+        return [name for name in _UNSUPPORTED if getattr(task, name)]
+
+    async def open(self) -> None:
+        for host in self.config.hosts:
+            self._clients[host] = aiodocker.Docker(url=host, ssl_context=self._ssl_context(host))
+
+    async def aclose(self) -> None:
+        clients, self._clients = self._clients, {}
+        for client in clients.values():
+            await client.close()
+
+    def _ssl_context(self, host: str) -> ssl.SSLContext | None:
+        if not host.startswith(("tcp://", "https://")) or self.config.tls_ca_cert is None:
+            return None
+        context = ssl.create_default_context(cafile=self.config.tls_ca_cert)
+        if self.config.tls_cert is not None:
+            context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        return context
+
+    def _pick_host(self) -> str:
+        """The host with the fewest attempts in flight (the scheduler caps the total)."""
+        return min(self._in_flight, key=self._in_flight.__getitem__)
+
+    def labels(self, ctx: InstanceContext) -> dict[str, str]:
+        return {
+            f"{LABEL_PREFIX}runtime": self.runtime_id,
+            f"{LABEL_PREFIX}job": ctx.job_id,
+            f"{LABEL_PREFIX}task": ctx.task.name,
+            f"{LABEL_PREFIX}index": str(ctx.index),
+            f"{LABEL_PREFIX}attempt": str(ctx.attempt),
+        }
+
+    def container_config(self, ctx: InstanceContext) -> dict[str, Any]:
+        task = ctx.task
+        workdir = task.workdir or CONTAINER_WORKDIR
+        command = task.command
+        host_config: dict[str, Any] = {"Binds": [f"{ctx.work_dir}:{workdir}"]}
+        if task.cpus is not None:
+            host_config["NanoCpus"] = int(task.cpus * 1e9)
+        if task.memory_bytes is not None:
+            host_config["Memory"] = task.memory_bytes
+        if task.network is not None:
+            host_config["NetworkMode"] = task.network
+        config: dict[str, Any] = {
+            "Image": task.image,
+            "Env": [f"{key}={value}" for key, value in ctx.env.items()],
+            "WorkingDir": workdir,
+            "Labels": self.labels(ctx),
+            "HostConfig": host_config,
+            "AttachStdin": False,
+            "Tty": False,
+        }
+        if command is not None:
+            config["Cmd"] = ["/bin/sh", "-c", command] if isinstance(command, str) else command
+        if task.user is not None:
+            config["User"] = task.user
+        return config
+
+    async def _image_ready(self, docker: aiodocker.Docker, image: str, pull: str) -> bool:
+        """Whether the image is there, pulling it as the task's policy says."""
+        if pull != "always":
+            try:
+                await docker.images.inspect(image)
+                return True
+            except aiodocker.DockerError as exc:
+                if exc.status != 404 or pull == "never":
+                    return False
+        try:
+            await docker.images.pull(image)
+        except aiodocker.DockerError:
+            return False
+        return True
+
+    async def run(self, ctx: InstanceContext, on_started: Callable[[int | None], None]) -> Outcome:
+        host = self._pick_host()
+        self._in_flight[host] += 1
+        try:
+            return await self._run_on(host, ctx, on_started)
+        finally:
+            self._in_flight[host] -= 1
+
+    async def _run_on(
+        self, host: str, ctx: InstanceContext, on_started: Callable[[int | None], None]
+    ) -> Outcome:
+        docker = self._clients[host]
+        image = ctx.task.image or ""
+        try:
+            if not await self._image_ready(docker, image, ctx.task.pull):
+                return Outcome(reason=f"image_unavailable: {image}")
+            ctx.work_dir.mkdir(parents=True, exist_ok=True)
+            container = await docker.containers.create(self.container_config(ctx))
+        except (aiodocker.DockerError, OSError) as exc:
+            return Outcome(reason=f"engine_error: {host}: {_message(exc)}")
+        failed = True
+        try:
+            began = time.monotonic()
+            await container.start()
+            on_started(None)
+            outcome = await self._follow_and_wait(container, ctx, began)
+            failed = not outcome.succeeded
+            return outcome
+        finally:
+            if not (failed and ctx.task.keep_failed):
+                with anyio.CancelScope(shield=True), anyio.move_on_after(30):
+                    await _remove(container)
+
+    async def _follow_and_wait(
+        self, container: DockerContainer, ctx: InstanceContext, began: float
+    ) -> Outcome:
+        scope = ctx.control.scope
+        async with anyio.create_task_group() as followers:
+            followers.start_soon(_follow, container, "stdout", ctx.stdout_path)
+            followers.start_soon(_follow, container, "stderr", ctx.stderr_path)
+            try:
+                with scope:
+                    if ctx.task.timeout_s is not None:
+                        deadline = anyio.current_time() + ctx.task.timeout_s
+                        scope.deadline = min(scope.deadline, deadline)
+                    await container.wait()
+                if scope.cancelled_caught:
+                    await self._stop(container, ctx.kill_grace_s)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await self._stop(container, ctx.kill_grace_s)
+                raise
+            # The followers end with the container's output; do not wait on a slow engine.
+            with anyio.move_on_after(5):
+                await container.wait()
+            followers.cancel_scope.deadline = anyio.current_time() + 5
+        state = (await container.show())["State"]
+        duration = time.monotonic() - began
+        reason = None
+        if scope.cancelled_caught and ctx.control.stop_reason is None:
+            reason = "timeout"
+        elif state.get("OOMKilled"):
+            reason = "oom"
+        return Outcome(exit_code=int(state["ExitCode"]), reason=reason, duration_s=duration)
+
+    @staticmethod
+    async def _stop(container: DockerContainer, grace: float) -> None:
+        """TERM the container's init, KILL after ``grace`` (the engine does both)."""
+        try:
+            await container.stop(t=max(1, round(grace)))
+        except aiodocker.DockerError:
+            pass  # already gone
+
+
+async def _follow(container: DockerContainer, stream: str, path: Path) -> None:
+    """Append one stream of the container to ``path`` as it comes."""
+    with path.open("ab", buffering=0) as out:
+        async for chunk in container.log(follow=True, **{stream: True}):
+            out.write(chunk.encode())
+
+
+async def _remove(container: DockerContainer) -> None:
+    try:
+        await container.delete(force=True)
+    except aiodocker.DockerError:
+        pass
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, aiodocker.DockerError):
+        return str(exc.message)
+    return str(exc)

@@ -1,0 +1,202 @@
+"""Docker compute envs against a real engine (started by ``scripts/docker-engine up``).
+
+The engines come from ``$AIOBATCH_TEST_DOCKER_HOSTS`` (space separated), else the default
+socket. Without an engine these tests skip, except under ``CI=true`` where that fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiodocker
+import pytest
+
+from aiobatch import JobState, Runtime
+from aiobatch.config import ComputeEnvConfig, Config
+from aiobatch.events import InstanceStateChanged
+from aiobatch.layout import StateLayout
+from tests.helpers import instance_is, until
+
+pytestmark = pytest.mark.anyio
+
+IMAGE = "aiobatch-test:busybox"
+
+
+def docker_hosts() -> list[str]:
+    return os.environ.get("AIOBATCH_TEST_DOCKER_HOSTS", "unix:///var/run/docker.sock").split()
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[aiodocker.Docker]:
+    host = docker_hosts()[0]
+    client = aiodocker.Docker(url=host)
+    try:
+        await client.version()
+        await client.images.inspect(IMAGE)
+    except Exception as exc:  # any failure means: no usable engine here
+        await client.close()
+        message = f"no Docker engine with {IMAGE} at {host}: {exc} (run scripts/docker-engine up)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    yield client
+    await client.close()
+
+
+def docker_config(hosts: list[str] | None = None, slots: int = 4) -> Config:
+    env = ComputeEnvConfig(kind="docker", hosts=tuple(hosts or docker_hosts()[:1]), slots=slots)
+    return Config(kill_grace="1s", compute_envs={"docker": env})
+
+
+async def leftovers(client: aiodocker.Docker, state_dir: Path) -> list[Any]:
+    runtime_id = StateLayout(state_dir).runtime_id()
+    filters = json.dumps({"label": [f"aiobatch.runtime={runtime_id}"]})
+    return await client.containers.list(all=True, filters=filters)
+
+
+async def test_container_runs_with_env_workdir_and_logs(
+    engine: aiodocker.Docker, state_dir: Path
+) -> None:
+    spec = {
+        "name": "boxed",
+        "env": {"GREETING": "hello"},
+        "tasks": [
+            {
+                "name": "box",
+                "image": IMAGE,
+                "instances": 2,
+                "command": "echo $GREETING $AIOBATCH_INSTANCE_INDEX; echo oops >&2; "
+                "pwd > where.txt",
+            }
+        ],
+    }
+    async with Runtime(state_dir, config=docker_config()) as rt:
+        job = await rt.submit(spec)
+        await job.wait_for_success()
+    logs = state_dir / "logs" / job.id / "box"
+    for index in (0, 1):
+        assert (logs / f"{index}.stdout").read_text() == f"hello {index}\n"
+        assert (logs / f"{index}.stderr").read_text() == "oops\n"
+        work = state_dir / "work" / job.id / "box" / str(index)
+        assert (work / "where.txt").read_text() == "/aiobatch\n"
+    assert await leftovers(engine, state_dir) == []
+
+
+async def test_exit_code_fails_the_instance_and_removes_the_container(
+    engine: aiodocker.Docker, state_dir: Path
+) -> None:
+    spec = {
+        "name": "bad",
+        "tasks": [{"name": "t", "image": IMAGE, "command": ["sh", "-c", "exit 3"]}],
+    }
+    async with Runtime(state_dir, config=docker_config()) as rt:
+        job = await rt.submit(spec)
+        snapshot = await job.wait_for_completion()
+        [inst] = (await job.get_task_result("t")).instances or []
+    assert snapshot.status == "FAILED"
+    assert (inst.reason, inst.exit_code) == ("exit_code: 3", 3)
+    assert await leftovers(engine, state_dir) == []
+
+
+async def test_timeout_stops_the_container(engine: aiodocker.Docker, state_dir: Path) -> None:
+    spec = {
+        "name": "slow",
+        "tasks": [{"name": "t", "image": IMAGE, "command": "sleep 60", "timeout": "1s"}],
+    }
+    async with Runtime(state_dir, config=docker_config()) as rt:
+        job = await rt.submit(spec)
+        await job.wait_for_completion()
+        [inst] = (await job.get_task_result("t")).instances or []
+    assert inst.reason == "timeout"
+    assert inst.duration_s is not None and inst.duration_s < 10
+    assert await leftovers(engine, state_dir) == []
+
+
+async def test_stop_job_stops_running_containers(engine: aiodocker.Docker, state_dir: Path) -> None:
+    spec = {"name": "stopme", "tasks": [{"name": "t", "image": IMAGE, "command": "sleep 60"}]}
+    async with Runtime(state_dir, config=docker_config()) as rt:
+        with rt.bus.stream() as events:
+            job = await rt.submit(spec)
+            await until(events, instance_is("t", "RUNNING"))
+            assert len(await leftovers(engine, state_dir)) == 1
+            await job.stop()
+        snapshot = await job.wait_for_completion()
+    assert snapshot.status == "CANCELLED"
+    assert await leftovers(engine, state_dir) == []
+
+
+async def test_missing_image_fails_at_once(engine: aiodocker.Docker, state_dir: Path) -> None:
+    spec = {
+        "name": "noimage",
+        "tasks": [
+            {"name": "t", "image": "aiobatch-test:missing", "pull": "never", "command": "true"}
+        ],
+    }
+    async with Runtime(state_dir, config=docker_config()) as rt:
+        job = await rt.submit(spec)
+        await job.wait_for_completion()
+        [inst] = (await job.get_task_result("t")).instances or []
+    assert (inst.status, inst.reason) == ("FAILED", "image_unavailable: aiobatch-test:missing")
+
+
+async def test_out_of_memory_is_reported(engine: aiodocker.Docker, state_dir: Path) -> None:
+    spec = {
+        "name": "hungry",
+        "tasks": [
+            {
+                "name": "t",
+                "image": IMAGE,
+                "resources": {"memory": "16MiB"},
+                # dd holds one 256 MiB block in memory: far over the limit.
+                "command": "dd if=/dev/zero of=/dev/null bs=256M count=1",
+            }
+        ],
+    }
+    async with Runtime(state_dir, config=docker_config()) as rt:
+        job = await rt.submit(spec)
+        await job.wait_for_completion()
+        [inst] = (await job.get_task_result("t")).instances or []
+    assert (inst.status, inst.reason) == ("FAILED", "oom")
+
+
+async def test_keep_failed_leaves_the_container(engine: aiodocker.Docker, state_dir: Path) -> None:
+    spec = {
+        "name": "debugme",
+        "tasks": [{"name": "t", "image": IMAGE, "command": "exit 1", "keep_failed": True}],
+    }
+    async with Runtime(state_dir, config=docker_config()) as rt:
+        job = await rt.submit(spec)
+        await job.wait_for_completion()
+    [kept] = await leftovers(engine, state_dir)
+    info = await kept.show()
+    assert info["Config"]["Labels"]["aiobatch.task"] == "t"
+    assert info["Config"]["Labels"]["aiobatch.attempt"] == "1"
+    await kept.delete(force=True)
+
+
+async def test_mixed_local_and_docker_job(engine: aiodocker.Docker, state_dir: Path) -> None:
+    spec = {
+        "name": "mixed",
+        "tasks": [
+            {"name": "local", "command": "echo from-host > ../../../shared.txt"},
+            {
+                "name": "boxed",
+                "image": IMAGE,
+                "depends_on": ["local"],
+                "command": "echo in-container $AIOBATCH_TASK_NAME",
+            },
+        ],
+    }
+    async with Runtime(state_dir, config=docker_config()) as rt:
+        with rt.bus.stream() as events:
+            job = await rt.submit(spec)
+            started = await until(events, instance_is("boxed", "RUNNING"))
+        snapshot = await job.wait_for_success()
+    assert isinstance(started, InstanceStateChanged) and started.pid is None
+    assert snapshot.status == JobState.SUCCEEDED
+    out = state_dir / "logs" / job.id / "boxed" / "0.stdout"
+    assert out.read_text() == "in-container boxed\n"
