@@ -26,6 +26,7 @@ from aiobatch.spec import TaskDef
 CONTAINER_WORKDIR = "/aiobatch"
 LABEL_PREFIX = "aiobatch."
 _UNSUPPORTED = ("inputs", "outputs", "stdout", "stderr")
+NO_CONNECTION = 900  # aiodocker's status for "cannot connect to the engine"
 
 
 class DockerExecutor:
@@ -98,17 +99,24 @@ class DockerExecutor:
         return config
 
     async def _image_ready(self, docker: aiodocker.Docker, image: str, pull: str) -> bool:
-        """Whether the image is there, pulling it as the task's policy says."""
+        """Whether the image is there, pulling it as the task's policy says.
+
+        A missing image or a failed pull is False; an engine that does not answer raises.
+        """
         if pull != "always":
             try:
                 await docker.images.inspect(image)
                 return True
             except aiodocker.DockerError as exc:
-                if exc.status != 404 or pull == "never":
+                if exc.status != 404:
+                    raise
+                if pull == "never":
                     return False
         try:
             await docker.images.pull(image)
-        except aiodocker.DockerError:
+        except aiodocker.DockerError as exc:
+            if exc.status == NO_CONNECTION:
+                raise
             return False
         return True
 

@@ -200,3 +200,63 @@ async def test_mixed_local_and_docker_job(engine: aiodocker.Docker, state_dir: P
     assert snapshot.status == JobState.SUCCEEDED
     out = state_dir / "logs" / job.id / "boxed" / "0.stdout"
     assert out.read_text() == "in-container boxed\n"
+
+
+async def test_instances_spread_over_two_engines(engine: aiodocker.Docker, state_dir: Path) -> None:
+    hosts = docker_hosts()
+    if len(hosts) < 2:
+        message = "a second engine is needed (scripts/docker-engine up starts one)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    spec = {
+        "name": "spread",
+        # Each container holds its slot until the test drops a file into its work dir.
+        "tasks": [
+            {
+                "name": "t",
+                "image": IMAGE,
+                "instances": 2,
+                "network": "none",
+                "command": "while [ ! -e go ]; do sleep 0.05; done",
+            }
+        ],
+    }
+    clients = [aiodocker.Docker(url=host) for host in hosts[:2]]
+    try:
+        async with Runtime(state_dir, config=docker_config(hosts[:2], slots=1)) as rt:
+            with rt.bus.stream() as events:
+                job = await rt.submit(spec)
+                await until(events, instance_is("t", "RUNNING", 0))
+                await until(events, instance_is("t", "RUNNING", 1))
+            per_engine = [len(await leftovers(client, state_dir)) for client in clients]
+            for index in (0, 1):
+                (state_dir / "work" / job.id / "t" / str(index) / "go").touch()
+            await job.wait_for_success()
+        assert per_engine == [1, 1]
+        assert [await leftovers(client, state_dir) for client in clients] == [[], []]
+    finally:
+        for client in clients:
+            await client.close()
+
+
+async def test_runtime_exit_leaves_no_container(engine: aiodocker.Docker, state_dir: Path) -> None:
+    spec = {"name": "abrupt", "tasks": [{"name": "t", "image": IMAGE, "command": "sleep 60"}]}
+    async with Runtime(state_dir, config=docker_config()) as rt:
+        with rt.bus.stream() as events:
+            await rt.submit(spec)
+            await until(events, instance_is("t", "RUNNING"))
+        assert len(await leftovers(engine, state_dir)) == 1
+    # Leaving the runtime interrupts the attempt: the container is stopped and removed.
+    assert await leftovers(engine, state_dir) == []
+
+
+async def test_unreachable_engine_is_named(state_dir: Path, tmp_path: Path) -> None:
+    host = f"unix://{tmp_path}/nothing.sock"
+    spec = {"name": "nowhere", "tasks": [{"name": "t", "image": IMAGE, "command": "true"}]}
+    async with Runtime(state_dir, config=docker_config([host])) as rt:
+        job = await rt.submit(spec)
+        await job.wait_for_completion()
+        [inst] = (await job.get_task_result("t")).instances or []
+    assert inst.status == "FAILED"
+    assert inst.reason is not None and inst.reason.startswith(f"engine_error: {host}: ")
