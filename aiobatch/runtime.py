@@ -232,6 +232,14 @@ class Runtime:
         def on_started(pid: int | None) -> None:
             engine.instance_running(inst, pid)
             self._pump()
+            log.debug(
+                "instance_started",
+                job_id=inst.task.job.id,
+                task=inst.task.name,
+                index=inst.index,
+                attempt=inst.attempt,
+                pid=pid,
+            )
 
         try:
             ctx = self._context(inst)
@@ -285,7 +293,7 @@ class Runtime:
             if env.kind == "docker":
                 from aiobatch.executors.docker import DockerExecutor  # only when used
 
-                executor = DockerExecutor(env_name, env, self.layout.runtime_id())
+                executor = DockerExecutor(env_name, env, self.layout.runtime_id)
             else:
                 executor = LocalExecutor()
             self.executors[env_name] = executor

@@ -32,10 +32,14 @@ NO_CONNECTION = 900  # aiodocker's status for "cannot connect to the engine"
 class DockerExecutor:
     kind = "docker"
 
-    def __init__(self, env_name: str, config: ComputeEnvConfig, runtime_id: str) -> None:
+    def __init__(
+        self, env_name: str, config: ComputeEnvConfig, runtime_id: Callable[[], str]
+    ) -> None:
         self.env_name = env_name
         self.config = config
-        self.runtime_id = runtime_id
+        # Read when opened: validating a spec must not write into the state dir.
+        self._runtime_id_source = runtime_id
+        self.runtime_id = ""
         self._clients: dict[str, aiodocker.Docker] = {}
         self._in_flight = dict.fromkeys(config.hosts, 0)
 
@@ -43,6 +47,7 @@ class DockerExecutor:
         return [name for name in _UNSUPPORTED if getattr(task, name)]
 
     async def open(self) -> None:
+        self.runtime_id = self._runtime_id_source()
         for host in self.config.hosts:
             self._clients[host] = aiodocker.Docker(url=host, ssl_context=self._ssl_context(host))
 

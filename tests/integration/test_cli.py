@@ -199,3 +199,14 @@ def test_progress_bars_on_a_terminal(tmp_path: Path) -> None:
     screen = b"".join(chunks).decode(errors="replace")
     assert done.returncode == 0
     assert "render" in screen and "100%" in screen and "4/4" in screen
+
+
+def test_refused_docker_spec_writes_nothing(tmp_path: Path) -> None:
+    spec = write(
+        tmp_path / "j.yaml",
+        "name: j\ntasks:\n  - {name: t, image: busybox, inputs: [{from: 's3://b/k', path: k}]}\n",
+    )
+    done = aiobatch("run", spec, "--state-dir", tmp_path / "s")
+    assert done.returncode == 2
+    assert "$.tasks[0].inputs: not supported by compute env 'docker'" in done.stderr
+    assert not (tmp_path / "s").exists()

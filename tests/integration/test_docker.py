@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiodocker
+import anyio
 import pytest
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 from aiobatch import JobState, Runtime
 from aiobatch.config import ComputeEnvConfig, Config
@@ -260,3 +264,32 @@ async def test_unreachable_engine_is_named(state_dir: Path, tmp_path: Path) -> N
         [inst] = (await job.get_task_result("t")).instances or []
     assert inst.status == "FAILED"
     assert inst.reason is not None and inst.reason.startswith(f"engine_error: {host}: ")
+
+
+async def test_ctrl_c_of_aiobatch_run_leaves_no_container(
+    engine: aiodocker.Docker, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    StateLayout(state).runtime_id()  # made now, so this test knows the containers' label
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'kill_grace = "1s"\n[logging]\nlevel = "debug"\n'
+        f'[compute_envs.docker]\nkind = "docker"\nhosts = ["{docker_hosts()[0]}"]\n'
+    )
+    spec = tmp_path / "j.yaml"
+    spec.write_text(f"name: j\ntasks:\n  - {{name: t, image: '{IMAGE}', command: sleep 60}}\n")
+    command = [sys.executable, "-m", "aiobatch", "run", str(spec), "--verbose"]
+    async with await anyio.open_process(
+        [*command, "--config", str(config), "--state-dir", str(state)]
+    ) as run:
+        assert run.stderr is not None
+        lines = BufferedByteReceiveStream(run.stderr)
+        with anyio.fail_after(60):
+            while b"instance_started" not in await lines.receive_until(b"\n", 1 << 20):
+                pass
+        assert len(await leftovers(engine, state)) == 1
+        run.send_signal(signal.SIGINT)
+        with anyio.fail_after(60):
+            assert await run.wait() == 130
+    assert await leftovers(engine, state) == []
