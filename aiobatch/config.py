@@ -26,6 +26,9 @@ class ComputeEnvConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     tls_ca_cert: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    # docker only: how long an engine that does not answer is retried (with backoff) before
+    # the instance fails with `engine_error: HOST: ...`.
+    engine_retry: str | int | float = "30s"
 
     @property
     def total_slots(self) -> int:
@@ -79,6 +82,10 @@ def _validate(config: Config, where: str) -> None:
     for name, env in config.compute_envs.items():
         if env.slots is not None and env.slots < 1:
             problems.append(f"{where}: $.compute_envs.{name}.slots: must be at least 1")
+        try:
+            parse_duration(env.engine_retry)
+        except ValueError as exc:
+            problems.append(f"{where}: $.compute_envs.{name}.engine_retry: {exc}")
         if env.kind == "docker" and not env.hosts:
             problems.append(f"{where}: $.compute_envs.{name}.hosts: needs at least one host")
         for i, host in enumerate(env.hosts):

@@ -358,6 +358,8 @@ class Store:
     async def events(
         self, job_id: str, *, after: int = 0, limit: int = 100_000
     ) -> list[tuple[int, Event]]:
+        """A job's stored events after ``after``, everything buffered so far included."""
+        await self.flush()
         async with self.db.execute(
             "SELECT seq, body FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
             (job_id, after, limit),

@@ -17,11 +17,13 @@ from typing import Any
 import aiodocker
 import anyio
 from aiodocker.containers import DockerContainer
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from aiobatch.config import ComputeEnvConfig
 from aiobatch.engine import Outcome
 from aiobatch.executors.base import InstanceContext
 from aiobatch.spec import TaskDef
+from aiobatch.units import parse_duration
 
 CONTAINER_WORKDIR = "/aiobatch"
 LABEL_PREFIX = "aiobatch."
@@ -63,6 +65,16 @@ class DockerExecutor:
         if self.config.tls_cert is not None:
             context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
         return context
+
+    def _engine_retrying(self) -> AsyncRetrying:
+        """Retry an engine that does not answer, with exponential backoff, for a while."""
+        return AsyncRetrying(
+            retry=retry_if_exception(_no_connection),
+            wait=wait_exponential(multiplier=0.1, max=5),
+            stop=stop_after_delay(parse_duration(self.config.engine_retry)),
+            sleep=anyio.sleep,
+            reraise=True,
+        )
 
     def _pick_host(self) -> str:
         """The host with the fewest attempts in flight (the scheduler caps the total)."""
@@ -139,10 +151,12 @@ class DockerExecutor:
         docker = self._clients[host]
         image = ctx.task.image or ""
         try:
-            if not await self._image_ready(docker, image, ctx.task.pull):
-                return Outcome(reason=f"image_unavailable: {image}")
-            ctx.work_dir.mkdir(parents=True, exist_ok=True)
-            container = await docker.containers.create(self.container_config(ctx))
+            async for attempt in self._engine_retrying():
+                with attempt:
+                    if not await self._image_ready(docker, image, ctx.task.pull):
+                        return Outcome(reason=f"image_unavailable: {image}")
+                    ctx.work_dir.mkdir(parents=True, exist_ok=True)
+                    container = await docker.containers.create(self.container_config(ctx))
         except (aiodocker.DockerError, OSError) as exc:
             return Outcome(reason=f"engine_error: {host}: {_message(exc)}")
         failed = True
@@ -211,6 +225,10 @@ async def _remove(container: DockerContainer) -> None:
         await container.delete(force=True)
     except aiodocker.DockerError:
         pass
+
+
+def _no_connection(exc: BaseException) -> bool:
+    return isinstance(exc, aiodocker.DockerError) and exc.status == NO_CONNECTION
 
 
 def _message(exc: BaseException) -> str:

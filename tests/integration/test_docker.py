@@ -51,8 +51,15 @@ async def engine() -> AsyncIterator[aiodocker.Docker]:
     await client.close()
 
 
-def docker_config(hosts: list[str] | None = None, slots: int = 4) -> Config:
-    env = ComputeEnvConfig(kind="docker", hosts=tuple(hosts or docker_hosts()[:1]), slots=slots)
+def docker_config(
+    hosts: list[str] | None = None, slots: int = 4, engine_retry: str = "30s"
+) -> Config:
+    env = ComputeEnvConfig(
+        kind="docker",
+        hosts=tuple(hosts or docker_hosts()[:1]),
+        slots=slots,
+        engine_retry=engine_retry,
+    )
     return Config(kill_grace="1s", compute_envs={"docker": env})
 
 
@@ -231,8 +238,11 @@ async def test_instances_spread_over_two_engines(engine: aiodocker.Docker, state
         async with Runtime(state_dir, config=docker_config(hosts[:2], slots=1)) as rt:
             with rt.bus.stream() as events:
                 job = await rt.submit(spec)
-                await until(events, instance_is("t", "RUNNING", 0))
-                await until(events, instance_is("t", "RUNNING", 1))
+                running: set[int] = set()
+                while len(running) < 2:  # in either order
+                    event = await until(events, instance_is("t", "RUNNING"))
+                    assert isinstance(event, InstanceStateChanged)
+                    running.add(event.index)
             per_engine = [len(await leftovers(client, state_dir)) for client in clients]
             for index in (0, 1):
                 (state_dir / "work" / job.id / "t" / str(index) / "go").touch()
@@ -258,11 +268,16 @@ async def test_runtime_exit_leaves_no_container(engine: aiodocker.Docker, state_
 async def test_unreachable_engine_is_named(state_dir: Path, tmp_path: Path) -> None:
     host = f"unix://{tmp_path}/nothing.sock"
     spec = {"name": "nowhere", "tasks": [{"name": "t", "image": IMAGE, "command": "true"}]}
-    async with Runtime(state_dir, config=docker_config([host])) as rt:
+    async with Runtime(state_dir, config=docker_config([host], engine_retry="1s")) as rt:
         job = await rt.submit(spec)
         await job.wait_for_completion()
         [inst] = (await job.get_task_result("t")).instances or []
+        history = [e for _, e in await rt.store.events(job.id)]
     assert inst.status == "FAILED"
+    # Retried for about engine_retry (backoff 0.1 s, 0.2 s, 0.4 s, ...), then failed.
+    staged = next(e for e in history if isinstance(e, InstanceStateChanged))
+    failed = [e for e in history if isinstance(e, InstanceStateChanged)][-1]
+    assert 0.9 < failed.ts - staged.ts < 5
     assert inst.reason is not None and inst.reason.startswith(f"engine_error: {host}: ")
 
 
