@@ -16,6 +16,7 @@ from typing import Any
 
 import aiodocker
 import anyio
+import structlog
 from aiodocker.containers import DockerContainer
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
@@ -29,6 +30,10 @@ CONTAINER_WORKDIR = "/aiobatch"
 LABEL_PREFIX = "aiobatch."
 _UNSUPPORTED = ("inputs", "outputs", "stdout", "stderr")
 NO_CONNECTION = 900  # aiodocker's status for "cannot connect to the engine"
+DRAIN_S = 10.0  # a host that did not answer gets no new attempt for this long
+HEALTH_TIMEOUT_S = 5.0
+
+log = structlog.get_logger("aiobatch.docker")
 
 
 class DockerExecutor:
@@ -44,6 +49,7 @@ class DockerExecutor:
         self.runtime_id = ""
         self._clients: dict[str, aiodocker.Docker] = {}
         self._in_flight = dict.fromkeys(config.hosts, 0)
+        self._down_until: dict[str, float] = {}  # drained hosts: monotonic time to re-check
 
     def unsupported(self, task: TaskDef) -> list[str]:
         return [name for name in _UNSUPPORTED if getattr(task, name)]
@@ -52,6 +58,7 @@ class DockerExecutor:
         self.runtime_id = self._runtime_id_source()
         for host in self.config.hosts:
             self._clients[host] = aiodocker.Docker(url=host, ssl_context=self._ssl_context(host))
+        await self._check_hosts()
 
     async def aclose(self) -> None:
         clients, self._clients = self._clients, {}
@@ -77,8 +84,36 @@ class DockerExecutor:
         )
 
     def _pick_host(self) -> str:
-        """The host with the fewest attempts in flight (the scheduler caps the total)."""
-        return min(self._in_flight, key=self._in_flight.__getitem__)
+        """The healthy host with the fewest attempts in flight (the scheduler caps the total).
+
+        When every host is drained, the one that comes back soonest: its attempt is retried
+        until ``engine_retry`` runs out.
+        """
+        now = time.monotonic()
+        healthy = [host for host in self._in_flight if self._down_until.get(host, 0) <= now]
+        if not healthy:
+            return min(self._in_flight, key=lambda host: self._down_until.get(host, 0))
+        return min(healthy, key=self._in_flight.__getitem__)
+
+    def _drain(self, host: str, why: str) -> None:
+        """Place nothing on ``host`` for a while; the next attempt that picks it re-checks."""
+        if self._down_until.get(host, 0) <= time.monotonic():
+            log.warning("docker_host_drained", env=self.env_name, host=host, why=why)
+        self._down_until[host] = time.monotonic() + DRAIN_S
+
+    async def _check_hosts(self) -> None:
+        """Ask every engine for its version, at once; drain those that do not answer."""
+
+        async def check(host: str) -> None:
+            try:
+                with anyio.fail_after(HEALTH_TIMEOUT_S):
+                    await self._clients[host].version()
+            except (aiodocker.DockerError, TimeoutError, OSError) as exc:
+                self._drain(host, _message(exc))
+
+        async with anyio.create_task_group() as tg:
+            for host in self._clients:
+                tg.start_soon(check, host)
 
     def labels(self, ctx: InstanceContext) -> dict[str, str]:
         return {
@@ -138,27 +173,48 @@ class DockerExecutor:
         return True
 
     async def run(self, ctx: InstanceContext, on_started: Callable[[int | None], None]) -> Outcome:
-        host = self._pick_host()
-        self._in_flight[host] += 1
+        host = ""
         try:
-            return await self._run_on(host, ctx, on_started)
+            # An engine that does not answer is drained, and the retry goes to another host
+            # if there is a healthy one, else back to it after a backoff.
+            async for attempt in self._engine_retrying():
+                with attempt:
+                    host = self._pick_host()
+                    self._in_flight[host] += 1
+                    try:
+                        prepared = await self._prepare(host, ctx)
+                    except BaseException:
+                        self._in_flight[host] -= 1
+                        raise
+        except (aiodocker.DockerError, OSError) as exc:
+            return Outcome(reason=f"engine_error: {host}: {_message(exc)}")
+        try:
+            if isinstance(prepared, Outcome):
+                return prepared
+            return await self._run_container(prepared, ctx, on_started)
         finally:
             self._in_flight[host] -= 1
 
-    async def _run_on(
-        self, host: str, ctx: InstanceContext, on_started: Callable[[int | None], None]
-    ) -> Outcome:
+    async def _prepare(self, host: str, ctx: InstanceContext) -> DockerContainer | Outcome:
+        """Check the image and create the container on ``host``."""
         docker = self._clients[host]
         image = ctx.task.image or ""
         try:
-            async for attempt in self._engine_retrying():
-                with attempt:
-                    if not await self._image_ready(docker, image, ctx.task.pull):
-                        return Outcome(reason=f"image_unavailable: {image}")
-                    ctx.work_dir.mkdir(parents=True, exist_ok=True)
-                    container = await docker.containers.create(self.container_config(ctx))
-        except (aiodocker.DockerError, OSError) as exc:
-            return Outcome(reason=f"engine_error: {host}: {_message(exc)}")
+            if not await self._image_ready(docker, image, ctx.task.pull):
+                return Outcome(reason=f"image_unavailable: {image}")
+            ctx.work_dir.mkdir(parents=True, exist_ok=True)
+            return await docker.containers.create(self.container_config(ctx))
+        except aiodocker.DockerError as exc:
+            if exc.status == NO_CONNECTION:
+                self._drain(host, _message(exc))
+            raise
+
+    async def _run_container(
+        self,
+        container: DockerContainer,
+        ctx: InstanceContext,
+        on_started: Callable[[int | None], None],
+    ) -> Outcome:
         failed = True
         try:
             began = time.monotonic()

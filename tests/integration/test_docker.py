@@ -308,3 +308,19 @@ async def test_ctrl_c_of_aiobatch_run_leaves_no_container(
         with anyio.fail_after(60):
             assert await run.wait() == 130
     assert await leftovers(engine, state) == []
+
+
+async def test_a_host_that_does_not_answer_is_drained(
+    engine: aiodocker.Docker, state_dir: Path, tmp_path: Path
+) -> None:
+    dead = f"unix://{tmp_path}/dead.sock"
+    spec = {
+        "name": "drained",
+        "tasks": [{"name": "t", "image": IMAGE, "instances": 3, "command": "true"}],
+    }
+    config = docker_config([dead, docker_hosts()[0]], slots=1, engine_retry="30s")
+    async with Runtime(state_dir, config=config) as rt:
+        with anyio.fail_after(20):  # far less than engine_retry: nothing waited on the dead one
+            snapshot = await (await rt.submit(spec)).wait_for_success()
+    assert snapshot.tasks["t"].succeeded == 3
+    assert await leftovers(engine, state_dir) == []
