@@ -11,8 +11,7 @@ from __future__ import annotations
 import ssl
 import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import aiodocker
 import anyio
@@ -217,10 +216,15 @@ class DockerExecutor:
     ) -> Outcome:
         failed = True
         try:
-            began = time.monotonic()
-            await container.start()
-            on_started(None)
-            outcome = await self._follow_and_wait(container, ctx, began)
+            # Open the logs first: they exist once the instance is RUNNING, as for a process.
+            with (
+                ctx.stdout_path.open("ab", buffering=0) as out,
+                ctx.stderr_path.open("ab", buffering=0) as err,
+            ):
+                began = time.monotonic()
+                await container.start()
+                on_started(None)
+                outcome = await self._follow_and_wait(container, ctx, began, out, err)
             failed = not outcome.succeeded
             return outcome
         finally:
@@ -229,12 +233,17 @@ class DockerExecutor:
                     await _remove(container)
 
     async def _follow_and_wait(
-        self, container: DockerContainer, ctx: InstanceContext, began: float
+        self,
+        container: DockerContainer,
+        ctx: InstanceContext,
+        began: float,
+        stdout: BinaryIO,
+        stderr: BinaryIO,
     ) -> Outcome:
         scope = ctx.control.scope
         async with anyio.create_task_group() as followers:
-            followers.start_soon(_follow, container, "stdout", ctx.stdout_path)
-            followers.start_soon(_follow, container, "stderr", ctx.stderr_path)
+            followers.start_soon(_follow, container, "stdout", stdout)
+            followers.start_soon(_follow, container, "stderr", stderr)
             try:
                 with scope:
                     if ctx.task.timeout_s is not None:
@@ -269,11 +278,10 @@ class DockerExecutor:
             pass  # already gone
 
 
-async def _follow(container: DockerContainer, stream: str, path: Path) -> None:
-    """Append one stream of the container to ``path`` as it comes."""
-    with path.open("ab", buffering=0) as out:
-        async for chunk in container.log(follow=True, **{stream: True}):
-            out.write(chunk.encode())
+async def _follow(container: DockerContainer, stream: str, out: BinaryIO) -> None:
+    """Append one stream of the container to ``out`` as it comes."""
+    async for chunk in container.log(follow=True, **{stream: True}):
+        out.write(chunk.encode())
 
 
 async def _remove(container: DockerContainer) -> None:

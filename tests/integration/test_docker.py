@@ -324,3 +324,52 @@ async def test_a_host_that_does_not_answer_is_drained(
             snapshot = await (await rt.submit(spec)).wait_for_success()
     assert snapshot.tasks["t"].succeeded == 3
     assert await leftovers(engine, state_dir) == []
+
+
+async def test_failing_sibling_cancels_running_container(
+    engine: aiodocker.Docker, state_dir: Path
+) -> None:
+    spec = {
+        "name": "cancelled",
+        "tasks": [
+            {"name": "boxed", "image": IMAGE, "command": "sleep 60"},
+            {"name": "bad", "depends_on": [], "command": "exit 1"},
+        ],
+    }
+    async with Runtime(state_dir, config=docker_config()) as rt:
+        snapshot = await (await rt.submit(spec)).wait_for_completion()
+    assert snapshot.status == "FAILED"
+    assert snapshot.tasks["boxed"].status == "CANCELLED"
+    assert await leftovers(engine, state_dir) == []
+
+
+async def test_output_reaches_the_log_file_while_the_container_runs(
+    engine: aiodocker.Docker, state_dir: Path
+) -> None:
+    spec = {
+        "name": "live",
+        "tasks": [
+            {
+                "name": "t",
+                "image": IMAGE,
+                "network": "none",
+                "command": "echo first; echo warn >&2; while [ ! -e go ]; do sleep 0.05; done; "
+                "echo last",
+            }
+        ],
+    }
+    async with Runtime(state_dir, config=docker_config()) as rt:
+        with rt.bus.stream() as events:
+            job = await rt.submit(spec)
+            await until(events, instance_is("t", "RUNNING"))
+        logs = state_dir / "logs" / job.id / "t"
+        # No event tells when bytes land in a file: look until they do (bounded).
+        with anyio.fail_after(20):
+            while (logs / "0.stdout").read_text() != "first\n" or (  # noqa: ASYNC110
+                logs / "0.stderr"
+            ).read_text() != "warn\n":
+                await anyio.sleep(0.05)
+        assert job.status is JobState.RUNNING  # the container is still waiting for "go"
+        (state_dir / "work" / job.id / "t" / "0" / "go").touch()
+        await job.wait_for_success()
+    assert (logs / "0.stdout").read_text() == "first\nlast\n"
