@@ -202,7 +202,10 @@ class DockerExecutor:
             if not await self._image_ready(docker, image, ctx.task.pull):
                 return Outcome(reason=f"image_unavailable: {image}")
             ctx.work_dir.mkdir(parents=True, exist_ok=True)
-            return await docker.containers.create(self.container_config(ctx))
+            # Shielded: a container the engine made must come back to us, to be removed.
+            with anyio.CancelScope(shield=True):
+                container = await docker.containers.create(self.container_config(ctx))
+            return container
         except aiodocker.DockerError as exc:
             if exc.status == NO_CONNECTION:
                 self._drain(host, _message(exc))
