@@ -373,3 +373,39 @@ async def test_output_reaches_the_log_file_while_the_container_runs(
         (state_dir / "work" / job.id / "t" / "0" / "go").touch()
         await job.wait_for_success()
     assert (logs / "0.stdout").read_text() == "first\nlast\n"
+
+
+async def test_failing_pull_is_image_unavailable(engine: aiodocker.Docker, state_dir: Path) -> None:
+    # A registry on loopback where nothing listens: the pull fails at once, nothing leaves.
+    image = "127.0.0.1:9/aiobatch/missing:1"
+    spec = {"name": "nopull", "tasks": [{"name": "t", "image": image, "command": "true"}]}
+    async with Runtime(state_dir, config=docker_config()) as rt:
+        job = await rt.submit(spec)
+        with anyio.fail_after(20):
+            await job.wait_for_completion()
+        [inst] = (await job.get_task_result("t")).instances or []
+    assert (inst.status, inst.reason) == ("FAILED", f"image_unavailable: {image}")
+
+
+async def test_user_and_workdir(engine: aiodocker.Docker, state_dir: Path) -> None:
+    spec = {
+        "name": "who",
+        "tasks": [
+            {
+                "name": "t",
+                "image": IMAGE,
+                "user": "nobody",
+                "workdir": "/job",
+                "command": "id -u; pwd; touch made-here",
+            }
+        ],
+    }
+    async with Runtime(state_dir, config=docker_config()) as rt:
+        job = await rt.submit(spec)
+        snapshot = await job.wait_for_completion()
+    out = (state_dir / "logs" / job.id / "t" / "0.stdout").read_text().split()
+    work = state_dir / "work" / job.id / "t" / "0"
+    # The work dir belongs to root here and nobody cannot write to it: the touch fails.
+    assert out == ["65534", "/job"]
+    assert not (work / "made-here").exists()
+    assert snapshot.status == "FAILED"
