@@ -35,7 +35,7 @@ class InstanceContext:
     task: TaskDef
     index: int
     attempt: int
-    work_dir: Path
+    work_dir: Path  # exists already; the log files' directory too
     stdout_path: Path
     stderr_path: Path
     env: dict[str, str]

@@ -56,7 +56,10 @@ class DockerExecutor:
     async def open(self) -> None:
         self.runtime_id = self._runtime_id_source()
         for host in self.config.hosts:
-            self._clients[host] = aiodocker.Docker(url=host, ssl_context=self._ssl_context(host))
+            context = self._ssl_context(host)
+            # aiodocker speaks plain HTTP to tcp:// even when given a TLS context.
+            url = "https://" + host.removeprefix("tcp://") if context is not None else host
+            self._clients[host] = aiodocker.Docker(url=url, ssl_context=context)
         await self._check_hosts()
 
     async def aclose(self) -> None:
@@ -201,7 +204,6 @@ class DockerExecutor:
         try:
             if not await self._image_ready(docker, image, ctx.task.pull):
                 return Outcome(reason=f"image_unavailable: {image}")
-            ctx.work_dir.mkdir(parents=True, exist_ok=True)
             # Shielded: a container the engine made must come back to us, to be removed.
             with anyio.CancelScope(shield=True):
                 container = await docker.containers.create(self.container_config(ctx))

@@ -409,3 +409,26 @@ async def test_user_and_workdir(engine: aiodocker.Docker, state_dir: Path) -> No
     assert out == ["65534", "/job"]
     assert not (work / "made-here").exists()
     assert snapshot.status == "FAILED"
+
+
+async def test_tcp_host_with_tls_client_certificates(state_dir: Path) -> None:
+    host = os.environ.get("AIOBATCH_TEST_DOCKER_TLS_HOST")
+    certs = Path(os.environ.get("AIOBATCH_TEST_DOCKER_TLS_DIR", "/nonexistent"))
+    if host is None:
+        message = "no TLS engine (scripts/docker-engine up gives engine 2 a TLS listener)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    env = ComputeEnvConfig(
+        kind="docker",
+        hosts=(host,),
+        tls_ca_cert=str(certs / "ca.pem"),
+        tls_cert=str(certs / "cert.pem"),
+        tls_key=str(certs / "key.pem"),
+        engine_retry="2s",
+    )
+    spec = {"name": "tls", "tasks": [{"name": "t", "image": IMAGE, "command": "echo over tls"}]}
+    async with Runtime(state_dir, config=Config(compute_envs={"docker": env})) as rt:
+        job = await rt.submit(spec)
+        await job.wait_for_success()
+    assert (state_dir / "logs" / job.id / "t" / "0.stdout").read_text() == "over tls\n"
