@@ -12,6 +12,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -41,11 +42,14 @@ from aiobatch.errors import (
 from aiobatch.events import Bus, Event, JobStateChanged
 from aiobatch.executors.base import AttemptControl, Executor, InstanceContext
 from aiobatch.executors.local import LocalExecutor, kill_orphan
+from aiobatch.hooks import HookContext, HookFailed, Hooks
 from aiobatch.layout import StateLayout, lock_state_dir
 from aiobatch.model import InstanceRec, JobRec, TaskRec
 from aiobatch.recovery import restore_job
-from aiobatch.spec import JobDef, JobSpec, load_spec
+from aiobatch.spec import JobDef, JobSpec, TaskDef, load_spec
 from aiobatch.states import JOB_TERMINAL, InstanceState, JobState, TaskState
+from aiobatch.storage.base import StorageBackend
+from aiobatch.storage.files import FileBackend
 from aiobatch.store import Store
 
 log = structlog.get_logger("aiobatch.runtime")
@@ -91,6 +95,9 @@ class Runtime:
         # Per running job and task: the environment its instances share (also: log dir made).
         self._task_env: dict[str, dict[str, dict[str, str]]] = {}
         self._kill_grace = self.config.kill_grace_s
+        # Phase hooks (staging in and out are built in; add yours) and storage by scheme.
+        self.hooks = Hooks.default()
+        self.storage: dict[str, StorageBackend] = {"file": FileBackend()}
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -214,6 +221,7 @@ class Runtime:
         assert inst.control is not None
         return InstanceContext(
             job_id=job.id,
+            job_name=job.defn.name,
             task=task.defn,
             index=inst.index,
             attempt=inst.attempt,
@@ -243,10 +251,17 @@ class Runtime:
 
         try:
             ctx = self._context(inst)
-            outcome = await executor.run(ctx, on_started)
+            hooks = HookContext(instance=ctx, job_name=ctx.job_name, storage=self.storage)
+            try:
+                await self.hooks.run_before(hooks)
+            except HookFailed as exc:
+                outcome = Outcome(reason=exc.reason)
+            else:
+                outcome = await executor.run(ctx, on_started)
             if inst.state is InstanceState.RUNNING:  # else it never started: nothing ran
                 engine.instance_exited(inst, outcome)
                 self._pump()
+                outcome = await self.hooks.run_after(replace(hooks, outcome=outcome))
             to_stop = engine.instance_finished(inst, outcome)
         except anyio.get_cancelled_exc_class():
             engine.instance_interrupted(inst)
@@ -282,9 +297,22 @@ class Runtime:
                     f"$.tasks[{i}].{name}: not supported by compute env {task.compute_env!r}"
                     f" (kind {kind!r})"
                 )
+            problems += self._storage_problems(i, task)
         if problems:
             raise SpecError(problems)
         return defn
+
+    def _storage_problems(self, i: int, task: TaskDef) -> list[str]:
+        """Mappings whose URI scheme has no storage backend in this runtime."""
+        uris = [(f"inputs[{k}].from", m.from_) for k, m in enumerate(task.inputs)]
+        uris += [(f"outputs[{k}].to", m.to) for k, m in enumerate(task.outputs)]
+        uris += [(name, getattr(task, name)) for name in ("stdout", "stderr")]
+        return [
+            f"$.tasks[{i}].{where}: no storage backend for {uri.split('://')[0]}:// "
+            f"(available: {', '.join(sorted(self.storage))})"
+            for where, uri in uris
+            if uri is not None and uri.split("://")[0] not in self.storage
+        ]
 
     def _executor(self, env_name: str) -> Executor:
         executor = self.executors.get(env_name)

@@ -32,6 +32,7 @@ class InstanceContext:
     """Everything an executor needs to run one attempt; no live runtime objects."""
 
     job_id: str
+    job_name: str
     task: TaskDef
     index: int
     attempt: int

@@ -27,7 +27,7 @@ from aiobatch.units import parse_duration
 
 CONTAINER_WORKDIR = "/aiobatch"
 LABEL_PREFIX = "aiobatch."
-_UNSUPPORTED = ("inputs", "outputs", "stdout", "stderr")
+_UNSUPPORTED: tuple[str, ...] = ()  # every task field has a meaning for a container
 NO_CONNECTION = 900  # aiodocker's status for "cannot connect to the engine"
 DRAIN_S = 10.0  # a host that did not answer gets no new attempt for this long
 HEALTH_TIMEOUT_S = 5.0

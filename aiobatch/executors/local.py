@@ -19,7 +19,7 @@ from aiobatch.engine import Outcome
 from aiobatch.executors.base import InstanceContext
 from aiobatch.spec import TaskDef
 
-_LOCAL_UNSUPPORTED = ("image", "inputs", "outputs", "stdout", "stderr")
+_LOCAL_UNSUPPORTED = ("image",)
 
 
 def _kill_group(pgid: int, sig: int) -> None:

@@ -208,5 +208,5 @@ def test_refused_docker_spec_writes_nothing(tmp_path: Path) -> None:
     )
     done = aiobatch("run", spec, "--state-dir", tmp_path / "s")
     assert done.returncode == 2
-    assert "$.tasks[0].inputs: not supported by compute env 'docker'" in done.stderr
+    assert "$.tasks[0].inputs[0].from: no storage backend for s3://" in done.stderr
     assert not (tmp_path / "s").exists()

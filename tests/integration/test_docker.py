@@ -432,3 +432,30 @@ async def test_tcp_host_with_tls_client_certificates(state_dir: Path) -> None:
         job = await rt.submit(spec)
         await job.wait_for_success()
     assert (state_dir / "logs" / job.id / "t" / "0.stdout").read_text() == "over tls\n"
+
+
+async def test_file_mappings_for_containers(
+    engine: aiodocker.Docker, state_dir: Path, tmp_path: Path
+) -> None:
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    (remote / "in.txt").write_text("seed")
+    spec = {
+        "name": "mapped",
+        "tasks": [
+            {
+                "name": "t",
+                "image": IMAGE,
+                "network": "none",
+                "inputs": [{"from": f"file://{remote}/in.txt", "path": "in/in.txt"}],
+                "outputs": [{"path": "out.txt", "to": f"file://{remote}/results/{{index}}.txt"}],
+                "stdout": f"file://{remote}/logs/",
+                "command": "cat in/in.txt > out.txt; echo grown >> out.txt; echo done",
+            }
+        ],
+    }
+    async with Runtime(state_dir, config=docker_config()) as rt:
+        await (await rt.submit(spec)).wait_for_success()
+    assert (remote / "results" / "0.txt").read_text() == "seedgrown\n"
+    assert (remote / "logs" / "t.0.stdout").read_text() == "done\n"
+    assert await leftovers(engine, state_dir) == []

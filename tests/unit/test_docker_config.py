@@ -14,6 +14,7 @@ from aiobatch.spec import TaskDef
 def context(task: TaskDef) -> InstanceContext:
     return InstanceContext(
         job_id="j1",
+        job_name="job",
         task=task,
         index=3,
         attempt=2,

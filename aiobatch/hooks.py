@@ -1,0 +1,136 @@
+"""Phase hooks: async callables run before an instance starts and after it exits.
+
+Staging inputs, uploading outputs and uploading stdout/stderr are built-in hooks; users add
+their own with ``Runtime.hooks.before_start.append(...)``. A hook fails an instance by
+raising ``HookFailed`` (or any exception), whose message becomes the attempt's reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+from aiobatch.engine import Outcome
+from aiobatch.errors import AiobatchError
+from aiobatch.executors.base import InstanceContext
+from aiobatch.storage.base import StorageBackend, StorageError, StorageURI, inside
+
+
+class HookFailed(AiobatchError, RuntimeError):
+    """A hook's failure; ``reason`` is machine-readable (``stage_in_failed: URI ...``)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+@dataclass(frozen=True, slots=True)
+class HookContext:
+    """What a hook sees: the attempt, its outcome (after exit) and the storage backends."""
+
+    instance: InstanceContext
+    job_name: str
+    storage: Mapping[str, StorageBackend]
+    outcome: Outcome | None = None
+
+    def expand(self, template: str) -> str:
+        """Fill ``{job_id} {job} {task} {index} {attempt}`` (validated at submit)."""
+        ctx = self.instance
+        return template.format(
+            job_id=ctx.job_id,
+            job=self.job_name,
+            task=ctx.task.name,
+            index=ctx.index,
+            attempt=ctx.attempt,
+        )
+
+    def backend(self, uri: StorageURI) -> StorageBackend:
+        try:
+            return self.storage[uri.scheme]
+        except KeyError:
+            raise StorageError(f"{uri}: no storage backend for {uri.scheme}://") from None
+
+
+Hook = Callable[[HookContext], Awaitable[None]]
+
+
+@dataclass
+class Hooks:
+    """The hooks of each phase, run in order; the built-in ones come first."""
+
+    before_start: list[Hook] = field(default_factory=list)
+    after_exit: list[Hook] = field(default_factory=list)
+
+    @classmethod
+    def default(cls) -> Hooks:
+        return cls(before_start=[stage_inputs], after_exit=[upload_outputs, upload_logs])
+
+    async def run_before(self, context: HookContext) -> None:
+        for hook in self.before_start:
+            await _run(hook, context, "stage_in_failed")
+
+    async def run_after(self, context: HookContext) -> Outcome:
+        """Run every after-exit hook; the first failure fails a succeeded attempt."""
+        assert context.outcome is not None
+        outcome = context.outcome
+        for hook in self.after_exit:
+            try:
+                await _run(hook, context, "stage_out_failed")
+            except HookFailed as exc:
+                if outcome.succeeded:
+                    outcome = Outcome(
+                        exit_code=outcome.exit_code,
+                        signal=outcome.signal,
+                        reason=exc.reason,
+                        duration_s=outcome.duration_s,
+                    )
+        return outcome
+
+
+async def _run(hook: Hook, context: HookContext, failure: str) -> None:
+    try:
+        await hook(context)
+    except HookFailed:
+        raise
+    except Exception as exc:  # any hook error is the attempt's failure, with its message
+        raise HookFailed(f"{failure}: {exc}") from exc
+
+
+async def stage_inputs(context: HookContext) -> None:
+    """Copy every input mapping into the work dir."""
+    ctx = context.instance
+    for mapping in ctx.task.inputs:
+        uri = StorageURI.parse(context.expand(mapping.from_))
+        dest = inside(ctx.work_dir, context.expand(mapping.path))
+        await context.backend(uri).download(uri, dest)
+
+
+async def upload_outputs(context: HookContext) -> None:
+    """Copy outputs out: ``when: success`` ones only after a success, ``always`` ones always."""
+    ctx, outcome = context.instance, context.outcome
+    succeeded = outcome is not None and outcome.succeeded
+    for mapping in ctx.task.outputs:
+        if mapping.when == "success" and not succeeded:
+            continue
+        src = inside(ctx.work_dir, context.expand(mapping.path))
+        uri = StorageURI.parse(context.expand(mapping.to))
+        if not src.exists():
+            raise HookFailed(f"stage_out_failed: output {mapping.path} does not exist")
+        if uri.is_prefix and src.is_file():
+            uri = StorageURI.parse(f"{uri}{src.name}")  # a file into a folder keeps its name
+        await context.backend(uri).upload(src, uri)
+
+
+async def upload_logs(context: HookContext) -> None:
+    """Redirect stdout/stderr after every end; a prefix gets ``<task>.<index>.<stream>``."""
+    ctx = context.instance
+    for stream, target, path in (
+        ("stdout", ctx.task.stdout, ctx.stdout_path),
+        ("stderr", ctx.task.stderr, ctx.stderr_path),
+    ):
+        if target is None:
+            continue
+        uri = StorageURI.parse(context.expand(target))
+        if uri.is_prefix:
+            uri = StorageURI.parse(f"{uri}{ctx.task.name}.{ctx.index}.{stream}")
+        await context.backend(uri).upload(path, uri)

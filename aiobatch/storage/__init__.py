@@ -1,0 +1,1 @@
+"""Storage backends that stage inputs in and outputs out: ``file://`` (and, later, ``s3://``)."""

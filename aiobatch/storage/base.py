@@ -1,0 +1,66 @@
+"""The storage backend protocol, URI parsing and the path checks every backend shares."""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from aiobatch.errors import AiobatchError
+
+
+class StorageError(AiobatchError, OSError):
+    """A transfer failed; the message names the URI and the cause."""
+
+
+@dataclass(frozen=True, slots=True)
+class StorageURI:
+    """``scheme://location/key``; a key ending in ``/`` is a prefix (a folder)."""
+
+    scheme: str
+    location: str  # the bucket for s3; empty for file
+    key: str  # for file: the absolute path
+
+    @classmethod
+    def parse(cls, uri: str) -> StorageURI:
+        scheme, sep, rest = uri.partition("://")
+        if not sep:
+            raise StorageError(f"{uri}: not a URI (expected scheme://...)")
+        if scheme == "file":
+            if not rest.startswith("/"):
+                raise StorageError(f"{uri}: a file URI must be absolute (file:///abs/path)")
+            return cls("file", "", rest)
+        location, _, key = rest.partition("/")
+        return cls(scheme, location, key)
+
+    @property
+    def is_prefix(self) -> bool:
+        return self.key.endswith("/") or self.key == ""
+
+    def __str__(self) -> str:
+        if self.scheme == "file":
+            return f"file://{self.key}"
+        return f"{self.scheme}://{self.location}/{self.key}"
+
+
+def inside(root: Path, relative: str) -> Path:
+    """``root / relative``, refusing anything that would land outside ``root``."""
+    normal = posixpath.normpath(relative.replace("\\", "/"))
+    if normal.startswith("/") or normal == ".." or normal.startswith("../"):
+        raise StorageError(f"{relative!r} would land outside {root}")
+    return root / normal if normal != "." else root
+
+
+class StorageBackend(Protocol):
+    """Moves one file or one folder (a prefix) between a URI and a local path."""
+
+    scheme: str
+
+    async def download(self, uri: StorageURI, dest: Path) -> None:
+        """Copy ``uri`` to ``dest``; a prefix fills the folder ``dest`` with its contents."""
+        ...
+
+    async def upload(self, src: Path, uri: StorageURI) -> None:
+        """Copy ``src`` to ``uri``; a folder goes under the prefix ``uri``, keys mirroring paths."""
+        ...

@@ -1,0 +1,140 @@
+"""Storage mappings and log redirects through the ``file://`` backend, with real files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aiobatch import Runtime
+from aiobatch.hooks import HookContext, HookFailed
+from aiobatch.storage.base import StorageError, inside
+
+pytestmark = pytest.mark.anyio
+
+
+def job(task: dict[str, Any]) -> dict[str, Any]:
+    return {"name": "files", "tasks": [{"name": "t", **task}]}
+
+
+async def test_inputs_outputs_and_log_redirects(state_dir: Path, tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    (remote / "in" / "sub").mkdir(parents=True)
+    (remote / "in" / "a.txt").write_text("A")
+    (remote / "in" / "sub" / "b.txt").write_text("B")
+    (remote / "single.txt").write_text("S")
+    spec = job(
+        {
+            "instances": 2,
+            "inputs": [
+                {"from": f"file://{remote}/single.txt", "path": "data/single.txt"},
+                {"from": f"file://{remote}/in/", "path": "tree/"},
+            ],
+            "outputs": [
+                {"path": "result.txt", "to": f"file://{remote}/out/{{job}}/{{index}}/"},
+                {"path": "folder/", "to": f"file://{remote}/out/{{job}}/{{index}}/folder/"},
+            ],
+            "stdout": f"file://{remote}/logs/",
+            "stderr": f"file://{remote}/logs/t.{{index}}.err",
+            "command": "cat data/single.txt tree/a.txt tree/sub/b.txt > result.txt; "
+            "mkdir -p folder/deep; echo x > folder/deep/y; echo out; echo err >&2",
+        }
+    )
+    async with Runtime(state_dir) as rt:
+        await (await rt.submit(spec)).wait_for_success()
+    for index in (0, 1):
+        out = remote / "out" / "files" / str(index)
+        assert (out / "result.txt").read_text() == "SAB"
+        assert (out / "folder" / "deep" / "y").read_text() == "x\n"
+        assert (remote / "logs" / f"t.{index}.stdout").read_text() == "out\n"
+        assert (remote / "logs" / f"t.{index}.err").read_text() == "err\n"
+
+
+async def test_missing_input_fails_the_attempt_and_is_retried(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    missing = f"file://{tmp_path}/nothing.txt"
+    spec = job({"inputs": [{"from": missing, "path": "x"}], "command": "true", "retries": 1})
+    async with Runtime(state_dir) as rt:
+        j = await rt.submit(spec)
+        await j.wait_for_completion()
+        [inst] = (await j.get_task_result("t")).instances or []
+    assert (inst.status, inst.attempts) == ("FAILED", 2)
+    assert inst.reason == f"stage_in_failed: {missing} not found"
+
+
+async def test_missing_output_fails_a_successful_exit(state_dir: Path, tmp_path: Path) -> None:
+    spec = job(
+        {
+            "outputs": [{"path": "never.txt", "to": f"file://{tmp_path}/out.txt"}],
+            "stdout": f"file://{tmp_path}/logs/",
+            "command": "echo ran",
+        }
+    )
+    async with Runtime(state_dir) as rt:
+        j = await rt.submit(spec)
+        await j.wait_for_completion()
+        [inst] = (await j.get_task_result("t")).instances or []
+    assert (inst.status, inst.exit_code) == ("FAILED", 0)
+    assert inst.reason == "stage_out_failed: output never.txt does not exist"
+    assert (tmp_path / "logs" / "t.0.stdout").read_text() == "ran\n"  # logs go out anyway
+
+
+async def test_outputs_when_always_and_logs_after_a_failure(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    spec = job(
+        {
+            "outputs": [
+                {"path": "partial.txt", "to": f"file://{tmp_path}/always.txt", "when": "always"},
+                {"path": "partial.txt", "to": f"file://{tmp_path}/success.txt"},
+            ],
+            "stderr": f"file://{tmp_path}/err.txt",
+            "command": "echo half > partial.txt; echo broke >&2; exit 4",
+        }
+    )
+    async with Runtime(state_dir) as rt:
+        j = await rt.submit(spec)
+        await j.wait_for_completion()
+        [inst] = (await j.get_task_result("t")).instances or []
+    assert inst.reason == "exit_code: 4"
+    assert (tmp_path / "always.txt").read_text() == "half\n"
+    assert not (tmp_path / "success.txt").exists()
+    assert (tmp_path / "err.txt").read_text() == "broke\n"
+
+
+async def test_user_hooks_run_and_fail_with_their_reason(state_dir: Path) -> None:
+    seen: list[tuple[str, int]] = []
+
+    async def remember(context: HookContext) -> None:
+        seen.append((context.instance.task.name, context.instance.index))
+        (context.instance.work_dir / "from-hook").write_text("hi")
+
+    async def refuse(context: HookContext) -> None:
+        if context.instance.task.name == "refused":
+            raise HookFailed("quota_exceeded: 3 of 2")
+
+    spec = {
+        "name": "hooked",
+        "tasks": [
+            {"name": "ok", "command": "cat from-hook"},
+            {"name": "refused", "command": "true", "on_failure": "continue"},
+        ],
+    }
+    async with Runtime(state_dir) as rt:
+        rt.hooks.before_start += [remember, refuse]
+        j = await rt.submit(spec)
+        snapshot = await j.wait_for_completion()
+        [refused] = (await j.get_task_result("refused")).instances or []
+    assert sorted(seen) == [("ok", 0), ("refused", 0)]
+    assert snapshot.tasks["ok"].status == "SUCCEEDED"
+    assert (state_dir / "logs" / j.id / "ok" / "0.stdout").read_text() == "hi"
+    assert refused.reason == "quota_exceeded: 3 of 2"
+
+
+def test_paths_never_leave_the_work_dir(tmp_path: Path) -> None:
+    assert inside(tmp_path, "a/b/../c") == tmp_path / "a" / "c"
+    for bad in ("../x", "a/../../x", "/etc/passwd"):
+        with pytest.raises(StorageError, match="would land outside"):
+            inside(tmp_path, bad)
