@@ -36,6 +36,24 @@ class ComputeEnvConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         return per_host * len(self.hosts) if self.kind == "docker" else per_host
 
 
+class S3Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One S3-compatible endpoint. Credentials: these keys if both are given, else the
+    standard AWS chain (AWS_* environment variables, shared credential files, ...)."""
+
+    endpoint_url: str | None = None  # None: AWS itself
+    region: str | None = None
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    max_transfers: int = 16  # objects in flight at once
+    retry_mode: Literal["standard", "adaptive", "legacy"] = "standard"  # botocore's
+    max_attempts: int = 5
+
+
+class StorageConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    s3: S3Settings = S3Settings()
+
+
 class LoggingConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # auto: console renderer on a terminal, JSON lines otherwise (e.g. under systemd).
     format: Literal["auto", "console", "json"] = "auto"
@@ -49,6 +67,7 @@ class Config(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     compute_envs: dict[str, ComputeEnvConfig] = {}
     templates: dict[str, TemplateSpec] = {}
     logging: LoggingConfig = LoggingConfig()
+    storage: StorageConfig = StorageConfig()
 
     @property
     def kill_grace_s(self) -> float:

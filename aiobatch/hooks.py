@@ -93,7 +93,14 @@ async def _run(hook: Hook, context: HookContext, failure: str) -> None:
     except HookFailed:
         raise
     except Exception as exc:  # any hook error is the attempt's failure, with its message
-        raise HookFailed(f"{failure}: {exc}") from exc
+        raise HookFailed(f"{failure}: {_first_leaf(exc)}") from exc
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    """The first real error inside (nested) exception groups of concurrent transfers."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 async def stage_inputs(context: HookContext) -> None:

@@ -304,14 +304,12 @@ class Runtime:
 
     def _storage_problems(self, i: int, task: TaskDef) -> list[str]:
         """Mappings whose URI scheme has no storage backend in this runtime."""
-        uris = [(f"inputs[{k}].from", m.from_) for k, m in enumerate(task.inputs)]
-        uris += [(f"outputs[{k}].to", m.to) for k, m in enumerate(task.outputs)]
-        uris += [(name, getattr(task, name)) for name in ("stdout", "stderr")]
+        schemes = {*self.storage, "s3"}  # s3 is made when a job first needs it
         return [
             f"$.tasks[{i}].{where}: no storage backend for {uri.split('://')[0]}:// "
-            f"(available: {', '.join(sorted(self.storage))})"
-            for where, uri in uris
-            if uri is not None and uri.split("://")[0] not in self.storage
+            f"(available: {', '.join(sorted(schemes))})"
+            for where, uri in _mapped_uris(task)
+            if uri.split("://")[0] not in schemes
         ]
 
     def _executor(self, env_name: str) -> Executor:
@@ -328,12 +326,21 @@ class Runtime:
         return executor
 
     async def _open_executors(self, defn: JobDef) -> None:
-        """Open (once) the executors a job's tasks need, before any of them is dispatched."""
+        """Open (once) the executors and storage a job needs, before anything is dispatched."""
         for env_name in {task.compute_env for task in defn.tasks} - self._opened:
             executor = self._executor(env_name)
             await executor.open()
             self._executor_stack.push_async_callback(executor.aclose)
             self._opened.add(env_name)
+        if "s3" not in self.storage and any(
+            uri.startswith("s3://") for task in defn.tasks for _, uri in _mapped_uris(task)
+        ):
+            from aiobatch.storage.s3 import S3Backend  # only jobs that use S3 pay for it
+
+            backend = S3Backend(self.config.storage.s3)
+            await backend.open()
+            self._executor_stack.push_async_callback(backend.aclose)
+            self.storage["s3"] = backend
 
     async def submit(self, spec: SpecSource) -> JobHandle:
         """Validate, store durably, then start a job. Raises SpecError on bad input."""
@@ -536,3 +543,11 @@ class Runtime:
             "compute_envs": self.engine.scheduler.statistics(),
             "commits": self.store.commits,
         }
+
+
+def _mapped_uris(task: TaskDef) -> list[tuple[str, str]]:
+    """Every storage URI of a task, with its field path under the task."""
+    uris = [(f"inputs[{k}].from", m.from_) for k, m in enumerate(task.inputs)]
+    uris += [(f"outputs[{k}].to", m.to) for k, m in enumerate(task.outputs)]
+    uris += [(name, uri) for name, uri in (("stdout", task.stdout), ("stderr", task.stderr)) if uri]
+    return uris

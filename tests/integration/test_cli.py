@@ -201,12 +201,12 @@ def test_progress_bars_on_a_terminal(tmp_path: Path) -> None:
     assert "render" in screen and "100%" in screen and "4/4" in screen
 
 
-def test_refused_docker_spec_writes_nothing(tmp_path: Path) -> None:
+def test_refused_spec_writes_nothing(tmp_path: Path) -> None:
     spec = write(
         tmp_path / "j.yaml",
-        "name: j\ntasks:\n  - {name: t, image: busybox, inputs: [{from: 's3://b/k', path: k}]}\n",
+        "name: j\ntasks:\n  - {name: t, image: busybox, compute_env: local}\n",
     )
     done = aiobatch("run", spec, "--state-dir", tmp_path / "s")
     assert done.returncode == 2
-    assert "$.tasks[0].inputs[0].from: no storage backend for s3://" in done.stderr
+    assert "$.tasks[0].image: not supported by compute env 'local'" in done.stderr
     assert not (tmp_path / "s").exists()

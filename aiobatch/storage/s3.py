@@ -1,0 +1,147 @@
+"""``s3://bucket/key`` backend on aiobotocore, for any S3-compatible endpoint.
+
+Imported only when a job maps an ``s3://`` URI. One client per endpoint, opened with the
+runtime's executors and closed after the last instance; botocore's own retry modes; at most
+``max_transfers`` objects in flight; files stream in and out in parts, so a large object
+never sits in memory.
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import anyio
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import BotoCoreError, ClientError
+
+from aiobatch.config import S3Settings
+from aiobatch.storage.base import StorageError, StorageURI, inside
+
+PART_SIZE = 8 * 2**20  # multipart part and read chunk size: bounds memory per transfer
+
+
+class S3Backend:
+    scheme = "s3"
+
+    def __init__(self, settings: S3Settings) -> None:
+        self.settings = settings
+        self._stack = AsyncExitStack()
+        self._client: Any = None
+        self._limit = anyio.CapacityLimiter(settings.max_transfers)
+
+    async def open(self) -> None:
+        settings = self.settings
+        config = AioConfig(
+            retries={"mode": settings.retry_mode, "max_attempts": settings.max_attempts},
+            s3={"addressing_style": settings.addressing_style},
+            max_pool_connections=settings.max_transfers,
+        )
+        keys: dict[str, str] = {}
+        if settings.access_key_id is not None and settings.secret_access_key is not None:
+            keys = {
+                "aws_access_key_id": settings.access_key_id,
+                "aws_secret_access_key": settings.secret_access_key,
+            }
+        self._client = await self._stack.enter_async_context(
+            get_session().create_client(
+                "s3",
+                endpoint_url=settings.endpoint_url,
+                region_name=settings.region,
+                config=config,
+                **keys,  # else botocore's standard chain: env, shared files, ...
+            )
+        )
+
+    async def aclose(self) -> None:
+        await self._stack.aclose()
+
+    async def download(self, uri: StorageURI, dest: Path) -> None:
+        if not uri.is_prefix:
+            await self._get(uri, dest)
+            return
+        # Every key is checked before anything is written: a key like "p/../../x" fails the
+        # whole download, and nothing lands outside the work dir.
+        targets = {key: inside(dest, key[len(uri.key) :]) async for key in self._keys(uri)}
+        await anyio.Path(dest).mkdir(parents=True, exist_ok=True)
+        async with anyio.create_task_group() as tg:
+            for key, target in targets.items():
+                tg.start_soon(self._get, StorageURI("s3", uri.location, key), target)
+
+    async def upload(self, src: Path, uri: StorageURI) -> None:
+        root = anyio.Path(src)
+        if not await root.is_dir():
+            await self._put(src, uri)
+            return
+        async with anyio.create_task_group() as tg:
+            async for path in root.rglob("*"):
+                if await path.is_file() and not await path.is_symlink():
+                    key = uri.key + path.relative_to(root).as_posix()
+                    tg.start_soon(self._put, Path(path), StorageURI("s3", uri.location, key))
+
+    async def _keys(self, uri: StorageURI) -> Any:
+        paginator = self._client.get_paginator("list_objects_v2")
+        try:
+            async for page in paginator.paginate(Bucket=uri.location, Prefix=uri.key):
+                for item in page.get("Contents", []):
+                    if not item["Key"].endswith("/"):
+                        yield item["Key"]
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"{uri}: {_why(exc)}") from None
+
+    async def _get(self, uri: StorageURI, dest: Path) -> None:
+        async with self._limit:
+            try:
+                response = await self._client.get_object(Bucket=uri.location, Key=uri.key)
+            except (ClientError, BotoCoreError) as exc:
+                raise StorageError(f"{uri} {_why(exc)}") from None
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            async with response["Body"] as body, await anyio.open_file(dest, "wb") as out:
+                while chunk := await body.read(PART_SIZE):
+                    await out.write(chunk)
+
+    async def _put(self, src: Path, uri: StorageURI) -> None:
+        async with self._limit:
+            try:
+                if (await anyio.Path(src).stat()).st_size <= PART_SIZE:
+                    data = await anyio.Path(src).read_bytes()
+                    await self._client.put_object(Bucket=uri.location, Key=uri.key, Body=data)
+                else:
+                    await self._multipart(src, uri)
+            except (ClientError, BotoCoreError) as exc:
+                raise StorageError(f"{uri}: {_why(exc)}") from None
+
+    async def _multipart(self, src: Path, uri: StorageURI) -> None:
+        client, bucket, key = self._client, uri.location, uri.key
+        upload = await client.create_multipart_upload(Bucket=bucket, Key=key)
+        upload_id = upload["UploadId"]
+        parts = []
+        try:
+            async with await anyio.open_file(src, "rb") as f:
+                number = 1
+                while chunk := await f.read(PART_SIZE):
+                    part = await client.upload_part(
+                        Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk
+                    )
+                    parts.append({"ETag": part["ETag"], "PartNumber": number})
+                    number += 1
+            await client.complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            raise
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in ("NoSuchKey", "404", "NotFound"):
+            return "not found"
+        if code == "NoSuchBucket":
+            return "bucket not found"
+        return f"{code}: {exc.response.get('Error', {}).get('Message', '')}".strip()
+    return str(exc)

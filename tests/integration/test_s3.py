@@ -1,0 +1,178 @@
+"""S3 mappings against a real S3-compatible HTTP endpoint on loopback (moto's server)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from aiobotocore.session import get_session
+
+from aiobatch import Runtime
+from aiobatch.config import Config, S3Settings, StorageConfig
+
+pytestmark = pytest.mark.anyio
+
+BUCKET = "bkt"  # shared by the tests of this module; their keys do not overlap
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stderr is not None
+    for line in server.stderr:  # werkzeug says when it listens
+        if "Running on" in line:
+            break
+    else:
+        pytest.fail(f"the S3 endpoint did not start (exit {server.wait()})")
+    # Keep reading its request log, or a full pipe would stall it.
+    reader = threading.Thread(target=server.stderr.read, daemon=True)
+    reader.start()
+    yield f"http://127.0.0.1:{port}"
+    server.terminate()
+    server.wait(timeout=10)
+    reader.join(timeout=10)
+    server.stderr.close()
+
+
+def settings(endpoint: str) -> S3Settings:
+    return S3Settings(
+        endpoint_url=endpoint,
+        region="us-east-1",
+        addressing_style="path",
+        access_key_id="test",
+        secret_access_key="test",
+    )
+
+
+@pytest.fixture
+async def s3(s3_endpoint: str) -> AsyncIterator[Any]:
+    s = settings(s3_endpoint)
+    async with get_session().create_client(
+        "s3",
+        endpoint_url=s.endpoint_url,
+        region_name=s.region,
+        aws_access_key_id=s.access_key_id,
+        aws_secret_access_key=s.secret_access_key,
+    ) as client:
+        await client.create_bucket(Bucket=BUCKET)
+        yield client
+
+
+async def read(client: Any, key: str) -> bytes:
+    response = await client.get_object(Bucket=BUCKET, Key=key)
+    async with response["Body"] as body:
+        data: bytes = await body.read()
+    return data
+
+
+def config(endpoint: str) -> Config:
+    return Config(storage=StorageConfig(s3=settings(endpoint)))
+
+
+async def test_split_render_with_s3_inputs_outputs_and_logs(
+    s3: Any, s3_endpoint: str, state_dir: Path
+) -> None:
+    await s3.put_object(Bucket=BUCKET, Key="assets/a.txt", Body=b"A")
+    await s3.put_object(Bucket=BUCKET, Key="assets/sub/b.txt", Body=b"B")
+    spec = {
+        "name": "frames",
+        "tasks": [
+            {
+                "name": "split",
+                "command": "seq 0 3 > parts.txt",
+                "outputs": [{"path": "parts.txt", "to": "s3://bkt/{job_id}/parts.txt"}],
+            },
+            {
+                "name": "render",
+                "depends_on": ["split"],
+                "instances": 4,
+                "inputs": [
+                    {"from": "s3://bkt/{job_id}/parts.txt", "path": "in/parts.txt"},
+                    {"from": "s3://bkt/assets/", "path": "assets/"},
+                ],
+                "command": "mkdir out; sed -n $((AIOBATCH_INSTANCE_INDEX + 1))p in/parts.txt "
+                "> out/frame.txt; cat assets/a.txt assets/sub/b.txt >> out/frame.txt; "
+                "echo rendered $AIOBATCH_INSTANCE_INDEX",
+                "outputs": [{"path": "out/", "to": "s3://bkt/{job_id}/frames/{index}/"}],
+                "stdout": "s3://bkt/{job_id}/logs/",
+            },
+        ],
+    }
+    async with Runtime(state_dir, config=config(s3_endpoint)) as rt:
+        job = await rt.submit(spec)
+        await job.wait_for_success()
+    for index in range(4):
+        assert await read(s3, f"{job.id}/frames/{index}/frame.txt") == f"{index}\nAB".encode()
+        assert (
+            await read(s3, f"{job.id}/logs/render.{index}.stdout") == f"rendered {index}\n".encode()
+        )
+
+
+async def test_missing_object_fails_staging(s3: Any, s3_endpoint: str, state_dir: Path) -> None:
+    spec = {
+        "name": "missing",
+        "tasks": [
+            {"name": "t", "command": "true", "inputs": [{"from": "s3://bkt/nope", "path": "x"}]}
+        ],
+    }
+    async with Runtime(state_dir, config=config(s3_endpoint)) as rt:
+        job = await rt.submit(spec)
+        await job.wait_for_completion()
+        [inst] = (await job.get_task_result("t")).instances or []
+    assert (inst.status, inst.reason) == ("FAILED", "stage_in_failed: s3://bkt/nope not found")
+
+
+async def test_a_key_escaping_the_work_dir_is_refused(
+    s3: Any, s3_endpoint: str, state_dir: Path
+) -> None:
+    await s3.put_object(Bucket=BUCKET, Key="evil/../../../escaped.txt", Body=b"x")
+    spec = {
+        "name": "evil",
+        "tasks": [
+            {"name": "t", "command": "true", "inputs": [{"from": "s3://bkt/evil/", "path": "in/"}]}
+        ],
+    }
+    async with Runtime(state_dir, config=config(s3_endpoint)) as rt:
+        job = await rt.submit(spec)
+        await job.wait_for_completion()
+        [inst] = (await job.get_task_result("t")).instances or []
+    assert inst.status == "FAILED"
+    assert inst.reason is not None and "would land outside" in inst.reason
+    assert not [p async for p in anyio.Path(state_dir).rglob("escaped.txt")]
+
+
+async def test_large_output_goes_up_in_parts(s3: Any, s3_endpoint: str, state_dir: Path) -> None:
+    spec = {
+        "name": "big",
+        "tasks": [
+            {
+                "name": "t",
+                "command": "head -c 20000000 /dev/zero > big.bin",
+                "outputs": [{"path": "big.bin", "to": "s3://bkt/big.bin"}],
+            }
+        ],
+    }
+    async with Runtime(state_dir, config=config(s3_endpoint)) as rt:
+        await (await rt.submit(spec)).wait_for_success()
+    head = await s3.head_object(Bucket=BUCKET, Key="big.bin")
+    assert head["ContentLength"] == 20_000_000
+    assert head["ETag"].strip('"').endswith("-3")  # three 8 MiB parts: a multipart upload
