@@ -20,10 +20,11 @@ import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from aiobatch import JobState, Runtime
-from aiobatch.config import ComputeEnvConfig, Config
+from aiobatch.config import ComputeEnvConfig, Config, StorageConfig
 from aiobatch.events import InstanceStateChanged
 from aiobatch.layout import StateLayout
 from tests.helpers import instance_is, until
+from tests.integration.conftest import BUCKET, read, settings
 
 pytestmark = pytest.mark.anyio
 
@@ -458,4 +459,35 @@ async def test_file_mappings_for_containers(
         await (await rt.submit(spec)).wait_for_success()
     assert (remote / "results" / "0.txt").read_text() == "seedgrown\n"
     assert (remote / "logs" / "t.0.stdout").read_text() == "done\n"
+    assert await leftovers(engine, state_dir) == []
+
+
+async def test_s3_mappings_for_containers(
+    engine: aiodocker.Docker, s3: Any, s3_endpoint: str, state_dir: Path
+) -> None:
+    await s3.put_object(Bucket=BUCKET, Key="docker-in/parts.txt", Body=b"0\n1\n")
+    spec = {
+        "name": "boxed-s3",
+        "tasks": [
+            {
+                "name": "render",
+                "image": IMAGE,
+                "network": "none",
+                "instances": 2,
+                "inputs": [{"from": "s3://bkt/docker-in/parts.txt", "path": "in/parts.txt"}],
+                "outputs": [{"path": "out/", "to": "s3://bkt/{job_id}/frames/{index}/"}],
+                "stdout": "s3://bkt/{job_id}/logs/",
+                "command": "mkdir out; sed -n $((AIOBATCH_INSTANCE_INDEX + 1))p in/parts.txt "
+                "> out/frame.txt; echo boxed",
+            }
+        ],
+    }
+    env = docker_config().compute_envs
+    config = Config(compute_envs=env, storage=StorageConfig(s3=settings(s3_endpoint)))
+    async with Runtime(state_dir, config=config) as rt:
+        job = await rt.submit(spec)
+        await job.wait_for_success()
+    for index in (0, 1):
+        assert await read(s3, f"{job.id}/frames/{index}/frame.txt") == f"{index}\n".encode()
+        assert await read(s3, f"{job.id}/logs/render.{index}.stdout") == b"boxed\n"
     assert await leftovers(engine, state_dir) == []

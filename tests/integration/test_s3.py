@@ -2,86 +2,17 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import threading
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from aiobotocore.session import get_session
 
 from aiobatch import Runtime
-from aiobatch.config import Config, S3Settings, StorageConfig
+from aiobatch.config import Config, StorageConfig
+from tests.integration.conftest import BUCKET, read, settings
 
 pytestmark = pytest.mark.anyio
-
-BUCKET = "bkt"  # shared by the tests of this module; their keys do not overlap
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert server.stderr is not None
-    for line in server.stderr:  # werkzeug says when it listens
-        if "Running on" in line:
-            break
-    else:
-        pytest.fail(f"the S3 endpoint did not start (exit {server.wait()})")
-    # Keep reading its request log, or a full pipe would stall it.
-    reader = threading.Thread(target=server.stderr.read, daemon=True)
-    reader.start()
-    yield f"http://127.0.0.1:{port}"
-    server.terminate()
-    server.wait(timeout=10)
-    reader.join(timeout=10)
-    server.stderr.close()
-
-
-def settings(endpoint: str) -> S3Settings:
-    return S3Settings(
-        endpoint_url=endpoint,
-        region="us-east-1",
-        addressing_style="path",
-        access_key_id="test",
-        secret_access_key="test",
-    )
-
-
-@pytest.fixture
-async def s3(s3_endpoint: str) -> AsyncIterator[Any]:
-    s = settings(s3_endpoint)
-    async with get_session().create_client(
-        "s3",
-        endpoint_url=s.endpoint_url,
-        region_name=s.region,
-        aws_access_key_id=s.access_key_id,
-        aws_secret_access_key=s.secret_access_key,
-    ) as client:
-        await client.create_bucket(Bucket=BUCKET)
-        yield client
-
-
-async def read(client: Any, key: str) -> bytes:
-    response = await client.get_object(Bucket=BUCKET, Key=key)
-    async with response["Body"] as body:
-        data: bytes = await body.read()
-    return data
 
 
 def config(endpoint: str) -> Config:
