@@ -8,6 +8,18 @@ from typing import TextIO
 
 import structlog
 
+SECRET_WORDS = ("secret", "password", "token", "access_key", "credential", "authorization")
+
+
+def redact_secrets(
+    logger: object, method: str, event_dict: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """Blank out every field whose name says it holds a secret, before any renderer sees it."""
+    for key in event_dict:
+        if any(word in key.lower() for word in SECRET_WORDS):
+            event_dict[key] = "[redacted]"
+    return event_dict
+
 
 def configure_logging(
     format: str = "auto", level: str = "info", stream: TextIO | None = None
@@ -22,6 +34,7 @@ def configure_logging(
     )
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
+        redact_secrets,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=not console),
     ]

@@ -49,3 +49,18 @@ def test_logs_are_readable_on_the_console() -> None:
     text = stream.getvalue()
     assert "job_submitted" in text and "job_id=j1" in text
     assert not text.lstrip().startswith("{")
+
+
+def test_secrets_never_reach_the_log() -> None:
+    stream = io.StringIO()
+    configure_logging("json", "info", stream)
+    try:
+        structlog.get_logger("t").info(
+            "storage_opened", endpoint="http://s3", secret_access_key="s3cr3t", token="t0k"
+        )
+    finally:
+        structlog.reset_defaults()
+    record = json.loads(stream.getvalue())
+    assert record["endpoint"] == "http://s3"
+    assert record["secret_access_key"] == record["token"] == "[redacted]"
+    assert "s3cr3t" not in stream.getvalue()
