@@ -52,6 +52,8 @@ class S3Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
 
 class StorageConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     s3: S3Settings = S3Settings()
+    # More endpoints or accounts, named: a URI picks one with s3://NAME@bucket/key.
+    profiles: dict[str, S3Settings] = {}
 
 
 class LoggingConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -48,7 +48,7 @@ from aiobatch.model import InstanceRec, JobRec, TaskRec
 from aiobatch.recovery import restore_job
 from aiobatch.spec import JobDef, JobSpec, TaskDef, load_spec
 from aiobatch.states import JOB_TERMINAL, InstanceState, JobState, TaskState
-from aiobatch.storage.base import StorageBackend
+from aiobatch.storage.base import StorageBackend, StorageURI
 from aiobatch.storage.files import FileBackend
 from aiobatch.store import Store
 
@@ -305,12 +305,21 @@ class Runtime:
     def _storage_problems(self, i: int, task: TaskDef) -> list[str]:
         """Mappings whose URI scheme has no storage backend in this runtime."""
         schemes = {*self.storage, "s3"}  # s3 is made when a job first needs it
-        return [
-            f"$.tasks[{i}].{where}: no storage backend for {uri.split('://')[0]}:// "
-            f"(available: {', '.join(sorted(schemes))})"
-            for where, uri in _mapped_uris(task)
-            if uri.split("://")[0] not in schemes
-        ]
+        problems = []
+        for where, uri in _mapped_uris(task):
+            parsed = StorageURI.parse(uri)
+            if parsed.scheme not in schemes:
+                problems.append(
+                    f"$.tasks[{i}].{where}: no storage backend for {parsed.scheme}:// "
+                    f"(available: {', '.join(sorted(schemes))})"
+                )
+            elif parsed.profile is not None and parsed.profile not in self.config.storage.profiles:
+                known = ", ".join(sorted(self.config.storage.profiles)) or "none configured"
+                problems.append(
+                    f"$.tasks[{i}].{where}: unknown storage profile {parsed.profile!r} "
+                    f"(known: {known})"
+                )
+        return problems
 
     def _executor(self, env_name: str) -> Executor:
         executor = self.executors.get(env_name)
@@ -335,9 +344,10 @@ class Runtime:
         if "s3" not in self.storage and any(
             uri.startswith("s3://") for task in defn.tasks for _, uri in _mapped_uris(task)
         ):
-            from aiobatch.storage.s3 import S3Backend  # only jobs that use S3 pay for it
+            from aiobatch.storage.s3 import S3Profiles  # only jobs that use S3 pay for it
 
-            backend = S3Backend(self.config.storage.s3)
+            storage = self.config.storage
+            backend = S3Profiles(storage.s3, storage.profiles)
             await backend.open()
             self._executor_stack.push_async_callback(backend.aclose)
             self.storage["s3"] = backend

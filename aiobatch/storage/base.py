@@ -21,6 +21,7 @@ class StorageURI:
     scheme: str
     location: str  # the bucket for s3; empty for file
     key: str  # for file: the absolute path
+    profile: str | None = None  # s3://PROFILE@bucket/key names a configured endpoint
 
     @classmethod
     def parse(cls, uri: str) -> StorageURI:
@@ -32,7 +33,8 @@ class StorageURI:
                 raise StorageError(f"{uri}: a file URI must be absolute (file:///abs/path)")
             return cls("file", "", rest)
         location, _, key = rest.partition("/")
-        return cls(scheme, location, key)
+        profile, at, bucket = location.rpartition("@")
+        return cls(scheme, bucket, key, profile if at else None)
 
     @property
     def is_prefix(self) -> bool:
@@ -41,7 +43,12 @@ class StorageURI:
     def __str__(self) -> str:
         if self.scheme == "file":
             return f"file://{self.key}"
-        return f"{self.scheme}://{self.location}/{self.key}"
+        profile = f"{self.profile}@" if self.profile else ""
+        return f"{self.scheme}://{profile}{self.location}/{self.key}"
+
+    def child(self, key: str) -> StorageURI:
+        """The same bucket and profile, another key."""
+        return StorageURI(self.scheme, self.location, key, self.profile)
 
 
 def inside(root: Path, relative: str) -> Path:

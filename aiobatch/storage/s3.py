@@ -23,7 +23,40 @@ from aiobatch.storage.base import StorageError, StorageURI, inside
 PART_SIZE = 8 * 2**20  # multipart part and read chunk size: bounds memory per transfer
 
 
+class S3Profiles:
+    """The ``s3`` backend: one client per configured endpoint, chosen by the URI's profile."""
+
+    scheme = "s3"
+
+    def __init__(self, default: S3Settings, profiles: dict[str, S3Settings]) -> None:
+        self._backends = {None: S3Backend(default)} | {
+            name: S3Backend(settings) for name, settings in profiles.items()
+        }
+
+    async def open(self) -> None:
+        for backend in self._backends.values():
+            await backend.open()
+
+    async def aclose(self) -> None:
+        for backend in self._backends.values():
+            await backend.aclose()
+
+    def _for(self, uri: StorageURI) -> S3Backend:
+        try:
+            return self._backends[uri.profile]
+        except KeyError:
+            raise StorageError(f"{uri}: unknown storage profile {uri.profile!r}") from None
+
+    async def download(self, uri: StorageURI, dest: Path) -> None:
+        await self._for(uri).download(uri, dest)
+
+    async def upload(self, src: Path, uri: StorageURI) -> None:
+        await self._for(uri).upload(src, uri)
+
+
 class S3Backend:
+    """One endpoint's client."""
+
     scheme = "s3"
 
     def __init__(self, settings: S3Settings) -> None:
@@ -68,7 +101,7 @@ class S3Backend:
         await anyio.Path(dest).mkdir(parents=True, exist_ok=True)
         async with anyio.create_task_group() as tg:
             for key, target in targets.items():
-                tg.start_soon(self._get, StorageURI("s3", uri.location, key), target)
+                tg.start_soon(self._get, uri.child(key), target)
 
     async def upload(self, src: Path, uri: StorageURI) -> None:
         root = anyio.Path(src)
@@ -79,7 +112,7 @@ class S3Backend:
             async for path in root.rglob("*"):
                 if await path.is_file() and not await path.is_symlink():
                     key = uri.key + path.relative_to(root).as_posix()
-                    tg.start_soon(self._put, Path(path), StorageURI("s3", uri.location, key))
+                    tg.start_soon(self._put, Path(path), uri.child(key))
 
     async def _keys(self, uri: StorageURI) -> Any:
         paginator = self._client.get_paginator("list_objects_v2")

@@ -8,8 +8,8 @@ from typing import Any
 import anyio
 import pytest
 
-from aiobatch import Runtime
-from aiobatch.config import Config, StorageConfig
+from aiobatch import Runtime, SpecError
+from aiobatch.config import Config, S3Settings, StorageConfig
 from tests.integration.conftest import BUCKET, read, settings
 
 pytestmark = pytest.mark.anyio
@@ -107,3 +107,28 @@ async def test_large_output_goes_up_in_parts(s3: Any, s3_endpoint: str, state_di
     head = await s3.head_object(Bucket=BUCKET, Key="big.bin")
     assert head["ContentLength"] == 20_000_000
     assert head["ETag"].strip('"').endswith("-3")  # three 8 MiB parts: a multipart upload
+
+
+async def test_a_uri_names_a_storage_profile(s3: Any, s3_endpoint: str, state_dir: Path) -> None:
+    await s3.put_object(Bucket=BUCKET, Key="profiled/in.txt", Body=b"via profile")
+    storage = StorageConfig(
+        s3=S3Settings(endpoint_url="http://127.0.0.1:9", region="us-east-1"),  # unused here
+        profiles={"local": settings(s3_endpoint)},
+    )
+    spec = {
+        "name": "profiled",
+        "tasks": [
+            {
+                "name": "t",
+                "inputs": [{"from": "s3://local@bkt/profiled/in.txt", "path": "in.txt"}],
+                "outputs": [{"path": "in.txt", "to": "s3://local@bkt/profiled/out.txt"}],
+                "command": "cat in.txt",
+            }
+        ],
+    }
+    async with Runtime(state_dir, config=Config(storage=storage)) as rt:
+        await (await rt.submit(spec)).wait_for_success()
+        bad = {"name": "bad", "tasks": [{"name": "t", "command": "true", "stdout": "s3://nope@b/"}]}
+        with pytest.raises(SpecError, match=r"\$\.tasks\[0\]\.stdout: unknown storage profile"):
+            await rt.submit(bad)
+    assert await read(s3, "profiled/out.txt") == b"via profile"
