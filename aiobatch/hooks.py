@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiobatch.engine import Outcome
 from aiobatch.errors import AiobatchError
@@ -52,6 +53,8 @@ class HookContext:
 
 
 Hook = Callable[[HookContext], Awaitable[None]]
+# Job-level: called with the job's final snapshot (JobSnapshot) once it has ended.
+JobHook = Callable[[Any], Awaitable[None]]
 
 
 @dataclass
@@ -60,6 +63,7 @@ class Hooks:
 
     before_start: list[Hook] = field(default_factory=list)
     after_exit: list[Hook] = field(default_factory=list)
+    on_job_end: list[JobHook] = field(default_factory=list)
 
     @classmethod
     def default(cls) -> Hooks:

@@ -192,7 +192,18 @@ class Runtime:
             done = self._job_done.pop(event.job_id, None)
             if done is not None:
                 done.set()
+            if self.hooks.on_job_end and self._instances is not None and not self._closing:
+                self._instances.start_soon(self._run_job_hooks, event.job_id)
             log.info("job_ended", job_id=event.job_id, state=event.state, reason=event.reason)
+
+    async def _run_job_hooks(self, job_id: str) -> None:
+        """``on_job_end`` hooks, with the final snapshot; a failure is logged, the job stays."""
+        snapshot = await self.job_snapshot(job_id, instances=True)
+        for hook in self.hooks.on_job_end:
+            try:
+                await hook(snapshot)
+            except Exception:
+                log.exception("job_hook_failed", job_id=job_id, hook=repr(hook))
 
     def _context(self, inst: InstanceRec) -> InstanceContext:
         task, job = inst.task, inst.task.job

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
-from aiobatch import Runtime
+from aiobatch import JobSnapshot, Runtime
 from aiobatch.hooks import HookContext, HookFailed
 from aiobatch.storage.base import StorageError, inside
 
@@ -138,3 +139,23 @@ def test_paths_never_leave_the_work_dir(tmp_path: Path) -> None:
     for bad in ("../x", "a/../../x", "/etc/passwd"):
         with pytest.raises(StorageError, match="would land outside"):
             inside(tmp_path, bad)
+
+
+async def test_on_job_end_hooks_get_the_final_snapshot(state_dir: Path) -> None:
+    ended: list[str] = []
+    called = anyio.Event()
+
+    async def broken(snapshot: JobSnapshot) -> None:
+        raise RuntimeError("a bug in a user hook")
+
+    async def notify(snapshot: JobSnapshot) -> None:
+        ended.append(f"{snapshot.name}:{snapshot.status}")
+        called.set()
+
+    async with Runtime(state_dir) as rt:
+        rt.hooks.on_job_end += [broken, notify]
+        handle = await rt.submit(job({"command": "exit 2"}))
+        with anyio.fail_after(20):
+            await called.wait()
+        assert (await handle.snapshot()).status == "FAILED"  # the hooks change nothing
+    assert ended == ["files:FAILED"]
