@@ -132,3 +132,28 @@ async def test_a_uri_names_a_storage_profile(s3: Any, s3_endpoint: str, state_di
         with pytest.raises(SpecError, match=r"\$\.tasks\[0\]\.stdout: unknown storage profile"):
             await rt.submit(bad)
     assert await read(s3, "profiled/out.txt") == b"via profile"
+
+
+async def test_an_unreachable_endpoint_fails_staging_after_retries(state_dir: Path) -> None:
+    dead = S3Settings(
+        endpoint_url="http://127.0.0.1:9",  # loopback, nothing listens
+        region="us-east-1",
+        access_key_id="k",
+        secret_access_key="s",
+        max_attempts=2,
+    )
+    spec = {
+        "name": "nowhere",
+        "tasks": [
+            {"name": "t", "command": "true", "inputs": [{"from": "s3://bkt/k", "path": "k"}]}
+        ],
+    }
+    async with Runtime(state_dir, config=Config(storage=StorageConfig(s3=dead))) as rt:
+        job = await rt.submit(spec)
+        with anyio.fail_after(60):
+            await job.wait_for_completion()
+        [inst] = (await job.get_task_result("t")).instances or []
+    assert inst.status == "FAILED"
+    assert inst.reason is not None
+    assert inst.reason.startswith("stage_in_failed: s3://bkt/k ")
+    assert "127.0.0.1:9" in inst.reason
