@@ -26,11 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from aiobotocore.session import get_session
 
 from aiobatch.config import S3Settings
 from aiobatch.storage.base import StorageURI
-from aiobatch.storage.s3 import PART_SIZE, S3Backend
+from aiobatch.storage.s3 import PART_SIZE, S3Backend, create_client
 
 CONCURRENCY = 16
 BUCKET = "bench"
@@ -58,13 +57,7 @@ async def plain(
     """Upload every file under ``src``, then download the prefix into ``dest``: by hand."""
     s = settings(endpoint)
     limit = anyio.CapacityLimiter(CONCURRENCY)
-    async with get_session().create_client(
-        "s3",
-        endpoint_url=s.endpoint_url,
-        region_name=s.region,
-        aws_access_key_id=s.access_key_id,
-        aws_secret_access_key=s.secret_access_key,
-    ) as client:
+    async with create_client(s) as client:
         opened()
 
         async def put(path: Path) -> None:
@@ -174,13 +167,7 @@ def start_endpoint() -> tuple[subprocess.Popen[str], str]:
 
 async def make_bucket(endpoint: str) -> None:
     s = settings(endpoint)
-    async with get_session().create_client(
-        "s3",
-        endpoint_url=s.endpoint_url,
-        region_name=s.region,
-        aws_access_key_id=s.access_key_id,
-        aws_secret_access_key=s.secret_access_key,
-    ) as client:
+    async with create_client(s) as client:
         await client.create_bucket(Bucket=BUCKET)
 
 

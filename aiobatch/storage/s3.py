@@ -23,6 +23,28 @@ from aiobatch.storage.base import StorageError, StorageURI, inside
 PART_SIZE = 8 * 2**20  # multipart part and read chunk size: bounds memory per transfer
 
 
+def create_client(settings: S3Settings) -> Any:
+    """An aiobotocore S3 client (an async context manager) for one endpoint's settings."""
+    config = AioConfig(
+        retries={"mode": settings.retry_mode, "max_attempts": settings.max_attempts},
+        s3={"addressing_style": settings.addressing_style},
+        max_pool_connections=settings.max_transfers,
+    )
+    keys: dict[str, str] = {}
+    if settings.access_key_id is not None and settings.secret_access_key is not None:
+        keys = {
+            "aws_access_key_id": settings.access_key_id,
+            "aws_secret_access_key": settings.secret_access_key,
+        }
+    return get_session().create_client(
+        "s3",
+        endpoint_url=settings.endpoint_url,
+        region_name=settings.region,
+        config=config,
+        **keys,  # else botocore's standard chain: env, shared files, ...
+    )
+
+
 class S3Profiles:
     """The ``s3`` backend: one client per configured endpoint, chosen by the URI's profile."""
 
@@ -66,27 +88,7 @@ class S3Backend:
         self._limit = anyio.CapacityLimiter(settings.max_transfers)
 
     async def open(self) -> None:
-        settings = self.settings
-        config = AioConfig(
-            retries={"mode": settings.retry_mode, "max_attempts": settings.max_attempts},
-            s3={"addressing_style": settings.addressing_style},
-            max_pool_connections=settings.max_transfers,
-        )
-        keys: dict[str, str] = {}
-        if settings.access_key_id is not None and settings.secret_access_key is not None:
-            keys = {
-                "aws_access_key_id": settings.access_key_id,
-                "aws_secret_access_key": settings.secret_access_key,
-            }
-        self._client = await self._stack.enter_async_context(
-            get_session().create_client(
-                "s3",
-                endpoint_url=settings.endpoint_url,
-                region_name=settings.region,
-                config=config,
-                **keys,  # else botocore's standard chain: env, shared files, ...
-            )
-        )
+        self._client = await self._stack.enter_async_context(create_client(self.settings))
 
     async def aclose(self) -> None:
         await self._stack.aclose()

@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from aiobotocore.session import get_session
 
 from aiobatch.config import S3Settings
+from aiobatch.storage.s3 import create_client
 
 BUCKET = "bkt"  # shared by the tests of a session; their keys do not overlap
 
@@ -61,13 +61,7 @@ def settings(endpoint: str) -> S3Settings:
 @pytest.fixture
 async def s3(s3_endpoint: str) -> AsyncIterator[Any]:
     s = settings(s3_endpoint)
-    async with get_session().create_client(
-        "s3",
-        endpoint_url=s.endpoint_url,
-        region_name=s.region,
-        aws_access_key_id=s.access_key_id,
-        aws_secret_access_key=s.secret_access_key,
-    ) as client:
+    async with create_client(s) as client:
         await client.create_bucket(Bucket=BUCKET)
         yield client
 
