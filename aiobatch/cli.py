@@ -16,6 +16,7 @@ from pathlib import Path
 import anyio
 import msgspec
 
+from aiobatch import views
 from aiobatch.api import JobHandle, JobSnapshot, TaskProgress
 from aiobatch.config import load_config
 from aiobatch.errors import ConfigError, SpecError, StateDirBusy
@@ -171,5 +172,5 @@ def _print_summary(runtime: Runtime, snapshot: JobSnapshot) -> None:
             if inst.status == "FAILED":
                 print(f"    [{inst.index}] attempts={inst.attempts} {inst.reason}")
                 log = runtime.layout.log_path(snapshot.id, name, inst.index, "stderr")
-                for line in Runtime.tail(log, 3):
+                for line in views.tail(log, 3):
                     print(f"      | {line}")

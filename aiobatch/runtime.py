@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import replace
@@ -23,8 +23,8 @@ import msgspec
 import structlog
 from anyio.abc import TaskGroup
 
+from aiobatch import views
 from aiobatch.api import (
-    InstanceResult,
     JobHandle,
     JobSnapshot,
     JobSummary,
@@ -44,10 +44,10 @@ from aiobatch.executors.base import AttemptControl, Executor, InstanceContext
 from aiobatch.executors.local import LocalExecutor, kill_orphan
 from aiobatch.hooks import HookContext, HookFailed, Hooks
 from aiobatch.layout import StateLayout, lock_state_dir
-from aiobatch.model import InstanceRec, JobRec, TaskRec
+from aiobatch.model import InstanceRec, JobRec
 from aiobatch.recovery import restore_job
 from aiobatch.spec import JobDef, JobSpec, TaskDef, load_spec
-from aiobatch.states import JOB_TERMINAL, InstanceState, JobState, TaskState
+from aiobatch.states import JOB_TERMINAL, InstanceState, JobState
 from aiobatch.storage.base import StorageBackend, StorageURI
 from aiobatch.storage.files import FileBackend
 from aiobatch.store import Store
@@ -55,7 +55,6 @@ from aiobatch.store import Store
 log = structlog.get_logger("aiobatch.runtime")
 
 SpecSource = str | Path | JobSpec | JobDef | Mapping[str, Any]
-STDERR_TAIL_LINES = 10
 ARCHIVE_SIZE = 256  # ended jobs kept in memory for queries; older ones are read from SQLite
 
 
@@ -317,7 +316,7 @@ class Runtime:
         """Mappings whose URI scheme has no storage backend in this runtime."""
         schemes = {*self.storage, "s3"}  # s3 is made when a job first needs it
         problems = []
-        for where, uri in _mapped_uris(task):
+        for where, uri in task.storage_uris():
             parsed = StorageURI.parse(uri)
             if parsed.scheme not in schemes:
                 problems.append(
@@ -353,7 +352,7 @@ class Runtime:
             self._executor_stack.push_async_callback(executor.aclose)
             self._opened.add(env_name)
         if "s3" not in self.storage and any(
-            uri.startswith("s3://") for task in defn.tasks for _, uri in _mapped_uris(task)
+            uri.startswith("s3://") for task in defn.tasks for _, uri in task.storage_uris()
         ):
             from aiobatch.storage.s3 import S3Profiles  # only jobs that use S3 pay for it
 
@@ -426,81 +425,20 @@ class Runtime:
         return job.state
 
     async def job_snapshot(self, job_id: str, *, instances: bool = False) -> JobSnapshot:
-        job = await self._job(job_id)
-        return JobSnapshot(
-            id=job.id,
-            name=job.defn.name,
-            status=job.state.value,
-            reason=job.reason,
-            submitted_at=job.submitted_at,
-            started_at=job.started_at,
-            ended_at=job.ended_at,
-            tasks={name: self._task_result(task, instances) for name, task in job.tasks.items()},
-        )
-
-    def _task_result(self, task: TaskRec, instances: bool) -> TaskResult:
-        return TaskResult(
-            status=task.state.value,
-            reason=self.engine.waiting_reason(task),
-            total=task.total,
-            done=task.done,
-            running=task.active,
-            succeeded=task.succeeded,
-            failed=task.failed,
-            cancelled=task.cancelled,
-            instances=[self._instance_result(task, i) for i in range(task.total)]
-            if instances
-            else None,
-        )
-
-    def _instance_result(self, task: TaskRec, index: int) -> InstanceResult:
-        inst = task.instances[index]
-        if inst is None:
-            # Never started: pending while the task may still run it, else it never will.
-            finished = task.state in (
-                TaskState.SUCCEEDED,
-                TaskState.FAILED,
-                TaskState.CANCELLED,
-                TaskState.SKIPPED,
-            )
-            if finished:
-                return InstanceResult(index=index, status="CANCELLED", reason=task.reason)
-            return InstanceResult(
-                index=index, status="PENDING", reason=self.engine.waiting_reason(task)
-            )
-        attempts = inst.attempt - (inst.state is InstanceState.PENDING)
-        return InstanceResult(
-            index=index,
-            status=inst.state.value,
-            reason=inst.reason,
-            attempts=attempts,
-            exit_code=inst.exit_code,
-            duration_s=None if inst.duration_s is None else round(inst.duration_s, 6),
-        )
+        return views.job_snapshot(await self._job(job_id), self.engine.waiting_reason, instances)
 
     async def task_result(self, job_id: str, task_name: str) -> TaskResult:
         job = await self._job(job_id)
         task = job.tasks.get(task_name)
         if task is None:
             raise TaskNotFound(job_id, task_name)
-        result = self._task_result(task, instances=True)
+        result = views.task_result(task, self.engine.waiting_reason, instances=True)
         tails = {
-            inst.index: self.tail(self.layout.log_path(job_id, task_name, inst.index, "stderr"))
+            inst.index: views.tail(self.layout.log_path(job_id, task_name, inst.index, "stderr"))
             for inst in task.instances
             if inst is not None and inst.state is InstanceState.FAILED
         }
         return msgspec.structs.replace(result, stderr_tails=tails)
-
-    @staticmethod
-    def tail(path: Path, lines: int = STDERR_TAIL_LINES) -> list[str]:
-        try:
-            with path.open("rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - 64 * 1024))
-                data = f.read()
-        except OSError:
-            return []
-        return [line.decode(errors="replace") for line in deque(data.splitlines(), lines)]
 
     async def wait_job(self, job_id: str) -> JobSnapshot:
         job = await self._job(job_id)
@@ -564,11 +502,3 @@ class Runtime:
             "compute_envs": self.engine.scheduler.statistics(),
             "commits": self.store.commits,
         }
-
-
-def _mapped_uris(task: TaskDef) -> list[tuple[str, str]]:
-    """Every storage URI of a task, with its field path under the task."""
-    uris = [(f"inputs[{k}].from", m.from_) for k, m in enumerate(task.inputs)]
-    uris += [(f"outputs[{k}].to", m.to) for k, m in enumerate(task.outputs)]
-    uris += [(name, uri) for name, uri in (("stdout", task.stdout), ("stderr", task.stderr)) if uri]
-    return uris

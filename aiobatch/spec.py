@@ -129,6 +129,13 @@ class TaskDef(Struct, frozen=True, kw_only=True):
     pull: PullPolicy = "if_missing"
     keep_failed: bool = False
 
+    def storage_uris(self) -> list[tuple[str, str]]:
+        """Every storage URI of the task, with its field path under the task."""
+        uris = [(f"inputs[{k}].from", m.from_) for k, m in enumerate(self.inputs)]
+        uris += [(f"outputs[{k}].to", m.to) for k, m in enumerate(self.outputs)]
+        redirects = (("stdout", self.stdout), ("stderr", self.stderr))
+        return uris + [(name, uri) for name, uri in redirects if uri is not None]
+
 
 class JobDef(Struct, frozen=True, kw_only=True):
     """A validated job: tasks in spec order, every reference checked."""

@@ -1,0 +1,75 @@
+"""Read models: the snapshots and results the API returns, built from the live records."""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+from aiobatch.api import InstanceResult, JobSnapshot, TaskResult
+from aiobatch.model import JobRec, TaskRec
+from aiobatch.states import TASK_TERMINAL, InstanceState
+
+WaitingReason = Callable[[TaskRec], "str | None"]
+STDERR_TAIL_LINES = 10
+
+
+def job_snapshot(job: JobRec, waiting_reason: WaitingReason, instances: bool) -> JobSnapshot:
+    return JobSnapshot(
+        id=job.id,
+        name=job.defn.name,
+        status=job.state.value,
+        reason=job.reason,
+        submitted_at=job.submitted_at,
+        started_at=job.started_at,
+        ended_at=job.ended_at,
+        tasks={
+            name: task_result(task, waiting_reason, instances) for name, task in job.tasks.items()
+        },
+    )
+
+
+def task_result(task: TaskRec, waiting_reason: WaitingReason, instances: bool) -> TaskResult:
+    return TaskResult(
+        status=task.state.value,
+        reason=waiting_reason(task),
+        total=task.total,
+        done=task.done,
+        running=task.active,
+        succeeded=task.succeeded,
+        failed=task.failed,
+        cancelled=task.cancelled,
+        instances=[instance_result(task, i, waiting_reason) for i in range(task.total)]
+        if instances
+        else None,
+    )
+
+
+def instance_result(task: TaskRec, index: int, waiting_reason: WaitingReason) -> InstanceResult:
+    inst = task.instances[index]
+    if inst is None:
+        # Never started: pending while the task may still run it, else it never will.
+        if task.state in TASK_TERMINAL:
+            return InstanceResult(index=index, status="CANCELLED", reason=task.reason)
+        return InstanceResult(index=index, status="PENDING", reason=waiting_reason(task))
+    return InstanceResult(
+        index=index,
+        status=inst.state.value,
+        reason=inst.reason,
+        attempts=inst.attempt - (inst.state is InstanceState.PENDING),
+        exit_code=inst.exit_code,
+        duration_s=None if inst.duration_s is None else round(inst.duration_s, 6),
+    )
+
+
+def tail(path: Path, lines: int = STDERR_TAIL_LINES) -> list[str]:
+    """The last lines of a log file (reading at most its last 64 KiB)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 64 * 1024))
+            data = f.read()
+    except OSError:
+        return []
+    return [line.decode(errors="replace") for line in deque(data.splitlines(), lines)]
