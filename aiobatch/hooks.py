@@ -8,7 +8,7 @@ raising ``HookFailed`` (or any exception), whose message becomes the attempt's r
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiobatch.engine import Outcome
@@ -82,12 +82,7 @@ class Hooks:
                 await _run(hook, context, "stage_out_failed")
             except HookFailed as exc:
                 if outcome.succeeded:
-                    outcome = Outcome(
-                        exit_code=outcome.exit_code,
-                        signal=outcome.signal,
-                        reason=exc.reason,
-                        duration_s=outcome.duration_s,
-                    )
+                    outcome = replace(outcome, reason=exc.reason)
         return outcome
 
 
@@ -128,7 +123,7 @@ async def upload_outputs(context: HookContext) -> None:
         if not src.exists():
             raise HookFailed(f"stage_out_failed: output {mapping.path} does not exist")
         if uri.is_prefix and src.is_file():
-            uri = StorageURI.parse(f"{uri}{src.name}")  # a file into a folder keeps its name
+            uri = uri.child(uri.key + src.name)  # a file into a folder keeps its name
         await context.backend(uri).upload(src, uri)
 
 
@@ -143,5 +138,5 @@ async def upload_logs(context: HookContext) -> None:
             continue
         uri = StorageURI.parse(context.expand(target))
         if uri.is_prefix:
-            uri = StorageURI.parse(f"{uri}{ctx.task.name}.{ctx.index}.{stream}")
+            uri = uri.child(f"{uri.key}{ctx.task.name}.{ctx.index}.{stream}")
         await context.backend(uri).upload(path, uri)

@@ -29,7 +29,7 @@ from aiobatch.events import (
     event_encoder,
 )
 from aiobatch.spec import JobDef
-from aiobatch.states import JOB_TERMINAL, InstanceState, JobState
+from aiobatch.states import INSTANCE_TERMINAL, JOB_TERMINAL, InstanceState, JobState
 
 SCHEMA_VERSION = 1
 
@@ -89,9 +89,7 @@ ON CONFLICT (job_id, task, idx) DO UPDATE SET
     duration_s = excluded.duration_s
 """
 
-_TERMINAL_INSTANCE = {
-    s.value for s in (InstanceState.SUCCEEDED, InstanceState.FAILED, InstanceState.CANCELLED)
-}
+_TERMINAL_INSTANCE = {s.value for s in INSTANCE_TERMINAL}
 _TERMINAL_JOB = {s.value for s in JOB_TERMINAL}
 
 
