@@ -7,8 +7,9 @@ the handle only speaks the small ``Backend`` protocol, so it works the same over
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
-from typing import Protocol
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 import msgspec
 
@@ -92,7 +93,38 @@ class Backend(Protocol):
     async def resume_job(self, job_id: str) -> bool: ...
     async def stop_job(self, job_id: str) -> None: ...
     async def stop_instance(self, job_id: str, task: str, index: int) -> None: ...
+    async def retry_job(self, job_id: str) -> bool: ...
     def job_events(self, job_id: str) -> AsyncIterator[Event]: ...
+
+
+LogStream = Literal["stdout", "stderr"]
+SpecInput = str | Path | Mapping[str, Any]
+
+
+class BatchAPI(Backend, Protocol):
+    """The API that ``Runtime`` (in process) and ``Client`` (over the socket) both offer."""
+
+    async def submit(self, spec: SpecInput) -> JobHandle: ...
+    async def list_jobs(
+        self, *, status: JobState | str | None = None, limit: int | None = None
+    ) -> list[JobSummary]: ...
+    async def exist_job(self, job_id: str) -> bool: ...
+    async def get_job(self, job_id: str) -> JobHandle: ...
+    async def read_log(
+        self,
+        job_id: str,
+        task: str,
+        index: int,
+        *,
+        stream: LogStream = "stdout",
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> bytes: ...
+    def follow_log(
+        self, job_id: str, task: str, index: int, *, stream: LogStream = "stdout", offset: int = 0
+    ) -> AsyncIterator[bytes]: ...
+    def events(self, job_id: str | None = None) -> AsyncIterator[Event]: ...
+    async def health(self) -> dict[str, Any]: ...
 
 
 class JobHandle:
@@ -181,6 +213,13 @@ class JobHandle:
 
     async def stop_instance(self, task: str, index: int) -> None:
         await self._backend.stop_instance(self.id, task, index)
+
+    async def retry(self) -> bool:
+        """Re-run what did not succeed of a FAILED or CANCELLED job; its successes are kept."""
+        retried = await self._backend.retry_job(self.id)
+        if retried:
+            self._last_status = JobState.RUNNING
+        return retried
 
     def events(self) -> AsyncIterator[Event]:
         """Every state change of this job from now on, ending after its final state."""

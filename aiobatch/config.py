@@ -62,18 +62,38 @@ class LoggingConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class ServerConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``aiobatch serve``: the control socket and the optional TCP listener."""
+
+    socket: str | None = None  # None: $AIOBATCH_SOCKET, $XDG_RUNTIME_DIR/aiobatch.sock, /run/...
+    # Peers (by uid, from SO_PEERCRED) allowed besides the service's own uid.
+    allowed_uids: tuple[int, ...] = ()
+    http: str | None = None  # "HOST:PORT" for a TCP listener; absent: none
+    token: str | None = None  # bearer token; required when `http` is set
+
+
 class Config(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     state_dir: str | None = None
     # Time a process gets between SIGTERM and SIGKILL on timeout or stop.
     kill_grace: str | int | float = "10s"
+    # On SIGTERM of the service: how long running instances may finish before they are
+    # interrupted (and re-run at the next start).
+    shutdown_grace: str | int | float = "30s"
+    # On shutdown, leave Docker containers running; the next start re-adopts them.
+    detach_on_shutdown: bool = False
     compute_envs: dict[str, ComputeEnvConfig] = {}
     templates: dict[str, TemplateSpec] = {}
     logging: LoggingConfig = LoggingConfig()
     storage: StorageConfig = StorageConfig()
+    server: ServerConfig = ServerConfig()
 
     @property
     def kill_grace_s(self) -> float:
         return parse_duration(self.kill_grace)
+
+    @property
+    def shutdown_grace_s(self) -> float:
+        return parse_duration(self.shutdown_grace)
 
     def env_slots(self) -> dict[str, int]:
         return {name: env.total_slots for name, env in self.effective_envs().items()}
@@ -115,10 +135,18 @@ def _validate(config: Config, where: str) -> None:
                     f"{where}: $.compute_envs.{name}.hosts[{i}]: {host!r} is not a Docker "
                     "endpoint (unix:///path/docker.sock or tcp://host:port)"
                 )
-    try:
-        config.kill_grace_s  # noqa: B018 - parsed for its error
-    except ValueError as exc:
-        problems.append(f"{where}: $.kill_grace: {exc}")
+    for key in ("kill_grace", "shutdown_grace"):
+        try:
+            parse_duration(getattr(config, key))
+        except ValueError as exc:
+            problems.append(f"{where}: $.{key}: {exc}")
+    server = config.server
+    if server.http is not None:
+        host, _, port = server.http.rpartition(":")
+        if not host or not port.isdigit():
+            problems.append(f"{where}: $.server.http: {server.http!r} is not HOST:PORT")
+        if not server.token:
+            problems.append(f"{where}: $.server.token: required when $.server.http is set")
     if problems:
         raise ConfigError("\n".join(problems))
 
@@ -170,3 +198,12 @@ def default_state_dir() -> Path:
     if xdg := os.environ.get("XDG_STATE_HOME"):
         return Path(xdg) / "aiobatch"
     return Path.home() / ".local" / "state" / "aiobatch"
+
+
+def default_socket_path() -> Path:
+    """``$AIOBATCH_SOCKET``, else ``$XDG_RUNTIME_DIR/aiobatch.sock``, else the system one."""
+    if explicit := os.environ.get("AIOBATCH_SOCKET"):
+        return Path(explicit)
+    if xdg := os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(xdg) / "aiobatch.sock"
+    return Path("/run/aiobatch/aiobatch.sock")

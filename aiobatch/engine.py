@@ -36,6 +36,7 @@ from aiobatch.states import (
 
 STOPPED_BY_USER = "stopped_by_user"
 RUNTIME_LOST = "runtime_lost"
+RETRIED = "retried"
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +162,37 @@ class Engine:
         for task in job.tasks.values():
             self.scheduler.offer(task)
         return True
+
+    def retry_job(self, job: JobRec) -> None:
+        """Take a FAILED or CANCELLED job back to RUNNING, re-running what did not succeed.
+
+        Succeeded instances (and so their outputs) are kept; each failed or cancelled one
+        gets one more attempt, and the task's retry policy applies to it as before.
+        """
+        self.jobs[job.id] = job
+        job.ended_at = None
+        job.stopping = None
+        self._job_to(job, JobState.RUNNING, None)
+        retried = [t for t in job.tasks.values() if t.state is not TaskState.SUCCEEDED]
+        job.unfinished_tasks = len(retried)
+        for task in retried:
+            self._task_to(task, TaskState.PENDING, RETRIED)
+            task.failed = task.cancelled = 0
+            task.retry_queue.clear()
+            for inst in task.instances:
+                if inst is not None and inst.state is not InstanceState.SUCCEEDED:
+                    inst.attempt += 1
+                    self._instance_to(inst, InstanceState.PENDING, RETRIED)
+                    task.retry_queue.append(inst)
+            task.fresh = task.instances.count(None)
+            task.next_fresh = 0
+        for task in retried:
+            task.unmet = sum(
+                job.tasks[dep].state is not TaskState.SUCCEEDED for dep in set(task.defn.depends_on)
+            )
+            if task.unmet == 0:
+                self._task_to(task, TaskState.READY)
+                self.scheduler.offer(task)
 
     def stop_job(self, job: JobRec, reason: str = STOPPED_BY_USER) -> list[InstanceRec]:
         """Wind a job down to CANCELLED; returns the active instances to stop."""

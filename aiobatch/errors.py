@@ -66,3 +66,15 @@ class StateDirBusy(AiobatchError, RuntimeError):
 
 class RuntimeClosed(AiobatchError, RuntimeError):
     """The runtime is not open (or is shutting down) and takes no new work."""
+
+
+class JobNotRetryable(AiobatchError, ValueError):
+    """Only a FAILED or CANCELLED job can be retried."""
+
+    def __init__(self, job_id: str, status: str) -> None:
+        self.job_id, self.status = job_id, status
+        super().__init__(f"job {job_id} is {status}; only FAILED or CANCELLED jobs can be retried")
+
+
+class ServiceUnavailable(AiobatchError, ConnectionError):
+    """The service's control socket cannot be reached."""

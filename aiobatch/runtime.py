@@ -28,6 +28,7 @@ from aiobatch.api import (
     JobHandle,
     JobSnapshot,
     JobSummary,
+    LogStream,
     TaskResult,
 )
 from aiobatch.config import Config, default_state_dir, load_config
@@ -35,6 +36,7 @@ from aiobatch.engine import Engine, Outcome
 from aiobatch.errors import (
     InstanceNotFound,
     JobNotFound,
+    JobNotRetryable,
     RuntimeClosed,
     SpecError,
     TaskNotFound,
@@ -47,7 +49,13 @@ from aiobatch.layout import StateLayout, lock_state_dir
 from aiobatch.model import InstanceRec, JobRec
 from aiobatch.recovery import restore_job
 from aiobatch.spec import JobDef, JobSpec, TaskDef, load_spec
-from aiobatch.states import JOB_TERMINAL, InstanceState, JobState
+from aiobatch.states import (
+    INSTANCE_TERMINAL,
+    JOB_TERMINAL,
+    TASK_TERMINAL,
+    InstanceState,
+    JobState,
+)
 from aiobatch.storage.base import StorageBackend, StorageURI
 from aiobatch.storage.files import FileBackend
 from aiobatch.store import Store
@@ -55,6 +63,7 @@ from aiobatch.store import Store
 log = structlog.get_logger("aiobatch.runtime")
 
 SpecSource = str | Path | JobSpec | JobDef | Mapping[str, Any]
+LOG_POLL_S = 0.2  # how often a followed log file is checked for new bytes
 ARCHIVE_SIZE = 256  # ended jobs kept in memory for queries; older ones are read from SQLite
 
 
@@ -475,6 +484,19 @@ class Runtime:
         inst = self.engine.stop_instance(task_rec, index)
         self._pump([inst] if inst is not None else None)
 
+    async def retry_job(self, job_id: str) -> bool:
+        """Take a FAILED or CANCELLED job back to RUNNING; re-run only what did not succeed."""
+        self._check_open()
+        job = await self._job(job_id)
+        if job.state not in (JobState.FAILED, JobState.CANCELLED):
+            raise JobNotRetryable(job_id, job.state.value)
+        self._archive.pop(job_id, None)
+        await self._open_executors(job.defn)
+        self.engine.retry_job(job)
+        self._pump()
+        log.info("job_retried", job_id=job_id)
+        return True
+
     async def _live_job(self, job_id: str) -> JobRec | None:
         """The job if it has not ended; None if it has; JobNotFound if there is none."""
         job = self.engine.jobs.get(job_id)
@@ -491,6 +513,69 @@ class Runtime:
                 yield event
                 if isinstance(event, JobStateChanged) and event.state in JOB_TERMINAL:
                     return
+
+    async def events(self, job_id: str | None = None) -> AsyncIterator[Event]:
+        """Every state change (of one job, ending with it; or of all jobs, without end)."""
+        if job_id is not None:
+            async for event in self.job_events(job_id):
+                yield event
+            return
+        with self.bus.stream() as stream:
+            async for event in stream:
+                yield event
+
+    async def _log_file(self, job_id: str, task: str, index: int, stream: LogStream) -> Path:
+        job = await self._job(job_id)
+        task_rec = job.tasks.get(task)
+        if task_rec is None:
+            raise TaskNotFound(job_id, task)
+        if not 0 <= index < task_rec.total:
+            raise InstanceNotFound(job_id, task, index)
+        return self.layout.log_path(job_id, task, index, stream)
+
+    async def read_log(
+        self,
+        job_id: str,
+        task: str,
+        index: int,
+        *,
+        stream: LogStream = "stdout",
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> bytes:
+        """Bytes of an instance's log from ``offset`` (empty if it has not started)."""
+        path = await self._log_file(job_id, task, index, stream)
+        return await anyio.to_thread.run_sync(views.read_bytes, path, offset, limit)
+
+    async def follow_log(
+        self, job_id: str, task: str, index: int, *, stream: LogStream = "stdout", offset: int = 0
+    ) -> AsyncIterator[bytes]:
+        """Chunks of an instance's log as they are written, until the instance has ended."""
+        path = await self._log_file(job_id, task, index, stream)
+        while True:
+            # Read after checking the state, so the last bytes of an ended instance are seen.
+            ended = self._instance_ended(await self._job(job_id), task, index)
+            chunk = await anyio.to_thread.run_sync(views.read_bytes, path, offset, None)
+            if chunk:
+                offset += len(chunk)
+                yield chunk
+            elif ended:
+                return
+            else:
+                await anyio.sleep(LOG_POLL_S)
+
+    @staticmethod
+    def _instance_ended(job: JobRec, task: str, index: int) -> bool:
+        if job.state in JOB_TERMINAL:
+            return True
+        task_rec = job.tasks[task]
+        inst = task_rec.instances[index]
+        if inst is None:
+            return task_rec.state in TASK_TERMINAL
+        return inst.state in INSTANCE_TERMINAL
+
+    async def health(self) -> dict[str, Any]:
+        return {"status": "closing" if self._closing else "ok", **self.statistics()}
 
     def statistics(self) -> dict[str, Any]:
         """Counts of jobs by state and slots in use per compute env."""

@@ -45,8 +45,9 @@ JOB_TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     # A suspended job still lets running instances finish, so it can end from here.
     J.SUSPENDED: frozenset({J.RUNNING, J.SUCCEEDED, J.FAILED, J.CANCELLED}),
     J.SUCCEEDED: frozenset(),
-    J.FAILED: frozenset(),
-    J.CANCELLED: frozenset(),
+    # Retry: back to RUNNING, re-running only what did not succeed.
+    J.FAILED: frozenset({J.RUNNING}),
+    J.CANCELLED: frozenset({J.RUNNING}),
 }
 
 TASK_TRANSITIONS: Mapping[TaskState, frozenset[TaskState]] = {
@@ -54,9 +55,10 @@ TASK_TRANSITIONS: Mapping[TaskState, frozenset[TaskState]] = {
     T.READY: frozenset({T.RUNNING, T.CANCELLED}),
     T.RUNNING: frozenset({T.SUCCEEDED, T.FAILED, T.CANCELLED}),
     T.SUCCEEDED: frozenset(),
-    T.FAILED: frozenset(),
-    T.CANCELLED: frozenset(),
-    T.SKIPPED: frozenset(),
+    # A retried job takes every task that did not succeed back to PENDING.
+    T.FAILED: frozenset({T.PENDING}),
+    T.CANCELLED: frozenset({T.PENDING}),
+    T.SKIPPED: frozenset({T.PENDING}),
 }
 
 INSTANCE_TRANSITIONS: Mapping[InstanceState, frozenset[InstanceState]] = {
@@ -67,10 +69,12 @@ INSTANCE_TRANSITIONS: Mapping[InstanceState, frozenset[InstanceState]] = {
     I.RUNNING: frozenset({I.UPLOADING, I.PENDING, I.FAILED, I.CANCELLED}),
     I.UPLOADING: frozenset({I.SUCCEEDED, I.PENDING, I.FAILED, I.CANCELLED}),
     I.SUCCEEDED: frozenset(),
-    I.FAILED: frozenset(),
-    I.CANCELLED: frozenset(),
+    # A retried job gives each failed or cancelled instance one more attempt.
+    I.FAILED: frozenset({I.PENDING}),
+    I.CANCELLED: frozenset({I.PENDING}),
 }
 
+# Terminal: nothing changes them on its own; only a user's retry leaves FAILED or CANCELLED.
 JOB_TERMINAL = frozenset({J.SUCCEEDED, J.FAILED, J.CANCELLED})
 TASK_TERMINAL = frozenset({T.SUCCEEDED, T.FAILED, T.CANCELLED, T.SKIPPED})
 INSTANCE_TERMINAL = frozenset({I.SUCCEEDED, I.FAILED, I.CANCELLED})

@@ -273,8 +273,11 @@ class Store:
                     await db.executemany("INSERT INTO tasks VALUES (?, ?, ?, ?)", batch.new_tasks)
                 if batch.job_updates:
                     await db.executemany(
-                        "UPDATE jobs SET state = ?, reason = ?, "
-                        "started_at = COALESCE(started_at, ?), ended_at = ? WHERE id = ?",
+                        "UPDATE jobs SET state = ?1, reason = ?2, "
+                        "started_at = COALESCE(started_at, ?3), ended_at = ?4, "
+                        # An ended job's wind-down is over: a retry must not resume it.
+                        "stopping_state = IIF(?4 IS NULL, stopping_state, NULL), "
+                        "stopping_reason = IIF(?4 IS NULL, stopping_reason, NULL) WHERE id = ?5",
                         batch.job_updates,
                     )
                 if batch.job_stops:

@@ -73,3 +73,13 @@ def tail(path: Path, lines: int = STDERR_TAIL_LINES) -> list[str]:
     except OSError:
         return []
     return [line.decode(errors="replace") for line in deque(data.splitlines(), lines)]
+
+
+def read_bytes(path: Path, offset: int, limit: int | None) -> bytes:
+    """Up to ``limit`` bytes of a file from ``offset``; nothing if the file does not exist."""
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            return f.read(-1 if limit is None else limit)
+    except FileNotFoundError:
+        return b""

@@ -40,15 +40,31 @@ class Machine(Generic[S]):
     terminal: frozenset[S]
     initial: S
     check: Callable[[S, S], S]
+    # The only ways out of a terminal state: a user's retry of the job.
+    retry: Mapping[S, S]
 
     def __str__(self) -> str:
         return self.kind
 
 
 MACHINES: list[Machine[Any]] = [
-    Machine("job", tuple(JobState), JOB_TRANSITIONS, JOB_TERMINAL, JobState.SUBMITTED, check_job),
     Machine(
-        "task", tuple(TaskState), TASK_TRANSITIONS, TASK_TERMINAL, TaskState.PENDING, check_task
+        "job",
+        tuple(JobState),
+        JOB_TRANSITIONS,
+        JOB_TERMINAL,
+        JobState.SUBMITTED,
+        check_job,
+        {JobState.FAILED: JobState.RUNNING, JobState.CANCELLED: JobState.RUNNING},
+    ),
+    Machine(
+        "task",
+        tuple(TaskState),
+        TASK_TRANSITIONS,
+        TASK_TERMINAL,
+        TaskState.PENDING,
+        check_task,
+        {s: TaskState.PENDING for s in (TaskState.FAILED, TaskState.CANCELLED, TaskState.SKIPPED)},
     ),
     Machine(
         "instance",
@@ -57,6 +73,7 @@ MACHINES: list[Machine[Any]] = [
         INSTANCE_TERMINAL,
         InstanceState.PENDING,
         check_instance,
+        {s: InstanceState.PENDING for s in (InstanceState.FAILED, InstanceState.CANCELLED)},
     ),
 ]
 
@@ -68,7 +85,7 @@ def apply(machine: Machine[Any], current: Any, target: Any) -> Any:
     """Apply one step through the check function; assert it agrees with the table."""
     allowed = machine.table[current]
     if target in allowed:
-        assert current not in machine.terminal
+        assert current not in machine.terminal or machine.retry[current] == target
         assert machine.check(current, target) is target
         return target
     with pytest.raises(InvalidTransition) as caught:
@@ -108,9 +125,12 @@ def test_random_walks_mostly_along_legal_edges(machine: Machine[Any], data: st.D
 @machines
 @SETTINGS
 @given(data=st.data())
-def test_terminal_states_accept_nothing(machine: Machine[Any], data: st.DataObject) -> None:
+def test_terminal_states_accept_only_a_retry(machine: Machine[Any], data: st.DataObject) -> None:
     old = data.draw(st.sampled_from(sorted(machine.terminal)))
     new = data.draw(st.sampled_from(machine.states))
+    if machine.retry.get(old) == new:
+        assert machine.check(old, new) is new
+        return
     with pytest.raises(InvalidTransition):
         machine.check(old, new)
 
@@ -122,8 +142,9 @@ def test_table_shape(machine: Machine[Any]) -> None:
     for old, allowed in machine.table.items():
         assert allowed <= states
         assert old not in allowed, f"{old} -> {old} would be a no-op transition"
-    # Terminal means exactly "no way out", and the initial state is not terminal.
-    assert machine.terminal == {s for s in states if not machine.table[s]}
+    # Terminal means "no way out but a retry", and the initial state is not terminal.
+    assert machine.terminal == {s for s in states if machine.table[s] <= {machine.retry.get(s)}}
+    assert set(machine.retry) <= machine.terminal
     assert machine.initial not in machine.terminal
 
 
