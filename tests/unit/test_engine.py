@@ -15,6 +15,7 @@ from typing import Literal
 
 import pytest
 from hypothesis import HealthCheck, settings
+from hypothesis import event as hypothesis_event
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -36,6 +37,7 @@ from aiobatch.model import InstanceRec, JobRec, TaskRec
 from aiobatch.spec import JobDef, TaskDef
 from aiobatch.states import (
     INSTANCE_ACTIVE,
+    INSTANCE_TERMINAL,
     JOB_TERMINAL,
     TASK_TERMINAL,
     InstanceState,
@@ -150,11 +152,15 @@ class Replay:
         self.instances: dict[InstKey, InstanceState] = {}
         self.attempts: dict[InstKey, int] = {}
         self.stop_requested: set[str] = set()
+        self.retries: dict[str, int] = {}  # user retries of each job
 
     def apply(self, event: Event, jobs: dict[str, JobRec]) -> None:
         if isinstance(event, JobStateChanged):
             old = self.jobs.get(event.job_id, JobState.SUBMITTED)
             self.jobs[event.job_id] = check_job(old, JobState(event.state))
+            if old in JOB_TERMINAL:  # a retry: the job runs (and may be stopped) again
+                self.retries[event.job_id] = self.retries.get(event.job_id, 0) + 1
+                self.stop_requested.discard(event.job_id)
         elif isinstance(event, JobStopRequested):
             assert event.job_id not in self.stop_requested, "stop requested twice"
             assert self.jobs[event.job_id] not in JOB_TERMINAL
@@ -173,11 +179,11 @@ class Replay:
             task_def = jobs[event.job_id].tasks[event.task].defn
             assert 0 <= event.index < task_def.instances
             attempt = self.attempts.get(ikey, 1)
-            if old_inst in INSTANCE_ACTIVE and new is InstanceState.PENDING:
+            if old_inst in INSTANCE_ACTIVE | INSTANCE_TERMINAL and new is InstanceState.PENDING:
                 assert event.attempt == attempt + 1, "a retry counts the next attempt"
             else:
                 assert event.attempt == attempt
-            assert event.attempt <= task_def.retry_limit + 1
+            assert event.attempt <= task_def.retry_limit + 1 + self.retries.get(event.job_id, 0)
             self.attempts[ikey] = event.attempt
             if new is InstanceState.STAGING:
                 # An instance starts only in a RUNNING task of a RUNNING job.
@@ -320,7 +326,8 @@ class EngineMachine(RuleBasedStateMachine):
         elif outcome.succeeded:
             assert inst.state is InstanceState.SUCCEEDED
         elif inst.state is InstanceState.PENDING:
-            assert inst.attempt == attempt + 1 <= inst.task.defn.retry_limit + 1
+            retries = self.replay.retries.get(job.id, 0)
+            assert inst.attempt == attempt + 1 <= inst.task.defn.retry_limit + 1 + retries
             codes = inst.task.defn.retry_exit_codes
             assert codes is None or outcome.code in codes
             assert inst in inst.task.retry_queue
@@ -368,6 +375,32 @@ class EngineMachine(RuleBasedStateMachine):
                 assert not dispatchable(task)
                 for inst in instances_of(task):
                     assert not inst.active or inst.stop_reason is not None
+
+    @rule(data=st.data(), act=st.booleans())
+    def retry_job(self, data: st.DataObject, act: bool) -> None:
+        ended = [j for j in self.jobs if j.state in (JobState.FAILED, JobState.CANCELLED)]
+        if not act or not ended:
+            return
+        job = data.draw(st.sampled_from(ended))
+        kept = {
+            (task.name, inst.index): inst.attempt
+            for task in job.tasks.values()
+            for inst in instances_of(task)
+            if inst.state is InstanceState.SUCCEEDED
+        }
+        self.engine.retry_job(job)
+        hypothesis_event("retried a job")
+        assert job.state is JobState.RUNNING and job.ended_at is None
+        for task in job.tasks.values():
+            assert task.failed == 0 and task.cancelled == 0
+            for inst in instances_of(task):
+                if (task.name, inst.index) in kept:  # successes are kept as they were
+                    assert inst.state is InstanceState.SUCCEEDED
+                    assert inst.attempt == kept[(task.name, inst.index)]
+                else:
+                    assert inst.state is InstanceState.PENDING and inst.reason == "retried"
+            if task.state is not TaskState.SUCCEEDED:
+                assert task.succeeded + task.pending == task.total
 
     @rule(data=st.data())
     def suspend_job(self, data: st.DataObject) -> None:
@@ -428,8 +461,9 @@ class EngineMachine(RuleBasedStateMachine):
             assert task.fresh <= sum(1 for i in task.instances if i is None)
             counted = task.fresh + len(task.retry_queue) + task.active + task.done
             assert counted == task.total, f"{task}: {counted} instances counted of {task.total}"
+            retries = self.replay.retries.get(task.job.id, 0)
             for inst in records:
-                assert inst.attempt <= task.defn.retry_limit + 1
+                assert inst.attempt <= task.defn.retry_limit + 1 + retries
 
     @invariant()
     def tasks_respect_dependencies(self) -> None:
@@ -448,7 +482,9 @@ class EngineMachine(RuleBasedStateMachine):
                 else:  # READY, RUNNING, SUCCEEDED, FAILED, CANCELLED: it was released to run
                     assert not unmet, f"{task} is {task.state} before its dependencies SUCCEEDED"
                 if task.state is TaskState.READY:
-                    assert task.active == task.succeeded == task.failed == 0
+                    assert task.active == task.failed == 0
+                    # Only a retried job's task is READY again with successes kept.
+                    assert task.succeeded == 0 or self.replay.retries.get(job.id)
                 if task.state in TASK_TERMINAL:
                     assert task.active == 0
                     if task.state is not TaskState.SKIPPED:
