@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import signal as signals
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from aiobatch import resolver
@@ -370,15 +370,23 @@ class Engine:
             self._maybe_finish_task(task)
         return None
 
-    def recover_job(self, job: JobRec, lost: list[InstanceRec]) -> list[InstanceRec]:
+    def recover_job(
+        self, job: JobRec, lost: list[InstanceRec], adopted: Sequence[InstanceRec] = ()
+    ) -> list[InstanceRec]:
         """Take in a job loaded after a crash; ``lost`` were active when the runtime died.
 
         Each lost instance is a failed attempt (reason ``runtime_lost``) under the retry policy.
+        ``adopted`` ones are still running (containers): they stay active, now RUNNING.
         Then any step the crash interrupted is completed: ready, skipped and finished tasks.
         """
         self.jobs[job.id] = job
         stopping, job.stopping = job.stopping, None
         to_stop: list[InstanceRec] = []
+        for inst in adopted:
+            inst.task.active += 1
+            self.scheduler.used[inst.task.defn.compute_env] += 1
+            if inst.state is InstanceState.STAGING:  # it started; the crash lost the event
+                self.instance_running(inst, None)
         for inst in lost:
             inst.task.active += 1
             self.scheduler.used[inst.task.defn.compute_env] += 1

@@ -42,7 +42,13 @@ from aiobatch.errors import (
     TaskNotFound,
 )
 from aiobatch.events import Bus, Event, JobStateChanged
-from aiobatch.executors.base import AttemptControl, Executor, InstanceContext
+from aiobatch.executors.base import (
+    AdoptingExecutor,
+    AttemptControl,
+    Executor,
+    FoundAttempt,
+    InstanceContext,
+)
 from aiobatch.executors.local import LocalExecutor, kill_orphan
 from aiobatch.hooks import HookContext, HookFailed, Hooks
 from aiobatch.layout import StateLayout, lock_state_dir
@@ -63,6 +69,7 @@ from aiobatch.store import Store
 log = structlog.get_logger("aiobatch.runtime")
 
 SpecSource = str | Path | JobSpec | JobDef | Mapping[str, Any]
+Found = tuple[AdoptingExecutor, FoundAttempt]  # an attempt found after a restart, and its owner
 LOG_POLL_S = 0.2  # how often a followed log file is checked for new bytes
 ARCHIVE_SIZE = 256  # ended jobs kept in memory for queries; older ones are read from SQLite
 
@@ -96,6 +103,8 @@ class Runtime:
         self._stack: AsyncExitStack | None = None
         self._instances: TaskGroup | None = None
         self._closing = False
+        self._attempts = 0  # attempts in flight (their tasks in ``_instances``)
+        self._no_attempts = anyio.Event()
         self._job_done: dict[str, anyio.Event] = {}
         # Ended jobs (of this run, or loaded for a query), most recent last; bounded.
         self._archive: OrderedDict[str, JobRec] = OrderedDict()
@@ -147,23 +156,81 @@ class Runtime:
         return await stack.__aexit__(exc_type, exc, tb)
 
     async def _shut_down(self) -> None:
-        """Stop dispatching; interrupt running attempts (they go back to PENDING)."""
+        """Stop dispatching; interrupt running attempts (they go back to PENDING).
+
+        With ``detach_on_shutdown``, running containers are left to run instead: their
+        instances stay RUNNING in the store and the next start re-adopts them.
+        """
         self._closing = True
+        if self.config.detach_on_shutdown:
+            for job in self.engine.jobs.values():
+                for task in job.tasks.values():
+                    if self._env_kinds[task.defn.compute_env] != "docker":
+                        continue
+                    for inst in task.instances:
+                        if inst is not None and inst.control is not None:
+                            inst.control.detach = True
         if self._instances is not None:
             self._instances.cancel_scope.cancel()
 
+    async def drain(self, grace: float | None = None) -> None:
+        """Take no new work and start nothing more; wait up to ``grace`` (default: the
+        config's ``shutdown_grace``) for running attempts to end. Leaving the ``async with``
+        afterwards interrupts what is still running."""
+        self._closing = True
+        limit = self.config.shutdown_grace_s if grace is None else grace
+        log.info("draining", attempts=self._attempts, grace_s=limit)
+        with anyio.move_on_after(limit):
+            while self._attempts:
+                await self._no_attempts.wait()
+        log.info("drained", attempts_left=self._attempts)
+
     async def _recover(self) -> None:
-        for job_id in await self.store.unfinished_job_ids():
-            job, lost = await self._load(job_id)
-            for inst in lost:
-                if inst.pid is not None:
-                    kill_orphan(inst.pid, job.id, inst.task.name, inst.index)
-            if lost:
-                log.warning("instances_lost", job_id=job_id, count=len(lost))
+        """Load unfinished jobs; re-adopt their containers; count lost processes as failed."""
+        jobs = [await self._load(job_id) for job_id in await self.store.unfinished_job_ids()]
+        for job, _ in jobs:
             self.resolve(job.defn)  # fails loudly if the config lost an env this job needs
             await self._open_executors(job.defn)
-            self._pump(self.engine.recover_job(job, lost))
-            log.info("job_recovered", job_id=job_id, state=job.state.value)
+        found = await self._find_attempts()
+        for job, lost in jobs:
+            adopted: list[tuple[InstanceRec, Found]] = []
+            for inst in lost:
+                hit = found.get((job.id, inst.task.name, inst.index, inst.attempt))
+                if hit is not None and inst.state is not InstanceState.UPLOADING:
+                    adopted.append(
+                        (inst, found.pop((job.id, inst.task.name, inst.index, inst.attempt)))
+                    )
+                elif inst.pid is not None:
+                    kill_orphan(inst.pid, job.id, inst.task.name, inst.index)
+            lost = [inst for inst in lost if all(inst is not a for a, _ in adopted)]
+            if lost:
+                log.warning("instances_lost", job_id=job.id, count=len(lost))
+            if adopted:
+                log.info("containers_adopted", job_id=job.id, count=len(adopted))
+            to_stop = self.engine.recover_job(job, lost, [inst for inst, _ in adopted])
+            for inst, _ in adopted:
+                inst.control = AttemptControl()
+            self._pump(to_stop)
+            assert self._instances is not None
+            for inst, hit in adopted:
+                self._instances.start_soon(self._run_instance, inst, hit)
+            log.info("job_recovered", job_id=job.id, state=job.state.value)
+        for executor, orphan in found.values():
+            log.warning(
+                "orphan_removed", job_id=orphan.job_id, task=orphan.task, index=orphan.index
+            )
+            await executor.discard(orphan)
+
+    async def _find_attempts(self) -> dict[tuple[str, str, int, int], Found]:
+        """Attempts still there in the opened executors that can outlive the runtime."""
+        found: dict[tuple[str, str, int, int], Found] = {}
+        for env_name in self._opened:
+            executor = self.executors[env_name]
+            if isinstance(executor, AdoptingExecutor):
+                for attempt in await executor.find_attempts():
+                    key = (attempt.job_id, attempt.task, attempt.index, attempt.attempt)
+                    found[key] = (executor, attempt)
+        return found
 
     async def _load(self, job_id: str) -> tuple[JobRec, list[InstanceRec]]:
         row = await self.store.job_row(job_id)
@@ -252,7 +319,8 @@ class Runtime:
             control=inst.control,
         )
 
-    async def _run_instance(self, inst: InstanceRec) -> None:
+    async def _run_instance(self, inst: InstanceRec, adopt: Found | None = None) -> None:
+        """One attempt, from staging to settled; or, after a restart, the rest of one."""
         engine = self.engine
         executor = self.executors[inst.task.defn.compute_env]
 
@@ -268,23 +336,29 @@ class Runtime:
                 pid=pid,
             )
 
+        self._attempt_began()
         try:
             ctx = self._context(inst)
             hooks = HookContext(instance=ctx, job_name=ctx.job_name, storage=self.storage)
-            try:
-                await self.hooks.run_before(hooks)
-            except HookFailed as exc:
-                outcome = Outcome(reason=exc.reason)
+            if adopt is not None:
+                outcome = await adopt[0].adopt(ctx, adopt[1])
             else:
-                outcome = await executor.run(ctx, on_started)
+                try:
+                    await self.hooks.run_before(hooks)
+                except HookFailed as exc:
+                    outcome = Outcome(reason=exc.reason)
+                else:
+                    outcome = await executor.run(ctx, on_started)
             if inst.state is InstanceState.RUNNING:  # else it never started: nothing ran
                 engine.instance_exited(inst, outcome)
                 self._pump()
                 outcome = await self.hooks.run_after(replace(hooks, outcome=outcome))
             to_stop = engine.instance_finished(inst, outcome)
         except anyio.get_cancelled_exc_class():
-            engine.instance_interrupted(inst)
-            self._pump()
+            detached = inst.control is not None and inst.control.detach
+            if not (detached and inst.state is InstanceState.RUNNING):
+                engine.instance_interrupted(inst)  # else it stays RUNNING, to be re-adopted
+                self._pump()
             raise
         except Exception as exc:  # an executor bug must not take the runtime down
             log.exception("executor_failed", job_id=inst.task.job.id, task=inst.task.name)
@@ -292,8 +366,20 @@ class Runtime:
             if inst.state is InstanceState.RUNNING:
                 engine.instance_exited(inst, outcome)
             to_stop = engine.instance_finished(inst, outcome)
+        finally:
+            self._attempt_ended()
         inst.control = None
         self._pump(to_stop)
+
+    def _attempt_began(self) -> None:
+        if self._attempts == 0:
+            self._no_attempts = anyio.Event()
+        self._attempts += 1
+
+    def _attempt_ended(self) -> None:
+        self._attempts -= 1
+        if self._attempts == 0:
+            self._no_attempts.set()
 
     # -- public API -------------------------------------------------------------------------
 

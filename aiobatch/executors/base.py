@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import anyio
 
@@ -16,11 +16,14 @@ from aiobatch.spec import TaskDef
 class AttemptControl:
     """Stops one attempt: cancels the scope its executor waits in (before or during the wait)."""
 
-    __slots__ = ("scope", "stop_reason")
+    __slots__ = ("detach", "scope", "stop_reason")
 
     def __init__(self) -> None:
         self.scope = anyio.CancelScope()
         self.stop_reason: str | None = None
+        # Set before a shutdown cancels the attempt: leave the program running (a container
+        # the next start re-adopts) instead of stopping it.
+        self.detach = False
 
     def stop(self, reason: str) -> None:
         self.stop_reason = reason
@@ -42,6 +45,17 @@ class InstanceContext:
     env: dict[str, str]
     kill_grace_s: float
     control: AttemptControl
+
+
+@dataclass(frozen=True, slots=True)
+class FoundAttempt:
+    """An attempt an executor finds still there after a restart (a container, by its labels)."""
+
+    job_id: str
+    task: str
+    index: int
+    attempt: int
+    handle: str  # what ``adopt`` or ``discard`` needs to find it again (a container id)
 
 
 class Executor(Protocol):
@@ -68,4 +82,21 @@ class Executor(Protocol):
         after ``ctx.kill_grace_s``. Cancellation from outside kills it the same way, then
         propagates.
         """
+        ...
+
+
+@runtime_checkable
+class AdoptingExecutor(Executor, Protocol):
+    """An executor whose attempts outlive the runtime and can be taken over after a restart."""
+
+    async def find_attempts(self) -> list[FoundAttempt]:
+        """Attempts this runtime started that are still there, running or ended."""
+        ...
+
+    async def adopt(self, ctx: InstanceContext, found: FoundAttempt) -> Outcome:
+        """Take over an attempt: continue its logs, wait for its end, clean up as ``run`` does."""
+        ...
+
+    async def discard(self, found: FoundAttempt) -> None:
+        """Remove an attempt no instance claims (an orphan)."""
         ...

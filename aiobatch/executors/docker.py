@@ -8,9 +8,13 @@ followed while the container runs and appended to the same log files local insta
 
 from __future__ import annotations
 
+import json
+import os
 import ssl
 import time
 from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import aiodocker
@@ -21,7 +25,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_e
 
 from aiobatch.config import ComputeEnvConfig
 from aiobatch.engine import Outcome
-from aiobatch.executors.base import InstanceContext
+from aiobatch.executors.base import FoundAttempt, InstanceContext
 from aiobatch.spec import TaskDef
 from aiobatch.units import parse_duration
 
@@ -124,6 +128,10 @@ class DockerExecutor:
             f"{LABEL_PREFIX}task": ctx.task.name,
             f"{LABEL_PREFIX}index": str(ctx.index),
             f"{LABEL_PREFIX}attempt": str(ctx.attempt),
+            # Where this attempt's output begins in the instance's log files (earlier
+            # attempts come before it): a re-adoption rewrites the logs from there.
+            f"{LABEL_PREFIX}stdout_offset": str(_size(ctx.stdout_path)),
+            f"{LABEL_PREFIX}stderr_offset": str(_size(ctx.stderr_path)),
         }
 
     def container_config(self, ctx: InstanceContext) -> dict[str, Any]:
@@ -219,7 +227,7 @@ class DockerExecutor:
         ctx: InstanceContext,
         on_started: Callable[[int | None], None],
     ) -> Outcome:
-        failed = True
+        failed, started = True, False
         try:
             # Open the logs first: they exist once the instance is RUNNING, as for a process.
             with (
@@ -228,14 +236,85 @@ class DockerExecutor:
             ):
                 began = time.monotonic()
                 await container.start()
+                started = True
                 on_started(None)
                 outcome = await self._follow_and_wait(container, ctx, began, out, err)
             failed = not outcome.succeeded
             return outcome
         finally:
-            if not (failed and ctx.task.keep_failed):
-                with anyio.CancelScope(shield=True), anyio.move_on_after(30):
-                    await _remove(container)
+            await self._clean_up(container, ctx, failed=failed, started=started)
+
+    async def _clean_up(
+        self, container: DockerContainer, ctx: InstanceContext, *, failed: bool, started: bool
+    ) -> None:
+        if started and ctx.control.detach:
+            return  # left running on purpose: the next start re-adopts it
+        if not (failed and ctx.task.keep_failed):
+            with anyio.CancelScope(shield=True), anyio.move_on_after(30):
+                await _remove(container)
+
+    # -- after a restart --------------------------------------------------------------------
+
+    async def find_attempts(self) -> list[FoundAttempt]:
+        """This runtime's containers on every host (running or not), from their labels."""
+        found: list[FoundAttempt] = []
+        filters = json.dumps({"label": [f"{LABEL_PREFIX}runtime={self.runtime_id}"]})
+        for host, docker in self._clients.items():
+            try:
+                containers = await docker.containers.list(all=True, filters=filters)
+            except (aiodocker.DockerError, OSError) as exc:
+                log.warning("docker_list_failed", env=self.env_name, host=host, error=_message(exc))
+                continue
+            for container in containers:
+                labels = container["Labels"] or {}
+                try:
+                    found.append(
+                        FoundAttempt(
+                            job_id=labels[f"{LABEL_PREFIX}job"],
+                            task=labels[f"{LABEL_PREFIX}task"],
+                            index=int(labels[f"{LABEL_PREFIX}index"]),
+                            attempt=int(labels[f"{LABEL_PREFIX}attempt"]),
+                            handle=f"{host} {container.id}",
+                        )
+                    )
+                except (KeyError, ValueError):
+                    found.append(FoundAttempt("", "", -1, 0, f"{host} {container.id}"))
+        return found
+
+    def _container(self, found: FoundAttempt) -> tuple[str, DockerContainer]:
+        host, _, container_id = found.handle.rpartition(" ")
+        return host, self._clients[host].containers.container(container_id)
+
+    async def discard(self, found: FoundAttempt) -> None:
+        _, container = self._container(found)
+        await _remove(container)
+
+    async def adopt(self, ctx: InstanceContext, found: FoundAttempt) -> Outcome:
+        """Follow a container this runtime started before it stopped; its logs are rewritten
+        from the attempt's own beginning, so nothing is lost or repeated."""
+        host, container = self._container(found)
+        failed = True
+        self._in_flight[host] += 1
+        try:
+            info = await container.show()
+            labels = info["Config"]["Labels"]
+            for path, stream in ((ctx.stdout_path, "stdout"), (ctx.stderr_path, "stderr")):
+                offset = int(labels.get(f"{LABEL_PREFIX}{stream}_offset", _size(path)))
+                with path.open("ab") as f:
+                    f.truncate(min(offset, _size(path)))
+            with (
+                ctx.stdout_path.open("ab", buffering=0) as out,
+                ctx.stderr_path.open("ab", buffering=0) as err,
+            ):
+                began = time.monotonic() - _seconds_since(info["State"].get("StartedAt"))
+                outcome = await self._follow_and_wait(container, ctx, began, out, err)
+            failed = not outcome.succeeded
+            return outcome
+        except aiodocker.DockerError as exc:
+            return Outcome(reason=f"engine_error: {host}: {_message(exc)}")
+        finally:
+            self._in_flight[host] -= 1
+            await self._clean_up(container, ctx, failed=failed, started=True)
 
     async def _follow_and_wait(
         self,
@@ -258,8 +337,9 @@ class DockerExecutor:
                 if scope.cancelled_caught:
                     await self._stop(container, ctx.kill_grace_s)
             except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await self._stop(container, ctx.kill_grace_s)
+                if not ctx.control.detach:
+                    with anyio.CancelScope(shield=True):
+                        await self._stop(container, ctx.kill_grace_s)
                 raise
             # The followers end with the container's output; do not wait on a slow engine.
             with anyio.move_on_after(5):
@@ -294,6 +374,20 @@ async def _remove(container: DockerContainer) -> None:
         await container.delete(force=True)
     except aiodocker.DockerError:
         pass
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _seconds_since(timestamp: str | None) -> float:
+    """Seconds since an engine timestamp (RFC 3339, nanoseconds), 0 if there is none."""
+    if not timestamp or timestamp.startswith("0001-"):
+        return 0.0
+    return max(0.0, time.time() - datetime.fromisoformat(timestamp).timestamp())
 
 
 def _no_connection(exc: BaseException) -> bool:

@@ -6,9 +6,11 @@ socket. Without an engine these tests skip, except under ``CI=true`` where that 
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
+import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any
 
 import aiodocker
 import anyio
+import msgspec
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
@@ -491,3 +494,64 @@ async def test_s3_mappings_for_containers(
         assert await read(s3, f"{job.id}/frames/{index}/frame.txt") == f"{index}\n".encode()
         assert await read(s3, f"{job.id}/logs/render.{index}.stdout") == b"boxed\n"
     assert await leftovers(engine, state_dir) == []
+
+
+# Detaching cancels the log and wait requests of running containers mid-response; aiodocker's
+# `_query` leaves releasing a response to its caller, so aiohttp warns about those
+# connections when they are collected (after the client closed them).
+@pytest.mark.filterwarnings(
+    "ignore:Exception ignored in. <function Connection.__del__:pytest.PytestUnraisableExceptionWarning"
+)
+async def test_detached_containers_are_readopted_and_orphans_removed(
+    engine: aiodocker.Docker, state_dir: Path
+) -> None:
+    # Each container prints, then waits for a file in its work dir, then prints again.
+    spec = {
+        "name": "outlives",
+        "tasks": [
+            {
+                "name": "t",
+                "image": IMAGE,
+                "instances": 2,
+                "command": "echo before; while [ ! -e go ]; do sleep 0.05; done; echo after",
+            }
+        ],
+    }
+    detaching = msgspec.structs.replace(docker_config(), detach_on_shutdown=True)
+    async with Runtime(state_dir, config=detaching) as rt:
+        with rt.bus.stream() as events:
+            job = await rt.submit(spec)
+            await until(events, instance_is("t", "RUNNING"))
+            await until(events, instance_is("t", "RUNNING"))
+
+    # Left running, and stored as RUNNING: nothing was interrupted.
+    running = await leftovers(engine, state_dir)
+    assert sorted(c["State"] for c in running) == ["running", "running"]
+    with sqlite3.connect(state_dir / "aiobatch.db") as db:
+        rows = db.execute("SELECT state, attempt FROM instances WHERE job_id = ?", (job.id,))
+        assert rows.fetchall() == [("RUNNING", 1), ("RUNNING", 1)]
+    # A container of an attempt no instance claims: removed at the next start.
+    labels = {
+        "aiobatch.runtime": StateLayout(state_dir).runtime_id(),
+        **{f"aiobatch.{k}": v for k, v in (("job", job.id), ("task", "t"), ("index", "0"))},
+        "aiobatch.attempt": "7",
+    }
+    orphan = await engine.containers.create({"Image": IMAGE, "Cmd": ["true"], "Labels": labels})
+    for index in (0, 1):
+        (state_dir / "work" / job.id / "t" / str(index) / "go").touch()
+
+    async with Runtime(state_dir, config=docker_config()) as rt:
+        job = await rt.get_job(job.id)
+        await job.wait_for_success()
+        result = await job.get_task_result("t")
+        history = await rt.store.events(job.id)
+
+    assert [(i.status, i.attempts) for i in result.instances or []] == [("SUCCEEDED", 1)] * 2
+    staged = [e for _, e in history if isinstance(e, InstanceStateChanged) and e.state == "STAGING"]
+    assert len(staged) == 2, "an adopted attempt is not started again"
+    logs = state_dir / "logs" / job.id / "t"
+    for index in (0, 1):  # rewritten from the attempt's start: nothing lost, nothing twice
+        assert (logs / f"{index}.stdout").read_text() == "before\nafter\n"
+    assert orphan.id not in {c.id for c in await leftovers(engine, state_dir)}
+    assert await leftovers(engine, state_dir) == []
+    gc.collect()  # the warnings above surface here, not in whichever test runs next

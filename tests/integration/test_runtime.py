@@ -7,9 +7,11 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
+from anyio import wait_all_tasks_blocked
 
-from aiobatch import JobFailed, JobState, Runtime, SpecError, StateDirBusy
+from aiobatch import JobFailed, JobState, Runtime, RuntimeClosed, SpecError, StateDirBusy
 from aiobatch.config import ComputeEnvConfig, Config
 from aiobatch.events import InstanceStateChanged, JobStateChanged
 from tests.helpers import Gates, instance_is, process_alive, until
@@ -411,3 +413,37 @@ async def test_one_runtime_per_state_dir(state_dir: Path) -> None:
                 pass
     async with Runtime(state_dir) as rt:  # released on exit
         assert await rt.list_jobs() == []
+
+
+async def test_drain_lets_running_attempts_finish_then_interrupts_the_rest(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    gates = Gates(tmp_path / "gates", 1)
+    spec = {
+        "name": "draining",
+        "tasks": [
+            {"name": "quick", "command": gates.command},
+            {"name": "slow", "command": "sleep 60"},
+            {"name": "later", "depends_on": ["quick"], "command": "true"},
+        ],
+    }
+    async with Runtime(state_dir) as rt:
+        with rt.bus.stream() as events:
+            job = await rt.submit(spec)
+            await until(events, instance_is("quick", "RUNNING"))
+            slow = await until(events, instance_is("slow", "RUNNING"))
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(rt.drain, 2.0)
+                await wait_all_tasks_blocked()  # the drain has begun
+                with pytest.raises(RuntimeClosed):
+                    await rt.submit(spec)
+                await gates.release(0)
+                await until(events, instance_is("quick", "SUCCEEDED"))
+            snapshot = await job.snapshot()
+        # Nothing new started while draining: `later` waits for the next start.
+        assert snapshot.tasks["later"].status == "READY"
+        assert snapshot.tasks["slow"].running == 1
+    assert isinstance(slow, InstanceStateChanged) and not process_alive(slow.pid or 0)
+    with sqlite3.connect(state_dir / "aiobatch.db") as db:
+        rows = dict(db.execute("SELECT task, state || ' ' || reason FROM instances").fetchall())
+    assert rows["slow"] == "PENDING interrupted" and "later" not in rows

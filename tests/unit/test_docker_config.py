@@ -64,6 +64,9 @@ async def test_container_config_maps_every_task_field() -> None:
         "aiobatch.task": "t",
         "aiobatch.index": "3",
         "aiobatch.attempt": "2",
+        # The log files do not exist yet: this attempt's output starts at their beginning.
+        "aiobatch.stdout_offset": "0",
+        "aiobatch.stderr_offset": "0",
     }
 
 
