@@ -1,6 +1,9 @@
 """aiobatch: batch jobs as durable DAGs of local processes and containers, for async Python."""
 
+from typing import TYPE_CHECKING, Any
+
 from aiobatch.api import (
+    BatchAPI,
     InstanceResult,
     JobHandle,
     JobSnapshot,
@@ -35,8 +38,23 @@ from aiobatch.runtime import Runtime
 from aiobatch.spec import JobDef, JobSpec, TaskDef, TaskSpec, TemplateSpec, load_spec
 from aiobatch.states import InstanceState, JobState, TaskState
 
+if TYPE_CHECKING:
+    from aiobatch.client import Client
+
+
+def __getattr__(name: str) -> Any:
+    # The client pulls in aiohttp: only programs that use it pay for the import.
+    if name == "Client":
+        from aiobatch.client import Client
+
+        return Client
+    raise AttributeError(f"module 'aiobatch' has no attribute {name!r}")
+
+
 __all__ = [
     "AiobatchError",
+    "BatchAPI",
+    "Client",
     "ComputeEnvConfig",
     "Config",
     "ConfigError",

@@ -1,7 +1,7 @@
 """The ``aiobatch`` command.
 
 Exit codes: 0 job SUCCEEDED; 1 job FAILED or CANCELLED; 2 invalid spec, config or usage;
-130 interrupted (the job is stopped cleanly first).
+3 the service cannot be reached; 130 interrupted (the job is stopped cleanly first).
 """
 
 from __future__ import annotations
@@ -11,15 +11,23 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import anyio
 import msgspec
 
-from aiobatch import views
+from aiobatch import cli_client, views
 from aiobatch.api import JobHandle, JobSnapshot, TaskProgress
 from aiobatch.config import load_config
-from aiobatch.errors import ConfigError, SpecError, StateDirBusy
+from aiobatch.errors import (
+    ConfigError,
+    JobNotRetryable,
+    RuntimeClosed,
+    ServiceUnavailable,
+    SpecError,
+    StateDirBusy,
+)
 from aiobatch.events import Event, InstanceStateChanged, TaskStateChanged
 from aiobatch.logging import configure_logging
 from aiobatch.model import TaskRec
@@ -28,7 +36,7 @@ from aiobatch.runtime import Runtime
 from aiobatch.spec import JobDef, json_schema, load_spec
 from aiobatch.states import JobState
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,6 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--config", type=Path, help="configuration file (TOML)")
 
     commands.add_parser("schema", help="print the JSON Schema of the job spec")
+
+    serve = commands.add_parser("serve", help="run the service: jobs submitted over a socket")
+    serve.add_argument("--config", type=Path, help="configuration file (TOML)")
+    serve.add_argument("--state-dir", type=Path, help="where state, logs and work dirs live")
+    serve.add_argument("--socket", type=Path, help="control socket (default: see README)")
+
+    cli_client.add_commands(commands)
     return parser
 
 
@@ -61,13 +76,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "validate":
             return _validate(args)
+        if args.command == "serve":
+            return _serve(args)
+        if args.command in cli_client.COMMANDS:
+            return cli_client.run_command(args)
         return _run(args)
     except (SpecError, ConfigError) as exc:
         print(f"aiobatch: invalid input:\n{_indent(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
-    except StateDirBusy as exc:
+    except (StateDirBusy, LookupError, JobNotRetryable) as exc:
+        # LookupError: an unknown job, task or instance.
         print(f"aiobatch: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except (ServiceUnavailable, RuntimeClosed) as exc:
+        print(f"aiobatch: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     except KeyboardInterrupt:  # before any job was submitted: nothing to stop
         print("aiobatch: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -82,6 +105,20 @@ def _validate(args: argparse.Namespace) -> int:
     defn = load_spec(args.spec, compute_envs=config.env_kinds(), templates=config.templates)
     instances = sum(task.instances for task in defn.tasks)
     print(f"{args.spec}: valid: job {defn.name!r}, {len(defn.tasks)} tasks, {instances} instances")
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from aiobatch.server import SocketInUse  # aiohttp's server only for the service
+    from aiobatch.service import serve
+
+    config = load_config(args.config)
+    configure_logging(config.logging.format, config.logging.level)
+    try:
+        anyio.run(partial(serve, config, state_dir=args.state_dir, socket=args.socket))
+    except SocketInUse as exc:
+        print(f"aiobatch: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_OK
 
 

@@ -379,6 +379,9 @@ class Engine:
         ``adopted`` ones are still running (containers): they stay active, now RUNNING.
         Then any step the crash interrupted is completed: ready, skipped and finished tasks.
         """
+        if job.state is JobState.SUBMITTED:  # accepted; the crash came before it started
+            self.add_job(job)
+            return []
         self.jobs[job.id] = job
         stopping, job.stopping = job.stopping, None
         to_stop: list[InstanceRec] = []

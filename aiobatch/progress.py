@@ -92,6 +92,14 @@ class ProgressView:
             return f"job {event.job_id} {event.state}{_why(event.reason)}"
         return None
 
+    def refresh(self, progress: list[TaskProgress]) -> None:
+        """Set every bar to the given counts (lines mode has nothing to redraw)."""
+        for stage in progress:
+            bar = self._bars.get(stage.name)
+            if bar is not None and stage.done != self._done[stage.name]:
+                bar.update(stage.done - self._done[stage.name])
+                self._done[stage.name] = stage.done
+
     def close(self) -> None:
         for bar in self._bars.values():
             bar.refresh()

@@ -41,7 +41,7 @@ from aiobatch.errors import (
     SpecError,
     TaskNotFound,
 )
-from aiobatch.events import Bus, Event, JobStateChanged
+from aiobatch.events import Bus, Event, JobStateChanged, JobSubmitted
 from aiobatch.executors.base import (
     AdoptingExecutor,
     AttemptControl,
@@ -465,6 +465,7 @@ class Runtime:
         job_id, seq, now = new_job_id(), self._next_seq, time.time()
         self._next_seq += 1
         self.store.add_job(job_id, seq, defn, now)
+        self.bus.publish(JobSubmitted(job_id=job_id, name=defn.name, ts=now))
         await self.store.flush()
         job = JobRec(job_id, defn, seq, now)
         self.engine.add_job(job)

@@ -23,7 +23,6 @@ from aiobatch.events import (
     InstanceStateChanged,
     JobStateChanged,
     JobStopRequested,
-    JobSubmitted,
     TaskStateChanged,
     event_decoder,
     event_encoder,
@@ -220,7 +219,9 @@ class Store:
         self._wake.set()
 
     def add_job(self, job_id: str, seq: int, defn: JobDef, submitted_at: float) -> None:
-        """Buffer a new job with its tasks, all PENDING; ``flush`` makes it durable."""
+        """Buffer a new job with its tasks, all PENDING; ``flush`` makes it durable.
+
+        The caller publishes ``JobSubmitted`` next, before anything else can be written."""
         batch = self._batch
         spec = msgspec.json.encode(defn)
         batch.new_jobs.append(
@@ -228,7 +229,7 @@ class Store:
              None, None, submitted_at, None, None)
         )  # fmt: skip
         batch.new_tasks.extend((job_id, task.name, "PENDING", None) for task in defn.tasks)
-        self.on_event(JobSubmitted(job_id=job_id, name=defn.name, ts=submitted_at))
+        self._wake.set()  # its JobSubmitted event comes through the bus, in the same batch
 
     async def flush(self) -> None:
         """Return once everything buffered so far is committed."""

@@ -307,6 +307,9 @@ class DockerExecutor:
                 ctx.stderr_path.open("ab", buffering=0) as err,
             ):
                 began = time.monotonic() - _seconds_since(info["State"].get("StartedAt"))
+                if info["State"].get("Status") == "created":
+                    # Made but not started when the runtime died: this attempt starts now.
+                    await container.start()
                 outcome = await self._follow_and_wait(container, ctx, began, out, err)
             failed = not outcome.succeeded
             return outcome

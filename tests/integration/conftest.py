@@ -1,7 +1,9 @@
-"""Fixtures shared by integration tests: an S3-compatible endpoint on loopback."""
+"""Fixtures shared by integration tests: an S3-compatible endpoint on loopback, and a
+Docker engine (started by ``scripts/docker-engine up``)."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -9,6 +11,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import aiodocker
 import pytest
 
 from aiobatch.config import S3Settings
@@ -71,3 +74,27 @@ async def read(client: Any, key: str) -> bytes:
     async with response["Body"] as body:
         data: bytes = await body.read()
     return data
+
+
+IMAGE = "aiobatch-test:busybox"
+
+
+def docker_hosts() -> list[str]:
+    return os.environ.get("AIOBATCH_TEST_DOCKER_HOSTS", "unix:///var/run/docker.sock").split()
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[aiodocker.Docker]:
+    host = docker_hosts()[0]
+    client = aiodocker.Docker(url=host)
+    try:
+        await client.version()
+        await client.images.inspect(IMAGE)
+    except Exception as exc:  # any failure means: no usable engine here
+        await client.close()
+        message = f"no Docker engine with {IMAGE} at {host}: {exc} (run scripts/docker-engine up)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    yield client
+    await client.close()

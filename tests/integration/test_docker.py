@@ -12,7 +12,6 @@ import os
 import signal
 import sqlite3
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,32 +26,9 @@ from aiobatch.config import ComputeEnvConfig, Config, StorageConfig
 from aiobatch.events import InstanceStateChanged
 from aiobatch.layout import StateLayout
 from tests.helpers import instance_is, until
-from tests.integration.conftest import BUCKET, read, settings
+from tests.integration.conftest import BUCKET, IMAGE, docker_hosts, read, settings
 
 pytestmark = pytest.mark.anyio
-
-IMAGE = "aiobatch-test:busybox"
-
-
-def docker_hosts() -> list[str]:
-    return os.environ.get("AIOBATCH_TEST_DOCKER_HOSTS", "unix:///var/run/docker.sock").split()
-
-
-@pytest.fixture
-async def engine() -> AsyncIterator[aiodocker.Docker]:
-    host = docker_hosts()[0]
-    client = aiodocker.Docker(url=host)
-    try:
-        await client.version()
-        await client.images.inspect(IMAGE)
-    except Exception as exc:  # any failure means: no usable engine here
-        await client.close()
-        message = f"no Docker engine with {IMAGE} at {host}: {exc} (run scripts/docker-engine up)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    yield client
-    await client.close()
 
 
 def docker_config(
@@ -500,7 +476,8 @@ async def test_s3_mappings_for_containers(
 # `_query` leaves releasing a response to its caller, so aiohttp warns about those
 # connections when they are collected (after the client closed them).
 @pytest.mark.filterwarnings(
-    "ignore:Exception ignored in. <function Connection.__del__:pytest.PytestUnraisableExceptionWarning"
+    "ignore:Exception ignored in. <function Connection.__del__"
+    ":pytest.PytestUnraisableExceptionWarning"
 )
 async def test_detached_containers_are_readopted_and_orphans_removed(
     engine: aiodocker.Docker, state_dir: Path

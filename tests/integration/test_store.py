@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from aiobatch.events import InstanceStateChanged, TaskStateChanged
+from aiobatch.events import InstanceStateChanged, JobSubmitted, TaskStateChanged
 from aiobatch.spec import resolve_spec
 from aiobatch.store import SCHEMA_VERSION, Store
 
@@ -22,6 +22,7 @@ async def test_many_events_one_transaction_and_rows_coalesced(tmp_path: Path) ->
             {"name": "j", "tasks": [{"name": "t", "instances": 500, "command": "x"}]}
         )
         store.add_job("job1", 1, defn, 1.0)
+        store.on_event(JobSubmitted(job_id="job1", name="j", ts=1.0))  # as the runtime's bus does
         for index in range(500):
             for state in ("STAGING", "RUNNING", "UPLOADING", "SUCCEEDED"):
                 store.on_event(

@@ -1,0 +1,265 @@
+"""The ``aiobatch`` commands that talk to a running service through its control socket.
+
+Each command is one ``Client`` call and a printout (or JSON with ``--json``). Exit codes
+as for ``run``, plus 3 when the service cannot be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import msgspec
+
+from aiobatch.api import JobSnapshot, LogStream, TaskProgress, TaskResult
+from aiobatch.events import JobStateChanged, TaskStateChanged
+from aiobatch.progress import ProgressView
+from aiobatch.states import JOB_TERMINAL, JobState
+
+if TYPE_CHECKING:
+    from aiobatch.client import Client
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+WATCH_REFRESH_S = 0.1  # --watch asks for fresh counts at most this often
+
+
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register the client commands on the ``aiobatch`` parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--socket", type=Path, help="the service's socket (default: $AIOBATCH_SOCKET, ...)"
+    )
+    common.add_argument("--json", action="store_true", help="print JSON on stdout")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, parents=[common])
+
+    submit = command("submit", "submit a job to the service and print its id")
+    submit.add_argument("spec", type=Path, help="job spec (.yaml, .yml, .json or .toml)")
+    submit.add_argument("--wait", action="store_true", help="wait for the end; exit as `run`")
+    submit.add_argument("--watch", action="store_true", help="show live progress until the end")
+
+    jobs = command("jobs", "list jobs, newest first")
+    jobs.add_argument("--status", type=str.upper, choices=[s.value for s in JobState])
+    jobs.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+
+    for name, help in (
+        ("status", "a job's state and each task's progress and reason"),
+        ("progress", "each task's progress as NAME:DONE/RUNNING/TOTAL[PCT%%]"),
+        ("wait", "wait for a job to end; exit 0 if it SUCCEEDED, else 1"),
+        ("suspend", "start no new instance of the job (running ones go on)"),
+        ("resume", "let a suspended job start instances again"),
+        ("retry", "re-run what did not succeed of a FAILED or CANCELLED job"),
+    ):
+        command(name, help).add_argument("job")
+
+    stop = command("stop", "stop a job, or one instance of it")
+    stop.add_argument("job")
+    stop.add_argument("task", nargs="?")
+    stop.add_argument("index", nargs="?", type=int)
+
+    logs = command("logs", "print an instance's stdout (or stderr)")
+    logs.add_argument("job")
+    logs.add_argument("task")
+    logs.add_argument("index", nargs="?", type=int, default=0)
+    logs.add_argument("--stderr", action="store_true", help="stderr instead of stdout")
+    logs.add_argument("-f", "--follow", action="store_true", help="follow until it ends")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from aiobatch.client import Client  # aiohttp only for the commands that need it
+
+    handler = _HANDLERS[args.command]
+
+    async def main() -> int:
+        async with Client(args.socket) as client:
+            return await handler(client, args)
+
+    return anyio.run(main)
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(msgspec.json.encode(value).decode() + "\n")
+
+
+def _result(snapshot: JobSnapshot) -> int:
+    return EXIT_OK if snapshot.status == JobState.SUCCEEDED else EXIT_FAILED
+
+
+async def _submit(client: Client, args: argparse.Namespace) -> int:
+    job = await client.submit(args.spec)
+    if not (args.wait or args.watch):
+        if args.json:
+            _print_json({"id": job.id, "name": job.name, "status": job.status.value})
+        else:
+            print(job.id)
+        return EXIT_OK
+    if not args.json:
+        print(job.id, flush=True)
+    if args.watch:
+        await _watch(client, job.id)
+    snapshot = await job.wait_for_completion()
+    if args.json:
+        _print_json(snapshot)
+    else:
+        _print_status(snapshot)
+    return _result(snapshot)
+
+
+async def _jobs(client: Client, args: argparse.Namespace) -> int:
+    jobs = await client.list_jobs(status=args.status, limit=args.limit)
+    if args.json:
+        _print_json(jobs)
+        return EXIT_OK
+    now = time.time()
+    for job in jobs:
+        ended = job.ended_at or now
+        took = ended - (job.started_at or job.submitted_at)
+        why = f" ({job.reason})" if job.reason else ""
+        print(f"{job.id}  {job.status:<9}  {took:8.1f}s  {job.name}{why}")
+    return EXIT_OK
+
+
+def _progress(name: str, task: TaskResult) -> TaskProgress:
+    return TaskProgress(name=name, done=task.done, running=task.running, total=task.total)
+
+
+def _print_status(snapshot: JobSnapshot) -> None:
+    why = f" ({snapshot.reason})" if snapshot.reason else ""
+    print(f"job {snapshot.id} ({snapshot.name}) {snapshot.status}{why}")
+    for name, task in snapshot.tasks.items():
+        stage = _progress(name, task).get_stage_progress_formatted_string()
+        reason = f" ({task.reason})" if task.reason else ""
+        print(f"  {stage} {task.status}{reason}")
+
+
+async def _status(client: Client, args: argparse.Namespace) -> int:
+    snapshot = await client.job_snapshot(args.job)
+    if args.json:
+        _print_json(snapshot)
+    else:
+        _print_status(snapshot)
+    return EXIT_OK
+
+
+async def _show_progress(client: Client, args: argparse.Namespace) -> int:
+    snapshot = await client.job_snapshot(args.job)
+    stages = [_progress(name, task) for name, task in snapshot.tasks.items()]
+    if args.json:
+        _print_json({s.name: s.get_stage_progress_formatted_string() for s in stages})
+    else:
+        print(" ".join(s.get_stage_progress_formatted_string() for s in stages))
+    return EXIT_OK
+
+
+async def _wait(client: Client, args: argparse.Namespace) -> int:
+    snapshot = await client.wait_job(args.job)
+    if args.json:
+        _print_json(snapshot)
+    else:
+        _print_status(snapshot)
+    return _result(snapshot)
+
+
+def _action(name: str, method: str) -> Handler:
+    """A command that calls ``Client.METHOD(job)`` and prints the job's status after."""
+
+    async def act(client: Client, args: argparse.Namespace) -> int:
+        call: Callable[[str], Awaitable[bool | None]] = getattr(client, method)
+        changed = await call(args.job)
+        status = client.cached_status(args.job).value  # as the action's answer left it
+        if args.json:
+            _print_json({"id": args.job, "action": name, "status": status})
+        else:
+            note = "" if changed is not False else " (nothing to change)"
+            print(f"job {args.job} {status}{note}")
+        return EXIT_OK
+
+    return act
+
+
+async def _stop(client: Client, args: argparse.Namespace) -> int:
+    if args.task is None:
+        return await _action("stop", "stop_job")(client, args)
+    if args.index is None:
+        print("aiobatch stop: give both TASK and INDEX to stop one instance", file=sys.stderr)
+        return EXIT_USAGE
+    await client.stop_instance(args.job, args.task, args.index)
+    if args.json:
+        _print_json({"id": args.job, "task": args.task, "index": args.index, "action": "stop"})
+    else:
+        print(f"instance {args.task}[{args.index}] of job {args.job} stopping")
+    return EXIT_OK
+
+
+async def _logs(client: Client, args: argparse.Namespace) -> int:
+    stream: LogStream = "stderr" if args.stderr else "stdout"
+    out = sys.stdout.buffer
+    if args.follow:
+        async for chunk in client.follow_log(args.job, args.task, args.index, stream=stream):
+            out.write(chunk)
+            out.flush()
+    else:
+        out.write(await client.read_log(args.job, args.task, args.index, stream=stream))
+    out.flush()
+    return EXIT_OK
+
+
+async def _watch(client: Client, job_id: str) -> None:
+    """A bar per task on a terminal (lines otherwise), fed by the job's event stream."""
+    async with client.subscribe(job_id) as events:
+        snapshot = await client.job_snapshot(job_id)
+        view = ProgressView(
+            {name: task.total for name, task in snapshot.tasks.items()},
+            sys.stderr,
+            bars=sys.stderr.isatty(),
+        )
+        try:
+            view.start(
+                {
+                    name: (task.status, task.reason, _progress(name, task))
+                    for name, task in snapshot.tasks.items()
+                }
+            )
+            if snapshot.status in JOB_TERMINAL:
+                return
+            fetched = time.monotonic()
+            async for event in events:
+                task = getattr(event, "task", None)
+                progress = None
+                if task is not None:
+                    # Counts come from the service; a burst of events shares one request.
+                    stale = time.monotonic() - fetched > WATCH_REFRESH_S
+                    if stale or isinstance(event, TaskStateChanged):
+                        snapshot = await client.job_snapshot(job_id)
+                        fetched = time.monotonic()
+                    progress = _progress(task, snapshot.tasks[task])
+                view.update(event, progress)
+                if isinstance(event, JobStateChanged) and event.state in JOB_TERMINAL:
+                    snapshot = await client.job_snapshot(job_id)
+                    view.refresh([_progress(n, t) for n, t in snapshot.tasks.items()])
+        finally:
+            view.close()
+
+
+Handler = Callable[["Client", argparse.Namespace], Awaitable[int]]
+
+_HANDLERS: dict[str, Handler] = {
+    "submit": _submit,
+    "jobs": _jobs,
+    "status": _status,
+    "progress": _show_progress,
+    "wait": _wait,
+    "suspend": _action("suspend", "suspend_job"),
+    "resume": _action("resume", "resume_job"),
+    "retry": _action("retry", "retry_job"),
+    "stop": _stop,
+    "logs": _logs,
+}
+
+COMMANDS = frozenset(_HANDLERS)

@@ -1,0 +1,337 @@
+"""``Client``: a running service's ``BatchAPI``, over its control socket (or TCP).
+
+The same methods, signatures and results as ``Runtime``, so code written against
+``BatchAPI`` (and every ``JobHandle``) works over either::
+
+    async with Client() as api:  # $AIOBATCH_SOCKET, else $XDG_RUNTIME_DIR/aiobatch.sock, ...
+        job = await api.submit("job.yaml")
+        await job.wait_for_success()
+
+Errors come back as the classes the runtime raised (``SpecError`` with the same
+``.errors``, ``JobNotFound``, ...); a service that cannot be reached raises
+``ServiceUnavailable`` naming the socket or URL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+from urllib.parse import quote
+
+import aiohttp
+import anyio
+import msgspec
+
+from aiobatch import wire
+from aiobatch.api import JobHandle, JobSnapshot, JobSummary, LogStream, SpecInput, TaskResult
+from aiobatch.config import default_socket_path
+from aiobatch.errors import AiobatchError, JobNotFound, ServiceUnavailable, SpecError
+from aiobatch.events import Event, JobStateChanged, JobSubmitted, event_decoder
+from aiobatch.spec import JobSpec, read_spec_file
+from aiobatch.states import JobState
+
+T = TypeVar("T")
+Params = Mapping[str, str]
+
+CONNECT_TIMEOUT_S = 10.0
+_error_decoder = msgspec.json.Decoder(wire.ErrorBody)
+
+
+class Client:
+    """The API of an ``aiobatch serve`` process. Use as ``async with Client(...) as client:``.
+
+    ``socket``: the unix socket (default: ``default_socket_path()``); or ``url``
+    (``http://HOST:PORT``) and ``token`` for the service's TCP listener.
+    """
+
+    def __init__(
+        self,
+        socket: str | Path | None = None,
+        *,
+        url: str | None = None,
+        token: str | None = None,
+    ) -> None:
+        if socket is not None and url is not None:
+            raise ValueError("give a socket or a url, not both")
+        self.url = url.rstrip("/") if url is not None else None
+        self.socket_path = None if url is not None else Path(socket or default_socket_path())
+        self._token = token
+        self._session: aiohttp.ClientSession | None = None
+        self._statuses: dict[str, JobState] = {}  # the last status seen of each job
+
+    @property
+    def address(self) -> str:
+        """The socket path or URL, as errors name it."""
+        return self.url or str(self.socket_path)
+
+    def __repr__(self) -> str:
+        return f"<Client {self.address}>"
+
+    async def __aenter__(self) -> Self:
+        connector: aiohttp.BaseConnector
+        if self.socket_path is not None:
+            connector = aiohttp.UnixConnector(path=str(self.socket_path))
+        else:
+            connector = aiohttp.TCPConnector()
+        headers = {"Authorization": f"Bearer {self._token}"} if self._token else None
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            headers=headers,
+            # No overall limit: waits and streams last as long as the job does.
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S),
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    # -- HTTP --------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _request(
+        self, method: str, path: str, *, params: Params | None = None, body: bytes | None = None
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A response with a 2xx status; errors raised as the runtime raised them."""
+        if self._session is None:
+            raise RuntimeError("use the client as `async with Client(...) as client:`")
+        headers = {"Content-Type": "application/json"} if body is not None else None
+        base = self.url or "http://localhost"
+        try:
+            async with self._session.request(
+                method, base + wire.API_PREFIX + path, params=params, data=body, headers=headers
+            ) as response:
+                if response.status >= 400:
+                    raise await self._error(response)
+                yield response
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            raise self._unavailable(exc) from exc
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        kind: type[T],
+        *,
+        params: Params | None = None,
+        body: bytes | None = None,
+    ) -> T:
+        async with self._request(method, path, params=params, body=body) as response:
+            data = await response.read()
+        try:
+            return msgspec.json.decode(data, type=kind)
+        except msgspec.DecodeError as exc:
+            raise AiobatchError(f"unexpected answer from {self.address}: {exc}") from None
+
+    async def _error(self, response: aiohttp.ClientResponse) -> AiobatchError:
+        body = await response.read()
+        try:
+            detail = _error_decoder.decode(body).error
+        except msgspec.DecodeError:
+            text = body[:200].decode(errors="replace")
+            return AiobatchError(f"HTTP {response.status} from {self.address}: {text}")
+        return wire.exception_from(detail)
+
+    def _unavailable(self, exc: Exception) -> ServiceUnavailable:
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            reason = exc.os_error.strerror or str(exc.os_error) or type(exc.os_error).__name__
+            return ServiceUnavailable(
+                f"cannot reach the aiobatch service at {self.address}: {reason}"
+            )
+        return ServiceUnavailable(f"lost the aiobatch service at {self.address}: {exc}")
+
+    def _seen(self, job_id: str, status: str) -> None:
+        self._statuses[job_id] = JobState(status)
+
+    def _seen_event(self, event: Event) -> None:
+        if isinstance(event, JobStateChanged):
+            self._seen(event.job_id, event.state)
+        elif isinstance(event, JobSubmitted):
+            self._statuses.setdefault(event.job_id, JobState.SUBMITTED)
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    async def submit(self, spec: SpecInput | JobSpec) -> JobHandle:
+        """Submit a spec: a file (read here, so errors name it), a mapping or a ``JobSpec``."""
+        data: Any = spec
+        if isinstance(spec, str | Path):
+            data = await anyio.to_thread.run_sync(read_spec_file, spec)
+        elif isinstance(spec, Mapping):
+            data = dict(spec)
+        try:
+            body = wire.encoder.encode(data)
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise SpecError([f"$: cannot be sent as JSON: {exc}"]) from None
+        done = await self._call("POST", "/jobs", wire.Submitted, body=body)
+        self._seen(done.id, done.status)
+        return JobHandle(self, done.id, done.name, done.tasks, JobState(done.status))
+
+    async def list_jobs(
+        self, *, status: JobState | str | None = None, limit: int | None = None
+    ) -> list[JobSummary]:
+        """Jobs newest first, optionally of one status."""
+        params = {}
+        if status is not None:
+            params["status"] = str(status)
+        if limit is not None:
+            params["limit"] = str(limit)
+        jobs = await self._call("GET", "/jobs", list[JobSummary], params=params)
+        for job in jobs:
+            self._seen(job.id, job.status)
+        return jobs
+
+    async def exist_job(self, job_id: str) -> bool:
+        try:
+            await self.job_snapshot(job_id)
+        except JobNotFound:
+            return False
+        return True
+
+    async def get_job(self, job_id: str) -> JobHandle:
+        snapshot = await self.job_snapshot(job_id)
+        status = JobState(snapshot.status)
+        return JobHandle(self, snapshot.id, snapshot.name, list(snapshot.tasks), status)
+
+    def cached_status(self, job_id: str) -> JobState:
+        """The status this client last saw the job in (from any answer or event)."""
+        try:
+            return self._statuses[job_id]
+        except KeyError:
+            raise JobNotFound(job_id) from None
+
+    async def job_snapshot(self, job_id: str, *, instances: bool = False) -> JobSnapshot:
+        params = {"instances": "1"} if instances else None
+        snapshot = await self._call("GET", _job(job_id), JobSnapshot, params=params)
+        self._seen(job_id, snapshot.status)
+        return snapshot
+
+    async def task_result(self, job_id: str, task: str) -> TaskResult:
+        return await self._call("GET", _task(job_id, task), TaskResult)
+
+    async def wait_job(self, job_id: str) -> JobSnapshot:
+        """The job's snapshot once it has ended (RuntimeClosed if the service stops first)."""
+        snapshot = await self._call("GET", _job(job_id) + "/wait", JobSnapshot)
+        self._seen(job_id, snapshot.status)
+        return snapshot
+
+    async def _act(self, job_id: str, action: str) -> bool:
+        done = await self._call("POST", f"{_job(job_id)}/{action}", wire.JobActionDone)
+        self._seen(job_id, done.status)
+        return done.changed
+
+    async def suspend_job(self, job_id: str) -> bool:
+        return await self._act(job_id, "suspend")
+
+    async def resume_job(self, job_id: str) -> bool:
+        return await self._act(job_id, "resume")
+
+    async def stop_job(self, job_id: str) -> None:
+        await self._act(job_id, "stop")
+
+    async def retry_job(self, job_id: str) -> bool:
+        """Re-run what did not succeed of a FAILED or CANCELLED job (else JobNotRetryable)."""
+        return await self._act(job_id, "retry")
+
+    async def stop_instance(self, job_id: str, task: str, index: int) -> None:
+        await self._call("POST", _instance(job_id, task, index) + "/stop", wire.InstanceActionDone)
+
+    async def instance_result(self, job_id: str, task: str, index: int) -> wire.InstanceDetail:
+        """One instance's result, with its stderr tail if it failed."""
+        return await self._call("GET", _instance(job_id, task, index), wire.InstanceDetail)
+
+    async def health(self) -> dict[str, Any]:
+        return await self._call("GET", "/health", dict[str, Any])
+
+    # -- streams -----------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def subscribe(self, job_id: str | None = None) -> AsyncIterator[AsyncIterator[Event]]:
+        """Events as an iterator; once entered, every later event is sure to reach it.
+
+        (``events()`` starts listening at its first iteration, so what happens before that
+        may be missed; enter this first, then act, when the order matters.)
+        """
+        params = {"job": job_id} if job_id is not None else None
+        async with self._request("GET", "/events", params=params) as response:
+            yield _EventLines(response.content, self._seen_event)
+
+    def job_events(self, job_id: str) -> AsyncIterator[Event]:
+        """Every state change of a job from now on, ending after its final state."""
+        return self.events(job_id)
+
+    async def events(self, job_id: str | None = None) -> AsyncIterator[Event]:
+        """Every state change (of one job, ending with it; or of all jobs, without end)."""
+        async with self.subscribe(job_id) as events:
+            async for event in events:
+                yield event
+
+    async def read_log(
+        self,
+        job_id: str,
+        task: str,
+        index: int,
+        *,
+        stream: LogStream = "stdout",
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> bytes:
+        """Bytes of an instance's log from ``offset`` (empty if it has not started)."""
+        params = {"offset": str(offset)}
+        if limit is not None:
+            params["limit"] = str(limit)
+        path = f"{_instance(job_id, task, index)}/logs/{stream}"
+        async with self._request("GET", path, params=params) as response:
+            return await response.read()
+
+    async def follow_log(
+        self, job_id: str, task: str, index: int, *, stream: LogStream = "stdout", offset: int = 0
+    ) -> AsyncIterator[bytes]:
+        """Chunks of an instance's log as they are written, until the instance has ended."""
+        path = f"{_instance(job_id, task, index)}/logs/{stream}"
+        params = {"follow": "1", "offset": str(offset)}
+        async with self._request("GET", path, params=params) as response:
+            async for chunk in response.content.iter_any():
+                yield chunk
+
+
+class _EventLines:
+    """Events decoded from a stream of JSON lines."""
+
+    def __init__(self, content: aiohttp.StreamReader, seen: Callable[[Event], None]) -> None:
+        self._content = content
+        self._seen = seen
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Event:
+        line = await self._content.readline()
+        if not line:
+            raise StopAsyncIteration
+        event: Event = event_decoder.decode(line)
+        self._seen(event)
+        return event
+
+
+def _job(job_id: str) -> str:
+    return f"/jobs/{quote(job_id, safe='')}"
+
+
+def _task(job_id: str, task: str) -> str:
+    return f"{_job(job_id)}/tasks/{quote(task, safe='')}"
+
+
+def _instance(job_id: str, task: str, index: int) -> str:
+    return f"{_task(job_id, task)}/instances/{index}"

@@ -1,0 +1,57 @@
+"""``aiobatch serve``: one Runtime behind the control socket, as a systemd service.
+
+Start: recovery (in ``Runtime.__aenter__``), then the socket listens, then READY=1.
+SIGTERM or SIGINT: STOPPING=1; submissions are refused (503) while status queries still
+answer; running attempts get ``shutdown_grace`` to finish; then the socket closes and the
+rest are interrupted (or, with ``detach_on_shutdown``, containers are left running). A
+second signal cuts the grace short.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import structlog
+
+from aiobatch.config import Config
+from aiobatch.runtime import Runtime
+from aiobatch.server import ControlServer
+from aiobatch.systemd import Notifier, run_watchdog, watchdog_interval
+
+log = structlog.get_logger("aiobatch.service")
+
+
+async def serve(config: Config, *, state_dir: Path | None, socket: Path | None) -> None:
+    """Run until SIGTERM or SIGINT, then drain and stop."""
+    # Taken out of the environment so task instances cannot talk to systemd as us.
+    notifier = Notifier(unset_environment=True)
+    watchdog = watchdog_interval(unset_environment=True)
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with (
+            Runtime(state_dir, config=config) as runtime,
+            ControlServer(runtime, config.server, socket=socket) as server,
+            anyio.create_task_group() as tg,
+        ):
+            notifier.ready()
+            notifier.status(f"listening on {server.socket_path}")
+            await tg.start(run_watchdog, notifier, watchdog)
+            log.info("serving", socket=str(server.socket_path), http=server.http_url)
+            signum = await anext(signals)
+            notifier.stopping()
+            notifier.status("draining")
+            log.info("stopping", signal=signal.Signals(signum).name)
+            with anyio.CancelScope() as grace:
+                tg.start_soon(_cut_short_on_signal, signals, grace)
+                await runtime.drain()
+            tg.cancel_scope.cancel()
+    log.info("stopped")
+
+
+async def _cut_short_on_signal(signals: AsyncIterator[int], grace: anyio.CancelScope) -> None:
+    async for signum in signals:
+        log.warning("drain_cut_short", signal=signal.Signals(signum).name)
+        grace.cancel()
+        return

@@ -1,0 +1,129 @@
+"""The JSON wire format shared by the control server and the client: bodies and errors.
+
+Results travel as the API's own msgspec structs (``JobSnapshot``, ``TaskResult``, ...);
+this module adds the few bodies only the socket needs, and the one mapping between
+exceptions and ``{"error": {"type", "message", ...}}`` responses, used in both directions
+so that a client raises the very class the runtime raised.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+import msgspec
+
+from aiobatch.api import InstanceResult
+from aiobatch.errors import (
+    AiobatchError,
+    InstanceNotFound,
+    JobNotFound,
+    JobNotRetryable,
+    RuntimeClosed,
+    SpecError,
+    TaskNotFound,
+)
+
+API_PREFIX = "/v1"
+MAX_BODY_BYTES = 1024 * 1024  # a job spec larger than this is refused with 413
+NDJSON = "application/x-ndjson"
+
+encoder = msgspec.json.Encoder()
+
+
+class Submitted(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /v1/jobs`` → 201."""
+
+    id: str
+    name: str
+    status: str
+    tasks: list[str]
+
+
+class JobActionDone(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /v1/jobs/{id}/stop|suspend|resume|retry`` → 200.
+
+    ``changed`` is false when there was nothing to do (suspending a suspended job, stopping
+    an ended one); ``status`` is the job's status right after the action.
+    """
+
+    id: str
+    action: str
+    changed: bool
+    status: str
+
+
+class InstanceActionDone(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /v1/jobs/{id}/tasks/{task}/instances/{index}/stop`` → 200."""
+
+    id: str
+    task: str
+    index: int
+    action: str
+
+
+class InstanceDetail(InstanceResult, frozen=True, kw_only=True):
+    """``GET .../instances/{index}``: an instance's result and, if it failed, its stderr tail."""
+
+    stderr_tail: list[str] | None = None
+
+
+class ErrorDetail(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    type: str
+    message: str
+    errors: list[str] | None = None  # SpecError: every problem with its field path
+    job_id: str | None = None  # JobNotFound, JobNotRetryable
+    status: str | None = None  # JobNotRetryable: the job's status
+
+
+class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
+    error: ErrorDetail
+
+
+# The errors that cross the wire as themselves, with their HTTP status.
+ERROR_STATUS: dict[type[AiobatchError], int] = {
+    SpecError: HTTPStatus.UNPROCESSABLE_ENTITY,
+    JobNotFound: HTTPStatus.NOT_FOUND,
+    TaskNotFound: HTTPStatus.NOT_FOUND,
+    InstanceNotFound: HTTPStatus.NOT_FOUND,
+    JobNotRetryable: HTTPStatus.CONFLICT,
+    RuntimeClosed: HTTPStatus.SERVICE_UNAVAILABLE,
+}
+ERROR_CLASSES = {cls.__name__: cls for cls in ERROR_STATUS}
+
+
+def error_response(exc: AiobatchError) -> tuple[int, ErrorBody] | None:
+    """The status and body for an API error, or None if it is not one that crosses the wire."""
+    status = ERROR_STATUS.get(type(exc))
+    if status is None:
+        return None
+    errors = list(exc.errors) if isinstance(exc, SpecError) else None
+    detail = ErrorDetail(
+        type=type(exc).__name__,
+        message=str(exc),
+        errors=errors,
+        job_id=getattr(exc, "job_id", None),
+        status=getattr(exc, "status", None),
+    )
+    return status, ErrorBody(error=detail)
+
+
+def error_body(type_: str, message: str) -> ErrorBody:
+    return ErrorBody(error=ErrorDetail(type=type_, message=message))
+
+
+def exception_from(detail: ErrorDetail) -> AiobatchError:
+    """The exception a server error stands for: the runtime's own class when it is known."""
+    cls = ERROR_CLASSES.get(detail.type)
+    if cls is None:
+        return AiobatchError(detail.message)
+    if cls is SpecError:
+        return SpecError(detail.errors or [detail.message])
+    # The constructors want what the message was made from (a task name, an index); the
+    # message itself is what the server said, so rebuild the instance around it instead.
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, detail.message)
+    for name in ("job_id", "status"):
+        value = getattr(detail, name)
+        if value is not None:
+            setattr(exc, name, value)
+    return exc

@@ -1,0 +1,289 @@
+"""``aiobatch serve`` as a real process: systemd's notify protocol, SIGTERM, and kill -9.
+
+Each service is started the way systemd starts it: a datagram socket is its NOTIFY_SOCKET,
+and the test waits for READY=1 before talking to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiodocker
+import anyio
+import pytest
+from anyio.abc import Process, UNIXDatagramSocket
+
+from aiobatch import Client, JobHandle, RuntimeClosed
+from aiobatch.events import InstanceStateChanged, event_decoder
+from tests.helpers import Gates, process_alive
+from tests.integration.conftest import IMAGE, docker_hosts
+
+pytestmark = pytest.mark.anyio
+
+AIOBATCH = Path(sys.executable).with_name("aiobatch")
+
+
+class Service:
+    """One ``aiobatch serve`` process with its notify socket, state dir and control socket."""
+
+    def __init__(self, root: Path, state_dir: Path, config: str = "") -> None:
+        self.root = root
+        self.state_dir = state_dir
+        self.socket = root / "ctl.sock"
+        self.config = root / "aiobatch.toml"
+        self.config.write_text(config)
+        self.process: Process | None = None
+        self.notify: UNIXDatagramSocket | None = None
+
+    async def start(self, **env: str) -> None:
+        notify_path = self.root / "notify.sock"
+        notify_path.unlink(missing_ok=True)
+        self.notify = await anyio.create_unix_datagram_socket(local_path=notify_path)
+        self.process = await anyio.open_process(
+            [
+                *(str(AIOBATCH), "serve", "--config", str(self.config)),
+                *("--state-dir", str(self.state_dir), "--socket", str(self.socket)),
+            ],
+            env={**os.environ, "NOTIFY_SOCKET": str(notify_path), **env},
+            stdout=None,
+            stderr=None,
+        )
+        assert await self.message() == "READY=1"
+        assert await self.message() == f"STATUS=listening on {self.socket}"
+
+    async def message(self) -> str:
+        assert self.notify is not None
+        with anyio.fail_after(30):
+            data, _ = await self.notify.receive()
+        return data.decode()
+
+    def client(self) -> Client:
+        return Client(self.socket)
+
+    async def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        with anyio.fail_after(10):
+            assert await self.process.wait() == -signal.SIGKILL
+        await self.close()
+
+    async def close(self) -> None:
+        if self.notify is not None:
+            await self.notify.aclose()
+            self.notify = None
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signal.SIGKILL)
+            await self.process.wait()
+        if self.process is not None:
+            await self.process.aclose()
+            self.process = None
+
+
+@pytest.fixture
+async def service(state_dir: Path) -> AsyncIterator[Service]:
+    root = Path(tempfile.mkdtemp(prefix="ab", dir="/tmp"))  # short: sockets have 107 bytes
+    service = Service(root, state_dir)
+    try:
+        yield service
+    finally:
+        await service.close()
+
+
+async def submit_and_see_running(
+    client: Client, spec: dict[str, Any], count: int
+) -> tuple[JobHandle, list[InstanceStateChanged]]:
+    """Submit, wait for ``count`` instances to run, then for the service to commit that."""
+    seen: list[InstanceStateChanged] = []
+    with anyio.fail_after(30):
+        async with client.subscribe() as events:  # before submitting: nothing is missed
+            job = await client.submit(spec)
+            async for event in events:
+                if isinstance(event, InstanceStateChanged) and event.job_id == job.id:
+                    if event.state == "RUNNING":
+                        seen.append(event)
+                        if len(seen) == count:
+                            break
+    await client.list_jobs()  # answers after everything so far is committed
+    return job, seen
+
+
+def stored_events(state_dir: Path, job_id: str) -> list[Any]:
+    with sqlite3.connect(state_dir / "aiobatch.db") as db:
+        rows = db.execute("SELECT body FROM events WHERE job_id = ? ORDER BY seq", (job_id,))
+        return [event_decoder.decode(body) for (body,) in rows]
+
+
+async def test_ready_then_sigterm_drains_and_refuses_submissions(
+    service: Service, tmp_path: Path
+) -> None:
+    service.config.write_text('shutdown_grace = "60s"\n')
+    gates = Gates(tmp_path / "gates", 1)
+    await service.start(WATCHDOG_USEC="200000")
+    assert (service.socket.stat().st_mode & 0o777) == 0o600
+    assert await service.message() == "WATCHDOG=1"  # fed from the event loop
+    spec = {"name": "drained", "tasks": [{"name": "t", "command": gates.command}]}
+    async with service.client() as client:
+        job, _ = await submit_and_see_running(client, spec, 1)
+        assert service.process is not None
+        service.process.send_signal(signal.SIGTERM)
+        while (message := await service.message()) == "WATCHDOG=1":
+            pass
+        assert message == "STOPPING=1"
+        # Draining: queries answer, submissions are refused, the running instance goes on.
+        assert (await client.job_snapshot(job.id)).status == "RUNNING"
+        with pytest.raises(RuntimeClosed):
+            await client.submit(spec)
+        await gates.release(0)
+    with anyio.fail_after(30):  # well before the 60 s grace: it ended when the job did
+        assert await service.process.wait() == 0
+    with sqlite3.connect(service.state_dir / "aiobatch.db") as db:
+        [(state,)] = db.execute("SELECT state FROM jobs WHERE id = ?", (job.id,)).fetchall()
+    assert state == "SUCCEEDED"
+    assert not service.socket.exists()
+
+
+async def test_kill_9_mid_job_loses_no_job_and_finishes_every_instance(
+    service: Service, tmp_path: Path
+) -> None:
+    service.config.write_text("[compute_envs.local]\nslots = 4\n")
+    gate = tmp_path / "gate"
+    spec = {
+        "name": "forty",
+        "tasks": [
+            {
+                "name": "t",
+                "instances": 40,
+                "retries": 1,
+                "command": f'test -e "{gate}" || exec sleep 60',
+            }
+        ],
+    }
+    await service.start()
+    async with service.client() as client:
+        job, _ = await submit_and_see_running(client, spec, 4)
+        # Accepted just before the kill: submit returned, so it must survive.
+        late = await client.submit({"name": "late", "tasks": [{"name": "a", "command": "true"}]})
+    await service.kill()
+    gate.touch()  # from now on every attempt succeeds; the orphans still sleep
+    with sqlite3.connect(service.state_dir / "aiobatch.db") as db:
+        lost = db.execute("SELECT idx, pid FROM instances WHERE state = 'RUNNING'").fetchall()
+    assert len(lost) == 4 and all(process_alive(pid) for _, pid in lost)
+
+    await service.start()
+    assert not any(process_alive(pid) for _, pid in lost), "orphans of the dead service"
+    async with service.client() as client:
+        done = await client.wait_job(job.id)
+        result = await client.task_result(job.id, "t")
+        assert (await client.wait_job(late.id)).status == "SUCCEEDED"
+    assert done.status == "SUCCEEDED"
+    instances = result.instances or []
+    assert [i.status for i in instances] == ["SUCCEEDED"] * 40
+    # At least once: exactly the four that were running ran again.
+    assert sorted(i.index for i in instances if i.attempts == 2) == sorted(i for i, _ in lost)
+
+
+async def test_kill_9_mid_docker_job_readopts_containers(
+    engine: aiodocker.Docker, service: Service
+) -> None:
+    service.config.write_text(
+        'kill_grace = "1s"\n[compute_envs.docker]\nkind = "docker"\n'
+        f"hosts = [{docker_hosts()[0]!r}]\nslots = 4\n".replace("'", '"')
+    )
+    spec = {
+        "name": "boxes",
+        "tasks": [
+            {
+                "name": "box",
+                "image": IMAGE,
+                "instances": 3,
+                "command": "echo start; while [ ! -e go ]; do sleep 0.05; done; echo end",
+            }
+        ],
+    }
+    await service.start()
+    async with service.client() as client:
+        job, _ = await submit_and_see_running(client, spec, 3)
+    await service.kill()
+    work = service.state_dir / "work" / job.id / "box"
+    for index in range(3):
+        (work / str(index) / "go").touch()  # the containers run on without the service
+
+    await service.start()
+    async with service.client() as client:
+        done = await client.wait_job(job.id)
+        result = await client.task_result(job.id, "box")
+    assert done.status == "SUCCEEDED"
+    assert [(i.status, i.attempts) for i in result.instances or []] == [("SUCCEEDED", 1)] * 3
+    staged = [
+        e
+        for e in stored_events(service.state_dir, job.id)
+        if isinstance(e, InstanceStateChanged) and e.state == "STAGING"
+    ]
+    assert len(staged) == 3, "no attempt was started twice"
+    logs = service.state_dir / "logs" / job.id / "box"
+    assert {(logs / f"{i}.stdout").read_text() for i in range(3)} == {"start\nend\n"}
+    runtime_label = (service.state_dir / "runtime-id").read_text().strip()
+    leftovers = await engine.containers.list(
+        all=True, filters=f'{{"label": ["aiobatch.runtime={runtime_label}"]}}'
+    )
+    assert leftovers == []
+
+
+async def cli(*args: str, socket: Path) -> tuple[int, str, str]:
+    result = await anyio.run_process([str(AIOBATCH), *args, "--socket", str(socket)], check=False)
+    return result.returncode, result.stdout.decode(), result.stderr.decode()
+
+
+async def test_cli_client_commands(service: Service, tmp_path: Path) -> None:
+    await service.start()
+    sock = service.socket
+    spec = tmp_path / "job.yaml"
+    spec.write_text(
+        "name: cli\ntasks:\n"
+        "  - {name: a, instances: 2, command: 'echo out $AIOBATCH_INSTANCE_INDEX; echo err >&2'}\n"
+        f"  - {{name: b, depends_on: [a], command: 'test -e {tmp_path}/fixed'}}\n"
+    )
+    code, out, _ = await cli("submit", str(spec), "--json", socket=sock)
+    assert code == 0
+    job_id = json.loads(out)["id"]
+    code, out, _ = await cli("wait", job_id, socket=sock)
+    assert code == 1 and f"job {job_id} (cli) FAILED (task_failed: b)" in out
+    code, out, _ = await cli("progress", job_id, socket=sock)
+    assert (code, out) == (0, "a:2/0/2[100%] b:1/0/1[100%]\n")
+    code, out, _ = await cli("logs", job_id, "a", "1", socket=sock)
+    assert (code, out) == (0, "out 1\n")
+    code, out, _ = await cli("logs", job_id, "a", "1", "--stderr", socket=sock)
+    assert (code, out) == (0, "err\n")
+    code, _, err = await cli("logs", job_id, "a", "5", socket=sock)
+    assert code == 2 and "has no instance 5" in err
+    (tmp_path / "fixed").touch()
+    code, out, _ = await cli("retry", job_id, socket=sock)
+    assert (code, out) == (0, f"job {job_id} RUNNING\n")
+    code, out, _ = await cli("wait", job_id, "--json", socket=sock)
+    assert code == 0 and json.loads(out)["status"] == "SUCCEEDED"
+    code, _, err = await cli("retry", job_id, socket=sock)
+    assert code == 2 and "only FAILED or CANCELLED" in err
+    code, out, _ = await cli("jobs", "--json", socket=sock)
+    assert [job["id"] for job in json.loads(out)] == [job_id]
+    code, _, err = await cli("status", "no-such-job", socket=sock)
+    assert code == 2 and "no job with id 'no-such-job'" in err
+
+    # --watch without a terminal: a line per task state change, then the summary.
+    code, out, err = await cli("submit", str(spec), "--watch", socket=sock)
+    assert code == 0, err
+    assert "a:2/0/2[100%] SUCCEEDED" in err and "b:1/0/1[100%] SUCCEEDED" in err
+    assert "SUCCEEDED" in out.splitlines()[1]
+
+
+async def test_cli_says_which_socket_it_cannot_reach(tmp_path: Path) -> None:
+    code, _, err = await cli("jobs", socket=tmp_path / "nothing.sock")
+    assert code == 3
+    assert f"cannot reach the aiobatch service at {tmp_path / 'nothing.sock'}" in err
