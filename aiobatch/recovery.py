@@ -1,7 +1,12 @@
-"""Rebuild a job's in-memory records from its stored rows."""
+"""After a restart: rebuild a job's records from its stored rows, and match the attempts
+still running (containers) to the instances that were active."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TypeVar
+
+from aiobatch.executors.base import FoundAttempt
 from aiobatch.model import InstanceRec, JobRec
 from aiobatch.states import TASK_TERMINAL, InstanceState, TaskState
 from aiobatch.store import InstanceRow, JobRow
@@ -45,3 +50,46 @@ def restore_job(
             task.cancelled += task.fresh
             task.fresh = 0
     return job, lost
+
+
+AttemptKey = tuple[str, str, int, int]  # job, task, index, attempt
+F = TypeVar("F")
+
+
+def take_over(
+    job: JobRec, lost: list[InstanceRec], found: dict[AttemptKey, F]
+) -> tuple[list[tuple[InstanceRec, F]], list[InstanceRec]]:
+    """Split a job's lost instances into those whose attempt is still there (taken out of
+    ``found``) and those really lost. An UPLOADING one ran to its end; it cannot be resumed.
+    """
+    adopted: list[tuple[InstanceRec, F]] = []
+    really_lost: list[InstanceRec] = []
+    for inst in lost:
+        key = (job.id, inst.task.name, inst.index, inst.attempt)
+        if inst.state is not InstanceState.UPLOADING and key in found:
+            adopted.append((inst, found.pop(key)))
+        else:
+            really_lost.append(inst)
+    return adopted, really_lost
+
+
+def is_orphan(found: FoundAttempt, recovered: Mapping[str, JobRec]) -> bool:
+    """Whether an attempt found at start, and claimed by no instance, may be removed.
+
+    Attempts of jobs that had ended are left alone, and so are the failed attempts a task
+    keeps (``keep_failed``): both are there on purpose.
+    """
+    job = recovered.get(found.job_id)
+    if job is None:
+        return not found.job_id  # ours, but with labels that name nothing
+    task = job.tasks.get(found.task)
+    if task is None or not 0 <= found.index < task.total:
+        return True
+    inst = task.instances[found.index]
+    if inst is None or not task.defn.keep_failed:
+        return True
+    # An earlier attempt still there, or this one ended FAILED: it was kept.
+    return not (
+        found.attempt < inst.attempt
+        or (found.attempt == inst.attempt and inst.state is InstanceState.FAILED)
+    )

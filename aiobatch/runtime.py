@@ -53,7 +53,7 @@ from aiobatch.executors.local import LocalExecutor, kill_orphan
 from aiobatch.hooks import HookContext, HookFailed, Hooks
 from aiobatch.layout import StateLayout, lock_state_dir
 from aiobatch.model import InstanceRec, JobRec
-from aiobatch.recovery import restore_job
+from aiobatch.recovery import AttemptKey, is_orphan, restore_job, take_over
 from aiobatch.spec import JobDef, JobSpec, TaskDef, load_spec
 from aiobatch.states import (
     INSTANCE_TERMINAL,
@@ -193,16 +193,10 @@ class Runtime:
             await self._open_executors(job.defn)
         found = await self._find_attempts()
         for job, lost in jobs:
-            adopted: list[tuple[InstanceRec, Found]] = []
+            adopted, lost = take_over(job, lost, found)
             for inst in lost:
-                hit = found.get((job.id, inst.task.name, inst.index, inst.attempt))
-                if hit is not None and inst.state is not InstanceState.UPLOADING:
-                    adopted.append(
-                        (inst, found.pop((job.id, inst.task.name, inst.index, inst.attempt)))
-                    )
-                elif inst.pid is not None:
+                if inst.pid is not None:
                     kill_orphan(inst.pid, job.id, inst.task.name, inst.index)
-            lost = [inst for inst in lost if all(inst is not a for a, _ in adopted)]
             if lost:
                 log.warning("instances_lost", job_id=job.id, count=len(lost))
             if adopted:
@@ -215,15 +209,18 @@ class Runtime:
             for inst, hit in adopted:
                 self._instances.start_soon(self._run_instance, inst, hit)
             log.info("job_recovered", job_id=job.id, state=job.state.value)
+        recovered = {job.id: job for job, _ in jobs}
         for executor, orphan in found.values():
+            if not is_orphan(orphan, recovered):
+                continue
             log.warning(
                 "orphan_removed", job_id=orphan.job_id, task=orphan.task, index=orphan.index
             )
             await executor.discard(orphan)
 
-    async def _find_attempts(self) -> dict[tuple[str, str, int, int], Found]:
+    async def _find_attempts(self) -> dict[AttemptKey, Found]:
         """Attempts still there in the opened executors that can outlive the runtime."""
-        found: dict[tuple[str, str, int, int], Found] = {}
+        found: dict[AttemptKey, Found] = {}
         for env_name in self._opened:
             executor = self.executors[env_name]
             if isinstance(executor, AdoptingExecutor):

@@ -287,3 +287,25 @@ async def test_cli_says_which_socket_it_cannot_reach(tmp_path: Path) -> None:
     code, _, err = await cli("jobs", socket=tmp_path / "nothing.sock")
     assert code == 3
     assert f"cannot reach the aiobatch service at {tmp_path / 'nothing.sock'}" in err
+
+
+async def test_tcp_listener_without_token_refuses_to_start(tmp_path: Path) -> None:
+    config = tmp_path / "aiobatch.toml"
+    config.write_text('[server]\nhttp = "127.0.0.1:0"\n')
+    socket = tmp_path / "ctl.sock"
+    result = await anyio.run_process(
+        [
+            str(AIOBATCH),
+            "serve",
+            "--config",
+            str(config),
+            "--state-dir",
+            str(tmp_path / "s"),
+            "--socket",
+            str(socket),
+        ],
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "$.server.token: required when $.server.http is set" in result.stderr.decode()
+    assert not socket.exists() and not (tmp_path / "s").exists()

@@ -1,0 +1,53 @@
+"""Which attempts found after a restart are taken over, which are removed, which are kept."""
+
+from __future__ import annotations
+
+from aiobatch.executors.base import FoundAttempt
+from aiobatch.model import JobRec
+from aiobatch.recovery import is_orphan, take_over
+from aiobatch.spec import resolve_spec
+from aiobatch.states import InstanceState
+
+
+def job(keep_failed: bool = False) -> JobRec:
+    spec = {
+        "name": "j",
+        "tasks": [{"name": "t", "image": "img", "instances": 3, "keep_failed": keep_failed}],
+    }
+    return JobRec(
+        "j1", resolve_spec(spec, compute_envs={"local": "local", "docker": "docker"}), 1, 0.0
+    )
+
+
+def found(index: int, attempt: int = 1, job_id: str = "j1", task: str = "t") -> FoundAttempt:
+    return FoundAttempt(job_id, task, index, attempt, handle=f"host c{index}")
+
+
+def test_active_instances_with_their_attempt_there_are_taken_over() -> None:
+    rec = job()
+    task = rec.tasks["t"]
+    running, uploading, other_attempt = task.record(0), task.record(1), task.record(2)
+    running.state, uploading.state = InstanceState.RUNNING, InstanceState.UPLOADING
+    other_attempt.state, other_attempt.attempt = InstanceState.STAGING, 2
+    there = {("j1", "t", i, 1): found(i) for i in range(3)}
+    adopted, lost = take_over(rec, [running, uploading, other_attempt], there)
+    assert [(inst.index, hit.handle) for inst, hit in adopted] == [(0, "host c0")]
+    assert lost == [uploading, other_attempt]  # ran to its end; a different attempt
+    assert set(there) == {("j1", "t", 1, 1), ("j1", "t", 2, 1)}  # left for is_orphan
+
+
+def test_orphans_are_removed_but_kept_failures_and_ended_jobs_stay() -> None:
+    plain, keeping = job(), job(keep_failed=True)
+    for rec in (plain, keeping):
+        failed = rec.tasks["t"].record(0)
+        failed.state, failed.attempt = InstanceState.FAILED, 2
+    recovered = {"j1": plain}
+    assert is_orphan(found(0, attempt=2), recovered)
+    assert is_orphan(found(1), recovered)  # an instance that never started
+    assert is_orphan(found(0, task="gone"), recovered)
+    assert is_orphan(found(0, job_id=""), recovered)  # labels that name nothing
+    assert not is_orphan(found(0, job_id="ended"), recovered)  # not ours to judge
+    recovered = {"j1": keeping}
+    assert not is_orphan(found(0, attempt=2), recovered)  # keep_failed: kept
+    assert not is_orphan(found(0, attempt=1), recovered)  # an earlier failed attempt, kept
+    assert is_orphan(found(1), recovered)
