@@ -38,23 +38,21 @@ from aiobatch.errors import (
     JobNotFound,
     JobNotRetryable,
     RuntimeClosed,
-    SpecError,
     TaskNotFound,
 )
 from aiobatch.events import Bus, Event, JobStateChanged, JobSubmitted
 from aiobatch.executors.base import (
-    AdoptingExecutor,
     AttemptControl,
     Executor,
-    FoundAttempt,
     InstanceContext,
 )
-from aiobatch.executors.local import LocalExecutor, kill_orphan
+from aiobatch.executors.local import kill_orphan
 from aiobatch.hooks import HookContext, HookFailed, Hooks
 from aiobatch.layout import StateLayout, lock_state_dir
 from aiobatch.model import InstanceRec, JobRec
-from aiobatch.recovery import AttemptKey, is_orphan, restore_job, take_over
-from aiobatch.spec import JobDef, JobSpec, TaskDef, load_spec
+from aiobatch.recovery import is_orphan, restore_job, take_over
+from aiobatch.resources import Found, Resources
+from aiobatch.spec import JobDef, JobSpec, load_spec
 from aiobatch.states import (
     INSTANCE_TERMINAL,
     JOB_TERMINAL,
@@ -62,14 +60,12 @@ from aiobatch.states import (
     InstanceState,
     JobState,
 )
-from aiobatch.storage.base import StorageBackend, StorageURI
-from aiobatch.storage.files import FileBackend
+from aiobatch.storage.base import StorageBackend
 from aiobatch.store import Store
 
 log = structlog.get_logger("aiobatch.runtime")
 
 SpecSource = str | Path | JobSpec | JobDef | Mapping[str, Any]
-Found = tuple[AdoptingExecutor, FoundAttempt]  # an attempt found after a restart, and its owner
 LOG_POLL_S = 0.2  # how often a followed log file is checked for new bytes
 ARCHIVE_SIZE = 256  # ended jobs kept in memory for queries; older ones are read from SQLite
 
@@ -96,10 +92,7 @@ class Runtime:
         self.store = Store(self.layout.database)
         self.engine = Engine(self.config.env_slots())
         self._env_kinds = self.config.env_kinds()
-        # Executors by compute env name; made on first use, opened before their first run.
-        self.executors: dict[str, Executor] = dict(executors or {})
-        self._opened: set[str] = set()
-        self._executor_stack = AsyncExitStack()
+        self.resources = Resources(self.config, self.layout, executors)
         self._stack: AsyncExitStack | None = None
         self._instances: TaskGroup | None = None
         self._closing = False
@@ -112,9 +105,18 @@ class Runtime:
         # Per running job and task: the environment its instances share (also: log dir made).
         self._task_env: dict[str, dict[str, dict[str, str]]] = {}
         self._kill_grace = self.config.kill_grace_s
-        # Phase hooks (staging in and out are built in; add yours) and storage by scheme.
+        # Phase hooks (staging in and out are built in; add yours).
         self.hooks = Hooks.default()
-        self.storage: dict[str, StorageBackend] = {"file": FileBackend()}
+
+    @property
+    def executors(self) -> dict[str, Executor]:
+        """Executors by compute env name (made on first use)."""
+        return self.resources.executors
+
+    @property
+    def storage(self) -> dict[str, StorageBackend]:
+        """Storage backends by URI scheme; add yours for other schemes."""
+        return self.resources.storage
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -132,8 +134,8 @@ class Runtime:
             self.bus.subscribe(self._on_event)
             await writer.start(self.store.run)
             stack.push_async_callback(self.store.flush)
-            # Executors close after every instance has ended: enter their stack first.
-            self._executor_stack = await stack.enter_async_context(AsyncExitStack())
+            # Executors close after every instance has ended: enter them first.
+            await stack.enter_async_context(self.resources)
             self._instances = await stack.enter_async_context(anyio.create_task_group())
             stack.push_async_callback(self._shut_down)
             self._next_seq = await self.store.next_job_seq()
@@ -190,8 +192,8 @@ class Runtime:
         jobs = [await self._load(job_id) for job_id in await self.store.unfinished_job_ids()]
         for job, _ in jobs:
             self.resolve(job.defn)  # fails loudly if the config lost an env this job needs
-            await self._open_executors(job.defn)
-        found = await self._find_attempts()
+            await self.resources.open_for(job.defn)
+        found = await self.resources.find_attempts()
         for job, lost in jobs:
             adopted, lost = take_over(job, lost, found)
             for inst in lost:
@@ -217,17 +219,6 @@ class Runtime:
                 "orphan_removed", job_id=orphan.job_id, task=orphan.task, index=orphan.index
             )
             await executor.discard(orphan)
-
-    async def _find_attempts(self) -> dict[AttemptKey, Found]:
-        """Attempts still there in the opened executors that can outlive the runtime."""
-        found: dict[AttemptKey, Found] = {}
-        for env_name in self._opened:
-            executor = self.executors[env_name]
-            if isinstance(executor, AdoptingExecutor):
-                for attempt in await executor.find_attempts():
-                    key = (attempt.job_id, attempt.task, attempt.index, attempt.attempt)
-                    found[key] = (executor, attempt)
-        return found
 
     async def _load(self, job_id: str) -> tuple[JobRec, list[InstanceRec]]:
         row = await self.store.job_row(job_id)
@@ -390,75 +381,14 @@ class Runtime:
             defn = spec
         else:
             defn = load_spec(spec, compute_envs=self._env_kinds, templates=self.config.templates)
-        problems = []
-        for i, task in enumerate(defn.tasks):
-            kind = self._env_kinds[task.compute_env]
-            executor = self._executor(task.compute_env)
-            for name in executor.unsupported(task):
-                problems.append(
-                    f"$.tasks[{i}].{name}: not supported by compute env {task.compute_env!r}"
-                    f" (kind {kind!r})"
-                )
-            problems += self._storage_problems(i, task)
-        if problems:
-            raise SpecError(problems)
+        self.resources.check(defn)
         return defn
-
-    def _storage_problems(self, i: int, task: TaskDef) -> list[str]:
-        """Mappings whose URI scheme has no storage backend in this runtime."""
-        schemes = {*self.storage, "s3"}  # s3 is made when a job first needs it
-        problems = []
-        for where, uri in task.storage_uris():
-            parsed = StorageURI.parse(uri)
-            if parsed.scheme not in schemes:
-                problems.append(
-                    f"$.tasks[{i}].{where}: no storage backend for {parsed.scheme}:// "
-                    f"(available: {', '.join(sorted(schemes))})"
-                )
-            elif parsed.profile is not None and parsed.profile not in self.config.storage.profiles:
-                known = ", ".join(sorted(self.config.storage.profiles)) or "none configured"
-                problems.append(
-                    f"$.tasks[{i}].{where}: unknown storage profile {parsed.profile!r} "
-                    f"(known: {known})"
-                )
-        return problems
-
-    def _executor(self, env_name: str) -> Executor:
-        executor = self.executors.get(env_name)
-        if executor is None:
-            env = self.config.effective_envs()[env_name]
-            if env.kind == "docker":
-                from aiobatch.executors.docker import DockerExecutor  # only when used
-
-                executor = DockerExecutor(env_name, env, self.layout.runtime_id)
-            else:
-                executor = LocalExecutor()
-            self.executors[env_name] = executor
-        return executor
-
-    async def _open_executors(self, defn: JobDef) -> None:
-        """Open (once) the executors and storage a job needs, before anything is dispatched."""
-        for env_name in {task.compute_env for task in defn.tasks} - self._opened:
-            executor = self._executor(env_name)
-            await executor.open()
-            self._executor_stack.push_async_callback(executor.aclose)
-            self._opened.add(env_name)
-        if "s3" not in self.storage and any(
-            uri.startswith("s3://") for task in defn.tasks for _, uri in task.storage_uris()
-        ):
-            from aiobatch.storage.s3 import S3Profiles  # only jobs that use S3 pay for it
-
-            storage = self.config.storage
-            backend = S3Profiles(storage.s3, storage.profiles)
-            await backend.open()
-            self._executor_stack.push_async_callback(backend.aclose)
-            self.storage["s3"] = backend
 
     async def submit(self, spec: SpecSource) -> JobHandle:
         """Validate, store durably, then start a job. Raises SpecError on bad input."""
         self._check_open()
         defn = self.resolve(spec)
-        await self._open_executors(defn)
+        await self.resources.open_for(defn)
         job_id, seq, now = new_job_id(), self._next_seq, time.time()
         self._next_seq += 1
         self.store.add_job(job_id, seq, defn, now)
@@ -575,7 +505,7 @@ class Runtime:
         if job.state not in (JobState.FAILED, JobState.CANCELLED):
             raise JobNotRetryable(job_id, job.state.value)
         self._archive.pop(job_id, None)
-        await self._open_executors(job.defn)
+        await self.resources.open_for(job.defn)
         self.engine.retry_job(job)
         self._pump()
         log.info("job_retried", job_id=job_id)

@@ -1,0 +1,120 @@
+"""What jobs run on: the executors of the compute envs and the storage backends.
+
+Both are made on first use and opened before anything of a job that needs them is
+dispatched, so a run that never uses Docker or S3 never imports aiodocker or aiobotocore.
+They close, in reverse order, when the runtime does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextlib import AsyncExitStack
+
+from aiobatch.config import Config
+from aiobatch.errors import SpecError
+from aiobatch.executors.base import AdoptingExecutor, Executor, FoundAttempt
+from aiobatch.executors.local import LocalExecutor
+from aiobatch.layout import StateLayout
+from aiobatch.recovery import AttemptKey
+from aiobatch.spec import JobDef, TaskDef
+from aiobatch.storage.base import StorageBackend, StorageURI
+from aiobatch.storage.files import FileBackend
+
+Found = tuple[AdoptingExecutor, FoundAttempt]  # an attempt found after a restart, and its owner
+
+
+class Resources:
+    def __init__(
+        self, config: Config, layout: StateLayout, executors: Mapping[str, Executor] | None
+    ) -> None:
+        self.config = config
+        self.layout = layout
+        self.env_kinds = config.env_kinds()
+        # Executors by compute env name; made on first use, opened before their first run.
+        self.executors: dict[str, Executor] = dict(executors or {})
+        # Storage backends by URI scheme (s3 is made when a job first needs it).
+        self.storage: dict[str, StorageBackend] = {"file": FileBackend()}
+        self._opened: set[str] = set()
+        self._stack = AsyncExitStack()
+
+    async def __aenter__(self) -> Resources:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._stack.aclose()
+
+    def check(self, defn: JobDef) -> None:
+        """Refuse a job whose tasks ask for what their executor or storage cannot do."""
+        problems = []
+        for i, task in enumerate(defn.tasks):
+            kind = self.env_kinds[task.compute_env]
+            for name in self.executor(task.compute_env).unsupported(task):
+                problems.append(
+                    f"$.tasks[{i}].{name}: not supported by compute env {task.compute_env!r}"
+                    f" (kind {kind!r})"
+                )
+            problems += self._storage_problems(i, task)
+        if problems:
+            raise SpecError(problems)
+
+    def _storage_problems(self, i: int, task: TaskDef) -> list[str]:
+        """Mappings whose URI scheme has no storage backend, or names an unknown profile."""
+        schemes = {*self.storage, "s3"}
+        profiles = self.config.storage.profiles
+        problems = []
+        for where, uri in task.storage_uris():
+            parsed = StorageURI.parse(uri)
+            if parsed.scheme not in schemes:
+                problems.append(
+                    f"$.tasks[{i}].{where}: no storage backend for {parsed.scheme}:// "
+                    f"(available: {', '.join(sorted(schemes))})"
+                )
+            elif parsed.profile is not None and parsed.profile not in profiles:
+                known = ", ".join(sorted(profiles)) or "none configured"
+                problems.append(
+                    f"$.tasks[{i}].{where}: unknown storage profile {parsed.profile!r} "
+                    f"(known: {known})"
+                )
+        return problems
+
+    def executor(self, env_name: str) -> Executor:
+        executor = self.executors.get(env_name)
+        if executor is None:
+            env = self.config.effective_envs()[env_name]
+            if env.kind == "docker":
+                from aiobatch.executors.docker import DockerExecutor  # only when used
+
+                executor = DockerExecutor(env_name, env, self.layout.runtime_id)
+            else:
+                executor = LocalExecutor()
+            self.executors[env_name] = executor
+        return executor
+
+    async def open_for(self, defn: JobDef) -> None:
+        """Open (once) the executors and storage a job needs, before anything is dispatched."""
+        for env_name in {task.compute_env for task in defn.tasks} - self._opened:
+            executor = self.executor(env_name)
+            await executor.open()
+            self._stack.push_async_callback(executor.aclose)
+            self._opened.add(env_name)
+        if "s3" not in self.storage and any(
+            uri.startswith("s3://") for task in defn.tasks for _, uri in task.storage_uris()
+        ):
+            from aiobatch.storage.s3 import S3Profiles  # only jobs that use S3 pay for it
+
+            storage = self.config.storage
+            backend = S3Profiles(storage.s3, storage.profiles)
+            await backend.open()
+            self._stack.push_async_callback(backend.aclose)
+            self.storage["s3"] = backend
+
+    async def find_attempts(self) -> dict[AttemptKey, Found]:
+        """Attempts still there in the opened executors that can outlive the runtime."""
+        found: dict[AttemptKey, Found] = {}
+        for env_name in self._opened:
+            executor = self.executors[env_name]
+            if isinstance(executor, AdoptingExecutor):
+                for attempt in await executor.find_attempts():
+                    key = (attempt.job_id, attempt.task, attempt.index, attempt.attempt)
+                    found[key] = (executor, attempt)
+        return found
