@@ -15,6 +15,7 @@ import msgspec
 
 from aiobatch.errors import JobFailed, JobNotFound
 from aiobatch.events import Event
+from aiobatch.spec import JobDef
 from aiobatch.states import JOB_TERMINAL, JobState, coarse_status
 
 
@@ -64,6 +65,16 @@ class JobSummary(msgspec.Struct, frozen=True, kw_only=True):
     submitted_at: float
     started_at: float | None
     ended_at: float | None
+    # Instances that have ended, of all the job's instances (an ended job counts all).
+    done: int = 0
+    total: int = 0
+
+
+class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One stored event of a job, with its place in the store's order."""
+
+    seq: int
+    event: Event
 
 
 class TaskProgress(msgspec.Struct, frozen=True, kw_only=True):
@@ -94,6 +105,7 @@ class Backend(Protocol):
     async def stop_job(self, job_id: str) -> None: ...
     async def stop_instance(self, job_id: str, task: str, index: int) -> None: ...
     async def retry_job(self, job_id: str) -> bool: ...
+    async def logview_address(self, job_id: str) -> str | None: ...
     def job_events(self, job_id: str) -> AsyncIterator[Event]: ...
 
 
@@ -106,8 +118,12 @@ class BatchAPI(Backend, Protocol):
 
     async def submit(self, spec: SpecInput) -> JobHandle: ...
     async def list_jobs(
-        self, *, status: JobState | str | None = None, limit: int | None = None
+        self, *, status: JobState | str | None = None, limit: int | None = None, offset: int = 0
     ) -> list[JobSummary]: ...
+    async def job_definition(self, job_id: str) -> JobDef: ...
+    async def job_history(
+        self, job_id: str, *, after: int = 0, limit: int = 10_000
+    ) -> list[HistoryEntry]: ...
     async def exist_job(self, job_id: str) -> bool: ...
     async def get_job(self, job_id: str) -> JobHandle: ...
     async def read_log(
@@ -213,6 +229,11 @@ class JobHandle:
 
     async def stop_instance(self, task: str, index: int) -> None:
         await self._backend.stop_instance(self.id, task, index)
+
+    async def get_logview_address(self) -> str | None:
+        """The address of this job's page in a browser, token included; None when the
+        runtime serves no log view (``Runtime(logview=...)``, ``[server] http``)."""
+        return await self._backend.logview_address(self.id)
 
     async def retry(self) -> bool:
         """Re-run what did not succeed of a FAILED or CANCELLED job; its successes are kept."""

@@ -50,6 +50,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     run.add_argument("--quiet", action="store_true", help="no progress output")
     run.add_argument("--verbose", action="store_true", help="log runtime events too")
+    run.add_argument(
+        "--ui",
+        nargs="?",
+        const="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="serve the job's page in a browser while it runs (default 127.0.0.1, any port)",
+    )
 
     validate = commands.add_parser("validate", help="check a job spec and list every problem")
     validate.add_argument("spec", type=Path)
@@ -126,7 +133,7 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     # The progress view already tells what the info log would; show warnings and worse.
     configure_logging(config.logging.format, config.logging.level if args.verbose else "warning")
-    runtime = Runtime(args.state_dir, config=config)
+    runtime = Runtime(args.state_dir, config=config, logview=args.ui)
     defn = runtime.resolve(args.spec)  # bad input fails here, before any state is written
     return anyio.run(_run_job, runtime, defn, args)
 
@@ -144,6 +151,8 @@ async def _run_job(runtime: Runtime, defn: JobDef, args: argparse.Namespace) -> 
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with runtime:
             job = await runtime.submit(defn)
+            if args.ui is not None:
+                print(f"aiobatch: job page: {await job.get_logview_address()}", file=sys.stderr)
             with _progress(runtime, job, enabled=not args.quiet):
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(stop_on_signal, signals, job)

@@ -140,10 +140,13 @@ def _print_status(snapshot: JobSnapshot) -> None:
 
 async def _status(client: Client, args: argparse.Namespace) -> int:
     snapshot = await client.job_snapshot(args.job)
+    logview = await client.logview_address(args.job)
     if args.json:
-        _print_json(snapshot)
+        _print_json({**msgspec.structs.asdict(snapshot), "logview": logview})
     else:
         _print_status(snapshot)
+        if logview is not None:
+            print(f"logview: {logview}")
     return EXIT_OK
 
 

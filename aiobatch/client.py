@@ -26,11 +26,19 @@ import anyio
 import msgspec
 
 from aiobatch import wire
-from aiobatch.api import JobHandle, JobSnapshot, JobSummary, LogStream, SpecInput, TaskResult
+from aiobatch.api import (
+    HistoryEntry,
+    JobHandle,
+    JobSnapshot,
+    JobSummary,
+    LogStream,
+    SpecInput,
+    TaskResult,
+)
 from aiobatch.config import default_socket_path
 from aiobatch.errors import AiobatchError, JobNotFound, ServiceUnavailable, SpecError
 from aiobatch.events import Event, JobStateChanged, JobSubmitted, event_decoder
-from aiobatch.spec import JobSpec, read_spec_file
+from aiobatch.spec import JobDef, JobSpec, read_spec_file
 from aiobatch.states import JobState
 
 T = TypeVar("T")
@@ -179,10 +187,10 @@ class Client:
         return JobHandle(self, done.id, done.name, done.tasks, JobState(done.status))
 
     async def list_jobs(
-        self, *, status: JobState | str | None = None, limit: int | None = None
+        self, *, status: JobState | str | None = None, limit: int | None = None, offset: int = 0
     ) -> list[JobSummary]:
-        """Jobs newest first, optionally of one status."""
-        params = {}
+        """Jobs newest first, optionally of one status; ``offset`` skips that many."""
+        params = {"offset": str(offset)}
         if status is not None:
             params["status"] = str(status)
         if limit is not None:
@@ -191,6 +199,22 @@ class Client:
         for job in jobs:
             self._seen(job.id, job.status)
         return jobs
+
+    async def job_definition(self, job_id: str) -> JobDef:
+        """The job as resolved at submission: its tasks, edges, mappings."""
+        return await self._call("GET", _job(job_id) + "/definition", JobDef)
+
+    async def job_history(
+        self, job_id: str, *, after: int = 0, limit: int = 10_000
+    ) -> list[HistoryEntry]:
+        """The job's stored events after ``after`` (a ``seq``), oldest first."""
+        params = {"after": str(after), "limit": str(limit)}
+        return await self._call("GET", _job(job_id) + "/history", list[HistoryEntry], params=params)
+
+    async def logview_address(self, job_id: str) -> str | None:
+        """The job's page in a browser (token included), if the service serves one."""
+        answer = await self._call("GET", _job(job_id) + "/logview", dict[str, str | None])
+        return answer["url"]
 
     async def exist_job(self, job_id: str) -> bool:
         try:

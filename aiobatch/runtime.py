@@ -8,6 +8,7 @@ the instances it dispatched.
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
@@ -17,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import quote
 
 import anyio
 import msgspec
@@ -25,13 +27,14 @@ from anyio.abc import TaskGroup
 
 from aiobatch import views
 from aiobatch.api import (
+    HistoryEntry,
     JobHandle,
     JobSnapshot,
     JobSummary,
     LogStream,
     TaskResult,
 )
-from aiobatch.config import Config, default_state_dir, load_config
+from aiobatch.config import Config, ServerConfig, default_state_dir, load_config
 from aiobatch.engine import Engine, Outcome
 from aiobatch.errors import (
     InstanceNotFound,
@@ -84,7 +87,11 @@ class Runtime:
         *,
         config: Config | str | Path | None = None,
         executors: Mapping[str, Executor] | None = None,
+        logview: str | None = None,
     ) -> None:
+        """``logview="HOST:PORT"`` (port 0: any) serves the jobs' pages and the HTTP API on
+        that address while the runtime is open; the token is the config's ``[server] token``
+        or a random one."""
         self.config = config if isinstance(config, Config) else load_config(config)
         root = state_dir or self.config.state_dir or default_state_dir()
         self.layout = StateLayout(Path(root).expanduser())
@@ -107,6 +114,10 @@ class Runtime:
         self._kill_grace = self.config.kill_grace_s
         # Phase hooks (staging in and out are built in; add yours).
         self.hooks = Hooks.default()
+        self._logview = logview
+        # Where the log view is served (set once it listens), and the token it wants.
+        self.logview_url: str | None = None
+        self.logview_token = self.config.server.token or secrets.token_urlsafe(24)
 
     @property
     def executors(self) -> dict[str, Executor]:
@@ -141,6 +152,8 @@ class Runtime:
             self._next_seq = await self.store.next_job_seq()
             self._stack = stack
             await self._recover()
+            if self._logview is not None:
+                await self._serve_logview(stack, self._logview)
         except BaseException:
             self._stack = None
             await stack.__aexit__(None, None, None)
@@ -156,6 +169,14 @@ class Runtime:
         stack, self._stack = self._stack, None
         assert stack is not None
         return await stack.__aexit__(exc_type, exc, tb)
+
+    async def _serve_logview(self, stack: AsyncExitStack, address: str) -> None:
+        from aiobatch.server import ControlServer  # aiohttp's server only when asked for
+
+        config = ServerConfig(http=address, token=self.logview_token)
+        server = await stack.enter_async_context(ControlServer(self, config, unix=False))
+        self.logview_url = server.http_url
+        log.info("logview", url=self.logview_url)
 
     async def _shut_down(self) -> None:
         """Stop dispatching; interrupt running attempts (they go back to PENDING).
@@ -423,23 +444,51 @@ class Runtime:
         return job_id in self.engine.jobs or await self.store.job_row(job_id) is not None
 
     async def list_jobs(
-        self, *, status: JobState | str | None = None, limit: int | None = None
+        self, *, status: JobState | str | None = None, limit: int | None = None, offset: int = 0
     ) -> list[JobSummary]:
-        """Jobs newest first, optionally of one status."""
+        """Jobs newest first, optionally of one status; ``offset`` skips that many."""
         await self.store.flush()
         states = [JobState(status).value] if status is not None else None
-        return [
-            JobSummary(
-                id=row.id,
-                name=row.defn.name,
-                status=row.state.value,
-                reason=row.reason,
-                submitted_at=row.submitted_at,
-                started_at=row.started_at,
-                ended_at=row.ended_at,
+        rows = await self.store.list_job_rows(states=states, limit=limit, offset=offset)
+        summaries = []
+        for row in rows:
+            live = self.engine.jobs.get(row.id)
+            total = sum(task.instances for task in row.defn.tasks)
+            done = sum(task.done for task in live.tasks.values()) if live else total
+            summaries.append(
+                JobSummary(
+                    id=row.id,
+                    name=row.defn.name,
+                    status=(live.state if live else row.state).value,
+                    reason=live.reason if live else row.reason,
+                    submitted_at=row.submitted_at,
+                    started_at=row.started_at,
+                    ended_at=row.ended_at,
+                    done=done,
+                    total=total,
+                )
             )
-            for row in await self.store.list_job_rows(states=states, limit=limit)
-        ]
+        return summaries
+
+    async def job_definition(self, job_id: str) -> JobDef:
+        """The job as resolved at submission: its tasks, edges, mappings."""
+        return (await self._job(job_id)).defn
+
+    async def job_history(
+        self, job_id: str, *, after: int = 0, limit: int = 10_000
+    ) -> list[HistoryEntry]:
+        """The job's stored events after ``after`` (a ``seq``), oldest first."""
+        await self._job(job_id)  # JobNotFound for an unknown id
+        events = await self.store.events(job_id, after=after, limit=limit)
+        return [HistoryEntry(seq=seq, event=event) for seq, event in events]
+
+    async def logview_address(self, job_id: str) -> str | None:
+        """The job's page in a browser (token included), if this runtime serves one."""
+        await self._job(job_id)
+        if self.logview_url is None:
+            return None
+        token = f"?token={quote(self.logview_token)}" if self.logview_token else ""
+        return f"{self.logview_url}/ui/jobs/{quote(job_id, safe='')}{token}"
 
     def cached_status(self, job_id: str) -> JobState:
         job = self.engine.jobs.get(job_id) or self._archive.get(job_id)

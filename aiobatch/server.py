@@ -62,6 +62,7 @@ import contextlib
 import hmac
 import importlib.metadata
 import os
+import secrets
 import socket
 import stat
 import struct
@@ -99,6 +100,16 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = structlog.get_logger("aiobatch.server")
 
 BACKLOG = 128
+UI_DIR = Path(__file__).with_name("ui")  # the log view's pages and assets
+TOKEN_COOKIE, CSRF_COOKIE, CSRF_HEADER = "aiobatch_token", "aiobatch_csrf", "X-Aiobatch-CSRF"
+# The pages run only their own files and talk only to this server; nothing inline.
+UI_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; "
+    "base-uri 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
 PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 PEER_POLL_S = 1.0  # how often a long request checks that its peer is still there
 SHUTDOWN_GRACE_S = 5.0  # short requests in flight get this long to finish at shutdown
@@ -371,15 +382,22 @@ class ControlServer:
         config: ServerConfig | None = None,
         *,
         socket: str | Path | None = None,
+        unix: bool = True,
     ) -> None:
+        """``unix=False``: the TCP listener only (the log view of an embedded runtime)."""
         self.config = config or ServerConfig()
         if self.config.http is not None and not self.config.token:
             raise ConfigError("$.server.token: required when $.server.http is set")
+        if not unix and self.config.http is None:
+            raise ConfigError("$.server.http: required without the unix socket")
         self.api = api
+        self._unix = unix
         self.socket_path = Path(socket or self.config.socket or default_socket_path())
         self.http_url: str | None = None  # set once the TCP listener is up
         self._allowed_uids = {os.getuid(), *self.config.allowed_uids}
         self._token = (self.config.token or "").encode()
+        # The double-submit value browsers send back with every POST (see _authorize).
+        self._csrf = secrets.token_urlsafe(24)
         self._long_requests: set[anyio.CancelScope] = set()
         self._closing = False
         self._stack: AsyncExitStack | None = None
@@ -389,10 +407,12 @@ class ControlServer:
 
     async def __aenter__(self) -> Self:
         async with AsyncExitStack() as stack:
-            unix = bind_unix_socket(self.socket_path)
-            stack.callback(unix.close)
-            stack.callback(self._remove_socket_file, os.stat(self.socket_path))
-            sockets = [unix]
+            sockets = []
+            if self._unix:
+                unix = bind_unix_socket(self.socket_path)
+                stack.callback(unix.close)
+                stack.callback(self._remove_socket_file, os.stat(self.socket_path))
+                sockets.append(unix)
             if self.config.http is not None:
                 tcp = bind_tcp_socket(self.config.http)
                 stack.callback(tcp.close)
@@ -407,7 +427,8 @@ class ControlServer:
             for sock in sockets:
                 await web.SockSite(runner, sock).start()
             self._stack = stack.pop_all()
-        log.info("server_started", socket=str(self.socket_path), http=self.http_url)
+        socket_path = str(self.socket_path) if self._unix else None
+        log.info("server_started", socket=socket_path, http=self.http_url)
         return self
 
     async def __aexit__(
@@ -419,7 +440,7 @@ class ControlServer:
         stack, self._stack = self._stack, None
         assert stack is not None, "not entered"
         await stack.aclose()
-        log.info("server_stopped", socket=str(self.socket_path))
+        log.info("server_stopped", socket=str(self.socket_path) if self._unix else None)
 
     def _remove_socket_file(self, ours: os.stat_result) -> None:
         """Remove the socket file, unless another service has replaced it meanwhile."""
@@ -465,8 +486,16 @@ class ControlServer:
                 web.post(instance + "/stop", self._stop_instance),
                 web.get(instance + "/logs/{stream:stdout|stderr}", self._log),
                 web.get(wire.API_PREFIX + "/events", self._events),
+                web.get(job + "/definition", self._definition),
+                web.get(job + "/history", self._history),
+                web.get(job + "/logview", self._logview),
+                web.get("/ui", self._ui_home),
+                web.get("/ui/jobs", self._ui_page("jobs.html")),
+                web.get("/ui/jobs/{job_id}", self._ui_page("job.html")),
             ]
         )
+        if UI_DIR.is_dir():
+            app.router.add_static("/ui/static", UI_DIR, follow_symlinks=False)
         return app
 
     # -- middlewares -------------------------------------------------------------------------
@@ -490,25 +519,51 @@ class ControlServer:
 
     @web.middleware
     async def _authorize(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Unix socket: the peer's uid. TCP: the bearer token, or (a browser) the token
+        cookie, whose POSTs must also echo the CSRF cookie in a header."""
         uid = peer_uid(request)  # None over TCP
         if uid is not None:
             if uid not in self._allowed_uids:
                 raise RequestError(HTTPStatus.FORBIDDEN, f"peer uid {uid} may not use this socket")
-        elif not self._token_ok(request.headers.get("Authorization", "")):
-            raise RequestError(
-                HTTPStatus.UNAUTHORIZED,
-                "a valid bearer token is required (Authorization: Bearer TOKEN)",
-                {"WWW-Authenticate": 'Bearer realm="aiobatch"'},
-            )
-        return await handler(request)
+            return await handler(request)
+        if self._token_ok(request.headers.get("Authorization", "")):
+            return await handler(request)
+        if self._matches(request.cookies.get(TOKEN_COOKIE), self._token):
+            if request.method != "GET" and not self._matches(
+                request.headers.get(CSRF_HEADER), self._csrf.encode()
+            ):
+                raise RequestError(HTTPStatus.FORBIDDEN, f"missing or wrong {CSRF_HEADER} header")
+            return await handler(request)
+        given = request.query.get("token")
+        if request.method == "GET" and request.path.startswith("/ui"):
+            if self._matches(given, self._token):
+                return self._signed_in(request)
+        raise RequestError(
+            HTTPStatus.UNAUTHORIZED,
+            "a valid bearer token is required (Authorization: Bearer TOKEN)",
+            {"WWW-Authenticate": 'Bearer realm="aiobatch"'},
+        )
 
     def _token_ok(self, header: str) -> bool:
         scheme, _, given = header.partition(" ")
+        return scheme.lower() == "bearer" and self._matches(given.strip(), self._token)
+
+    @staticmethod
+    def _matches(given: str | None, expected: bytes) -> bool:
         return (
-            bool(self._token)
-            and scheme.lower() == "bearer"
-            and hmac.compare_digest(given.strip().encode(), self._token)
+            bool(expected) and given is not None and hmac.compare_digest(given.encode(), expected)
         )
+
+    def _signed_in(self, request: web.Request) -> web.Response:
+        """The token came in the address: keep it in cookies, and drop it from the address
+        (so it does not stay in the history or leak in a Referer)."""
+        query = {k: v for k, v in request.query.items() if k != "token"}
+        location = str(request.rel_url.with_query(query))
+        response = web.Response(status=HTTPStatus.SEE_OTHER, headers={"Location": location})
+        token = self._token.decode()
+        response.set_cookie(TOKEN_COOKIE, token, path="/", samesite="Strict", httponly=True)
+        response.set_cookie(CSRF_COOKIE, self._csrf, path="/", samesite="Strict")
+        return response
 
     # -- long requests -----------------------------------------------------------------------
 
@@ -600,9 +655,10 @@ class ControlServer:
         return json_response(body, HTTPStatus.CREATED, {"Location": location})
 
     async def _list_jobs(self, request: web.Request) -> web.Response:
-        params = query(request, "status", "limit")
+        params = query(request, "status", "limit", "offset")
         status, limit = state_param(params, "status"), int_param(params, "limit", 1)
-        return json_response(await self.api.list_jobs(status=status, limit=limit))
+        offset = int_param(params, "offset", 0) or 0
+        return json_response(await self.api.list_jobs(status=status, limit=limit, offset=offset))
 
     async def _get_job(self, request: web.Request) -> web.Response:
         instances = flag_param(query(request, "instances"), "instances")
@@ -689,6 +745,35 @@ class ControlServer:
                     await response.write(chunk)
 
         return await self._stream(request, "text/plain", pump)
+
+    async def _definition(self, request: web.Request) -> web.Response:
+        query(request)
+        return json_response(await self.api.job_definition(request.match_info["job_id"]))
+
+    async def _history(self, request: web.Request) -> web.Response:
+        params = query(request, "after", "limit")
+        after = int_param(params, "after", 0) or 0
+        limit = int_param(params, "limit", 1) or 10_000
+        job_id = request.match_info["job_id"]
+        return json_response(await self.api.job_history(job_id, after=after, limit=limit))
+
+    async def _logview(self, request: web.Request) -> web.Response:
+        query(request)
+        return json_response({"url": await self.api.logview_address(request.match_info["job_id"])})
+
+    async def _ui_home(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(status=HTTPStatus.SEE_OTHER, headers={"Location": "/ui/jobs"})
+
+    @staticmethod
+    def _ui_page(name: str) -> Handler:
+        async def page(request: web.Request) -> web.StreamResponse:
+            query(request)
+            path = UI_DIR / name
+            if not path.is_file():
+                raise web.HTTPNotFound()
+            return web.FileResponse(path, headers=UI_HEADERS)
+
+        return page
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         job_id = query(request, "job").get("job")

@@ -35,6 +35,9 @@ async def serve(config: Config, *, state_dir: Path | None, socket: Path | None) 
             ControlServer(runtime, config.server, socket=socket) as server,
             anyio.create_task_group() as tg,
         ):
+            if server.http_url is not None:  # the log view is served there too
+                runtime.logview_url = server.http_url
+                runtime.logview_token = config.server.token or ""
             notifier.ready()
             notifier.status(f"listening on {server.socket_path}")
             await tg.start(run_watchdog, notifier, watchdog)

@@ -322,17 +322,15 @@ class Store:
             return [row[0] async for row in cursor]
 
     async def list_job_rows(
-        self, *, states: list[str] | None = None, limit: int | None = None
+        self, *, states: list[str] | None = None, limit: int | None = None, offset: int = 0
     ) -> list[JobRow]:
         query = "SELECT * FROM jobs"
         params: list[Any] = []
         if states:
             query += f" WHERE state IN ({', '.join('?' for _ in states)})"
             params += states
-        query += " ORDER BY seq DESC"
-        if limit is not None:
-            query += " LIMIT ?"
-            params.append(limit)
+        query += " ORDER BY seq DESC LIMIT ? OFFSET ?"
+        params += [-1 if limit is None else limit, offset]
         async with self.db.execute(query, params) as cursor:
             return [_job_row(row) async for row in cursor]
 

@@ -264,7 +264,7 @@ async def test_bad_requests_get_json_errors_and_store_nothing(
         "limit: expected an integer >= 1, got '0'",
         "status: expected one of SUBMITTED, RUNNING, SUSPENDED, SUCCEEDED, FAILED, CANCELLED,"
         " got 'BOGUS'",
-        "unknown query parameter 'staus' (known: status, limit)",
+        "unknown query parameter 'staus' (known: status, limit, offset)",
     ]
 
 
