@@ -309,3 +309,15 @@ async def test_tcp_listener_without_token_refuses_to_start(tmp_path: Path) -> No
     assert result.returncode == 2
     assert "$.server.token: required when $.server.http is set" in result.stderr.decode()
     assert not socket.exists() and not (tmp_path / "s").exists()
+
+
+async def test_status_gives_the_job_page_when_the_service_serves_http(service: Service) -> None:
+    service.config.write_text('[server]\nhttp = "127.0.0.1:0"\ntoken = "t0k3n"\n')
+    await service.start()
+    async with service.client() as client:
+        job = await client.submit({"name": "seen", "tasks": [{"name": "a", "command": "true"}]})
+        address = await job.get_logview_address()
+    assert address is not None and address.startswith("http://127.0.0.1:")
+    assert address.endswith(f"/ui/jobs/{job.id}?token=t0k3n")
+    code, out, _ = await cli("status", job.id, socket=service.socket)
+    assert code == 0 and f"logview: {address}" in out.splitlines()
