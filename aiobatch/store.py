@@ -332,7 +332,7 @@ class Store:
         query += " ORDER BY seq DESC LIMIT ? OFFSET ?"
         params += [-1 if limit is None else limit, offset]
         async with self.db.execute(query, params) as cursor:
-            return [_job_row(row) async for row in cursor]
+            return [_job_row(row) for row in await cursor.fetchall()]
 
     async def job_row(self, job_id: str) -> JobRow | None:
         async with self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)) as cursor:
@@ -352,7 +352,8 @@ class Store:
             (job_id,),
         ) as cursor:
             return [
-                InstanceRow(r[0], r[1], r[2], InstanceState(r[3]), *r[4:]) async for r in cursor
+                InstanceRow(r[0], r[1], r[2], InstanceState(r[3]), *r[4:])
+                for r in await cursor.fetchall()
             ]
 
     async def events(
@@ -364,7 +365,8 @@ class Store:
             "SELECT seq, body FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
             (job_id, after, limit),
         ) as cursor:
-            return [(row[0], event_decoder.decode(row[1])) async for row in cursor]
+            # One fetch, not a trip to the database thread per row.
+            return [(row[0], event_decoder.decode(row[1])) for row in await cursor.fetchall()]
 
 
 def _job_row(row: Any) -> JobRow:
