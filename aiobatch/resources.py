@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 
+import anyio
+
 from aiobatch.config import Config
 from aiobatch.errors import SpecError
 from aiobatch.executors.base import AdoptingExecutor, Executor, FoundAttempt
@@ -35,6 +37,7 @@ class Resources:
         # Storage backends by URI scheme (s3 is made when a job first needs it).
         self.storage: dict[str, StorageBackend] = {"file": FileBackend()}
         self._opened: set[str] = set()
+        self._opening = anyio.Lock()
         self._stack = AsyncExitStack()
 
     async def __aenter__(self) -> Resources:
@@ -92,6 +95,10 @@ class Resources:
 
     async def open_for(self, defn: JobDef) -> None:
         """Open (once) the executors and storage a job needs, before anything is dispatched."""
+        async with self._opening:  # concurrent submissions must not open an env twice
+            await self._open_for(defn)
+
+    async def _open_for(self, defn: JobDef) -> None:
         for env_name in {task.compute_env for task in defn.tasks} - self._opened:
             executor = self.executor(env_name)
             await executor.open()

@@ -74,8 +74,9 @@ ARCHIVE_SIZE = 256  # ended jobs kept in memory for queries; older ones are read
 
 
 def new_job_id() -> str:
-    """Sortable and readable: UTC time to the second, then 24 random bits."""
-    return datetime.now(UTC).strftime("%Y%m%d%H%M%S") + os.urandom(3).hex()
+    """Sortable and readable: UTC time to the second, then 48 random bits (thousands of
+    submissions in one second still do not collide)."""
+    return datetime.now(UTC).strftime("%Y%m%d%H%M%S") + os.urandom(6).hex()
 
 
 class Runtime:
@@ -106,6 +107,7 @@ class Runtime:
         self._attempts = 0  # attempts in flight (their tasks in ``_instances``)
         self._no_attempts = anyio.Event()
         self._job_done: dict[str, anyio.Event] = {}
+        self._retrying = anyio.Lock()
         # Ended jobs (of this run, or loaded for a query), most recent last; bounded.
         self._archive: OrderedDict[str, JobRec] = OrderedDict()
         self._next_seq = 1
@@ -215,23 +217,27 @@ class Runtime:
             self.resolve(job.defn)  # fails loudly if the config lost an env this job needs
             await self.resources.open_for(job.defn)
         found = await self.resources.find_attempts()
+        to_stop: list[InstanceRec] = []
+        adopted: list[tuple[InstanceRec, Found]] = []
         for job, lost in jobs:
-            adopted, lost = take_over(job, lost, found)
+            adopted_here, lost = take_over(job, lost, found)
             for inst in lost:
                 if inst.pid is not None:
                     kill_orphan(inst.pid, job.id, inst.task.name, inst.index)
             if lost:
                 log.warning("instances_lost", job_id=job.id, count=len(lost))
-            if adopted:
-                log.info("containers_adopted", job_id=job.id, count=len(adopted))
-            to_stop = self.engine.recover_job(job, lost, [inst for inst, _ in adopted])
-            for inst, _ in adopted:
-                inst.control = AttemptControl()
-            self._pump(to_stop)
-            assert self._instances is not None
-            for inst, hit in adopted:
-                self._instances.start_soon(self._run_instance, inst, hit)
+            if adopted_here:
+                log.info("containers_adopted", job_id=job.id, count=len(adopted_here))
+            to_stop += self.engine.recover_job(job, lost, [inst for inst, _ in adopted_here])
+            adopted += adopted_here
             log.info("job_recovered", job_id=job.id, state=job.state.value)
+        # One dispatch, once every adopted attempt holds its slot: none is given twice.
+        for inst, _ in adopted:
+            inst.control = AttemptControl()
+        self._pump(to_stop)
+        assert self._instances is not None
+        for inst, hit in adopted:
+            self._instances.start_soon(self._run_instance, inst, hit)
         recovered = {job.id: job for job, _ in jobs}
         for executor, orphan in found.values():
             if not is_orphan(orphan, recovered):
@@ -505,11 +511,13 @@ class Runtime:
         if task is None:
             raise TaskNotFound(job_id, task_name)
         result = views.task_result(task, self.engine.waiting_reason, instances=True)
-        tails = {
-            inst.index: views.tail(self.layout.log_path(job_id, task_name, inst.index, "stderr"))
-            for inst in task.instances
-            if inst is not None and inst.state is InstanceState.FAILED
-        }
+        failed = [i.index for i in task.instances if i and i.state is InstanceState.FAILED]
+
+        def read_tails() -> dict[int, list[str]]:  # file reads: off the event loop
+            log_path = self.layout.log_path
+            return {i: views.tail(log_path(job_id, task_name, i, "stderr")) for i in failed}
+
+        tails = await anyio.to_thread.run_sync(read_tails)
         return msgspec.structs.replace(result, stderr_tails=tails)
 
     async def wait_job(self, job_id: str) -> JobSnapshot:
@@ -550,13 +558,14 @@ class Runtime:
     async def retry_job(self, job_id: str) -> bool:
         """Take a FAILED or CANCELLED job back to RUNNING; re-run only what did not succeed."""
         self._check_open()
-        job = await self._job(job_id)
-        if job.state not in (JobState.FAILED, JobState.CANCELLED):
-            raise JobNotRetryable(job_id, job.state.value)
-        self._archive.pop(job_id, None)
-        await self.resources.open_for(job.defn)
-        self.engine.retry_job(job)
-        self._pump()
+        async with self._retrying:  # two retries at once must not both pass the check
+            job = await self._job(job_id)
+            if job.state not in (JobState.FAILED, JobState.CANCELLED):
+                raise JobNotRetryable(job_id, job.state.value)
+            await self.resources.open_for(job.defn)
+            self._archive.pop(job_id, None)
+            self.engine.retry_job(job)
+            self._pump()
         log.info("job_retried", job_id=job_id)
         return True
 

@@ -62,7 +62,6 @@ import contextlib
 import hmac
 import importlib.metadata
 import os
-import secrets
 import socket
 import stat
 import struct
@@ -101,7 +100,9 @@ log = structlog.get_logger("aiobatch.server")
 
 BACKLOG = 128
 UI_DIR = Path(__file__).with_name("ui")  # the log view's pages and assets
-TOKEN_COOKIE, CSRF_COOKIE, CSRF_HEADER = "aiobatch_token", "aiobatch_csrf", "X-Aiobatch-CSRF"
+# Cookie names end in the listener's port: every port of a host shares cookies, and a
+# one-off `run --ui` page must not replace the service's.
+TOKEN_COOKIE, CSRF_COOKIE, CSRF_HEADER = "aiobatch_session_", "aiobatch_csrf_", "X-Aiobatch-CSRF"
 # The pages run only their own files and talk only to this server; nothing inline.
 UI_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; "
@@ -401,8 +402,11 @@ class ControlServer:
         self.http_url: str | None = None  # set once the TCP listener is up
         self._allowed_uids = {os.getuid(), *self.config.allowed_uids}
         self._token = (self.config.token or "").encode()
-        # The double-submit value browsers send back with every POST (see _authorize).
-        self._csrf = secrets.token_urlsafe(24)
+        # Cookies hold values derived from the token, never the token itself (a server on
+        # another port of the host gets the cookies too); derived, they survive a restart.
+        self._session = _derive(self._token, b"aiobatch session")
+        self._csrf = _derive(self._token, b"aiobatch csrf")  # echoed in CSRF_HEADER by POSTs
+        self._port = ""  # of the TCP listener, once bound
         self._long_requests: set[anyio.CancelScope] = set()
         self._closing = False
         self._stack: AsyncExitStack | None = None
@@ -422,6 +426,7 @@ class ControlServer:
                 tcp = bind_tcp_socket(self.config.http)
                 stack.callback(tcp.close)
                 host, port = tcp.getsockname()[:2]
+                self._port = str(port)
                 self.http_url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
                 sockets.append(tcp)
             runner = web.AppRunner(
@@ -501,6 +506,7 @@ class ControlServer:
         )
         if UI_DIR.is_dir():
             app.router.add_static("/ui/static", UI_DIR, follow_symlinks=False)
+        app.on_response_prepare.append(_ui_headers)
         return app
 
     # -- middlewares -------------------------------------------------------------------------
@@ -539,9 +545,9 @@ class ControlServer:
             # sign in again (the token may be a new one) and drop it from the address.
             if self._matches(given, self._token):
                 return self._signed_in(request)
-        elif self._matches(request.cookies.get(TOKEN_COOKIE), self._token):
+        elif self._matches(request.cookies.get(TOKEN_COOKIE + self._port), self._session):
             if request.method != "GET" and not self._matches(
-                request.headers.get(CSRF_HEADER), self._csrf.encode()
+                request.headers.get(CSRF_HEADER), self._csrf
             ):
                 raise RequestError(HTTPStatus.FORBIDDEN, f"missing or wrong {CSRF_HEADER} header")
             return await handler(request)
@@ -567,9 +573,11 @@ class ControlServer:
         query = {k: v for k, v in request.query.items() if k != "token"}
         location = str(request.rel_url.with_query(query))
         response = web.Response(status=HTTPStatus.SEE_OTHER, headers={"Location": location})
-        token = self._token.decode()
-        response.set_cookie(TOKEN_COOKIE, token, path="/", samesite="Strict", httponly=True)
-        response.set_cookie(CSRF_COOKIE, self._csrf, path="/", samesite="Strict")
+        session, csrf = self._session.decode(), self._csrf.decode()
+        response.set_cookie(
+            TOKEN_COOKIE + self._port, session, path="/", samesite="Strict", httponly=True
+        )
+        response.set_cookie(CSRF_COOKIE + self._port, csrf, path="/", samesite="Strict")
         return response
 
     # -- long requests -----------------------------------------------------------------------
@@ -809,6 +817,16 @@ class ControlServer:
                         return
 
             return await self._stream(request, wire.NDJSON, pump)
+
+
+async def _ui_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """The log view's pages and files, static ones included, get the same strict headers."""
+    if request.path.startswith("/ui/") and response.status < 300:
+        response.headers.update(UI_HEADERS)
+
+
+def _derive(token: bytes, purpose: bytes) -> bytes:
+    return hmac.new(token, purpose, "sha256").hexdigest().encode() if token else b""
 
 
 def _version() -> str:

@@ -272,6 +272,12 @@ class Store:
                         batch.new_jobs,
                     )
                     await db.executemany("INSERT INTO tasks VALUES (?, ?, ?, ?)", batch.new_tasks)
+                # Stop requests first: a job that ends in the same batch then clears them.
+                if batch.job_stops:
+                    await db.executemany(
+                        "UPDATE jobs SET stopping_state = ?, stopping_reason = ? WHERE id = ?",
+                        batch.job_stops,
+                    )
                 if batch.job_updates:
                     await db.executemany(
                         "UPDATE jobs SET state = ?1, reason = ?2, "
@@ -280,11 +286,6 @@ class Store:
                         "stopping_state = IIF(?4 IS NULL, stopping_state, NULL), "
                         "stopping_reason = IIF(?4 IS NULL, stopping_reason, NULL) WHERE id = ?5",
                         batch.job_updates,
-                    )
-                if batch.job_stops:
-                    await db.executemany(
-                        "UPDATE jobs SET stopping_state = ?, stopping_reason = ? WHERE id = ?",
-                        batch.job_stops,
                     )
                 if batch.tasks:
                     await db.executemany(

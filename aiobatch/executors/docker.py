@@ -261,7 +261,11 @@ class DockerExecutor:
         filters = json.dumps({"label": [f"{LABEL_PREFIX}runtime={self.runtime_id}"]})
         for host, docker in self._clients.items():
             try:
-                containers = await docker.containers.list(all=True, filters=filters)
+                # An engine still starting (at boot) is waited for as runs wait for it:
+                # its containers must not be taken for lost.
+                async for attempt in self._engine_retrying():
+                    with attempt:
+                        containers = await docker.containers.list(all=True, filters=filters)
             except (aiodocker.DockerError, OSError) as exc:
                 log.warning("docker_list_failed", env=self.env_name, host=host, error=_message(exc))
                 continue
@@ -334,7 +338,9 @@ class DockerExecutor:
             try:
                 with scope:
                     if ctx.task.timeout_s is not None:
-                        deadline = anyio.current_time() + ctx.task.timeout_s
+                        # From the attempt's start: an adopted one has run for a while.
+                        ran = time.monotonic() - began
+                        deadline = anyio.current_time() + ctx.task.timeout_s - ran
                         scope.deadline = min(scope.deadline, deadline)
                     await container.wait()
                 if scope.cancelled_caught:

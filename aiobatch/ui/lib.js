@@ -45,9 +45,11 @@ export class ApiError extends Error {
 }
 
 function csrfToken() {
+  // The server names its cookies after its port: each listener has its own.
+  const port = location.port || (location.protocol === "https:" ? "443" : "80");
   for (const part of document.cookie.split(";")) {
     const [name, ...rest] = part.trim().split("=");
-    if (name === "aiobatch_csrf") return decodeURIComponent(rest.join("="));
+    if (name === `aiobatch_csrf_${port}`) return decodeURIComponent(rest.join("="));
   }
   return null;
 }

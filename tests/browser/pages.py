@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from anyio.from_thread import BlockingPortal
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
@@ -81,7 +81,10 @@ def release(gates: Gates, index: int, timeout: float = WAIT_S) -> None:
 
 def wait_for(browser: WebDriver, condition: Callable[[WebDriver], T], message: str = "") -> T:
     """Wait until ``condition`` returns something truthy; fail with ``message`` after WAIT_S."""
-    return WebDriverWait(browser, WAIT_S, poll_frequency=0.05).until(condition, message)
+    # A live page redraws: an element read a moment ago may be gone; look again.
+    return WebDriverWait(
+        browser, WAIT_S, poll_frequency=0.05, ignored_exceptions=[StaleElementReferenceException]
+    ).until(condition, message)
 
 
 def text(browser: WebDriver, css: str) -> str:

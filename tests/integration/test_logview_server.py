@@ -48,9 +48,11 @@ async def test_token_in_the_address_becomes_cookies_and_posts_need_csrf(state_di
                 assert signed_in.status == 303
                 assert signed_in.headers["Location"] == f"/ui/jobs/{job.id}"
                 cookies = signed_in.headers.getall("Set-Cookie")
-            token_cookie = next(c for c in cookies if c.startswith("aiobatch_token="))
-            assert "HttpOnly" in token_cookie and "SameSite=Strict" in token_cookie
-            csrf = jar.filter_cookies(URL(rt.logview_url))["aiobatch_csrf"].value
+            port = URL(rt.logview_url).port
+            session = next(c for c in cookies if c.startswith(f"aiobatch_session_{port}="))
+            assert "HttpOnly" in session and "SameSite=Strict" in session
+            assert rt.logview_token not in " ".join(cookies)  # derived values, not the token
+            csrf = jar.filter_cookies(URL(rt.logview_url))[f"aiobatch_csrf_{port}"].value
 
             async with browser.get(rt.logview_url + "/v1/jobs") as listed:
                 assert listed.status == 200

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from aiobatch.events import InstanceStateChanged, JobSubmitted, TaskStateChanged
+from aiobatch.events import (
+    InstanceStateChanged,
+    JobStateChanged,
+    JobStopRequested,
+    JobSubmitted,
+    TaskStateChanged,
+)
 from aiobatch.spec import resolve_spec
 from aiobatch.store import SCHEMA_VERSION, Store
 
@@ -56,3 +62,19 @@ async def test_unknown_schema_version_is_refused(tmp_path: Path) -> None:
         db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
     with pytest.raises(sqlite3.DatabaseError, match="schema version"):
         await Store(tmp_path / "db.sqlite").open()
+
+
+async def test_a_stop_and_the_end_in_one_batch_leave_no_stop_behind(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite")
+    await store.open()
+    try:
+        defn = resolve_spec({"name": "j", "tasks": [{"name": "t", "command": "x"}]})
+        store.add_job("job1", 1, defn, 1.0)
+        store.on_event(JobStopRequested(job_id="job1", state="CANCELLED", reason="r", ts=2.0))
+        store.on_event(JobStateChanged(job_id="job1", state="CANCELLED", reason="r", ts=2.0))
+        await store.flush()
+        row = await store.job_row("job1")
+    finally:
+        await store.close()
+    # Else a retried job would be wound down again by the next recovery.
+    assert row is not None and row.state == "CANCELLED" and row.stopping is None
