@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import anyio
 import pytest
 
 from aiobatch import JobNotRetryable, JobState, Runtime
@@ -129,3 +130,27 @@ async def test_running_job_is_not_retryable(state_dir: Path, tmp_path: Path) -> 
         with pytest.raises(JobNotRetryable, match="RUNNING; only FAILED or CANCELLED"):
             await job.retry()
         await job.stop()
+
+
+async def test_two_retries_at_once_run_the_failed_part_once(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    spec = {"name": "twice", "tasks": [{"name": "t", "command": counted(tmp_path, "exit 1")}]}
+    async with Runtime(state_dir) as rt:
+        job = await rt.submit(spec)
+        await job.wait_for_completion()
+    async with Runtime(state_dir) as rt:  # the job is loaded from SQLite by each retry
+        outcomes: list[object] = []
+
+        async def retry() -> None:
+            try:
+                outcomes.append(await rt.retry_job(job.id))
+            except JobNotRetryable as exc:
+                outcomes.append(exc.status)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(retry)
+            tg.start_soon(retry)
+        await rt.wait_job(job.id)
+    assert sorted(map(str, outcomes)) == ["RUNNING", "True"]
+    assert runs(tmp_path, "t", 0) == 2
