@@ -14,7 +14,7 @@ after the submit and measured with the browser's performance API:
 
 - ``first render``: navigation start to the first frame with every task, the grid and the
   task table drawn from the snapshot (the page is usable from then on);
-- ``long tasks``: main-thread tasks over 50 ms during the load (none: nothing blocks input);
+- ``long tasks``: main-thread tasks over 50 ms during the load (each delays input that long);
 - ``dag drawn``: when the layout (in a worker) has arrived and the SVG is drawn;
 - under the stream: events received per second, frames drawn per second, the longest frame.
 
