@@ -35,6 +35,7 @@ _UNSUPPORTED: tuple[str, ...] = ()  # every task field has a meaning for a conta
 NO_CONNECTION = 900  # aiodocker's status for "cannot connect to the engine"
 DRAIN_S = 10.0  # a host that did not answer gets no new attempt for this long
 HEALTH_TIMEOUT_S = 5.0
+OOM_FLAG_CHECKS, OOM_FLAG_WAIT_S = 10, 0.1  # how long a late OOM flag is waited for
 
 log = structlog.get_logger("aiobatch.docker")
 
@@ -356,6 +357,8 @@ class DockerExecutor:
             followers.cancel_scope.deadline = anyio.current_time() + 5
         state = (await container.show())["State"]
         duration = time.monotonic() - began
+        if _maybe_oom(state, ctx) and not scope.cancelled_caught:
+            state = await _settled_oom_state(container, state)
         reason = None
         if scope.cancelled_caught and ctx.control.stop_reason is None:
             reason = "timeout"
@@ -383,6 +386,25 @@ async def _remove(container: DockerContainer) -> None:
         await container.delete(force=True)
     except aiodocker.DockerError:
         pass
+
+
+def _maybe_oom(state: dict[str, Any], ctx: InstanceContext) -> bool:
+    """SIGKILLed (137) under a memory limit, but not (yet) flagged OOMKilled."""
+    limited = ctx.task.memory_bytes is not None
+    return limited and int(state.get("ExitCode", 0)) == 137 and not state.get("OOMKilled")
+
+
+async def _settled_oom_state(container: DockerContainer, state: dict[str, Any]) -> dict[str, Any]:
+    """containerd's shim may send a container's exit event before its OOM event (fixed
+    upstream in containerd 2.2: containerd/containerd#12714), and the engine flags
+    OOMKilled only when the OOM event comes: look again, briefly, before calling it a
+    plain kill."""
+    for _ in range(OOM_FLAG_CHECKS):
+        await anyio.sleep(OOM_FLAG_WAIT_S)
+        state = (await container.show())["State"]
+        if state.get("OOMKilled"):
+            break
+    return state
 
 
 def _size(path: Path) -> int:
