@@ -396,7 +396,7 @@ def _maybe_oom(state: dict[str, Any], ctx: InstanceContext) -> bool:
 
 async def _settled_oom_state(container: DockerContainer, state: dict[str, Any]) -> dict[str, Any]:
     """containerd's shim may send a container's exit event before its OOM event (fixed
-    upstream in containerd 2.2: containerd/containerd#12714), and the engine flags
+    upstream late in 2025: containerd/containerd#12714), and the engine flags
     OOMKilled only when the OOM event comes: look again, briefly, before calling it a
     plain kill."""
     for _ in range(OOM_FLAG_CHECKS):
