@@ -180,10 +180,12 @@ class Engine:
             task.failed = task.cancelled = 0
             task.retry_queue.clear()
             for inst in task.instances:
-                if inst is not None and inst.state is not InstanceState.SUCCEEDED:
+                if inst is None or inst.state is InstanceState.SUCCEEDED:
+                    continue
+                if inst.state is not InstanceState.PENDING:  # still waiting from a retry before
                     inst.attempt += 1
                     self._instance_to(inst, InstanceState.PENDING, RETRIED)
-                    task.retry_queue.append(inst)
+                task.retry_queue.append(inst)
             task.fresh = task.instances.count(None)
             task.next_fresh = 0
         for task in retried:
@@ -272,6 +274,10 @@ class Engine:
             if job.stopping is not None:
                 # Its upstream succeeded but the job is winding down: it never starts.
                 self._task_to(dependent, TaskState.CANCELLED, job.stopping[1])
+                while dependent.retry_queue:  # waiting since a retry of the job
+                    waiting = dependent.retry_queue.popleft()
+                    self._instance_to(waiting, InstanceState.CANCELLED, job.stopping[1])
+                    dependent.cancelled += 1
                 dependent.cancelled += dependent.fresh  # some may have been stopped one by one
                 dependent.fresh = 0
                 self._after_task_finished(dependent)

@@ -87,14 +87,25 @@ class Bus:
             subscriber(event)
 
     @contextmanager
-    def stream(self, job_id: str | None = None) -> Iterator[MemoryObjectReceiveStream[Event]]:
-        """A receive stream of every event (of one job, if given) while the context is open."""
+    def stream(
+        self, job_id: str | None = None, *, limit: float = math.inf
+    ) -> Iterator[MemoryObjectReceiveStream[Event]]:
+        """A receive stream of every event (of one job, if given) while the context is open.
+
+        A consumer that falls ``limit`` events behind is cut off: its stream ends after
+        what it holds, rather than growing without bound (a watcher can then resync).
+        """
         send: MemoryObjectSendStream[Event]
-        send, receive = anyio.create_memory_object_stream[Event](math.inf)
+        send, receive = anyio.create_memory_object_stream[Event](limit)
 
         def forward(event: Event) -> None:
             if job_id is None or event.job_id == job_id:
-                send.send_nowait(event)
+                try:
+                    send.send_nowait(event)
+                except anyio.WouldBlock:
+                    send.close()  # the receiver drains what it has, then sees the end
+                except anyio.ClosedResourceError:
+                    pass
 
         unsubscribe = self.subscribe(forward)
         try:

@@ -115,6 +115,9 @@ PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 PEER_POLL_S = 1.0  # how often a long request checks that its peer is still there
 SHUTDOWN_GRACE_S = 5.0  # short requests in flight get this long to finish at shutdown
 STREAM_BATCH = 1000  # events at most in one write of an event stream
+# A watcher this many events behind (stopped, or too slow) is cut off, not buffered for
+# without bound: its stream ends, and it can reconnect and resync.
+STREAM_BUFFER = 100_000
 CLIENT_GONE = 499  # logged (never sent) when the peer left before the answer was ready
 YAML_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"})
 HTTP_ERROR_TYPES = {
@@ -796,7 +799,7 @@ class ControlServer:
             raise RequestError(HTTPStatus.BAD_REQUEST, "job: expected a job id")
         # Registered before the response starts: a client that has the headers sees every
         # event from then on.
-        with self.api.bus.stream(job_id) as events:
+        with self.api.bus.stream(job_id, limit=STREAM_BUFFER) as events:
             ended = job_id is not None and await self._job_status(job_id) in JOB_TERMINAL
 
             async def pump(response: web.StreamResponse) -> None:
