@@ -43,13 +43,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 import anyio
+from benchreport import Report, Row, note
 
 from aiobatch.config import ComputeEnvConfig, Config
 from aiobatch.events import Event, InstanceStateChanged, event_encoder
@@ -141,10 +142,6 @@ rule all:
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def note(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
 @dataclass
 class ProcResult:
     wall_s: float
@@ -216,44 +213,6 @@ def fmt_s(t: Timing | float) -> str:
     if isinstance(t, Timing):
         return f"{fmt_s(t.median)} (best {fmt_s(t.best)})"
     return f"{t * 1000:.1f} ms" if t < 1 else f"{t:.2f} s"
-
-
-@dataclass
-class Row:
-    benchmark: str
-    aiobatch: str
-    baseline: str = ""
-    ratio: str = ""
-    target: str = ""
-    met: bool | None = None
-
-
-@dataclass
-class Report:
-    rows: list[Row] = field(default_factory=list)
-    sections: dict[str, Any] = field(default_factory=dict)
-    failures: list[str] = field(default_factory=list)
-
-    def row(self, row: Row) -> None:
-        self.rows.append(row)
-
-    def check(self, ok: bool, message: str) -> bool:
-        if not ok:
-            self.failures.append(message)
-            note(f"CHECK FAILED: {message}")
-        return ok
-
-    def markdown(self) -> str:
-        lines = [
-            "| Benchmark | aiobatch | Baseline | Ratio | Target | Met |",
-            "|---|---|---|---|---|---|",
-        ]
-        for r in self.rows:
-            met = "" if r.met is None else ("yes" if r.met else "**no**")
-            lines.append(
-                f"| {r.benchmark} | {r.aiobatch} | {r.baseline} | {r.ratio} | {r.target} | {met} |"
-            )
-        return "\n".join(lines)
 
 
 @contextmanager

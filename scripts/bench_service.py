@@ -46,13 +46,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import aiohttp
 import anyio
 from anyio.abc import Process, UNIXDatagramSocket
+from benchreport import Report, Row, note
 
 from aiobatch import Client, Runtime
 from aiobatch.config import ComputeEnvConfig, Config
@@ -100,10 +101,6 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def note(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
 def aiobatch_cli() -> Path:
     """The ``aiobatch`` console script installed next to this interpreter."""
     candidate = Path(sys.executable).parent / "aiobatch"
@@ -141,44 +138,6 @@ def fmt_s(seconds: float) -> str:
 
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.2f} ms" if seconds < 0.01 else f"{seconds * 1000:.1f} ms"
-
-
-@dataclass
-class Row:
-    benchmark: str
-    aiobatch: str
-    baseline: str = ""
-    ratio: str = ""
-    target: str = ""
-    met: bool | None = None
-
-
-@dataclass
-class Report:
-    rows: list[Row] = field(default_factory=list)
-    sections: dict[str, Any] = field(default_factory=dict)
-    failures: list[str] = field(default_factory=list)
-
-    def row(self, row: Row) -> None:
-        self.rows.append(row)
-
-    def check(self, ok: bool, message: str) -> bool:
-        if not ok:
-            self.failures.append(message)
-            note(f"CHECK FAILED: {message}")
-        return ok
-
-    def markdown(self) -> str:
-        lines = [
-            "| Benchmark | aiobatch | Baseline, same run | Ratio | Target | Met |",
-            "|---|---|---|---|---|---|",
-        ]
-        for r in self.rows:
-            met = "" if r.met is None else ("yes" if r.met else "**no**")
-            lines.append(
-                f"| {r.benchmark} | {r.aiobatch} | {r.baseline} | {r.ratio} | {r.target} | {met} |"
-            )
-        return "\n".join(lines)
 
 
 class Served:
@@ -712,7 +671,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.time()
     load_before = os.getloadavg()
     setup = anyio.run(run, args, report)
-    table = report.markdown()
+    table = report.markdown(baseline="Baseline, same run")
     missed = [r.benchmark for r in report.rows if r.met is False]
     result = {
         "started_at": started,
