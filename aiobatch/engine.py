@@ -189,9 +189,7 @@ class Engine:
             task.fresh = task.instances.count(None)
             task.next_fresh = 0
         for task in retried:
-            task.unmet = sum(
-                job.tasks[dep].state is not TaskState.SUCCEEDED for dep in set(task.defn.depends_on)
-            )
+            task.unmet = resolver.count_unmet(task)
             if task.unmet == 0:
                 self._task_to(task, TaskState.READY)
                 self.scheduler.offer(task)

@@ -8,6 +8,7 @@ from typing import TypeVar
 
 from aiobatch.executors.base import FoundAttempt
 from aiobatch.model import InstanceRec, JobRec
+from aiobatch.resolver import count_unmet
 from aiobatch.states import TASK_TERMINAL, InstanceState, TaskState
 from aiobatch.store import InstanceRow, JobRow
 
@@ -23,9 +24,7 @@ def restore_job(
         state, reason = tasks[name]
         task.state, task.reason = TaskState(state), reason
     for task in job.tasks.values():
-        task.unmet = sum(
-            job.tasks[dep].state is not TaskState.SUCCEEDED for dep in set(task.defn.depends_on)
-        )
+        task.unmet = count_unmet(task)
     job.unfinished_tasks = sum(task.state not in TASK_TERMINAL for task in job.tasks.values())
     lost: list[InstanceRec] = []
     for r in sorted(instances, key=lambda r: (r.task, r.index)):

@@ -41,6 +41,12 @@ def after_task_finished(task: TaskRec) -> tuple[list[TaskRec], list[TaskRec]]:
     return ready, skipped
 
 
+def count_unmet(task: TaskRec) -> int:
+    """Dependencies that have not SUCCEEDED, counted afresh (after a reload or a retry)."""
+    tasks = task.job.tasks
+    return sum(tasks[dep].state is not TaskState.SUCCEEDED for dep in set(task.defn.depends_on))
+
+
 def waiting_for(task: TaskRec) -> list[str]:
     """Names of the dependencies a PENDING task still waits for."""
     tasks = task.job.tasks
