@@ -28,6 +28,7 @@ import msgspec
 from aiobatch import wire
 from aiobatch.api import (
     HistoryEntry,
+    InstanceDetail,
     JobHandle,
     JobSnapshot,
     JobSummary,
@@ -271,9 +272,9 @@ class Client:
     async def stop_instance(self, job_id: str, task: str, index: int) -> None:
         await self._call("POST", _instance(job_id, task, index) + "/stop", wire.InstanceActionDone)
 
-    async def instance_result(self, job_id: str, task: str, index: int) -> wire.InstanceDetail:
+    async def instance_result(self, job_id: str, task: str, index: int) -> InstanceDetail:
         """One instance's result, with its stderr tail if it failed."""
-        return await self._call("GET", _instance(job_id, task, index), wire.InstanceDetail)
+        return await self._call("GET", _instance(job_id, task, index), InstanceDetail)
 
     async def health(self) -> dict[str, Any]:
         return await self._call("GET", "/health", dict[str, Any])

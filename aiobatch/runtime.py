@@ -28,6 +28,7 @@ from anyio.abc import TaskGroup
 from aiobatch import views
 from aiobatch.api import (
     HistoryEntry,
+    InstanceDetail,
     JobHandle,
     JobSnapshot,
     JobSummary,
@@ -52,7 +53,7 @@ from aiobatch.executors.base import (
 from aiobatch.executors.local import kill_orphan
 from aiobatch.hooks import HookContext, HookFailed, Hooks
 from aiobatch.layout import StateLayout, lock_state_dir
-from aiobatch.model import InstanceRec, JobRec
+from aiobatch.model import InstanceRec, JobRec, TaskRec
 from aiobatch.recovery import is_orphan, restore_job, take_over
 from aiobatch.resources import Found, Resources
 from aiobatch.spec import JobDef, JobSpec, load_spec
@@ -505,11 +506,31 @@ class Runtime:
     async def job_snapshot(self, job_id: str, *, instances: bool = False) -> JobSnapshot:
         return views.job_snapshot(await self._job(job_id), self.engine.waiting_reason, instances)
 
-    async def task_result(self, job_id: str, task_name: str) -> TaskResult:
-        job = await self._job(job_id)
-        task = job.tasks.get(task_name)
+    async def _task(self, job_id: str, task_name: str) -> TaskRec:
+        task = (await self._job(job_id)).tasks.get(task_name)
         if task is None:
             raise TaskNotFound(job_id, task_name)
+        return task
+
+    async def _instance_index(self, job_id: str, task_name: str, index: int) -> TaskRec:
+        """The task, once ``index`` is known to be one of its instances."""
+        task = await self._task(job_id, task_name)
+        if not 0 <= index < task.total:
+            raise InstanceNotFound(job_id, task_name, index)
+        return task
+
+    async def instance_result(self, job_id: str, task_name: str, index: int) -> InstanceDetail:
+        """One instance's result; its stderr tail (read for it alone) if it failed."""
+        task = await self._instance_index(job_id, task_name, index)
+        result = views.instance_result(task, index, self.engine.waiting_reason)
+        tail = None
+        if result.status == InstanceState.FAILED:
+            path = self.layout.log_path(job_id, task_name, index, "stderr")
+            tail = await anyio.to_thread.run_sync(views.tail, path)
+        return InstanceDetail(**msgspec.structs.asdict(result), stderr_tail=tail)
+
+    async def task_result(self, job_id: str, task_name: str) -> TaskResult:
+        task = await self._task(job_id, task_name)
         result = views.task_result(task, self.engine.waiting_reason, instances=True)
         failed = [i.index for i in task.instances if i and i.state is InstanceState.FAILED]
 
@@ -597,12 +618,7 @@ class Runtime:
                 yield event
 
     async def _log_file(self, job_id: str, task: str, index: int, stream: LogStream) -> Path:
-        job = await self._job(job_id)
-        task_rec = job.tasks.get(task)
-        if task_rec is None:
-            raise TaskNotFound(job_id, task)
-        if not 0 <= index < task_rec.total:
-            raise InstanceNotFound(job_id, task, index)
+        await self._instance_index(job_id, task, index)
         return self.layout.log_path(job_id, task, index, stream)
 
     async def read_log(

@@ -85,7 +85,6 @@ from aiobatch.config import ServerConfig, default_socket_path
 from aiobatch.errors import (
     AiobatchError,
     ConfigError,
-    InstanceNotFound,
     JobNotFound,
     RuntimeClosed,
     SpecError,
@@ -718,14 +717,7 @@ class ControlServer:
 
     async def _instance(self, request: web.Request) -> web.Response:
         query(request)
-        job_id, task, index = self._instance_of(request)
-        result = await self.api.task_result(job_id, task)
-        instances = result.instances or []
-        if index >= len(instances):
-            raise InstanceNotFound(job_id, task, index)
-        tail = (result.stderr_tails or {}).get(index)
-        fields = msgspec.structs.asdict(instances[index])
-        return json_response(wire.InstanceDetail(**fields, stderr_tail=tail))
+        return json_response(await self.api.instance_result(*self._instance_of(request)))
 
     async def _stop_instance(self, request: web.Request) -> web.Response:
         query(request)

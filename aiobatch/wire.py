@@ -12,7 +12,6 @@ from http import HTTPStatus
 
 import msgspec
 
-from aiobatch.api import InstanceResult
 from aiobatch.errors import (
     AiobatchError,
     InstanceNotFound,
@@ -59,12 +58,6 @@ class InstanceActionDone(msgspec.Struct, frozen=True, kw_only=True):
     task: str
     index: int
     action: str
-
-
-class InstanceDetail(InstanceResult, frozen=True, kw_only=True):
-    """``GET .../instances/{index}``: an instance's result and, if it failed, its stderr tail."""
-
-    stderr_tail: list[str] | None = None
 
 
 class ErrorDetail(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
