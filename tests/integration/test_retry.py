@@ -10,7 +10,7 @@ import pytest
 
 from aiobatch import JobNotRetryable, JobState, Runtime
 from aiobatch.config import ComputeEnvConfig, Config
-from aiobatch.events import event_decoder
+from aiobatch.events import InstanceStateChanged, JobStateChanged, event_decoder
 from tests.helpers import instance_is, until
 
 pytestmark = pytest.mark.anyio
@@ -74,12 +74,12 @@ async def test_retry_reruns_only_failed_and_skipped_instances(
     with sqlite3.connect(state_dir / "aiobatch.db") as db:
         rows = db.execute("SELECT body FROM events WHERE job_id = ? ORDER BY seq", (job.id,))
         events = [event_decoder.decode(body) for (body,) in rows]
-    job_states = [e.state for e in events if type(e).__name__ == "JobStateChanged"]
+    job_states = [e.state for e in events if isinstance(e, JobStateChanged)]
     assert job_states == ["RUNNING", "FAILED", "RUNNING", "SUCCEEDED"]
     attempts = [
         (e.attempt, e.state)
         for e in events
-        if type(e).__name__ == "InstanceStateChanged"
+        if isinstance(e, InstanceStateChanged)
         and (e.task, e.index) == ("a", 1)
         and e.state in ("FAILED", "SUCCEEDED")
     ]
