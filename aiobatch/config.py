@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
-from msgspec import Struct
+from msgspec import Meta, Struct
 
 from aiobatch.errors import ConfigError
 from aiobatch.spec import TemplateSpec, convert_at
@@ -81,6 +81,9 @@ class Config(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     shutdown_grace: str | int | float = "30s"
     # On shutdown, leave Docker containers running; the next start re-adopts them.
     detach_on_shutdown: bool = False
+    # An attempt lost with the runtime (a crash) is re-run without charging the task's
+    # retries, at most this many times per instance; then it fails (`runtime_lost_limit: N`).
+    lost_limit: Annotated[int, Meta(ge=0, le=1000)] = 3
     compute_envs: dict[str, ComputeEnvConfig] = {}
     templates: dict[str, TemplateSpec] = {}
     logging: LoggingConfig = LoggingConfig()

@@ -36,7 +36,10 @@ from aiobatch.states import (
 
 STOPPED_BY_USER = "stopped_by_user"
 RUNTIME_LOST = "runtime_lost"
+RUNTIME_LOST_LIMIT = "runtime_lost_limit"
+INTERRUPTED = "interrupted"
 RETRIED = "retried"
+DEFAULT_LOST_LIMIT = 3  # crashes one instance may live through before it fails
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,21 +74,32 @@ class Outcome:
         return f"exit_code: {self.exit_code}"
 
 
-def should_retry(task: TaskRec, attempt: int, outcome: Outcome) -> bool:
+def should_retry(task: TaskRec, inst: InstanceRec, outcome: Outcome) -> bool:
+    """Whether a failed attempt gets another under the task's policy. Attempts lost with
+    the runtime are not charged: only the attempts the program itself failed count."""
     limit, codes = task.defn.retry_limit, task.defn.retry_exit_codes
-    if attempt > limit:
+    if inst.charged_attempts > limit:
         return False
-    if codes is None or outcome.reason == RUNTIME_LOST:
-        return True  # a lost runtime is not the program's failure: always worth another try
+    if codes is None:
+        return True
     return outcome.code is not None and outcome.code in codes
 
 
 class Engine:
-    def __init__(self, slots: dict[str, int], clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        slots: dict[str, int],
+        clock: Callable[[], float] = time.time,
+        *,
+        lost_limit: int = DEFAULT_LOST_LIMIT,
+    ) -> None:
         self.jobs: dict[str, JobRec] = {}
         self.scheduler = Scheduler(slots)
         self.outbox: list[Event] = []
         self._clock = clock
+        # How many attempts of one instance may be lost with the runtime (re-run uncharged)
+        # before it fails: an instance that brings its runtime down must not loop forever.
+        self.lost_limit = lost_limit
 
     # -- events -----------------------------------------------------------------------------
 
@@ -125,6 +139,7 @@ class Engine:
                 pid=inst.pid,
                 started_at=inst.started_at,
                 duration_s=inst.duration_s,
+                lost=inst.lost,
             )
         )
 
@@ -329,20 +344,33 @@ class Engine:
         elif outcome.succeeded:
             self._instance_to(inst, InstanceState.SUCCEEDED)
             task.succeeded += 1
-        elif job.stopping is None and should_retry(task, inst.attempt, outcome):
+        elif outcome.reason == RUNTIME_LOST and job.stopping is None:
+            if inst.lost < self.lost_limit:
+                # Not the program's failure: a new attempt, not charged to its retries.
+                inst.lost += 1
+                inst.attempt += 1
+                self._instance_to(inst, InstanceState.PENDING, RUNTIME_LOST)
+                task.retry_queue.append(inst)
+            else:
+                to_stop = self._fail(inst, f"{RUNTIME_LOST_LIMIT}: {self.lost_limit}")
+        elif job.stopping is None and should_retry(task, inst, outcome):
             inst.attempt += 1  # the row of a waiting instance names the attempt it waits to make
             self._instance_to(inst, InstanceState.PENDING, outcome.failure_reason())
             task.retry_queue.append(inst)
         else:
-            reason = outcome.failure_reason()
-            self._instance_to(inst, InstanceState.FAILED, reason)
-            task.failed += 1
-            if task.defn.on_failure == "fail_job":
-                to_stop = self._wind_down(job, JobState.FAILED, f"task_failed: {task.name}")
+            to_stop = self._fail(inst, outcome.failure_reason())
         self._maybe_finish_task(task)
         if can_dispatch(task):
             self.scheduler.offer(task)
         return to_stop
+
+    def _fail(self, inst: InstanceRec, reason: str) -> list[InstanceRec]:
+        task = inst.task
+        self._instance_to(inst, InstanceState.FAILED, reason)
+        task.failed += 1
+        if task.defn.on_failure == "fail_job":
+            return self._wind_down(task.job, JobState.FAILED, f"task_failed: {task.name}")
+        return []
 
     def instance_interrupted(self, inst: InstanceRec) -> None:
         """The runtime is shutting down mid-attempt: back to PENDING, the attempt not counted."""
@@ -351,7 +379,7 @@ class Engine:
         task = inst.task
         task.active -= 1
         self.scheduler.release(task.defn.compute_env)
-        self._instance_to(inst, InstanceState.PENDING, "interrupted")
+        self._instance_to(inst, InstanceState.PENDING, INTERRUPTED)
         task.retry_queue.appendleft(inst)
 
     def stop_instance(self, task: TaskRec, index: int) -> InstanceRec | None:
@@ -379,7 +407,8 @@ class Engine:
     ) -> list[InstanceRec]:
         """Take in a job loaded after a crash; ``lost`` were active when the runtime died.
 
-        Each lost instance is a failed attempt (reason ``runtime_lost``) under the retry policy.
+        Each lost instance gets a new attempt that its retry budget is not charged for
+        (reason ``runtime_lost``), up to ``lost_limit`` times, then it fails.
         ``adopted`` ones are still running (containers): they stay active, now RUNNING.
         Then any step the crash interrupted is completed: ready, skipped and finished tasks.
         """

@@ -59,6 +59,7 @@ class InstanceStateChanged(msgspec.Struct, frozen=True, tag=True, kw_only=True, 
     pid: int | None = None
     started_at: float | None = None
     duration_s: float | None = None
+    lost: int = 0  # attempts so far lost with the runtime (not charged to retries)
 
 
 Event = JobSubmitted | JobStateChanged | JobStopRequested | TaskStateChanged | InstanceStateChanged

@@ -29,6 +29,7 @@ class InstanceRec:
         "ended_at",
         "exit_code",
         "index",
+        "lost",
         "pid",
         "reason",
         "signal",
@@ -44,6 +45,7 @@ class InstanceRec:
         self.state = InstanceState.PENDING
         self.reason: str | None = None
         self.attempt = 1
+        self.lost = 0  # attempts lost with the runtime: re-run, not charged to retries
         self.exit_code: int | None = None
         self.signal: int | None = None
         self.pid: int | None = None
@@ -57,6 +59,11 @@ class InstanceRec:
     @property
     def active(self) -> bool:
         return self.state in INSTANCE_ACTIVE
+
+    @property
+    def charged_attempts(self) -> int:
+        """Attempts the task's retry policy counts: those not lost with the runtime."""
+        return self.attempt - self.lost
 
     def __repr__(self) -> str:
         return f"<Instance {self.task.job.id}/{self.task.name}[{self.index}] {self.state}>"

@@ -30,7 +30,7 @@ def restore_job(
     for r in sorted(instances, key=lambda r: (r.task, r.index)):
         task = job.tasks[r.task]
         inst = task.record(r.index)
-        inst.attempt, inst.state, inst.reason = r.attempt, r.state, r.reason
+        inst.attempt, inst.state, inst.reason, inst.lost = r.attempt, r.state, r.reason, r.lost
         inst.exit_code, inst.signal, inst.pid = r.exit_code, r.signal, r.pid
         inst.started_at, inst.ended_at, inst.duration_s = r.started_at, r.ended_at, r.duration_s
         if r.state is InstanceState.SUCCEEDED:

@@ -99,7 +99,7 @@ class Runtime:
         self.layout = StateLayout(Path(root).expanduser())
         self.bus = Bus()
         self.store = Store(self.layout.database)
-        self.engine = Engine(self.config.env_slots())
+        self.engine = Engine(self.config.env_slots(), lost_limit=self.config.lost_limit)
         self._env_kinds = self.config.env_kinds()
         self.resources = Resources(self.config, self.layout, executors)
         self._stack: AsyncExitStack | None = None

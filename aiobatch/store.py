@@ -30,7 +30,7 @@ from aiobatch.events import (
 from aiobatch.spec import JobDef
 from aiobatch.states import INSTANCE_TERMINAL, JOB_TERMINAL, InstanceState, JobState
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
@@ -69,6 +69,7 @@ CREATE TABLE instances (
     started_at REAL,
     ended_at REAL,
     duration_s REAL,
+    lost INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (job_id, task, idx)
 ) WITHOUT ROWID;
 CREATE TABLE events (
@@ -79,13 +80,18 @@ CREATE TABLE events (
 CREATE INDEX events_by_job ON events (job_id, seq);
 """
 
+# Version N's entry takes a database from version N - 1 to N.
+MIGRATIONS = {
+    2: "ALTER TABLE instances ADD COLUMN lost INTEGER NOT NULL DEFAULT 0;",
+}
+
 _UPSERT_INSTANCE = """
-INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (job_id, task, idx) DO UPDATE SET
     attempt = excluded.attempt, state = excluded.state, reason = excluded.reason,
     exit_code = excluded.exit_code, signal = excluded.signal, pid = excluded.pid,
     started_at = excluded.started_at, ended_at = excluded.ended_at,
-    duration_s = excluded.duration_s
+    duration_s = excluded.duration_s, lost = excluded.lost
 """
 
 _TERMINAL_INSTANCE = {s.value for s in INSTANCE_TERMINAL}
@@ -118,6 +124,7 @@ class InstanceRow:
     started_at: float | None
     ended_at: float | None
     duration_s: float | None
+    lost: int
 
 
 @dataclass(slots=True)
@@ -185,9 +192,14 @@ class Store:
         async with self.db.execute("SELECT version FROM schema_version") as cursor:
             row = await cursor.fetchone()
         version = row[0] if row else 0
-        if version != SCHEMA_VERSION:
+        if not 1 <= version <= SCHEMA_VERSION:
             raise sqlite3.DatabaseError(
-                f"{self.path}: schema version {version}, this aiobatch reads {SCHEMA_VERSION}"
+                f"{self.path}: schema version {version}, this aiobatch reads 1 to {SCHEMA_VERSION}"
+            )
+        steps = " ".join(MIGRATIONS[v] for v in range(version + 1, SCHEMA_VERSION + 1))
+        if steps:  # one transaction: a crash mid-migration leaves the old version intact
+            await self.db.executescript(
+                f"BEGIN; {steps} UPDATE schema_version SET version = {SCHEMA_VERSION}; COMMIT;"
             )
 
     # -- writing ----------------------------------------------------------------------------
@@ -201,7 +213,7 @@ class Store:
             batch.instances[(event.job_id, event.task, event.index)] = (
                 event.job_id, event.task, event.index, event.attempt, event.state,
                 event.reason, event.exit_code, event.signal, event.pid, event.started_at,
-                ended, event.duration_s,
+                ended, event.duration_s, event.lost,
             )  # fmt: skip
         elif isinstance(event, TaskStateChanged):
             batch.tasks[(event.job_id, event.task)] = (
@@ -349,7 +361,7 @@ class Store:
     async def instance_rows(self, job_id: str) -> list[InstanceRow]:
         async with self.db.execute(
             "SELECT task, idx, attempt, state, reason, exit_code, signal, pid, started_at, "
-            "ended_at, duration_s FROM instances WHERE job_id = ?",
+            "ended_at, duration_s, lost FROM instances WHERE job_id = ?",
             (job_id,),
         ) as cursor:
             return [

@@ -15,7 +15,7 @@ from aiobatch.events import (
     TaskStateChanged,
 )
 from aiobatch.spec import resolve_spec
-from aiobatch.store import SCHEMA_VERSION, Store
+from aiobatch.store import SCHEMA, SCHEMA_VERSION, Store
 
 pytestmark = pytest.mark.anyio
 
@@ -62,6 +62,28 @@ async def test_unknown_schema_version_is_refused(tmp_path: Path) -> None:
         db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
     with pytest.raises(sqlite3.DatabaseError, match="schema version"):
         await Store(tmp_path / "db.sqlite").open()
+
+
+async def test_a_version_1_database_is_migrated_with_its_rows(tmp_path: Path) -> None:
+    # Version 1 as it shipped: instances had no `lost` column.
+    v1 = SCHEMA.replace("    lost INTEGER NOT NULL DEFAULT 0,\n", "")
+    assert v1 != SCHEMA
+    path = tmp_path / "db.sqlite"
+    with sqlite3.connect(path) as db:
+        db.executescript(v1 + "INSERT INTO schema_version VALUES (1);")
+        db.execute(
+            "INSERT INTO instances VALUES ('j', 't', 0, 2, 'PENDING', 'exit_code: 1', 1, "
+            "NULL, NULL, NULL, NULL, NULL)"
+        )
+    store = Store(path)
+    await store.open()
+    try:
+        rows = await store.instance_rows("j")
+    finally:
+        await store.close()
+    assert [(r.attempt, r.state, r.lost) for r in rows] == [(2, "PENDING", 0)]
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
 
 
 async def test_a_stop_and_the_end_in_one_batch_leave_no_stop_behind(tmp_path: Path) -> None:

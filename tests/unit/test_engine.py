@@ -10,7 +10,8 @@ the transition tables.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Literal
 
 import pytest
@@ -25,7 +26,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from aiobatch.engine import STOPPED_BY_USER, Engine, Outcome
+from aiobatch.engine import INTERRUPTED, RUNTIME_LOST_LIMIT, STOPPED_BY_USER, Engine, Outcome
 from aiobatch.events import (
     Event,
     InstanceStateChanged,
@@ -34,6 +35,7 @@ from aiobatch.events import (
     TaskStateChanged,
 )
 from aiobatch.model import InstanceRec, JobRec, TaskRec
+from aiobatch.recovery import restore_job
 from aiobatch.spec import JobDef, TaskDef
 from aiobatch.states import (
     INSTANCE_ACTIVE,
@@ -47,8 +49,10 @@ from aiobatch.states import (
     check_job,
     check_task,
 )
+from aiobatch.store import InstanceRow, JobRow
 
 ENVS = ("local", "gpu")
+LOST_LIMIT = 2
 TaskKey = tuple[str, str]
 InstKey = tuple[str, str, int]
 
@@ -143,6 +147,17 @@ def dispatchable(task: TaskRec) -> bool:
     )
 
 
+@dataclass
+class StoredJob:
+    """A job's row as the store keeps it."""
+
+    state: JobState = JobState.SUBMITTED
+    reason: str | None = None
+    stopping: tuple[JobState, str] | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+
+
 class Replay:
     """The state of every entity, rebuilt from events alone through the check functions."""
 
@@ -153,6 +168,10 @@ class Replay:
         self.attempts: dict[InstKey, int] = {}
         self.stop_requested: set[str] = set()
         self.retries: dict[str, int] = {}  # user retries of each job
+        # What the store's rows hold, written from the events as the store writes them.
+        self.job_rows: dict[str, StoredJob] = {}
+        self.task_rows: dict[TaskKey, tuple[str, str | None]] = {}
+        self.instance_rows: dict[InstKey, InstanceStateChanged] = {}
 
     def apply(self, event: Event, jobs: dict[str, JobRec]) -> None:
         if isinstance(event, JobStateChanged):
@@ -161,16 +180,25 @@ class Replay:
             if old in JOB_TERMINAL:  # a retry: the job runs (and may be stopped) again
                 self.retries[event.job_id] = self.retries.get(event.job_id, 0) + 1
                 self.stop_requested.discard(event.job_id)
+            row = self.job_rows.setdefault(event.job_id, StoredJob())
+            row.state, row.reason = JobState(event.state), event.reason
+            row.ended_at = event.ts if event.state in JOB_TERMINAL else None
+            if event.state == JobState.RUNNING and row.started_at is None:
+                row.started_at = event.ts
+            if row.ended_at is not None:
+                row.stopping = None
         elif isinstance(event, JobStopRequested):
             assert event.job_id not in self.stop_requested, "stop requested twice"
             assert self.jobs[event.job_id] not in JOB_TERMINAL
             assert event.state in (JobState.CANCELLED, JobState.FAILED)
             self.stop_requested.add(event.job_id)
+            self.job_rows[event.job_id].stopping = (JobState(event.state), event.reason)
         elif isinstance(event, TaskStateChanged):
             tkey = (event.job_id, event.task)
             old_task = self.tasks.get(tkey, TaskState.PENDING)
             self.tasks[tkey] = check_task(old_task, TaskState(event.state))
             assert self.jobs[event.job_id] not in JOB_TERMINAL, f"{event} after the job ended"
+            self.task_rows[tkey] = (event.state, event.reason)
         elif isinstance(event, InstanceStateChanged):
             ikey = (event.job_id, event.task, event.index)
             old_inst = self.instances.get(ikey, InstanceState.PENDING)
@@ -179,12 +207,22 @@ class Replay:
             task_def = jobs[event.job_id].tasks[event.task].defn
             assert 0 <= event.index < task_def.instances
             attempt = self.attempts.get(ikey, 1)
-            if old_inst in INSTANCE_ACTIVE | INSTANCE_TERMINAL and new is InstanceState.PENDING:
+            if event.reason == INTERRUPTED:
+                # A shutdown: the same attempt is made again, nothing is charged.
+                assert old_inst in INSTANCE_ACTIVE and new is InstanceState.PENDING
+                assert event.attempt == attempt
+            elif old_inst in INSTANCE_ACTIVE | INSTANCE_TERMINAL and new is InstanceState.PENDING:
                 assert event.attempt == attempt + 1, "a retry counts the next attempt"
             else:
                 assert event.attempt == attempt
-            assert event.attempt <= task_def.retry_limit + 1 + self.retries.get(event.job_id, 0)
+            # Attempts lost with the runtime are not charged to the task's retries.
+            charged = event.attempt - event.lost
+            assert charged <= task_def.retry_limit + 1 + self.retries.get(event.job_id, 0)
+            assert 0 <= event.lost <= LOST_LIMIT
+            if event.reason == f"{RUNTIME_LOST_LIMIT}: {LOST_LIMIT}":
+                assert event.lost == LOST_LIMIT and new is InstanceState.FAILED
             self.attempts[ikey] = event.attempt
+            self.instance_rows[ikey] = event
             if new is InstanceState.STAGING:
                 # An instance starts only in a RUNNING task of a RUNNING job.
                 assert self.tasks.get((event.job_id, event.task)) is TaskState.RUNNING
@@ -199,7 +237,7 @@ class EngineMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.ticks = itertools.count()
-        self.engine = Engine({}, clock=self.clock)
+        self.engine = Engine({}, clock=self.clock, lost_limit=LOST_LIMIT)
         self.replay = Replay()
         # The outcome each UPLOADING instance exited with, by identity of its record.
         self.exited: dict[int, Outcome] = {}
@@ -241,7 +279,7 @@ class EngineMachine(RuleBasedStateMachine):
         defn=job_defs(),
     )
     def start(self, local: int, gpu: int, defn: JobDef) -> None:
-        self.engine = Engine({"local": local, "gpu": gpu}, clock=self.clock)
+        self.engine = Engine({"local": local, "gpu": gpu}, clock=self.clock, lost_limit=LOST_LIMIT)
         self.add(defn)
 
     def add(self, defn: JobDef) -> None:
@@ -327,7 +365,8 @@ class EngineMachine(RuleBasedStateMachine):
             assert inst.state is InstanceState.SUCCEEDED
         elif inst.state is InstanceState.PENDING:
             retries = self.replay.retries.get(job.id, 0)
-            assert inst.attempt == attempt + 1 <= inst.task.defn.retry_limit + 1 + retries
+            assert inst.attempt == attempt + 1
+            assert inst.charged_attempts <= inst.task.defn.retry_limit + 1 + retries
             codes = inst.task.defn.retry_exit_codes
             assert codes is None or outcome.code in codes
             assert inst in inst.task.retry_queue
@@ -420,6 +459,99 @@ class EngineMachine(RuleBasedStateMachine):
         if expected:
             assert job.state is JobState.RUNNING
 
+    @rule(data=st.data(), act=RARELY)
+    def crash(self, data: st.DataObject, act: bool) -> None:
+        """The runtime dies: a new engine takes the jobs in from the stored rows; attempts
+        still running are adopted, the others are lost."""
+        if not act:
+            return
+
+        def still_running(inst: InstanceRec) -> bool:
+            return inst.state is not InstanceState.UPLOADING and data.draw(st.booleans())
+
+        self.restart(still_running)
+        hypothesis_event("crashed")
+
+    @rule(act=RARELY)
+    def shut_down(self, act: bool) -> None:
+        """A clean shutdown interrupts every attempt; the next start takes the jobs in."""
+        if not act:
+            return
+        for inst in self.in_state(*INSTANCE_ACTIVE):
+            attempt, lost = inst.attempt, inst.lost
+            self.engine.instance_interrupted(inst)
+            assert inst.state is InstanceState.PENDING and inst.reason == INTERRUPTED
+            assert (inst.attempt, inst.lost) == (attempt, lost), "an interruption is not charged"
+        self.outbox_replays_through_the_tables()
+        self.restart(lambda inst: False)
+        hypothesis_event("shut down")
+
+    def restart(self, adopt: Callable[[InstanceRec], bool]) -> None:
+        self.outbox_replays_through_the_tables()  # the store has every event written so far
+        old = self.engine
+        engine = Engine(dict(old.scheduler.slots), clock=self.clock, lost_limit=LOST_LIMIT)
+        rows = self.replay
+        for seq, (job_id, before) in enumerate(old.jobs.items(), start=1):
+            jrow = rows.job_rows[job_id]
+            job_row = JobRow(
+                id=job_id,
+                seq=before.seq,
+                defn=before.defn,
+                state=jrow.state,
+                reason=jrow.reason,
+                stopping=jrow.stopping,
+                submitted_at=before.submitted_at,
+                started_at=jrow.started_at,
+                ended_at=jrow.ended_at,
+            )
+            tasks = {
+                name: rows.task_rows.get((job_id, name), ("PENDING", None)) for name in before.tasks
+            }
+            instances = [
+                InstanceRow(
+                    e.task,
+                    e.index,
+                    e.attempt,
+                    InstanceState(e.state),
+                    e.reason,
+                    e.exit_code,
+                    e.signal,
+                    e.pid,
+                    e.started_at,
+                    None,
+                    e.duration_s,
+                    e.lost,
+                )
+                for key, e in rows.instance_rows.items()
+                if key[0] == job_id
+            ]
+            job, lost = restore_job(job_row, tasks, instances)
+            assert seq == len(engine.jobs) + 1
+            if job.state in JOB_TERMINAL:
+                engine.jobs[job.id] = job  # ended: kept for a later retry, as the archive is
+                assert not lost
+                continue
+            adopted = [inst for inst in lost if adopt(inst)]
+            lost = [inst for inst in lost if inst not in adopted]
+            attempts = {id(inst): (inst.attempt, inst.lost) for inst in lost}
+            rows.stop_requested.discard(job.id)  # a wind-down in progress is requested anew
+            to_stop = engine.recover_job(job, lost, adopted)
+            self.check_to_stop(to_stop, job)
+            for inst in adopted:
+                assert inst.state is InstanceState.RUNNING or inst in to_stop
+            for inst in lost:
+                attempt, lost_before = attempts[id(inst)]
+                if inst.state is InstanceState.PENDING:  # re-run, not charged
+                    assert (inst.attempt, inst.lost) == (attempt + 1, lost_before + 1)
+                elif inst.state is InstanceState.FAILED:
+                    assert lost_before == LOST_LIMIT
+                    assert inst.reason == f"{RUNTIME_LOST_LIMIT}: {LOST_LIMIT}"
+                else:  # the job was winding down: it stays down
+                    assert inst.state is InstanceState.CANCELLED
+        self.engine = engine
+        self.exited.clear()
+        self.outbox_replays_through_the_tables()
+
     # -- invariants ----------------------------------------------------------------------------
 
     @invariant()
@@ -465,7 +597,8 @@ class EngineMachine(RuleBasedStateMachine):
             assert counted == task.total, f"{task}: {counted} instances counted of {task.total}"
             retries = self.replay.retries.get(task.job.id, 0)
             for inst in records:
-                assert inst.attempt <= task.defn.retry_limit + 1 + retries
+                assert inst.charged_attempts <= task.defn.retry_limit + 1 + retries
+                assert 0 <= inst.lost <= LOST_LIMIT
 
     @invariant()
     def tasks_respect_dependencies(self) -> None:
