@@ -140,6 +140,7 @@ class Engine:
                 started_at=inst.started_at,
                 duration_s=inst.duration_s,
                 lost=inst.lost,
+                interrupted=inst.interrupted,
             )
         )
 
@@ -373,12 +374,15 @@ class Engine:
         return []
 
     def instance_interrupted(self, inst: InstanceRec) -> None:
-        """The runtime is shutting down mid-attempt: back to PENDING, the attempt not counted."""
+        """The runtime is shutting down mid-attempt: back to PENDING; the next attempt is not
+        charged to the task's retries (a new number all the same: each run has its own)."""
         if not inst.active:
             return
         task = inst.task
         task.active -= 1
         self.scheduler.release(task.defn.compute_env)
+        inst.interrupted += 1
+        inst.attempt += 1
         self._instance_to(inst, InstanceState.PENDING, INTERRUPTED)
         task.retry_queue.appendleft(inst)
 
@@ -409,18 +413,28 @@ class Engine:
 
         Each lost instance gets a new attempt that its retry budget is not charged for
         (reason ``runtime_lost``), up to ``lost_limit`` times, then it fails.
-        ``adopted`` ones are still running (containers): they stay active, now RUNNING.
+        ``adopted`` ones were started and are taken over (a container, a local process still
+        running or ended while no runtime watched): they are active, now RUNNING; a waiting
+        one among them was started in the crash's commit window and is dispatched first.
         Then any step the crash interrupted is completed: ready, skipped and finished tasks.
         """
         if job.state is JobState.SUBMITTED:  # accepted; the crash came before it started
             self.add_job(job)
-            return []
         self.jobs[job.id] = job
         stopping, job.stopping = job.stopping, None
         to_stop: list[InstanceRec] = []
         for inst in adopted:
-            inst.task.active += 1
-            self.scheduler.used[inst.task.defn.compute_env] += 1
+            task = inst.task
+            if inst.state is InstanceState.PENDING:  # started; the crash lost its dispatch
+                if inst in task.retry_queue:
+                    task.retry_queue.remove(inst)
+                if task.state is TaskState.PENDING:
+                    self._task_to(task, TaskState.READY)
+                if task.state is TaskState.READY:
+                    self._task_to(task, TaskState.RUNNING)
+                self._instance_to(inst, InstanceState.STAGING)
+            task.active += 1
+            self.scheduler.used[task.defn.compute_env] += 1
             if inst.state is InstanceState.STAGING:  # it started; the crash lost the event
                 self.instance_running(inst, None)
         for inst in lost:

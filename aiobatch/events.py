@@ -59,7 +59,10 @@ class InstanceStateChanged(msgspec.Struct, frozen=True, tag=True, kw_only=True, 
     pid: int | None = None
     started_at: float | None = None
     duration_s: float | None = None
-    lost: int = 0  # attempts so far lost with the runtime (not charged to retries)
+    # Attempts so far that ended with the runtime, not charged to retries: lost in a crash,
+    # interrupted by a shutdown.
+    lost: int = 0
+    interrupted: int = 0
 
 
 Event = JobSubmitted | JobStateChanged | JobStopRequested | TaskStateChanged | InstanceStateChanged

@@ -15,7 +15,8 @@ Stream = Literal["stdout", "stderr"]
 
 
 class StateLayout:
-    """``aiobatch.db``, ``work/JOB/TASK/INDEX/`` (an instance's cwd), ``logs/JOB/TASK/INDEX.*``."""
+    """``aiobatch.db``, ``work/JOB/TASK/INDEX/`` (an instance's cwd), ``logs/JOB/TASK/INDEX.*``
+    (its stdout, stderr, and for a local one the record of its latest attempt)."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -46,6 +47,10 @@ class StateLayout:
 
     def log_path(self, job_id: str, task: str, index: int, stream: Stream) -> Path:
         return self.log_dir(job_id, task) / f"{index}.{stream}"
+
+    def record_path(self, job_id: str, task: str, index: int) -> Path:
+        """The record of a local instance's latest attempt (executors/records.py)."""
+        return self.log_dir(job_id, task) / f"{index}.run"
 
 
 @contextmanager

@@ -29,6 +29,7 @@ class InstanceRec:
         "ended_at",
         "exit_code",
         "index",
+        "interrupted",
         "lost",
         "pid",
         "reason",
@@ -45,7 +46,10 @@ class InstanceRec:
         self.state = InstanceState.PENDING
         self.reason: str | None = None
         self.attempt = 1
-        self.lost = 0  # attempts lost with the runtime: re-run, not charged to retries
+        # Attempts that ended with the runtime, re-run without being charged to retries:
+        # lost in a crash (bounded by the engine's lost_limit), or interrupted by a shutdown.
+        self.lost = 0
+        self.interrupted = 0
         self.exit_code: int | None = None
         self.signal: int | None = None
         self.pid: int | None = None
@@ -62,8 +66,8 @@ class InstanceRec:
 
     @property
     def charged_attempts(self) -> int:
-        """Attempts the task's retry policy counts: those not lost with the runtime."""
-        return self.attempt - self.lost
+        """Attempts the task's retry policy counts: those that did not end with the runtime."""
+        return self.attempt - self.lost - self.interrupted
 
     def __repr__(self) -> str:
         return f"<Instance {self.task.job.id}/{self.task.name}[{self.index}] {self.state}>"

@@ -9,7 +9,7 @@ from typing import TypeVar
 from aiobatch.executors.base import FoundAttempt
 from aiobatch.model import InstanceRec, JobRec
 from aiobatch.resolver import count_unmet
-from aiobatch.states import TASK_TERMINAL, InstanceState, TaskState
+from aiobatch.states import JOB_TERMINAL, TASK_TERMINAL, InstanceState, TaskState
 from aiobatch.store import InstanceRow, JobRow
 
 
@@ -30,7 +30,8 @@ def restore_job(
     for r in sorted(instances, key=lambda r: (r.task, r.index)):
         task = job.tasks[r.task]
         inst = task.record(r.index)
-        inst.attempt, inst.state, inst.reason, inst.lost = r.attempt, r.state, r.reason, r.lost
+        inst.attempt, inst.state, inst.reason = r.attempt, r.state, r.reason
+        inst.lost, inst.interrupted = r.lost, r.interrupted
         inst.exit_code, inst.signal, inst.pid = r.exit_code, r.signal, r.pid
         inst.started_at, inst.ended_at, inst.duration_s = r.started_at, r.ended_at, r.duration_s
         if r.state is InstanceState.SUCCEEDED:
@@ -58,8 +59,12 @@ F = TypeVar("F")
 def take_over(
     job: JobRec, lost: list[InstanceRec], found: dict[AttemptKey, F]
 ) -> tuple[list[tuple[InstanceRec, F]], list[InstanceRec]]:
-    """Split a job's lost instances into those whose attempt is still there (taken out of
-    ``found``) and those really lost. An UPLOADING one ran to its end; it cannot be resumed.
+    """Match the attempts found after a restart (taken out of ``found``) to a job's instances.
+
+    Returns the instances to adopt and those really lost. An active instance whose attempt is
+    found is adopted; an UPLOADING one ran to its end and cannot be resumed. A waiting one
+    whose next attempt is found was started in the crash's commit window, before its start
+    was stored: it is adopted too, so no attempt runs unrecorded or twice.
     """
     adopted: list[tuple[InstanceRec, F]] = []
     really_lost: list[InstanceRec] = []
@@ -69,7 +74,32 @@ def take_over(
             adopted.append((inst, found.pop(key)))
         else:
             really_lost.append(inst)
+    if job.state in JOB_TERMINAL:
+        return adopted, really_lost
+    for key in [k for k in found if k[0] == job.id]:
+        unrecorded = _started_unrecorded(job, key)
+        if unrecorded is not None:
+            adopted.append((unrecorded, found.pop(key)))
     return adopted, really_lost
+
+
+def _started_unrecorded(job: JobRec, key: AttemptKey) -> InstanceRec | None:
+    """The waiting instance whose next attempt ``key`` is, if it could have been started."""
+    _, name, index, attempt = key
+    task = job.tasks.get(name)
+    if task is None or not 0 <= index < task.total:
+        return None
+    could_start = task.state in (TaskState.READY, TaskState.RUNNING) or (
+        task.state is TaskState.PENDING and task.unmet == 0
+    )
+    if not could_start:
+        return None  # its upstream is not done as stored: it is an orphan, run again later
+    inst = task.instances[index]
+    if inst is None:
+        return task.record(index) if attempt == 1 else None
+    if inst.state is InstanceState.PENDING and inst.attempt == attempt:
+        return inst
+    return None
 
 
 def is_orphan(found: FoundAttempt, recovered: Mapping[str, JobRec]) -> bool:

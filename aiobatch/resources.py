@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from contextlib import AsyncExitStack
 
 import anyio
+from anyio.abc import TaskGroup
 
 from aiobatch.config import Config
 from aiobatch.errors import SpecError
@@ -39,8 +40,13 @@ class Resources:
         self._opened: set[str] = set()
         self._opening = anyio.Lock()
         self._stack = AsyncExitStack()
+        self._background: TaskGroup | None = None
 
     async def __aenter__(self) -> Resources:
+        # Executors' helpers (the spawner's reader) live here; cancelled once they are closed.
+        background = await self._stack.enter_async_context(anyio.create_task_group())
+        self._stack.callback(background.cancel_scope.cancel)
+        self._background = background
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -89,7 +95,7 @@ class Resources:
 
                 executor = DockerExecutor(env_name, env, self.layout.runtime_id)
             else:
-                executor = LocalExecutor()
+                executor = LocalExecutor(self.layout)
             self.executors[env_name] = executor
         return executor
 
@@ -101,7 +107,8 @@ class Resources:
     async def _open_for(self, defn: JobDef) -> None:
         for env_name in {task.compute_env for task in defn.tasks} - self._opened:
             executor = self.executor(env_name)
-            await executor.open()
+            assert self._background is not None, "resources are opened in an async with"
+            await executor.open(self._background)
             self._stack.push_async_callback(executor.aclose)
             self._opened.add(env_name)
         if "s3" not in self.storage and any(
@@ -115,13 +122,13 @@ class Resources:
             self._stack.push_async_callback(backend.aclose)
             self.storage["s3"] = backend
 
-    async def find_attempts(self) -> dict[AttemptKey, Found]:
+    async def find_attempts(self, job_ids: list[str]) -> dict[AttemptKey, Found]:
         """Attempts still there in the opened executors that can outlive the runtime."""
         found: dict[AttemptKey, Found] = {}
         for env_name in self._opened:
             executor = self.executors[env_name]
             if isinstance(executor, AdoptingExecutor):
-                for attempt in await executor.find_attempts():
+                for attempt in await executor.find_attempts(job_ids):
                     key = (attempt.job_id, attempt.task, attempt.index, attempt.attempt)
                     found[key] = (executor, attempt)
         return found

@@ -36,7 +36,7 @@ from aiobatch.api import (
     TaskResult,
 )
 from aiobatch.config import Config, ServerConfig, default_state_dir, load_config
-from aiobatch.engine import Engine, Outcome
+from aiobatch.engine import RUNTIME_LOST, Engine, Outcome
 from aiobatch.errors import (
     InstanceNotFound,
     JobNotFound,
@@ -45,12 +45,12 @@ from aiobatch.errors import (
     TaskNotFound,
 )
 from aiobatch.events import Bus, Event, JobStateChanged, JobSubmitted
+from aiobatch.executors import records
 from aiobatch.executors.base import (
     AttemptControl,
     Executor,
     InstanceContext,
 )
-from aiobatch.executors.local import kill_orphan
 from aiobatch.hooks import HookContext, HookFailed, Hooks
 from aiobatch.layout import StateLayout, lock_state_dir
 from aiobatch.model import InstanceRec, JobRec, TaskRec
@@ -212,26 +212,29 @@ class Runtime:
         log.info("drained", attempts_left=self._attempts)
 
     async def _recover(self) -> None:
-        """Load unfinished jobs; re-adopt their containers; count lost processes as failed."""
+        """Load unfinished jobs; adopt the attempts that outlived the last runtime (containers,
+        local processes), re-run the lost ones; kill whatever of ours no attempt claims."""
         jobs = [await self._load(job_id) for job_id in await self.store.unfinished_job_ids()]
         for job, _ in jobs:
             self.resolve(job.defn)  # fails loudly if the config lost an env this job needs
             await self.resources.open_for(job.defn)
-        found = await self.resources.find_attempts()
+        found = await self.resources.find_attempts([job.id for job, _ in jobs])
         to_stop: list[InstanceRec] = []
         adopted: list[tuple[InstanceRec, Found]] = []
         for job, lost in jobs:
             adopted_here, lost = take_over(job, lost, found)
-            for inst in lost:
-                if inst.pid is not None:
-                    kill_orphan(inst.pid, job.id, inst.task.name, inst.index)
             if lost:
                 log.warning("instances_lost", job_id=job.id, count=len(lost))
             if adopted_here:
-                log.info("containers_adopted", job_id=job.id, count=len(adopted_here))
+                log.info("attempts_adopted", job_id=job.id, count=len(adopted_here))
             to_stop += self.engine.recover_job(job, lost, [inst for inst, _ in adopted_here])
             adopted += adopted_here
             log.info("job_recovered", job_id=job.id, state=job.state.value)
+        # Before anything starts again: no process of ours runs that no attempt claims.
+        keep = {(i.task.job.id, i.task.name, i.index, i.attempt) for i, _ in adopted}
+        runtime_id = await anyio.to_thread.run_sync(self.layout.runtime_id)
+        for key in await anyio.to_thread.run_sync(records.sweep, runtime_id, keep):
+            log.warning("stray_killed", job_id=key[0], task=key[1], index=key[2], attempt=key[3])
         # One dispatch, once every adopted attempt holds its slot: none is given twice.
         for inst, _ in adopted:
             inst.control = AttemptControl()
@@ -241,12 +244,10 @@ class Runtime:
             self._instances.start_soon(self._run_instance, inst, hit)
         recovered = {job.id: job for job, _ in jobs}
         for executor, orphan in found.values():
-            if not is_orphan(orphan, recovered):
-                continue
-            log.warning(
-                "orphan_removed", job_id=orphan.job_id, task=orphan.task, index=orphan.index
-            )
-            await executor.discard(orphan)
+            if is_orphan(orphan, recovered) and await executor.discard(orphan):
+                log.warning(
+                    "orphan_removed", job_id=orphan.job_id, task=orphan.task, index=orphan.index
+                )
 
     async def _load(self, job_id: str) -> tuple[JobRec, list[InstanceRec]]:
         row = await self.store.job_row(job_id)
@@ -365,7 +366,9 @@ class Runtime:
                     outcome = Outcome(reason=exc.reason)
                 else:
                     outcome = await executor.run(ctx, on_started)
-            if inst.state is InstanceState.RUNNING:  # else it never started: nothing ran
+            if outcome.reason == RUNTIME_LOST:
+                pass  # how it ended is lost (with a runtime or the spawner): upload nothing
+            elif inst.state is InstanceState.RUNNING:  # else it never started: nothing ran
                 engine.instance_exited(inst, outcome)
                 self._pump()
                 outcome = await self.hooks.run_after(replace(hooks, outcome=outcome))

@@ -70,6 +70,7 @@ CREATE TABLE instances (
     ended_at REAL,
     duration_s REAL,
     lost INTEGER NOT NULL DEFAULT 0,
+    interrupted INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (job_id, task, idx)
 ) WITHOUT ROWID;
 CREATE TABLE events (
@@ -82,16 +83,17 @@ CREATE INDEX events_by_job ON events (job_id, seq);
 
 # Version N's entry takes a database from version N - 1 to N.
 MIGRATIONS = {
-    2: "ALTER TABLE instances ADD COLUMN lost INTEGER NOT NULL DEFAULT 0;",
+    2: "ALTER TABLE instances ADD COLUMN lost INTEGER NOT NULL DEFAULT 0; "
+    "ALTER TABLE instances ADD COLUMN interrupted INTEGER NOT NULL DEFAULT 0;",
 }
 
 _UPSERT_INSTANCE = """
-INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (job_id, task, idx) DO UPDATE SET
     attempt = excluded.attempt, state = excluded.state, reason = excluded.reason,
     exit_code = excluded.exit_code, signal = excluded.signal, pid = excluded.pid,
     started_at = excluded.started_at, ended_at = excluded.ended_at,
-    duration_s = excluded.duration_s, lost = excluded.lost
+    duration_s = excluded.duration_s, lost = excluded.lost, interrupted = excluded.interrupted
 """
 
 _TERMINAL_INSTANCE = {s.value for s in INSTANCE_TERMINAL}
@@ -125,6 +127,7 @@ class InstanceRow:
     ended_at: float | None
     duration_s: float | None
     lost: int
+    interrupted: int
 
 
 @dataclass(slots=True)
@@ -213,7 +216,7 @@ class Store:
             batch.instances[(event.job_id, event.task, event.index)] = (
                 event.job_id, event.task, event.index, event.attempt, event.state,
                 event.reason, event.exit_code, event.signal, event.pid, event.started_at,
-                ended, event.duration_s, event.lost,
+                ended, event.duration_s, event.lost, event.interrupted,
             )  # fmt: skip
         elif isinstance(event, TaskStateChanged):
             batch.tasks[(event.job_id, event.task)] = (
@@ -361,7 +364,7 @@ class Store:
     async def instance_rows(self, job_id: str) -> list[InstanceRow]:
         async with self.db.execute(
             "SELECT task, idx, attempt, state, reason, exit_code, signal, pid, started_at, "
-            "ended_at, duration_s, lost FROM instances WHERE job_id = ?",
+            "ended_at, duration_s, lost, interrupted FROM instances WHERE job_id = ?",
             (job_id,),
         ) as cursor:
             return [

@@ -69,3 +69,19 @@ def process_alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def processes_of(runtime_id: str) -> list[int]:
+    """Live processes that a runtime started (their environment names it), zombies excluded."""
+    marker = f"AIOBATCH_RUNTIME_ID={runtime_id}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker in environ and process_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import anyio
+from anyio.abc import TaskGroup
 
 from aiobatch.engine import Outcome
 from aiobatch.spec import TaskDef
@@ -49,13 +50,14 @@ class InstanceContext:
 
 @dataclass(frozen=True, slots=True)
 class FoundAttempt:
-    """An attempt an executor finds still there after a restart (a container, by its labels)."""
+    """An attempt an executor finds after a restart: a container by its labels, a local
+    process by its record file."""
 
     job_id: str
     task: str
     index: int
     attempt: int
-    handle: str  # what ``adopt`` or ``discard`` needs to find it again (a container id)
+    handle: str  # what ``adopt`` or ``discard`` needs to find it again (container id, record)
 
 
 class Executor(Protocol):
@@ -63,8 +65,9 @@ class Executor(Protocol):
 
     kind: str
 
-    async def open(self) -> None:
-        """Acquire what runs need (clients, connections); called once, before the first run."""
+    async def open(self, background: TaskGroup) -> None:
+        """Acquire what runs need (clients, connections, helper processes); called once,
+        before the first run. Long-lived helpers (readers) run in ``background``."""
         ...
 
     async def aclose(self) -> None:
@@ -89,14 +92,15 @@ class Executor(Protocol):
 class AdoptingExecutor(Executor, Protocol):
     """An executor whose attempts outlive the runtime and can be taken over after a restart."""
 
-    async def find_attempts(self) -> list[FoundAttempt]:
-        """Attempts this runtime started that are still there, running or ended."""
+    async def find_attempts(self, job_ids: Collection[str]) -> list[FoundAttempt]:
+        """Attempts this runtime started that are still there, running or ended (at least
+        those of ``job_ids``, the jobs being recovered)."""
         ...
 
     async def adopt(self, ctx: InstanceContext, found: FoundAttempt) -> Outcome:
         """Take over an attempt: continue its logs, wait for its end, clean up as ``run`` does."""
         ...
 
-    async def discard(self, found: FoundAttempt) -> None:
-        """Remove an attempt no instance claims (an orphan)."""
+    async def discard(self, found: FoundAttempt) -> bool:
+        """Remove an attempt no instance claims (an orphan); whether there was one to remove."""
         ...

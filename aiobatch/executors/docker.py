@@ -12,7 +12,7 @@ import json
 import os
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -21,6 +21,7 @@ import aiodocker
 import anyio
 import structlog
 from aiodocker.containers import DockerContainer
+from anyio.abc import TaskGroup
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from aiobatch.config import ComputeEnvConfig
@@ -58,7 +59,7 @@ class DockerExecutor:
     def unsupported(self, task: TaskDef) -> list[str]:
         return [name for name in _UNSUPPORTED if getattr(task, name)]
 
-    async def open(self) -> None:
+    async def open(self, background: TaskGroup) -> None:
         self.runtime_id = self._runtime_id_source()
         for host in self.config.hosts:
             context = self._ssl_context(host)
@@ -256,8 +257,9 @@ class DockerExecutor:
 
     # -- after a restart --------------------------------------------------------------------
 
-    async def find_attempts(self) -> list[FoundAttempt]:
-        """This runtime's containers on every host (running or not), from their labels."""
+    async def find_attempts(self, job_ids: Collection[str]) -> list[FoundAttempt]:
+        """This runtime's containers on every host (running or not), from their labels: all
+        of them, so that those of no job are found too."""
         found: list[FoundAttempt] = []
         filters = json.dumps({"label": [f"{LABEL_PREFIX}runtime={self.runtime_id}"]})
         for host, docker in self._clients.items():
@@ -290,9 +292,10 @@ class DockerExecutor:
         host, _, container_id = found.handle.rpartition(" ")
         return host, self._clients[host].containers.container(container_id)
 
-    async def discard(self, found: FoundAttempt) -> None:
+    async def discard(self, found: FoundAttempt) -> bool:
         _, container = self._container(found)
         await _remove(container)
+        return True
 
     async def adopt(self, ctx: InstanceContext, found: FoundAttempt) -> Outcome:
         """Follow a container this runtime started before it stopped; its logs are rewritten

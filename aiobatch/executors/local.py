@@ -1,133 +1,241 @@
-"""Local executor: each attempt a subprocess in its own session and process group.
+"""Local executor: each attempt a process in its own session, started by the spawner.
 
-The child writes straight into the per-instance log files (no pipes to pump), and its end
-is awaited on a pidfd, which needs no child watcher thread and no SIGCHLD handler.
+The spawner (``spawner.py``, ``_spawner.py``) starts and reaps the processes, writes each
+attempt's record file, and kills whatever an attempt leaves behind when it ends. Here the
+runtime waits for the end, enforces timeouts and stops, and, after a restart, adopts the
+processes that outlived the runtime before it.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import signal
-import subprocess
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import anyio
+import structlog
+from anyio.abc import TaskGroup
 
-from aiobatch.engine import Outcome
-from aiobatch.executors.base import InstanceContext
+from aiobatch.engine import RUNTIME_LOST, Outcome
+from aiobatch.executors import records
+from aiobatch.executors.base import FoundAttempt, InstanceContext
+from aiobatch.executors.spawner import Exited, Spawner, SpawnerGone, SpawnFailed, Started
+from aiobatch.layout import StateLayout
 from aiobatch.spec import TaskDef
 
+log = structlog.get_logger("aiobatch.local")
+
 _LOCAL_UNSUPPORTED = ("image",)
-
-
-def _kill_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def kill_orphan(pid: int, job_id: str, task: str, index: int) -> bool:
-    """Kill the process group of an attempt left running by a runtime that died.
-
-    The pid is only trusted if the process's environment names this very instance, so a
-    reused pid never gets an unrelated process killed.
-    """
-    try:
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    expected = {
-        f"AIOBATCH_JOB_ID={job_id}".encode(),
-        f"AIOBATCH_TASK_NAME={task}".encode(),
-        f"AIOBATCH_INSTANCE_INDEX={index}".encode(),
-    }
-    if not expected.issubset(environ):
-        return False
-    _kill_group(pid, signal.SIGKILL)
-    return True
+KILL_WAIT_S = 30.0  # after SIGKILL, how long an end may take to be heard of
+EXIT_LINE_WAIT_S = 5.0  # an adopted process ended: how long its old spawner may take to say how
+EXIT_LINE_POLL_S = 0.01
 
 
 class LocalExecutor:
     kind = "local"
 
-    async def open(self) -> None:
-        pass  # nothing to acquire: processes need no client
+    def __init__(self, layout: StateLayout) -> None:
+        self.layout = layout
+        self.runtime_id = ""
+        self._spawner = Spawner()
+        self._background: TaskGroup | None = None
+        self._restarting = anyio.Lock()
+
+    async def open(self, background: TaskGroup) -> None:
+        self.runtime_id = await anyio.to_thread.run_sync(self.layout.runtime_id)
+        self._background = background
+        await self._spawner.open(background)
+
+    async def _live_spawner(self) -> Spawner:
+        """The spawner, started anew if the last one ended (killed, crashed)."""
+        async with self._restarting:
+            if self._spawner.gone:
+                assert self._background is not None
+                log.error("spawner_restarted", pid=self._spawner.pid)
+                dead, self._spawner = self._spawner, Spawner()
+                await dead.aclose()
+                await self._spawner.open(self._background)
+        return self._spawner
 
     async def aclose(self) -> None:
-        pass
+        await self._spawner.aclose()
 
     def unsupported(self, task: TaskDef) -> list[str]:
         return [name for name in _LOCAL_UNSUPPORTED if getattr(task, name)]
 
+    def _record_path(self, ctx: InstanceContext) -> Path:
+        return self.layout.record_path(ctx.job_id, ctx.task.name, ctx.index)
+
     async def run(self, ctx: InstanceContext, on_started: Callable[[int | None], None]) -> Outcome:
         command = ctx.task.command
         argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command or ())
-        # Opening two files and forking in the event loop is deliberate: it is what asyncio's
-        # own subprocess support does, minus its pipes and transports, and takes ~0.2 ms.
-        with open(ctx.stdout_path, "ab") as out, open(ctx.stderr_path, "ab") as err:  # noqa: ASYNC230
-            try:
-                process = subprocess.Popen(  # noqa: ASYNC220
-                    argv,
-                    cwd=ctx.work_dir,
-                    env=ctx.env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=err,
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                return Outcome(reason=f"exec_failed: {argv[0]}: {exc.strerror}")
-        began = time.monotonic()
-        pidfd = os.pidfd_open(process.pid)
+        spawner = await self._live_spawner()
+        record = self._record_path(ctx)
         try:
-            on_started(process.pid)
-            return await self._wait(ctx, process, pidfd, began)
-        finally:
-            os.close(pidfd)
-
-    async def _wait(
-        self, ctx: InstanceContext, process: subprocess.Popen[bytes], pidfd: int, began: float
-    ) -> Outcome:
-        timeout = ctx.task.timeout_s
-        scope = ctx.control.scope
+            started = await spawner.spawn(
+                argv=argv,
+                cwd=ctx.work_dir,
+                env={**ctx.env, records.RUNTIME_VAR: self.runtime_id},
+                stdout=ctx.stdout_path,
+                stderr=ctx.stderr_path,
+                record=record,
+                runtime_id=self.runtime_id,
+            )
+        except SpawnFailed as exc:
+            kind = "exec_failed" if exc.exec_failed else "spawn_failed"
+            return Outcome(reason=f"{kind}: {exc.error}")
+        except SpawnerGone:
+            # Asked but never answered: the process may run. Its record says; lost either way.
+            await anyio.to_thread.run_sync(_kill_recorded, record)
+            return Outcome(reason=RUNTIME_LOST)
+        on_started(started.pid)
+        deadline = _deadline(ctx, started.mono)
         try:
-            with scope:
-                if timeout is not None:
-                    scope.deadline = min(scope.deadline, anyio.current_time() + timeout)
-                await anyio.wait_readable(pidfd)
+            with ctx.control.scope as scope:
+                scope.deadline = min(scope.deadline, deadline)
+                exited: Exited | None = await spawner.wait(started)
             if scope.cancelled_caught:
-                await self._terminate(process.pid, pidfd, ctx.kill_grace_s)
+                exited = await _terminate(spawner, started, ctx.kill_grace_s)
+        except SpawnerGone:
+            exited = None
         except BaseException:
             # Cancelled from outside (shutdown, Ctrl-C): never leave the process behind.
             with anyio.CancelScope(shield=True):
-                await self._terminate(process.pid, pidfd, ctx.kill_grace_s)
-                self._reap(process)
+                await _terminate(spawner, started, ctx.kill_grace_s)
             raise
-        returncode = self._reap(process)
-        duration = time.monotonic() - began
-        reason = None
-        if scope.cancelled_caught and ctx.control.stop_reason is None:
-            reason = "timeout"
-        if returncode < 0:
-            return Outcome(signal=-returncode, reason=reason, duration_s=duration)
-        return Outcome(exit_code=returncode, reason=reason, duration_s=duration)
+        if exited is None:
+            # Its exit status went with the spawner: the attempt is lost, not failed.
+            records.kill_group(started.pid)
+            return Outcome(reason=RUNTIME_LOST)
+        return _outcome(exited, started.mono, deadline, ctx)
+
+    # -- after a restart ---------------------------------------------------------------------
+
+    async def find_attempts(self, job_ids: Collection[str]) -> list[FoundAttempt]:
+        """The attempts of these jobs that a spawner started (or was asked to), from their
+        record files: each is adopted, or found lost, by the instance it belongs to."""
+        logs = self.layout.root / "logs"
+        found = await anyio.to_thread.run_sync(records.records_of, logs, list(job_ids))
+        for path, record in found:
+            if not records.adoptable(record):
+                # Its spawner died too, so how it ends can never be known: stop it now, before
+                # anything starts again; its instance finds the attempt lost.
+                await anyio.to_thread.run_sync(_kill_recorded, path)
+        return [
+            FoundAttempt(*record.key, handle=str(path))
+            for path, record in found
+            if record.runtime == self.runtime_id
+        ]
+
+    async def discard(self, found: FoundAttempt) -> bool:
+        return False  # a record is part of the logs; its process, if any, the sweep killed
+
+    async def adopt(self, ctx: InstanceContext, found: FoundAttempt) -> Outcome:
+        """Take over a process a runtime before this one started: wait for its end, then read
+        its exit status from the record its spawner writes. Its logs go on by themselves: the
+        process writes straight into the files."""
+        path = Path(found.handle)
+        record = await anyio.to_thread.run_sync(records.read_record, path)
+        if record is None or record.started is None or record.pid is None:
+            await anyio.to_thread.run_sync(_kill_recorded, path)
+            return Outcome(reason=RUNTIME_LOST)
+        if not await anyio.to_thread.run_sync(records.adoptable, record):
+            # Its spawner died too: how it ends can never be known. It ran, so it counts.
+            await anyio.to_thread.run_sync(_kill_recorded, path)
+            return Outcome(reason=RUNTIME_LOST)
+        deadline = _deadline(ctx, record.started)
+        exited = record.exited
+        if exited is None:
+            exited = await self._wait_adopted(ctx, path, record, deadline)
+        if exited is None:
+            return Outcome(reason=RUNTIME_LOST)
+        return _outcome(exited, record.started, deadline, ctx)
+
+    async def _wait_adopted(
+        self, ctx: InstanceContext, path: Path, record: records.Record, deadline: float
+    ) -> Exited | None:
+        assert record.pid is not None
+        if not await anyio.to_thread.run_sync(records.is_running, record):
+            return await self._exit_line(path)  # it may just have ended
+        try:
+            pidfd = os.pidfd_open(record.pid)
+        except ProcessLookupError:
+            return await self._exit_line(path)
+        try:
+            try:
+                with ctx.control.scope as scope:
+                    scope.deadline = min(scope.deadline, deadline)
+                    await anyio.wait_readable(pidfd)
+                if scope.cancelled_caught:
+                    await _terminate_adopted(record.pid, pidfd, ctx.kill_grace_s)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await _terminate_adopted(record.pid, pidfd, ctx.kill_grace_s)
+                raise
+        finally:
+            os.close(pidfd)
+        return await self._exit_line(path)
 
     @staticmethod
-    async def _terminate(pid: int, pidfd: int, grace: float) -> None:
-        """TERM the process group, KILL it after ``grace`` if the leader is still there."""
-        _kill_group(pid, signal.SIGTERM)
+    async def _exit_line(path: Path) -> Exited | None:
+        """The exit status the process's own spawner writes once it has reaped it."""
+        with anyio.move_on_after(EXIT_LINE_WAIT_S):
+            while True:
+                record = await anyio.to_thread.run_sync(records.read_record, path)
+                if record is None:
+                    return None
+                if record.exited is not None:
+                    return record.exited
+                await anyio.sleep(EXIT_LINE_POLL_S)
+        return None  # its spawner is gone too: the status is lost
+
+
+async def _terminate(spawner: Spawner, started: Started, grace: float) -> Exited | None:
+    """TERM the process group, KILL it after ``grace``; the end, once heard of."""
+    try:
+        await spawner.signal(started, signal.SIGTERM)
         with anyio.move_on_after(grace):
-            await anyio.wait_readable(pidfd)
-            return
-        _kill_group(pid, signal.SIGKILL)
+            return await spawner.wait(started)
+        await spawner.signal(started, signal.SIGKILL)
+        with anyio.move_on_after(KILL_WAIT_S):
+            return await spawner.wait(started)
+    except SpawnerGone:
+        pass
+    return None
+
+
+def _kill_recorded(path: Path) -> None:
+    """Kill the process a record names, if it is still that process."""
+    record = records.read_record(path)
+    if record is not None and record.pid is not None and records.is_running(record):
+        records.kill_group(record.pid)
+
+
+async def _terminate_adopted(pid: int, pidfd: int, grace: float) -> None:
+    records.kill_group(pid, signal.SIGTERM)
+    with anyio.move_on_after(grace):
+        await anyio.wait_readable(pidfd)
+        return
+    records.kill_group(pid, signal.SIGKILL)
+    with anyio.move_on_after(KILL_WAIT_S):
         await anyio.wait_readable(pidfd)
 
-    @staticmethod
-    def _reap(process: subprocess.Popen[bytes]) -> int:
-        # The leader is a zombie here, so its pid still names the group: clear out anything
-        # it left running, then collect its status (immediate, it has exited).
-        _kill_group(process.pid, signal.SIGKILL)
-        return process.wait()
+
+def _deadline(ctx: InstanceContext, started: float) -> float:
+    """The monotonic time the attempt must end by, counted from its real start."""
+    timeout = ctx.task.timeout_s
+    return math.inf if timeout is None else started + timeout
+
+
+def _outcome(exited: Exited, started: float, deadline: float, ctx: InstanceContext) -> Outcome:
+    """An end after the deadline is a timeout, one before it is not, however late the runtime
+    heard of it (it may have been stopped or busy): the spawner's clock decides."""
+    timed_out = ctx.control.stop_reason is None and exited.mono > deadline
+    return Outcome(
+        exit_code=exited.exit_code,
+        signal=exited.signal,
+        reason="timeout" if timed_out else None,
+        duration_s=max(0.0, exited.mono - started),
+    )

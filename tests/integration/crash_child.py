@@ -1,44 +1,73 @@
-"""Runs a job in a runtime, reports once two instances run, then waits to be killed."""
+"""A runtime in a process of its own, for tests that kill it: it writes its pid, opens the state
+dir (recovering what is there), submits a job if given one and prints its id, then prints
+``running`` once that many instances run, and waits to be killed (or for its jobs to end).
+
+``--slow-commits`` holds every store transaction but those that accept jobs for 30 s: a
+crash then comes, for certain, before the starts of instances are committed.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import sys
+from pathlib import Path
 
 import anyio
+import msgspec
 
 from aiobatch import Runtime
-from aiobatch.config import ComputeEnvConfig, Config
+from aiobatch.config import Config
 from aiobatch.events import Event, InstanceStateChanged
 from aiobatch.logging import configure_logging
+from aiobatch.store import Store
 
 
-async def main(state_dir: str, gate: str) -> None:
-    config = Config(compute_envs={"local": ComputeEnvConfig(kind="local", slots=2)})
-    spec = {
-        "name": "survivor",
-        "tasks": [
-            # No retries: attempts lost with the runtime must not be charged to them.
-            {"name": "first", "instances": 6, "command": f'test -e "{gate}" || exec sleep 60'},
-            {"name": "then", "depends_on": ["first"], "command": "true"},
-        ],
-    }  # fmt: skip
-    async with Runtime(state_dir, config=config) as rt:
+def hold_commits() -> None:
+    write_pending = Store.write_pending
+
+    async def slow(self: Store) -> None:
+        if not self._batch.new_jobs:
+            await anyio.sleep(30)
+        await write_pending(self)
+
+    Store.write_pending = slow  # type: ignore[method-assign]
+
+
+async def main(args: argparse.Namespace) -> None:
+    config = msgspec.convert(json.loads(args.config), Config)
+    async with Runtime(args.state_dir, config=config) as rt:
         running: set[int] = set()
-        both = anyio.Event()
+        enough = anyio.Event()
 
         def watch(event: Event) -> None:
             if isinstance(event, InstanceStateChanged) and event.state == "RUNNING":
                 running.add(event.index)
-                if len(running) == 2:
-                    both.set()
+                if len(running) >= args.running:
+                    enough.set()
 
         rt.bus.subscribe(watch)
-        job = await rt.submit(spec)
-        await both.wait()
-        await rt.store.flush()
-        print(job.id, flush=True)
+        if args.spec:
+            job = await rt.submit(json.loads(args.spec))
+            print(job.id, flush=True)
+            if args.running:
+                await enough.wait()
+                await rt.store.flush()
+                print("running", flush=True)
         await anyio.sleep_forever()
 
 
-configure_logging("json", "info", sys.stderr)  # stdout carries only the job id
-anyio.run(main, sys.argv[1], sys.argv[2])
+parser = argparse.ArgumentParser()
+parser.add_argument("state_dir")
+parser.add_argument("pidfile")
+parser.add_argument("config", help="the Config as JSON")
+parser.add_argument("spec", nargs="?", help="a job to submit, as JSON")
+parser.add_argument("--running", type=int, default=0)
+parser.add_argument("--slow-commits", action="store_true")
+arguments = parser.parse_args()
+if arguments.slow_commits:
+    hold_commits()
+Path(arguments.pidfile).write_text(f"{os.getpid()}\n")
+configure_logging("json", "info", sys.stderr)  # stdout carries only what the test reads
+anyio.run(main, arguments)

@@ -1,65 +1,225 @@
-"""A runtime killed with SIGKILL mid-job loses nothing: reopening the state dir finishes it."""
+"""A runtime killed with SIGKILL mid-job changes no outcome: its processes are adopted and run
+exactly once where they survive, lost ones run again without being charged to retries, and an
+attempt started just before the crash is found, never repeated unrecorded."""
 
 from __future__ import annotations
 
+import json
+import os
 import signal
+import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from aiobatch import Runtime
+from aiobatch.config import ComputeEnvConfig, Config
 from aiobatch.events import InstanceStateChanged
-from tests.helpers import process_alive
+from tests.helpers import process_alive, processes_of
 
 pytestmark = pytest.mark.anyio
 
+CHILD = Path(__file__).with_name("crash_child.py")
+TWO_SLOTS = {"compute_envs": {"local": {"kind": "local", "slots": 2}}}
 
-async def test_sigkill_mid_job_then_reopen_finishes_every_instance(
-    state_dir: Path, tmp_path: Path
-) -> None:
-    gate = tmp_path / "gate"
-    child = subprocess.Popen(  # noqa: ASYNC220 - nothing else runs on the loop yet
-        [
-            sys.executable,
-            str(Path(__file__).with_name("crash_child.py")),
-            str(state_dir),
-            str(gate),
-        ],
+
+@contextmanager
+def runtime_child(
+    state_dir: Path, pidfile: Path, config: object, *args: str
+) -> Iterator[subprocess.Popen[str]]:
+    child = subprocess.Popen(
+        [sys.executable, str(CHILD), str(state_dir), str(pidfile), json.dumps(config), *args],
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert child.stdout is not None
-    job_id = child.stdout.readline().strip()
-    child.send_signal(signal.SIGKILL)
-    assert child.wait(timeout=10) == -signal.SIGKILL
-    child.stdout.close()
-    gate.touch()  # from now on every attempt succeeds at once; the orphans sleep on
+    try:
+        yield child
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+        assert child.stdout is not None
+        child.stdout.close()
 
-    async with Runtime(state_dir) as rt:
-        # The two attempts that were running are found lost; their processes are gone.
-        orphans = [
-            event.pid
-            for _, event in await rt.store.events(job_id)
-            if isinstance(event, InstanceStateChanged) and event.state == "RUNNING"
-        ]
-        assert len(orphans) == 2
-        assert not any(process_alive(pid or 0) for pid in orphans)
+
+def spawner_of(pid: int) -> int:
+    """The spawner a runtime process started: its child running _spawner.py."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    for child in children:
+        if b"_spawner.py" in Path(f"/proc/{child}/cmdline").read_bytes():
+            return int(child)
+    raise AssertionError(f"runtime {pid} has no spawner among {children}")
+
+
+def gated_job(tmp_path: Path, instances: int = 6) -> dict[str, object]:
+    """Each instance counts its runs, then waits for the gate file."""
+    runs, gate = tmp_path / "runs", tmp_path / "gate"
+    runs.mkdir()
+    body = (
+        f'echo run >> "{runs}/$AIOBATCH_INSTANCE_INDEX"; '
+        f'until test -e "{gate}"; do sleep 0.02; done'
+    )
+    return {
+        "name": "survivor",
+        "tasks": [
+            # No retries: attempts that end with the runtime must not be charged to them.
+            {"name": "first", "instances": instances, "command": body},
+            {"name": "then", "depends_on": ["first"], "command": "true"},
+        ],
+    }
+
+
+def run_counts(tmp_path: Path, instances: int) -> list[int]:
+    runs = tmp_path / "runs"
+    return [len((runs / str(i)).read_text().splitlines()) for i in range(instances)]
+
+
+def running_pids(state_dir: Path, job_id: str) -> list[int]:
+    with sqlite3.connect(state_dir / "aiobatch.db") as db:
+        rows = db.execute(
+            "SELECT pid FROM instances WHERE job_id = ? AND state = 'RUNNING'", (job_id,)
+        ).fetchall()
+    return [pid for (pid,) in rows]
+
+
+async def test_kill_9_of_the_runtime_adopts_its_processes_which_run_once(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "runtime.pid"
+    spec = json.dumps(gated_job(tmp_path))
+    with runtime_child(state_dir, pidfile, TWO_SLOTS, spec, "--running", "2") as child:
+        assert child.stdout is not None
+        job_id = child.stdout.readline().strip()
+        assert child.stdout.readline().strip() == "running"
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(timeout=10) == -signal.SIGKILL
+    survivors = running_pids(state_dir, job_id)
+    assert len(survivors) == 2 and all(process_alive(pid) for pid in survivors)
+
+    config = Config(compute_envs={"local": ComputeEnvConfig(kind="local", slots=2)})
+    async with Runtime(state_dir, config=config) as rt:
+        # Adopted, not killed: they run on, and nothing else of the job starts beside them.
+        assert all(process_alive(pid) for pid in survivors)
+        (tmp_path / "gate").touch()
         job = await rt.get_job(job_id)
         snapshot = await job.wait_for_success()
         result = await job.get_task_result("first")
         history = await rt.store.events(job_id)
+        runtime_id = rt.layout.runtime_id()
 
     assert snapshot.tasks["then"].status == "SUCCEEDED"
+    assert [(i.status, i.attempts) for i in result.instances or []] == [("SUCCEEDED", 1)] * 6
+    assert run_counts(tmp_path, 6) == [1] * 6, "every instance ran exactly once"
+    reasons = {e.reason for _, e in history if isinstance(e, InstanceStateChanged)}
+    assert "runtime_lost" not in reasons
+    assert not any(process_alive(pid) for pid in survivors)
+    assert processes_of(runtime_id) == []
+
+
+async def test_kill_9_of_runtime_and_spawner_reruns_lost_attempts_uncharged(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "runtime.pid"
+    spec = json.dumps(gated_job(tmp_path))
+    with runtime_child(state_dir, pidfile, TWO_SLOTS, spec, "--running", "2") as child:
+        assert child.stdout is not None
+        job_id = child.stdout.readline().strip()
+        assert child.stdout.readline().strip() == "running"
+        spawner = spawner_of(child.pid)
+        child.send_signal(signal.SIGKILL)
+        os.kill(spawner, signal.SIGKILL)
+        assert child.wait(timeout=10) == -signal.SIGKILL
+    orphans = running_pids(state_dir, job_id)
+    assert len(orphans) == 2 and all(process_alive(pid) for pid in orphans)
+
+    async with Runtime(state_dir) as rt:
+        # How they end can never be known: they are killed, and their instances run again.
+        assert not any(process_alive(pid) for pid in orphans)
+        (tmp_path / "gate").touch()
+        job = await rt.get_job(job_id)
+        await job.wait_for_success()
+        result = await job.get_task_result("first")
+        history = await rt.store.events(job_id)
+
     instances = result.instances or []
     assert [i.status for i in instances] == ["SUCCEEDED"] * 6
-    assert sorted(i.attempts for i in instances) == [1, 1, 1, 1, 2, 2]
+    rerun = sorted(i.index for i in instances if i.attempts == 2)
+    assert len(rerun) == 2 and sorted(i.attempts for i in instances) == [1, 1, 1, 1, 2, 2]
     lost = [
         (e.index, e.attempt, e.lost)
         for _, e in history
         if isinstance(e, InstanceStateChanged) and e.reason == "runtime_lost"
     ]
-    # The two lost attempts were re-run as attempt 2 without a retry to spend: not charged.
-    rerun = sorted(i.index for i in instances if i.attempts == 2)
+    # Re-run as attempt 2 although the task has no retries: not charged.
     assert sorted(lost) == [(index, 2, 1) for index in rerun]
+    assert run_counts(tmp_path, 6) == [2 if i in rerun else 1 for i in range(6)]
+
+
+async def test_an_attempt_started_in_the_commit_window_is_adopted_not_repeated(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "runtime.pid"
+    runs = tmp_path / "runs"
+    # The instance's first act kills its runtime, whose commits are held: its start is not
+    # in the store when the runtime dies. Then it waits for the gate, and counts its run.
+    spec = {
+        "name": "window",
+        "tasks": [
+            {
+                "name": "t",
+                "command": f'kill -9 $(cat "{pidfile}"); until test -e "{tmp_path}/gate"; '
+                f'do sleep 0.02; done; echo run >> "{runs}"',
+            }
+        ],
+    }
+    with runtime_child(state_dir, pidfile, {}, json.dumps(spec), "--slow-commits") as child:
+        assert child.stdout is not None
+        job_id = child.stdout.readline().strip()
+        assert child.wait(timeout=20) == -signal.SIGKILL
+    with sqlite3.connect(state_dir / "aiobatch.db") as db:
+        assert db.execute("SELECT * FROM instances").fetchall() == [], "the start was stored"
+
+    async with Runtime(state_dir) as rt:
+        (tmp_path / "gate").touch()
+        job = await rt.get_job(job_id)
+        await job.wait_for_success()
+        result = await job.get_task_result("t")
+        history = [e for _, e in await rt.store.events(job_id)]
+
+    assert runs.read_text() == "run\n", "it ran once: adopted, not started again"
+    assert [(i.status, i.attempts) for i in result.instances or []] == [("SUCCEEDED", 1)]
+    states = [e.state for e in history if isinstance(e, InstanceStateChanged)]
+    assert states == ["STAGING", "RUNNING", "UPLOADING", "SUCCEEDED"]
+
+
+async def test_an_instance_that_keeps_killing_its_runtime_fails_at_the_lost_limit(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "runtime.pid"
+    runs = tmp_path / "runs"
+    # Kills its runtime and its spawner ($PPID): its end can never be known, each time.
+    command = f'echo run >> "{runs}"; kill -9 $(cat "{pidfile}") $PPID; sleep 60'
+    spec = {"name": "poison", "tasks": [{"name": "t", "command": command}]}
+    config = {"lost_limit": 1}
+    with runtime_child(state_dir, pidfile, config, json.dumps(spec)) as child:
+        assert child.stdout is not None
+        job_id = child.stdout.readline().strip()
+        assert child.wait(timeout=20) == -signal.SIGKILL
+    # The next runtime finds the attempt lost and runs it again, uncharged: it strikes again.
+    with runtime_child(state_dir, pidfile, config) as child:
+        assert child.wait(timeout=20) == -signal.SIGKILL
+    async with Runtime(state_dir, config=Config(lost_limit=1)) as rt:
+        job = await rt.get_job(job_id)
+        snapshot = await job.wait_for_completion()
+        result = await job.get_task_result("t")
+        runtime_id = rt.layout.runtime_id()
+
+    assert runs.read_text() == "run\nrun\n"
+    assert snapshot.status == "FAILED"
+    [inst] = result.instances or []
+    assert (inst.status, inst.reason, inst.attempts) == ("FAILED", "runtime_lost_limit: 1", 2)
+    assert processes_of(runtime_id) == []

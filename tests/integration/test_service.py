@@ -23,7 +23,7 @@ from anyio.abc import Process, UNIXDatagramSocket
 
 from aiobatch import Client, JobHandle, RuntimeClosed
 from aiobatch.events import InstanceStateChanged, event_decoder
-from tests.helpers import Gates, process_alive
+from tests.helpers import Gates, process_alive, processes_of
 from tests.integration.conftest import IMAGE, docker_hosts
 
 pytestmark = pytest.mark.anyio
@@ -154,40 +154,40 @@ async def test_kill_9_mid_job_loses_no_job_and_finishes_every_instance(
     service: Service, tmp_path: Path
 ) -> None:
     service.config.write_text("[compute_envs.local]\nslots = 4\n")
-    gate = tmp_path / "gate"
-    spec = {
-        "name": "forty",
-        "tasks": [
-            {
-                "name": "t",
-                "instances": 40,
-                "retries": 1,
-                "command": f'test -e "{gate}" || exec sleep 60',
-            }
-        ],
-    }
+    gate, runs = tmp_path / "gate", tmp_path / "runs"
+    runs.mkdir()
+    count_then_wait = (
+        f'echo run >> "{runs}/$AIOBATCH_INSTANCE_INDEX"; '
+        f'until test -e "{gate}"; do sleep 0.02; done'
+    )
+    # Default retries (none): nothing that the crash does may be charged to the task.
+    spec = {"name": "forty", "tasks": [{"name": "t", "instances": 40, "command": count_then_wait}]}
     await service.start()
     async with service.client() as client:
         job, _ = await submit_and_see_running(client, spec, 4)
         # Accepted just before the kill: submit returned, so it must survive.
         late = await client.submit({"name": "late", "tasks": [{"name": "a", "command": "true"}]})
     await service.kill()
-    gate.touch()  # from now on every attempt succeeds; the orphans still sleep
     with sqlite3.connect(service.state_dir / "aiobatch.db") as db:
-        lost = db.execute("SELECT idx, pid FROM instances WHERE state = 'RUNNING'").fetchall()
-    assert len(lost) == 4 and all(process_alive(pid) for _, pid in lost)
+        running = db.execute("SELECT idx, pid FROM instances WHERE state = 'RUNNING'").fetchall()
+    assert len(running) == 4 and all(process_alive(pid) for _, pid in running)
 
     await service.start()
-    assert not any(process_alive(pid) for _, pid in lost), "orphans of the dead service"
+    # Adopted by the new service: they run on, to be waited for, never started again.
+    assert all(process_alive(pid) for _, pid in running)
+    gate.touch()
     async with service.client() as client:
         done = await client.wait_job(job.id)
         result = await client.task_result(job.id, "t")
         assert (await client.wait_job(late.id)).status == "SUCCEEDED"
     assert done.status == "SUCCEEDED"
     instances = result.instances or []
-    assert [i.status for i in instances] == ["SUCCEEDED"] * 40
-    # At least once: exactly the four that were running ran again.
-    assert sorted(i.index for i in instances if i.attempts == 2) == sorted(i for i, _ in lost)
+    assert [(i.status, i.attempts) for i in instances] == [("SUCCEEDED", 1)] * 40
+    counts = [len((runs / str(i)).read_text().splitlines()) for i in range(40)]
+    assert counts == [1] * 40, "each instance ran exactly once"
+    assert not any(process_alive(pid) for _, pid in running)
+    runtime_id = (service.state_dir / "runtime-id").read_text().strip()
+    assert processes_of(runtime_id) == []
 
 
 async def test_kill_9_mid_docker_job_readopts_containers(

@@ -207,16 +207,12 @@ class Replay:
             task_def = jobs[event.job_id].tasks[event.task].defn
             assert 0 <= event.index < task_def.instances
             attempt = self.attempts.get(ikey, 1)
-            if event.reason == INTERRUPTED:
-                # A shutdown: the same attempt is made again, nothing is charged.
-                assert old_inst in INSTANCE_ACTIVE and new is InstanceState.PENDING
-                assert event.attempt == attempt
-            elif old_inst in INSTANCE_ACTIVE | INSTANCE_TERMINAL and new is InstanceState.PENDING:
+            if old_inst in INSTANCE_ACTIVE | INSTANCE_TERMINAL and new is InstanceState.PENDING:
                 assert event.attempt == attempt + 1, "a retry counts the next attempt"
             else:
                 assert event.attempt == attempt
-            # Attempts lost with the runtime are not charged to the task's retries.
-            charged = event.attempt - event.lost
+            # Attempts that ended with the runtime are not charged to the task's retries.
+            charged = event.attempt - event.lost - event.interrupted
             assert charged <= task_def.retry_limit + 1 + self.retries.get(event.job_id, 0)
             assert 0 <= event.lost <= LOST_LIMIT
             if event.reason == f"{RUNTIME_LOST_LIMIT}: {LOST_LIMIT}":
@@ -478,10 +474,10 @@ class EngineMachine(RuleBasedStateMachine):
         if not act:
             return
         for inst in self.in_state(*INSTANCE_ACTIVE):
-            attempt, lost = inst.attempt, inst.lost
+            attempt, charged = inst.attempt, inst.charged_attempts
             self.engine.instance_interrupted(inst)
             assert inst.state is InstanceState.PENDING and inst.reason == INTERRUPTED
-            assert (inst.attempt, inst.lost) == (attempt, lost), "an interruption is not charged"
+            assert inst.attempt == attempt + 1 and inst.charged_attempts == charged
         self.outbox_replays_through_the_tables()
         self.restart(lambda inst: False)
         hypothesis_event("shut down")
@@ -521,6 +517,7 @@ class EngineMachine(RuleBasedStateMachine):
                     None,
                     e.duration_s,
                     e.lost,
+                    e.interrupted,
                 )
                 for key, e in rows.instance_rows.items()
                 if key[0] == job_id

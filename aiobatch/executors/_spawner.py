@@ -1,0 +1,338 @@
+"""The spawner: a small process that starts, watches and reaps a runtime's local instances.
+
+It runs apart from the runtime (``python -I -S`` on this file: the standard library only, so it
+starts in ~20 ms) for three reasons:
+
+- **It outlives a runtime that crashes.** It is in its own session, so a ``kill -9`` of the
+  runtime leaves it running; it goes on reaping the instances it started and writes each one's
+  exit status into that attempt's record file, where the next runtime finds it.
+- **It is never stalled with the runtime.** It records each start and exit with the system's
+  monotonic clock as they happen, so a runtime that was stopped (SIGSTOP) or busy can tell an
+  exit before a deadline from a timeout.
+- **It is a child subreaper** (``PR_SET_CHILD_SUBREAPER``): processes an instance leaves behind,
+  even after ``setsid`` or a double fork, become its children instead of init's. When an
+  instance's leader ends, its process group and every such process whose environment names
+  that attempt are killed.
+
+Every attempt has a record file, written before its process starts: one JSON line with the
+attempt's key, one with its pid once it runs, one with its exit status once it ended.
+
+Protocol with the runtime, over an inherited socket: frames of a 4-byte big-endian length and
+a JSON object. Requests: ``spawn``, ``signal``, ``close``. Replies and news: ``started``,
+``failed``, ``exited``. Standard library only: this file must not import aiobatch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import selectors
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from typing import Any
+
+PR_SET_CHILD_SUBREAPER = 36
+KEY_VARS = ("AIOBATCH_JOB_ID", "AIOBATCH_TASK_NAME", "AIOBATCH_INSTANCE_INDEX", "AIOBATCH_ATTEMPT")
+HEADER = struct.Struct(">I")
+
+Key = tuple[str, str, str, str]  # job, task, index, attempt: as in the environment
+
+
+class Leader:
+    """The first process of one attempt: the spawner's child, leader of its process group."""
+
+    __slots__ = ("fd", "id", "key", "started")
+
+    def __init__(self, request_id: int, key: Key, fd: int, started: float) -> None:
+        self.id, self.key, self.fd, self.started = request_id, key, fd, started
+
+
+class Spawner:
+    def __init__(self, control: socket.socket) -> None:
+        self.control = control
+        self.control.setblocking(False)
+        self.inbox = b""
+        self.outbox = b""
+        self.leaders: dict[int, Leader] = {}  # by pid
+        self.closing = False  # the runtime asked us to end everything
+        self.orphaned = False  # the runtime is gone without asking: finish what runs, then go
+        self.identity = [os.getpid(), _start_ticks(os.getpid())]  # who writes the exit lines
+        self.selector = selectors.DefaultSelector()
+        wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes the selector through the pipe
+        self.wake_r = wake_r
+        self.selector.register(wake_r, selectors.EVENT_READ, "wake")
+        self.selector.register(control, selectors.EVENT_READ, "control")
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        while not (self.orphaned or self.closing) or self.leaders:
+            for key, _ in self.selector.select():
+                if key.data == "wake":
+                    _drain(self.wake_r)
+                elif key.data == "control" and not self.orphaned:
+                    self.read_control()
+            self.reap()
+            self.flush()
+        self.kill_strays(everything=True)
+        self.reap()
+
+    def read_control(self) -> None:
+        try:
+            data = self.control.recv(1 << 20)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # the runtime is gone (or closed its end): no one reads news any more
+            self.lose_runtime()
+            return
+        self.inbox += data
+        while len(self.inbox) >= HEADER.size:
+            (size,) = HEADER.unpack_from(self.inbox)
+            if len(self.inbox) < HEADER.size + size:
+                break
+            body = self.inbox[HEADER.size : HEADER.size + size]
+            self.inbox = self.inbox[HEADER.size + size :]
+            self.handle(json.loads(body))
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self.orphaned:
+            return
+        body = json.dumps(message, separators=(",", ":")).encode()
+        self.outbox += HEADER.pack(len(body)) + body
+
+    def flush(self) -> None:
+        """Send what the runtime can take now; the rest waits for the socket, never blocking
+        the loop (a stopped runtime must not stop our reaping and its timestamps)."""
+        if self.orphaned:
+            return
+        try:
+            while self.outbox:
+                sent = self.control.send(self.outbox)
+                self.outbox = self.outbox[sent:]
+        except BlockingIOError:
+            pass
+        except OSError:
+            self.lose_runtime()
+            return
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.outbox else 0)
+        if self.selector.get_key(self.control).events != events:
+            self.selector.modify(self.control, events, "control")
+
+    def lose_runtime(self) -> None:
+        if not self.orphaned:
+            self.selector.unregister(self.control)
+            self.orphaned = True
+            self.outbox = b""
+
+    def handle(self, request: dict[str, Any]) -> None:
+        op = request["op"]
+        if op == "spawn":
+            self.spawn(request)
+        elif op == "signal":
+            self.forward_signal(request["pid"], request["sig"])
+        elif op == "close":
+            self.closing = True
+            for pid in self.leaders:
+                _kill_group(pid, signal.SIGKILL)
+
+    # -- starting --------------------------------------------------------------------------------
+
+    def spawn(self, request: dict[str, Any]) -> None:
+        request_id, env = request["id"], request["env"]
+        job, task, index, attempt = (env.get(name, "") for name in KEY_VARS)
+        key: Key = (job, task, index, attempt)
+        record = request["record"]
+        try:
+            fd = _new_record(record)
+            _write_line(
+                fd, {"key": list(key), "runtime": request["runtime"], "spawner": self.identity}
+            )
+        except OSError as exc:
+            self.send({"op": "failed", "id": request_id, "error": f"record: {exc.strerror}"})
+            return
+        stage = "log"
+        try:
+            with open(request["stdout"], "ab") as out, open(request["stderr"], "ab") as err:
+                stage = "exec"
+                process = subprocess.Popen(
+                    request["argv"],
+                    cwd=request["cwd"],
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    start_new_session=True,
+                )
+        except OSError as exc:
+            os.close(fd)
+            argv0 = request["argv"][0] if request["argv"] else ""
+            where = argv0 if stage == "exec" else "log"
+            error = {"op": "failed", "id": request_id, "error": f"{where}: {exc.strerror}"}
+            self.send({**error, "exec": stage == "exec"})
+            return
+        started = time.monotonic()
+        process.returncode = 0  # reaped by us (os.wait4), never by Popen
+        self.leaders[process.pid] = Leader(request_id, key, fd, started)
+        start = {"pid": process.pid, "mono": started, "wall": time.time()}
+        try:
+            _write_line(fd, {**start, "ticks": _start_ticks(process.pid)})
+        except OSError:
+            pass  # the pid is in the runtime's own store too; the exit line matters more
+        self.send({"op": "started", "id": request_id, **start})
+
+    def forward_signal(self, pid: int, sig: int) -> None:
+        # Only a leader not reaped yet: its pid still names its group, never a stranger.
+        if pid in self.leaders:
+            _kill_group(pid, sig)
+
+    # -- ending ----------------------------------------------------------------------------------
+
+    def reap(self) -> None:
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if info is None or info.si_pid == 0:
+                return
+            pid = info.si_pid
+            leader = self.leaders.pop(pid, None)
+            if leader is not None:
+                # A zombie still holds its pid, so the group is ours to kill: nothing of the
+                # attempt runs on after its leader.
+                _kill_group(pid, signal.SIGKILL)
+            _, status, usage = os.wait4(pid, 0)
+            ended, wall = time.monotonic(), time.time()
+            self.kill_strays()  # before the news: once the runtime hears, nothing is left
+            if leader is not None:
+                self.ended(pid, leader, status, usage, ended, wall)
+
+    def ended(
+        self, pid: int, leader: Leader, status: int, usage: Any, ended: float, wall: float
+    ) -> None:
+        exited = {
+            "status": status,
+            "mono": ended,
+            "wall": wall,
+            "utime": usage.ru_utime,
+            "stime": usage.ru_stime,
+            "maxrss_kib": usage.ru_maxrss,
+        }
+        try:
+            _write_line(leader.fd, exited)
+        except OSError:
+            pass  # the runtime still hears of it below
+        finally:
+            os.close(leader.fd)
+        self.send({"op": "exited", "id": leader.id, "pid": pid, **exited})
+
+    def kill_strays(self, *, everything: bool = False) -> None:
+        """Kill the processes left to us (we are their subreaper) whose attempt has ended.
+
+        A stray belongs to the attempt its environment names. One that names none (it
+        cleared its environment) is killed once no attempt runs, or when we close.
+        """
+        running = {leader.key for leader in self.leaders.values()}
+        for pid in _children():
+            if pid in self.leaders:
+                continue
+            if not everything:
+                key = _key_of(pid)
+                if key in running or (key is None and running):
+                    continue
+            _kill(pid)
+            _kill_group(pid, signal.SIGKILL)  # a setsid'd stray leads a group of its own
+
+
+def _new_record(path: str) -> int:
+    # A fresh file, never the one an earlier attempt's spawner may still append to.
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+
+
+def _write_line(fd: int, value: dict[str, Any]) -> None:
+    os.write(fd, json.dumps(value, separators=(",", ":")).encode() + b"\n")
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _children() -> list[int]:
+    me = os.getpid()
+    try:
+        with open(f"/proc/{me}/task/{me}/children") as f:
+            return [int(pid) for pid in f.read().split()]
+    except OSError:
+        return []
+
+
+def _key_of(pid: int) -> Key | None:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = f.read().split(b"\0")
+    except OSError:
+        return None
+    found: dict[str, str] = {}
+    for entry in environ:
+        name, _, value = entry.partition(b"=")
+        if name.decode(errors="replace") in KEY_VARS:
+            found[name.decode()] = value.decode(errors="replace")
+    if len(found) != len(KEY_VARS):
+        return None
+    job, task, index, attempt = (found[name] for name in KEY_VARS)
+    return (job, task, index, attempt)
+
+
+def _start_ticks(pid: int) -> int | None:
+    """When the process started, in clock ticks since boot: with the pid, names it for good."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(b")") + 2 :].split()[19])
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def main() -> None:
+    fd = int(sys.argv[1])
+    os.setsid()  # a kill of the runtime's process group must not take us along
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    control = socket.socket(fileno=fd)
+    Spawner(control).run()
+
+
+if __name__ == "__main__":
+    main()

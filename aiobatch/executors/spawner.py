@@ -1,0 +1,254 @@
+"""The runtime's end of the spawner process (``_spawner.py``): start it, have it start and
+signal processes, and hear when they end, with the times it saw."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import struct
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import structlog
+from anyio.abc import TaskGroup, TaskStatus
+
+log = structlog.get_logger("aiobatch.spawner")
+
+PROGRAM = Path(__file__).with_name("_spawner.py")
+HEADER = struct.Struct(">I")
+REPLY_TIMEOUT_S = 30.0  # a spawn the spawner does not answer in this time has failed
+CLOSE_TIMEOUT_S = 10.0
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(dict[str, Any]).decode
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    id: int
+    pid: int
+    mono: float  # the system's monotonic clock (as the event loop's) when the process started
+    wall: float
+
+
+@dataclass(frozen=True, slots=True)
+class Exited:
+    status: int  # as wait(2) gives it
+    mono: float  # when it ended, as the spawner saw it: not delayed by a stalled runtime
+    wall: float
+    utime: float
+    stime: float
+    maxrss_kib: int
+
+    @property
+    def exit_code(self) -> int | None:
+        return os.WEXITSTATUS(self.status) if os.WIFEXITED(self.status) else None
+
+    @property
+    def signal(self) -> int | None:
+        return os.WTERMSIG(self.status) if os.WIFSIGNALED(self.status) else None
+
+
+class SpawnFailed(Exception):
+    """The process was not started. ``exec``: the program itself could not be run."""
+
+    def __init__(self, error: str, *, exec_failed: bool) -> None:
+        super().__init__(error)
+        self.error, self.exec_failed = error, exec_failed
+
+
+class SpawnerGone(Exception):
+    """The spawner ended: what it started can no longer be heard of."""
+
+
+class _Pending:
+    __slots__ = ("done", "value")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.value: dict[str, Any] | None = None  # None once done: the spawner is gone
+
+
+class Spawner:
+    def __init__(self) -> None:
+        self._sock: socket.socket | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._ids = itertools.count(1)
+        self._replies: dict[int, _Pending] = {}  # spawn requests waiting for started/failed
+        self._exits: dict[int, _Pending] = {}  # started processes waiting for their end
+        self._sending = anyio.Lock()
+        self._gone = False
+        self._reader_done = anyio.Event()
+
+    async def open(self, background: TaskGroup) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        with theirs:
+            # -I -S: no site-packages, no user settings; it needs the standard library only.
+            self._process = subprocess.Popen(  # noqa: ASYNC220 - a fork, once per runtime
+                [sys.executable, "-I", "-S", str(PROGRAM), str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+            )
+        ours.setblocking(False)
+        self._sock = ours
+        await background.start(self._read)
+
+    async def aclose(self) -> None:
+        """Ask the spawner to end (it kills what still runs) and wait for it, bounded."""
+        sock, process = self._sock, self._process
+        if sock is None or process is None:
+            return
+        with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT_S):
+            try:
+                await self._send({"op": "close"})
+            except (OSError, SpawnerGone):
+                pass
+            await anyio.to_thread.run_sync(process.wait)
+            await self._reader_done.wait()  # it has seen the end: the socket is no longer watched
+        if process.poll() is None:
+            process.kill()
+            await anyio.to_thread.run_sync(process.wait)
+        self._sock = None
+        anyio.notify_closing(sock)  # a reader still waiting (it timed out) wakes, not crashes
+        sock.close()
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def gone(self) -> bool:
+        return self._gone
+
+    # -- requests ----------------------------------------------------------------------------
+
+    async def spawn(
+        self,
+        *,
+        argv: list[str],
+        cwd: Path,
+        env: dict[str, str],
+        stdout: Path,
+        stderr: Path,
+        record: Path,
+        runtime_id: str,
+    ) -> Started:
+        """Start a process in a session of its own; its record file is written first."""
+        request_id = next(self._ids)
+        pending = self._replies[request_id] = _Pending()
+        self._exits[request_id] = _Pending()
+        request = {
+            "op": "spawn", "id": request_id, "argv": argv, "cwd": str(cwd), "env": env,
+            "stdout": str(stdout), "stderr": str(stderr), "record": str(record),
+            "runtime": runtime_id,
+        }  # fmt: skip
+        # Shielded: once asked, the answer must be heard, or a started process is unknown.
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._send(request)
+                with anyio.move_on_after(REPLY_TIMEOUT_S):
+                    await pending.done.wait()
+            finally:
+                self._replies.pop(request_id, None)
+        reply = pending.value
+        if reply is None:
+            self._exits.pop(request_id, None)
+            raise SpawnerGone  # asked, never answered: the process may or may not run
+        if reply["op"] == "failed":
+            self._exits.pop(request_id, None)
+            raise SpawnFailed(reply["error"], exec_failed=bool(reply.get("exec")))
+        return Started(request_id, reply["pid"], reply["mono"], reply["wall"])
+
+    async def wait(self, started: Started) -> Exited:
+        """The process's end. Raises SpawnerGone if the spawner ended first."""
+        pending = self._exits.get(started.id)
+        if pending is None:
+            raise SpawnerGone
+        await pending.done.wait()
+        self._exits.pop(started.id, None)
+        if pending.value is None:
+            raise SpawnerGone
+        return _exited(pending.value)
+
+    async def signal(self, started: Started, sig: int) -> None:
+        """Signal the process group, unless the process has been reaped already."""
+        if not self._gone:
+            try:
+                await self._send({"op": "signal", "pid": started.pid, "sig": int(sig)})
+            except OSError:
+                pass  # gone: the reader tells every waiter
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        sock = self._sock
+        if sock is None or self._gone:
+            raise SpawnerGone
+        body = _encode(message)
+        data = memoryview(HEADER.pack(len(body)) + body)
+        async with self._sending:  # frames must not interleave
+            while data:
+                try:
+                    sent = sock.send(data)
+                except BlockingIOError:
+                    await anyio.wait_writable(sock)
+                    continue
+                data = data[sent:]
+
+    # -- news --------------------------------------------------------------------------------
+
+    async def _read(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        sock = self._sock
+        assert sock is not None
+        task_status.started()
+        buffer = b""
+        try:
+            while True:
+                try:
+                    await anyio.wait_readable(sock)
+                except anyio.ClosedResourceError:
+                    break
+                try:
+                    data = sock.recv(1 << 20)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    break
+                buffer += data
+                while len(buffer) >= HEADER.size:
+                    (size,) = HEADER.unpack_from(buffer)
+                    if len(buffer) < HEADER.size + size:
+                        break
+                    self._deliver(_decode(buffer[HEADER.size : HEADER.size + size]))
+                    buffer = buffer[HEADER.size + size :]
+        finally:
+            self._gone = True
+            self._reader_done.set()
+            if self._replies or self._exits:
+                log.error("spawner_gone", waiting=len(self._replies) + len(self._exits))
+            for pending in (*self._replies.values(), *self._exits.values()):
+                pending.done.set()
+
+    def _deliver(self, message: dict[str, Any]) -> None:
+        op = message["op"]
+        table = self._exits if op == "exited" else self._replies
+        pending = table.get(message["id"])
+        if pending is not None:
+            pending.value = message
+            pending.done.set()
+
+
+def _exited(message: dict[str, Any]) -> Exited:
+    return Exited(
+        status=message["status"],
+        mono=message["mono"],
+        wall=message["wall"],
+        utime=message["utime"],
+        stime=message["stime"],
+        maxrss_kib=message["maxrss_kib"],
+    )
