@@ -25,13 +25,14 @@ a JSON object. Requests: ``spawn``, ``signal``, ``close``. Replies and news: ``s
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
 import selectors
+import shutil
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import time
 from typing import Any
@@ -159,32 +160,19 @@ class Spawner:
         except OSError as exc:
             self.send({"op": "failed", "id": request_id, "error": f"record: {exc.strerror}"})
             return
-        stage = "log"
+        argv = request["argv"]
         try:
-            with open(request["stdout"], "ab") as out, open(request["stderr"], "ab") as err:
-                stage = "exec"
-                process = subprocess.Popen(
-                    request["argv"],
-                    cwd=request["cwd"],
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=err,
-                    start_new_session=True,
-                )
+            pid = _start(argv, request["cwd"], env, request["stdout"], request["stderr"])
         except OSError as exc:
             os.close(fd)
-            argv0 = request["argv"][0] if request["argv"] else ""
-            where = argv0 if stage == "exec" else "log"
-            error = {"op": "failed", "id": request_id, "error": f"{where}: {exc.strerror}"}
-            self.send({**error, "exec": stage == "exec"})
+            error = f"{argv[0] if argv else ''}: {exc.strerror}"
+            self.send({"op": "failed", "id": request_id, "error": error, "exec": True})
             return
         started = time.monotonic()
-        process.returncode = 0  # reaped by us (os.wait4), never by Popen
-        self.leaders[process.pid] = Leader(request_id, key, fd, started)
-        start = {"pid": process.pid, "mono": started, "wall": time.time()}
+        self.leaders[pid] = Leader(request_id, key, fd, started)
+        start = {"pid": pid, "mono": started, "wall": time.time()}
         try:
-            _write_line(fd, {**start, "ticks": _start_ticks(process.pid)})
+            _write_line(fd, start)
         except OSError:
             pass  # the pid is in the runtime's own store too; the exit line matters more
         self.send({"op": "started", "id": request_id, **start})
@@ -251,6 +239,58 @@ class Spawner:
                     continue
             _kill(pid)
             _kill_group(pid, signal.SIGKILL)  # a setsid'd stray leads a group of its own
+
+
+def _start(argv: list[str], cwd: str, env: dict[str, str], stdout: str, stderr: str) -> int:
+    """Start a program in a session of its own, its output appended to the log files.
+
+    posix_spawn (a vfork underneath) rather than subprocess: about half the time per start,
+    and the log files are opened in the child. It has no chdir of its own, so we change ours
+    (nothing here depends on it), and it searches the PATH of this process, so the program is
+    looked up in the instance's PATH first, as an exec in its environment would.
+    """
+    if not argv:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
+    os.chdir(cwd)
+    append = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+    search = (argv[0], env.get("PATH", os.defpath))
+    cached = search in _found
+    program = _lookup(*search)
+    try:
+        return os.posix_spawn(
+            program,
+            argv,
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 1, stdout, append, 0o644),
+                (os.POSIX_SPAWN_OPEN, 2, stderr, append, 0o644),
+            ],
+            setsid=True,
+            # Python ignores SIGPIPE and SIGXFSZ; a program expects them at their defaults.
+            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+        )
+    except OSError:
+        if not cached:
+            raise
+        del _found[search]  # the program moved since it was looked up: look again, once
+        return _start(argv, cwd, env, stdout, stderr)
+
+
+_found: dict[tuple[str, str], str] = {}  # (program, PATH) -> the file that runs
+
+
+def _lookup(program: str, path: str) -> str:
+    if "/" in program:
+        return program
+    found = _found.get((program, path))
+    if found is None:
+        found = shutil.which(program, path=path)
+        if found is None:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
+        if len(_found) < 1024:
+            _found[(program, path)] = found
+    return found
 
 
 def _new_record(path: str) -> int:
@@ -330,6 +370,7 @@ def main() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    os.set_inheritable(fd, False)  # passed to us; the programs we start must not hold it
     control = socket.socket(fileno=fd)
     Spawner(control).run()
 

@@ -33,7 +33,6 @@ class _Line(msgspec.Struct, forbid_unknown_fields=False):
     runtime: str | None = None
     spawner: tuple[int, int | None] | None = None
     pid: int | None = None
-    ticks: int | None = None
     mono: float | None = None
     wall: float | None = None
     status: int | None = None
@@ -51,7 +50,6 @@ class Record:
     runtime: str
     spawner: tuple[int, int | None] | None = None  # the process that writes the exit line
     pid: int | None = None  # None: the spawner did not get to start it (or to say so)
-    ticks: int | None = None  # its start in clock ticks since boot: the pid's identity
     started: float | None = None  # monotonic
     exited: Exited | None = None
 
@@ -71,7 +69,7 @@ def read_record(path: Path) -> Record | None:
         for raw in lines[1:]:
             line = _line.decode(raw)
             if line.pid is not None:
-                record = replace(record, pid=line.pid, ticks=line.ticks, started=line.mono)
+                record = replace(record, pid=line.pid, started=line.mono)
             elif line.status is not None and line.mono is not None:
                 exited = Exited(
                     line.status, line.mono, line.wall or 0.0, line.utime, line.stime,
@@ -106,10 +104,11 @@ def start_ticks(pid: int) -> int | None:
 
 
 def is_running(record: Record) -> bool:
-    """Whether the record's process still runs (the same process, not a reused pid)."""
+    """Whether the record's process still runs (the same process, not a reused pid: its
+    environment names the very attempt)."""
     if record.pid is None or record.exited is not None:
         return False
-    return _same_process(record.pid, record.ticks)
+    return attempt_of(record.pid, record.runtime) == record.key
 
 
 def adoptable(record: Record) -> bool:
