@@ -359,11 +359,19 @@ class DockerExecutor:
                 await container.wait()
             followers.cancel_scope.deadline = anyio.current_time() + 5
         state = (await container.show())["State"]
-        duration = time.monotonic() - began
         if _maybe_oom(state, ctx) and not scope.cancelled_caught:
             state = await _settled_oom_state(container, state)
+        # The engine's own times decide, not when we heard: a runtime that was stalled past
+        # the deadline must not call an exit before it a timeout (nor one after it a success).
+        ran_s = _ran_seconds(state)
+        duration = ran_s if ran_s is not None else time.monotonic() - began
+        timeout = ctx.task.timeout_s
+        if ctx.control.stop_reason is not None or timeout is None:
+            timed_out = False
+        else:
+            timed_out = ran_s > timeout if ran_s is not None else scope.cancelled_caught
         reason = None
-        if scope.cancelled_caught and ctx.control.stop_reason is None:
+        if timed_out:
             reason = "timeout"
         elif state.get("OOMKilled"):
             reason = "oom"
@@ -415,6 +423,16 @@ def _size(path: Path) -> int:
         return os.stat(path).st_size
     except FileNotFoundError:
         return 0
+
+
+def _ran_seconds(state: dict[str, Any]) -> float | None:
+    """From the container's start to its end, as the engine recorded them."""
+    started, finished = state.get("StartedAt"), state.get("FinishedAt")
+    if not started or not finished or started.startswith("0001-") or finished.startswith("0001-"):
+        return None
+    # fromisoformat reads the engine's nanoseconds (cut to microseconds) since Python 3.11.
+    ended_at = datetime.fromisoformat(finished).timestamp()
+    return max(0.0, ended_at - datetime.fromisoformat(started).timestamp())
 
 
 def _seconds_since(timestamp: str | None) -> float:

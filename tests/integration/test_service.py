@@ -6,12 +6,14 @@ and the test waits for READY=1 before talking to it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sqlite3
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -188,6 +190,67 @@ async def test_kill_9_mid_job_loses_no_job_and_finishes_every_instance(
     assert not any(process_alive(pid) for _, pid in running)
     runtime_id = (service.state_dir / "runtime-id").read_text().strip()
     assert processes_of(runtime_id) == []
+
+
+async def test_a_stall_turns_no_success_into_a_timeout(service: Service, tmp_path: Path) -> None:
+    """SIGSTOP of the service while instances end, past their deadlines: an exit before the
+    deadline is a success, one after it a timeout, however late the service sees them."""
+    service.config.write_text("[compute_envs.local]\nslots = 4\n")
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    for name in ("quick-0", "quick-1", "slow-0"):
+        os.mkfifo(gates / name)
+    wait = f'read _ < "{gates}/$AIOBATCH_TASK_NAME-$AIOBATCH_INSTANCE_INDEX"'
+    spec = {
+        "name": "stalled",
+        "tasks": [
+            {"name": "quick", "instances": 2, "timeout": "2s", "command": wait},
+            # Ends 1.2 s after its gate opens, so after its deadline: a real timeout.
+            {
+                "name": "slow",
+                "timeout": "1s",
+                "on_failure": "continue",
+                "command": f"{wait}; sleep 1.2",
+            },
+        ],
+    }
+    await service.start()
+    async with service.client() as client:
+        job, running = await submit_and_see_running(client, spec, 3)
+    assert service.process is not None
+    service.process.send_signal(signal.SIGSTOP)
+    try:
+        with contextlib.ExitStack() as stack:
+            fds = [os.pidfd_open(e.pid or 0) for e in running]
+            for fd in fds:
+                stack.callback(os.close, fd)
+
+            def release(name: str) -> None:
+                with (gates / name).open("w") as fifo:
+                    fifo.write("go\n")
+
+            for name in ("quick-0", "quick-1", "slow-0"):
+                await anyio.to_thread.run_sync(release, name)
+            with anyio.fail_after(10):
+                for fd in fds:
+                    await anyio.wait_readable(fd)  # every instance has ended, unseen
+        # The stall outlasts every deadline (2 s from the latest start), not only the exits.
+        latest = max(e.started_at or 0 for e in running)
+        await anyio.sleep(max(0.0, latest + 2.2 - time.time()))
+    finally:
+        service.process.send_signal(signal.SIGCONT)
+    async with service.client() as client:
+        done = await client.wait_job(job.id)
+        quick = await client.task_result(job.id, "quick")
+        slow = await client.task_result(job.id, "slow")
+    assert [(i.status, i.reason, i.exit_code) for i in quick.instances or []] == [
+        ("SUCCEEDED", None, 0)
+    ] * 2
+    assert all((i.duration_s or 0) < 2 for i in quick.instances or [])
+    [late] = slow.instances or []
+    assert (late.status, late.reason) == ("FAILED", "timeout")
+    assert (late.duration_s or 0) > 1
+    assert (done.status, done.reason) == ("FAILED", "task_failed: slow")
 
 
 async def test_kill_9_mid_docker_job_readopts_containers(
