@@ -24,6 +24,7 @@ from aiobatch.errors import (
     ServiceUnavailable,
     SpecError,
     StateDirBusy,
+    StateDirUnwritable,
     TaskNotFound,
 )
 from aiobatch.events import (
@@ -81,6 +82,7 @@ __all__ = [
     "ServiceUnavailable",
     "SpecError",
     "StateDirBusy",
+    "StateDirUnwritable",
     "TaskDef",
     "TaskNotFound",
     "TaskProgress",

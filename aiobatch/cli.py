@@ -1,7 +1,9 @@
 """The ``aiobatch`` command.
 
 Exit codes: 0 job SUCCEEDED; 1 job FAILED or CANCELLED; 2 invalid spec, config or usage;
-3 the service cannot be reached; 130 interrupted (the job is stopped cleanly first).
+3 the service cannot be reached; 4 the state dir cannot be written (disk full, read-only):
+nothing was accepted, try again once there is space; 130 interrupted (the job is stopped
+cleanly first).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from aiobatch.errors import (
     ServiceUnavailable,
     SpecError,
     StateDirBusy,
+    StateDirUnwritable,
 )
 from aiobatch.events import Event, InstanceStateChanged, TaskStateChanged
 from aiobatch.logging import configure_logging
@@ -37,6 +40,7 @@ from aiobatch.spec import JobDef, json_schema, load_spec
 from aiobatch.states import JobState
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_UNWRITABLE = 4
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -98,6 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ServiceUnavailable, RuntimeClosed) as exc:
         print(f"aiobatch: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
+    except StateDirUnwritable as exc:
+        print(f"aiobatch: {exc}", file=sys.stderr)
+        return EXIT_UNWRITABLE
     except KeyboardInterrupt:  # before any job was submitted: nothing to stop
         print("aiobatch: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -39,6 +39,9 @@ RUNTIME_LOST = "runtime_lost"
 RUNTIME_LOST_LIMIT = "runtime_lost_limit"
 INTERRUPTED = "interrupted"
 RETRIED = "retried"
+# An attempt that could not start for lack of space in the state dir: nothing ran; it waits
+# (uncharged, same attempt) for dispatch to resume once there is room.
+NO_SPACE = "state_dir_full"
 DEFAULT_LOST_LIMIT = 3  # crashes one instance may live through before it fails
 
 
@@ -83,6 +86,13 @@ def should_retry(task: TaskRec, inst: InstanceRec, outcome: Outcome) -> bool:
     if codes is None:
         return True
     return outcome.code is not None and outcome.code in codes
+
+
+def _not_started_for_space(inst: InstanceRec, outcome: Outcome) -> bool:
+    reason = outcome.reason
+    return (
+        inst.state is InstanceState.STAGING and reason is not None and reason.startswith(NO_SPACE)
+    )
 
 
 class Engine:
@@ -345,6 +355,9 @@ class Engine:
         elif outcome.succeeded:
             self._instance_to(inst, InstanceState.SUCCEEDED)
             task.succeeded += 1
+        elif _not_started_for_space(inst, outcome) and job.stopping is None:
+            self._instance_to(inst, InstanceState.PENDING, NO_SPACE)
+            task.retry_queue.appendleft(inst)
         elif outcome.reason == RUNTIME_LOST and job.stopping is None:
             if inst.lost < self.lost_limit:
                 # Not the program's failure: a new attempt, not charged to its retries.

@@ -64,6 +64,15 @@ class StateDirBusy(AiobatchError, RuntimeError):
         )
 
 
+class StateDirUnwritable(AiobatchError, OSError):
+    """The state dir cannot be written (its disk is full, read-only or failing): nothing new
+    is accepted until it can; what runs goes on, its state changes held in memory."""
+
+    def __init__(self, state_dir: object, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"cannot write the state dir {state_dir}: {reason}")
+
+
 class RuntimeClosed(AiobatchError, RuntimeError):
     """The runtime is not open (or is shutting down) and takes no new work."""
 

@@ -9,9 +9,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
-from aiobatch.errors import StateDirBusy
+from aiobatch.errors import StateDirBusy, StateDirUnwritable
 
 Stream = Literal["stdout", "stderr"]
+PROBE_BYTES = 256 * 1024  # room for the first transactions: a start needs at least this
 
 
 class StateLayout:
@@ -34,6 +35,30 @@ class StateLayout:
             runtime_id = os.urandom(8).hex()
             path.write_text(runtime_id + "\n")
             return runtime_id
+
+    def prepare(self) -> None:
+        """Make the state dir if need be, and refuse to start where nothing can be stored."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateDirUnwritable(self.root, exc.strerror or str(exc)) from None
+        self.check_writable()
+
+    def check_writable(self) -> None:
+        """Refuse to start where nothing can be stored: write, sync and remove a small file.
+
+        Raises StateDirUnwritable (disk full, read-only, no permission)."""
+        probe = self.root / ".write-probe"
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, bytes(PROBE_BYTES))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                probe.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StateDirUnwritable(self.root, exc.strerror or str(exc)) from None
 
     @property
     def database(self) -> Path:
@@ -66,8 +91,11 @@ def lock_state_dir(path: Path) -> Iterator[None]:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise StateDirBusy(path.parent, holder) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:  # who holds it, for the message of the next one: helpful, not needed
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass
         yield
     finally:
         os.close(fd)

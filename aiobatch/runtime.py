@@ -24,6 +24,7 @@ import anyio
 import msgspec
 import structlog
 from anyio.abc import TaskGroup
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from aiobatch import views
 from aiobatch.api import (
@@ -36,12 +37,13 @@ from aiobatch.api import (
     TaskResult,
 )
 from aiobatch.config import Config, ServerConfig, default_state_dir, load_config
-from aiobatch.engine import RUNTIME_LOST, Engine, Outcome
+from aiobatch.engine import NO_SPACE, RUNTIME_LOST, Engine, Outcome
 from aiobatch.errors import (
     InstanceNotFound,
     JobNotFound,
     JobNotRetryable,
     RuntimeClosed,
+    StateDirUnwritable,
     TaskNotFound,
 )
 from aiobatch.events import Bus, Event, JobStateChanged, JobSubmitted
@@ -72,6 +74,8 @@ log = structlog.get_logger("aiobatch.runtime")
 SpecSource = str | Path | JobSpec | JobDef | Mapping[str, Any]
 LOG_POLL_S = 0.2  # how often a followed log file is checked for new bytes
 ARCHIVE_SIZE = 256  # ended jobs kept in memory for queries; older ones are read from SQLite
+SPACE_RETRY_FIRST_S = 0.1  # a full state dir is tried again after this, doubling up to the max
+SPACE_RETRY_MAX_S = 5.0
 
 
 def new_job_id() -> str:
@@ -105,6 +109,8 @@ class Runtime:
         self._stack: AsyncExitStack | None = None
         self._instances: TaskGroup | None = None
         self._closing = False
+        # A start found no room in the state dir: nothing is dispatched until there is some.
+        self._space_short: str | None = None
         self._attempts = 0  # attempts in flight (their tasks in ``_instances``)
         self._no_attempts = anyio.Event()
         self._job_done: dict[str, anyio.Event] = {}
@@ -138,7 +144,7 @@ class Runtime:
         stack = AsyncExitStack()
         await stack.__aenter__()
         try:
-            self.layout.root.mkdir(parents=True, exist_ok=True)
+            await anyio.to_thread.run_sync(self.layout.prepare)
             stack.enter_context(lock_state_dir(self.layout.lock))
             await self.store.open()
             stack.push_async_callback(self.store.close)
@@ -146,6 +152,7 @@ class Runtime:
             stack.callback(writer.cancel_scope.cancel)
             self.bus.subscribe(self.store.on_event)
             self.bus.subscribe(self._on_event)
+            self.store.on_writable = self._pump  # what waited for the disk may start now
             await writer.start(self.store.run)
             stack.push_async_callback(self.store.flush)
             # Executors close after every instance has ended: enter them first.
@@ -261,7 +268,7 @@ class Runtime:
 
     def _pump(self, to_stop: list[InstanceRec] | None = None) -> None:
         engine = self.engine
-        started = [] if self._closing else engine.dispatch()
+        started = engine.dispatch() if self._may_dispatch() else []
         for inst in started:
             inst.control = AttemptControl()
         for event in engine.drain():
@@ -274,6 +281,30 @@ class Runtime:
             assert instances is not None, "dispatch happens only while the runtime is open"
             for inst in started:
                 instances.start_soon(self._run_instance, inst)
+
+    def _may_dispatch(self) -> bool:
+        """Starts need room in the state dir (records, logs, their state changes)."""
+        return not self._closing and self.store.unwritable is None and self._space_short is None
+
+    def _wait_for_space(self, reason: str) -> None:
+        if self._space_short is None and self._instances is not None:
+            self._space_short = reason
+            log.error("dispatch_paused", reason=reason)
+            self._instances.start_soon(self._probe_space)
+
+    async def _probe_space(self) -> None:
+        """Try the state dir, backing off, until a write fits again; then dispatch."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(StateDirUnwritable),
+            wait=wait_exponential(multiplier=SPACE_RETRY_FIRST_S, max=SPACE_RETRY_MAX_S),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                await anyio.to_thread.run_sync(self.layout.check_writable)
+        self._space_short = None
+        log.warning("dispatch_resumed")
+        self._pump()
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, JobStateChanged) and event.state in JOB_TERMINAL:
@@ -373,6 +404,8 @@ class Runtime:
                 self._pump()
                 outcome = await self.hooks.run_after(replace(hooks, outcome=outcome))
             to_stop = engine.instance_finished(inst, outcome)
+            if outcome.reason is not None and outcome.reason.startswith(NO_SPACE):
+                self._wait_for_space(outcome.reason)
         except anyio.get_cancelled_exc_class():
             detached = inst.control is not None and inst.control.detach
             if not (detached and inst.state is InstanceState.RUNNING):
@@ -406,6 +439,12 @@ class Runtime:
         if self._stack is None or self._closing:
             raise RuntimeClosed("the runtime is not open")
 
+    def _check_writable(self) -> None:
+        """New work is refused while state changes cannot be stored (they wait in memory)."""
+        reason = self.store.unwritable or self._space_short
+        if reason is not None:
+            raise StateDirUnwritable(self.layout.root, reason)
+
     def resolve(self, spec: SpecSource) -> JobDef:
         """Validate a spec against this runtime's config and executors. Raises SpecError."""
         if isinstance(spec, JobDef):
@@ -419,12 +458,17 @@ class Runtime:
         """Validate, store durably, then start a job. Raises SpecError on bad input."""
         self._check_open()
         defn = self.resolve(spec)
+        self._check_writable()
         await self.resources.open_for(defn)
         job_id, seq, now = new_job_id(), self._next_seq, time.time()
         self._next_seq += 1
         self.store.add_job(job_id, seq, defn, now)
         self.bus.publish(JobSubmitted(job_id=job_id, name=defn.name, ts=now))
-        await self.store.flush()
+        try:
+            await self.store.flush(required=True)
+        except StateDirUnwritable:
+            self.store.withdraw_job(job_id)  # refused: nothing of it is stored later
+            raise
         job = JobRec(job_id, defn, seq, now)
         self.engine.add_job(job)
         self._pump()
@@ -666,7 +710,10 @@ class Runtime:
         return inst.state in INSTANCE_TERMINAL
 
     async def health(self) -> dict[str, Any]:
-        return {"status": "closing" if self._closing else "ok", **self.statistics()}
+        status = "closing" if self._closing else "ok"
+        if self.store.unwritable is not None or self._space_short is not None:
+            status = "degraded"
+        return {"status": status, **self.statistics()}
 
     def statistics(self) -> dict[str, Any]:
         """Counts of jobs by state and slots in use per compute env."""
@@ -677,4 +724,5 @@ class Runtime:
             "jobs": jobs,
             "compute_envs": self.engine.scheduler.statistics(),
             "commits": self.store.commits,
+            "store": self.store.unwritable or self._space_short or "ok",
         }

@@ -50,7 +50,9 @@ problem``) for ``SpecError`` and ``job_id`` / ``status`` where they apply:
 - 404 ``JobNotFound``, ``TaskNotFound``, ``InstanceNotFound``, or ``NotFound`` (no route);
 - 409 ``JobNotRetryable``; 413 ``RequestTooLarge`` (body over 1 MiB); 422 ``SpecError``;
 - 503 ``RuntimeClosed``: the runtime takes no new work, or the service is shutting down
-  (a pending ``wait`` gets this); 500 ``InternalError``, the details in the service's log.
+  (a pending ``wait`` gets this); 507 ``StateDirUnwritable``: the state dir's disk is full
+  (or read-only, failing), so no job is accepted until there is space (queries answer);
+  500 ``InternalError``, the details in the service's log.
 
 A refused request stores nothing. Streams end cleanly (final chunk) when the service shuts
 down, so a watcher sees the end of its stream, not a broken connection.

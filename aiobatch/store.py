@@ -9,15 +9,19 @@ whole row), while every event is appended to the ``events`` table.
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 import anyio
 import msgspec
+import structlog
 from anyio.abc import TaskStatus
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
+from aiobatch.errors import StateDirUnwritable
 from aiobatch.events import (
     Event,
     InstanceStateChanged,
@@ -29,6 +33,15 @@ from aiobatch.events import (
 )
 from aiobatch.spec import JobDef
 from aiobatch.states import INSTANCE_TERMINAL, JOB_TERMINAL, InstanceState, JobState
+from aiobatch.writes import Batch, Waiter
+
+log = structlog.get_logger("aiobatch.store")
+
+RETRY_FIRST_S = 0.1  # a failed write is tried again after this, doubling up to RETRY_MAX_S
+RETRY_MAX_S = 5.0
+# SQLite's primary result codes that mean the file system, not the data: full, I/O error,
+# read-only. Writes are kept in memory and tried again.
+_STORAGE_CODES = {13, 10, 8}  # SQLITE_FULL, SQLITE_IOERR, SQLITE_READONLY
 
 SCHEMA_VERSION = 2
 
@@ -130,29 +143,17 @@ class InstanceRow:
     interrupted: int
 
 
-@dataclass(slots=True)
-class _Batch:
-    new_jobs: list[tuple[Any, ...]] = field(default_factory=list)
-    new_tasks: list[tuple[Any, ...]] = field(default_factory=list)
-    job_updates: list[tuple[Any, ...]] = field(default_factory=list)
-    job_stops: list[tuple[Any, ...]] = field(default_factory=list)
-    tasks: dict[tuple[str, str], tuple[Any, ...]] = field(default_factory=dict)
-    instances: dict[tuple[str, str, int], tuple[Any, ...]] = field(default_factory=dict)
-    events: list[tuple[str, bytes]] = field(default_factory=list)
-    waiters: list[anyio.Event] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.new_jobs or self.events or self.waiters)
-
-
 class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._db: aiosqlite.Connection | None = None
-        self._batch = _Batch()
+        self._batch = Batch()
         self._wake = anyio.Event()
         self.commits = 0  # transactions written, for statistics and tests
         self._writing = False  # a writer task runs
+        # Why the last write failed (disk full, I/O error); None while writes succeed.
+        self.unwritable: str | None = None
+        self.on_writable: Callable[[], None] | None = None  # called when writes work again
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -178,6 +179,10 @@ class Store:
         await self._migrate()
 
     async def close(self) -> None:
+        if self._batch.events or self._batch.new_jobs:
+            # Only while the disk stayed full to the end: the next start replays from what
+            # is stored (an attempt whose end was not written runs again).
+            log.error("store_closed_unwritten", events=len(self._batch.events))
         if self._db is not None:
             await self._db.close()
             self._db = None
@@ -246,32 +251,77 @@ class Store:
         batch.new_tasks.extend((job_id, task.name, "PENDING", None) for task in defn.tasks)
         self._wake.set()  # its JobSubmitted event comes through the bus, in the same batch
 
-    async def flush(self) -> None:
-        """Return once everything buffered so far is committed."""
+    async def flush(self, *, required: bool = False) -> None:
+        """Return once everything buffered so far is committed.
+
+        While the state dir cannot be written, return at once (queries then read what is
+        committed), or with ``required``, raise StateDirUnwritable."""
         if not self._writing:  # no writer task: write here
             await self.write_pending()
             return
-        done = anyio.Event()
-        self._batch.waiters.append(done)
+        if self.unwritable is not None and not required:
+            return
+        waiter = Waiter()
+        self._batch.waiters.append(waiter)
         self._wake.set()
-        await done.wait()
+        await waiter.done.wait()
+        if waiter.error is not None and required:
+            raise waiter.error
+
+    def withdraw_job(self, job_id: str) -> None:
+        """Forget a new job whose commit failed: the caller refuses it, nothing is stored."""
+        self._batch.withdraw_job(job_id)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """The writer: one transaction per wake-up, holding all that accumulated."""
+        """The writer: one transaction per wake-up, holding all that accumulated. While the
+        state dir cannot be written it keeps what it has and tries again, backing off."""
         self._writing = True
         task_status.started()
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(StateDirUnwritable),
+            wait=wait_exponential(multiplier=RETRY_FIRST_S, max=RETRY_MAX_S),
+            reraise=True,
+        )
         try:
             while True:
                 await self._wake.wait()
                 self._wake = anyio.Event()
-                await self.write_pending()
+                async for attempt in retrying:
+                    with attempt:
+                        await self.write_pending()
         finally:
             self._writing = False
 
     async def write_pending(self) -> None:
-        batch, self._batch = self._batch, _Batch()
-        if not batch:
+        """Write what is buffered in one transaction. If the disk is full (or the file
+        system fails), keep it for the next try and raise StateDirUnwritable."""
+        batch, self._batch = self._batch, Batch()
+        if not batch and self.unwritable is None:
             return
+        try:
+            # With nothing to write (what failed was withdrawn), a write of no consequence
+            # still tells whether there is room again.
+            await self._write(batch) if batch else await self._probe()
+        except sqlite3.Error as exc:
+            if not _storage_failure(exc):
+                raise
+            batch.absorb(self._batch)  # what came since goes after it
+            self._batch = batch
+            error = StateDirUnwritable(self.path.parent, str(exc))
+            if self.unwritable is None:
+                log.error("store_unwritable", error=str(exc), held_events=len(batch.events))
+            self.unwritable = str(exc)
+            batch.release(error)  # nobody waits on a full disk
+            raise error from exc
+        self.commits += 1
+        batch.release()
+        if self.unwritable is not None:
+            log.warning("store_resumed", events_dropped=batch.events_dropped)
+            self.unwritable = None
+            if self.on_writable is not None:
+                self.on_writable()
+
+    async def _write(self, batch: Batch) -> None:
         # A transaction must not be torn by cancellation: shield it, it is short.
         with anyio.CancelScope(shield=True):
             db = self.db
@@ -279,50 +329,63 @@ class Store:
                 # An accepted job must survive even a power loss; state changes after it
                 # are replayable (at-least-once), so they need not pay an fsync each.
                 await db.execute("PRAGMA synchronous = FULL")
-            await db.execute("BEGIN")
             try:
-                if batch.new_jobs:
-                    await db.executemany(
-                        "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        batch.new_jobs,
-                    )
-                    await db.executemany("INSERT INTO tasks VALUES (?, ?, ?, ?)", batch.new_tasks)
-                # Stop requests first: a job that ends in the same batch then clears them.
-                if batch.job_stops:
-                    await db.executemany(
-                        "UPDATE jobs SET stopping_state = ?, stopping_reason = ? WHERE id = ?",
-                        batch.job_stops,
-                    )
-                if batch.job_updates:
-                    await db.executemany(
-                        "UPDATE jobs SET state = ?1, reason = ?2, "
-                        "started_at = COALESCE(started_at, ?3), ended_at = ?4, "
-                        # An ended job's wind-down is over: a retry must not resume it.
-                        "stopping_state = IIF(?4 IS NULL, stopping_state, NULL), "
-                        "stopping_reason = IIF(?4 IS NULL, stopping_reason, NULL) WHERE id = ?5",
-                        batch.job_updates,
-                    )
-                if batch.tasks:
-                    await db.executemany(
-                        "UPDATE tasks SET state = ?, reason = ? WHERE job_id = ? AND name = ?",
-                        batch.tasks.values(),
-                    )
-                if batch.instances:
-                    await db.executemany(_UPSERT_INSTANCE, batch.instances.values())
-                if batch.events:
-                    await db.executemany(
-                        "INSERT INTO events (job_id, body) VALUES (?, ?)", batch.events
-                    )
+                await db.execute("BEGIN")
+                await self._write_rows(batch)
                 await db.execute("COMMIT")
             except BaseException:
-                await db.execute("ROLLBACK")
+                if db.in_transaction:  # SQLite may have rolled back already (a full disk)
+                    try:
+                        await db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
                 raise
             finally:
                 if batch.new_jobs:
                     await db.execute("PRAGMA synchronous = NORMAL")
-            self.commits += 1
-        for waiter in batch.waiters:
-            waiter.set()
+
+    async def _probe(self) -> None:
+        db = self.db
+        await db.execute("BEGIN")
+        try:
+            await db.execute("UPDATE schema_version SET version = version")
+            await db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                await db.execute("ROLLBACK")
+            raise
+
+    async def _write_rows(self, batch: Batch) -> None:
+        db = self.db
+        if batch.new_jobs:
+            await db.executemany(
+                "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", batch.new_jobs
+            )
+            await db.executemany("INSERT INTO tasks VALUES (?, ?, ?, ?)", batch.new_tasks)
+        # Stop requests first: a job that ends in the same batch then clears them.
+        if batch.job_stops:
+            await db.executemany(
+                "UPDATE jobs SET stopping_state = ?, stopping_reason = ? WHERE id = ?",
+                batch.job_stops,
+            )
+        if batch.job_updates:
+            await db.executemany(
+                "UPDATE jobs SET state = ?1, reason = ?2, "
+                "started_at = COALESCE(started_at, ?3), ended_at = ?4, "
+                # An ended job's wind-down is over: a retry must not resume it.
+                "stopping_state = IIF(?4 IS NULL, stopping_state, NULL), "
+                "stopping_reason = IIF(?4 IS NULL, stopping_reason, NULL) WHERE id = ?5",
+                batch.job_updates,
+            )
+        if batch.tasks:
+            await db.executemany(
+                "UPDATE tasks SET state = ?, reason = ? WHERE job_id = ? AND name = ?",
+                batch.tasks.values(),
+            )
+        if batch.instances:
+            await db.executemany(_UPSERT_INSTANCE, batch.instances.values())
+        if batch.events:
+            await db.executemany("INSERT INTO events (job_id, body) VALUES (?, ?)", batch.events)
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -398,3 +461,8 @@ def _job_row(row: Any) -> JobRow:
         started_at=row[10],
         ended_at=row[11],
     )
+
+
+def _storage_failure(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in _STORAGE_CODES

@@ -19,6 +19,7 @@ from aiobatch.errors import (
     JobNotRetryable,
     RuntimeClosed,
     SpecError,
+    StateDirUnwritable,
     TaskNotFound,
 )
 
@@ -80,6 +81,7 @@ ERROR_STATUS: dict[type[AiobatchError], int] = {
     InstanceNotFound: HTTPStatus.NOT_FOUND,
     JobNotRetryable: HTTPStatus.CONFLICT,
     RuntimeClosed: HTTPStatus.SERVICE_UNAVAILABLE,
+    StateDirUnwritable: HTTPStatus.INSUFFICIENT_STORAGE,
 }
 ERROR_CLASSES = {cls.__name__: cls for cls in ERROR_STATUS}
 

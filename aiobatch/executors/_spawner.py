@@ -158,15 +158,16 @@ class Spawner:
                 fd, {"key": list(key), "runtime": request["runtime"], "spawner": self.identity}
             )
         except OSError as exc:
-            self.send({"op": "failed", "id": request_id, "error": f"record: {exc.strerror}"})
+            _remove(record)
+            self.fail(request_id, f"record: {exc.strerror}", exc, exec_failed=False)
             return
         argv = request["argv"]
         try:
             pid = _start(argv, request["cwd"], env, request["stdout"], request["stderr"])
         except OSError as exc:
             os.close(fd)
-            error = f"{argv[0] if argv else ''}: {exc.strerror}"
-            self.send({"op": "failed", "id": request_id, "error": error, "exec": True})
+            _remove(record)  # it never started: no trace of an attempt that did not happen
+            self.fail(request_id, f"{argv[0] if argv else ''}: {exc.strerror}", exc)
             return
         started = time.monotonic()
         self.leaders[pid] = Leader(request_id, key, fd, started)
@@ -176,6 +177,10 @@ class Spawner:
         except OSError:
             pass  # the pid is in the runtime's own store too; the exit line matters more
         self.send({"op": "started", "id": request_id, **start})
+
+    def fail(self, request_id: int, error: str, exc: OSError, *, exec_failed: bool = True) -> None:
+        reply = {"op": "failed", "id": request_id, "error": error, "errno": exc.errno}
+        self.send({**reply, "exec": exec_failed})
 
     def forward_signal(self, pid: int, sig: int) -> None:
         # Only a leader not reaped yet: its pid still names its group, never a stranger.
@@ -300,6 +305,13 @@ def _new_record(path: str) -> int:
     except FileNotFoundError:
         pass
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _write_line(fd: int, value: dict[str, Any]) -> None:

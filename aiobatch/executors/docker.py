@@ -8,6 +8,7 @@ followed while the container runs and appended to the same log files local insta
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import ssl
@@ -387,9 +388,26 @@ class DockerExecutor:
 
 
 async def _follow(container: DockerContainer, stream: str, out: BinaryIO) -> None:
-    """Append one stream of the container to ``out`` as it comes."""
+    """Append one stream of the container to ``out`` as it comes.
+
+    While the state dir's disk is full, output is counted, not written; once a write fits
+    again, a line says how much was lost, so nothing goes missing without a word."""
+    lost, why = 0, ""
     async for chunk in container.log(follow=True, **{stream: True}):
-        out.write(chunk.encode())
+        data = chunk.encode()
+        try:
+            if lost:
+                out.write(f"\n[aiobatch: {lost} bytes of {stream} lost: {why}]\n".encode())
+                lost = 0
+            out.write(data)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            if not lost:
+                log.warning("log_lost", stream=stream, error=exc.strerror)
+            lost, why = lost + len(data), exc.strerror or str(exc)
+    if lost:
+        log.error("log_lost", stream=stream, bytes=lost, error=why)
 
 
 async def _remove(container: DockerContainer) -> None:

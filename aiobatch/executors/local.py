@@ -8,6 +8,7 @@ processes that outlived the runtime before it.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import signal
@@ -18,7 +19,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup
 
-from aiobatch.engine import RUNTIME_LOST, Outcome
+from aiobatch.engine import NO_SPACE, RUNTIME_LOST, Outcome
 from aiobatch.executors import records
 from aiobatch.executors.base import FoundAttempt, InstanceContext
 from aiobatch.executors.spawner import Exited, Spawner, SpawnerGone, SpawnFailed, Started
@@ -84,6 +85,9 @@ class LocalExecutor:
                 runtime_id=self.runtime_id,
             )
         except SpawnFailed as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                # Its record or logs found no room: nothing ran, and it is not the task's doing.
+                return Outcome(reason=f"{NO_SPACE}: {exc.error}")
             kind = "exec_failed" if exc.exec_failed else "spawn_failed"
             return Outcome(reason=f"{kind}: {exc.error}")
         except SpawnerGone:

@@ -56,11 +56,12 @@ class Exited:
 
 
 class SpawnFailed(Exception):
-    """The process was not started. ``exec``: the program itself could not be run."""
+    """The process was not started. ``exec_failed``: the program itself could not be run;
+    ``errno``: why, as the system said."""
 
-    def __init__(self, error: str, *, exec_failed: bool) -> None:
+    def __init__(self, error: str, *, exec_failed: bool, errno: int | None = None) -> None:
         super().__init__(error)
-        self.error, self.exec_failed = error, exec_failed
+        self.error, self.exec_failed, self.errno = error, exec_failed, errno
 
 
 class SpawnerGone(Exception):
@@ -163,7 +164,9 @@ class Spawner:
             raise SpawnerGone  # asked, never answered: the process may or may not run
         if reply["op"] == "failed":
             self._exits.pop(request_id, None)
-            raise SpawnFailed(reply["error"], exec_failed=bool(reply.get("exec")))
+            raise SpawnFailed(
+                reply["error"], exec_failed=bool(reply.get("exec")), errno=reply.get("errno")
+            )
         return Started(request_id, reply["pid"], reply["mono"], reply["wall"])
 
     async def wait(self, started: Started) -> Exited:

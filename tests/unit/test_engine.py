@@ -26,7 +26,14 @@ from hypothesis.stateful import (
     rule,
 )
 
-from aiobatch.engine import INTERRUPTED, RUNTIME_LOST_LIMIT, STOPPED_BY_USER, Engine, Outcome
+from aiobatch.engine import (
+    INTERRUPTED,
+    NO_SPACE,
+    RUNTIME_LOST_LIMIT,
+    STOPPED_BY_USER,
+    Engine,
+    Outcome,
+)
 from aiobatch.events import (
     Event,
     InstanceStateChanged,
@@ -1001,3 +1008,16 @@ def test_stop_instance_after_the_job_ended_changes_nothing() -> None:
     h.engine.drain()
     assert h.engine.stop_instance(h.task("b"), 1) is None
     assert h.engine.drain() == []
+
+
+def test_a_start_that_found_no_room_waits_uncharged_for_the_same_attempt() -> None:
+    h = Harness(task_def("t"))
+    assert h.dispatch() == ["t[0]"]
+    inst = h.inst("t")
+    # The spawner could not write the attempt's record: nothing ran.
+    h.engine.instance_finished(inst, Outcome(reason=f"{NO_SPACE}: record: No space left"))
+    assert (inst.state, inst.reason, inst.attempt) == (InstanceState.PENDING, NO_SPACE, 1)
+    assert inst.charged_attempts == 1 and h.task("t").retry_queue[0] is inst
+    assert h.dispatch() == ["t[0]"]  # once there is room again, the same attempt starts
+    h.run("t")
+    assert h.job_state() is JobState.SUCCEEDED and inst.attempt == 1

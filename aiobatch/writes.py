@@ -1,0 +1,77 @@
+"""What the store's next transaction writes, and what becomes of it when a write fails.
+
+A batch holds the rows that events changed (coalesced per task and instance), the events
+themselves for the history, new jobs, and the waiters of ``flush``. When the disk is full the
+batch is kept and merged with what came after it, to be written once space returns; its
+waiters are told at once, so nothing waits on a disk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+# While nothing can be written, events for the history are kept up to this many; the rows
+# they changed are kept in any case (one per task and instance: bounded by the jobs).
+MAX_HELD_EVENTS = 200_000
+
+
+class Waiter:
+    """One ``flush``: set once its batch is written, or failed to be (``error``)."""
+
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.error: BaseException | None = None
+
+
+@dataclass(slots=True)
+class Batch:
+    new_jobs: list[tuple[Any, ...]] = field(default_factory=list)
+    new_tasks: list[tuple[Any, ...]] = field(default_factory=list)
+    job_updates: list[tuple[Any, ...]] = field(default_factory=list)
+    job_stops: list[tuple[Any, ...]] = field(default_factory=list)
+    tasks: dict[tuple[str, str], tuple[Any, ...]] = field(default_factory=dict)
+    instances: dict[tuple[str, str, int], tuple[Any, ...]] = field(default_factory=dict)
+    events: list[tuple[str, bytes]] = field(default_factory=list)
+    waiters: list[Waiter] = field(default_factory=list)
+    events_dropped: int = 0  # history events let go while the disk was full
+
+    def __bool__(self) -> bool:
+        return bool(self.new_jobs or self.events or self.waiters)
+
+    def absorb(self, later: Batch) -> None:
+        """Take in a batch buffered after this one (this one failed to be written)."""
+        self.new_jobs += later.new_jobs
+        self.new_tasks += later.new_tasks
+        self.job_updates += later.job_updates
+        self.job_stops += later.job_stops
+        self.tasks.update(later.tasks)  # later rows win, as they would have in their commit
+        self.instances.update(later.instances)
+        self.events += later.events
+        self.waiters += later.waiters
+        self.events_dropped += later.events_dropped
+        overflow = len(self.events) - MAX_HELD_EVENTS
+        if overflow > 0:
+            del self.events[:overflow]  # the oldest history goes; every row stays right
+            self.events_dropped += overflow
+
+    def withdraw_job(self, job_id: str) -> None:
+        """Forget a new job that was refused: nothing of it may be stored later."""
+        self.new_jobs = [row for row in self.new_jobs if row[0] != job_id]
+        self.new_tasks = [row for row in self.new_tasks if row[0] != job_id]
+        self.job_updates = [row for row in self.job_updates if row[-1] != job_id]
+        self.job_stops = [row for row in self.job_stops if row[-1] != job_id]
+        self.tasks = {key: row for key, row in self.tasks.items() if key[0] != job_id}
+        self.instances = {key: row for key, row in self.instances.items() if key[0] != job_id}
+        self.events = [event for event in self.events if event[0] != job_id]
+
+    def release(self, error: BaseException | None = None) -> None:
+        """Tell every waiter how the write went."""
+        for waiter in self.waiters:
+            waiter.error = error
+            waiter.done.set()
+        self.waiters = []

@@ -1,0 +1,192 @@
+"""A full disk degrades the service, never crashes it: a state dir on a small tmpfs, filled by a
+task's output or by a filler file. Submissions are refused (507, exit code 4) while queries
+answer; state changes wait in memory; everything resumes once there is space again."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from aiobatch import JobState, StateDirUnwritable
+from aiobatch.client import Client
+from aiobatch.events import InstanceStateChanged
+from tests.integration.test_service import (
+    AIOBATCH,
+    Service,
+    stored_events,
+    submit_and_see_running,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 24 MiB tmpfs: mounting one needs root, which CI has."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("the disk-full tests need root to mount a tmpfs")
+        pytest.skip("the disk-full tests need root to mount a tmpfs")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+async def full_service(small_disk: Path) -> AsyncIterator[Service]:
+    root = Path(tempfile.mkdtemp(prefix="ab", dir="/tmp"))  # sockets: short paths, off the tmpfs
+    service = Service(root, small_disk / "state", "[compute_envs.local]\nslots = 2\n")
+    try:
+        yield service
+    finally:
+        await service.close()
+
+
+def fill(path: Path) -> None:
+    """Write zeros to ``path`` until the file system is full."""
+    block = bytes(1 << 20)
+    with path.open("wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(block)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+    small = bytes(4096)
+    with path.open("ab", buffering=0) as f:
+        try:
+            while True:
+                f.write(small)
+        except OSError:
+            pass
+
+
+async def until_status(client: Client, status: str) -> None:
+    # No event tells a client that the disk filled or has room again; health is what says.
+    with anyio.fail_after(30):
+        while (await client.health())["status"] != status:  # noqa: ASYNC110
+            await anyio.sleep(0.05)
+
+
+async def cli_submit(spec: Path, sock: Path) -> subprocess.CompletedProcess[bytes]:
+    return await anyio.run_process(
+        [str(AIOBATCH), "submit", str(spec), "--socket", str(sock)], check=False
+    )
+
+
+async def test_a_task_that_fills_the_disk_degrades_the_service_which_then_resumes(
+    full_service: Service, tmp_path: Path
+) -> None:
+    service = full_service
+    said, gate = tmp_path / "said", tmp_path / "gate"
+    os.mkfifo(said)
+    os.mkfifo(gate)
+    # Its output fills the state dir's disk; then it says so, and waits to be let go.
+    command = f'head -c 100M /dev/zero; echo full > "{said}"; read _ < "{gate}"'
+    spec = {"name": "filler", "tasks": [{"name": "fill", "command": command}]}
+    small = tmp_path / "small.yaml"
+    small.write_text("name: small\ntasks:\n  - {name: a, command: 'echo hi'}\n")
+    await service.start()
+    async with service.client() as client:
+        job, _ = await submit_and_see_running(client, spec, 1)
+        with said.open() as fifo:
+            assert await anyio.to_thread.run_sync(fifo.read) == "full\n"
+
+        with pytest.raises(
+            StateDirUnwritable, match=r"cannot write the state dir .*: database or disk is full"
+        ):
+            await client.submit({"name": "refused", "tasks": [{"name": "a", "command": "true"}]})
+        refused = await cli_submit(small, service.socket)
+        assert refused.returncode == 4
+        assert refused.stderr.decode().count("\n") == 1 and b"Traceback" not in refused.stderr
+        # Still up, still answering.
+        assert (await client.health())["status"] == "degraded"
+        assert (await client.get_job(job.id)).status is JobState.RUNNING
+        assert [j.name for j in await client.list_jobs()] == ["filler"]
+
+        log = service.state_dir / "logs" / job.id / "fill" / "0.stdout"
+        log.write_bytes(b"")  # space returns
+        await until_status(client, "ok")
+        with gate.open("w") as fifo:
+            fifo.write("go\n")
+        done = await client.wait_job(job.id)
+        accepted = await client.submit(
+            {"name": "after", "tasks": [{"name": "a", "command": "true"}]}
+        )
+        after = await client.wait_job(accepted.id)
+    assert service.process is not None and service.process.returncode is None
+    assert (done.status, after.status) == ("SUCCEEDED", "SUCCEEDED")
+    states = [
+        e.state
+        for e in stored_events(service.state_dir, job.id)
+        if isinstance(e, InstanceStateChanged)
+    ]
+    assert states == ["STAGING", "RUNNING", "UPLOADING", "SUCCEEDED"], "no change was lost"
+    service.process.send_signal(signal.SIGTERM)
+    assert await service.process.wait() == 0
+    with sqlite3.connect(service.state_dir / "aiobatch.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        names = [name for (name,) in db.execute("SELECT name FROM jobs ORDER BY seq")]
+    assert names == ["filler", "after"], "nothing of a refused job was stored"
+
+
+async def test_a_filler_file_pauses_dispatch_and_charges_nothing(
+    full_service: Service, tmp_path: Path
+) -> None:
+    service = full_service
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    spec = {
+        "name": "paused",
+        "tasks": [
+            {"name": "first", "command": f'read _ < "{gate}"'},
+            {"name": "then", "depends_on": ["first"], "instances": 3, "command": "echo done"},
+        ],
+    }
+    await service.start()
+    async with service.client() as client:
+        job, _ = await submit_and_see_running(client, spec, 1)
+        filler = service.state_dir / "filler"
+        await anyio.to_thread.run_sync(fill, filler)
+        with gate.open("w") as fifo:  # `first` ends on a full disk: nothing may start after it
+            fifo.write("go\n")
+        await until_status(client, "degraded")
+        assert (await client.get_job(job.id)).status is JobState.RUNNING
+        filler.unlink()
+        await until_status(client, "ok")
+        done = await client.wait_job(job.id)
+        then = await client.task_result(job.id, "then")
+    assert done.status == "SUCCEEDED"
+    # Nothing was charged: each ran once, as its first attempt.
+    assert [(i.status, i.attempts) for i in then.instances or []] == [("SUCCEEDED", 1)] * 3
+
+
+async def test_starting_on_a_full_disk_exits_4_with_one_line(small_disk: Path) -> None:
+    await anyio.to_thread.run_sync(fill, small_disk / "filler")
+    spec = small_disk.parent / "job.yaml"
+    spec.write_text("name: j\ntasks:\n  - {name: a, command: 'true'}\n")
+    for command in (
+        ["serve", "--socket", str(small_disk.parent / "s.sock")],
+        ["run", str(spec)],
+    ):
+        result = await anyio.run_process(
+            [sys.executable, "-m", "aiobatch", *command, "--state-dir", str(small_disk / "s")],
+            check=False,
+        )
+        err = result.stderr.decode()
+        assert result.returncode == 4, err
+        assert err.startswith("aiobatch: cannot write the state dir") and err.count("\n") == 1
