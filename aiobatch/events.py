@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 import anyio
 import msgspec
+import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 
@@ -65,6 +66,8 @@ class InstanceStateChanged(msgspec.Struct, frozen=True, tag=True, kw_only=True, 
     interrupted: int = 0
 
 
+log = structlog.get_logger("aiobatch.events")
+
 Event = JobSubmitted | JobStateChanged | JobStopRequested | TaskStateChanged | InstanceStateChanged
 Subscriber = Callable[[Event], None]
 
@@ -87,8 +90,13 @@ class Bus:
         return lambda: self._subscribers.remove(subscriber)
 
     def publish(self, event: Event) -> None:
+        # One subscriber that fails (a view, a user's) must not keep the event from the
+        # others, the store first among them: it is logged, and the next one is called.
         for subscriber in self._subscribers:
-            subscriber(event)
+            try:
+                subscriber(event)
+            except Exception:
+                log.exception("subscriber_failed", subscriber=repr(subscriber))
 
     @contextmanager
     def stream(

@@ -14,6 +14,7 @@ from typing import Any
 from aiobatch.engine import Outcome
 from aiobatch.errors import AiobatchError
 from aiobatch.executors.base import InstanceContext
+from aiobatch.spec import TaskDef
 from aiobatch.storage.base import StorageBackend, StorageError, StorageURI, inside
 
 
@@ -68,6 +69,10 @@ class Hooks:
     @classmethod
     def default(cls) -> Hooks:
         return cls(before_start=[stage_inputs], after_exit=[upload_outputs, upload_logs])
+
+    def need_dirs(self, task: TaskDef) -> bool:
+        """Whether a hook before the start may write into the work dir (so it must exist)."""
+        return bool(task.inputs) or self.before_start != [stage_inputs]
 
     async def run_before(self, context: HookContext) -> None:
         for hook in self.before_start:

@@ -84,6 +84,11 @@ def new_job_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%d%H%M%S") + os.urandom(6).hex()
 
 
+def _make_dirs(ctx: InstanceContext) -> None:
+    ctx.work_dir.mkdir(parents=True, exist_ok=True)
+    ctx.stdout_path.parent.mkdir(parents=True, exist_ok=True)
+
+
 class Runtime:
     """Runs jobs in this process. Use as ``async with Runtime(state_dir=...) as rt:``."""
 
@@ -118,7 +123,7 @@ class Runtime:
         # Ended jobs (of this run, or loaded for a query), most recent last; bounded.
         self._archive: OrderedDict[str, JobRec] = OrderedDict()
         self._next_seq = 1
-        # Per running job and task: the environment its instances share (also: log dir made).
+        # Per running job and task: the environment its instances share.
         self._task_env: dict[str, dict[str, dict[str, str]]] = {}
         self._kill_grace = self.config.kill_grace_s
         # Phase hooks (staging in and out are built in; add yours).
@@ -330,11 +335,11 @@ class Runtime:
 
     def _context(self, inst: InstanceRec) -> InstanceContext:
         task, job = inst.task, inst.task.job
+        # The dirs are made off the event loop by who writes there first: the spawner or
+        # the Docker executor (work and log dirs), the storage backends (inputs).
         work_dir = self.layout.work_dir(job.id, task.name, inst.index)
-        work_dir.mkdir(parents=True, exist_ok=True)
         base_env = self._task_env.setdefault(job.id, {}).get(task.name)
         if base_env is None:  # first dispatch of the task: once per task, not per instance
-            self.layout.log_dir(job.id, task.name).mkdir(parents=True, exist_ok=True)
             # A local process inherits this process's environment; a container keeps its image's.
             inherited = os.environ if self._env_kinds[task.defn.compute_env] == "local" else {}
             base_env = {
@@ -370,7 +375,30 @@ class Runtime:
     async def _run_instance(self, inst: InstanceRec, adopt: Found | None = None) -> None:
         """One attempt, from staging to settled; or, after a restart, the rest of one."""
         engine = self.engine
-        executor = self.executors[inst.task.defn.compute_env]
+        self._attempt_began()
+        try:
+            try:
+                outcome = await self._attempt(inst, adopt)
+            except anyio.get_cancelled_exc_class():
+                detached = inst.control is not None and inst.control.detach
+                if not (detached and inst.state is InstanceState.RUNNING):
+                    engine.instance_interrupted(inst)  # else it stays RUNNING, to be re-adopted
+                    self._pump()
+                raise
+            except Exception as exc:  # an executor or hook bug must not take the runtime down
+                log.exception("executor_failed", job_id=inst.task.job.id, task=inst.task.name)
+                outcome = Outcome(reason=f"executor_error: {exc}")
+                if inst.state is InstanceState.RUNNING:
+                    engine.instance_exited(inst, outcome)
+            to_stop = self._settle(inst, outcome)
+        finally:
+            self._attempt_ended()
+        inst.control = None
+        self._pump(to_stop)
+
+    async def _attempt(self, inst: InstanceRec, adopt: Found | None) -> Outcome:
+        """Stage, run (or adopt), upload: how the attempt ended, before it is settled."""
+        engine = self.engine
 
         def on_started(pid: int | None) -> None:
             engine.instance_running(inst, pid)
@@ -384,44 +412,34 @@ class Runtime:
                 pid=pid,
             )
 
-        self._attempt_began()
+        ctx = self._context(inst)
+        hooks = HookContext(instance=ctx, job_name=ctx.job_name, storage=self.storage)
+        if adopt is not None:
+            outcome = await adopt[0].adopt(ctx, adopt[1])
+        else:
+            if self.hooks.need_dirs(ctx.task):  # else the executor makes them, off the loop too
+                await anyio.to_thread.run_sync(_make_dirs, ctx)
+            try:
+                await self.hooks.run_before(hooks)
+            except HookFailed as exc:
+                return Outcome(reason=exc.reason)
+            outcome = await self.executors[inst.task.defn.compute_env].run(ctx, on_started)
+        if outcome.reason == RUNTIME_LOST or inst.state is not InstanceState.RUNNING:
+            return outcome  # how it ended is lost, or it never started: nothing to upload
+        engine.instance_exited(inst, outcome)
+        self._pump()
+        return await self.hooks.run_after(replace(hooks, outcome=outcome))
+
+    def _settle(self, inst: InstanceRec, outcome: Outcome) -> list[InstanceRec]:
+        """The attempt's one settlement: a failure in it is logged, never tried twice."""
         try:
-            ctx = self._context(inst)
-            hooks = HookContext(instance=ctx, job_name=ctx.job_name, storage=self.storage)
-            if adopt is not None:
-                outcome = await adopt[0].adopt(ctx, adopt[1])
-            else:
-                try:
-                    await self.hooks.run_before(hooks)
-                except HookFailed as exc:
-                    outcome = Outcome(reason=exc.reason)
-                else:
-                    outcome = await executor.run(ctx, on_started)
-            if outcome.reason == RUNTIME_LOST:
-                pass  # how it ended is lost (with a runtime or the spawner): upload nothing
-            elif inst.state is InstanceState.RUNNING:  # else it never started: nothing ran
-                engine.instance_exited(inst, outcome)
-                self._pump()
-                outcome = await self.hooks.run_after(replace(hooks, outcome=outcome))
-            to_stop = engine.instance_finished(inst, outcome)
-            if outcome.reason is not None and outcome.reason.startswith(NO_SPACE):
-                self._wait_for_space(outcome.reason)
-        except anyio.get_cancelled_exc_class():
-            detached = inst.control is not None and inst.control.detach
-            if not (detached and inst.state is InstanceState.RUNNING):
-                engine.instance_interrupted(inst)  # else it stays RUNNING, to be re-adopted
-                self._pump()
-            raise
-        except Exception as exc:  # an executor bug must not take the runtime down
-            log.exception("executor_failed", job_id=inst.task.job.id, task=inst.task.name)
-            outcome = Outcome(reason=f"executor_error: {exc}")
-            if inst.state is InstanceState.RUNNING:
-                engine.instance_exited(inst, outcome)
-            to_stop = engine.instance_finished(inst, outcome)
-        finally:
-            self._attempt_ended()
-        inst.control = None
-        self._pump(to_stop)
+            to_stop = self.engine.instance_finished(inst, outcome)
+        except Exception:
+            log.exception("settle_failed", job_id=inst.task.job.id, task=inst.task.name)
+            return []
+        if outcome.reason is not None and outcome.reason.startswith(NO_SPACE):
+            self._wait_for_space(outcome.reason)
+        return to_stop
 
     def _attempt_began(self) -> None:
         if self._attempts == 0:

@@ -153,6 +153,7 @@ class Spawner:
         key: Key = (job, task, index, attempt)
         record = request["record"]
         try:
+            os.makedirs(os.path.dirname(record), exist_ok=True)
             fd = _new_record(record)
             _write_line(
                 fd, {"key": list(key), "runtime": request["runtime"], "spawner": self.identity}
@@ -256,6 +257,7 @@ def _start(argv: list[str], cwd: str, env: dict[str, str], stdout: str, stderr: 
     """
     if not argv:
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
+    os.makedirs(cwd, exist_ok=True)
     os.chdir(cwd)
     append = os.O_WRONLY | os.O_APPEND | os.O_CREAT
     search = (argv[0], env.get("PATH", os.defpath))

@@ -40,7 +40,9 @@ class InstanceContext:
     task: TaskDef
     index: int
     attempt: int
-    work_dir: Path  # exists already; the log files' directory too
+    # Exists once the before-start hooks run (made for them off the event loop); an executor
+    # makes it (and the log files' directory) if no hook needed it.
+    work_dir: Path
     stdout_path: Path
     stderr_path: Path
     env: dict[str, str]

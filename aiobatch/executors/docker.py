@@ -37,6 +37,8 @@ _UNSUPPORTED: tuple[str, ...] = ()  # every task field has a meaning for a conta
 NO_CONNECTION = 900  # aiodocker's status for "cannot connect to the engine"
 DRAIN_S = 10.0  # a host that did not answer gets no new attempt for this long
 HEALTH_TIMEOUT_S = 5.0
+CREATE_LIMIT_S = 60.0  # a container create the engine has not answered by then has failed
+STOP_MARGIN_S = 30.0  # beyond kill_grace, how long a stop may take before we give up on it
 OOM_FLAG_CHECKS, OOM_FLAG_WAIT_S = 10, 0.1  # how long a late OOM flag is waited for
 
 log = structlog.get_logger("aiobatch.docker")
@@ -124,7 +126,7 @@ class DockerExecutor:
             for host in self._clients:
                 tg.start_soon(check, host)
 
-    def labels(self, ctx: InstanceContext) -> dict[str, str]:
+    def labels(self, ctx: InstanceContext, offsets: tuple[int, int] = (0, 0)) -> dict[str, str]:
         return {
             f"{LABEL_PREFIX}runtime": self.runtime_id,
             f"{LABEL_PREFIX}job": ctx.job_id,
@@ -133,11 +135,14 @@ class DockerExecutor:
             f"{LABEL_PREFIX}attempt": str(ctx.attempt),
             # Where this attempt's output begins in the instance's log files (earlier
             # attempts come before it): a re-adoption rewrites the logs from there.
-            f"{LABEL_PREFIX}stdout_offset": str(_size(ctx.stdout_path)),
-            f"{LABEL_PREFIX}stderr_offset": str(_size(ctx.stderr_path)),
+            f"{LABEL_PREFIX}stdout_offset": str(offsets[0]),
+            f"{LABEL_PREFIX}stderr_offset": str(offsets[1]),
         }
 
-    def container_config(self, ctx: InstanceContext) -> dict[str, Any]:
+    def container_config(
+        self, ctx: InstanceContext, offsets: tuple[int, int] = (0, 0)
+    ) -> dict[str, Any]:
+        """``offsets``: the log files' sizes, where this attempt's output will begin."""
         task = ctx.task
         workdir = task.workdir or CONTAINER_WORKDIR
         command = task.command
@@ -152,7 +157,7 @@ class DockerExecutor:
             "Image": task.image,
             "Env": [f"{key}={value}" for key, value in ctx.env.items()],
             "WorkingDir": workdir,
-            "Labels": self.labels(ctx),
+            "Labels": self.labels(ctx, offsets),
             "HostConfig": host_config,
             "AttachStdin": False,
             "Tty": False,
@@ -215,9 +220,12 @@ class DockerExecutor:
         try:
             if not await self._image_ready(docker, image, ctx.task.pull):
                 return Outcome(reason=f"image_unavailable: {image}")
-            # Shielded: a container the engine made must come back to us, to be removed.
-            with anyio.CancelScope(shield=True):
-                container = await docker.containers.create(self.container_config(ctx))
+            offsets = await anyio.to_thread.run_sync(_prepare_files, ctx)
+            config = self.container_config(ctx, offsets)
+            # Shielded: a container the engine made must come back to us, to be removed (one
+            # made after the limit is found at the next start, by its labels).
+            with anyio.CancelScope(shield=True), anyio.fail_after(CREATE_LIMIT_S):
+                container = await docker.containers.create(config)
             return container
         except aiodocker.DockerError as exc:
             if exc.status == NO_CONNECTION:
@@ -233,10 +241,8 @@ class DockerExecutor:
         failed, started = True, False
         try:
             # Open the logs first: they exist once the instance is RUNNING, as for a process.
-            with (
-                ctx.stdout_path.open("ab", buffering=0) as out,
-                ctx.stderr_path.open("ab", buffering=0) as err,
-            ):
+            out, err = await anyio.to_thread.run_sync(_open_logs, ctx)
+            with out, err:
                 began = time.monotonic()
                 await container.start()
                 started = True
@@ -307,14 +313,9 @@ class DockerExecutor:
         try:
             info = await container.show()
             labels = info["Config"]["Labels"]
-            for path, stream in ((ctx.stdout_path, "stdout"), (ctx.stderr_path, "stderr")):
-                offset = int(labels.get(f"{LABEL_PREFIX}{stream}_offset", _size(path)))
-                with path.open("ab") as f:
-                    f.truncate(min(offset, _size(path)))
-            with (
-                ctx.stdout_path.open("ab", buffering=0) as out,
-                ctx.stderr_path.open("ab", buffering=0) as err,
-            ):
+            await anyio.to_thread.run_sync(_rewind_logs, ctx, labels)
+            out, err = await anyio.to_thread.run_sync(_open_logs, ctx)
+            with out, err:
                 began = time.monotonic() - _seconds_since(info["State"].get("StartedAt"))
                 if info["State"].get("Status") == "created":
                     # Made but not started when the runtime died: this attempt starts now.
@@ -352,7 +353,10 @@ class DockerExecutor:
                     await self._stop(container, ctx.kill_grace_s)
             except BaseException:
                 if not ctx.control.detach:
-                    with anyio.CancelScope(shield=True):
+                    with (
+                        anyio.CancelScope(shield=True),
+                        anyio.move_on_after(ctx.kill_grace_s + STOP_MARGIN_S),
+                    ):
                         await self._stop(container, ctx.kill_grace_s)
                 raise
             # The followers end with the container's output; do not wait on a slow engine.
@@ -434,6 +438,30 @@ async def _settled_oom_state(container: DockerContainer, state: dict[str, Any]) 
         if state.get("OOMKilled"):
             break
     return state
+
+
+def _prepare_files(ctx: InstanceContext) -> tuple[int, int]:
+    """Make the work and log dirs; the logs' sizes, where this attempt's output begins."""
+    ctx.work_dir.mkdir(parents=True, exist_ok=True)
+    ctx.stdout_path.parent.mkdir(parents=True, exist_ok=True)
+    return _size(ctx.stdout_path), _size(ctx.stderr_path)
+
+
+def _open_logs(ctx: InstanceContext) -> tuple[BinaryIO, BinaryIO]:
+    out = ctx.stdout_path.open("ab", buffering=0)
+    try:
+        return out, ctx.stderr_path.open("ab", buffering=0)
+    except BaseException:
+        out.close()
+        raise
+
+
+def _rewind_logs(ctx: InstanceContext, labels: dict[str, str]) -> None:
+    """Cut the logs back to where the adopted attempt's output began (its labels say)."""
+    for path, stream in ((ctx.stdout_path, "stdout"), (ctx.stderr_path, "stderr")):
+        offset = int(labels.get(f"{LABEL_PREFIX}{stream}_offset", _size(path)))
+        with path.open("ab") as f:
+            f.truncate(min(offset, _size(path)))
 
 
 def _size(path: Path) -> int:

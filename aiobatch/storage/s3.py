@@ -132,7 +132,7 @@ class S3Backend:
                 response = await self._client.get_object(Bucket=uri.location, Key=uri.key)
             except (ClientError, BotoCoreError) as exc:
                 raise StorageError(f"{uri} {_why(exc)}") from None
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            await anyio.Path(dest.parent).mkdir(parents=True, exist_ok=True)
             async with response["Body"] as body, await anyio.open_file(dest, "wb") as out:
                 while chunk := await body.read(PART_SIZE):
                     await out.write(chunk)

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 from anyio import wait_all_tasks_blocked
+from anyio.abc import TaskGroup
 
 from aiobatch import JobFailed, JobState, Runtime, RuntimeClosed, SpecError, StateDirBusy
 from aiobatch.config import ComputeEnvConfig, Config
+from aiobatch.engine import Outcome
 from aiobatch.events import InstanceStateChanged, JobStateChanged
+from aiobatch.executors.base import InstanceContext
+from aiobatch.spec import TaskDef
 from tests.helpers import Gates, instance_is, process_alive, until
 
 pytestmark = pytest.mark.anyio
@@ -450,3 +455,44 @@ async def test_drain_lets_running_attempts_finish_then_interrupts_the_rest(
     with sqlite3.connect(state_dir / "aiobatch.db") as db:
         rows = dict(db.execute("SELECT task, state || ' ' || reason FROM instances").fetchall())
     assert rows["slow"] == "PENDING interrupted" and "later" not in rows
+
+
+class BrokenExecutor:
+    """Starts nothing, says it did, then fails with a bug of its own."""
+
+    kind = "local"
+
+    async def open(self, background: TaskGroup) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+    def unsupported(self, task: TaskDef) -> list[str]:
+        return []
+
+    async def run(self, ctx: InstanceContext, on_started: Callable[[int | None], None]) -> Outcome:
+        on_started(None)
+        raise RuntimeError("an executor's bug")
+
+
+async def test_an_executor_bug_settles_its_instance_once_and_the_runtime_goes_on(
+    state_dir: Path,
+) -> None:
+    spec = {"name": "buggy", "tasks": [{"name": "t", "instances": 2, "command": "true"}]}
+    async with Runtime(state_dir, executors={"local": BrokenExecutor()}) as rt:
+        with rt.bus.stream() as events:
+            job = await rt.submit(spec)
+            snapshot = await job.wait_for_completion()
+            changes = []
+            while (event := events.receive_nowait()) and not (
+                isinstance(event, JobStateChanged) and event.state == "FAILED"
+            ):
+                if isinstance(event, InstanceStateChanged):
+                    changes.append((event.index, event.state, event.reason))
+        assert (await rt.health())["status"] == "ok"
+    assert snapshot.status == "FAILED"
+    for index in (0, 1):
+        ends = [c for c in changes if c[0] == index and c[1] in ("FAILED", "CANCELLED")]
+        assert len(ends) <= 1, f"instance {index} settled twice: {ends}"
+    assert (0, "FAILED", "executor_error: an executor's bug") in changes

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from structlog.testing import capture_logs
 
-from aiobatch.events import Bus, JobStateChanged
+from aiobatch.events import Bus, Event, JobStateChanged
 
 pytestmark = pytest.mark.anyio
 
@@ -39,3 +40,21 @@ async def test_other_streams_go_on_when_one_is_cut_off() -> None:
             bus.publish(changed("a", n))
         assert [e.ts async for e in slow] == [0.0]
         assert [fast.receive_nowait().ts for _ in range(3)] == [0.0, 1.0, 2.0]
+
+
+def test_a_failing_subscriber_keeps_the_event_from_no_one() -> None:
+    bus = Bus()
+    before: list[Event] = []
+    after: list[Event] = []
+
+    def broken(event: Event) -> None:
+        raise RuntimeError("a view's bug")
+
+    bus.subscribe(lambda event: before.append(event))  # as the store is: first
+    bus.subscribe(broken)
+    bus.subscribe(lambda event: after.append(event))
+    with capture_logs() as logs:
+        for n in range(2):
+            bus.publish(changed("a", n))
+    assert [e.ts for e in before] == [e.ts for e in after] == [0.0, 1.0]
+    assert [entry["event"] for entry in logs] == ["subscriber_failed"] * 2
