@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -147,6 +148,12 @@ class BatchAPI(Backend, Protocol):
         self, job_id: str, task: str, index: int, *, stream: LogStream = "stdout", offset: int = 0
     ) -> AsyncIterator[bytes]: ...
     def events(self, job_id: str | None = None) -> AsyncIterator[Event]: ...
+    def subscribe(
+        self, job_id: str | None = None
+    ) -> AbstractAsyncContextManager[AsyncIterator[Event]]:
+        """Events (of one job, if given); once entered, every later event is sure to come."""
+        ...
+
     async def health(self) -> dict[str, Any]: ...
 
 

@@ -185,7 +185,7 @@ def _progress(runtime: Runtime, job: JobHandle, *, enabled: bool) -> Iterator[No
     if not enabled:
         yield
         return
-    records = runtime.engine.jobs[job.id].tasks
+    records = runtime.live_tasks(job.id)
     view = ProgressView(
         {name: task.total for name, task in records.items()},
         sys.stderr,
@@ -202,11 +202,11 @@ def _progress(runtime: Runtime, job: JobHandle, *, enabled: bool) -> Iterator[No
 
     view.start(
         {
-            name: (task.state.value, runtime.engine.waiting_reason(task), progress_of(task))
+            name: (task.state.value, runtime.waiting_reason(task), progress_of(task))
             for name, task in records.items()
         }
     )
-    unsubscribe = runtime.bus.subscribe(show)
+    unsubscribe = runtime.on_event(show)
     try:
         yield
     finally:
@@ -224,6 +224,6 @@ def _print_summary(runtime: Runtime, snapshot: JobSnapshot) -> None:
         for inst in task.instances or ():
             if inst.status == "FAILED":
                 print(f"    [{inst.index}] attempts={inst.attempts} {inst.reason}")
-                log = runtime.layout.log_path(snapshot.id, name, inst.index, "stderr")
+                log = runtime.log_path(snapshot.id, name, inst.index, "stderr")
                 for line in views.tail(log, 3):
                     print(f"      | {line}")

@@ -8,12 +8,11 @@ drive the engine directly.
 
 from __future__ import annotations
 
-import signal as signals
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from aiobatch import resolver
+from aiobatch.attempt import NO_SPACE, RUNTIME_LOST, Outcome
 from aiobatch.events import (
     Event,
     InstanceStateChanged,
@@ -35,46 +34,10 @@ from aiobatch.states import (
 )
 
 STOPPED_BY_USER = "stopped_by_user"
-RUNTIME_LOST = "runtime_lost"
 RUNTIME_LOST_LIMIT = "runtime_lost_limit"
 INTERRUPTED = "interrupted"
 RETRIED = "retried"
-# An attempt that could not start for lack of space in the state dir: nothing ran; it waits
-# (uncharged, same attempt) for dispatch to resume once there is room.
-NO_SPACE = "state_dir_full"
 DEFAULT_LOST_LIMIT = 3  # crashes one instance may live through before it fails
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How one attempt ended, as an executor saw it."""
-
-    exit_code: int | None = None
-    signal: int | None = None
-    # Set when the attempt failed for a reason other than its exit status (timeout, hooks).
-    reason: str | None = None
-    duration_s: float | None = None
-
-    @property
-    def code(self) -> int | None:
-        """Exit code in the shell's convention: a signal N reads as 128 + N."""
-        if self.signal is not None:
-            return 128 + self.signal
-        return self.exit_code
-
-    @property
-    def succeeded(self) -> bool:
-        return self.reason is None and self.signal is None and self.exit_code == 0
-
-    def failure_reason(self) -> str:
-        if self.reason is not None:
-            return self.reason
-        if self.signal is not None:
-            try:
-                return f"signal: {signals.Signals(self.signal).name}"
-            except ValueError:
-                return f"signal: {self.signal}"
-        return f"exit_code: {self.exit_code}"
 
 
 def should_retry(task: TaskRec, inst: InstanceRec, outcome: Outcome) -> bool:

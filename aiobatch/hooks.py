@@ -11,9 +11,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from aiobatch.engine import Outcome
+from aiobatch.attempt import InstanceContext, Outcome
 from aiobatch.errors import AiobatchError
-from aiobatch.executors.base import InstanceContext
 from aiobatch.spec import TaskDef
 from aiobatch.storage.base import StorageBackend, StorageError, StorageURI, inside
 

@@ -7,7 +7,6 @@ state is derived. Records appear at first dispatch, or when recovery or a stop n
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
 
 from aiobatch.spec import JobDef, TaskDef
 from aiobatch.states import (
@@ -17,14 +16,10 @@ from aiobatch.states import (
     TaskState,
 )
 
-if TYPE_CHECKING:
-    from aiobatch.executors.base import AttemptControl
-
 
 class InstanceRec:
     __slots__ = (
         "attempt",
-        "control",
         "duration_s",
         "ended_at",
         "exit_code",
@@ -56,8 +51,6 @@ class InstanceRec:
         self.started_at: float | None = None
         self.ended_at: float | None = None
         self.duration_s: float | None = None
-        # Set while the instance is active: how the runtime stops this attempt.
-        self.control: AttemptControl | None = None
         self.stop_reason: str | None = None
 
     @property

@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TypeVar
 
-from aiobatch.executors.base import FoundAttempt
+from aiobatch.attempt import AttemptKey, FoundAttempt
 from aiobatch.model import InstanceRec, JobRec
 from aiobatch.resolver import count_unmet
+from aiobatch.schema import InstanceRow, JobRow
 from aiobatch.states import JOB_TERMINAL, TASK_TERMINAL, InstanceState, TaskState
-from aiobatch.store import InstanceRow, JobRow
 
 
 def restore_job(
@@ -52,7 +52,6 @@ def restore_job(
     return job, lost
 
 
-AttemptKey = tuple[str, str, int, int]  # job, task, index, attempt
 F = TypeVar("F")
 
 

@@ -13,12 +13,12 @@ from contextlib import AsyncExitStack
 import anyio
 from anyio.abc import TaskGroup
 
+from aiobatch.attempt import AttemptKey, FoundAttempt
 from aiobatch.config import Config
 from aiobatch.errors import SpecError
-from aiobatch.executors.base import AdoptingExecutor, Executor, FoundAttempt
+from aiobatch.executors.base import AdoptingExecutor, Executor
 from aiobatch.executors.local import LocalExecutor
 from aiobatch.layout import StateLayout
-from aiobatch.recovery import AttemptKey
 from aiobatch.spec import JobDef, TaskDef
 from aiobatch.storage.base import StorageBackend, StorageURI
 from aiobatch.storage.files import FileBackend

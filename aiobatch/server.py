@@ -70,7 +70,7 @@ import struct
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from http import HTTPStatus
 from pathlib import Path
 from types import TracebackType
@@ -80,6 +80,7 @@ import anyio
 import msgspec
 import structlog
 from aiohttp import web
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from aiobatch import wire
 from aiobatch.api import BatchAPI, LogStream
@@ -91,7 +92,7 @@ from aiobatch.errors import (
     RuntimeClosed,
     SpecError,
 )
-from aiobatch.events import Bus, Event, JobStateChanged, event_encoder
+from aiobatch.events import Event, JobStateChanged, event_encoder
 from aiobatch.states import JOB_TERMINAL, JobState
 
 T = TypeVar("T")
@@ -132,14 +133,17 @@ HTTP_ERROR_TYPES = {
 
 
 class ServedAPI(BatchAPI, Protocol):
-    """What the server serves: the API, and the bus its streams subscribe to.
+    """What the server serves: the API, with streams that cut off a consumer too far behind.
 
-    Subscribing to the bus is synchronous, so a stream is registered before its response
-    starts: a client that has the headers sees every event from then on. (``events()``
-    only subscribes at its first iteration, with no way to tell when.) ``Runtime`` is one.
+    Entering ``subscribe`` registers the stream at once, so it is registered before its
+    response starts: a client that has the headers sees every event from then on.
+    (``events()`` only subscribes at its first iteration, with no way to tell when.)
+    ``Runtime`` is one.
     """
 
-    bus: Bus
+    def subscribe(
+        self, job_id: str | None = None, *, limit: float = ...
+    ) -> AbstractAsyncContextManager[MemoryObjectReceiveStream[Event]]: ...
 
 
 class SocketInUse(AiobatchError, RuntimeError):
@@ -793,7 +797,7 @@ class ControlServer:
             raise RequestError(HTTPStatus.BAD_REQUEST, "job: expected a job id")
         # Registered before the response starts: a client that has the headers sees every
         # event from then on.
-        with self.api.bus.stream(job_id, limit=STREAM_BUFFER) as events:
+        async with self.api.subscribe(job_id, limit=STREAM_BUFFER) as events:
             ended = job_id is not None and await self._job_status(job_id) in JOB_TERMINAL
 
             async def pump(response: web.StreamResponse) -> None:

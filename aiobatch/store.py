@@ -1,4 +1,5 @@
-"""SQLite persistence: schema, group commit of events, loading jobs back after a crash.
+"""SQLite persistence: group commit of events, loading jobs back after a crash (the tables
+and rows are in ``schema.py``).
 
 The store subscribes to the bus. Events are buffered and written by one writer task, many
 per transaction: the writer takes whatever accumulated while the previous transaction ran.
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,19 @@ from aiobatch.events import (
     event_decoder,
     event_encoder,
 )
+from aiobatch.schema import (
+    MIGRATIONS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    TERMINAL_INSTANCE_STATES,
+    TERMINAL_JOB_STATES,
+    UPSERT_INSTANCE,
+    InstanceRow,
+    JobRow,
+    job_row,
+)
 from aiobatch.spec import JobDef
-from aiobatch.states import INSTANCE_TERMINAL, JOB_TERMINAL, InstanceState, JobState
+from aiobatch.states import InstanceState, JobState
 from aiobatch.writes import Batch, Waiter
 
 log = structlog.get_logger("aiobatch.store")
@@ -42,105 +53,6 @@ RETRY_MAX_S = 5.0
 # SQLite's primary result codes that mean the file system, not the data: full, I/O error,
 # read-only. Writes are kept in memory and tried again.
 _STORAGE_CODES = {13, 10, 8}  # SQLITE_FULL, SQLITE_IOERR, SQLITE_READONLY
-
-SCHEMA_VERSION = 2
-
-SCHEMA = """
-CREATE TABLE schema_version (version INTEGER NOT NULL);
-CREATE TABLE jobs (
-    id TEXT PRIMARY KEY,
-    seq INTEGER NOT NULL,
-    name TEXT NOT NULL,
-    priority INTEGER NOT NULL,
-    spec BLOB NOT NULL,
-    state TEXT NOT NULL,
-    reason TEXT,
-    stopping_state TEXT,
-    stopping_reason TEXT,
-    submitted_at REAL NOT NULL,
-    started_at REAL,
-    ended_at REAL
-);
-CREATE INDEX jobs_by_state ON jobs (state);
-CREATE TABLE tasks (
-    job_id TEXT NOT NULL,
-    name TEXT NOT NULL,
-    state TEXT NOT NULL,
-    reason TEXT,
-    PRIMARY KEY (job_id, name)
-) WITHOUT ROWID;
-CREATE TABLE instances (
-    job_id TEXT NOT NULL,
-    task TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    attempt INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    reason TEXT,
-    exit_code INTEGER,
-    signal INTEGER,
-    pid INTEGER,
-    started_at REAL,
-    ended_at REAL,
-    duration_s REAL,
-    lost INTEGER NOT NULL DEFAULT 0,
-    interrupted INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (job_id, task, idx)
-) WITHOUT ROWID;
-CREATE TABLE events (
-    seq INTEGER PRIMARY KEY,
-    job_id TEXT NOT NULL,
-    body BLOB NOT NULL
-);
-CREATE INDEX events_by_job ON events (job_id, seq);
-"""
-
-# Version N's entry takes a database from version N - 1 to N.
-MIGRATIONS = {
-    2: "ALTER TABLE instances ADD COLUMN lost INTEGER NOT NULL DEFAULT 0; "
-    "ALTER TABLE instances ADD COLUMN interrupted INTEGER NOT NULL DEFAULT 0;",
-}
-
-_UPSERT_INSTANCE = """
-INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (job_id, task, idx) DO UPDATE SET
-    attempt = excluded.attempt, state = excluded.state, reason = excluded.reason,
-    exit_code = excluded.exit_code, signal = excluded.signal, pid = excluded.pid,
-    started_at = excluded.started_at, ended_at = excluded.ended_at,
-    duration_s = excluded.duration_s, lost = excluded.lost, interrupted = excluded.interrupted
-"""
-
-_TERMINAL_INSTANCE = {s.value for s in INSTANCE_TERMINAL}
-_TERMINAL_JOB = {s.value for s in JOB_TERMINAL}
-
-
-@dataclass(frozen=True, slots=True)
-class JobRow:
-    id: str
-    seq: int
-    defn: JobDef
-    state: JobState
-    reason: str | None
-    stopping: tuple[JobState, str] | None
-    submitted_at: float
-    started_at: float | None
-    ended_at: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class InstanceRow:
-    task: str
-    index: int
-    attempt: int
-    state: InstanceState
-    reason: str | None
-    exit_code: int | None
-    signal: int | None
-    pid: int | None
-    started_at: float | None
-    ended_at: float | None
-    duration_s: float | None
-    lost: int
-    interrupted: int
 
 
 class Store:
@@ -217,7 +129,7 @@ class Store:
         batch = self._batch
         batch.events.append((event.job_id, event_encoder.encode(event)))
         if isinstance(event, InstanceStateChanged):
-            ended = event.ts if event.state in _TERMINAL_INSTANCE else None
+            ended = event.ts if event.state in TERMINAL_INSTANCE_STATES else None
             batch.instances[(event.job_id, event.task, event.index)] = (
                 event.job_id, event.task, event.index, event.attempt, event.state,
                 event.reason, event.exit_code, event.signal, event.pid, event.started_at,
@@ -232,7 +144,7 @@ class Store:
             )
         elif isinstance(event, JobStateChanged):
             started = event.ts if event.state == JobState.RUNNING else None
-            ended = event.ts if event.state in _TERMINAL_JOB else None
+            ended = event.ts if event.state in TERMINAL_JOB_STATES else None
             batch.job_updates.append((event.state, event.reason, started, ended, event.job_id))
         elif isinstance(event, JobStopRequested):
             batch.job_stops.append((event.state, event.reason, event.job_id))
@@ -383,7 +295,7 @@ class Store:
                 batch.tasks.values(),
             )
         if batch.instances:
-            await db.executemany(_UPSERT_INSTANCE, batch.instances.values())
+            await db.executemany(UPSERT_INSTANCE, batch.instances.values())
         if batch.events:
             await db.executemany("INSERT INTO events (job_id, body) VALUES (?, ?)", batch.events)
 
@@ -396,7 +308,8 @@ class Store:
 
     async def unfinished_job_ids(self) -> list[str]:
         async with self.db.execute(
-            "SELECT id FROM jobs WHERE state NOT IN (?, ?, ?) ORDER BY seq", tuple(_TERMINAL_JOB)
+            "SELECT id FROM jobs WHERE state NOT IN (?, ?, ?) ORDER BY seq",
+            tuple(TERMINAL_JOB_STATES),
         ) as cursor:
             return [row[0] async for row in cursor]
 
@@ -411,12 +324,12 @@ class Store:
         query += " ORDER BY seq DESC LIMIT ? OFFSET ?"
         params += [-1 if limit is None else limit, offset]
         async with self.db.execute(query, params) as cursor:
-            return [_job_row(row) for row in await cursor.fetchall()]
+            return [job_row(row) for row in await cursor.fetchall()]
 
     async def job_row(self, job_id: str) -> JobRow | None:
         async with self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)) as cursor:
             row = await cursor.fetchone()
-        return _job_row(row) if row is not None else None
+        return job_row(row) if row is not None else None
 
     async def task_rows(self, job_id: str) -> dict[str, tuple[str, str | None]]:
         async with self.db.execute(
@@ -446,21 +359,6 @@ class Store:
         ) as cursor:
             # One fetch, not a trip to the database thread per row.
             return [(row[0], event_decoder.decode(row[1])) for row in await cursor.fetchall()]
-
-
-def _job_row(row: Any) -> JobRow:
-    stopping = (JobState(row[7]), row[8]) if row[7] else None
-    return JobRow(
-        id=row[0],
-        seq=row[1],
-        defn=msgspec.json.decode(row[4], type=JobDef),
-        state=JobState(row[5]),
-        reason=row[6],
-        stopping=stopping,
-        submitted_at=row[9],
-        started_at=row[10],
-        ended_at=row[11],
-    )
 
 
 def _storage_failure(exc: sqlite3.Error) -> bool:

@@ -56,8 +56,9 @@ from aiobatch.config import ComputeEnvConfig, Config
 from aiobatch.events import Event, InstanceStateChanged, event_encoder
 from aiobatch.logging import configure_logging
 from aiobatch.runtime import Runtime
+from aiobatch.schema import SCHEMA, UPSERT_INSTANCE
 from aiobatch.spec import resolve_spec
-from aiobatch.store import _UPSERT_INSTANCE, SCHEMA, Store
+from aiobatch.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_JSON_OUT = Path("bench-results") / "core.json"  # relative to the repo root
@@ -699,7 +700,7 @@ async def _time_unbatched(path: Path, events: list[InstanceStateChanged], same_r
             if same_rows:
                 row = (e.job_id, e.task, e.index, e.attempt, e.state, e.reason, e.exit_code,
                        e.signal, e.pid, e.started_at, e.ts, e.duration_s)  # fmt: skip
-                await db.execute(_UPSERT_INSTANCE, row)
+                await db.execute(UPSERT_INSTANCE, row)
             await db.execute(
                 "INSERT INTO events (job_id, body) VALUES (?, ?)",
                 (e.job_id, event_encoder.encode(e)),
@@ -719,7 +720,7 @@ async def _time_submit(
             staged.append(time.perf_counter())
 
     async with Runtime(state, config=config) as rt:
-        rt.bus.subscribe(on_event)
+        rt.on_event(on_event)
         start = time.perf_counter()
         job = await rt.submit(spec)
         took = time.perf_counter() - start

@@ -24,7 +24,7 @@ and nothing talks to it before READY=1. Then, from this one client process:
    (a) the time until the job's first ``InstanceStateChanged`` RUNNING arrives, and (b)
    that event's ``ts`` minus the pre-submit time (service side, same clock). Baselines,
    interleaved with it: the same through an in-process ``Runtime`` (first RUNNING on
-   ``runtime.bus.stream()``), and a bare ``await anyio.open_process(["true"])``, the floor
+   ``runtime.subscribe()``), and a bare ``await anyio.open_process(["true"])``, the floor
    of starting any process. Each job is awaited to its end before the next one.
 
 Rates and CPU figures are medians over the repetitions (windows); latency percentiles pool
@@ -501,7 +501,7 @@ async def start_via_service(client: Client) -> Start:
 
 
 async def start_via_runtime(runtime: Runtime) -> Start:
-    with runtime.bus.stream() as events:
+    async with runtime.subscribe() as events:
         began = time.time()
         job = await runtime.submit(FIRST_START_SPEC)
         async for event in events:

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream
 
+from aiobatch import Runtime
 from aiobatch.events import Event, InstanceStateChanged
 
 
 async def until(
-    stream: MemoryObjectReceiveStream[Event],
+    stream: AsyncIterator[Event],
     predicate: Callable[[Event], bool],
     limit_s: float = 20,
 ) -> Event:
@@ -85,3 +85,13 @@ def processes_of(runtime_id: str) -> list[int]:
         if marker in environ and process_alive(int(entry.name)):
             found.append(int(entry.name))
     return found
+
+
+async def stored(rt: Runtime, job_id: str) -> list[tuple[int, Event]]:
+    """A job's history as the store has it: (seq, event), oldest first."""
+    return [(entry.seq, entry.event) for entry in await rt.job_history(job_id, limit=1_000_000)]
+
+
+def runtime_id(state_dir: Path) -> str:
+    """The id a state dir's runtime gives what it starts (labels, environments)."""
+    return (state_dir / "runtime-id").read_text().strip()

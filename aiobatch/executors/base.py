@@ -3,63 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-import anyio
 from anyio.abc import TaskGroup
 
-from aiobatch.engine import Outcome
+from aiobatch.attempt import FoundAttempt, InstanceContext, Outcome
 from aiobatch.spec import TaskDef
-
-
-class AttemptControl:
-    """Stops one attempt: cancels the scope its executor waits in (before or during the wait)."""
-
-    __slots__ = ("detach", "scope", "stop_reason")
-
-    def __init__(self) -> None:
-        self.scope = anyio.CancelScope()
-        self.stop_reason: str | None = None
-        # Set before a shutdown cancels the attempt: leave the program running (a container
-        # the next start re-adopts) instead of stopping it.
-        self.detach = False
-
-    def stop(self, reason: str) -> None:
-        self.stop_reason = reason
-        self.scope.cancel()
-
-
-@dataclass(frozen=True, slots=True)
-class InstanceContext:
-    """Everything an executor needs to run one attempt; no live runtime objects."""
-
-    job_id: str
-    job_name: str
-    task: TaskDef
-    index: int
-    attempt: int
-    # Exists once the before-start hooks run (made for them off the event loop); an executor
-    # makes it (and the log files' directory) if no hook needed it.
-    work_dir: Path
-    stdout_path: Path
-    stderr_path: Path
-    env: dict[str, str]
-    kill_grace_s: float
-    control: AttemptControl
-
-
-@dataclass(frozen=True, slots=True)
-class FoundAttempt:
-    """An attempt an executor finds after a restart: a container by its labels, a local
-    process by its record file."""
-
-    job_id: str
-    task: str
-    index: int
-    attempt: int
-    handle: str  # what ``adopt`` or ``discard`` needs to find it again (container id, record)
 
 
 class Executor(Protocol):

@@ -25,9 +25,8 @@ from aiodocker.containers import DockerContainer
 from anyio.abc import TaskGroup
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
+from aiobatch.attempt import FoundAttempt, InstanceContext, Outcome
 from aiobatch.config import ComputeEnvConfig
-from aiobatch.engine import Outcome
-from aiobatch.executors.base import FoundAttempt, InstanceContext
 from aiobatch.spec import TaskDef
 from aiobatch.units import parse_duration
 

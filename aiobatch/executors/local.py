@@ -19,9 +19,8 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup
 
-from aiobatch.engine import NO_SPACE, RUNTIME_LOST, Outcome
+from aiobatch.attempt import NO_SPACE, RUNTIME_LOST, FoundAttempt, InstanceContext, Outcome
 from aiobatch.executors import records
-from aiobatch.executors.base import FoundAttempt, InstanceContext
 from aiobatch.executors.spawner import Exited, Spawner, SpawnerGone, SpawnFailed, Started
 from aiobatch.layout import StateLayout
 from aiobatch.spec import TaskDef

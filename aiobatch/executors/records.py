@@ -15,6 +15,7 @@ from pathlib import Path
 
 import msgspec
 
+from aiobatch.attempt import AttemptKey
 from aiobatch.executors.spawner import Exited
 
 RUNTIME_VAR = "AIOBATCH_RUNTIME_ID"  # names the runtime in every local process's environment
@@ -24,8 +25,6 @@ KEY_VARS = (
     b"AIOBATCH_INSTANCE_INDEX",
     b"AIOBATCH_ATTEMPT",
 )
-
-AttemptKey = tuple[str, str, int, int]  # job, task, index, attempt
 
 
 class _Line(msgspec.Struct, forbid_unknown_fields=False):

@@ -47,13 +47,13 @@ async def main(args: argparse.Namespace) -> None:
                 if len(running) >= args.running:
                     enough.set()
 
-        rt.bus.subscribe(watch)
+        rt.on_event(watch)
         if args.spec:
             job = await rt.submit(json.loads(args.spec))
             print(job.id, flush=True)
             if args.running:
                 await enough.wait()
-                await rt.store.flush()
+                await rt.list_jobs()  # answers once all so far is stored
                 print("running", flush=True)
         await anyio.sleep_forever()
 

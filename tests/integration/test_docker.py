@@ -25,7 +25,7 @@ from aiobatch import JobState, Runtime
 from aiobatch.config import ComputeEnvConfig, Config, StorageConfig
 from aiobatch.events import InstanceStateChanged
 from aiobatch.layout import StateLayout
-from tests.helpers import instance_is, until
+from tests.helpers import instance_is, stored, until
 from tests.integration.conftest import BUCKET, IMAGE, docker_hosts, read, settings
 
 pytestmark = pytest.mark.anyio
@@ -110,7 +110,7 @@ async def test_timeout_stops_the_container(engine: aiodocker.Docker, state_dir: 
 async def test_stop_job_stops_running_containers(engine: aiodocker.Docker, state_dir: Path) -> None:
     spec = {"name": "stopme", "tasks": [{"name": "t", "image": IMAGE, "command": "sleep 60"}]}
     async with Runtime(state_dir, config=docker_config()) as rt:
-        with rt.bus.stream() as events:
+        async with rt.subscribe() as events:
             job = await rt.submit(spec)
             await until(events, instance_is("t", "RUNNING"))
             assert len(await leftovers(engine, state_dir)) == 1
@@ -183,7 +183,7 @@ async def test_mixed_local_and_docker_job(engine: aiodocker.Docker, state_dir: P
         ],
     }
     async with Runtime(state_dir, config=docker_config()) as rt:
-        with rt.bus.stream() as events:
+        async with rt.subscribe() as events:
             job = await rt.submit(spec)
             started = await until(events, instance_is("boxed", "RUNNING"))
         snapshot = await job.wait_for_success()
@@ -216,7 +216,7 @@ async def test_instances_spread_over_two_engines(engine: aiodocker.Docker, state
     clients = [aiodocker.Docker(url=host) for host in hosts[:2]]
     try:
         async with Runtime(state_dir, config=docker_config(hosts[:2], slots=1)) as rt:
-            with rt.bus.stream() as events:
+            async with rt.subscribe() as events:
                 job = await rt.submit(spec)
                 running: set[int] = set()
                 while len(running) < 2:  # in either order
@@ -237,7 +237,7 @@ async def test_instances_spread_over_two_engines(engine: aiodocker.Docker, state
 async def test_runtime_exit_leaves_no_container(engine: aiodocker.Docker, state_dir: Path) -> None:
     spec = {"name": "abrupt", "tasks": [{"name": "t", "image": IMAGE, "command": "sleep 60"}]}
     async with Runtime(state_dir, config=docker_config()) as rt:
-        with rt.bus.stream() as events:
+        async with rt.subscribe() as events:
             await rt.submit(spec)
             await until(events, instance_is("t", "RUNNING"))
         assert len(await leftovers(engine, state_dir)) == 1
@@ -252,7 +252,7 @@ async def test_unreachable_engine_is_named(state_dir: Path, tmp_path: Path) -> N
         job = await rt.submit(spec)
         await job.wait_for_completion()
         [inst] = (await job.get_task_result("t")).instances or []
-        history = [e for _, e in await rt.store.events(job.id)]
+        history = [e for _, e in await stored(rt, job.id)]
     assert inst.status == "FAILED"
     # Retried for about engine_retry (backoff 0.1 s, 0.2 s, 0.4 s, ...), then failed.
     staged = next(e for e in history if isinstance(e, InstanceStateChanged))
@@ -339,7 +339,7 @@ async def test_output_reaches_the_log_file_while_the_container_runs(
         ],
     }
     async with Runtime(state_dir, config=docker_config()) as rt:
-        with rt.bus.stream() as events:
+        async with rt.subscribe() as events:
             job = await rt.submit(spec)
             await until(events, instance_is("t", "RUNNING"))
         logs = state_dir / "logs" / job.id / "t"
@@ -496,7 +496,7 @@ async def test_detached_containers_are_readopted_and_orphans_removed(
     }
     detaching = msgspec.structs.replace(docker_config(), detach_on_shutdown=True)
     async with Runtime(state_dir, config=detaching) as rt:
-        with rt.bus.stream() as events:
+        async with rt.subscribe() as events:
             job = await rt.submit(spec)
             await until(events, instance_is("t", "RUNNING"))
             await until(events, instance_is("t", "RUNNING"))
@@ -521,7 +521,7 @@ async def test_detached_containers_are_readopted_and_orphans_removed(
         job = await rt.get_job(job.id)
         await job.wait_for_success()
         result = await job.get_task_result("t")
-        history = await rt.store.events(job.id)
+        history = await stored(rt, job.id)
 
     assert [(i.status, i.attempts) for i in result.instances or []] == [("SUCCEEDED", 1)] * 2
     staged = [e for _, e in history if isinstance(e, InstanceStateChanged) and e.state == "STAGING"]

@@ -71,7 +71,7 @@ async def test_token_in_the_address_becomes_cookies_and_posts_need_csrf(state_di
 
 async def test_definition_history_and_paged_summaries(state_dir: Path) -> None:
     async with Runtime(state_dir, logview="127.0.0.1:0") as rt:
-        with rt.bus.stream() as events:
+        async with rt.subscribe() as events:
             first = await rt.submit(ONE)
             second = await rt.submit(PAIR)
             ended = 0

@@ -16,7 +16,7 @@ import anyio
 import pytest
 
 from aiobatch import Runtime
-from tests.helpers import instance_is, processes_of, until
+from tests.helpers import instance_is, processes_of, runtime_id, until
 
 pytestmark = pytest.mark.anyio
 
@@ -68,7 +68,7 @@ async def test_processes_left_behind_are_killed_when_the_instance_ends(
     os.mkfifo(gate)
     command = escape_command(tmp_path, f'read _ < "{gate}"')
     async with Runtime(state_dir) as rt:
-        with rt.bus.stream() as events:
+        async with rt.subscribe() as events:
             job = await rt.submit({"name": "leaves", "tasks": [{"name": "t", "command": command}]})
             await until(events, instance_is("t", "RUNNING"))
 
@@ -84,7 +84,7 @@ async def test_processes_left_behind_are_killed_when_the_instance_ends(
             snapshot = await job.wait_for_success()
             await all_end(fds)
         assert snapshot.status == "SUCCEEDED"
-        assert processes_of(rt.layout.runtime_id()) == []
+        assert processes_of(runtime_id(rt.state_dir)) == []
 
 
 async def test_processes_left_behind_are_killed_when_the_instance_is_stopped(
@@ -107,7 +107,7 @@ async def test_processes_left_behind_are_killed_when_the_instance_is_stopped(
             snapshot = await job.wait_for_completion()
             await all_end(fds)
         assert snapshot.status == "CANCELLED"
-        assert processes_of(rt.layout.runtime_id()) == []
+        assert processes_of(runtime_id(rt.state_dir)) == []
 
 
 def test_processes_left_behind_are_killed_when_aiobatch_run_is_interrupted(

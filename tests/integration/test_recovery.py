@@ -19,7 +19,7 @@ import pytest
 from aiobatch import Runtime
 from aiobatch.config import ComputeEnvConfig, Config
 from aiobatch.events import InstanceStateChanged
-from tests.helpers import process_alive, processes_of
+from tests.helpers import process_alive, processes_of, runtime_id, stored
 
 pytestmark = pytest.mark.anyio
 
@@ -108,8 +108,8 @@ async def test_kill_9_of_the_runtime_adopts_its_processes_which_run_once(
         job = await rt.get_job(job_id)
         snapshot = await job.wait_for_success()
         result = await job.get_task_result("first")
-        history = await rt.store.events(job_id)
-        runtime_id = rt.layout.runtime_id()
+        history = await stored(rt, job_id)
+        ours = runtime_id(rt.state_dir)
 
     assert snapshot.tasks["then"].status == "SUCCEEDED"
     assert [(i.status, i.attempts) for i in result.instances or []] == [("SUCCEEDED", 1)] * 6
@@ -117,7 +117,7 @@ async def test_kill_9_of_the_runtime_adopts_its_processes_which_run_once(
     reasons = {e.reason for _, e in history if isinstance(e, InstanceStateChanged)}
     assert "runtime_lost" not in reasons
     assert not any(process_alive(pid) for pid in survivors)
-    assert processes_of(runtime_id) == []
+    assert processes_of(ours) == []
 
 
 async def test_kill_9_of_runtime_and_spawner_reruns_lost_attempts_uncharged(
@@ -143,7 +143,7 @@ async def test_kill_9_of_runtime_and_spawner_reruns_lost_attempts_uncharged(
         job = await rt.get_job(job_id)
         await job.wait_for_success()
         result = await job.get_task_result("first")
-        history = await rt.store.events(job_id)
+        history = await stored(rt, job_id)
 
     instances = result.instances or []
     assert [i.status for i in instances] == ["SUCCEEDED"] * 6
@@ -188,7 +188,7 @@ async def test_an_attempt_started_in_the_commit_window_is_adopted_not_repeated(
         job = await rt.get_job(job_id)
         await job.wait_for_success()
         result = await job.get_task_result("t")
-        history = [e for _, e in await rt.store.events(job_id)]
+        history = [e for _, e in await stored(rt, job_id)]
 
     assert runs.read_text() == "run\n", "it ran once: adopted, not started again"
     assert [(i.status, i.attempts) for i in result.instances or []] == [("SUCCEEDED", 1)]
@@ -216,10 +216,10 @@ async def test_an_instance_that_keeps_killing_its_runtime_fails_at_the_lost_limi
         job = await rt.get_job(job_id)
         snapshot = await job.wait_for_completion()
         result = await job.get_task_result("t")
-        runtime_id = rt.layout.runtime_id()
+        ours = runtime_id(rt.state_dir)
 
     assert runs.read_text() == "run\nrun\n"
     assert snapshot.status == "FAILED"
     [inst] = result.instances or []
     assert (inst.status, inst.reason, inst.attempts) == ("FAILED", "runtime_lost_limit: 1", 2)
-    assert processes_of(runtime_id) == []
+    assert processes_of(ours) == []

@@ -101,7 +101,7 @@ async def test_retry_after_reopen_and_of_a_stopped_job(state_dir: Path, tmp_path
         ],
     }
     async with Runtime(state_dir, config=one_slot) as rt:
-        with rt.bus.stream() as events:
+        async with rt.subscribe() as events:
             job = await rt.submit(spec)
             await until(events, instance_is("slow", "RUNNING", 0))
         await job.stop()
@@ -124,7 +124,7 @@ async def test_retry_after_reopen_and_of_a_stopped_job(state_dir: Path, tmp_path
 async def test_running_job_is_not_retryable(state_dir: Path, tmp_path: Path) -> None:
     spec = {"name": "busy", "tasks": [{"name": "t", "command": "sleep 60"}]}
     async with Runtime(state_dir) as rt:
-        with rt.bus.stream() as events:
+        async with rt.subscribe() as events:
             job = await rt.submit(spec)
             await until(events, instance_is("t", "RUNNING"))
         with pytest.raises(JobNotRetryable, match="RUNNING; only FAILED or CANCELLED"):

@@ -14,12 +14,11 @@ from anyio import wait_all_tasks_blocked
 from anyio.abc import TaskGroup
 
 from aiobatch import JobFailed, JobState, Runtime, RuntimeClosed, SpecError, StateDirBusy
+from aiobatch.attempt import InstanceContext, Outcome
 from aiobatch.config import ComputeEnvConfig, Config
-from aiobatch.engine import Outcome
 from aiobatch.events import InstanceStateChanged, JobStateChanged
-from aiobatch.executors.base import InstanceContext
 from aiobatch.spec import TaskDef
-from tests.helpers import Gates, instance_is, process_alive, until
+from tests.helpers import Gates, instance_is, process_alive, stored, until
 
 pytestmark = pytest.mark.anyio
 
@@ -137,7 +136,7 @@ async def test_fail_job_stops_running_siblings(state_dir: Path, tmp_path: Path) 
         ],
     }
     async with Runtime(state_dir) as rt:
-        with rt.bus.stream() as events:
+        async with rt.subscribe() as events:
             job = await rt.submit(spec)
             running = await until(events, instance_is("slow", "RUNNING"))
         snapshot = await job.wait_for_completion()
@@ -217,7 +216,7 @@ async def test_suspend_holds_new_instances_and_resume_releases_them(
     gates = Gates(tmp_path / "gates", 3)
     spec = {"name": "pausable", "tasks": [{"name": "t", "instances": 3, "command": gates.command}]}
     async with Runtime(state_dir, config=one_slot()) as rt:
-        with rt.bus.stream() as events:
+        async with rt.subscribe() as events:
             job = await rt.submit(spec)
             await until(events, instance_is("t", "RUNNING", 0))
             assert await job.suspend()
@@ -250,7 +249,7 @@ async def test_reasons_while_waiting(state_dir: Path, tmp_path: Path) -> None:
         ],
     }
     async with Runtime(state_dir) as rt:
-        with rt.bus.stream() as events:
+        async with rt.subscribe() as events:
             job = await rt.submit(spec)
             await until(events, instance_is("first", "RUNNING", 0))
             snapshot = await job.snapshot(instances=True)
@@ -268,7 +267,7 @@ async def test_reasons_while_waiting(state_dir: Path, tmp_path: Path) -> None:
 async def test_stop_job_kills_processes_and_cancels(state_dir: Path) -> None:
     spec = {"name": "stoppable", "tasks": [{"name": "t", "instances": 3, "command": "sleep 60"}]}
     async with Runtime(state_dir, config=Config(kill_grace="5s")) as rt:
-        with rt.bus.stream() as events:
+        async with rt.subscribe() as events:
             job = await rt.submit(spec)
             first = await until(events, instance_is("t", "RUNNING"))
             await rt.stop_job(job.id)
@@ -284,7 +283,7 @@ async def test_stop_one_instance(state_dir: Path, tmp_path: Path) -> None:
     gates = Gates(tmp_path / "gates", 2)
     spec = {"name": "one", "tasks": [{"name": "t", "instances": 2, "command": gates.command}]}
     async with Runtime(state_dir, config=one_slot()) as rt:
-        with rt.bus.stream() as events:
+        async with rt.subscribe() as events:
             job = await rt.submit(spec)
             await until(events, instance_is("t", "RUNNING", 0))
             await job.stop_instance("t", 0)
@@ -304,7 +303,7 @@ async def test_priority_orders_dispatch_between_jobs(state_dir: Path, tmp_path: 
     gates = Gates(tmp_path / "gates", 1)
     started: list[str] = []
     async with Runtime(state_dir, config=one_slot()) as rt:
-        with rt.bus.stream() as events:
+        async with rt.subscribe() as events:
             blocker = await rt.submit(
                 {"name": "blocker", "tasks": [{"name": "b", "command": gates.command}]}
             )
@@ -313,7 +312,7 @@ async def test_priority_orders_dispatch_between_jobs(state_dir: Path, tmp_path: 
             high = await rt.submit(
                 {"name": "high", "priority": 5, "tasks": [{"name": "high", "command": "true"}]}
             )
-            rt.bus.subscribe(
+            rt.on_event(
                 lambda e: (
                     started.append(e.task)
                     if isinstance(e, InstanceStateChanged) and e.state == "STAGING"
@@ -346,7 +345,8 @@ async def test_ended_jobs_leave_the_engine_but_stay_queryable(state_dir: Path) -
     async with Runtime(state_dir) as rt:
         job = await rt.submit({"name": "done", "tasks": [{"name": "a", "command": "true"}]})
         await job.wait_for_success()
-        assert job.id not in rt.engine.jobs  # the engine holds only jobs that can change
+        assert rt.live_tasks(job.id) == {}  # the engine holds only jobs that can change
+        assert rt.statistics()["jobs"] == {}
         assert job.status is JobState.SUCCEEDED
         assert not await job.suspend()
         assert not await job.resume()
@@ -389,19 +389,19 @@ async def test_clean_exit_interrupts_attempts_without_counting_them(
     gates = Gates(tmp_path / "gates", 1)
     spec = {"name": "resumable", "tasks": [{"name": "t", "command": gates.command}]}
     async with Runtime(state_dir) as rt:
-        with rt.bus.stream() as events:
+        async with rt.subscribe() as events:
             job = await rt.submit(spec)
             running = await until(events, instance_is("t", "RUNNING"))
     assert isinstance(running, InstanceStateChanged)
     assert not process_alive(running.pid or 0)  # killed on the way out
     async with Runtime(state_dir) as rt:
-        with rt.bus.stream() as events:
+        async with rt.subscribe() as events:
             again = await rt.get_job(job.id)
             assert again.status is JobState.RUNNING
             await until(events, instance_is("t", "RUNNING"))
             await gates.release(0)
         snapshot = await again.wait_for_success()
-        history = [e for _, e in await rt.store.events(job.id)]
+        history = [e for _, e in await stored(rt, job.id)]
     [inst] = (await again.get_task_result("t")).instances or []
     # A new attempt (each run has its own number), not charged: the task has no retries.
     assert inst.attempts == 2
@@ -436,7 +436,7 @@ async def test_drain_lets_running_attempts_finish_then_interrupts_the_rest(
         ],
     }
     async with Runtime(state_dir) as rt:
-        with rt.bus.stream() as events:
+        async with rt.subscribe() as events:
             job = await rt.submit(spec)
             await until(events, instance_is("quick", "RUNNING"))
             slow = await until(events, instance_is("slow", "RUNNING"))
@@ -481,7 +481,7 @@ async def test_an_executor_bug_settles_its_instance_once_and_the_runtime_goes_on
 ) -> None:
     spec = {"name": "buggy", "tasks": [{"name": "t", "instances": 2, "command": "true"}]}
     async with Runtime(state_dir, executors={"local": BrokenExecutor()}) as rt:
-        with rt.bus.stream() as events:
+        async with rt.subscribe() as events:
             job = await rt.submit(spec)
             snapshot = await job.wait_for_completion()
             changes = []

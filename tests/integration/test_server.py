@@ -370,7 +370,7 @@ async def test_streams_end_and_waits_are_refused_when_the_server_stops(
         results["wait"] = info.value
 
     async with Runtime(state_dir) as rt:
-        with rt.bus.stream() as bus:
+        async with rt.subscribe() as bus:
             job = await rt.submit(spec)
             await until(bus, instance_is("t", "RUNNING"))
         # The watchers' task group outlives the server: they see it go.

@@ -14,8 +14,9 @@ from aiobatch.events import (
     JobSubmitted,
     TaskStateChanged,
 )
+from aiobatch.schema import SCHEMA, SCHEMA_VERSION
 from aiobatch.spec import resolve_spec
-from aiobatch.store import SCHEMA, SCHEMA_VERSION, Store
+from aiobatch.store import Store
 
 pytestmark = pytest.mark.anyio
 

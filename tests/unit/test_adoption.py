@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aiobatch.executors.base import FoundAttempt
+from aiobatch.attempt import FoundAttempt
 from aiobatch.model import JobRec
 from aiobatch.recovery import is_orphan, take_over
 from aiobatch.spec import resolve_spec

@@ -5,8 +5,8 @@ from pathlib import Path
 import anyio
 import pytest
 
+from aiobatch.attempt import AttemptControl, InstanceContext
 from aiobatch.config import ComputeEnvConfig
-from aiobatch.executors.base import AttemptControl, InstanceContext
 from aiobatch.executors.docker import DockerExecutor
 from aiobatch.spec import TaskDef
 

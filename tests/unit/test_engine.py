@@ -26,14 +26,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from aiobatch.engine import (
-    INTERRUPTED,
-    NO_SPACE,
-    RUNTIME_LOST_LIMIT,
-    STOPPED_BY_USER,
-    Engine,
-    Outcome,
-)
+from aiobatch.attempt import NO_SPACE, Outcome
+from aiobatch.engine import INTERRUPTED, RUNTIME_LOST_LIMIT, STOPPED_BY_USER, Engine
 from aiobatch.events import (
     Event,
     InstanceStateChanged,
@@ -43,6 +37,7 @@ from aiobatch.events import (
 )
 from aiobatch.model import InstanceRec, JobRec, TaskRec
 from aiobatch.recovery import restore_job
+from aiobatch.schema import InstanceRow, JobRow
 from aiobatch.spec import JobDef, TaskDef
 from aiobatch.states import (
     INSTANCE_ACTIVE,
@@ -56,7 +51,6 @@ from aiobatch.states import (
     check_job,
     check_task,
 )
-from aiobatch.store import InstanceRow, JobRow
 
 ENVS = ("local", "gpu")
 LOST_LIMIT = 2

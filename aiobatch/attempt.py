@@ -1,0 +1,105 @@
+"""What the core and the executors share about one attempt: how it ended (``Outcome``), what
+an executor is given to run it (``InstanceContext``), how it is stopped (``AttemptControl``),
+how one is found again after a restart (``FoundAttempt``), and the reasons both sides name.
+
+A leaf: it imports nothing of aiobatch but the job spec's task definition.
+"""
+
+from __future__ import annotations
+
+import signal as signals
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+
+from aiobatch.spec import TaskDef
+
+# The attempt ended with its runtime (a crash) or its spawner: how is not known. It runs
+# again, not charged to the task's retries.
+RUNTIME_LOST = "runtime_lost"
+# It could not start for lack of space in the state dir: nothing ran; it waits (uncharged,
+# same attempt) for dispatch to resume once there is room.
+NO_SPACE = "state_dir_full"
+
+AttemptKey = tuple[str, str, int, int]  # job, task, index, attempt
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one attempt ended, as an executor saw it."""
+
+    exit_code: int | None = None
+    signal: int | None = None
+    # Set when the attempt failed for a reason other than its exit status (timeout, hooks).
+    reason: str | None = None
+    duration_s: float | None = None
+
+    @property
+    def code(self) -> int | None:
+        """Exit code in the shell's convention: a signal N reads as 128 + N."""
+        if self.signal is not None:
+            return 128 + self.signal
+        return self.exit_code
+
+    @property
+    def succeeded(self) -> bool:
+        return self.reason is None and self.signal is None and self.exit_code == 0
+
+    def failure_reason(self) -> str:
+        if self.reason is not None:
+            return self.reason
+        if self.signal is not None:
+            try:
+                return f"signal: {signals.Signals(self.signal).name}"
+            except ValueError:
+                return f"signal: {self.signal}"
+        return f"exit_code: {self.exit_code}"
+
+
+class AttemptControl:
+    """Stops one attempt: cancels the scope its executor waits in (before or during the wait)."""
+
+    __slots__ = ("detach", "scope", "stop_reason")
+
+    def __init__(self) -> None:
+        self.scope = anyio.CancelScope()
+        self.stop_reason: str | None = None
+        # Set before a shutdown cancels the attempt: leave the program running (a container
+        # the next start re-adopts) instead of stopping it.
+        self.detach = False
+
+    def stop(self, reason: str) -> None:
+        self.stop_reason = reason
+        self.scope.cancel()
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceContext:
+    """Everything an executor needs to run one attempt; no live runtime objects."""
+
+    job_id: str
+    job_name: str
+    task: TaskDef
+    index: int
+    attempt: int
+    # Exists once the before-start hooks run (made for them off the event loop); an executor
+    # makes it (and the log files' directory) if no hook needed it.
+    work_dir: Path
+    stdout_path: Path
+    stderr_path: Path
+    env: dict[str, str]
+    kill_grace_s: float
+    control: AttemptControl
+
+
+@dataclass(frozen=True, slots=True)
+class FoundAttempt:
+    """An attempt an executor finds after a restart: a container by its labels, a local
+    process by its record file."""
+
+    job_id: str
+    task: str
+    index: int
+    attempt: int
+    handle: str  # what ``adopt`` or ``discard`` needs to find it again (container id, record)

@@ -1,0 +1,268 @@
+"""Running attempts: the shell that performs what the pure engine decides.
+
+``pump`` publishes the engine's events, stops what it says to stop and starts what it
+dispatched; each attempt then runs under one task group, from staging through the executor
+to its uploads, and is settled exactly once. The live handles of running attempts (their
+stop controls) are kept here, never in the engine's records.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import replace
+from typing import Any
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
+
+from aiobatch.attempt import NO_SPACE, RUNTIME_LOST, AttemptControl, InstanceContext, Outcome
+from aiobatch.engine import Engine
+from aiobatch.errors import StateDirUnwritable
+from aiobatch.events import Bus
+from aiobatch.executors.base import Executor
+from aiobatch.hooks import HookContext, HookFailed, Hooks
+from aiobatch.layout import StateLayout
+from aiobatch.model import InstanceRec
+from aiobatch.resources import Found
+from aiobatch.states import InstanceState
+from aiobatch.storage.base import StorageBackend
+from aiobatch.store import Store
+
+log = structlog.get_logger("aiobatch.attempts")
+
+SPACE_RETRY_FIRST_S = 0.1  # a full state dir is tried again after this, doubling up to the max
+SPACE_RETRY_MAX_S = 5.0
+
+
+class Attempts:
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        bus: Bus,
+        store: Store,
+        layout: StateLayout,
+        hooks: Hooks,
+        executors: Mapping[str, Executor],
+        storage: Mapping[str, StorageBackend],
+        env_kinds: Mapping[str, str],
+        kill_grace_s: float,
+    ) -> None:
+        self._engine, self._bus, self._store, self._layout = engine, bus, store, layout
+        self._hooks, self._executors, self._storage = hooks, executors, storage
+        self._env_kinds, self._kill_grace = env_kinds, kill_grace_s
+        self._group: TaskGroup | None = None
+        self.closing = False  # no more dispatching: a drain or a shutdown has begun
+        # A start found no room in the state dir: nothing is dispatched until there is some.
+        self.space_short: str | None = None
+        self._controls: dict[InstanceRec, AttemptControl] = {}
+        self.in_flight = 0  # attempts whose tasks run in the group
+        self._none_in_flight = anyio.Event()
+        # Per running job and task: the environment its instances share.
+        self._task_env: dict[str, dict[str, dict[str, str]]] = {}
+
+    def open(self, group: TaskGroup) -> None:
+        self._group = group
+
+    # -- the engine's effects ----------------------------------------------------------------
+
+    def pump(self, to_stop: list[InstanceRec] | None = None) -> None:
+        """Publish what the engine did, stop what it says to stop, start what it dispatched."""
+        engine = self._engine
+        started = engine.dispatch() if self.may_dispatch() else []
+        for inst in started:
+            self._controls[inst] = AttemptControl()
+        for event in engine.drain():
+            self._bus.publish(event)
+        for inst in to_stop or ():
+            control = self._controls.get(inst)
+            if control is not None and inst.stop_reason is not None:
+                control.stop(inst.stop_reason)
+        for inst in started:
+            self.start(inst)
+
+    def may_dispatch(self) -> bool:
+        """Starts need room in the state dir (records, logs, their state changes)."""
+        return not self.closing and self._store.unwritable is None and self.space_short is None
+
+    def adopt(self, adopted: list[tuple[InstanceRec, Found]], to_stop: list[InstanceRec]) -> None:
+        """Take over attempts found after a restart (their slots are held already), stopping
+        those of jobs that were winding down."""
+        for inst, _ in adopted:
+            self._controls[inst] = AttemptControl()
+        self.pump(to_stop)  # one dispatch, once every adopted attempt holds its slot
+        for inst, found in adopted:
+            self.start(inst, found)
+
+    def start(self, inst: InstanceRec, found: Found | None = None) -> None:
+        assert self._group is not None, "attempts start only while the runtime is open"
+        self._group.start_soon(self._run, inst, found)
+
+    def detach(self, kinds: set[str]) -> None:
+        """Leave the running attempts of executors of these kinds running at shutdown."""
+        for inst, control in self._controls.items():
+            if self._env_kinds[inst.task.defn.compute_env] in kinds:
+                control.detach = True
+
+    def start_job_hooks(self, job_id: str, run: Callable[[str], Coroutine[Any, Any, None]]) -> None:
+        if self._group is not None:
+            self._group.start_soon(run, job_id)
+
+    def forget_job(self, job_id: str) -> None:
+        self._task_env.pop(job_id, None)
+
+    async def drain(self, limit: float) -> None:
+        """Start nothing more; wait up to ``limit`` seconds for what runs to end."""
+        self.closing = True
+        with anyio.move_on_after(limit):
+            while self.in_flight:
+                await self._none_in_flight.wait()
+
+    # -- room in the state dir ---------------------------------------------------------------
+
+    def wait_for_space(self, reason: str) -> None:
+        if self.space_short is None and self._group is not None:
+            self.space_short = reason
+            log.error("dispatch_paused", reason=reason)
+            self._group.start_soon(self._probe_space)
+
+    async def _probe_space(self) -> None:
+        """Try the state dir, backing off, until a write fits again; then dispatch."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(StateDirUnwritable),
+            wait=wait_exponential(multiplier=SPACE_RETRY_FIRST_S, max=SPACE_RETRY_MAX_S),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                await anyio.to_thread.run_sync(self._layout.check_writable)
+        self.space_short = None
+        log.warning("dispatch_resumed")
+        self.pump()
+
+    # -- one attempt -------------------------------------------------------------------------
+
+    async def _run(self, inst: InstanceRec, found: Found | None = None) -> None:
+        """One attempt, from staging to settled; or, after a restart, the rest of one."""
+        engine = self._engine
+        self._began()
+        try:
+            try:
+                outcome = await self._attempt(inst, found)
+            except anyio.get_cancelled_exc_class():
+                control = self._controls.get(inst)
+                if not (control and control.detach and inst.state is InstanceState.RUNNING):
+                    engine.instance_interrupted(inst)  # else it stays RUNNING, to be re-adopted
+                    self.pump()
+                raise
+            except Exception as exc:  # an executor or hook bug must not take the runtime down
+                log.exception("executor_failed", job_id=inst.task.job.id, task=inst.task.name)
+                outcome = Outcome(reason=f"executor_error: {exc}")
+                if inst.state is InstanceState.RUNNING:
+                    engine.instance_exited(inst, outcome)
+            to_stop = self._settle(inst, outcome)
+        finally:
+            self._controls.pop(inst, None)
+            self._ended()
+        self.pump(to_stop)
+
+    async def _attempt(self, inst: InstanceRec, found: Found | None) -> Outcome:
+        """Stage, run (or adopt), upload: how the attempt ended, before it is settled."""
+        engine = self._engine
+
+        def on_started(pid: int | None) -> None:
+            engine.instance_running(inst, pid)
+            self.pump()
+            log.debug(
+                "instance_started",
+                job_id=inst.task.job.id,
+                task=inst.task.name,
+                index=inst.index,
+                attempt=inst.attempt,
+                pid=pid,
+            )
+
+        ctx = self._context(inst)
+        hooks = HookContext(instance=ctx, job_name=ctx.job_name, storage=self._storage)
+        if found is not None:
+            executor, attempt = found
+            outcome = await executor.adopt(ctx, attempt)
+        else:
+            if self._hooks.need_dirs(ctx.task):  # else the executor makes them, off the loop too
+                await anyio.to_thread.run_sync(_make_dirs, ctx)
+            try:
+                await self._hooks.run_before(hooks)
+            except HookFailed as exc:
+                return Outcome(reason=exc.reason)
+            outcome = await self._executors[inst.task.defn.compute_env].run(ctx, on_started)
+        if outcome.reason == RUNTIME_LOST or inst.state is not InstanceState.RUNNING:
+            return outcome  # how it ended is lost, or it never started: nothing to upload
+        engine.instance_exited(inst, outcome)
+        self.pump()
+        return await self._hooks.run_after(replace(hooks, outcome=outcome))
+
+    def _settle(self, inst: InstanceRec, outcome: Outcome) -> list[InstanceRec]:
+        """The attempt's one settlement: a failure in it is logged, never tried twice."""
+        try:
+            to_stop = self._engine.instance_finished(inst, outcome)
+        except Exception:
+            log.exception("settle_failed", job_id=inst.task.job.id, task=inst.task.name)
+            return []
+        if outcome.reason is not None and outcome.reason.startswith(NO_SPACE):
+            self.wait_for_space(outcome.reason)
+        return to_stop
+
+    def _context(self, inst: InstanceRec) -> InstanceContext:
+        task, job, layout = inst.task, inst.task.job, self._layout
+        base_env = self._task_env.setdefault(job.id, {}).get(task.name)
+        if base_env is None:  # first dispatch of the task: once per task, not per instance
+            # A local process inherits this process's environment; a container keeps its image's.
+            inherited = os.environ if self._env_kinds[task.defn.compute_env] == "local" else {}
+            base_env = {
+                **inherited,
+                **job.defn.env,
+                **task.defn.env,
+                "AIOBATCH_JOB_ID": job.id,
+                "AIOBATCH_JOB_NAME": job.defn.name,
+                "AIOBATCH_TASK_NAME": task.name,
+                "AIOBATCH_INSTANCE_COUNT": str(task.total),
+            }
+            self._task_env[job.id][task.name] = base_env
+        env = {
+            **base_env,
+            "AIOBATCH_INSTANCE_INDEX": str(inst.index),
+            "AIOBATCH_ATTEMPT": str(inst.attempt),
+        }
+        # The dirs are made off the event loop by who writes there first: the spawner or
+        # the Docker executor (work and log dirs), the storage backends (inputs).
+        return InstanceContext(
+            job_id=job.id,
+            job_name=job.defn.name,
+            task=task.defn,
+            index=inst.index,
+            attempt=inst.attempt,
+            work_dir=layout.work_dir(job.id, task.name, inst.index),
+            stdout_path=layout.log_path(job.id, task.name, inst.index, "stdout"),
+            stderr_path=layout.log_path(job.id, task.name, inst.index, "stderr"),
+            env=env,
+            kill_grace_s=self._kill_grace,
+            control=self._controls[inst],
+        )
+
+    def _began(self) -> None:
+        if self.in_flight == 0:
+            self._none_in_flight = anyio.Event()
+        self.in_flight += 1
+
+    def _ended(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._none_in_flight.set()
+
+
+def _make_dirs(ctx: InstanceContext) -> None:
+    ctx.work_dir.mkdir(parents=True, exist_ok=True)
+    ctx.stdout_path.parent.mkdir(parents=True, exist_ok=True)

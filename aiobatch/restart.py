@@ -1,0 +1,69 @@
+"""What a runtime does when it opens a state dir that a runtime before it left behind.
+
+Every unfinished job is loaded; the attempts that outlived the last runtime (containers,
+local processes, and any started in the crash's commit window) are adopted; the attempts
+really lost run again, uncharged; whatever of ours no attempt claims is killed or removed,
+before anything starts again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import anyio
+import structlog
+
+from aiobatch.attempts import Attempts
+from aiobatch.engine import Engine
+from aiobatch.executors import records
+from aiobatch.layout import StateLayout
+from aiobatch.model import InstanceRec
+from aiobatch.queries import Queries
+from aiobatch.recovery import is_orphan, take_over
+from aiobatch.resources import Found, Resources
+from aiobatch.spec import JobDef
+from aiobatch.store import Store
+
+log = structlog.get_logger("aiobatch.restart")
+
+
+async def recover(
+    *,
+    store: Store,
+    engine: Engine,
+    queries: Queries,
+    resources: Resources,
+    attempts: Attempts,
+    layout: StateLayout,
+    check: Callable[[JobDef], object],
+) -> None:
+    """``check`` validates a stored job against the config (it fails loudly if an env this job
+    needs is gone)."""
+    jobs = [await queries.load(job_id) for job_id in await store.unfinished_job_ids()]
+    for job, _ in jobs:
+        check(job.defn)
+        await resources.open_for(job.defn)
+    found = await resources.find_attempts([job.id for job, _ in jobs])
+    to_stop: list[InstanceRec] = []
+    adopted: list[tuple[InstanceRec, Found]] = []
+    for job, lost in jobs:
+        adopted_here, lost = take_over(job, lost, found)
+        if lost:
+            log.warning("instances_lost", job_id=job.id, count=len(lost))
+        if adopted_here:
+            log.info("attempts_adopted", job_id=job.id, count=len(adopted_here))
+        to_stop += engine.recover_job(job, lost, [inst for inst, _ in adopted_here])
+        adopted += adopted_here
+        log.info("job_recovered", job_id=job.id, state=job.state.value)
+    # Before anything starts again: no process of ours runs that no attempt claims.
+    keep = {(i.task.job.id, i.task.name, i.index, i.attempt) for i, _ in adopted}
+    runtime_id = await anyio.to_thread.run_sync(layout.runtime_id)
+    for key in await anyio.to_thread.run_sync(records.sweep, runtime_id, keep):
+        log.warning("stray_killed", job_id=key[0], task=key[1], index=key[2], attempt=key[3])
+    attempts.adopt(adopted, to_stop)
+    recovered = {job.id: job for job, _ in jobs}
+    for executor, orphan in found.values():
+        if is_orphan(orphan, recovered) and await executor.discard(orphan):
+            log.warning(
+                "orphan_removed", job_id=orphan.job_id, task=orphan.task, index=orphan.index
+            )

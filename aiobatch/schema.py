@@ -1,0 +1,125 @@
+"""The SQLite schema, its migrations, and the rows read back from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from aiobatch.spec import JobDef
+from aiobatch.states import INSTANCE_TERMINAL, JOB_TERMINAL, InstanceState, JobState
+
+SCHEMA_VERSION = 2
+
+SCHEMA = """
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    spec BLOB NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT,
+    stopping_state TEXT,
+    stopping_reason TEXT,
+    submitted_at REAL NOT NULL,
+    started_at REAL,
+    ended_at REAL
+);
+CREATE INDEX jobs_by_state ON jobs (state);
+CREATE TABLE tasks (
+    job_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT,
+    PRIMARY KEY (job_id, name)
+) WITHOUT ROWID;
+CREATE TABLE instances (
+    job_id TEXT NOT NULL,
+    task TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT,
+    exit_code INTEGER,
+    signal INTEGER,
+    pid INTEGER,
+    started_at REAL,
+    ended_at REAL,
+    duration_s REAL,
+    lost INTEGER NOT NULL DEFAULT 0,
+    interrupted INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (job_id, task, idx)
+) WITHOUT ROWID;
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX events_by_job ON events (job_id, seq);
+"""
+
+# Version N's entry takes a database from version N - 1 to N.
+MIGRATIONS = {
+    2: "ALTER TABLE instances ADD COLUMN lost INTEGER NOT NULL DEFAULT 0; "
+    "ALTER TABLE instances ADD COLUMN interrupted INTEGER NOT NULL DEFAULT 0;",
+}
+
+UPSERT_INSTANCE = """
+INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (job_id, task, idx) DO UPDATE SET
+    attempt = excluded.attempt, state = excluded.state, reason = excluded.reason,
+    exit_code = excluded.exit_code, signal = excluded.signal, pid = excluded.pid,
+    started_at = excluded.started_at, ended_at = excluded.ended_at,
+    duration_s = excluded.duration_s, lost = excluded.lost, interrupted = excluded.interrupted
+"""
+
+TERMINAL_INSTANCE_STATES = {s.value for s in INSTANCE_TERMINAL}
+TERMINAL_JOB_STATES = {s.value for s in JOB_TERMINAL}
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    id: str
+    seq: int
+    defn: JobDef
+    state: JobState
+    reason: str | None
+    stopping: tuple[JobState, str] | None
+    submitted_at: float
+    started_at: float | None
+    ended_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRow:
+    task: str
+    index: int
+    attempt: int
+    state: InstanceState
+    reason: str | None
+    exit_code: int | None
+    signal: int | None
+    pid: int | None
+    started_at: float | None
+    ended_at: float | None
+    duration_s: float | None
+    lost: int
+    interrupted: int
+
+
+def job_row(row: Any) -> JobRow:
+    stopping = (JobState(row[7]), row[8]) if row[7] else None
+    return JobRow(
+        id=row[0],
+        seq=row[1],
+        defn=msgspec.json.decode(row[4], type=JobDef),
+        state=JobState(row[5]),
+        reason=row[6],
+        stopping=stopping,
+        submitted_at=row[9],
+        started_at=row[10],
+        ended_at=row[11],
+    )
