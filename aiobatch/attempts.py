@@ -22,7 +22,7 @@ from aiobatch.attempt import NO_SPACE, RUNTIME_LOST, AttemptControl, InstanceCon
 from aiobatch.engine import Engine
 from aiobatch.errors import StateDirUnwritable
 from aiobatch.events import Bus
-from aiobatch.executors.base import Executor
+from aiobatch.executors.base import Executor, HoldingExecutor
 from aiobatch.hooks import HookContext, HookFailed, Hooks
 from aiobatch.layout import StateLayout
 from aiobatch.model import InstanceRec
@@ -88,7 +88,9 @@ class Attempts:
         """Starts need room in the state dir (records, logs, their state changes)."""
         return not self.closing and self._store.unwritable is None and self.space_short is None
 
-    def adopt(self, adopted: list[tuple[InstanceRec, Found]], to_stop: list[InstanceRec]) -> None:
+    def adopt(
+        self, adopted: list[tuple[InstanceRec, Found | None]], to_stop: list[InstanceRec]
+    ) -> None:
         """Take over attempts found after a restart (their slots are held already), stopping
         those of jobs that were winding down."""
         for inst, _ in adopted:
@@ -150,8 +152,9 @@ class Attempts:
         engine = self._engine
         self._began()
         try:
+            ctx = self._context(inst)
             try:
-                outcome = await self._attempt(inst, found)
+                outcome = await self._attempt(inst, ctx, found)
             except anyio.get_cancelled_exc_class():
                 control = self._controls.get(inst)
                 if not (control and control.detach and inst.state is InstanceState.RUNNING):
@@ -165,11 +168,25 @@ class Attempts:
                     engine.instance_exited(inst, outcome)
             to_stop = self._settle(inst, outcome)
         finally:
-            self._controls.pop(inst, None)
+            self._controls.pop(inst, None)  # before the pump: a retry may start it anew
             self._ended()
         self.pump(to_stop)
 
-    async def _attempt(self, inst: InstanceRec, found: Found | None) -> Outcome:
+    async def _release(self, inst: InstanceRec, ctx: InstanceContext) -> None:
+        """Once the attempt's end is stored (its UPLOADING row), let its executor free what it
+        kept for a crash in between (a container); if it cannot be stored, the next start
+        finds the container and removes it."""
+        executor = self._executors[inst.task.defn.compute_env]
+        if isinstance(executor, HoldingExecutor):
+            try:
+                await self._store.flush(required=True)
+            except StateDirUnwritable:
+                return
+            await executor.release(ctx)
+
+    async def _attempt(
+        self, inst: InstanceRec, ctx: InstanceContext, found: Found | None
+    ) -> Outcome:
         """Stage, run (or adopt), upload: how the attempt ended, before it is settled."""
         engine = self._engine
 
@@ -185,11 +202,17 @@ class Attempts:
                 pid=pid,
             )
 
-        ctx = self._context(inst)
         hooks = HookContext(instance=ctx, job_name=ctx.job_name, storage=self._storage)
         if found is not None:
             executor, attempt = found
             outcome = await executor.adopt(ctx, attempt)
+        elif inst.state is InstanceState.UPLOADING:  # it ended before a crash, as stored
+            outcome = Outcome(
+                exit_code=inst.exit_code,
+                signal=inst.signal,
+                reason=inst.reason,
+                duration_s=inst.duration_s,
+            )
         else:
             if self._hooks.need_dirs(ctx.task):  # else the executor makes them, off the loop too
                 await anyio.to_thread.run_sync(_make_dirs, ctx)
@@ -198,10 +221,14 @@ class Attempts:
             except HookFailed as exc:
                 return Outcome(reason=exc.reason)
             outcome = await self._executors[inst.task.defn.compute_env].run(ctx, on_started)
-        if outcome.reason == RUNTIME_LOST or inst.state is not InstanceState.RUNNING:
-            return outcome  # how it ended is lost, or it never started: nothing to upload
-        engine.instance_exited(inst, outcome)
-        self.pump()
+        if outcome.reason == RUNTIME_LOST:
+            return outcome  # how it ended is lost (with a runtime or the spawner)
+        if inst.state is InstanceState.RUNNING:
+            engine.instance_exited(inst, outcome)
+            self.pump()
+        elif inst.state is not InstanceState.UPLOADING:  # adopted mid-upload: upload again
+            return outcome  # it never started: nothing to upload
+        await self._release(inst, ctx)
         return await self._hooks.run_after(replace(hooks, outcome=outcome))
 
     def _settle(self, inst: InstanceRec, outcome: Outcome) -> list[InstanceRec]:

@@ -297,10 +297,12 @@ class Engine:
         self._instance_to(inst, InstanceState.RUNNING)
 
     def instance_exited(self, inst: InstanceRec, outcome: Outcome) -> None:
-        """The program ended; the after-exit hooks (uploads) run next."""
+        """The program ended; the after-exit hooks (uploads) run next. The event carries the
+        whole outcome (a timeout, an OOM as its reason): once stored, a crash during the
+        uploads re-runs them, never the program."""
         inst.exit_code, inst.signal = outcome.exit_code, outcome.signal
         inst.duration_s = outcome.duration_s
-        self._instance_to(inst, InstanceState.UPLOADING)
+        self._instance_to(inst, InstanceState.UPLOADING, outcome.reason)
 
     def instance_finished(self, inst: InstanceRec, outcome: Outcome) -> list[InstanceRec]:
         """Settle an attempt: success, retry, failure or cancellation; returns instances to stop."""

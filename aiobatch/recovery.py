@@ -57,20 +57,24 @@ F = TypeVar("F")
 
 def take_over(
     job: JobRec, lost: list[InstanceRec], found: dict[AttemptKey, F]
-) -> tuple[list[tuple[InstanceRec, F]], list[InstanceRec]]:
+) -> tuple[list[tuple[InstanceRec, F | None]], list[InstanceRec]]:
     """Match the attempts found after a restart (taken out of ``found``) to a job's instances.
 
-    Returns the instances to adopt and those really lost. An active instance whose attempt is
-    found is adopted; an UPLOADING one ran to its end and cannot be resumed. A waiting one
+    Returns the instances to adopt (with what was found of their attempt) and those really
+    lost. An active instance whose attempt is found is adopted. One that was UPLOADING has
+    ended and its end is stored: it is adopted with nothing found, to upload again (uploads
+    are idempotent), never to run the program twice. A waiting one
     whose next attempt is found was started in the crash's commit window, before its start
     was stored: it is adopted too, so no attempt runs unrecorded or twice.
     """
-    adopted: list[tuple[InstanceRec, F]] = []
+    adopted: list[tuple[InstanceRec, F | None]] = []
     really_lost: list[InstanceRec] = []
     for inst in lost:
         key = (job.id, inst.task.name, inst.index, inst.attempt)
-        if inst.state is not InstanceState.UPLOADING and key in found:
+        if key in found:
             adopted.append((inst, found.pop(key)))
+        elif inst.state is InstanceState.UPLOADING:
+            adopted.append((inst, None))
         else:
             really_lost.append(inst)
     if job.state in JOB_TERMINAL:

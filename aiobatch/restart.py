@@ -45,7 +45,7 @@ async def recover(
         await resources.open_for(job.defn)
     found = await resources.find_attempts([job.id for job, _ in jobs])
     to_stop: list[InstanceRec] = []
-    adopted: list[tuple[InstanceRec, Found]] = []
+    adopted: list[tuple[InstanceRec, Found | None]] = []
     for job, lost in jobs:
         adopted_here, lost = take_over(job, lost, found)
         if lost:

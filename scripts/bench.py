@@ -14,6 +14,8 @@
 5. ``Runtime.submit`` of a 10,000-task DAG (about 20,000 edges) up to the first dispatch; and
    ``resolve_spec`` alone.
 6. Peak RSS and wall time of ``aiobatch run`` with 100,000 instances (``--no-big`` skips it).
+7. ``aiobatch run`` of a chain of 200 tasks and of a 1-task job vs a plain asyncio loop
+   running the same processes one after the other.
 
 Whole-process timings are wall clock around fork to reap (``os.wait4``, which also gives the
 child's peak RSS); each repetition gets a fresh state or working dir. Timings report the
@@ -82,6 +84,18 @@ async def main(n, slots):
     await asyncio.gather(*(one() for _ in range(n)))
 
 asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
+"""
+
+# Runs N `true` one after the other with nothing but asyncio: the floor for a chain of N.
+SEQUENTIAL_BASELINE = """
+import asyncio, sys
+
+async def main(n):
+    for _ in range(n):
+        proc = await asyncio.create_subprocess_exec("true")
+        await proc.wait()
+
+asyncio.run(main(int(sys.argv[1])))
 """
 
 # Measures an import inside a fresh interpreter (interpreter startup excluded).
@@ -355,6 +369,71 @@ class Bench:
                     f"{in_memory[0].median / base.median:.2f}x",
                 )
             )
+
+    # -- 7. a chain, and one task, against a sequential loop ----------------------------------
+
+    def bench_chain(self) -> None:
+        n = self.n(200, 20)
+        note(f"7. a chain of {n} tasks and a 1-task job: aiobatch run vs a sequential loop")
+        true = ["true"]
+        chain = write_json(
+            self.tmp / f"chain-{n}.json",
+            {
+                "name": "chain",
+                "tasks": [
+                    {"name": f"t{i}", "command": true, "depends_on": [f"t{i - 1}"] if i else []}
+                    for i in range(n)
+                ],
+            },
+        )
+        single = write_json(
+            self.tmp / "single.json", {"name": "single", "tasks": [{"name": "t", "command": true}]}
+        )
+
+        def aiobatch(spec: Path) -> float:
+            with scratch_dir(self.tmp, "state") as state:
+                return checked(self.aiobatch_run(spec, state), "aiobatch run").wall_s
+
+        def loop(count: int) -> float:
+            argv = [sys.executable, "-c", SEQUENTIAL_BASELINE, str(count)]
+            return checked(run_process(argv), "sequential baseline").wall_s
+
+        ours, base, one, one_base = self.interleaved(
+            partial(aiobatch, chain), partial(loop, n), partial(aiobatch, single), partial(loop, 1)
+        )
+        ratio = ours.median / base.median
+        per_hop = (ours.median - one.median) / max(1, n - 1)
+        base_hop = (base.median - one_base.median) / max(1, n - 1)
+        self.report.sections["chain"] = {
+            "tasks": n,
+            "aiobatch": ours.as_json(),
+            "sequential_baseline": base.as_json(),
+            "ratio_median": ratio,
+            "per_hop_s": per_hop,
+            "baseline_per_hop_s": base_hop,
+            "single": one.as_json(),
+            "single_baseline": one_base.as_json(),
+        }
+        self.report.row(
+            Row(
+                f"7. chain of {n} tasks, whole process",
+                f"{fmt_s(ours)}; {per_hop * 1000:.1f} ms per hop",
+                f"sequential asyncio loop: {fmt_s(base)}; {base_hop * 1000:.1f} ms per hop",
+                f"{ratio:.2f}x",
+                "<= 2x",
+                ratio <= 2,
+            )
+        )
+        self.report.row(
+            Row(
+                "7. 1-task job, whole process",
+                fmt_s(one),
+                f"one process from asyncio: {fmt_s(one_base)}",
+                f"+{(one.median - one_base.median) * 1000:.0f} ms",
+                "< 0.3 s",
+                one.median < 0.3,
+            )
+        )
 
     # -- 2. Snakemake ---------------------------------------------------------------------------
 
@@ -790,6 +869,7 @@ SECTIONS: dict[str, Callable[[Bench], None]] = {
     "4": Bench.bench_imports,
     "5": Bench.bench_submit,
     "6": Bench.bench_big,
+    "7": Bench.bench_chain,
 }
 
 

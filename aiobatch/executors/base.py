@@ -40,6 +40,16 @@ class Executor(Protocol):
 
 
 @runtime_checkable
+class HoldingExecutor(Executor, Protocol):
+    """An executor that keeps what an ended attempt ran in (a container) until the runtime has
+    stored how it ended, so that a crash in between finds it and adopts it."""
+
+    async def release(self, ctx: InstanceContext) -> None:
+        """The attempt's end is stored: free what it still holds."""
+        ...
+
+
+@runtime_checkable
 class AdoptingExecutor(Executor, Protocol):
     """An executor whose attempts outlive the runtime and can be taken over after a restart."""
 

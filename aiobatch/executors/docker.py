@@ -25,7 +25,7 @@ from aiodocker.containers import DockerContainer
 from anyio.abc import TaskGroup
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
-from aiobatch.attempt import FoundAttempt, InstanceContext, Outcome
+from aiobatch.attempt import AttemptKey, FoundAttempt, InstanceContext, Outcome
 from aiobatch.config import ComputeEnvConfig
 from aiobatch.spec import TaskDef
 from aiobatch.units import parse_duration
@@ -57,6 +57,8 @@ class DockerExecutor:
         self._clients: dict[str, aiodocker.Docker] = {}
         self._in_flight = dict.fromkeys(config.hosts, 0)
         self._down_until: dict[str, float] = {}  # drained hosts: monotonic time to re-check
+        # Containers of attempts that ended, until their end is stored (then ``release``).
+        self._ended: dict[AttemptKey, tuple[DockerContainer, bool]] = {}
 
     def unsupported(self, task: TaskDef) -> list[str]:
         return [name for name in _UNSUPPORTED if getattr(task, name)]
@@ -237,7 +239,7 @@ class DockerExecutor:
         ctx: InstanceContext,
         on_started: Callable[[int | None], None],
     ) -> Outcome:
-        failed, started = True, False
+        outcome, started = None, False
         try:
             # Open the logs first: they exist once the instance is RUNNING, as for a process.
             out, err = await anyio.to_thread.run_sync(_open_logs, ctx)
@@ -247,16 +249,37 @@ class DockerExecutor:
                 started = True
                 on_started(None)
                 outcome = await self._follow_and_wait(container, ctx, began, out, err)
-            failed = not outcome.succeeded
             return outcome
         finally:
-            await self._clean_up(container, ctx, failed=failed, started=started)
+            await self._after(container, ctx, outcome, started=started)
 
-    async def _clean_up(
-        self, container: DockerContainer, ctx: InstanceContext, *, failed: bool, started: bool
+    async def _after(
+        self,
+        container: DockerContainer,
+        ctx: InstanceContext,
+        outcome: Outcome | None,
+        *,
+        started: bool,
     ) -> None:
+        """An attempt that ended keeps its container until its end is stored (``release``):
+        a crash before that finds it and adopts it, rather than running it again."""
         if started and ctx.control.detach:
             return  # left running on purpose: the next start re-adopts it
+        if outcome is not None:
+            self._ended[_key(ctx)] = (container, not outcome.succeeded)
+        else:  # interrupted or never started: nothing to keep it for
+            await self._remove_unless_kept(container, ctx, failed=True)
+
+    async def release(self, ctx: InstanceContext) -> None:
+        ended = self._ended.pop(_key(ctx), None)
+        if ended is not None:
+            container, failed = ended
+            await self._remove_unless_kept(container, ctx, failed=failed)
+
+    @staticmethod
+    async def _remove_unless_kept(
+        container: DockerContainer, ctx: InstanceContext, *, failed: bool
+    ) -> None:
         if not (failed and ctx.task.keep_failed):
             with anyio.CancelScope(shield=True), anyio.move_on_after(30):
                 await _remove(container)
@@ -307,7 +330,7 @@ class DockerExecutor:
         """Follow a container this runtime started before it stopped; its logs are rewritten
         from the attempt's own beginning, so nothing is lost or repeated."""
         host, container = self._container(found)
-        failed = True
+        outcome: Outcome | None = None
         self._in_flight[host] += 1
         try:
             info = await container.show()
@@ -320,13 +343,12 @@ class DockerExecutor:
                     # Made but not started when the runtime died: this attempt starts now.
                     await container.start()
                 outcome = await self._follow_and_wait(container, ctx, began, out, err)
-            failed = not outcome.succeeded
             return outcome
         except aiodocker.DockerError as exc:
             return Outcome(reason=f"engine_error: {host}: {_message(exc)}")
         finally:
             self._in_flight[host] -= 1
-            await self._clean_up(container, ctx, failed=failed, started=True)
+            await self._after(container, ctx, outcome, started=True)
 
     async def _follow_and_wait(
         self,
@@ -437,6 +459,10 @@ async def _settled_oom_state(container: DockerContainer, state: dict[str, Any]) 
         if state.get("OOMKilled"):
             break
     return state
+
+
+def _key(ctx: InstanceContext) -> AttemptKey:
+    return (ctx.job_id, ctx.task.name, ctx.index, ctx.attempt)
 
 
 def _prepare_files(ctx: InstanceContext) -> tuple[int, int]:

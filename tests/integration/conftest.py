@@ -7,8 +7,10 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiodocker
@@ -16,6 +18,7 @@ import pytest
 
 from aiobatch.config import S3Settings
 from aiobatch.storage.s3 import create_client
+from tests.integration.service import Service
 
 BUCKET = "bkt"  # shared by the tests of a session; their keys do not overlap
 
@@ -98,3 +101,13 @@ async def engine() -> AsyncIterator[aiodocker.Docker]:
         pytest.skip(message)
     yield client
     await client.close()
+
+
+@pytest.fixture
+async def service(state_dir: Path) -> AsyncIterator[Service]:
+    root = Path(tempfile.mkdtemp(prefix="ab", dir="/tmp"))  # short: sockets have 107 bytes
+    service = Service(root, state_dir)
+    try:
+        yield service
+    finally:
+        await service.close()

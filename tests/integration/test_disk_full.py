@@ -20,7 +20,7 @@ import pytest
 from aiobatch import JobState, StateDirUnwritable
 from aiobatch.client import Client
 from aiobatch.events import InstanceStateChanged
-from tests.integration.test_service import (
+from tests.integration.service import (
     AIOBATCH,
     Service,
     stored_events,

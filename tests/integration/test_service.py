@@ -11,116 +11,25 @@ import json
 import os
 import signal
 import sqlite3
-import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiodocker
 import anyio
 import pytest
-from anyio.abc import Process, UNIXDatagramSocket
 
-from aiobatch import Client, JobHandle, RuntimeClosed
-from aiobatch.events import InstanceStateChanged, event_decoder
+from aiobatch import RuntimeClosed
+from aiobatch.events import InstanceStateChanged
 from tests.helpers import Gates, process_alive, processes_of
 from tests.integration.conftest import IMAGE, docker_hosts
+from tests.integration.service import (
+    AIOBATCH,
+    Service,
+    stored_events,
+    submit_and_see_running,
+)
 
 pytestmark = pytest.mark.anyio
-
-AIOBATCH = Path(sys.executable).with_name("aiobatch")
-
-
-class Service:
-    """One ``aiobatch serve`` process with its notify socket, state dir and control socket."""
-
-    def __init__(self, root: Path, state_dir: Path, config: str = "") -> None:
-        self.root = root
-        self.state_dir = state_dir
-        self.socket = root / "ctl.sock"
-        self.config = root / "aiobatch.toml"
-        self.config.write_text(config)
-        self.process: Process | None = None
-        self.notify: UNIXDatagramSocket | None = None
-
-    async def start(self, **env: str) -> None:
-        notify_path = self.root / "notify.sock"
-        notify_path.unlink(missing_ok=True)
-        self.notify = await anyio.create_unix_datagram_socket(local_path=notify_path)
-        self.process = await anyio.open_process(
-            [
-                *(str(AIOBATCH), "serve", "--config", str(self.config)),
-                *("--state-dir", str(self.state_dir), "--socket", str(self.socket)),
-            ],
-            env={**os.environ, "NOTIFY_SOCKET": str(notify_path), **env},
-            stdout=None,
-            stderr=None,
-        )
-        assert await self.message() == "READY=1"
-        assert await self.message() == f"STATUS=listening on {self.socket}"
-
-    async def message(self) -> str:
-        assert self.notify is not None
-        with anyio.fail_after(30):
-            data, _ = await self.notify.receive()
-        return data.decode()
-
-    def client(self) -> Client:
-        return Client(self.socket)
-
-    async def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        with anyio.fail_after(10):
-            assert await self.process.wait() == -signal.SIGKILL
-        await self.close()
-
-    async def close(self) -> None:
-        if self.notify is not None:
-            await self.notify.aclose()
-            self.notify = None
-        if self.process is not None and self.process.returncode is None:
-            self.process.send_signal(signal.SIGKILL)
-            await self.process.wait()
-        if self.process is not None:
-            await self.process.aclose()
-            self.process = None
-
-
-@pytest.fixture
-async def service(state_dir: Path) -> AsyncIterator[Service]:
-    root = Path(tempfile.mkdtemp(prefix="ab", dir="/tmp"))  # short: sockets have 107 bytes
-    service = Service(root, state_dir)
-    try:
-        yield service
-    finally:
-        await service.close()
-
-
-async def submit_and_see_running(
-    client: Client, spec: dict[str, Any], count: int
-) -> tuple[JobHandle, list[InstanceStateChanged]]:
-    """Submit, wait for ``count`` instances to run, then for the service to commit that."""
-    seen: list[InstanceStateChanged] = []
-    with anyio.fail_after(30):
-        async with client.subscribe() as events:  # before submitting: nothing is missed
-            job = await client.submit(spec)
-            async for event in events:
-                if isinstance(event, InstanceStateChanged) and event.job_id == job.id:
-                    if event.state == "RUNNING":
-                        seen.append(event)
-                        if len(seen) == count:
-                            break
-    await client.list_jobs()  # answers after everything so far is committed
-    return job, seen
-
-
-def stored_events(state_dir: Path, job_id: str) -> list[Any]:
-    with sqlite3.connect(state_dir / "aiobatch.db") as db:
-        rows = db.execute("SELECT body FROM events WHERE job_id = ? ORDER BY seq", (job_id,))
-        return [event_decoder.decode(body) for (body,) in rows]
 
 
 async def test_ready_then_sigterm_drains_and_refuses_submissions(

@@ -31,9 +31,16 @@ def test_active_instances_with_their_attempt_there_are_taken_over() -> None:
     other_attempt.state, other_attempt.attempt = InstanceState.STAGING, 2
     there = {("j1", "t", i, 1): found(i) for i in range(3)}
     adopted, lost = take_over(rec, [running, uploading, other_attempt], there)
-    assert [(inst.index, hit.handle) for inst, hit in adopted] == [(0, "host c0")]
-    assert lost == [uploading, other_attempt]  # ran to its end; a different attempt
-    assert set(there) == {("j1", "t", 1, 1), ("j1", "t", 2, 1)}  # left for is_orphan
+    # The one that was uploading ended; its executor knows how, so its uploads run again.
+    handles = [(inst.index, hit and hit.handle) for inst, hit in adopted]
+    assert handles == [(0, "host c0"), (1, "host c1")]
+    assert lost == [other_attempt]  # a different attempt
+    assert set(there) == {("j1", "t", 2, 1)}  # left for is_orphan
+    # Uploading with nothing found: its end is stored, so it uploads again all the same.
+    rec = job()
+    uploading = rec.tasks["t"].record(0)
+    uploading.state = InstanceState.UPLOADING
+    assert take_over(rec, [uploading], {}) == ([(uploading, None)], [])
 
 
 def test_orphans_are_removed_but_kept_failures_and_ended_jobs_stay() -> None:

@@ -336,7 +336,7 @@ class EngineMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def instance_finished(self, data: st.DataObject) -> None:
         inst = data.draw(st.sampled_from(self.in_state(InstanceState.UPLOADING)))
-        self.finish(inst, self.exited.pop(id(inst)))
+        self.finish(inst, self.exited.pop(id(inst), SUCCESS))  # adopted after a crash: SUCCESS
 
     @precondition(lambda self: self.in_state(InstanceState.RUNNING))
     @rule(data=st.data(), outcome=st.sampled_from(RAN_OUTCOMES))
@@ -464,7 +464,9 @@ class EngineMachine(RuleBasedStateMachine):
             return
 
         def still_running(inst: InstanceRec) -> bool:
-            return inst.state is not InstanceState.UPLOADING and data.draw(st.booleans())
+            # Or ended, its executor knowing how. An UPLOADING one always is: its end is
+            # stored, so it uploads again rather than run again.
+            return inst.state is InstanceState.UPLOADING or data.draw(st.booleans())
 
         self.restart(still_running)
         hypothesis_event("crashed")
@@ -536,7 +538,9 @@ class EngineMachine(RuleBasedStateMachine):
             to_stop = engine.recover_job(job, lost, adopted)
             self.check_to_stop(to_stop, job)
             for inst in adopted:
-                assert inst.state is InstanceState.RUNNING or inst in to_stop
+                assert inst.state in (InstanceState.RUNNING, InstanceState.UPLOADING) or (
+                    inst in to_stop
+                )
             for inst in lost:
                 attempt, lost_before = attempts[id(inst)]
                 if inst.state is InstanceState.PENDING:  # re-run, not charged
