@@ -12,7 +12,7 @@ from typing import Literal
 from aiobatch.errors import StateDirBusy, StateDirUnwritable
 
 Stream = Literal["stdout", "stderr"]
-PROBE_BYTES = 256 * 1024  # room for the first transactions: a start needs at least this
+PROBE_BYTES = 64 * 1024  # room for the first transactions: a start needs at least this
 
 
 class StateLayout:
@@ -45,7 +45,8 @@ class StateLayout:
         self.check_writable()
 
     def check_writable(self) -> None:
-        """Refuse to start where nothing can be stored: write, sync and remove a small file.
+        """Refuse to start where nothing can be stored: write and remove a small file (a
+        full disk refuses the write itself: file systems reserve the blocks then).
 
         Raises StateDirUnwritable (disk full, read-only, no permission)."""
         probe = self.root / ".write-probe"
@@ -53,7 +54,6 @@ class StateLayout:
             fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
                 os.write(fd, bytes(PROBE_BYTES))
-                os.fsync(fd)
             finally:
                 os.close(fd)
                 probe.unlink(missing_ok=True)

@@ -173,11 +173,12 @@ class Spawner:
         started = time.monotonic()
         self.leaders[pid] = Leader(request_id, key, fd, started)
         start = {"pid": pid, "mono": started, "wall": time.time()}
+        self.send({"op": "started", "id": request_id, **start})
+        self.flush()  # the runtime goes on at once; the record's pid line follows
         try:
             _write_line(fd, start)
         except OSError:
             pass  # the pid is in the runtime's own store too; the exit line matters more
-        self.send({"op": "started", "id": request_id, **start})
 
     def fail(self, request_id: int, error: str, exc: OSError, *, exec_failed: bool = True) -> None:
         reply = {"op": "failed", "id": request_id, "error": error, "errno": exc.errno}
