@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -90,6 +91,24 @@ def processes_of(runtime_id: str) -> list[int]:
 async def stored(rt: Runtime, job_id: str) -> list[tuple[int, Event]]:
     """A job's history as the store has it: (seq, event), oldest first."""
     return [(entry.seq, entry.event) for entry in await rt.job_history(job_id, limit=1_000_000)]
+
+
+def kill_leftovers(state_dir: Path) -> None:
+    """Kill what a runtime of ``state_dir`` left running (a test that failed midway, its
+    runtime killed: by design its processes outlive it). Its spawner then ends by itself."""
+    try:
+        ours = runtime_id(state_dir)
+    except OSError:
+        return
+    for pid in processes_of(ours):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def runtime_id(state_dir: Path) -> str:

@@ -109,8 +109,9 @@ class LocalExecutor:
                 await _terminate(spawner, started, ctx.kill_grace_s)
             raise
         if exited is None:
-            # Its exit status went with the spawner: the attempt is lost, not failed.
-            records.kill_group(started.pid)
+            # Its exit status went with the spawner: the attempt is lost, not failed. Its
+            # process, if it still runs (its pid checked by its environment), goes too.
+            await anyio.to_thread.run_sync(_kill_recorded, record)
             return Outcome(reason=RUNTIME_LOST)
         return _outcome(exited, started.mono, deadline, ctx)
 

@@ -111,3 +111,4 @@ async def service(state_dir: Path) -> AsyncIterator[Service]:
         yield service
     finally:
         await service.close()
+        service.clean_up()

@@ -15,6 +15,7 @@ from anyio.abc import Process, UNIXDatagramSocket
 
 from aiobatch import Client, JobHandle
 from aiobatch.events import InstanceStateChanged, event_decoder
+from tests.helpers import kill_leftovers
 
 AIOBATCH = Path(sys.executable).with_name("aiobatch")
 
@@ -73,6 +74,10 @@ class Service:
         if self.process is not None:
             await self.process.aclose()
             self.process = None
+
+    def clean_up(self) -> None:
+        """After the test: nothing of this service's runtime may outlive it."""
+        kill_leftovers(self.state_dir)
 
 
 async def submit_and_see_running(

@@ -54,6 +54,7 @@ async def full_service(small_disk: Path) -> AsyncIterator[Service]:
         yield service
     finally:
         await service.close()
+        service.clean_up()
 
 
 def fill(path: Path) -> None:

@@ -10,16 +10,23 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import anyio
 import pytest
 
 from aiobatch import Runtime
 from aiobatch.config import ComputeEnvConfig, Config
-from aiobatch.events import InstanceStateChanged
-from tests.helpers import process_alive, processes_of, runtime_id, stored
+from aiobatch.events import Event, InstanceStateChanged
+from tests.helpers import (
+    kill_leftovers,
+    process_alive,
+    processes_of,
+    runtime_id,
+    stored,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -44,6 +51,8 @@ def runtime_child(
         child.wait()
         assert child.stdout is not None
         child.stdout.close()
+        if sys.exc_info()[0] is not None:  # a test failed midway: leave nothing running
+            kill_leftovers(state_dir)
 
 
 def spawner_of(pid: int) -> int:
@@ -71,6 +80,20 @@ def gated_job(tmp_path: Path, instances: int = 6) -> dict[str, object]:
             {"name": "then", "depends_on": ["first"], "command": "true"},
         ],
     }
+
+
+async def until_all(events: AsyncIterator[Event], state: str, count: int) -> None:
+    """Until ``count`` instances of the task ``first`` have reached ``state``."""
+    seen: set[int] = set()
+    with anyio.fail_after(20):
+        async for event in events:
+            if isinstance(event, InstanceStateChanged) and (event.task, event.state) == (
+                "first",
+                state,
+            ):
+                seen.add(event.index)
+                if len(seen) == count:
+                    return
 
 
 def run_counts(tmp_path: Path, instances: int) -> list[int]:
@@ -222,4 +245,27 @@ async def test_an_instance_that_keeps_killing_its_runtime_fails_at_the_lost_limi
     assert snapshot.status == "FAILED"
     [inst] = result.instances or []
     assert (inst.status, inst.reason, inst.attempts) == ("FAILED", "runtime_lost_limit: 1", 2)
+    assert processes_of(ours) == []
+
+
+async def test_a_spawner_killed_under_a_running_runtime_is_replaced_and_nothing_is_charged(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    spec = gated_job(tmp_path, instances=3)
+    three = Config(compute_envs={"local": ComputeEnvConfig(kind="local", slots=3)})
+    async with Runtime(state_dir, config=three) as rt:
+        async with rt.subscribe() as events:
+            job = await rt.submit(spec)
+            await until_all(events, "RUNNING", 3)
+            os.kill(spawner_of(os.getpid()), signal.SIGKILL)
+            # How the three attempts end can no longer be heard: each is lost, not failed.
+            await until_all(events, "PENDING", 3)
+        (tmp_path / "gate").touch()
+        await job.wait_for_success()
+        result = await job.get_task_result("first")
+        ours = runtime_id(rt.state_dir)
+    # Re-run as attempt 2 by a new spawner, without a retry to spend; the old processes
+    # were killed (at least once: each ran twice).
+    assert [(i.status, i.attempts) for i in result.instances or []] == [("SUCCEEDED", 2)] * 3
+    assert run_counts(tmp_path, 3) == [2, 2, 2]
     assert processes_of(ours) == []
