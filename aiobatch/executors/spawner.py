@@ -151,11 +151,10 @@ class Spawner:
             "runtime": runtime_id,
         }  # fmt: skip
         # Shielded: once asked, the answer must be heard, or a started process is unknown.
-        with anyio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True), anyio.move_on_after(REPLY_TIMEOUT_S):
             try:
                 await self._send(request)
-                with anyio.move_on_after(REPLY_TIMEOUT_S):
-                    await pending.done.wait()
+                await pending.done.wait()
             finally:
                 self._replies.pop(request_id, None)
         reply = pending.value

@@ -21,6 +21,7 @@ from aiobatch.config import S3Settings
 from aiobatch.storage.base import StorageError, StorageURI, inside
 
 PART_SIZE = 8 * 2**20  # multipart part and read chunk size: bounds memory per transfer
+ABORT_LIMIT_S = 30.0  # an abandoned multipart upload is aborted within this, or left to expire
 
 
 def create_client(settings: S3Settings) -> Any:
@@ -166,7 +167,7 @@ class S3Backend:
                 Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
             )
         except BaseException:
-            with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True), anyio.move_on_after(ABORT_LIMIT_S):
                 await client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
             raise
 
