@@ -75,9 +75,11 @@ class Queries:
         """A retried job is live again: the engine holds it, not the archive."""
         self._archive.pop(job_id, None)
 
-    def job_ended(self, job: JobRec) -> None:
-        self.remember(job)
-        done = self._job_done.pop(job.id, None)
+    def job_ended(self, job_id: str, job: JobRec | None) -> None:
+        """A job ended (``job``: its records, as the engine let them go): wake its waiters."""
+        if job is not None:
+            self.remember(job)
+        done = self._job_done.pop(job_id, None)
         if done is not None:
             done.set()
 

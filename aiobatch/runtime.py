@@ -207,9 +207,7 @@ class Runtime:
     def _on_event(self, event: Event) -> None:
         if isinstance(event, JobStateChanged) and event.state in JOB_TERMINAL:
             self._attempts.forget_job(event.job_id)
-            job = self._engine.forget(event.job_id)
-            if job is not None:
-                self._queries.job_ended(job)
+            self._queries.job_ended(event.job_id, self._engine.forget(event.job_id))
             if self.hooks.on_job_end and not self._attempts.closing:
                 self._attempts.start_job_hooks(event.job_id, self._run_job_hooks)
             log.info("job_ended", job_id=event.job_id, state=event.state, reason=event.reason)
