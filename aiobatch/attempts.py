@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import structlog
@@ -61,6 +61,7 @@ class Attempts:
         self._controls: dict[InstanceRec, AttemptControl] = {}
         self.in_flight = 0  # attempts whose tasks run in the group
         self._none_in_flight = anyio.Event()
+        self._holding: dict[int, bool] = {}  # executor id -> keeps an ended attempt's container
         # Per running job and task: the environment its instances share.
         self._task_env: dict[str, dict[str, dict[str, str]]] = {}
 
@@ -172,17 +173,24 @@ class Attempts:
             self._ended()
         self.pump(to_stop)
 
+    def _holds(self, executor: Executor) -> bool:
+        # isinstance against a runtime-checkable protocol is slow: once per executor.
+        holds = self._holding.get(id(executor))
+        if holds is None:
+            holds = self._holding[id(executor)] = isinstance(executor, HoldingExecutor)
+        return holds
+
     async def _release(self, inst: InstanceRec, ctx: InstanceContext) -> None:
         """Once the attempt's end is stored (its UPLOADING row), let its executor free what it
         kept for a crash in between (a container); if it cannot be stored, the next start
         finds the container and removes it."""
         executor = self._executors[inst.task.defn.compute_env]
-        if isinstance(executor, HoldingExecutor):
+        if self._holds(executor):
             try:
                 await self._store.flush(required=True)
             except StateDirUnwritable:
                 return
-            await executor.release(ctx)
+            await cast(HoldingExecutor, executor).release(ctx)
 
     async def _attempt(
         self, inst: InstanceRec, ctx: InstanceContext, found: Found | None

@@ -45,6 +45,7 @@ from aiobatch.errors import (
 )
 from aiobatch.events import Bus, Event, JobStateChanged, JobSubmitted
 from aiobatch.executors.base import Executor
+from aiobatch.executors.local import LocalExecutor
 from aiobatch.hooks import Hooks
 from aiobatch.layout import StateLayout, Stream, lock_state_dir
 from aiobatch.model import JobRec, TaskRec
@@ -412,9 +413,10 @@ class Runtime:
 
     async def health(self) -> dict[str, Any]:
         status = "closing" if self._attempts.closing else "ok"
-        if self._store.unwritable is not None or self._attempts.space_short is not None:
+        statistics = self.statistics()
+        if statistics["store"] != "ok" or statistics["logs_paused"]:
             status = "degraded"
-        return {"status": status, **self.statistics()}
+        return {"status": status, **statistics}
 
     def statistics(self) -> dict[str, Any]:
         """Counts of jobs by state and slots in use per compute env."""
@@ -426,4 +428,10 @@ class Runtime:
             "compute_envs": self._engine.scheduler.statistics(),
             "commits": self._store.commits,
             "store": self._store.unwritable or self._attempts.space_short or "ok",
+            # Instances' outputs whose copy into their logs waits for room in the state dir.
+            "logs_paused": sum(
+                executor.logs_paused
+                for executor in self._resources.executors.values()
+                if isinstance(executor, LocalExecutor)
+            ),
         }

@@ -1,7 +1,7 @@
 """The spawner: a small process that starts, watches and reaps a runtime's local instances.
 
-It runs apart from the runtime (``python -I -S`` on this file: the standard library only, so it
-starts in ~20 ms) for three reasons:
+It runs apart from the runtime (``python -E -s -S`` on this file: the standard library and its
+sibling ``_outputs.py`` only, so it starts in ~20 ms) for four reasons:
 
 - **It outlives a runtime that crashes.** It is in its own session, so a ``kill -9`` of the
   runtime leaves it running; it goes on reaping the instances it started and writes each one's
@@ -13,13 +13,16 @@ starts in ~20 ms) for three reasons:
   even after ``setsid`` or a double fork, become its children instead of init's. When an
   instance's leader ends, its process group and every such process whose environment names
   that attempt are killed.
+- **It copies the instances' output into their logs** (``_outputs.py``), through pipes: on a
+  full disk the copy pauses and the program with it, and no output is lost.
 
 Every attempt has a record file, written before its process starts: one JSON line with the
 attempt's key, one with its pid once it runs, one with its exit status once it ended.
 
 Protocol with the runtime, over an inherited socket: frames of a 4-byte big-endian length and
 a JSON object. Requests: ``spawn``, ``signal``, ``close``. Replies and news: ``started``,
-``failed``, ``exited``. Standard library only: this file must not import aiobatch.
+``failed``, ``exited``, ``log_paused``, ``log_resumed``. Standard library only: this file must
+not import aiobatch.
 """
 
 from __future__ import annotations
@@ -35,9 +38,15 @@ import socket
 import struct
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from aiobatch.executors._outputs import Output, Outputs
+else:  # run as a script: its sibling is on the path, aiobatch is not
+    from _outputs import Output, Outputs
 
 PR_SET_CHILD_SUBREAPER = 36
+PAUSE_RETRY_S = 1.0  # a copy paused for room is tried again this often
 KEY_VARS = ("AIOBATCH_JOB_ID", "AIOBATCH_TASK_NAME", "AIOBATCH_INSTANCE_INDEX", "AIOBATCH_ATTEMPT")
 HEADER = struct.Struct(">I")
 
@@ -47,10 +56,13 @@ Key = tuple[str, str, str, str]  # job, task, index, attempt: as in the environm
 class Leader:
     """The first process of one attempt: the spawner's child, leader of its process group."""
 
-    __slots__ = ("fd", "id", "key", "started")
+    __slots__ = ("fd", "id", "key", "outputs", "started")
 
-    def __init__(self, request_id: int, key: Key, fd: int, started: float) -> None:
+    def __init__(
+        self, request_id: int, key: Key, fd: int, started: float, outputs: list[Output]
+    ) -> None:
         self.id, self.key, self.fd, self.started = request_id, key, fd, started
+        self.outputs = outputs  # its stdout and stderr pipes
 
 
 class Spawner:
@@ -70,20 +82,40 @@ class Spawner:
         self.wake_r = wake_r
         self.selector.register(wake_r, selectors.EVENT_READ, "wake")
         self.selector.register(control, selectors.EVENT_READ, "control")
+        self.outputs = Outputs(self.selector)
 
     # -- the loop --------------------------------------------------------------------------------
 
     def run(self) -> None:
-        while not (self.orphaned or self.closing) or self.leaders:
-            for key, _ in self.selector.select():
-                if key.data == "wake":
+        outputs = self.outputs
+        while not (self.orphaned or self.closing) or self.leaders or outputs.open_count:
+            timeout = PAUSE_RETRY_S if outputs.paused else None
+            for key, _ in self.selector.select(timeout):
+                if isinstance(key.data, Output):
+                    self.copy(key.data)
+                elif key.data == "wake":
                     _drain(self.wake_r)
                 elif key.data == "control" and not self.orphaned:
                     self.read_control()
+            for output in outputs.resume():
+                self.tell_output(output, "log_resumed", None)
             self.reap()
             self.flush()
+            if self.closing and not self.leaders:
+                break  # what a closing runtime left behind is copied below, not waited for
         self.kill_strays(everything=True)
         self.reap()
+        outputs.close_all()
+
+    def copy(self, output: Output) -> None:
+        why = self.outputs.copy(output)
+        if why is not None:
+            self.tell_output(output, "log_paused", why)
+
+    def tell_output(self, output: Output, op: str, why: str | None) -> None:
+        assert isinstance(output.owner, Leader)
+        key = output.owner.key
+        self.send({"op": op, "key": list(key), "stream": output.stream, "error": why})
 
     def read_control(self) -> None:
         try:
@@ -153,7 +185,7 @@ class Spawner:
         key: Key = (job, task, index, attempt)
         record = request["record"]
         try:
-            os.makedirs(os.path.dirname(record), exist_ok=True)
+            _make_dir(os.path.dirname(record))
             fd = _new_record(record)
             _write_line(
                 fd, {"key": list(key), "runtime": request["runtime"], "spawner": self.identity}
@@ -163,15 +195,27 @@ class Spawner:
             self.fail(request_id, f"record: {exc.strerror}", exc, exec_failed=False)
             return
         argv = request["argv"]
+        leader = Leader(request_id, key, fd, 0.0, [])
+        ends: list[int] = []  # the pipes' write ends, for the child
         try:
-            pid = _start(argv, request["cwd"], env, request["stdout"], request["stderr"])
+            for stream in ("stdout", "stderr"):
+                end, output = self.outputs.open(request[stream], leader, stream)
+                ends.append(end)
+                leader.outputs.append(output)
+            pid = _start(argv, request["cwd"], env, ends[0], ends[1])
         except OSError as exc:
             os.close(fd)
+            for output in leader.outputs:
+                self.outputs.close(output)
             _remove(record)  # it never started: no trace of an attempt that did not happen
-            self.fail(request_id, f"{argv[0] if argv else ''}: {exc.strerror}", exc)
+            where = argv[0] if argv and len(ends) == 2 else "log"
+            self.fail(request_id, f"{where}: {exc.strerror}", exc, exec_failed=len(ends) == 2)
             return
-        started = time.monotonic()
-        self.leaders[pid] = Leader(request_id, key, fd, started)
+        finally:
+            for end in ends:
+                os.close(end)  # the child holds them now: its exit is the pipes' end
+        started = leader.started = time.monotonic()
+        self.leaders[pid] = leader
         start = {"pid": pid, "mono": started, "wall": time.time()}
         self.send({"op": "started", "id": request_id, **start})
         self.flush()  # the runtime goes on at once; the record's pid line follows
@@ -209,6 +253,8 @@ class Spawner:
             ended, wall = time.monotonic(), time.time()
             self.kill_strays()  # before the news: once the runtime hears, nothing is left
             if leader is not None:
+                for output in leader.outputs:  # what it wrote is in its log before the news
+                    self.copy(output)
                 self.ended(pid, leader, status, usage, ended, wall)
 
     def ended(
@@ -248,19 +294,19 @@ class Spawner:
             _kill_group(pid, signal.SIGKILL)  # a setsid'd stray leads a group of its own
 
 
-def _start(argv: list[str], cwd: str, env: dict[str, str], stdout: str, stderr: str) -> int:
-    """Start a program in a session of its own, its output appended to the log files.
+def _start(argv: list[str], cwd: str, env: dict[str, str], stdout: int, stderr: int) -> int:
+    """Start a program in a session of its own, its output into the pipes ``stdout`` and
+    ``stderr``.
 
-    posix_spawn (a vfork underneath) rather than subprocess: about half the time per start,
-    and the log files are opened in the child. It has no chdir of its own, so we change ours
+    posix_spawn (a vfork underneath) rather than subprocess: about half the time per start.
+    It has no chdir of its own, so we change ours
     (nothing here depends on it), and it searches the PATH of this process, so the program is
     looked up in the instance's PATH first, as an exec in its environment would.
     """
     if not argv:
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
-    os.makedirs(cwd, exist_ok=True)
+    _make_dir(cwd)
     os.chdir(cwd)
-    append = os.O_WRONLY | os.O_APPEND | os.O_CREAT
     search = (argv[0], env.get("PATH", os.defpath))
     cached = search in _found
     program = _lookup(*search)
@@ -271,8 +317,8 @@ def _start(argv: list[str], cwd: str, env: dict[str, str], stdout: str, stderr: 
             env,
             file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_OPEN, 1, stdout, append, 0o644),
-                (os.POSIX_SPAWN_OPEN, 2, stderr, append, 0o644),
+                (os.POSIX_SPAWN_DUP2, stdout, 1),
+                (os.POSIX_SPAWN_DUP2, stderr, 2),
             ],
             setsid=True,
             # Python ignores SIGPIPE and SIGXFSZ; a program expects them at their defaults.
@@ -303,11 +349,30 @@ def _lookup(program: str, path: str) -> str:
 
 def _new_record(path: str) -> int:
     # A fresh file, never the one an earlier attempt's spawner may still append to.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
     try:
+        return os.open(path, flags, 0o600)
+    except FileExistsError:
         os.unlink(path)
-    except FileNotFoundError:
+        return os.open(path, flags, 0o600)
+
+
+_made: set[str] = set()  # dirs known to exist: a start makes at most its instance's own
+
+
+def _make_dir(path: str) -> None:
+    if path in _made:
+        return
+    parent = os.path.dirname(path)
+    if parent not in _made:
+        os.makedirs(parent, exist_ok=True)
+        if len(_made) > 4096:
+            _made.clear()
+        _made.add(parent)
+    try:
+        os.mkdir(path)
+    except FileExistsError:
         pass
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
 
 
 def _remove(path: str) -> None:

@@ -62,6 +62,11 @@ class LocalExecutor:
     async def aclose(self) -> None:
         await self._spawner.aclose()
 
+    @property
+    def logs_paused(self) -> int:
+        """Instances' outputs whose copy into their logs waits for room (the program too)."""
+        return len(self._spawner.paused_logs)
+
     def unsupported(self, task: TaskDef) -> list[str]:
         return [name for name in _LOCAL_UNSUPPORTED if getattr(task, name)]
 
@@ -138,8 +143,8 @@ class LocalExecutor:
 
     async def adopt(self, ctx: InstanceContext, found: FoundAttempt) -> Outcome:
         """Take over a process a runtime before this one started: wait for its end, then read
-        its exit status from the record its spawner writes. Its logs go on by themselves: the
-        process writes straight into the files."""
+        its exit status from the record its spawner writes. Its logs go on by themselves: its
+        spawner, which outlived the last runtime, copies its output as before."""
         path = Path(found.handle)
         record = await anyio.to_thread.run_sync(records.read_record, path)
         if record is None or record.started is None or record.pid is None:

@@ -86,13 +86,16 @@ class Spawner:
         self._sending = anyio.Lock()
         self._gone = False
         self._reader_done = anyio.Event()
+        # Output copies paused for lack of room: (job, task, index, attempt, stream).
+        self.paused_logs: set[tuple[str, str, str, str, str]] = set()
 
     async def open(self, background: TaskGroup) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         with theirs:
-            # -I -S: no site-packages, no user settings; it needs the standard library only.
+            # -E -s -S: no PYTHON* settings, no site-packages: the standard library and the
+            # program's sibling (_outputs.py) only.
             self._process = subprocess.Popen(  # noqa: ASYNC220 - a fork, once per runtime
-                [sys.executable, "-I", "-S", str(PROGRAM), str(theirs.fileno())],
+                [sys.executable, "-E", "-s", "-S", str(PROGRAM), str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -238,11 +241,26 @@ class Spawner:
 
     def _deliver(self, message: dict[str, Any]) -> None:
         op = message["op"]
+        if op in ("log_paused", "log_resumed"):
+            self._log_news(op, message)
+            return
         table = self._exits if op == "exited" else self._replies
         pending = table.get(message["id"])
         if pending is not None:
             pending.value = message
             pending.done.set()
+
+    def _log_news(self, op: str, message: dict[str, Any]) -> None:
+        """A copy of an instance's output into its log paused for lack of room, or went on."""
+        job_id, task, index, attempt = message["key"]
+        where = (job_id, task, index, attempt, message["stream"])
+        ids = {"job_id": job_id, "task": task, "index": index, "stream": message["stream"]}
+        if op == "log_paused":
+            self.paused_logs.add(where)
+            log.error("log_paused", **ids, error=message["error"])
+        else:
+            self.paused_logs.discard(where)
+            log.warning("log_resumed", **ids)
 
 
 def _exited(message: dict[str, Any]) -> Exited:

@@ -89,48 +89,49 @@ async def cli_submit(spec: Path, sock: Path) -> subprocess.CompletedProcess[byte
     )
 
 
-async def test_a_task_that_fills_the_disk_degrades_the_service_which_then_resumes(
+async def test_a_task_writing_to_a_full_disk_is_paused_and_loses_no_output(
     full_service: Service, tmp_path: Path
 ) -> None:
     service = full_service
-    said, gate = tmp_path / "said", tmp_path / "gate"
-    os.mkfifo(said)
+    gate = tmp_path / "gate"
     os.mkfifo(gate)
-    # Its output fills the state dir's disk; then it says so, and waits to be let go.
-    command = f'head -c 100M /dev/zero; echo full > "{said}"; read _ < "{gate}"'
-    spec = {"name": "filler", "tasks": [{"name": "fill", "command": command}]}
+    # Once let go, it writes 6.9 MB of numbered lines: more than a full disk takes.
+    command = f'read _ < "{gate}"; seq 1 1000000'
+    spec = {"name": "writer", "tasks": [{"name": "write", "command": command}]}
     small = tmp_path / "small.yaml"
     small.write_text("name: small\ntasks:\n  - {name: a, command: 'echo hi'}\n")
     await service.start()
     async with service.client() as client:
         job, _ = await submit_and_see_running(client, spec, 1)
-        with said.open() as fifo:
-            assert await anyio.to_thread.run_sync(fifo.read) == "full\n"
+        filler = service.state_dir / "filler"
+        await anyio.to_thread.run_sync(fill, filler)
+        with gate.open("w") as fifo:
+            fifo.write("go\n")
+        await until_status(client, "degraded")
+        health = await client.health()
+        assert health["logs_paused"] == 1  # its output waits; the program is blocked, not failed
 
-        with pytest.raises(
-            StateDirUnwritable, match=r"cannot write the state dir .*: database or disk is full"
-        ):
+        with pytest.raises(StateDirUnwritable, match=r"cannot write the state dir"):
             await client.submit({"name": "refused", "tasks": [{"name": "a", "command": "true"}]})
         refused = await cli_submit(small, service.socket)
         assert refused.returncode == 4
         assert refused.stderr.decode().count("\n") == 1 and b"Traceback" not in refused.stderr
         # Still up, still answering.
-        assert (await client.health())["status"] == "degraded"
         assert (await client.get_job(job.id)).status is JobState.RUNNING
-        assert [j.name for j in await client.list_jobs()] == ["filler"]
+        assert [j.name for j in await client.list_jobs()] == ["writer"]
 
-        log = service.state_dir / "logs" / job.id / "fill" / "0.stdout"
-        log.write_bytes(b"")  # space returns
-        await until_status(client, "ok")
-        with gate.open("w") as fifo:
-            fifo.write("go\n")
+        filler.unlink()  # space returns: the copy goes on where it paused, and the program
         done = await client.wait_job(job.id)
+        await until_status(client, "ok")
         accepted = await client.submit(
             {"name": "after", "tasks": [{"name": "a", "command": "true"}]}
         )
         after = await client.wait_job(accepted.id)
     assert service.process is not None and service.process.returncode is None
     assert (done.status, after.status) == ("SUCCEEDED", "SUCCEEDED")
+    log = service.state_dir / "logs" / job.id / "write" / "0.stdout"
+    expected = "".join(f"{n}\n" for n in range(1, 1_000_001))
+    assert log.read_text() == expected, "no output was lost"
     states = [
         e.state
         for e in stored_events(service.state_dir, job.id)
@@ -142,7 +143,7 @@ async def test_a_task_that_fills_the_disk_degrades_the_service_which_then_resume
     with sqlite3.connect(service.state_dir / "aiobatch.db") as db:
         assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         names = [name for (name,) in db.execute("SELECT name FROM jobs ORDER BY seq")]
-    assert names == ["filler", "after"], "nothing of a refused job was stored"
+    assert names == ["writer", "after"], "nothing of a refused job was stored"
 
 
 async def test_a_filler_file_pauses_dispatch_and_charges_nothing(
