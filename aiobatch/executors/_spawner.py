@@ -70,7 +70,7 @@ class Spawner:
         self.control = control
         self.control.setblocking(False)
         self.inbox = b""
-        self.outbox = b""
+        self.outbox = bytearray()  # appended to in place: a burst of news is not recopied
         self.leaders: dict[int, Leader] = {}  # by pid
         self.closing = False  # the runtime asked us to end everything
         self.orphaned = False  # the runtime is gone without asking: finish what runs, then go
@@ -127,20 +127,22 @@ class Spawner:
         if not data:  # the runtime is gone (or closed its end): no one reads news any more
             self.lose_runtime()
             return
-        self.inbox += data
-        while len(self.inbox) >= HEADER.size:
-            (size,) = HEADER.unpack_from(self.inbox)
-            if len(self.inbox) < HEADER.size + size:
+        inbox = self.inbox + data
+        at = 0  # frames are read in place: a burst of requests is not copied once per frame
+        while len(inbox) - at >= HEADER.size:
+            (size,) = HEADER.unpack_from(inbox, at)
+            if len(inbox) - at < HEADER.size + size:
                 break
-            body = self.inbox[HEADER.size : HEADER.size + size]
-            self.inbox = self.inbox[HEADER.size + size :]
-            self.handle(json.loads(body))
+            self.handle(json.loads(inbox[at + HEADER.size : at + HEADER.size + size]))
+            at += HEADER.size + size
+        self.inbox = inbox[at:]
 
     def send(self, message: dict[str, Any]) -> None:
         if self.orphaned:
             return
         body = json.dumps(message, separators=(",", ":")).encode()
-        self.outbox += HEADER.pack(len(body)) + body
+        self.outbox += HEADER.pack(len(body))
+        self.outbox += body
 
     def flush(self) -> None:
         """Send what the runtime can take now; the rest waits for the socket, never blocking
@@ -150,7 +152,7 @@ class Spawner:
         try:
             while self.outbox:
                 sent = self.control.send(self.outbox)
-                self.outbox = self.outbox[sent:]
+                del self.outbox[:sent]
         except BlockingIOError:
             pass
         except OSError:
@@ -164,7 +166,7 @@ class Spawner:
         if not self.orphaned:
             self.selector.unregister(self.control)
             self.orphaned = True
-            self.outbox = b""
+            self.outbox.clear()
 
     def handle(self, request: dict[str, Any]) -> None:
         op = request["op"]

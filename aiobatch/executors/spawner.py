@@ -225,12 +225,14 @@ class Spawner:
                 if not data:
                     break
                 buffer += data
-                while len(buffer) >= HEADER.size:
-                    (size,) = HEADER.unpack_from(buffer)
-                    if len(buffer) < HEADER.size + size:
+                at = 0  # frames are read in place, not copied once per frame
+                while len(buffer) - at >= HEADER.size:
+                    (size,) = HEADER.unpack_from(buffer, at)
+                    if len(buffer) - at < HEADER.size + size:
                         break
-                    self._deliver(_decode(buffer[HEADER.size : HEADER.size + size]))
-                    buffer = buffer[HEADER.size + size :]
+                    self._deliver(_decode(buffer[at + HEADER.size : at + HEADER.size + size]))
+                    at += HEADER.size + size
+                buffer = buffer[at:]
         finally:
             self._gone = True
             self._reader_done.set()
