@@ -28,11 +28,9 @@ not import aiobatch.
 from __future__ import annotations
 
 import ctypes
-import errno
 import json
 import os
 import selectors
-import shutil
 import signal
 import socket
 import struct
@@ -41,8 +39,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from aiobatch.executors import _launch as launch
     from aiobatch.executors._outputs import Output, Outputs
-else:  # run as a script: its sibling is on the path, aiobatch is not
+else:  # run as a script: its siblings are on the path, aiobatch is not
+    import _launch as launch
     from _outputs import Output, Outputs
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -187,13 +187,13 @@ class Spawner:
         key: Key = (job, task, index, attempt)
         record = request["record"]
         try:
-            _make_dir(os.path.dirname(record))
-            fd = _new_record(record)
-            _write_line(
+            launch.make_dir(os.path.dirname(record))
+            fd = launch.new_record(record)
+            launch.write_line(
                 fd, {"key": list(key), "runtime": request["runtime"], "spawner": self.identity}
             )
         except OSError as exc:
-            _remove(record)
+            launch.remove(record)
             self.fail(request_id, f"record: {exc.strerror}", exc, exec_failed=False)
             return
         argv = request["argv"]
@@ -204,12 +204,12 @@ class Spawner:
                 end, output = self.outputs.open(request[stream], leader, stream)
                 ends.append(end)
                 leader.outputs.append(output)
-            pid = _start(argv, request["cwd"], env, ends[0], ends[1])
+            pid = launch.start(argv, request["cwd"], env, ends[0], ends[1])
         except OSError as exc:
             os.close(fd)
             for output in leader.outputs:
                 self.outputs.close(output)
-            _remove(record)  # it never started: no trace of an attempt that did not happen
+            launch.remove(record)  # it never started: no trace of an attempt that did not happen
             where = argv[0] if argv and len(ends) == 2 else "log"
             self.fail(request_id, f"{where}: {exc.strerror}", exc, exec_failed=len(ends) == 2)
             return
@@ -219,12 +219,11 @@ class Spawner:
         started = leader.started = time.monotonic()
         self.leaders[pid] = leader
         start = {"pid": pid, "mono": started, "wall": time.time()}
-        self.send({"op": "started", "id": request_id, **start})
-        self.flush()  # the runtime goes on at once; the record's pid line follows
-        try:
-            _write_line(fd, start)
+        try:  # before the news: once the runtime stores RUNNING, the record names the pid
+            launch.write_line(fd, start)
         except OSError:
             pass  # the pid is in the runtime's own store too; the exit line matters more
+        self.send({"op": "started", "id": request_id, **start})
 
     def fail(self, request_id: int, error: str, exc: OSError, *, exec_failed: bool = True) -> None:
         reply = {"op": "failed", "id": request_id, "error": error, "errno": exc.errno}
@@ -271,7 +270,7 @@ class Spawner:
             "maxrss_kib": usage.ru_maxrss,
         }
         try:
-            _write_line(leader.fd, exited)
+            launch.write_line(leader.fd, exited)
         except OSError:
             pass  # the runtime still hears of it below
         finally:
@@ -294,98 +293,6 @@ class Spawner:
                     continue
             _kill(pid)
             _kill_group(pid, signal.SIGKILL)  # a setsid'd stray leads a group of its own
-
-
-def _start(argv: list[str], cwd: str, env: dict[str, str], stdout: int, stderr: int) -> int:
-    """Start a program in a session of its own, its output into the pipes ``stdout`` and
-    ``stderr``.
-
-    posix_spawn (a vfork underneath) rather than subprocess: about half the time per start.
-    It has no chdir of its own, so we change ours
-    (nothing here depends on it), and it searches the PATH of this process, so the program is
-    looked up in the instance's PATH first, as an exec in its environment would.
-    """
-    if not argv:
-        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
-    _make_dir(cwd)
-    os.chdir(cwd)
-    search = (argv[0], env.get("PATH", os.defpath))
-    cached = search in _found
-    program = _lookup(*search)
-    try:
-        return os.posix_spawn(
-            program,
-            argv,
-            env,
-            file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_DUP2, stdout, 1),
-                (os.POSIX_SPAWN_DUP2, stderr, 2),
-            ],
-            setsid=True,
-            # Python ignores SIGPIPE and SIGXFSZ; a program expects them at their defaults.
-            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
-        )
-    except OSError:
-        if not cached:
-            raise
-        del _found[search]  # the program moved since it was looked up: look again, once
-        return _start(argv, cwd, env, stdout, stderr)
-
-
-_found: dict[tuple[str, str], str] = {}  # (program, PATH) -> the file that runs
-
-
-def _lookup(program: str, path: str) -> str:
-    if "/" in program:
-        return program
-    found = _found.get((program, path))
-    if found is None:
-        found = shutil.which(program, path=path)
-        if found is None:
-            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
-        if len(_found) < 1024:
-            _found[(program, path)] = found
-    return found
-
-
-def _new_record(path: str) -> int:
-    # A fresh file, never the one an earlier attempt's spawner may still append to.
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
-    try:
-        return os.open(path, flags, 0o600)
-    except FileExistsError:
-        os.unlink(path)
-        return os.open(path, flags, 0o600)
-
-
-_made: set[str] = set()  # dirs known to exist: a start makes at most its instance's own
-
-
-def _make_dir(path: str) -> None:
-    if path in _made:
-        return
-    parent = os.path.dirname(path)
-    if parent not in _made:
-        os.makedirs(parent, exist_ok=True)
-        if len(_made) > 4096:
-            _made.clear()
-        _made.add(parent)
-    try:
-        os.mkdir(path)
-    except FileExistsError:
-        pass
-
-
-def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def _write_line(fd: int, value: dict[str, Any]) -> None:
-    os.write(fd, json.dumps(value, separators=(",", ":")).encode() + b"\n")
 
 
 def _kill_group(pgid: int, sig: int) -> None:

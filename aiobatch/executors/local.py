@@ -127,11 +127,12 @@ class LocalExecutor:
         record files: each is adopted, or found lost, by the instance it belongs to."""
         logs = self.layout.root / "logs"
         found = await anyio.to_thread.run_sync(records.records_of, logs, list(job_ids))
-        for path, record in found:
-            if not records.adoptable(record):
-                # Its spawner died too, so how it ends can never be known: stop it now, before
-                # anything starts again; its instance finds the attempt lost.
-                await anyio.to_thread.run_sync(_kill_recorded, path)
+        # Those whose spawner died too: how they end can never be known. Their processes go
+        # now (found by their environment: a record may not have got its pid line), before
+        # anything starts again; their instances find the attempts lost.
+        gone = {record.key for _, record in found if not records.adoptable(record)}
+        if gone:
+            await anyio.to_thread.run_sync(records.sweep, self.runtime_id, set(), gone)
         return [
             FoundAttempt(*record.key, handle=str(path))
             for path, record in found

@@ -9,7 +9,9 @@ whether it still runs and how it ended. Blocking file reads: call these off the 
 from __future__ import annotations
 
 import os
+import select
 import signal
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import msgspec
 from aiobatch.attempt import AttemptKey
 from aiobatch.executors.spawner import Exited
 
+SWEEP_WAIT_S = 5.0  # how long a sweep waits for what it killed to be gone
 RUNTIME_VAR = "AIOBATCH_RUNTIME_ID"  # names the runtime in every local process's environment
 KEY_VARS = (
     b"AIOBATCH_JOB_ID",
@@ -150,22 +153,43 @@ def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
         pass
 
 
-def sweep(runtime_id: str, keep: set[AttemptKey]) -> list[AttemptKey]:
-    """Kill every process this runtime started whose attempt is not in ``keep``: a scan of
-    all processes, so nothing a crash left unrecorded escapes it. Returns what it killed."""
+def sweep(
+    runtime_id: str, keep: set[AttemptKey], only: set[AttemptKey] | None = None
+) -> list[AttemptKey]:
+    """Kill every process this runtime started whose attempt is not in ``keep`` (and is in
+    ``only``, if given): a scan of all processes, so nothing a crash left unrecorded escapes
+    it. Returns what it killed, once it is dead (or after ``SWEEP_WAIT_S``)."""
     killed = []
+    dying = select.poll()
+    pidfds = []
     me = os.getpid()
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit() or int(entry.name) == me:
             continue
         pid = int(entry.name)
         key = attempt_of(pid, runtime_id)
-        if key is None or key in keep:
+        if key is None or key in keep or (only is not None and key not in only):
             continue
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            continue  # gone already
+        pidfds.append(pidfd)
+        dying.register(pidfd, select.POLLIN)
         for kill in (os.kill, os.killpg):
             try:
                 kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
         killed.append(key)
+    try:
+        deadline = time.monotonic() + SWEEP_WAIT_S
+        waiting = len(pidfds)
+        while waiting and (left := deadline - time.monotonic()) > 0:
+            for fd, _ in dying.poll(left * 1000):
+                dying.unregister(fd)
+                waiting -= 1
+    finally:
+        for pidfd in pidfds:
+            os.close(pidfd)
     return killed
