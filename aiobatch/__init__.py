@@ -30,6 +30,7 @@ from aiobatch.errors import (
 from aiobatch.events import (
     Event,
     InstanceStateChanged,
+    InstanceStopRequested,
     JobStateChanged,
     JobStopRequested,
     JobSubmitted,
@@ -64,6 +65,7 @@ __all__ = [
     "InstanceResult",
     "InstanceState",
     "InstanceStateChanged",
+    "InstanceStopRequested",
     "InvalidTransition",
     "JobDef",
     "JobFailed",

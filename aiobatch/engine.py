@@ -16,6 +16,7 @@ from aiobatch.attempt import NO_SPACE, RUNTIME_LOST, Outcome
 from aiobatch.events import (
     Event,
     InstanceStateChanged,
+    InstanceStopRequested,
     JobStateChanged,
     JobStopRequested,
     TaskStateChanged,
@@ -375,6 +376,16 @@ class Engine:
             inst = task.record(index)
         if inst.active:
             inst.stop_reason = STOPPED_BY_USER
+            self.outbox.append(
+                InstanceStopRequested(
+                    job_id=task.job.id,
+                    task=task.name,
+                    index=index,
+                    attempt=inst.attempt,
+                    reason=STOPPED_BY_USER,
+                    ts=self._clock(),
+                )
+            )
             return inst
         if inst.state is InstanceState.PENDING:
             if inst in task.retry_queue:
@@ -415,6 +426,8 @@ class Engine:
             self.scheduler.used[task.defn.compute_env] += 1
             if inst.state is InstanceState.STAGING:  # it started; the crash lost the event
                 self.instance_running(inst, None)
+            if inst.stop_reason is not None:  # stopped before the crash: stop it again
+                to_stop.append(inst)
         for inst in lost:
             inst.task.active += 1
             self.scheduler.used[inst.task.defn.compute_env] += 1

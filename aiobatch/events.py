@@ -39,6 +39,18 @@ class JobStopRequested(msgspec.Struct, frozen=True, tag=True, kw_only=True):
     ts: float
 
 
+class InstanceStopRequested(msgspec.Struct, frozen=True, tag=True, kw_only=True):
+    """One running attempt is being stopped (stored, so that a crash before it ends cannot
+    let it run on: the next runtime stops it again)."""
+
+    job_id: str
+    task: str
+    index: int
+    attempt: int
+    reason: str
+    ts: float
+
+
 class TaskStateChanged(msgspec.Struct, frozen=True, tag=True, kw_only=True):
     job_id: str
     task: str
@@ -68,7 +80,14 @@ class InstanceStateChanged(msgspec.Struct, frozen=True, tag=True, kw_only=True, 
 
 log = structlog.get_logger("aiobatch.events")
 
-Event = JobSubmitted | JobStateChanged | JobStopRequested | TaskStateChanged | InstanceStateChanged
+Event = (
+    JobSubmitted
+    | JobStateChanged
+    | JobStopRequested
+    | TaskStateChanged
+    | InstanceStateChanged
+    | InstanceStopRequested
+)
 Subscriber = Callable[[Event], None]
 
 event_encoder = msgspec.json.Encoder()

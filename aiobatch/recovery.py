@@ -32,6 +32,8 @@ def restore_job(
         inst = task.record(r.index)
         inst.attempt, inst.state, inst.reason = r.attempt, r.state, r.reason
         inst.lost, inst.interrupted = r.lost, r.interrupted
+        if r.state in (InstanceState.STAGING, InstanceState.RUNNING, InstanceState.UPLOADING):
+            inst.stop_reason = r.stop_reason  # a stop asked for before the crash still holds
         inst.exit_code, inst.signal, inst.pid = r.exit_code, r.signal, r.pid
         inst.started_at, inst.ended_at, inst.duration_s = r.started_at, r.ended_at, r.duration_s
         if r.state is InstanceState.SUCCEEDED:

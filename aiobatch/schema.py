@@ -51,6 +51,7 @@ CREATE TABLE instances (
     duration_s REAL,
     lost INTEGER NOT NULL DEFAULT 0,
     interrupted INTEGER NOT NULL DEFAULT 0,
+    stop_reason TEXT,
     PRIMARY KEY (job_id, task, idx)
 ) WITHOUT ROWID;
 CREATE TABLE events (
@@ -64,16 +65,29 @@ CREATE INDEX events_by_job ON events (job_id, seq);
 # Version N's entry takes a database from version N - 1 to N.
 MIGRATIONS = {
     2: "ALTER TABLE instances ADD COLUMN lost INTEGER NOT NULL DEFAULT 0; "
-    "ALTER TABLE instances ADD COLUMN interrupted INTEGER NOT NULL DEFAULT 0;",
+    "ALTER TABLE instances ADD COLUMN interrupted INTEGER NOT NULL DEFAULT 0; "
+    "ALTER TABLE instances ADD COLUMN stop_reason TEXT;",
 }
 
 UPSERT_INSTANCE = """
-INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)
 ON CONFLICT (job_id, task, idx) DO UPDATE SET
     attempt = excluded.attempt, state = excluded.state, reason = excluded.reason,
     exit_code = excluded.exit_code, signal = excluded.signal, pid = excluded.pid,
     started_at = excluded.started_at, ended_at = excluded.ended_at,
-    duration_s = excluded.duration_s, lost = excluded.lost, interrupted = excluded.interrupted
+    duration_s = excluded.duration_s, lost = excluded.lost, interrupted = excluded.interrupted,
+    -- a stop request holds while its attempt is active; it ends with the attempt
+    stop_reason = IIF(
+        excluded.attempt = instances.attempt
+        AND excluded.state IN ('STAGING', 'RUNNING', 'UPLOADING'),
+        instances.stop_reason, NULL
+    )
+"""
+
+STOP_INSTANCE = """
+UPDATE instances SET stop_reason = ?
+WHERE job_id = ? AND task = ? AND idx = ? AND attempt = ?
+    AND state IN ('STAGING', 'RUNNING', 'UPLOADING')
 """
 
 TERMINAL_INSTANCE_STATES = {s.value for s in INSTANCE_TERMINAL}
@@ -108,6 +122,7 @@ class InstanceRow:
     duration_s: float | None
     lost: int
     interrupted: int
+    stop_reason: str | None  # a stop of its active attempt was requested
 
 
 def job_row(row: Any) -> JobRow:

@@ -25,6 +25,7 @@ from aiobatch.errors import StateDirUnwritable
 from aiobatch.events import (
     Event,
     InstanceStateChanged,
+    InstanceStopRequested,
     JobStateChanged,
     JobStopRequested,
     TaskStateChanged,
@@ -35,6 +36,7 @@ from aiobatch.schema import (
     MIGRATIONS,
     SCHEMA,
     SCHEMA_VERSION,
+    STOP_INSTANCE,
     TERMINAL_INSTANCE_STATES,
     TERMINAL_JOB_STATES,
     UPSERT_INSTANCE,
@@ -148,6 +150,10 @@ class Store:
             batch.job_updates.append((event.state, event.reason, started, ended, event.job_id))
         elif isinstance(event, JobStopRequested):
             batch.job_stops.append((event.state, event.reason, event.job_id))
+        elif isinstance(event, InstanceStopRequested):
+            batch.instance_stops.append(
+                (event.reason, event.job_id, event.task, event.index, event.attempt)
+            )
         self._wake.set()
 
     def add_job(self, job_id: str, seq: int, defn: JobDef, submitted_at: float) -> None:
@@ -296,6 +302,8 @@ class Store:
             )
         if batch.instances:
             await db.executemany(UPSERT_INSTANCE, batch.instances.values())
+        if batch.instance_stops:  # after the rows they name, which this batch may create
+            await db.executemany(STOP_INSTANCE, batch.instance_stops)
         if batch.events:
             await db.executemany("INSERT INTO events (job_id, body) VALUES (?, ?)", batch.events)
 
@@ -340,7 +348,7 @@ class Store:
     async def instance_rows(self, job_id: str) -> list[InstanceRow]:
         async with self.db.execute(
             "SELECT task, idx, attempt, state, reason, exit_code, signal, pid, started_at, "
-            "ended_at, duration_s, lost, interrupted FROM instances WHERE job_id = ?",
+            "ended_at, duration_s, lost, interrupted, stop_reason FROM instances WHERE job_id = ?",
             (job_id,),
         ) as cursor:
             return [

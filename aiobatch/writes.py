@@ -34,6 +34,7 @@ class Batch:
     new_tasks: list[tuple[Any, ...]] = field(default_factory=list)
     job_updates: list[tuple[Any, ...]] = field(default_factory=list)
     job_stops: list[tuple[Any, ...]] = field(default_factory=list)
+    instance_stops: list[tuple[Any, ...]] = field(default_factory=list)
     tasks: dict[tuple[str, str], tuple[Any, ...]] = field(default_factory=dict)
     instances: dict[tuple[str, str, int], tuple[Any, ...]] = field(default_factory=dict)
     events: list[tuple[str, bytes]] = field(default_factory=list)
@@ -49,6 +50,7 @@ class Batch:
         self.new_tasks += later.new_tasks
         self.job_updates += later.job_updates
         self.job_stops += later.job_stops
+        self.instance_stops += later.instance_stops
         self.tasks.update(later.tasks)  # later rows win, as they would have in their commit
         self.instances.update(later.instances)
         self.events += later.events
@@ -65,6 +67,7 @@ class Batch:
         self.new_tasks = [row for row in self.new_tasks if row[0] != job_id]
         self.job_updates = [row for row in self.job_updates if row[-1] != job_id]
         self.job_stops = [row for row in self.job_stops if row[-1] != job_id]
+        self.instance_stops = [row for row in self.instance_stops if row[1] != job_id]
         self.tasks = {key: row for key, row in self.tasks.items() if key[0] != job_id}
         self.instances = {key: row for key, row in self.instances.items() if key[0] != job_id}
         self.events = [event for event in self.events if event[0] != job_id]

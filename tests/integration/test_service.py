@@ -101,6 +101,36 @@ async def test_kill_9_mid_job_loses_no_job_and_finishes_every_instance(
     assert processes_of(runtime_id) == []
 
 
+async def test_a_stop_asked_for_before_a_crash_still_holds_after_it(
+    service: Service, tmp_path: Path
+) -> None:
+    # It ignores SIGTERM: with a long kill_grace, the stop is still under way at the crash.
+    service.config.write_text('kill_grace = "60s"\n')
+    gate = tmp_path / "gate"
+    command = f"trap '' TERM; until test -e \"{gate}\"; do sleep 0.05; done"
+    spec = {"name": "stopped", "tasks": [{"name": "t", "command": command}]}
+    await service.start()
+    async with service.client() as client:
+        job, [running] = await submit_and_see_running(client, spec, 1)
+        await client.stop_instance(job.id, "t", 0)
+        await client.list_jobs()  # answers once all so far is stored
+    await service.kill()
+    assert running.pid is not None and process_alive(running.pid)
+
+    service.config.write_text('kill_grace = "1s"\n')
+    await service.start()
+    async with service.client() as client:
+        with anyio.fail_after(30):
+            done = await client.wait_job(job.id)
+        result = await client.task_result(job.id, "t")
+    # Stopped again by the runtime that adopted it, not left to run on.
+    assert done.status == "CANCELLED"
+    assert [(i.status, i.reason, i.attempts) for i in result.instances or []] == [
+        ("CANCELLED", "stopped_by_user", 1)
+    ]
+    assert not process_alive(running.pid)
+
+
 async def test_a_stall_turns_no_success_into_a_timeout(service: Service, tmp_path: Path) -> None:
     """SIGSTOP of the service while instances end, past their deadlines: an exit before the
     deadline is a success, one after it a timeout, however late the service sees them."""

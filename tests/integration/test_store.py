@@ -67,8 +67,10 @@ async def test_unknown_schema_version_is_refused(tmp_path: Path) -> None:
 
 async def test_a_version_1_database_is_migrated_with_its_rows(tmp_path: Path) -> None:
     # Version 1 as it shipped: instances had no `lost` column.
-    v1 = SCHEMA.replace("    lost INTEGER NOT NULL DEFAULT 0,\n", "").replace(
-        "    interrupted INTEGER NOT NULL DEFAULT 0,\n", ""
+    v1 = (
+        SCHEMA.replace("    lost INTEGER NOT NULL DEFAULT 0,\n", "")
+        .replace("    interrupted INTEGER NOT NULL DEFAULT 0,\n", "")
+        .replace("    stop_reason TEXT,\n", "")
     )
     assert v1 != SCHEMA
     path = tmp_path / "db.sqlite"
@@ -84,7 +86,9 @@ async def test_a_version_1_database_is_migrated_with_its_rows(tmp_path: Path) ->
         rows = await store.instance_rows("j")
     finally:
         await store.close()
-    assert [(r.attempt, r.state, r.lost, r.interrupted) for r in rows] == [(2, "PENDING", 0, 0)]
+    assert [(r.attempt, r.state, r.lost, r.interrupted, r.stop_reason) for r in rows] == [
+        (2, "PENDING", 0, 0, None)
+    ]
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
 

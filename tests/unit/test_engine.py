@@ -31,6 +31,7 @@ from aiobatch.engine import INTERRUPTED, RUNTIME_LOST_LIMIT, STOPPED_BY_USER, En
 from aiobatch.events import (
     Event,
     InstanceStateChanged,
+    InstanceStopRequested,
     JobStateChanged,
     JobStopRequested,
     TaskStateChanged,
@@ -173,6 +174,12 @@ class Replay:
         self.job_rows: dict[str, StoredJob] = {}
         self.task_rows: dict[TaskKey, tuple[str, str | None]] = {}
         self.instance_rows: dict[InstKey, InstanceStateChanged] = {}
+        self.instance_stops: dict[InstKey, tuple[int, str]] = {}  # attempt, reason
+
+    def stop_reason(self, key: InstKey) -> str | None:
+        """The stop the store holds for an instance's active attempt, if one was asked for."""
+        stop = self.instance_stops.get(key)
+        return stop[1] if stop is not None and stop[0] == self.attempts.get(key) else None
 
     def apply(self, event: Event, jobs: dict[str, JobRec]) -> None:
         if isinstance(event, JobStateChanged):
@@ -220,11 +227,18 @@ class Replay:
                 assert event.lost == LOST_LIMIT and new is InstanceState.FAILED
             self.attempts[ikey] = event.attempt
             self.instance_rows[ikey] = event
+            if new not in INSTANCE_ACTIVE:
+                self.instance_stops.pop(ikey, None)  # a stop request ends with its attempt
             if new is InstanceState.STAGING:
                 # An instance starts only in a RUNNING task of a RUNNING job.
                 assert self.tasks.get((event.job_id, event.task)) is TaskState.RUNNING
                 assert self.jobs[event.job_id] is JobState.RUNNING
                 assert event.job_id not in self.stop_requested
+        elif isinstance(event, InstanceStopRequested):
+            ikey = (event.job_id, event.task, event.index)
+            assert self.instances.get(ikey) in INSTANCE_ACTIVE, "only an active one is stopped"
+            assert event.attempt == self.attempts[ikey]
+            self.instance_stops[ikey] = (event.attempt, event.reason)
 
 
 # -- the state machine -------------------------------------------------------------------------
@@ -521,6 +535,7 @@ class EngineMachine(RuleBasedStateMachine):
                     e.duration_s,
                     e.lost,
                     e.interrupted,
+                    rows.stop_reason(key),
                 )
                 for key, e in rows.instance_rows.items()
                 if key[0] == job_id
