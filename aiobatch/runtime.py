@@ -251,13 +251,14 @@ class Runtime:
         await self._resources.open_for(defn)
         job_id, seq, now = new_job_id(), self._next_seq, time.time()
         self._next_seq += 1
-        self._store.add_job(job_id, seq, defn, now)
-        self._bus.publish(JobSubmitted(job_id=job_id, name=defn.name, ts=now))
+        submitted = JobSubmitted(job_id=job_id, name=defn.name, ts=now)
+        self._store.add_job(submitted, seq, defn)
         try:
             await self._store.flush(required=True)
         except StateDirUnwritable:
             self._store.withdraw_job(job_id)  # refused: nothing of it is stored later
             raise
+        self._bus.publish(submitted)  # accepted: now the watchers hear of it
         job = JobRec(job_id, defn, seq, now)
         self._engine.add_job(job)
         self._attempts.pump()

@@ -28,6 +28,7 @@ from aiobatch.events import (
     InstanceStopRequested,
     JobStateChanged,
     JobStopRequested,
+    JobSubmitted,
     TaskStateChanged,
     event_decoder,
     event_encoder,
@@ -128,6 +129,8 @@ class Store:
 
     def on_event(self, event: Event) -> None:
         """Bus subscriber: buffer the event's effect on the tables (no I/O here)."""
+        if isinstance(event, JobSubmitted):
+            return  # stored with its job (add_job), before anyone heard of it
         batch = self._batch
         batch.events.append((event.job_id, event_encoder.encode(event)))
         if isinstance(event, InstanceStateChanged):
@@ -156,18 +159,20 @@ class Store:
             )
         self._wake.set()
 
-    def add_job(self, job_id: str, seq: int, defn: JobDef, submitted_at: float) -> None:
-        """Buffer a new job with its tasks, all PENDING; ``flush`` makes it durable.
-
-        The caller publishes ``JobSubmitted`` next, before anything else can be written."""
+    def add_job(self, submitted: JobSubmitted, seq: int, defn: JobDef) -> None:
+        """Buffer a new job with its tasks, all PENDING, and its ``JobSubmitted`` event;
+        ``flush`` makes them durable. The caller publishes the event once they are: a
+        watcher never hears of a job that was refused."""
         batch = self._batch
+        job_id, submitted_at = submitted.job_id, submitted.ts
         spec = msgspec.json.encode(defn)
         batch.new_jobs.append(
             (job_id, seq, defn.name, defn.priority, spec, JobState.SUBMITTED.value, None,
              None, None, submitted_at, None, None)
         )  # fmt: skip
         batch.new_tasks.extend((job_id, task.name, "PENDING", None) for task in defn.tasks)
-        self._wake.set()  # its JobSubmitted event comes through the bus, in the same batch
+        batch.events.append((job_id, event_encoder.encode(submitted)))
+        self._wake.set()
 
     async def flush(self, *, required: bool = False) -> None:
         """Return once everything buffered so far is committed.

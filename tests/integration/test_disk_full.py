@@ -4,6 +4,7 @@ answer; state changes wait in memory; everything resumes once there is space aga
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -17,9 +18,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from aiobatch import JobState, StateDirUnwritable
+from aiobatch import JobState, Runtime, StateDirUnwritable
 from aiobatch.client import Client
-from aiobatch.events import InstanceStateChanged
+from aiobatch.events import InstanceStateChanged, JobSubmitted
 from tests.integration.service import (
     AIOBATCH,
     Service,
@@ -192,3 +193,18 @@ async def test_starting_on_a_full_disk_exits_4_with_one_line(small_disk: Path) -
         err = result.stderr.decode()
         assert result.returncode == 4, err
         assert err.startswith("aiobatch: cannot write the state dir") and err.count("\n") == 1
+
+
+async def test_a_refused_submission_is_heard_of_by_no_watcher(small_disk: Path) -> None:
+    async with Runtime(small_disk / "state") as rt:
+        await anyio.to_thread.run_sync(fill, small_disk / "filler")
+        async with rt.subscribe() as events:
+            with pytest.raises(StateDirUnwritable):
+                await rt.submit({"name": "refused", "tasks": [{"name": "a", "command": "true"}]})
+            heard = []
+            with contextlib.suppress(anyio.WouldBlock):
+                while True:
+                    heard.append(events.receive_nowait())
+        (small_disk / "filler").unlink()
+    assert not [e for e in heard if isinstance(e, JobSubmitted)], "a job that was never stored"
+    assert await anyio.to_thread.run_sync(lambda: list((small_disk / "state").glob("logs/*"))) == []

@@ -28,8 +28,9 @@ async def test_many_events_one_transaction_and_rows_coalesced(tmp_path: Path) ->
         defn = resolve_spec(
             {"name": "j", "tasks": [{"name": "t", "instances": 500, "command": "x"}]}
         )
-        store.add_job("job1", 1, defn, 1.0)
-        store.on_event(JobSubmitted(job_id="job1", name="j", ts=1.0))  # as the runtime's bus does
+        store.add_job(JobSubmitted(job_id="job1", name="j", ts=1.0), 1, defn)
+        # The bus brings the runtime's JobSubmitted too: stored once, with its job.
+        store.on_event(JobSubmitted(job_id="job1", name="j", ts=1.0))
         for index in range(500):
             for state in ("STAGING", "RUNNING", "UPLOADING", "SUCCEEDED"):
                 store.on_event(
@@ -98,7 +99,7 @@ async def test_a_stop_and_the_end_in_one_batch_leave_no_stop_behind(tmp_path: Pa
     await store.open()
     try:
         defn = resolve_spec({"name": "j", "tasks": [{"name": "t", "command": "x"}]})
-        store.add_job("job1", 1, defn, 1.0)
+        store.add_job(JobSubmitted(job_id="job1", name="j", ts=1.0), 1, defn)
         store.on_event(JobStopRequested(job_id="job1", state="CANCELLED", reason="r", ts=2.0))
         store.on_event(JobStateChanged(job_id="job1", state="CANCELLED", reason="r", ts=2.0))
         await store.flush()
