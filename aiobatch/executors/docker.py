@@ -419,18 +419,20 @@ async def _follow(container: DockerContainer, stream: str, out: BinaryIO) -> Non
     again, a line says how much was lost, so nothing goes missing without a word."""
     lost, why = 0, ""
     async for chunk in container.log(follow=True, **{stream: True}):
-        data = chunk.encode()
+        body = chunk.encode()
+        data = body
+        if lost:
+            data = f"\n[aiobatch: {lost} bytes of {stream} lost: {why}]\n".encode() + body
         try:
-            if lost:
-                out.write(f"\n[aiobatch: {lost} bytes of {stream} lost: {why}]\n".encode())
-                lost = 0
-            out.write(data)
+            # Off the event loop: a slow or full disk must not stall everything else.
+            await anyio.to_thread.run_sync(out.write, data)
+            lost = 0
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             if not lost:
                 log.warning("log_lost", stream=stream, error=exc.strerror)
-            lost, why = lost + len(data), exc.strerror or str(exc)
+            lost, why = lost + len(body), exc.strerror or str(exc)
     if lost:
         log.error("log_lost", stream=stream, bytes=lost, error=why)
 
