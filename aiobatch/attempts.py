@@ -85,9 +85,15 @@ class Attempts:
         for inst in started:
             self.start(inst)
 
+    @property
+    def no_room(self) -> str | None:
+        """Why the state dir takes nothing new (its store cannot write, or a start found no
+        room), or None."""
+        return self._store.unwritable or self.space_short
+
     def may_dispatch(self) -> bool:
         """Starts need room in the state dir (records, logs, their state changes)."""
-        return not self.closing and self._store.unwritable is None and self.space_short is None
+        return not self.closing and self.no_room is None
 
     def adopt(
         self, adopted: list[tuple[InstanceRec, Found | None]], to_stop: list[InstanceRec]

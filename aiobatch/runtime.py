@@ -230,7 +230,7 @@ class Runtime:
 
     def _check_writable(self) -> None:
         """New work is refused while state changes cannot be stored (they wait in memory)."""
-        reason = self._store.unwritable or self._attempts.space_short
+        reason = self._attempts.no_room
         if reason is not None:
             raise StateDirUnwritable(self._layout.root, reason)
 
@@ -428,7 +428,7 @@ class Runtime:
             "jobs": jobs,
             "compute_envs": self._engine.scheduler.statistics(),
             "commits": self._store.commits,
-            "store": self._store.unwritable or self._attempts.space_short or "ok",
+            "store": self._attempts.no_room or "ok",
             # Instances' outputs whose copy into their logs waits for room in the state dir.
             "logs_paused": sum(
                 executor.logs_paused

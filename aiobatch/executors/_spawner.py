@@ -56,13 +56,11 @@ Key = tuple[str, str, str, str]  # job, task, index, attempt: as in the environm
 class Leader:
     """The first process of one attempt: the spawner's child, leader of its process group."""
 
-    __slots__ = ("fd", "id", "key", "outputs", "started")
+    __slots__ = ("fd", "id", "key", "outputs")
 
-    def __init__(
-        self, request_id: int, key: Key, fd: int, started: float, outputs: list[Output]
-    ) -> None:
-        self.id, self.key, self.fd, self.started = request_id, key, fd, started
-        self.outputs = outputs  # its stdout and stderr pipes
+    def __init__(self, request_id: int, key: Key, fd: int) -> None:
+        self.id, self.key, self.fd = request_id, key, fd  # fd: its record
+        self.outputs: list[Output] = []  # its stdout and stderr pipes
 
 
 class Spawner:
@@ -197,7 +195,7 @@ class Spawner:
             self.fail(request_id, f"record: {exc.strerror}", exc, exec_failed=False)
             return
         argv = request["argv"]
-        leader = Leader(request_id, key, fd, 0.0, [])
+        leader = Leader(request_id, key, fd)
         ends: list[int] = []  # the pipes' write ends, for the child
         try:
             for stream in ("stdout", "stderr"):
@@ -216,7 +214,7 @@ class Spawner:
         finally:
             for end in ends:
                 os.close(end)  # the child holds them now: its exit is the pipes' end
-        started = leader.started = time.monotonic()
+        started = time.monotonic()
         self.leaders[pid] = leader
         start = {"pid": pid, "mono": started, "wall": time.time()}
         try:  # before the news: once the runtime stores RUNNING, the record names the pid

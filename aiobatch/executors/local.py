@@ -148,11 +148,11 @@ class LocalExecutor:
         spawner, which outlived the last runtime, copies its output as before."""
         path = Path(found.handle)
         record = await anyio.to_thread.run_sync(records.read_record, path)
-        if record is None or record.started is None or record.pid is None:
-            await anyio.to_thread.run_sync(_kill_recorded, path)
-            return Outcome(reason=RUNTIME_LOST)
+        if record is None or record.started is None:
+            return Outcome(reason=RUNTIME_LOST)  # no pid: nothing of it to wait for or stop
         if not await anyio.to_thread.run_sync(records.adoptable, record):
-            # Its spawner died too: how it ends can never be known. It ran, so it counts.
+            # Its spawner died too (find_attempts stopped it, unless that was just now): how
+            # it ends can never be known. It ran, so it counts as lost.
             await anyio.to_thread.run_sync(_kill_recorded, path)
             return Outcome(reason=RUNTIME_LOST)
         deadline = _deadline(ctx, record.started)

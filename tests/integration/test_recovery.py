@@ -109,19 +109,31 @@ def running_pids(state_dir: Path, job_id: str) -> list[int]:
     return [pid for (pid,) in rows]
 
 
-async def test_kill_9_of_the_runtime_adopts_its_processes_which_run_once(
-    state_dir: Path, tmp_path: Path
-) -> None:
+def kill_with_two_running(
+    state_dir: Path, tmp_path: Path, *, spawner_too: bool = False
+) -> tuple[str, list[int]]:
+    """A runtime in a child process runs ``gated_job`` until two instances run, then is
+    killed with SIGKILL (its spawner too, if asked). Returns the job and the two pids, alive."""
     pidfile = tmp_path / "runtime.pid"
     spec = json.dumps(gated_job(tmp_path))
     with runtime_child(state_dir, pidfile, TWO_SLOTS, spec, "--running", "2") as child:
         assert child.stdout is not None
         job_id = child.stdout.readline().strip()
         assert child.stdout.readline().strip() == "running"
+        spawner = spawner_of(child.pid)
         child.send_signal(signal.SIGKILL)
+        if spawner_too:
+            os.kill(spawner, signal.SIGKILL)
         assert child.wait(timeout=10) == -signal.SIGKILL
-    survivors = running_pids(state_dir, job_id)
-    assert len(survivors) == 2 and all(process_alive(pid) for pid in survivors)
+    pids = running_pids(state_dir, job_id)
+    assert len(pids) == 2 and all(process_alive(pid) for pid in pids)
+    return job_id, pids
+
+
+async def test_kill_9_of_the_runtime_adopts_its_processes_which_run_once(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    job_id, survivors = kill_with_two_running(state_dir, tmp_path)
 
     config = Config(compute_envs={"local": ComputeEnvConfig(kind="local", slots=2)})
     async with Runtime(state_dir, config=config) as rt:
@@ -146,18 +158,7 @@ async def test_kill_9_of_the_runtime_adopts_its_processes_which_run_once(
 async def test_kill_9_of_runtime_and_spawner_reruns_lost_attempts_uncharged(
     state_dir: Path, tmp_path: Path
 ) -> None:
-    pidfile = tmp_path / "runtime.pid"
-    spec = json.dumps(gated_job(tmp_path))
-    with runtime_child(state_dir, pidfile, TWO_SLOTS, spec, "--running", "2") as child:
-        assert child.stdout is not None
-        job_id = child.stdout.readline().strip()
-        assert child.stdout.readline().strip() == "running"
-        spawner = spawner_of(child.pid)
-        child.send_signal(signal.SIGKILL)
-        os.kill(spawner, signal.SIGKILL)
-        assert child.wait(timeout=10) == -signal.SIGKILL
-    orphans = running_pids(state_dir, job_id)
-    assert len(orphans) == 2 and all(process_alive(pid) for pid in orphans)
+    job_id, orphans = kill_with_two_running(state_dir, tmp_path, spawner_too=True)
 
     async with Runtime(state_dir) as rt:
         # How they end can never be known: they are killed, and their instances run again.
