@@ -4,6 +4,7 @@ interrupted. Real processes, real signals; each death is awaited on a pidfd."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -72,15 +73,17 @@ async def test_processes_left_behind_are_killed_when_the_instance_ends(
             job = await rt.submit({"name": "leaves", "tasks": [{"name": "t", "command": command}]})
             await until(events, instance_is("t", "RUNNING"))
 
-        def open_gate() -> list[int]:
-            # Opens once the instance reads: the escape script has written both pids.
-            with gate.open("w") as fifo:
-                pids = escaped(tmp_path)
-                fifo.write("go\n")
-                return pids
+        with contextlib.ExitStack() as stack:
 
-        pids = await anyio.to_thread.run_sync(open_gate)
-        with pidfds(pids) as fds:
+            def open_gate() -> list[int]:
+                # Opens once the instance reads: the escape script has written both pids.
+                # Their handles are taken before the instance is let go: it ends at once.
+                with gate.open("w") as fifo:
+                    fds = stack.enter_context(pidfds(escaped(tmp_path)))
+                    fifo.write("go\n")
+                    return fds
+
+            fds = await anyio.to_thread.run_sync(open_gate)
             snapshot = await job.wait_for_success()
             await all_end(fds)
         assert snapshot.status == "SUCCEEDED"
