@@ -123,7 +123,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from aiobatch.server import SocketInUse  # aiohttp's server only for the service
+    from aiobatch.listeners import SocketInUse
     from aiobatch.service import serve
 
     config = load_config(args.config)

@@ -65,9 +65,7 @@ import hmac
 import importlib.metadata
 import os
 import socket
-import stat
 import struct
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -93,6 +91,7 @@ from aiobatch.errors import (
     SpecError,
 )
 from aiobatch.events import Event, JobStateChanged, event_encoder
+from aiobatch.listeners import bind_tcp_socket, bind_unix_socket
 from aiobatch.states import JOB_TERMINAL, JobState
 
 T = TypeVar("T")
@@ -100,7 +99,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 log = structlog.get_logger("aiobatch.server")
 
-BACKLOG = 128
 UI_DIR = Path(__file__).with_name("ui")  # the log view's pages and assets
 # Cookie names end in the listener's port: every port of a host shares cookies, and a
 # one-off `run --ui` page must not replace the service's.
@@ -146,73 +144,12 @@ class ServedAPI(BatchAPI, Protocol):
     ) -> AbstractAsyncContextManager[MemoryObjectReceiveStream[Event]]: ...
 
 
-class SocketInUse(AiobatchError, RuntimeError):
-    """Something (another service, most likely) already answers on the control socket."""
-
-
 class RequestError(Exception):
     """A request refused at the edge, before the API is called."""
 
     def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None):
         self.status, self.message, self.headers = status, message, headers
         super().__init__(message)
-
-
-# -- sockets --------------------------------------------------------------------------------
-
-
-def bind_unix_socket(path: Path) -> socket.socket:
-    """A listening unix socket at ``path`` that is mode 0600 from the moment the path exists.
-
-    It is bound in a fresh private (0700) directory next to ``path``, narrowed to 0600, then
-    renamed into place, which also replaces a stale socket atomically. (A umask would do it
-    too, but the umask is process-wide: a directory another thread makes meanwhile would
-    get 0600.)
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    refuse_if_live(path)
-    private = Path(tempfile.mkdtemp(prefix=".", dir=path.parent))
-    staged = private / "s"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(str(staged))
-        staged.chmod(0o600)
-        sock.listen(BACKLOG)
-        staged.rename(path)
-    except BaseException:
-        sock.close()
-        staged.unlink(missing_ok=True)
-        raise
-    finally:
-        private.rmdir()
-    return sock
-
-
-def refuse_if_live(path: Path) -> None:
-    """Raise SocketInUse if something answers at ``path``; a stale socket file is fine."""
-    try:
-        mode = path.lstat().st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise SocketInUse(f"{path} exists and is not a socket; refusing to replace it")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(2)
-        try:
-            probe.connect(str(path))
-        except (ConnectionRefusedError, FileNotFoundError):
-            return  # left behind by a service that is gone: replaced
-        except OSError as exc:
-            raise SocketInUse(f"cannot tell whether {path} is in use: {exc.strerror}") from None
-    raise SocketInUse(f"another aiobatch service already listens on {path}")
-
-
-def bind_tcp_socket(address: str) -> socket.socket:
-    """A listening TCP socket for ``HOST:PORT`` (``[::1]:PORT`` for IPv6; port 0: any)."""
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, int(port)), family=family, backlog=BACKLOG)
 
 
 def peer_uid(request: web.BaseRequest) -> int | None:

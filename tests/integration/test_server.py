@@ -29,7 +29,8 @@ from aiobatch.client import Client
 from aiobatch.config import Config, ServerConfig
 from aiobatch.errors import RuntimeClosed
 from aiobatch.events import JobStateChanged, event_decoder
-from aiobatch.server import ControlServer, SocketInUse
+from aiobatch.listeners import SocketInUse
+from aiobatch.server import ControlServer
 from tests.helpers import Gates, instance_is, until
 
 pytestmark = pytest.mark.anyio
