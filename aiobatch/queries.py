@@ -211,7 +211,7 @@ class Queries:
         while True:
             # Read after checking the state, so the last bytes of an ended instance are seen.
             ended = _instance_ended(await self.job(job_id), task, index)
-            chunk = await anyio.to_thread.run_sync(views.read_bytes, path, offset, None)
+            chunk = await anyio.to_thread.run_sync(views.read_bytes, path, offset, views.LOG_CHUNK)
             if chunk:
                 offset += len(chunk)
                 yield chunk

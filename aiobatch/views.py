@@ -6,6 +6,7 @@ import os
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 from aiobatch.api import InstanceResult, JobSnapshot, TaskResult
 from aiobatch.model import JobRec, TaskRec
@@ -13,6 +14,7 @@ from aiobatch.states import TASK_TERMINAL, InstanceState
 
 WaitingReason = Callable[[TaskRec], "str | None"]
 STDERR_TAIL_LINES = 10
+LOG_CHUNK = 64 * 1024  # bytes of a log read (and sent) at a time
 
 
 def job_snapshot(job: JobRec, waiting_reason: WaitingReason, instances: bool) -> JobSnapshot:
@@ -73,6 +75,18 @@ def tail(path: Path, lines: int = STDERR_TAIL_LINES) -> list[str]:
     except OSError:
         return []
     return [line.decode(errors="replace") for line in deque(data.splitlines(), lines)]
+
+
+def size(path: Path) -> int:
+    """The size of a file; 0 if it does not exist."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def fstat_size(file: IO[bytes]) -> int:
+    return os.fstat(file.fileno()).st_size
 
 
 def read_bytes(path: Path, offset: int, limit: int | None) -> bytes:

@@ -1,0 +1,80 @@
+"""The control server of ``aiobatch serve``: HTTP/1.1 + JSON over a unix socket (and TCP).
+
+The unix socket is mode 0600 and every request's peer uid (SO_PEERCRED) must be the
+service's own or one of ``server.allowed_uids``, else 403. The optional TCP listener
+(``server.http = "HOST:PORT"``) wants ``Authorization: Bearer TOKEN`` on every request,
+else 401. Bodies are JSON (results are the API's structs: ``JobSnapshot``, ``JobSummary``,
+``TaskResult``, ``InstanceResult``); ``ID`` is a job id, ``TASK`` a task name, ``N`` an
+instance index.
+
+======  ====================================================  ===================================
+method  path and parameters                                   200/201 response
+======  ====================================================  ===================================
+GET     /v1/openapi.json                                      the OpenAPI document of /v1
+GET     /v1/health                                            ``{"status": "ok"|"closing",
+                                                              "jobs": {STATE: n}, "compute_envs",
+                                                              "commits", "server": {"version",
+                                                              "pid", "long_requests", ...}}``
+POST    /v1/jobs  body: a job spec, JSON (default), YAML      201 ``{"id", "name", "status",
+        (``Content-Type: application/yaml`` or                "tasks": [NAME, ...]}``, and
+        ``text/yaml``) or TOML (``application/toml``)         ``Location: /v1/jobs/ID``
+GET     /v1/jobs?status=STATE&limit=N                         ``[JobSummary, ...]``, newest first
+GET     /v1/jobs/ID?instances=1                               ``JobSnapshot`` (tasks' ``instances``
+                                                              only with ``instances=1``)
+GET     /v1/jobs/ID/wait                                      ``JobSnapshot`` once the job has
+                                                              ended (long poll)
+POST    /v1/jobs/ID/stop|suspend|resume|retry                 ``{"id", "action", "changed",
+                                                              "status"}``
+GET     /v1/jobs/ID/tasks/TASK                                ``TaskResult`` with ``instances``
+                                                              and ``stderr_tails`` {N: [line]}
+GET     /v1/jobs/ID/tasks/TASK/instances/N                    ``InstanceResult`` plus
+                                                              ``stderr_tail`` (failed ones)
+POST    /v1/jobs/ID/tasks/TASK/instances/N/stop               ``{"id", "task", "index",
+                                                              "action": "stop"}``
+GET     /v1/jobs/ID/tasks/TASK/instances/N/logs/stdout|stderr raw bytes (text/plain) from
+        ?offset=BYTES&limit=BYTES  or  ?follow=1&offset=BYTES ``offset``, streamed, with
+                                                              ``Content-Length`` and
+                                                              ``X-Aiobatch-Log-Size`` (the log's
+                                                              size then); with ``follow=1``: a
+                                                              chunked stream of bytes until the
+                                                              instance has ended
+GET     /v1/events?job=ID                                     application/x-ndjson: one event
+                                                              per line (``{"type":
+                                                              "JobStateChanged", ...}``), from
+                                                              now on; with ``job``: that job's,
+                                                              ending after its final state (at
+                                                              once if it has already ended)
+======  ====================================================  ===================================
+
+Errors are ``{"error": {"type", "message"}}`` plus ``errors`` (every ``$.field.path:
+problem``) for ``SpecError`` and ``job_id`` / ``status`` where they apply:
+
+- 400 ``BadRequest``: a body that is not valid JSON (YAML, TOML), an unknown, repeated or
+  malformed query parameter or path number (numbers are ASCII digits from 0 to 2**63 - 1,
+  the message names the parameter and its range); 401 ``Unauthorized``; 403 ``Forbidden``;
+  405 ``MethodNotAllowed``; 408 ``RequestTimeout`` (a body not received within 30 s);
+- 404 ``JobNotFound``, ``TaskNotFound``, ``InstanceNotFound``, or ``NotFound`` (no route);
+- 409 ``JobNotRetryable``; 413 ``RequestTooLarge`` (body over 1 MiB, refused before it is
+  read when its length is declared); 417 ``ExpectationFailed``; 422 ``SpecError``;
+- 503 ``RuntimeClosed``: the runtime takes no new work, or the service is shutting down
+  (a pending ``wait`` gets this); 507 ``StateDirUnwritable``: the state dir's disk is full
+  (or read-only, failing), so no job is accepted until there is space (queries answer);
+  500 ``InternalError``, the details in the service's log.
+
+A refused request stores nothing. Streams end cleanly (final chunk) when the service shuts
+down, so a watcher sees the end of its stream, not a broken connection.
+
+Peers and requests are bounded (``limits.py``, ``bodies.py``): connections per listener,
+the time to send a request's headers and to send the next one, the body's size and time.
+
+The package: ``app`` (the server, its listeners and middlewares), ``auth``, ``limits``,
+``params`` (query and path parameters), ``bodies``, ``responses``, ``streams`` (long
+requests), and the handlers by resource: ``jobs``, ``logs``, ``events``, ``ui``.
+"""
+
+from aiobatch.server.app import ControlServer
+from aiobatch.server.limits import Limits
+from aiobatch.server.responses import RequestError
+from aiobatch.server.served import ServedAPI
+
+__all__ = ["ControlServer", "Limits", "RequestError", "ServedAPI"]

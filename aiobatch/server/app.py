@@ -1,0 +1,243 @@
+"""``ControlServer``: the listeners, the aiohttp application and its middlewares, start and stop."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import os
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import structlog
+from aiohttp import web
+
+from aiobatch import wire
+from aiobatch.config import ServerConfig, default_socket_path
+from aiobatch.errors import ConfigError
+from aiobatch.listeners import Listeners, bind_listeners
+from aiobatch.server.auth import Auth
+from aiobatch.server.bodies import defer_continue
+from aiobatch.server.events import EventHandlers
+from aiobatch.server.jobs import JobHandlers
+from aiobatch.server.limits import (
+    FD_SHARE,
+    LINGER_S,
+    MAX_HEADERS,
+    MAX_LINE_BYTES,
+    GuardedSite,
+    Limits,
+    Listener,
+    Peers,
+    raise_open_files_limit,
+)
+from aiobatch.server.logs import LogHandlers
+from aiobatch.server.params import query
+from aiobatch.server.responses import error_response, json_response
+from aiobatch.server.served import ServedAPI
+from aiobatch.server.streams import LongRequests
+from aiobatch.server.ui import add_ui
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+log = structlog.get_logger("aiobatch.server")
+
+SHUTDOWN_GRACE_S = 5.0  # short requests in flight get this long to finish at shutdown
+
+
+class ControlServer:
+    """Serves a ``Runtime`` (any ``ServedAPI``) on the control socket while the context is open.
+
+    ``async with Runtime(...) as rt, ControlServer(rt, config.server) as server: ...``
+    """
+
+    def __init__(
+        self,
+        api: ServedAPI,
+        config: ServerConfig | None = None,
+        *,
+        socket: str | Path | None = None,
+        unix: bool = True,
+        listeners: Listeners | None = None,
+        limits: Limits | None = None,
+    ) -> None:
+        """``unix=False``: the TCP listener only (the log view of an embedded runtime).
+        ``listeners``: bound already (see ``bind_listeners``), served and closed by this
+        server; without them it binds its own. ``limits``: per connection (the module's
+        constants by default)."""
+        self.config = config or ServerConfig()
+        if self.config.http is not None and not self.config.token:
+            raise ConfigError("$.server.token: required when $.server.http is set")
+        if not unix and self.config.http is None:
+            raise ConfigError("$.server.http: required without the unix socket")
+        self.api = api
+        self._unix = unix if listeners is None else listeners.unix is not None
+        self._socket = Path(socket) if socket is not None else None
+        self._given_listeners = listeners
+        self.socket_path = Path(socket or self.config.socket or default_socket_path())
+        self.http_url: str | None = None  # set once the TCP listener is up
+        self._auth = Auth(self.config.token, self.config.allowed_uids)
+        self._limits = limits or Limits()
+        self._peers = Peers()
+        self._listeners: list[Listener] = []
+        self._long = LongRequests()
+        self._stack: AsyncExitStack | None = None
+        self._version = _version()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        files = raise_open_files_limit()
+        limits = dataclasses.replace(
+            self._limits, connections=min(self._limits.connections, files // FD_SHARE)
+        )
+        async with AsyncExitStack() as stack:
+            listeners = self._given_listeners
+            if listeners is None:
+                listeners = bind_listeners(self.config, socket=self._socket, unix=self._unix)
+            stack.callback(listeners.close)  # ours now, given or not
+            if listeners.socket_path is not None:
+                self.socket_path = listeners.socket_path
+            self.http_url = listeners.http_url
+            if listeners.tcp is not None:
+                self._auth.port = str(listeners.tcp.getsockname()[1])
+            sockets = [
+                (name, sock)
+                for name, sock in (("unix", listeners.unix), ("tcp", listeners.tcp))
+                if sock is not None
+            ]
+            runner = web.AppRunner(
+                self._application(),
+                access_log=None,
+                shutdown_timeout=SHUTDOWN_GRACE_S,
+                keepalive_timeout=limits.idle_timeout_s,
+                lingering_time=LINGER_S,
+                max_line_size=MAX_LINE_BYTES,
+                max_field_size=MAX_LINE_BYTES,
+                max_headers=MAX_HEADERS,
+            )
+            await runner.setup()
+            stack.push_async_callback(runner.cleanup)
+            for name, sock in sockets:
+                listener = Listener(name, limits, self._peers)
+                self._listeners.append(listener)
+                await GuardedSite(runner, sock, listener).start()
+            self._stack = stack.pop_all()
+        socket_path = str(self.socket_path) if self._unix else None
+        log.info(
+            "server_started",
+            socket=socket_path,
+            http=self.http_url,
+            connections=limits.connections,
+            open_files=files,
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        stack, self._stack = self._stack, None
+        assert stack is not None, "not entered"
+        await stack.aclose()
+        log.info("server_stopped", socket=str(self.socket_path) if self._unix else None)
+
+    async def _on_shutdown(self, app: web.Application) -> None:
+        self._long.close()
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "version": self._version,
+            "pid": os.getpid(),
+            "socket": str(self.socket_path),
+            "http": self.http_url,
+            "long_requests": len(self._long),  # streams and waits
+            "connections": {
+                listener.name: {
+                    "open": listener.open,
+                    "limit": listener.limits.connections,
+                    "refused": listener.refused,
+                    "timed_out": listener.timed_out,
+                }
+                for listener in self._listeners
+            },
+        }
+
+    def _application(self) -> web.Application:
+        app = web.Application(
+            client_max_size=wire.MAX_BODY_BYTES,
+            middlewares=[self._errors, self._authorize],
+        )
+        app.on_shutdown.append(self._on_shutdown)
+        routes = [
+            web.get(wire.API_PREFIX + "/health", self._health),
+            web.get(wire.API_PREFIX + "/openapi.json", self._openapi),
+            *JobHandlers(self.api, self._long).routes(),
+            *LogHandlers(self.api, self._long).routes(),
+            *EventHandlers(self.api, self._long).routes(),
+        ]
+        for route in routes:  # `100 Continue` only once the peer and the length are accepted
+            route.kwargs.setdefault("expect_handler", defer_continue)
+        app.add_routes(routes)
+        add_ui(app, expect_handler=defer_continue)
+        return app
+
+    # -- middlewares -------------------------------------------------------------------------
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Every failure as a JSON error; every request logged at debug; the connection's
+        deadline held while the request is served."""
+        started = time.perf_counter()
+        connection = self._peers.of(request.transport)
+        if connection is not None:
+            connection.request_started()
+        try:
+            try:
+                response = await handler(request)
+            except Exception as exc:
+                response = error_response(exc, request)
+        finally:
+            if connection is not None:
+                connection.request_ended()
+        log.debug(
+            "request_handled",
+            method=request.method,
+            path=request.path,
+            status=response.status,
+            duration_ms=round(1000 * (time.perf_counter() - started), 2),
+        )
+        return response
+
+    @web.middleware
+    async def _authorize(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Unix socket: the peer's uid. TCP: the bearer token, or (a browser) the token
+        cookie, whose POSTs must also echo the CSRF cookie in a header. Before any body."""
+        answer = self._auth.check(request)
+        if answer is not None:
+            return answer
+        return await handler(request)
+
+    # -- handlers of the server itself -------------------------------------------------------
+
+    async def _health(self, request: web.Request) -> web.Response:
+        query(request)
+        return json_response({**await self.api.health(), "server": self.statistics()})
+
+    async def _openapi(self, request: web.Request) -> web.Response:
+        query(request)
+        from aiobatch import openapi  # written from the wire structs; only when asked for
+
+        return json_response(openapi.document())
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("aiobatch")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

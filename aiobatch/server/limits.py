@@ -1,0 +1,173 @@
+"""Bounded work per peer: a connection limit per listener, a time limit for a request's
+headers, one for an idle keep-alive connection, and the process's file limit raised.
+
+A peer past the limit is closed at once (not queued, holding a file descriptor); a peer that
+has not sent a request's headers within ``header_timeout_s`` of connecting, or the next
+request's headers within ``idle_timeout_s`` of its last answer, is closed. A request in
+progress (a long wait, a stream) is never timed out here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+from aiohttp import web
+
+from aiobatch.listeners import listen_backlog
+
+log = structlog.get_logger("aiobatch.server")
+
+MAX_CONNECTIONS = 1024  # open connections per listener (fewer if the file limit is low)
+FD_SHARE = 4  # a listener holds at most this fraction of the process's file limit
+HEADER_TIMEOUT_S = 10.0  # from connecting to a complete request line and headers
+IDLE_TIMEOUT_S = 75.0  # from an answer to the next request's complete headers
+LINGER_S = 1.0  # how long an unread request body is drained (and dropped) after the answer
+MAX_LINE_BYTES = 8190  # a request line, and a header line (aiohttp refuses longer: 400)
+MAX_HEADERS = 128  # header lines in one request (more: 400)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    """What one peer may hold of the server. Module constants by default; tests shorten them."""
+
+    connections: int = MAX_CONNECTIONS
+    header_timeout_s: float = HEADER_TIMEOUT_S
+    idle_timeout_s: float = IDLE_TIMEOUT_S
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard one (systemd's default soft limit, 1024, is
+    for select(); we use epoll). Returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):  # hard is RLIM_INFINITY where the kernel caps it lower
+            return soft
+        log.info("open_files_limit_raised", soft=soft, now=hard)
+    return hard
+
+
+class Peers:
+    """The open connections of every listener, found by their transport."""
+
+    def __init__(self) -> None:
+        self._by_transport: dict[asyncio.BaseTransport, Connection] = {}
+
+    def of(self, transport: asyncio.BaseTransport | None) -> Connection | None:
+        return None if transport is None else self._by_transport.get(transport)
+
+    def __len__(self) -> int:
+        return len(self._by_transport)
+
+
+class Listener:
+    """One listening socket's connections, against its limits."""
+
+    def __init__(self, name: str, limits: Limits, peers: Peers) -> None:
+        self.name, self.limits, self.peers = name, limits, peers
+        self.open = 0
+        self.refused = 0  # connections closed at once: the listener was full
+        self.timed_out = 0  # connections closed for not sending a request in time
+
+    def protocol_factory(self, handler: Callable[[], asyncio.Protocol]) -> Connection:
+        return Connection(self, handler())
+
+
+class Connection(asyncio.Protocol):
+    """aiohttp's protocol for one connection, inside a limit and a deadline for each request."""
+
+    def __init__(self, listener: Listener, inner: asyncio.Protocol) -> None:
+        self.listener, self.inner = listener, inner
+        self.transport: asyncio.Transport | None = None
+        self._accepted = False
+        self._in_flight = 0
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        listener = self.listener
+        if listener.open >= listener.limits.connections:
+            listener.refused += 1
+            transport.abort()  # its file descriptor is freed now, not after a timeout
+            return
+        self._accepted, self.transport = True, transport
+        listener.open += 1
+        listener.peers._by_transport[transport] = self
+        self._arm(listener.limits.header_timeout_s)
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._accepted:
+            self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received() if self._accepted else None
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._accepted:
+            return
+        self._accepted = False
+        self._disarm()
+        self.listener.open -= 1
+        if self.transport is not None:
+            self.listener.peers._by_transport.pop(self.transport, None)
+        self.inner.connection_lost(exc)
+
+    # -- called around each request (by the server's middleware) ------------------------------
+
+    def request_started(self) -> None:
+        """The request's headers are all in: no deadline while it is served."""
+        self._in_flight += 1
+        self._disarm()
+
+    def request_ended(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0 and self._accepted:
+            self._arm(self.listener.limits.idle_timeout_s)
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.call_later(seconds, self._expire)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expire(self) -> None:
+        self._deadline = None
+        if self._in_flight == 0 and self.transport is not None and self._accepted:
+            self.listener.timed_out += 1
+            self.transport.abort()
+
+
+class GuardedSite(web.SockSite):
+    """aiohttp's site for a bound socket, its connections kept to a ``Listener``'s limits."""
+
+    __slots__ = ("_listener",)
+
+    def __init__(self, runner: web.BaseRunner, sock: socket.socket, listener: Listener) -> None:
+        super().__init__(runner, sock, backlog=listen_backlog())
+        self._listener = listener
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        assert server is not None
+        listener = self._listener
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: listener.protocol_factory(server), sock=self._sock, backlog=self._backlog
+        )

@@ -1,0 +1,137 @@
+"""Long requests (waits, event and log streams): each cancelled when its peer goes away or
+the server shuts down, so none outlives either."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TypeVar
+
+import anyio
+import structlog
+from aiohttp import web
+
+from aiobatch.errors import RuntimeClosed
+
+T = TypeVar("T")
+
+log = structlog.get_logger("aiobatch.server")
+
+PEER_POLL_S = 1.0  # how often a long request checks that its peer is still there
+
+
+class LongRequests:
+    """The long requests in flight, to end them all at shutdown."""
+
+    def __init__(self) -> None:
+        self._scopes: set[anyio.CancelScope] = set()
+        self.closing = False
+
+    def __len__(self) -> int:
+        return len(self._scopes)
+
+    def close(self) -> None:
+        """Called once the listeners are closed: end streams and pending waits."""
+        self.closing = True
+        for scope in self._scopes:
+            scope.cancel()
+
+    async def run(self, request: web.Request, work: Callable[[], Awaitable[T]]) -> T:
+        """``work()``, cancelled when the service shuts down or the peer goes away.
+
+        Raises RuntimeClosed if it was cancelled (when the peer left there is nobody to tell,
+        so that does not matter); ``work``'s own errors come through as they are.
+        """
+        result: list[T] = []
+        failure: list[Exception] = []
+
+        async def run(scope: anyio.CancelScope) -> None:
+            try:
+                result.append(await work())
+            except Exception as exc:  # re-raised below, not wrapped in an exception group
+                failure.append(exc)
+            scope.cancel()
+
+        try:
+            async with anyio.create_task_group() as tg:
+                self._scopes.add(tg.cancel_scope)
+                if self.closing:
+                    tg.cancel_scope.cancel()
+                tg.start_soon(run, tg.cancel_scope)
+                tg.start_soon(watch_peer, request, tg.cancel_scope)
+        finally:
+            self._scopes.discard(tg.cancel_scope)
+        if failure:
+            raise failure[0]
+        if not result:
+            raise RuntimeClosed("the service is shutting down")
+        return result[0]
+
+    async def stream(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        pump: Callable[[web.StreamResponse], Awaitable[None]],
+    ) -> web.StreamResponse:
+        """``response`` (its headers set), that ``pump`` writes to until it is done or we are."""
+
+        async def run() -> None:
+            await response.prepare(request)  # registered as a long request before this
+            await pump(response)
+
+        try:
+            await self.run(request, run)
+        except RuntimeClosed:
+            if not response.prepared:
+                raise  # shutting down before the stream began: 503 like any late request
+            if not response.chunked:  # cut short of its Content-Length: must not look whole
+                _abort(request)
+                return response
+        except ConnectionError:
+            return response  # the peer went away mid-stream
+        except Exception:
+            if not response.prepared:
+                raise
+            # The status is sent: the error cannot become a JSON response any more.
+            log.exception("stream_failed", path=request.path)
+            _abort(request)  # a broken stream, not one that looks complete
+            return response
+        with contextlib.suppress(ConnectionError):
+            await response.write_eof()
+        return response
+
+
+def _abort(request: web.BaseRequest) -> None:
+    if request.transport is not None:
+        request.transport.abort()
+
+
+def chunked(content_type: str) -> web.StreamResponse:
+    """A response of unknown length, streamed as it is made."""
+    response = web.StreamResponse(headers={"Cache-Control": "no-cache"})
+    response.content_type = content_type
+    response.enable_chunked_encoding()
+    return response
+
+
+async def watch_peer(request: web.BaseRequest, scope: anyio.CancelScope) -> None:
+    """Cancel ``scope`` once the peer has gone.
+
+    aiohttp neither cancels a handler whose peer left nor offers an event for it (for a
+    request without a body), so the transport is looked at now and then.
+    """
+    while request.transport is not None and not request.transport.is_closing():  # noqa: ASYNC110
+        await anyio.sleep(PEER_POLL_S)
+    scope.cancel()
+
+
+@asynccontextmanager
+async def closing(iterator: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
+    """Close an async generator even when its consumer stops early (the peer went away)."""
+    try:
+        yield iterator
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()

@@ -1,0 +1,64 @@
+"""The log view's pages and static files, with strict headers on every one of them."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from pathlib import Path
+
+from aiohttp import web
+
+from aiobatch.server.params import query
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+UI_DIR = Path(__file__).parent.parent / "ui"  # the log view's pages and assets
+# The pages run only their own files and talk only to this server; nothing inline.
+UI_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; "
+    "base-uri 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+def add_ui(
+    app: web.Application,
+    *,
+    expect_handler: Callable[[web.Request], Awaitable[web.StreamResponse | None]],
+) -> None:
+    """The pages, the static files, and the headers they all get."""
+    app.add_routes(
+        [
+            web.get("/ui", ui_home, expect_handler=expect_handler),
+            web.get("/ui/jobs", ui_page("jobs.html"), expect_handler=expect_handler),
+            web.get("/ui/jobs/{job_id}", ui_page("job.html"), expect_handler=expect_handler),
+        ]
+    )
+    if UI_DIR.is_dir():
+        app.router.add_static(
+            "/ui/static", UI_DIR, follow_symlinks=False, expect_handler=expect_handler
+        )
+    app.on_response_prepare.append(ui_headers)
+
+
+async def ui_home(request: web.Request) -> web.StreamResponse:
+    return web.Response(status=HTTPStatus.SEE_OTHER, headers={"Location": "/ui/jobs"})
+
+
+def ui_page(name: str) -> Handler:
+    async def page(request: web.Request) -> web.StreamResponse:
+        query(request)
+        path = UI_DIR / name
+        if not path.is_file():
+            raise web.HTTPNotFound()
+        return web.FileResponse(path, headers=UI_HEADERS)
+
+    return page
+
+
+async def ui_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """The log view's pages and files, static ones included, get the same strict headers."""
+    if request.path.startswith("/ui/") and response.status < 300:
+        response.headers.update(UI_HEADERS)
