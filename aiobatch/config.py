@@ -1,4 +1,9 @@
-"""The configuration file (TOML) and the defaults it falls back on."""
+"""The configuration file (TOML) and the defaults it falls back on.
+
+Every number has its range (``aiobatch.limits``); the file is read only if it is a regular
+file of at most MAX_CONFIG_BYTES, and every problem found is reported, prefixed with the
+file's path.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,24 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from aiobatch.documents import DocumentError, read_bounded
 from aiobatch.errors import ConfigError
-from aiobatch.spec import TemplateSpec, convert_at
-from aiobatch.units import parse_duration
+from aiobatch.limits import (
+    DEFAULT_MAX_INSTANCES,
+    MAX_CONFIG_BYTES,
+    MAX_INSTANCES_CEILING,
+    MAX_LOST_LIMIT,
+    MAX_S3_ATTEMPTS,
+    MAX_TEMPLATES,
+    MAX_TRANSFERS,
+    PORT_MAX,
+    PORT_MIN,
+    Slots,
+    Uid,
+)
+from aiobatch.spec_checks import check_fields, check_strings, convert_struct, key_path
+from aiobatch.spec_types import TemplateSpec
+from aiobatch.units import parse_duration, shown
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 
@@ -20,7 +40,7 @@ class ComputeEnvConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     kind: Literal["local", "docker"] = "local"
     # Instances that may run at once: in all for local (default: CPUs), per host for docker
     # (default: 4).
-    slots: int | None = None
+    slots: Slots | None = None
     # docker only: the engines instances are spread over, and TLS for tcp:// ones.
     hosts: tuple[str, ...] = (DEFAULT_DOCKER_HOST,)
     tls_ca_cert: str | None = None
@@ -45,9 +65,9 @@ class S3Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     addressing_style: Literal["auto", "path", "virtual"] = "auto"
     access_key_id: str | None = None
     secret_access_key: str | None = None
-    max_transfers: int = 16  # objects in flight at once
+    max_transfers: Annotated[int, Meta(ge=1, le=MAX_TRANSFERS)] = 16  # objects in flight
     retry_mode: Literal["standard", "adaptive", "legacy"] = "standard"  # botocore's
-    max_attempts: int = 5
+    max_attempts: Annotated[int, Meta(ge=1, le=MAX_S3_ATTEMPTS)] = 5
 
 
 class StorageConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -67,7 +87,7 @@ class ServerConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
 
     socket: str | None = None  # None: $AIOBATCH_SOCKET, $XDG_RUNTIME_DIR/aiobatch.sock, /run/...
     # Peers (by uid, from SO_PEERCRED) allowed besides the service's own uid.
-    allowed_uids: tuple[int, ...] = ()
+    allowed_uids: tuple[Uid, ...] = ()
     http: str | None = None  # "HOST:PORT" for a TCP listener; absent: none
     token: str | None = None  # bearer token; required when `http` is set
 
@@ -83,7 +103,9 @@ class Config(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     detach_on_shutdown: bool = False
     # An attempt lost with the runtime (a crash) is re-run without charging the task's
     # retries, at most this many times per instance; then it fails (`runtime_lost_limit: N`).
-    lost_limit: Annotated[int, Meta(ge=0, le=1000)] = 3
+    lost_limit: Annotated[int, Meta(ge=0, le=MAX_LOST_LIMIT)] = 3
+    # Instances of a task, and of a job over all its tasks, at most.
+    max_instances: Annotated[int, Meta(ge=1, le=MAX_INSTANCES_CEILING)] = DEFAULT_MAX_INSTANCES
     compute_envs: dict[str, ComputeEnvConfig] = {}
     templates: dict[str, TemplateSpec] = {}
     logging: LoggingConfig = LoggingConfig()
@@ -121,37 +143,40 @@ def _with_default_slots(env: ComputeEnvConfig) -> ComputeEnvConfig:
     return msgspec.structs.replace(env, slots=slots)
 
 
-def _validate(config: Config, where: str) -> None:
-    problems = []
+def _validate(config: Config) -> list[str]:
+    """What types cannot say: durations, Docker endpoints, the TCP address, templates."""
+    problems: list[str] = []
     for name, env in config.compute_envs.items():
-        if env.slots is not None and env.slots < 1:
-            problems.append(f"{where}: $.compute_envs.{name}.slots: must be at least 1")
+        where = key_path("$.compute_envs", name)
         try:
             parse_duration(env.engine_retry)
         except ValueError as exc:
-            problems.append(f"{where}: $.compute_envs.{name}.engine_retry: {exc}")
+            problems.append(f"{where}.engine_retry: {exc}")
         if env.kind == "docker" and not env.hosts:
-            problems.append(f"{where}: $.compute_envs.{name}.hosts: needs at least one host")
+            problems.append(f"{where}.hosts: needs at least one host")
         for i, host in enumerate(env.hosts):
             if not host.startswith(("unix://", "tcp://", "http://", "https://")):
                 problems.append(
-                    f"{where}: $.compute_envs.{name}.hosts[{i}]: {host!r} is not a Docker "
+                    f"{where}.hosts[{i}]: {shown(host)} is not a Docker "
                     "endpoint (unix:///path/docker.sock or tcp://host:port)"
                 )
     for key in ("kill_grace", "shutdown_grace"):
         try:
             parse_duration(getattr(config, key))
         except ValueError as exc:
-            problems.append(f"{where}: $.{key}: {exc}")
+            problems.append(f"$.{key}: {exc}")
     server = config.server
     if server.http is not None:
         host, _, port = server.http.rpartition(":")
-        if not host or not port.isdigit():
-            problems.append(f"{where}: $.server.http: {server.http!r} is not HOST:PORT")
+        if not host or not (port.isascii() and port.isdigit() and len(port) <= 5):
+            problems.append(f"$.server.http: {shown(server.http)} is not HOST:PORT")
+        elif not PORT_MIN <= int(port) <= PORT_MAX:
+            problems.append(f"$.server.http: port {port} is not between {PORT_MIN} and {PORT_MAX}")
         if not server.token:
-            problems.append(f"{where}: $.server.token: required when $.server.http is set")
-    if problems:
-        raise ConfigError("\n".join(problems))
+            problems.append("$.server.token: required when $.server.http is set")
+    for name, template in config.templates.items():
+        check_fields(template, key_path("$.templates", name), problems)
+    return problems
 
 
 def _table(raw: dict[str, Any], key: str, errors: list[str]) -> dict[str, Any]:
@@ -168,29 +193,38 @@ def load_config(path: str | Path | None = None) -> Config:
         return Config()
     path = Path(path)
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        data = read_bounded(path, MAX_CONFIG_BYTES, "config file")
+    except DocumentError as exc:
+        raise ConfigError(str(exc)) from None
     try:
         raw = msgspec.toml.decode(data)
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    # Tables of named entries are converted one by one so errors name the entry.
     errors: list[str] = []
+    check_strings(raw, "$", errors)
+    # Tables of named entries are converted one by one so errors name the entry.
     envs = {
-        name: convert_at(value, ComputeEnvConfig, f"$.compute_envs.{name}", errors)
+        name: convert_struct(value, ComputeEnvConfig, key_path("$.compute_envs", name), errors)
         for name, value in _table(raw, "compute_envs", errors).items()
     }
+    raw_templates = _table(raw, "templates", errors)
+    if len(raw_templates) > MAX_TEMPLATES:
+        errors.append(f"$.templates: at most {MAX_TEMPLATES}, got {len(raw_templates)}")
+        raw_templates = {}
     templates = {
-        name: convert_at(value, TemplateSpec, f"$.templates.{name}", errors)
-        for name, value in _table(raw, "templates", errors).items()
+        name: convert_struct(value, TemplateSpec, key_path("$.templates", name), errors)
+        for name, value in raw_templates.items()
     }
-    config = convert_at(raw, Config, "$", errors)
-    if errors:
+    config = convert_struct(raw, Config, "$", errors)
+    if config is not None:  # what converted is checked on: every problem is reported at once
+        config = msgspec.structs.replace(
+            config,
+            compute_envs={k: v for k, v in envs.items() if v is not None},
+            templates={k: v for k, v in templates.items() if v is not None},
+        )
+        errors += _validate(config)
+    if errors or config is None:
         raise ConfigError("\n".join(f"{path}: {error}" for error in errors))
-    config = msgspec.structs.replace(config, compute_envs=envs, templates=templates)
-    assert isinstance(config, Config)
-    _validate(config, str(path))
     return config
 
 

@@ -1,0 +1,311 @@
+"""Checks of single values of a spec or config, each adding ``$.field.path: problem`` to a list.
+
+Types first (msgspec, field by field so that every field's problem is reported), then what
+types cannot say: strings that exec, the environment, file names, storage and terminals can
+take, numbers that fit where they are stored and used.
+"""
+
+from __future__ import annotations
+
+import math
+import posixpath
+import re
+import string
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import msgspec
+from msgspec import UNSET
+
+from aiobatch.limits import (
+    INT64_MAX,
+    INT64_MIN,
+    MAX_ARG_STRLEN,
+    MAX_CPUS,
+    MAX_JOB_NAME_CHARS,
+)
+from aiobatch.spec_types import TaskFields
+from aiobatch.units import parse_duration, parse_size, shown
+
+T = TypeVar("T")
+MAX_REPORTED = 100  # errors listed in full; a spec with thousands of bad strings says how many
+# C0 controls, DEL and C1 controls: printed raw they move the cursor, retitle or clear a terminal.
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def key_path(prefix: str, key: object) -> str:
+    """``prefix.key``, or ``prefix[<repr>]`` for a key that would not read as a path."""
+    if isinstance(key, str) and _PLAIN_KEY.fullmatch(key) and len(key) <= 128:
+        return f"{prefix}.{key}"
+    return f"{prefix}[{shown(key)}]"
+
+
+# -- types -------------------------------------------------------------------------------------
+
+
+def msgspec_error(prefix: str, exc: msgspec.ValidationError) -> str:
+    """Turn msgspec's message into ``$.field.path: problem`` under ``prefix``."""
+    text = str(exc)
+    message, _, where = text.partition(" - at `")
+    path = prefix + where.rstrip("`")[1:] if where else prefix
+    for pattern, template in (
+        (r"Object missing required field `(.+)`", "{path}.{0}: required field is missing"),
+        (r"Object contains unknown field `(.+)`", "{path}.{0}: unknown field"),
+    ):
+        match = re.fullmatch(pattern, message, re.DOTALL)
+        if match:
+            return template.format(match.group(1), path=path)
+    return f"{path}: {message[:1].lower()}{message[1:]}"
+
+
+def convert_at(data: Any, kind: Any, prefix: str, errors: list[str]) -> Any:
+    """``msgspec.convert``, or None with the error (under ``prefix``) added to ``errors``."""
+    try:
+        return msgspec.convert(data, kind, strict=False)
+    except msgspec.ValidationError as exc:
+        errors.append(msgspec_error(prefix, exc))
+        return None
+
+
+def convert_fields(
+    raw: Mapping[Any, Any],
+    kind: type[Any],
+    prefix: str,
+    errors: list[str],
+    bad: set[str] | None = None,
+) -> dict[str, Any]:
+    """Convert each field of the struct ``kind`` on its own: every field's problem, and every
+    unknown field, is reported. Returns the fields converted (by attribute name); the paths
+    of those that were not go into ``bad``."""
+    fields = {info.encode_name: info for info in msgspec.structs.fields(kind)}
+    values: dict[str, Any] = {}
+    for key in raw:
+        if key not in fields:
+            errors.append(f"{key_path(prefix, key)}: unknown field")
+    for name, info in fields.items():
+        if name in raw:
+            count = len(errors)
+            value = convert_at(raw[name], info.type, f"{prefix}.{name}", errors)
+            if len(errors) == count:
+                values[info.name] = value
+            elif bad is not None:
+                bad.add(f"{prefix}.{name}")
+        elif info.required:
+            errors.append(f"{prefix}.{name}: required field is missing")
+    return values
+
+
+def convert_struct(
+    raw: Any, kind: type[T], prefix: str, errors: list[str], bad: set[str] | None = None
+) -> T | None:
+    """``raw`` as the struct ``kind``; on failure, every field's problem is in ``errors``,
+    and what could be converted is returned (if it has its required fields), so that the
+    rest of it can still be checked. The paths of fields left out go into ``bad``."""
+    try:
+        return msgspec.convert(raw, kind, strict=False)
+    except msgspec.ValidationError as exc:
+        if not isinstance(raw, Mapping):
+            errors.append(msgspec_error(prefix, exc))
+            return None
+        count = len(errors)
+        values = convert_fields(raw, kind, prefix, errors, bad)
+        if len(errors) == count:  # a problem no single field has: report it as it is
+            errors.append(msgspec_error(prefix, exc))
+            return None
+        try:
+            return kind(**values)
+        except TypeError:  # a required field is missing
+            return None
+
+
+def capped(errors: list[str]) -> list[str]:
+    """The first MAX_REPORTED errors, and how many more there were."""
+    if len(errors) <= MAX_REPORTED:
+        return errors
+    return [*errors[:MAX_REPORTED], f"$: and {len(errors) - MAX_REPORTED} more errors"]
+
+
+# -- strings -----------------------------------------------------------------------------------
+
+
+def check_strings(data: Any, prefix: str, errors: list[str]) -> None:
+    """Every string of a parsed document (keys too) must be text that exec, the environment,
+    file names and SQLite can take: no NUL byte, no lone surrogate (not UTF-8)."""
+    stack: list[tuple[str, Any]] = [(prefix, data)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, str):
+            _check_text(value, where, errors)
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                if isinstance(key, str) and _check_text(key, where, errors, is_key=True):
+                    continue  # its value's path would quote the bad key again
+                stack.append((key_path(where, key), item))
+        elif isinstance(value, list | tuple):
+            stack.extend((f"{where}[{i}]", item) for i, item in enumerate(value))
+
+
+def _check_text(value: str, where: str, errors: list[str], *, is_key: bool = False) -> bool:
+    what = f"key {shown(value)}" if is_key else "string"
+    if "\0" in value:
+        errors.append(f"{where}: {what} contains a NUL byte")
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        errors.append(f"{where}: {what} is not valid Unicode (a lone surrogate)")
+        return True
+    return False
+
+
+def check_job_name(name: str, errors: list[str]) -> None:
+    if not name.strip():
+        errors.append("$.name: must not be empty")
+    if len(name) > MAX_JOB_NAME_CHARS:
+        errors.append(f"$.name: at most {MAX_JOB_NAME_CHARS} characters, got {len(name)}")
+    found = CONTROL.search(name)
+    if found is not None:
+        errors.append(
+            f"$.name: control character {found.group()!r} not allowed "
+            "(C0, DEL and C1 controls act on the terminal that prints the name)"
+        )
+
+
+def exec_size(text: str) -> int:
+    """What a string takes of ARG_MAX: its bytes, its NUL, its pointer."""
+    return len(text.encode()) + 1 + 8
+
+
+def check_arg(text: str, where: str, errors: list[str]) -> None:
+    size = len(text.encode()) + 1
+    if size > MAX_ARG_STRLEN:
+        errors.append(
+            f"{where}: {size} bytes; the system takes at most {MAX_ARG_STRLEN} "
+            "(MAX_ARG_STRLEN) per argument or environment entry"
+        )
+
+
+def check_env(env: Mapping[str, Any], where: str, errors: list[str]) -> None:
+    for key, value in env.items():
+        path = key_path(where, key)
+        if not key:
+            errors.append(f"{where}: an environment variable needs a name (got an empty key)")
+            continue
+        if "=" in key:
+            errors.append(f"{path}: {shown(key)} is not a variable name: it contains '='")
+            continue
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not INT64_MIN <= value <= INT64_MAX:
+                errors.append(f"{path}: integer beyond 64 bits: quote it to pass it as text")
+                continue
+        check_arg(f"{key}={env_str(value)}", path, errors)
+
+
+def env_str(value: str | int | float | bool) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+        return ""  # refused by check_env; str() of a huge int would raise
+    return str(value)
+
+
+def env_size(env: Mapping[str, Any]) -> int:
+    return sum(exec_size(f"{key}={env_str(value)}") for key, value in env.items())
+
+
+def check_int(value: int, where: str, low: int, high: int, errors: list[str], why: str) -> bool:
+    if low <= value <= high:
+        return True
+    errors.append(f"{where}: must be between {low} and {high} ({why}), got {shown(value)}")
+    return False
+
+
+# -- placeholders, URIs, paths -----------------------------------------------------------------
+
+PLACEHOLDERS = frozenset({"job_id", "job", "task", "index", "attempt"})
+
+
+def check_placeholders(value: str, where: str, errors: list[str]) -> None:
+    try:
+        parts = list(string.Formatter().parse(value))
+    except ValueError as exc:
+        errors.append(f"{where}: bad placeholder syntax in {shown(value)}: {exc}")
+        return
+    for _, field_name, spec, conversion in parts:
+        if field_name is None:
+            continue
+        if field_name not in PLACEHOLDERS:
+            known = " ".join("{" + p + "}" for p in sorted(PLACEHOLDERS))
+            errors.append(f"{where}: unknown placeholder {{{field_name}}} (known: {known})")
+        elif spec or conversion:
+            errors.append(f"{where}: placeholder {{{field_name}}} takes no format or conversion")
+
+
+def check_uri(value: str, where: str, errors: list[str]) -> None:
+    check_placeholders(value, where, errors)
+    if value.startswith("s3://"):
+        bucket = value[5:].split("/", 1)[0]
+        if not bucket:
+            errors.append(f"{where}: URI {shown(value)} names no bucket (s3://bucket/key)")
+    elif value.startswith("file://"):
+        if not value[7:].startswith("/"):
+            errors.append(f"{where}: URI {shown(value)} must be absolute (file:///abs/path)")
+    else:
+        errors.append(f"{where}: URI {shown(value)} must start with s3:// or file://")
+
+
+def check_relative_path(value: str, where: str, errors: list[str]) -> None:
+    check_placeholders(value, where, errors)
+    if not value or value.startswith("/"):
+        errors.append(f"{where}: path {shown(value)} must be relative to the instance work dir")
+        return
+    normal = posixpath.normpath(value)
+    if normal == ".." or normal.startswith("../"):
+        errors.append(f"{where}: path {shown(value)} escapes the instance work dir")
+
+
+# -- a task's or template's own fields ---------------------------------------------------------
+
+
+def check_fields(fields: TaskFields, where: str, errors: list[str]) -> None:
+    """What a task or template sets itself, checked on its own (types are checked already)."""
+    command = fields.command
+    if isinstance(command, tuple):
+        if not command:
+            errors.append(f"{where}.command: an argv list must not be empty")
+        for k, arg in enumerate(command):
+            check_arg(arg, f"{where}.command[{k}]", errors)
+    elif isinstance(command, str):
+        if not command.strip():
+            errors.append(f"{where}.command: must not be empty")
+        check_arg(command, f"{where}.command", errors)
+    if fields.env is not UNSET:
+        check_env(fields.env, f"{where}.env", errors)
+    if fields.timeout is not UNSET:
+        try:
+            parse_duration(fields.timeout)
+        except ValueError as exc:
+            errors.append(f"{where}.timeout: {exc}")
+    if fields.resources is not UNSET:
+        cpus, memory = fields.resources.cpus, fields.resources.memory
+        if cpus is not None and not (math.isfinite(cpus) and 0 < cpus <= MAX_CPUS):
+            errors.append(
+                f"{where}.resources.cpus: must be more than 0 and at most {MAX_CPUS:g}, "
+                f"got {cpus!r}"
+            )
+        if memory is not None:
+            try:
+                parse_size(memory)
+            except ValueError as exc:
+                errors.append(f"{where}.resources.memory: {exc}")
+    for k, mapping in enumerate(fields.inputs or ()):
+        check_uri(mapping.from_, f"{where}.inputs[{k}].from", errors)
+        check_relative_path(mapping.path, f"{where}.inputs[{k}].path", errors)
+    for k, out in enumerate(fields.outputs or ()):
+        check_relative_path(out.path, f"{where}.outputs[{k}].path", errors)
+        check_uri(out.to, f"{where}.outputs[{k}].to", errors)
+    for stream in ("stdout", "stderr"):
+        uri = getattr(fields, stream)
+        if uri is not UNSET:
+            check_uri(uri, f"{where}.{stream}", errors)

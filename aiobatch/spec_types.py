@@ -1,0 +1,140 @@
+"""The job spec's structs: as users write it (``JobSpec``, ``TaskSpec``, ``TemplateSpec``) and
+as the runtime uses it once resolved (``JobDef``, ``TaskDef``).
+
+Integer fields carry their bounds (``aiobatch.limits``): msgspec checks them while decoding
+and the JSON schema shows them. ``spec.py`` decodes, checks and resolves.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from msgspec import UNSET, Struct, UnsetType, field
+
+from aiobatch.limits import ExitCode, InstanceCount, Int64, RetryLimit
+
+EnvValue = str | int | float | bool
+Duration = str | int | float
+Command = str | tuple[str, ...]
+OnFailure = Literal["fail_job", "continue"]
+PullPolicy = Literal["if_missing", "always", "never"]
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+URI_SCHEMES = ("s3://", "file://")
+# Fields only a container can honour: refused on a task whose compute env is local.
+CONTAINER_ONLY = ("image", "workdir", "resources", "network", "pull", "keep_failed")
+
+
+class InputMapping(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Copy ``from`` (a URI) to ``path`` (relative to the instance's work dir) before start."""
+
+    from_: str = field(name="from")
+    path: str
+
+
+class OutputMapping(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Copy ``path`` (relative to the work dir) to ``to`` (a URI) after the instance exits."""
+
+    path: str
+    to: str
+    when: Literal["success", "always"] = "success"
+
+
+class RetryPolicy(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    limit: RetryLimit = 0
+    # Retry only on these exit codes (a signal N counts as 128 + N); None retries any failure.
+    on_exit_codes: tuple[ExitCode, ...] | None = None
+
+
+class Resources(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    cpus: float | None = None
+    memory: str | int | None = None
+
+
+class TaskFields(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Fields a task shares with templates. UNSET means "take it from the template/default"."""
+
+    command: Command | UnsetType = UNSET
+    image: str | UnsetType = UNSET
+    instances: InstanceCount | UnsetType = UNSET
+    env: dict[str, EnvValue] | UnsetType = UNSET
+    inputs: tuple[InputMapping, ...] | UnsetType = UNSET
+    outputs: tuple[OutputMapping, ...] | UnsetType = UNSET
+    stdout: str | UnsetType = UNSET
+    stderr: str | UnsetType = UNSET
+    max_parallel: InstanceCount | UnsetType = UNSET
+    timeout: Duration | UnsetType = UNSET
+    retries: RetryLimit | RetryPolicy | UnsetType = UNSET
+    on_failure: OnFailure | UnsetType = UNSET
+    compute_env: str | UnsetType = UNSET
+    resources: Resources | UnsetType = UNSET
+    workdir: str | UnsetType = UNSET
+    user: str | UnsetType = UNSET
+    network: str | UnsetType = UNSET
+    pull: PullPolicy | UnsetType = UNSET
+    keep_failed: bool | UnsetType = UNSET
+
+
+class TemplateSpec(TaskFields, frozen=True, kw_only=True):
+    """Named task settings that tasks extend: ``env`` merges, other fields override."""
+
+
+class TaskSpec(TaskFields, frozen=True, kw_only=True):
+    name: str
+    template: str | UnsetType = UNSET
+    depends_on: tuple[str, ...] = ()
+
+
+class JobSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """A job as a user writes it."""
+
+    name: str
+    tasks: tuple[TaskSpec, ...]
+    priority: Int64 = 0  # stored as SQLite's signed 64-bit INTEGER
+    env: dict[str, EnvValue] = {}
+    templates: dict[str, TemplateSpec] = {}
+
+
+class TaskDef(Struct, frozen=True, kw_only=True):
+    """A task with its template and defaults applied: what the runtime runs and stores."""
+
+    name: str
+    command: Command | None
+    instances: int = 1
+    depends_on: tuple[str, ...] = ()
+    env: dict[str, str] = {}
+    compute_env: str = "local"
+    max_parallel: int | None = None
+    timeout_s: float | None = None
+    retry_limit: int = 0
+    retry_exit_codes: tuple[int, ...] | None = None
+    on_failure: OnFailure = "fail_job"
+    image: str | None = None
+    inputs: tuple[InputMapping, ...] = ()
+    outputs: tuple[OutputMapping, ...] = ()
+    stdout: str | None = None
+    stderr: str | None = None
+    cpus: float | None = None
+    memory_bytes: int | None = None
+    workdir: str | None = None
+    user: str | None = None
+    network: str | None = None
+    pull: PullPolicy = "if_missing"
+    keep_failed: bool = False
+
+    def storage_uris(self) -> list[tuple[str, str]]:
+        """Every storage URI of the task, with its field path under the task."""
+        uris = [(f"inputs[{k}].from", m.from_) for k, m in enumerate(self.inputs)]
+        uris += [(f"outputs[{k}].to", m.to) for k, m in enumerate(self.outputs)]
+        redirects = (("stdout", self.stdout), ("stderr", self.stderr))
+        return uris + [(name, uri) for name, uri in redirects if uri is not None]
+
+
+class JobDef(Struct, frozen=True, kw_only=True):
+    """A validated job: tasks in spec order, every reference checked."""
+
+    name: str
+    tasks: tuple[TaskDef, ...]
+    priority: int = 0
+    env: dict[str, str] = {}
