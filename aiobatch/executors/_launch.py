@@ -12,9 +12,16 @@ import signal
 from typing import Any
 
 
-def start(argv: list[str], cwd: str, env: dict[str, str], stdout: int, stderr: int) -> int:
+def start(
+    argv: list[str],
+    cwd: str,
+    env: dict[str, str],
+    stdout: int,
+    stderr: int,
+    user: list[Any] | None = None,
+) -> int:
     """Start a program in a session of its own, its output into the pipes ``stdout`` and
-    ``stderr``.
+    ``stderr``; as ``user`` (uid, gid, groups) if given, its work dir then made its own.
 
     posix_spawn (a vfork underneath) rather than subprocess: about half the time per start.
     It has no chdir of its own, so we change ours
@@ -24,11 +31,15 @@ def start(argv: list[str], cwd: str, env: dict[str, str], stdout: int, stderr: i
     if not argv:
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
     make_dir(cwd)
+    if user is not None:
+        give_tree(cwd, user[0], user[1])
     os.chdir(cwd)
     search = (argv[0], env.get("PATH", os.defpath))
     cached = search in _found
     program = _lookup(*search)
     try:
+        if user is not None:
+            return _fork_exec(program, argv, env, stdout, stderr, user)
         return os.posix_spawn(
             program,
             argv,
@@ -40,13 +51,72 @@ def start(argv: list[str], cwd: str, env: dict[str, str], stdout: int, stderr: i
             ],
             setsid=True,
             # Python ignores SIGPIPE and SIGXFSZ; a program expects them at their defaults.
-            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+            setsigdef=_DEFAULT_SIGNALS,
         )
     except OSError:
         if not cached:
             raise
         del _found[search]  # the program moved since it was looked up: look again, once
-        return start(argv, cwd, env, stdout, stderr)
+        return start(argv, cwd, env, stdout, stderr, user)
+
+
+_DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+
+
+def _fork_exec(
+    program: str, argv: list[str], env: dict[str, str], stdout: int, stderr: int, user: list[Any]
+) -> int:
+    """What posix_spawn does in ``start``, and a switch to another user between fork and
+    exec, which posix_spawn cannot do. A fork is safe here: the spawner has one thread.
+    Not subprocess: its bookkeeping could reap a pid that the spawner reaps itself.
+
+    The child tells why it failed through a close-on-exec pipe: nothing read, it runs.
+    """
+    uid, gid, groups = user
+    report_r, report_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # the child: nothing but system calls until exec, or _exit
+        code = 0
+        try:
+            os.setsid()
+            null = os.open("/dev/null", os.O_RDONLY)
+            os.dup2(null, 0)
+            os.dup2(stdout, 1)
+            os.dup2(stderr, 2)
+            for sig in _DEFAULT_SIGNALS:
+                signal.signal(sig, signal.SIG_DFL)
+            os.setgroups(groups)
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+            os.execve(program, argv, env)
+        except OSError as exc:
+            code = exc.errno or errno.EPERM
+        except BaseException:
+            code = errno.EPERM
+        try:
+            os.write(report_w, str(code).encode())
+        finally:
+            os._exit(127)
+    os.close(report_w)
+    try:
+        report = b""
+        while chunk := os.read(report_r, 64):
+            report += chunk
+    finally:
+        os.close(report_r)
+    if report:
+        os.waitpid(pid, 0)  # it never ran the program: not an attempt for the spawner to reap
+        code = int(report)
+        raise OSError(code, os.strerror(code))
+    return pid
+
+
+def give_tree(path: str, uid: int, gid: int) -> None:
+    """Make a work dir, and what was staged into it, belong to the user who runs in it."""
+    os.chown(path, uid, gid)
+    for root, dirs, files in os.walk(path):
+        for name in (*dirs, *files):
+            os.lchown(os.path.join(root, name), uid, gid)
 
 
 _found: dict[tuple[str, str], str] = {}  # (program, PATH) -> the file that runs

@@ -202,7 +202,7 @@ class Spawner:
                 end, output = self.outputs.open(request[stream], leader, stream)
                 ends.append(end)
                 leader.outputs.append(output)
-            pid = launch.start(argv, request["cwd"], env, ends[0], ends[1])
+            pid = launch.start(argv, request["cwd"], env, ends[0], ends[1], request.get("user"))
         except OSError as exc:
             os.close(fd)
             for output in leader.outputs:

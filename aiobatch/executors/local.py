@@ -24,10 +24,10 @@ from aiobatch.executors import records
 from aiobatch.executors.spawner import Exited, Spawner, SpawnerGone, SpawnFailed, Started
 from aiobatch.layout import StateLayout
 from aiobatch.spec import TaskDef
+from aiobatch.users import may_switch_user, resolve_user
 
 log = structlog.get_logger("aiobatch.local")
 
-_LOCAL_UNSUPPORTED = ("image",)
 KILL_WAIT_S = 30.0  # after SIGKILL, how long an end may take to be heard of
 EXIT_LINE_WAIT_S = 5.0  # an adopted process ended: how long its old spawner may take to say how
 EXIT_LINE_POLL_S = 0.01
@@ -68,7 +68,18 @@ class LocalExecutor:
         return len(self._spawner.paused_logs)
 
     def unsupported(self, task: TaskDef) -> list[str]:
-        return [name for name in _LOCAL_UNSUPPORTED if getattr(task, name)]
+        """What only a container honours (the spec refuses it too; a JobDef made in Python
+        comes here unchecked), and a user this runtime may not become."""
+        found = [name for name in ("image", "workdir", "network") if getattr(task, name)]
+        if task.cpus is not None or task.memory_bytes is not None:
+            found.append("resources")
+        if task.pull != "if_missing":
+            found.append("pull")
+        if task.keep_failed:
+            found.append("keep_failed")
+        if task.user is not None and not may_switch_user():
+            found.append("user")
+        return found
 
     def _record_path(self, ctx: InstanceContext) -> Path:
         return self.layout.record_path(ctx.job_id, ctx.task.name, ctx.index)
@@ -76,6 +87,12 @@ class LocalExecutor:
     async def run(self, ctx: InstanceContext, on_started: Callable[[int | None], None]) -> Outcome:
         command = ctx.task.command
         argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command or ())
+        user = None
+        if ctx.task.user is not None:  # checked at submission; looked up again at each start
+            try:
+                user = await anyio.to_thread.run_sync(resolve_user, ctx.task.user)
+            except LookupError as exc:
+                return Outcome(reason=f"spawn_failed: user: {exc}")
         spawner = await self._live_spawner()
         record = self._record_path(ctx)
         try:
@@ -87,6 +104,7 @@ class LocalExecutor:
                 stderr=ctx.stderr_path,
                 record=record,
                 runtime_id=self.runtime_id,
+                user=user,
             )
         except SpawnFailed as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):

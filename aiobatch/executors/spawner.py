@@ -18,6 +18,8 @@ import msgspec
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
+from aiobatch.users import Identity
+
 log = structlog.get_logger("aiobatch.spawner")
 
 PROGRAM = Path(__file__).with_name("_spawner.py")
@@ -143,8 +145,10 @@ class Spawner:
         stderr: Path,
         record: Path,
         runtime_id: str,
+        user: Identity | None = None,
     ) -> Started:
-        """Start a process in a session of its own; its record file is written first."""
+        """Start a process in a session of its own; its record file is written first. With
+        ``user``, it runs as that user, in a work dir made that user's."""
         request_id = next(self._ids)
         pending = self._replies[request_id] = _Pending()
         self._exits[request_id] = _Pending()
@@ -152,6 +156,7 @@ class Spawner:
             "op": "spawn", "id": request_id, "argv": argv, "cwd": str(cwd), "env": env,
             "stdout": str(stdout), "stderr": str(stderr), "record": str(record),
             "runtime": runtime_id,
+            "user": None if user is None else [user.uid, user.gid, list(user.groups)],
         }  # fmt: skip
         # Shielded: once asked, the answer must be heard, or a started process is unknown.
         with anyio.CancelScope(shield=True), anyio.move_on_after(REPLY_TIMEOUT_S):
