@@ -26,6 +26,30 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 WATCH_REFRESH_S = 0.1  # --watch asks for fresh counts at most this often
+INT64_MAX = 2**63 - 1  # the service takes no larger number (SQLite's INTEGER, off_t)
+
+
+def integer(minimum: int, maximum: int = INT64_MAX) -> Callable[[str], int]:
+    """An argparse type: ASCII digits (a sign only for a range below 0), within the range."""
+
+    def parse(raw: str) -> int:
+        digits = raw.removeprefix("-") if minimum < 0 else raw
+        if not (digits.isascii() and digits.isdigit()) or len(digits) > len(str(INT64_MAX)):
+            value = None
+        else:
+            value = int(raw)
+        if value is None or not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer from {minimum} to {maximum}, got {_clipped(raw)!r}"
+            )
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in some messages
+    return parse
+
+
+def _clipped(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -46,7 +70,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     jobs = command("jobs", "list jobs, newest first")
     jobs.add_argument("--status", type=str.upper, choices=[s.value for s in JobState])
-    jobs.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+    jobs.add_argument("--limit", type=integer(1), default=20, help="at most this many (default 20)")
 
     for name, help in (
         ("status", "a job's state and each task's progress and reason"),
@@ -61,18 +85,18 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     stop = command("stop", "stop a job, or one instance of it")
     stop.add_argument("job")
     stop.add_argument("task", nargs="?")
-    stop.add_argument("index", nargs="?", type=int)
+    stop.add_argument("index", nargs="?", type=integer(0))
 
     logs = command("logs", "print an instance's stdout (or stderr)")
     logs.add_argument("job")
     logs.add_argument("task")
-    logs.add_argument("index", nargs="?", type=int, default=0)
+    logs.add_argument("index", nargs="?", type=integer(0), default=0)
     logs.add_argument("--stderr", action="store_true", help="stderr instead of stdout")
     logs.add_argument("-f", "--follow", action="store_true", help="follow until it ends")
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from aiobatch.client import Client  # aiohttp only for the commands that need it
+    from aiobatch.client import Client, RequestRefused  # aiohttp only for these commands
 
     handler = _HANDLERS[args.command]
 
@@ -80,7 +104,11 @@ def run_command(args: argparse.Namespace) -> int:
         async with Client(args.socket) as client:
             return await handler(client, args)
 
-    return anyio.run(main)
+    try:
+        return anyio.run(main)
+    except RequestRefused as exc:  # the service refused what was asked: a usage error
+        print(f"aiobatch {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def _print_json(value: Any) -> None:
@@ -207,8 +235,9 @@ async def _logs(client: Client, args: argparse.Namespace) -> int:
         async for chunk in client.follow_log(args.job, args.task, args.index, stream=stream):
             out.write(chunk)
             out.flush()
-    else:
-        out.write(await client.read_log(args.job, args.task, args.index, stream=stream))
+    else:  # written as it comes: a log of any size costs one chunk of memory
+        async for chunk in client.log_chunks(args.job, args.task, args.index, stream=stream):
+            out.write(chunk)
     out.flush()
     return EXIT_OK
 

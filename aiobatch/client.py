@@ -46,7 +46,17 @@ T = TypeVar("T")
 Params = Mapping[str, str]
 
 CONNECT_TIMEOUT_S = 10.0
+LOG_CHUNK = 64 * 1024  # bytes of a log handed on at a time
+SIZE_HEADER = "X-Aiobatch-Log-Size"
 _error_decoder = msgspec.json.Decoder(wire.ErrorBody)
+
+
+class RequestRefused(AiobatchError, ValueError):
+    """The service refused a request as malformed (400 and the like): ``status`` says which."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class Client:
@@ -151,6 +161,8 @@ class Client:
         except msgspec.DecodeError:
             text = body[:200].decode(errors="replace")
             return AiobatchError(f"HTTP {response.status} from {self.address}: {text}")
+        if detail.type not in wire.ERROR_CLASSES and 400 <= response.status < 500:
+            return RequestRefused(detail.message, response.status)
         return wire.exception_from(detail)
 
     def _unavailable(self, exc: Exception) -> ServiceUnavailable:
@@ -320,6 +332,34 @@ class Client:
         async with self._request("GET", path, params=params) as response:
             return await response.read()
 
+    async def log_chunks(
+        self,
+        job_id: str,
+        task: str,
+        index: int,
+        *,
+        stream: LogStream = "stdout",
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> AsyncIterator[bytes]:
+        """``read_log``'s bytes, a chunk at a time as they arrive (memory: one chunk)."""
+        params = {"offset": str(offset)}
+        if limit is not None:
+            params["limit"] = str(limit)
+        path = f"{_instance(job_id, task, index)}/logs/{stream}"
+        async with self._request("GET", path, params=params) as response:
+            async for chunk in response.content.iter_chunked(LOG_CHUNK):
+                yield chunk
+
+    async def log_size(
+        self, job_id: str, task: str, index: int, *, stream: LogStream = "stdout"
+    ) -> int:
+        """How many bytes the instance's log holds now."""
+        path = f"{_instance(job_id, task, index)}/logs/{stream}"
+        params = {"offset": "0", "limit": "0"}
+        async with self._request("GET", path, params=params) as response:
+            return int(response.headers.get(SIZE_HEADER, "0"))
+
     async def follow_log(
         self, job_id: str, task: str, index: int, *, stream: LogStream = "stdout", offset: int = 0
     ) -> AsyncIterator[bytes]:
@@ -350,12 +390,17 @@ class _EventLines:
         return event
 
 
+def _quoted(text: str) -> str:
+    # A name from argv that was not UTF-8 goes as its bytes; the service says what is wrong.
+    return quote(text, safe="", errors="surrogateescape")
+
+
 def _job(job_id: str) -> str:
-    return f"/jobs/{quote(job_id, safe='')}"
+    return f"/jobs/{_quoted(job_id)}"
 
 
 def _task(job_id: str, task: str) -> str:
-    return f"{_job(job_id)}/tasks/{quote(task, safe='')}"
+    return f"{_job(job_id)}/tasks/{_quoted(task)}"
 
 
 def _instance(job_id: str, task: str, index: int) -> str:

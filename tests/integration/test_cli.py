@@ -210,3 +210,22 @@ def test_refused_spec_writes_nothing(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "$.tasks[0].image: not supported by compute env 'local'" in done.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_numeric_arguments_are_checked_with_their_range(tmp_path: Path) -> None:
+    """Refused by the command line itself (no service is asked): exit 2, one error line."""
+    socket = tmp_path / "none.sock"
+    cases = {
+        ("jobs", "--limit", "-5"): "argument --limit: expected an integer from 1 to",
+        ("jobs", "--limit", "0"): "argument --limit: expected an integer from 1 to",
+        ("jobs", "--limit", str(2**63)): "argument --limit: expected an integer from 1 to",
+        ("logs", "j", "t", "\u0663"): "argument index: expected an integer from 0 to",
+        ("logs", "j", "t", "9" * 5000): "argument index: expected an integer from 0 to",
+        ("stop", "j", "t", "1.5"): "argument index: expected an integer from 0 to",
+    }
+    for args, message in cases.items():
+        done = aiobatch(*args, "--socket", socket)
+        assert done.returncode == 2, (args, done.stderr)
+        assert message in done.stderr and "Traceback" not in done.stderr
+        errors = [line for line in done.stderr.splitlines() if "error:" in line]
+        assert len(errors) == 1 and len(errors[0]) < 200

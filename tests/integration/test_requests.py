@@ -93,7 +93,7 @@ async def test_numbers_beyond_64_bits_or_not_ascii_are_400_naming_the_parameter(
         f"/v1/jobs?limit={too_big}": "limit",
         f"/v1/jobs?offset={'9' * 5000}": "offset",  # past int()'s 4300 digits
         f"/v1/jobs?offset={arabic_three}": "offset",
-        f"/v1/jobs?limit=-5": "limit",
+        "/v1/jobs?limit=-5": "limit",
         f"/v1/jobs/{job_id}/history?after={too_big}": "after",
         f"/v1/jobs/{job_id}/history?limit=10001": "limit",
         f"{log}?offset={too_big}": "offset",
