@@ -9,6 +9,7 @@ so that a client raises the very class the runtime raised.
 from __future__ import annotations
 
 from http import HTTPStatus
+from typing import Literal
 
 import msgspec
 
@@ -61,7 +62,58 @@ class InstanceActionDone(msgspec.Struct, frozen=True, kw_only=True):
     action: str
 
 
+class SlotUsage(msgspec.Struct, frozen=True, kw_only=True):
+    """One compute env's slots: how many there are, how many run an instance now."""
+
+    slots: int
+    used: int
+
+
+class ListenerStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """One listener's connections: open now, its limit, and since the start those refused
+    (over the limit) and those closed for being idle or slow."""
+
+    open: int
+    limit: int
+    refused: int
+    timed_out: int
+
+
+class ServerStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """The server's own part of ``/v1/health``."""
+
+    version: str
+    pid: int
+    socket: str
+    http: str | None  # the TCP listener's URL, if there is one
+    long_requests: int  # streams and waits open now
+    connections: dict[str, ListenerStatistics] = {}  # by listener: "unix", "tcp"
+
+
+class Health(msgspec.Struct, frozen=True, kw_only=True):
+    """``GET /v1/health`` → 200. ``degraded``: the state dir has no room (``store`` says
+    why), or instances' logs are paused until it has."""
+
+    status: Literal["ok", "closing", "degraded"]
+    jobs: dict[str, int]  # jobs held in memory, by state
+    compute_envs: dict[str, SlotUsage]
+    commits: int  # store transactions since the start
+    store: str  # "ok", or why the state dir takes nothing new
+    logs_paused: int
+    server: ServerStatistics
+
+
+class LogviewAddress(msgspec.Struct, frozen=True, kw_only=True):
+    """``GET /v1/jobs/{id}/logview`` → 200: the job's page (token included), or null when
+    the service serves no log view."""
+
+    url: str | None
+
+
 class ErrorDetail(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What went wrong: ``type`` names the error class (``SpecError``, ``JobNotFound``,
+    ``BadRequest``, ...), ``message`` says it in words."""
+
     type: str
     message: str
     errors: list[str] | None = None  # SpecError: every problem with its field path
@@ -70,6 +122,8 @@ class ErrorDetail(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
 
 
 class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
+    """Every 4xx and 5xx answer of the API."""
+
     error: ErrorDetail
 
 
