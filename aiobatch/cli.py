@@ -1,7 +1,8 @@
 """The ``aiobatch`` command.
 
-Exit codes: 0 job SUCCEEDED; 1 job FAILED or CANCELLED; 2 invalid spec, config or usage;
-3 the service cannot be reached; 4 the state dir cannot be written (disk full, read-only):
+Exit codes: 0 job SUCCEEDED; 1 job FAILED or CANCELLED; 2 invalid spec, config or usage, or
+``run``/``serve`` cannot start (one line says why and what to do: the database, the state dir,
+the socket or the address); 3 the service cannot be reached; 4 the state dir's disk is full:
 nothing was accepted, try again once there is space; 130 interrupted (the job is stopped
 cleanly first).
 """
@@ -28,7 +29,7 @@ from aiobatch.errors import (
     RuntimeClosed,
     ServiceUnavailable,
     SpecError,
-    StateDirBusy,
+    StartupError,
     StateDirUnwritable,
 )
 from aiobatch.events import Event, InstanceStateChanged, TaskStateChanged
@@ -95,7 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SpecError, ConfigError) as exc:
         print(f"aiobatch: invalid input:\n{_indent(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
-    except (StateDirBusy, LookupError, JobNotRetryable) as exc:
+    except StartupError as exc:  # before anything was recovered; starting again cannot help
+        print(f"aiobatch: cannot start: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (LookupError, JobNotRetryable) as exc:
         # LookupError: an unknown job, task or instance.
         print(f"aiobatch: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -123,16 +127,11 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from aiobatch.listeners import SocketInUse
     from aiobatch.service import serve
 
     config = load_config(args.config)
     configure_logging(config.logging.format, config.logging.level)
-    try:
-        anyio.run(partial(serve, config, state_dir=args.state_dir, socket=args.socket))
-    except SocketInUse as exc:
-        print(f"aiobatch: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    anyio.run(partial(serve, config, state_dir=args.state_dir, socket=args.socket))
     return EXIT_OK
 
 

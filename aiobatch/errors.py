@@ -54,13 +54,41 @@ class JobFailed(AiobatchError):
         super().__init__(f"job {job_id} ended {status}; failed tasks: {names}")
 
 
-class StateDirBusy(AiobatchError, RuntimeError):
+class StartupError(AiobatchError, RuntimeError):
+    """The runtime or service cannot start, for a reason that starting again would not fix.
+
+    The message is one line: what (a file, an address) and what to do about it. It is known
+    before any job is recovered; the CLI prints it and exits 2 (systemd does not restart)."""
+
+
+class DatabaseUnusable(StartupError):
+    """The state dir's database is corrupt, of another application, or of a newer aiobatch.
+    It is left exactly as it was found."""
+
+    def __init__(self, path: object, problem: str, remedy: str) -> None:
+        self.path, self.problem = path, problem
+        super().__init__(f"database {path} {problem}; {remedy}")
+
+
+class StateDirUnusable(StartupError):
+    """The state dir cannot be made or written for a reason that lasts (read-only file
+    system, permissions); a full disk is StateDirUnwritable."""
+
+    def __init__(self, state_dir: object, reason: str) -> None:
+        self.reason = reason
+        super().__init__(
+            f"state dir {state_dir} cannot be written ({reason}); "
+            "make it writable or use another --state-dir"
+        )
+
+
+class StateDirBusy(StartupError):
     """Another runtime holds the state dir."""
 
     def __init__(self, state_dir: object, holder_pid: str) -> None:
         super().__init__(
             f"state dir {state_dir} is in use by another aiobatch runtime (pid {holder_pid}); "
-            "use another --state-dir"
+            "stop that one or use another --state-dir"
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from collections.abc import Iterator
@@ -9,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
-from aiobatch.errors import StateDirBusy, StateDirUnwritable
+from aiobatch.errors import StateDirBusy, StateDirUnusable, StateDirUnwritable
 
 Stream = Literal["stdout", "stderr"]
 PROBE_BYTES = 64 * 1024  # room for the first transactions: a start needs at least this
@@ -37,28 +38,34 @@ class StateLayout:
             return runtime_id
 
     def prepare(self) -> None:
-        """Make the state dir if need be, and refuse to start where nothing can be stored."""
+        """Make the state dir if need be, and refuse to start where nothing can be stored.
+
+        Raises StateDirUnwritable if its disk is full (room may come back), StateDirUnusable
+        for what lasts: a read-only file system, no permission, not a directory."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
+            self._write_probe()
         except OSError as exc:
-            raise StateDirUnwritable(self.root, exc.strerror or str(exc)) from None
-        self.check_writable()
+            raise start_refused(self.root, exc) from None
 
     def check_writable(self) -> None:
-        """Refuse to start where nothing can be stored: write and remove a small file (a
-        full disk refuses the write itself: file systems reserve the blocks then).
+        """Whether there is room again, while running: write and remove a small file.
 
         Raises StateDirUnwritable (disk full, read-only, no permission)."""
-        probe = self.root / ".write-probe"
         try:
-            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, bytes(PROBE_BYTES))
-            finally:
-                os.close(fd)
-                probe.unlink(missing_ok=True)
+            self._write_probe()
         except OSError as exc:
             raise StateDirUnwritable(self.root, exc.strerror or str(exc)) from None
+
+    def _write_probe(self) -> None:
+        # A full disk refuses the write itself (file systems reserve the blocks then).
+        probe = self.root / ".write-probe"
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, bytes(PROBE_BYTES))
+        finally:
+            os.close(fd)
+            probe.unlink(missing_ok=True)
 
     @property
     def database(self) -> Path:
@@ -84,7 +91,10 @@ def lock_state_dir(path: Path) -> Iterator[None]:
 
     The kernel drops the lock when the process dies, however it dies.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise start_refused(path.parent, exc, path.name) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -99,3 +109,19 @@ def lock_state_dir(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT}  # room may come back: the unit may try again later
+
+
+def start_refused(
+    state_dir: Path, exc: OSError, name: str | None = None
+) -> StateDirUnwritable | StateDirUnusable:
+    """Why a start cannot use ``state_dir`` (``name``: the file in it that failed)."""
+    reason = "it is not a directory" if isinstance(exc, FileExistsError) else exc.strerror
+    reason = reason or str(exc)
+    if name is not None:
+        reason = f"{name}: {reason}"
+    if exc.errno in _NO_ROOM:
+        return StateDirUnwritable(state_dir, reason)
+    return StateDirUnusable(state_dir, reason)

@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -48,6 +49,7 @@ from aiobatch.executors.base import Executor
 from aiobatch.executors.local import LocalExecutor
 from aiobatch.hooks import Hooks
 from aiobatch.layout import StateLayout, Stream, lock_state_dir
+from aiobatch.listeners import Listeners, bind_listeners
 from aiobatch.model import JobRec, TaskRec
 from aiobatch.queries import Queries
 from aiobatch.resources import Resources
@@ -132,6 +134,15 @@ class Runtime:
         stack = AsyncExitStack()
         await stack.__aenter__()
         try:
+            # Every reason not to start (StartupError) shows before any job is recovered:
+            # the log view's address, the state dir, its lock, its database.
+            listeners = None
+            if self._logview is not None:
+                config = self._logview_config()
+                listeners = await anyio.to_thread.run_sync(
+                    partial(bind_listeners, config, unix=False)
+                )
+                stack.callback(listeners.close)
             await anyio.to_thread.run_sync(self._layout.prepare)
             stack.enter_context(lock_state_dir(self._layout.lock))
             await self._store.open()
@@ -159,8 +170,8 @@ class Runtime:
                 layout=self._layout,
                 check=self.resolve,
             )
-            if self._logview is not None:
-                await self._serve_logview(stack, self._logview)
+            if listeners is not None:
+                await self._serve_logview(stack, listeners)
         except BaseException:
             self._stack = None
             await stack.__aexit__(None, None, None)
@@ -177,11 +188,14 @@ class Runtime:
         assert stack is not None
         return await stack.__aexit__(exc_type, exc, tb)
 
-    async def _serve_logview(self, stack: AsyncExitStack, address: str) -> None:
+    def _logview_config(self) -> ServerConfig:
+        return ServerConfig(http=self._logview, token=self.logview_token)
+
+    async def _serve_logview(self, stack: AsyncExitStack, listeners: Listeners) -> None:
         from aiobatch.server import ControlServer  # aiohttp's server only when asked for
 
-        config = ServerConfig(http=address, token=self.logview_token)
-        server = await stack.enter_async_context(ControlServer(self, config, unix=False))
+        server = ControlServer(self, self._logview_config(), unix=False, listeners=listeners)
+        await stack.enter_async_context(server)
         self.logview_url = server.http_url
         log.info("logview", url=self.logview_url)
 
@@ -251,16 +265,21 @@ class Runtime:
         await self._resources.open_for(defn)
         job_id, seq, now = new_job_id(), self._next_seq, time.time()
         self._next_seq += 1
+        # Whatever can fail is done before the store has the job: its records in memory,
+        # its rows encoded and tried (add_job raises SpecError for what SQLite cannot hold).
+        job = JobRec(job_id, defn, seq, now)
         submitted = JobSubmitted(job_id=job_id, name=defn.name, ts=now)
         self._store.add_job(submitted, seq, defn)
-        try:
-            await self._store.flush(required=True)
-        except StateDirUnwritable:
-            self._store.withdraw_job(job_id)  # refused: nothing of it is stored later
-            raise
-        self._bus.publish(submitted)  # accepted: now the watchers hear of it
-        job = JobRec(job_id, defn, seq, now)
-        self._engine.add_job(job)
+        # Handed to the store, the job is accepted or refused as a whole: a caller that goes
+        # away meanwhile (a client disconnecting) must not leave it stored but not running.
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._store.flush(required=True)
+            except BaseException:
+                self._store.withdraw_job(job_id)  # refused: nothing of it is stored later
+                raise
+            self._bus.publish(submitted)  # accepted: now the watchers hear of it
+            self._engine.add_job(job)
         self._attempts.pump()
         log.info("job_submitted", job_id=job_id, name=defn.name, tasks=len(defn.tasks))
         return self._handle(job)

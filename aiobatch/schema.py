@@ -69,6 +69,10 @@ MIGRATIONS = {
     "ALTER TABLE instances ADD COLUMN stop_reason TEXT;",
 }
 
+INSERT_JOB = "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+INSERT_TASK = "INSERT INTO tasks VALUES (?, ?, ?, ?)"
+INSERT_EVENT = "INSERT INTO events (job_id, body) VALUES (?, ?)"
+
 UPSERT_INSTANCE = """
 INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)
 ON CONFLICT (job_id, task, idx) DO UPDATE SET
@@ -105,6 +109,8 @@ class JobRow:
     submitted_at: float
     started_at: float | None
     ended_at: float | None
+    # Why the stored spec cannot be read (``defn`` is then a stand-in without tasks).
+    damaged: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,11 +132,19 @@ class InstanceRow:
 
 
 def job_row(row: Any) -> JobRow:
+    """A row of ``jobs``. One whose spec cannot be decoded is still listed (``damaged``)."""
     stopping = (JobState(row[7]), row[8]) if row[7] else None
+    damaged = None
+    try:
+        defn = msgspec.json.decode(row[4], type=JobDef)
+    except (msgspec.DecodeError, TypeError) as exc:
+        damaged = f"its stored spec cannot be read: {' '.join(str(exc).split())[:200]}"
+        defn = JobDef(name=str(row[2]), tasks=())
     return JobRow(
         id=row[0],
         seq=row[1],
-        defn=msgspec.json.decode(row[4], type=JobDef),
+        defn=defn,
+        damaged=damaged,
         state=JobState(row[5]),
         reason=row[6],
         stopping=stopping,

@@ -1,6 +1,8 @@
 """``aiobatch serve``: one Runtime behind the control socket, as a systemd service.
 
-Start: recovery (in ``Runtime.__aenter__``), then the socket listens, then READY=1.
+Start: the sockets are bound (a socket in use or a bad address stops the start before the
+state dir is opened), then recovery (in ``Runtime.__aenter__``), then the server answers on
+them, then READY=1.
 SIGTERM or SIGINT: STOPPING=1; submissions are refused (503) while status queries still
 answer; running attempts get ``shutdown_grace`` to finish; then the socket closes and the
 rest are interrupted (or, with ``detach_on_shutdown``, containers are left running). A
@@ -11,12 +13,15 @@ from __future__ import annotations
 
 import signal
 from collections.abc import AsyncIterator
+from contextlib import closing
+from functools import partial
 from pathlib import Path
 
 import anyio
 import structlog
 
 from aiobatch.config import Config
+from aiobatch.listeners import bind_listeners
 from aiobatch.runtime import Runtime
 from aiobatch.server import ControlServer
 from aiobatch.systemd import Notifier, run_watchdog, watchdog_interval
@@ -29,10 +34,13 @@ async def serve(config: Config, *, state_dir: Path | None, socket: Path | None) 
     # Taken out of the environment so task instances cannot talk to systemd as us.
     notifier = Notifier(unset_environment=True)
     watchdog = watchdog_interval(unset_environment=True)
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    listeners = await anyio.to_thread.run_sync(
+        partial(bind_listeners, config.server, socket=socket)
+    )
+    with closing(listeners), anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with (
             Runtime(state_dir, config=config) as runtime,
-            ControlServer(runtime, config.server, socket=socket) as server,
+            ControlServer(runtime, config.server, listeners=listeners) as server,
             anyio.create_task_group() as tg,
         ):
             if server.http_url is not None:  # the log view is served there too

@@ -21,7 +21,8 @@ import structlog
 from anyio.abc import TaskStatus
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
-from aiobatch.errors import StateDirUnwritable
+from aiobatch.dbcheck import check_database
+from aiobatch.errors import DatabaseUnusable, RuntimeClosed, SpecError, StateDirUnwritable
 from aiobatch.events import (
     Event,
     InstanceStateChanged,
@@ -34,6 +35,9 @@ from aiobatch.events import (
     event_encoder,
 )
 from aiobatch.schema import (
+    INSERT_EVENT,
+    INSERT_JOB,
+    INSERT_TASK,
     MIGRATIONS,
     SCHEMA,
     SCHEMA_VERSION,
@@ -47,7 +51,7 @@ from aiobatch.schema import (
 )
 from aiobatch.spec import JobDef
 from aiobatch.states import InstanceState, JobState
-from aiobatch.writes import Batch, Waiter
+from aiobatch.writes import Batch, TrialRows, Waiter
 
 log = structlog.get_logger("aiobatch.store")
 
@@ -55,7 +59,8 @@ RETRY_FIRST_S = 0.1  # a failed write is tried again after this, doubling up to 
 RETRY_MAX_S = 5.0
 # SQLite's primary result codes that mean the file system, not the data: full, I/O error,
 # read-only. Writes are kept in memory and tried again.
-_STORAGE_CODES = {13, 10, 8}  # SQLITE_FULL, SQLITE_IOERR, SQLITE_READONLY
+_SQLITE_FULL = 13
+_STORAGE_CODES = {_SQLITE_FULL, 10, 8}  # SQLITE_FULL, SQLITE_IOERR, SQLITE_READONLY
 
 
 class Store:
@@ -63,6 +68,7 @@ class Store:
         self.path = Path(path)
         self._db: aiosqlite.Connection | None = None
         self._batch = Batch()
+        self._trial = TrialRows()
         self._wake = anyio.Event()
         self.commits = 0  # transactions written, for statistics and tests
         self._writing = False  # a writer task runs
@@ -76,11 +82,23 @@ class Store:
         return self._db
 
     async def open(self) -> None:
+        """Open the database, or refuse to (DatabaseUnusable, StateDirUnwritable) before
+        anything is written to it: a corrupt or foreign file is left as it was found."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        await anyio.to_thread.run_sync(check_database, self.path)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, one per batch.
         self._db = await aiosqlite.connect(self.path, isolation_level=None)
         try:
             await self._configure()
+        except sqlite3.Error as exc:
+            await self.close()
+            if _storage_failure(exc) and exc.sqlite_errorcode & 0xFF == _SQLITE_FULL:
+                raise StateDirUnwritable(self.path.parent, str(exc)) from None
+            raise DatabaseUnusable(
+                self.path,
+                f"cannot be opened for writing ({exc})",
+                "check the file, its permissions and its file system",
+            ) from None
         except BaseException:
             await self.close()
             raise
@@ -92,6 +110,7 @@ class Store:
         await self.db.execute("PRAGMA synchronous = NORMAL")
         await self.db.execute("PRAGMA foreign_keys = OFF")
         await self._migrate()
+        await self._probe()  # a file that cannot be written shows now, not at the first job
 
     async def close(self) -> None:
         if self._batch.events or self._batch.new_jobs:
@@ -115,9 +134,11 @@ class Store:
         async with self.db.execute("SELECT version FROM schema_version") as cursor:
             row = await cursor.fetchone()
         version = row[0] if row else 0
-        if not 1 <= version <= SCHEMA_VERSION:
-            raise sqlite3.DatabaseError(
-                f"{self.path}: schema version {version}, this aiobatch reads 1 to {SCHEMA_VERSION}"
+        if not 1 <= version <= SCHEMA_VERSION:  # check_database said so already
+            raise DatabaseUnusable(
+                self.path,
+                f"has schema version {version}; this aiobatch reads 1 to {SCHEMA_VERSION}",
+                "use another --state-dir",
             )
         steps = " ".join(MIGRATIONS[v] for v in range(version + 1, SCHEMA_VERSION + 1))
         if steps:  # one transaction: a crash mid-migration leaves the old version intact
@@ -162,16 +183,34 @@ class Store:
     def add_job(self, submitted: JobSubmitted, seq: int, defn: JobDef) -> None:
         """Buffer a new job with its tasks, all PENDING, and its ``JobSubmitted`` event;
         ``flush`` makes them durable. The caller publishes the event once they are: a
-        watcher never hears of a job that was refused."""
-        batch = self._batch
+        watcher never hears of a job that was refused.
+
+        The rows are encoded and tried here (``trial_rows``): a job that the writer could not
+        store is refused now, with SpecError, and nothing of it is buffered."""
         job_id, submitted_at = submitted.job_id, submitted.ts
-        spec = msgspec.json.encode(defn)
-        batch.new_jobs.append(
-            (job_id, seq, defn.name, defn.priority, spec, JobState.SUBMITTED.value, None,
-             None, None, submitted_at, None, None)
+        try:
+            spec = msgspec.json.encode(defn)
+            event = event_encoder.encode(submitted)
+        except (msgspec.EncodeError, UnicodeEncodeError, OverflowError) as exc:
+            raise SpecError([f"$: cannot be stored: {exc}"]) from None
+        job = (
+            job_id, seq, defn.name, defn.priority, spec, JobState.SUBMITTED.value, None,
+            None, None, submitted_at, None, None,
         )  # fmt: skip
-        batch.new_tasks.extend((job_id, task.name, "PENDING", None) for task in defn.tasks)
-        batch.events.append((job_id, event_encoder.encode(submitted)))
+        tasks = [(job_id, task.name, "PENDING", None) for task in defn.tasks]
+        self._trial.check(job, tasks, (job_id, event))
+        batch = self._batch
+        batch.new_jobs.append(job)
+        batch.new_tasks.extend(tasks)
+        batch.events.append((job_id, event))
+        self._wake.set()
+
+    def fail_job(self, job_id: str, reason: str, ts: float) -> None:
+        """Store an unfinished job as FAILED without loading it (it cannot be: see restart),
+        with the event that says so in its history; ``flush`` makes it durable."""
+        event = JobStateChanged(job_id=job_id, state=JobState.FAILED.value, reason=reason, ts=ts)
+        self._batch.job_updates.append((event.state, reason, None, ts, job_id))
+        self._batch.events.append((job_id, event_encoder.encode(event)))
         self._wake.set()
 
     async def flush(self, *, required: bool = False) -> None:
@@ -214,6 +253,8 @@ class Store:
                         await self.write_pending()
         finally:
             self._writing = False
+            # Nobody waits for a writer that is gone (flush writes itself from now on).
+            self._batch.release(RuntimeClosed("the store's writer has stopped"))
 
     async def write_pending(self) -> None:
         """Write what is buffered in one transaction. If the disk is full (or the file
@@ -225,8 +266,9 @@ class Store:
             # With nothing to write (what failed was withdrawn), a write of no consequence
             # still tells whether there is room again.
             await self._write(batch) if batch else await self._probe()
-        except sqlite3.Error as exc:
-            if not _storage_failure(exc):
+        except BaseException as exc:
+            if not (isinstance(exc, sqlite3.Error) and _storage_failure(exc)):
+                batch.release(exc)  # a bug, not the disk: its waiters hear of it, not wait
                 raise
             batch.absorb(self._batch)  # what came since goes after it
             self._batch = batch
@@ -281,10 +323,8 @@ class Store:
     async def _write_rows(self, batch: Batch) -> None:
         db = self.db
         if batch.new_jobs:
-            await db.executemany(
-                "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", batch.new_jobs
-            )
-            await db.executemany("INSERT INTO tasks VALUES (?, ?, ?, ?)", batch.new_tasks)
+            await db.executemany(INSERT_JOB, batch.new_jobs)
+            await db.executemany(INSERT_TASK, batch.new_tasks)
         # Stop requests first: a job that ends in the same batch then clears them.
         if batch.job_stops:
             await db.executemany(
@@ -310,7 +350,7 @@ class Store:
         if batch.instance_stops:  # after the rows they name, which this batch may create
             await db.executemany(STOP_INSTANCE, batch.instance_stops)
         if batch.events:
-            await db.executemany("INSERT INTO events (job_id, body) VALUES (?, ?)", batch.events)
+            await db.executemany(INSERT_EVENT, batch.events)
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -8,10 +8,15 @@ waiters are told at once, so nothing waits on a disk.
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+
+from aiobatch.errors import SpecError
+from aiobatch.schema import INSERT_EVENT, INSERT_JOB, INSERT_TASK, SCHEMA
 
 # While nothing can be written, events for the history are kept up to this many; the rows
 # they changed are kept in any case (one per task and instance: bounded by the jobs).
@@ -78,3 +83,65 @@ class Batch:
             waiter.error = error
             waiter.done.set()
         self.waiters = []
+
+
+Row = tuple[Any, ...]
+INT64 = "a signed 64-bit integer (-9223372036854775808 to 9223372036854775807)"
+
+
+class TrialRows:
+    """An empty copy of the schema in memory, on which a new job's rows are inserted and
+    rolled back: what the writer would fail on (an integer beyond 64 bits, text that is not
+    UTF-8, a duplicate key) fails here, in ``submit``, as SpecError, never in the writer,
+    whose failure would take the runtime down."""
+
+    def __init__(self) -> None:
+        self._db: sqlite3.Connection | None = None
+
+    def check(self, job: Row, tasks: Sequence[Row], event: Row) -> None:
+        db = self._connection()
+        db.execute("BEGIN")
+        try:
+            db.execute(INSERT_JOB, job)
+            db.executemany(INSERT_TASK, tasks)
+            db.execute(INSERT_EVENT, event)
+        except (sqlite3.Error, OverflowError, UnicodeEncodeError) as exc:
+            raise SpecError([self._problem(job, tasks, exc)]) from None
+        finally:
+            db.execute("ROLLBACK")
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            # Used from the event loop only; made there, or in whichever thread made the store.
+            self._db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            self._db.executescript(SCHEMA)
+        return self._db
+
+    def _problem(self, job: Row, tasks: Sequence[Row], exc: Exception) -> str:
+        """The field path and what is wrong with it, for the error that ``exc`` is."""
+        if isinstance(exc, sqlite3.IntegrityError):
+            seen: set[str] = set()
+            for index, (_, name, _, _) in enumerate(tasks):
+                if name in seen:
+                    return f"$.tasks[{index}].name: {name[:60]!r} is the name of another task"
+                seen.add(name)
+        for column, field_path in ((2, "$.name"), (3, "$.priority")):
+            why = self._unstorable(job[column])
+            if why is not None:
+                return f"{field_path}: {why}"
+        for index, task in enumerate(tasks):
+            why = self._unstorable(task[1])
+            if why is not None:
+                return f"$.tasks[{index}].name: {why}"
+        return f"$: cannot be stored: {exc}"
+
+    def _unstorable(self, value: Any) -> str | None:
+        try:
+            self._connection().execute("SELECT ?", (value,))
+        except OverflowError:
+            return f"is beyond {INT64}"
+        except UnicodeEncodeError:
+            return "is not valid text (it holds a lone surrogate)"
+        except sqlite3.Error as exc:
+            return f"cannot be stored: {exc}"
+        return None

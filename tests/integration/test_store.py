@@ -1,12 +1,19 @@
-"""The SQLite store on real files: group commit, schema version, loading rows back."""
+"""The SQLite store on real files: group commit, schema version, loading rows back, and
+rows it cannot hold refused before they reach the writer."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
+from typing import Any
 
+import anyio
+import msgspec
 import pytest
 
+from aiobatch import Runtime
+from aiobatch.errors import DatabaseUnusable, SpecError
 from aiobatch.events import (
     InstanceStateChanged,
     JobStateChanged,
@@ -15,7 +22,7 @@ from aiobatch.events import (
     TaskStateChanged,
 )
 from aiobatch.schema import SCHEMA, SCHEMA_VERSION
-from aiobatch.spec import resolve_spec
+from aiobatch.spec import JobDef, resolve_spec
 from aiobatch.store import Store
 
 pytestmark = pytest.mark.anyio
@@ -62,8 +69,84 @@ async def test_unknown_schema_version_is_refused(tmp_path: Path) -> None:
     await store.close()
     with sqlite3.connect(tmp_path / "db.sqlite") as db:
         db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
-    with pytest.raises(sqlite3.DatabaseError, match="schema version"):
+    db.close()
+    path = anyio.Path(tmp_path / "db.sqlite")
+    before = await path.read_bytes()
+    with pytest.raises(DatabaseUnusable, match=f"schema version {SCHEMA_VERSION + 1};"):
         await Store(tmp_path / "db.sqlite").open()
+    assert await path.read_bytes() == before  # and no -wal or -shm was left beside it
+    assert [p.name async for p in anyio.Path(tmp_path).iterdir()] == ["db.sqlite"]
+
+
+def unvalidated(defn: JobDef, **changes: Any) -> JobDef:
+    """``defn`` changed past the spec's validator: what the store must still refuse."""
+    return msgspec.structs.replace(defn, **changes)
+
+
+ONE_TASK = {"name": "j", "tasks": [{"name": "t", "command": "true"}]}
+
+
+@pytest.mark.parametrize(
+    ("changes", "error"),
+    [
+        ({"priority": 2**70}, "$.priority: is beyond a signed 64-bit integer"),
+        ({"priority": -(2**63) - 1}, "$.priority: is beyond a signed 64-bit integer"),
+        ({"name": "bad\udc80"}, "$: cannot be stored: "),  # the spec itself: not UTF-8
+        ("duplicate", "$.tasks[1].name: 't' is the name of another task"),
+    ],
+)
+async def test_rows_sqlite_cannot_hold_are_refused_by_add_job(
+    tmp_path: Path, changes: Any, error: str
+) -> None:
+    defn = resolve_spec(ONE_TASK)
+    if changes == "duplicate":
+        bad = unvalidated(defn, tasks=defn.tasks * 2)
+    else:
+        bad = unvalidated(defn, **changes)
+    store = Store(tmp_path / "db.sqlite")
+    await store.open()
+    try:
+        with pytest.raises(SpecError) as refused:
+            store.add_job(JobSubmitted(job_id="bad", name="j", ts=1.0), 1, bad)
+        assert refused.value.errors[0].startswith(error), refused.value.errors
+        store.add_job(JobSubmitted(job_id="good", name="j", ts=1.0), 2, defn)
+        await store.flush()  # the writer of a test: what it writes, the runtime's would
+        assert [row.id for row in await store.list_job_rows()] == ["good"]
+        assert await store.events("bad") == []
+    finally:
+        await store.close()
+
+
+async def test_a_job_the_store_cannot_hold_is_refused_and_the_runtime_goes_on(
+    tmp_path: Path,
+) -> None:
+    """Past the validator (bypassed here), a priority beyond 64 bits reached the writer,
+    whose OverflowError took the runtime down. Now submit refuses it; nothing is stored."""
+    async with Runtime(tmp_path / "state") as rt:
+        defn = rt.resolve(ONE_TASK)
+        async with rt.subscribe() as events:
+            with pytest.raises(SpecError, match=r"\$\.priority: is beyond a signed 64-bit"):
+                await rt.submit(unvalidated(defn, priority=2**64))
+            with pytest.raises(SpecError, match=r"\$\.tasks\[1\]\.name: 't' is the name"):
+                await rt.submit(unvalidated(defn, tasks=defn.tasks * 2))
+            job = await rt.submit(defn)  # the runtime goes on
+            done = await job.wait_for_completion()
+            heard = [event.job_id for event in drain(events) if isinstance(event, JobSubmitted)]
+        assert done.status == "SUCCEEDED"
+        assert heard == [job.id]
+        assert [summary.id for summary in await rt.list_jobs()] == [job.id]
+    with sqlite3.connect(tmp_path / "state" / "aiobatch.db") as db:
+        assert db.execute("SELECT id FROM jobs").fetchall() == [(job.id,)]
+        assert db.execute("SELECT DISTINCT job_id FROM events").fetchall() == [(job.id,)]
+    db.close()
+
+
+def drain(stream: Any) -> list[Any]:
+    taken = []
+    with contextlib.suppress(anyio.WouldBlock):
+        while True:
+            taken.append(stream.receive_nowait())
+    return taken
 
 
 async def test_a_version_1_database_is_migrated_with_its_rows(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
+from aiobatch.cli import EXIT_UNWRITABLE, EXIT_USAGE
 from aiobatch.systemd import Notifier, run_watchdog, watchdog_interval
 
 UNIT = Path(__file__).parents[2] / "config" / "aiobatch.service"
@@ -271,3 +272,14 @@ def test_unit_has_the_required_settings() -> None:
     # Drain (shutdown_grace 30s) plus one kill_grace (10s), with margin.
     assert settings["TimeoutStopSec"].endswith("s")
     assert int(settings["TimeoutStopSec"].removesuffix("s")) >= 30 + 10 + 15
+
+
+def test_the_unit_does_not_restart_on_what_a_restart_cannot_fix() -> None:
+    """A start refused (exit 2: bad config, corrupt database, address in use...) or a full
+    disk (exit 4) would fail again at once: Restart=on-failure would loop."""
+    prevented: set[int] = set()
+    for line in UNIT.read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key == "RestartPreventExitStatus":
+            prevented.update(int(code) for code in value.split())
+    assert {EXIT_USAGE, EXIT_UNWRITABLE} <= prevented
