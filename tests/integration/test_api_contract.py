@@ -37,10 +37,12 @@ from tests.integration.unix_http import unix_session
 
 Case = GenericCase[Any]  # of any operation
 BASE_URL = "http://localhost"  # any host: the session dials the socket
-MAX_EXAMPLES = 12  # per operation and mode, for the suite's time budget
+MAX_EXAMPLES = 20  # per operation and mode, for the suite's time budget
 STATEFUL_RUNS = 40
 TIMEOUT_S = 20.0  # no answer may take longer (waits and streams end with their short jobs)
-MAX_INSTANCES, MAX_RETRIES = 2, 1
+# The service takes at most MAX_INSTANCES per task (its config); generated counts are capped
+# a little above, so that its refusal of more is tested too, but never to a fan-out.
+MAX_INSTANCES, INSTANCES_CAP, MAX_RETRIES = 2, 4, 1
 # The commands a job of this test may run: one that succeeds, one that fails (to retry), one
 # that runs long enough to be suspended or stopped while it runs.
 COMMANDS: tuple[str | list[str], ...] = (
@@ -49,14 +51,15 @@ COMMANDS: tuple[str | list[str], ...] = (
     "echo out; echo err >&2; exit 3",
     ["sleep", "0.2"],
 )
-CONFIG = """
+CONFIG = f"""
 kill_grace = "1s"
 shutdown_grace = "1s"
+max_instances = {MAX_INSTANCES}
 
 [compute_envs.local]
 slots = 2
 
-# Tasks with an image land here, as local processes: no engine, no pull.
+# The built-in `docker` env made a local one: no engine is ever reached, no image pulled.
 [compute_envs.docker]
 kind = "local"
 slots = 2
@@ -120,7 +123,7 @@ def harmless_task(task: Any, sandbox: str) -> Any:
     elif isinstance(command, list) and command:
         task["command"] = ["true"]
     if "instances" in task:
-        task["instances"] = capped(task["instances"], MAX_INSTANCES)
+        task["instances"] = capped(task["instances"], INSTANCES_CAP)
     retries = task.get("retries")
     if isinstance(retries, dict) and "limit" in retries:
         task["retries"] = {**retries, "limit": capped(retries["limit"], MAX_RETRIES)}
