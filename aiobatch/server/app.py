@@ -110,7 +110,7 @@ class ControlServer:
                 if sock is not None
             ]
             runner = web.AppRunner(
-                self._application(),
+                self._application(limits),
                 access_log=None,
                 shutdown_timeout=SHUTDOWN_GRACE_S,
                 keepalive_timeout=limits.idle_timeout_s,
@@ -168,7 +168,7 @@ class ControlServer:
             },
         }
 
-    def _application(self) -> web.Application:
+    def _application(self, limits: Limits) -> web.Application:
         app = web.Application(
             client_max_size=wire.MAX_BODY_BYTES,
             middlewares=[self._errors, self._authorize],
@@ -177,7 +177,7 @@ class ControlServer:
         routes = [
             web.get(wire.API_PREFIX + "/health", self._health),
             web.get(wire.API_PREFIX + "/openapi.json", self._openapi),
-            *JobHandlers(self.api, self._long).routes(),
+            *JobHandlers(self.api, self._long, limits).routes(),
             *LogHandlers(self.api, self._long).routes(),
             *EventHandlers(self.api, self._long).routes(),
         ]

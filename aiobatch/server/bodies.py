@@ -20,7 +20,6 @@ from aiobatch import wire
 from aiobatch.errors import SpecError
 from aiobatch.server.responses import RequestError, bad_request, json_response
 
-BODY_TIMEOUT_S = 30.0  # the whole body must have come within this long
 YAML_MAX_NODES = 100_000  # values in a YAML body counted with its aliases expanded
 YAML_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"})
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -35,22 +34,22 @@ async def defer_continue(request: web.Request) -> web.StreamResponse | None:
     return None
 
 
-async def read_body(request: web.Request, limit: int = wire.MAX_BODY_BYTES) -> bytes:
-    """The body, at most ``limit`` bytes (else 413), all of it within BODY_TIMEOUT_S (else 408)."""
+async def read_body(request: web.Request, *, limit: int, timeout_s: float) -> bytes:
+    """The body, at most ``limit`` bytes (else 413), all of it within ``timeout_s`` (else 408)."""
     if request.content_length is not None and request.content_length > limit:
         raise too_large(limit)
     if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
         await request.writer.write(CONTINUE)
         request.writer.output_size = 0  # not part of the response proper
     body = bytearray()
-    with anyio.move_on_after(BODY_TIMEOUT_S) as timer:
+    with anyio.move_on_after(timeout_s) as timer:
         async for chunk in request.content.iter_any():
             body += chunk
             if len(body) > limit:
                 raise too_large(limit)
     if timer.cancelled_caught:
         raise RequestError(
-            HTTPStatus.REQUEST_TIMEOUT, f"request body not received within {BODY_TIMEOUT_S:g} s"
+            HTTPStatus.REQUEST_TIMEOUT, f"request body not received within {timeout_s:g} s"
         )
     return bytes(body)
 
@@ -61,9 +60,9 @@ def too_large(limit: int) -> RequestError:
     )
 
 
-async def read_spec(request: web.Request) -> Mapping[str, Any]:
+async def read_spec(request: web.Request, timeout_s: float) -> Mapping[str, Any]:
     """The job spec in a request body; nothing else (a string would be taken for a path)."""
-    body = await read_body(request)
+    body = await read_body(request, limit=wire.MAX_BODY_BYTES, timeout_s=timeout_s)
     if not body.strip():
         raise bad_request("empty request body: send a job spec")
     data = parse_body(body, request.content_type)

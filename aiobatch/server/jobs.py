@@ -9,6 +9,7 @@ from aiohttp import web
 from aiobatch import wire
 from aiobatch.errors import JobNotFound, RuntimeClosed
 from aiobatch.server.bodies import read_spec
+from aiobatch.server.limits import Limits
 from aiobatch.server.params import (
     MAX_HISTORY_PAGE,
     flag_param,
@@ -28,9 +29,10 @@ CLIENT_GONE = 499  # logged (never sent) when the peer left before the answer wa
 
 
 class JobHandlers:
-    def __init__(self, api: ServedAPI, long_requests: LongRequests) -> None:
+    def __init__(self, api: ServedAPI, long_requests: LongRequests, limits: Limits) -> None:
         self.api = api
         self._long = long_requests
+        self._limits = limits
 
     def routes(self) -> list[web.RouteDef]:
         job = wire.API_PREFIX + "/jobs/{job_id}"
@@ -57,7 +59,7 @@ class JobHandlers:
 
     async def submit(self, request: web.Request) -> web.Response:
         query(request)
-        spec = await read_spec(request)
+        spec = await read_spec(request, self._limits.body_timeout_s)
         job = await self.api.submit(spec)
         body = wire.Submitted(
             id=job.id, name=job.name, status=job.status.value, tasks=job.get_task_names()

@@ -26,6 +26,7 @@ MAX_CONNECTIONS = 1024  # open connections per listener (fewer if the file limit
 FD_SHARE = 4  # a listener holds at most this fraction of the process's file limit
 HEADER_TIMEOUT_S = 10.0  # from connecting to a complete request line and headers
 IDLE_TIMEOUT_S = 75.0  # from an answer to the next request's complete headers
+BODY_TIMEOUT_S = 30.0  # from a request's headers to the end of its body
 LINGER_S = 1.0  # how long an unread request body is drained (and dropped) after the answer
 MAX_LINE_BYTES = 8190  # a request line, and a header line (aiohttp refuses longer: 400)
 MAX_HEADERS = 128  # header lines in one request (more: 400)
@@ -38,6 +39,7 @@ class Limits:
     connections: int = MAX_CONNECTIONS
     header_timeout_s: float = HEADER_TIMEOUT_S
     idle_timeout_s: float = IDLE_TIMEOUT_S
+    body_timeout_s: float = BODY_TIMEOUT_S
 
 
 def raise_open_files_limit() -> int:

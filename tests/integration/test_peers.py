@@ -222,3 +222,26 @@ async def test_a_full_listener_closes_new_peers_at_once_and_takes_them_again_lat
             await stream.aclose()
         refused = control.statistics()["connections"]["unix"]["refused"]
     assert answer.startswith(b"HTTP/1.1 200 OK") and refused == 1
+
+
+async def test_a_body_that_does_not_come_in_time_is_408_and_nothing_is_stored(
+    state_dir: Path, sock_path: Path
+) -> None:
+    limits = Limits(body_timeout_s=0.5)
+    spec = b'{"name": "slow", "tasks": [{"name": "t", "command": "true"}]}'
+    async with (
+        Runtime(state_dir) as rt,
+        ControlServer(rt, socket=sock_path, limits=limits),
+        await anyio.connect_unix(str(sock_path)) as stream,
+    ):
+        head = b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(spec)
+        await stream.send(head + spec[:10])  # and the rest never
+        started, answer = anyio.current_time(), b""
+        with anyio.fail_after(10):
+            while b"}}" not in answer:
+                answer += await stream.receive()
+        took = anyio.current_time() - started
+        jobs = await rt.list_jobs()
+    assert answer.startswith(b"HTTP/1.1 408 Request Timeout")
+    assert b'"message":"request body not received within 0.5 s"' in answer
+    assert 0.4 <= took < 5 and jobs == []

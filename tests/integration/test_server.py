@@ -411,3 +411,21 @@ async def test_encoded_snapshots_are_the_api_structs(state_dir: Path, sock_path:
     assert instance["status"] == "FAILED" and instance["exit_code"] == 1
     assert "stderr_tail" in instance
     assert missing[0] == 404 and missing[1]["error"]["type"] == "InstanceNotFound"
+
+
+async def test_openapi_document_is_served_with_the_same_auth_as_other_reads(
+    state_dir: Path, sock_path: Path
+) -> None:
+    config = ServerConfig(http="127.0.0.1:0", token="s3cret")
+    async with serving(state_dir, sock_path, server=config) as (_, control):
+        async with raw(sock_path) as session:
+            status, document = await request(session, "GET", "/openapi.json")
+        assert control.http_url is not None
+        url = control.http_url + "/v1/openapi.json"
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url) as response:
+                anonymous = response.status
+            async with session.get(url, headers={"Authorization": "Bearer s3cret"}) as response:
+                signed = response.status, await response.json()
+    assert status == 200 and "/v1/jobs" in document["paths"]
+    assert anonymous == 401 and signed == (200, document)
