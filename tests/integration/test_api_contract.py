@@ -75,6 +75,11 @@ SCHEMATHESIS_CONFIG: dict[str, Any] = {
         "response_headers_conformance": {"enabled": True},
         "response_schema_conformance": {"enabled": True},
         "negative_data_rejection": {"enabled": True},
+        "unsupported_method": {"enabled": True},
+        "allow_header_conformance": {"enabled": True},
+        "missing_required_header": {"enabled": True},
+        "ensure_resource_availability": {"enabled": True},
+        "use_after_free": {"enabled": True},
     },
 }
 
