@@ -383,3 +383,22 @@ def png_size(path: Path) -> tuple[int, int]:
     assert header[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", header[16:24])
     return width, height
+
+
+def test_a_big_log_is_followed_from_near_its_end(browser: WebDriver, logview: LogView) -> None:
+    job = logview.submit({"name": "chatty", "tasks": [{"name": "say", "command": "seq 300000"}]})
+    logview.portal.call(job.wait_for_completion)
+    size = len("".join(f"{n}\n" for n in range(1, 300_001)))
+    browser.get(logview.address(job))
+    page_ready(browser)
+    click_cell(browser, "say", 0)
+    shown = wait_text(browser, ".log-stdout pre.log", lambda t: t.endswith("300000"), "the end")
+    follows = browser.execute_script(
+        "return performance.getEntriesByType('resource').map((e) => e.name)"
+        ".filter((name) => name.includes('/logs/stdout?follow=1'))"
+    )
+    keep = 256 * 1024  # LOG_KEEP in panel.js
+    assert [url.rsplit("offset=", 1)[1] for url in follows] == [str(size - keep)]
+    assert int(shown.split("\n", 1)[0]) > 250_000
+    note = browser.find_element(By.CSS_SELECTOR, ".log-stdout p.muted")
+    assert note.is_displayed() and "download the full log" in note.text
