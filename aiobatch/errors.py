@@ -106,11 +106,12 @@ class RuntimeClosed(AiobatchError, RuntimeError):
 
 
 class JobNotRetryable(AiobatchError, ValueError):
-    """Only a FAILED or CANCELLED job can be retried."""
+    """Only a FAILED or CANCELLED job can be retried (and not one that failed to be recovered)."""
 
-    def __init__(self, job_id: str, status: str) -> None:
+    def __init__(self, job_id: str, status: str, why: str | None = None) -> None:
         self.job_id, self.status = job_id, status
-        super().__init__(f"job {job_id} is {status}; only FAILED or CANCELLED jobs can be retried")
+        why = why or "only FAILED or CANCELLED jobs can be retried"
+        super().__init__(f"job {job_id} is {status}; {why}")
 
 
 class ServiceUnavailable(AiobatchError, ConnectionError):

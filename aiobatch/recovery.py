@@ -28,6 +28,8 @@ def restore_job(
     job.unfinished_tasks = sum(task.state not in TASK_TERMINAL for task in job.tasks.values())
     lost: list[InstanceRec] = []
     for r in sorted(instances, key=lambda r: (r.task, r.index)):
+        if r.task not in job.tasks:  # a job whose stored spec cannot be read shows no tasks
+            continue
         task = job.tasks[r.task]
         inst = task.record(r.index)
         inst.attempt, inst.state, inst.reason = r.attempt, r.state, r.reason

@@ -8,6 +8,7 @@ before anything starts again.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import anyio
@@ -17,7 +18,7 @@ from aiobatch.attempts import Attempts
 from aiobatch.engine import Engine
 from aiobatch.executors import records
 from aiobatch.layout import StateLayout
-from aiobatch.model import InstanceRec
+from aiobatch.model import InstanceRec, JobRec
 from aiobatch.queries import Queries
 from aiobatch.recovery import is_orphan, take_over
 from aiobatch.resources import Found, Resources
@@ -25,6 +26,8 @@ from aiobatch.spec import JobDef
 from aiobatch.store import Store
 
 log = structlog.get_logger("aiobatch.restart")
+
+UNRECOVERABLE = "unrecoverable: "  # the reason of a job stored FAILED because it could not load
 
 
 async def recover(
@@ -37,11 +40,18 @@ async def recover(
     layout: StateLayout,
     check: Callable[[JobDef], object],
 ) -> None:
-    """``check`` validates a stored job against the config (it fails loudly if an env this job
-    needs is gone)."""
-    jobs = [await queries.load(job_id) for job_id in await store.unfinished_job_ids()]
+    """``check`` validates a stored job against the config (it fails if an env this job
+    needs is gone). A job that cannot be loaded or checked is stored FAILED, and the others
+    are recovered: one job must not keep the runtime from starting, start after start."""
+    jobs: list[tuple[JobRec, list[InstanceRec]]] = []
+    for job_id in await store.unfinished_job_ids():
+        problem = await _load(store, queries, job_id, check, jobs)
+        if problem is not None:
+            reason = UNRECOVERABLE + problem
+            store.fail_job(job_id, reason, time.time())
+            log.error("job_unrecoverable", job_id=job_id, reason=reason)
+    await store.flush()
     for job, _ in jobs:
-        check(job.defn)
         await resources.open_for(job.defn)
     found = await resources.find_attempts([job.id for job, _ in jobs])
     to_stop: list[InstanceRec] = []
@@ -67,3 +77,23 @@ async def recover(
             log.warning(
                 "orphan_removed", job_id=orphan.job_id, task=orphan.task, index=orphan.index
             )
+
+
+async def _load(
+    store: Store,
+    queries: Queries,
+    job_id: str,
+    check: Callable[[JobDef], object],
+    into: list[tuple[JobRec, list[InstanceRec]]],
+) -> str | None:
+    """Load a job into ``into``; or say, in one line, why it cannot be."""
+    try:
+        row = await store.job_row(job_id)
+        if row is not None and row.damaged is not None:
+            return row.damaged
+        loaded = await queries.load(job_id)
+        check(loaded[0].defn)
+    except Exception as exc:  # whatever its rows hold, it is this job's problem alone
+        return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+    into.append(loaded)
+    return None

@@ -53,7 +53,7 @@ from aiobatch.listeners import Listeners, bind_listeners
 from aiobatch.model import JobRec, TaskRec
 from aiobatch.queries import Queries
 from aiobatch.resources import Resources
-from aiobatch.restart import recover
+from aiobatch.restart import UNRECOVERABLE, recover
 from aiobatch.spec import JobDef, JobSpec, load_spec
 from aiobatch.states import JOB_TERMINAL, JobState
 from aiobatch.storage.base import StorageBackend
@@ -322,6 +322,10 @@ class Runtime:
             job = await self._queries.job(job_id)
             if job.state not in (JobState.FAILED, JobState.CANCELLED):
                 raise JobNotRetryable(job_id, job.state.value)
+            if (job.reason or "").startswith(UNRECOVERABLE):  # its records are not whole
+                raise JobNotRetryable(
+                    job_id, f"{job.state.value} ({job.reason})", "submit it again"
+                )
             await self._resources.open_for(job.defn)
             self._queries.forget(job_id)
             self._engine.retry_job(job)

@@ -18,11 +18,18 @@ from pathlib import Path
 
 import anyio
 import pytest
+from structlog.testing import capture_logs
 
 from aiobatch import Runtime
-from aiobatch.errors import DatabaseUnusable, StartupError, StateDirUnusable
+from aiobatch.errors import (
+    DatabaseUnusable,
+    JobNotRetryable,
+    StartupError,
+    StateDirUnusable,
+)
 from aiobatch.listeners import ListenerError
 from aiobatch.schema import SCHEMA_VERSION
+from tests.helpers import instance_is, until
 from tests.integration.conftest import free_port
 from tests.integration.service import AIOBATCH, Service
 
@@ -365,3 +372,57 @@ async def test_the_backlog_follows_the_system(root: Path, state_dir: Path) -> No
     finally:
         await service.close()
         service.clean_up()
+
+
+# -- recovery: one job that cannot be loaded does not keep the runtime from starting ---------
+
+
+@pytest.mark.anyio
+async def test_a_job_that_cannot_be_loaded_fails_and_the_others_recover(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    """Hand-edited rows: one job's spec no longer decodes, another's instance has a state no
+    aiobatch knows. Each is stored FAILED with a reason, logged once; the third runs on."""
+    config = tmp_path / "aiobatch.toml"
+    config.write_text("[compute_envs.local]\nslots = 4\n")
+    gate = tmp_path / "gate"
+    wait = f'until test -e "{gate}"; do sleep 0.05; done'
+    async with Runtime(state_dir, config=config) as rt:
+        async with rt.subscribe() as events:
+            ids = [
+                (await rt.submit({"name": name, "tasks": [{"name": "t", "command": wait}]})).id
+                for name in ("spec", "row", "fine")
+            ]
+            for _ in ids:
+                await until(events, instance_is("t", "RUNNING"))
+    # Left while running: the instances were interrupted, the jobs are RUNNING as stored.
+    spec_id, row_id, fine_id = ids
+    with sqlite3.connect(state_dir / "aiobatch.db") as db:
+        db.execute("UPDATE jobs SET spec = x'7b6e6f74' WHERE id = ?", (spec_id,))
+        db.execute("UPDATE instances SET state = 'EXPLODED' WHERE job_id = ?", (row_id,))
+    db.close()
+    await anyio.Path(gate).touch()
+
+    with capture_logs() as logs:
+        async with Runtime(state_dir, config=config) as rt:
+            assert (await rt.wait_job(fine_id)).status == "SUCCEEDED"
+            listed = {job.id: (job.status, job.reason) for job in await rt.list_jobs()}
+            damaged = await rt.job_snapshot(spec_id)
+            with pytest.raises(JobNotRetryable, match="submit it again"):
+                await rt.retry_job(spec_id)  # it has no tasks to run: it would never end
+    errors = [(e["event"], e["job_id"]) for e in logs if e["log_level"] == "error"]
+    assert errors == [("job_unrecoverable", spec_id), ("job_unrecoverable", row_id)]
+    assert listed[fine_id] == ("SUCCEEDED", None)
+    status, reason = listed[spec_id]
+    assert status == "FAILED" and reason is not None
+    assert reason.startswith("unrecoverable: its stored spec cannot be read: ")
+    assert (damaged.status, damaged.reason, damaged.tasks) == ("FAILED", reason, {})
+    assert listed[row_id] == (
+        "FAILED",
+        "unrecoverable: ValueError: 'EXPLODED' is not a valid InstanceState",
+    )
+
+    with capture_logs() as logs:  # stored FAILED: the next start has nothing to say
+        async with Runtime(state_dir, config=config) as rt:
+            assert {job.status for job in await rt.list_jobs()} == {"FAILED", "SUCCEEDED"}
+    assert [e for e in logs if e["log_level"] == "error"] == []
