@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.metadata
 from dataclasses import dataclass
 from functools import cache
-from http import HTTPStatus
 from typing import Any
 
 import msgspec
@@ -71,7 +70,7 @@ class Route:
     operation_id: str
     summary: str
     answer: Any  # the type of the success body (str: raw bytes as text/plain)
-    status: int = HTTPStatus.OK
+    status: int = 200
     media: str = JSON
     params: tuple[Param, ...] = ()
     errors: tuple[int, ...] = ()  # besides those every route may give (COMMON_ERRORS)
@@ -90,12 +89,17 @@ JOB_ID = Param("job_id", "path", {"type": "string"}, "A job id, as POST /v1/jobs
 TASK_NAME = Param("task", "path", {"type": "string"}, "A task name of the job")
 INDEX = Param("index", "path", integer(0), "An instance index, 0 to the task's instances - 1")
 STREAM = Param("stream", "path", {"type": "string", "enum": ["stdout", "stderr"]}, "Which log")
-NOT_FOUND = HTTPStatus.NOT_FOUND
 # Every route may refuse an unknown query parameter (400), a peer it does not know (401
 # over TCP without the token, 403 over the socket from a uid not allowed), an Expect header
 # other than 100-continue (417), fail (500), or answer while the service shuts down (503).
 COMMON_ERRORS = (400, 401, 403, 417, 500, 503)
-WRITE_ERRORS = (NOT_FOUND, 507)  # an action on a job stores an event: a full disk refuses it
+WRITE_ERRORS = (404, 507)  # an action on a job stores an event: a full disk refuses it
+
+# Every operation on one job: the links from a submission (stateful tests follow them).
+ON_A_JOB = tuple(
+    "getJob waitJob stopJob suspendJob resumeJob retryJob getTaskResult getInstance stopInstance "
+    "readLog getJobDefinition getJobHistory getLogviewAddress streamEvents".split()
+)
 
 ROUTES = (
     Route("GET", PATH, "getOpenAPI", "This document", dict[str, Any]),
@@ -106,26 +110,11 @@ ROUTES = (
         "submitJob",
         "Submit a job spec (JSON, YAML or TOML); nothing of a refused one is stored",
         wire.Submitted,
-        status=HTTPStatus.CREATED,
+        status=201,
         errors=(408, 413, 422, 507),
         takes_spec=True,
         headers=(Header("Location", {"type": "string"}, "The job's address, /v1/jobs/{id}"),),
-        links=(
-            "getJob",
-            "waitJob",
-            "stopJob",
-            "suspendJob",
-            "resumeJob",
-            "retryJob",
-            "getTaskResult",
-            "getInstance",
-            "stopInstance",
-            "readLog",
-            "getJobDefinition",
-            "getJobHistory",
-            "getLogviewAddress",
-            "streamEvents",
-        ),
+        links=ON_A_JOB,
     ),
     Route(
         "GET",
@@ -146,7 +135,7 @@ ROUTES = (
         "A job's snapshot",
         JobSnapshot,
         params=(JOB_ID, Param("instances", "query", flag(), "With every task's instances")),
-        errors=(NOT_FOUND,),
+        errors=(404,),
     ),
     Route(
         "GET",
@@ -155,7 +144,7 @@ ROUTES = (
         "The job's snapshot once it has ended (a long poll)",
         JobSnapshot,
         params=(JOB_ID,),
-        errors=(NOT_FOUND,),
+        errors=(404,),
     ),
     *(
         Route(
@@ -165,7 +154,7 @@ ROUTES = (
             summary,
             wire.JobActionDone,
             params=(JOB_ID,),
-            errors=(*WRITE_ERRORS, *((HTTPStatus.CONFLICT,) if action == "retry" else ())),
+            errors=(*WRITE_ERRORS, *((409,) if action == "retry" else ())),
         )
         for action, summary in (
             ("stop", "Stop a job: no instance starts, running ones are stopped"),
@@ -181,7 +170,7 @@ ROUTES = (
         "A task's result, its instances and the stderr tails of failed ones",
         TaskResult,
         params=(JOB_ID, TASK_NAME),
-        errors=(NOT_FOUND,),
+        errors=(404,),
     ),
     Route(
         "GET",
@@ -190,7 +179,7 @@ ROUTES = (
         "An instance's result, with its stderr tail if it failed",
         InstanceDetail,
         params=(JOB_ID, TASK_NAME, INDEX),
-        errors=(NOT_FOUND,),
+        errors=(404,),
     ),
     Route(
         "POST",
@@ -217,7 +206,7 @@ ROUTES = (
             Param("limit", "query", integer(0), "At most this many bytes (not with follow)"),
             Param("follow", "query", flag(), "Stream what is written until the instance ends"),
         ),
-        errors=(NOT_FOUND,),
+        errors=(404,),
         headers=(Header(SIZE_HEADER, integer(0), "The log's size in bytes when the answer began"),),
     ),
     Route(
@@ -227,7 +216,7 @@ ROUTES = (
         "The job as resolved at submission",
         JobDef,
         params=(JOB_ID,),
-        errors=(NOT_FOUND,),
+        errors=(404,),
     ),
     Route(
         "GET",
@@ -245,7 +234,7 @@ ROUTES = (
                 f"At most this many events (default {MAX_HISTORY_PAGE})",
             ),
         ),
-        errors=(NOT_FOUND,),
+        errors=(404,),
     ),
     Route(
         "GET",
@@ -254,7 +243,7 @@ ROUTES = (
         "The job's page in a browser",
         wire.LogviewAddress,
         params=(JOB_ID,),
-        errors=(NOT_FOUND,),
+        errors=(404,),
     ),
     Route(
         "GET",
@@ -265,13 +254,13 @@ ROUTES = (
         list[Event],
         media=wire.NDJSON,
         params=(Param("job", "query", {"type": "string", "minLength": 1}, "Only this job's"),),
-        errors=(NOT_FOUND,),
+        errors=(404,),
     ),
 )
 
 REFERENCED = (JobState,)  # types that parameters refer to with ref()
 
-# Each error status: its name among the responses, what it means, the error types it carries.
+# Each error status: its name among the responses, and what it means.
 ERRORS: dict[int, tuple[str, str]] = {
     400: ("BadRequest", "A malformed body or query parameter, or one this route does not know"),
     401: ("Unauthorized", "TCP listener only: no valid bearer token"),
@@ -297,7 +286,8 @@ def _document() -> bytes:
     schemas, components = msgspec.json.schema_components(
         [*answers, JobSpec, wire.ErrorBody, *REFERENCED], ref_template=SCHEMA_REF
     )
-    answer_schemas = dict(zip((r.operation_id for r in ROUTES), schemas, strict=False))
+    ids = [route.operation_id for route in ROUTES]
+    answer_schemas = dict(zip(ids, schemas[: len(ROUTES)], strict=True))
     spec_schema, error_schema = schemas[len(ROUTES) : len(ROUTES) + 2]
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
@@ -312,6 +302,8 @@ def _document() -> bytes:
             "description": "Control API of `aiobatch serve`: HTTP/1.1 and JSON over its unix "
             "socket (peers checked by uid) and, if configured, a TCP listener (bearer token).",
         },
+        # The unix socket needs no credentials (it checks the peer's uid); TCP, the token.
+        "security": [{}, {"bearer": []}],
         "paths": paths,
         "components": {
             "schemas": components,
