@@ -41,6 +41,7 @@ from aiobatch.errors import (
     InstanceNotFound,
     JobNotRetryable,
     RuntimeClosed,
+    SpecError,
     StateDirUnwritable,
     TaskNotFound,
 )
@@ -250,8 +251,15 @@ class Runtime:
 
     def resolve(self, spec: SpecSource) -> JobDef:
         """Validate a spec against this runtime's config and executors. Raises SpecError."""
-        if isinstance(spec, JobDef):
+        if isinstance(spec, JobDef):  # resolved already, maybe by another config (a stored job)
             defn = spec
+            unknown = [
+                f"$.tasks[{i}].compute_env: {task.compute_env!r} is not in the config"
+                for i, task in enumerate(defn.tasks)
+                if task.compute_env not in self._env_kinds
+            ]
+            if unknown:
+                raise SpecError(unknown)
         else:
             defn = load_spec(spec, compute_envs=self._env_kinds, templates=self.config.templates)
         self._resources.check(defn)

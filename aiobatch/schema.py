@@ -94,6 +94,16 @@ WHERE job_id = ? AND task = ? AND idx = ? AND attempt = ?
     AND state IN ('STAGING', 'RUNNING', 'UPLOADING')
 """
 
+# A job that cannot be loaded is ended as stored (restart.py): what had not ended, never will.
+END_UNLOADABLE_JOB = (
+    "UPDATE jobs SET state = 'FAILED', reason = ?1, ended_at = ?2, "
+    "stopping_state = NULL, stopping_reason = NULL WHERE id = ?3",
+    "UPDATE tasks SET state = 'CANCELLED', reason = 'job_unrecoverable' WHERE job_id = ?3 "
+    "AND state NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'SKIPPED')",
+    "UPDATE instances SET state = 'CANCELLED', reason = 'job_unrecoverable', ended_at = ?2, "
+    "stop_reason = NULL WHERE job_id = ?3 AND state NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED')",
+)
+
 TERMINAL_INSTANCE_STATES = {s.value for s in INSTANCE_TERMINAL}
 TERMINAL_JOB_STATES = {s.value for s in JOB_TERMINAL}
 

@@ -35,6 +35,7 @@ from aiobatch.events import (
     event_encoder,
 )
 from aiobatch.schema import (
+    END_UNLOADABLE_JOB,
     INSERT_EVENT,
     INSERT_JOB,
     INSERT_TASK,
@@ -207,9 +208,10 @@ class Store:
 
     def fail_job(self, job_id: str, reason: str, ts: float) -> None:
         """Store an unfinished job as FAILED without loading it (it cannot be: see restart),
-        with the event that says so in its history; ``flush`` makes it durable."""
+        its unfinished tasks and instances CANCELLED, and the event in its history; ``flush``
+        makes it durable."""
         event = JobStateChanged(job_id=job_id, state=JobState.FAILED.value, reason=reason, ts=ts)
-        self._batch.job_updates.append((event.state, reason, None, ts, job_id))
+        self._batch.job_failures.append((reason, ts, job_id))
         self._batch.events.append((job_id, event_encoder.encode(event)))
         self._wake.set()
 
@@ -340,6 +342,9 @@ class Store:
                 "stopping_reason = IIF(?4 IS NULL, stopping_reason, NULL) WHERE id = ?5",
                 batch.job_updates,
             )
+        for failure in batch.job_failures:
+            for statement in END_UNLOADABLE_JOB:
+                await db.execute(statement, failure)
         if batch.tasks:
             await db.executemany(
                 "UPDATE tasks SET state = ?, reason = ? WHERE job_id = ? AND name = ?",

@@ -39,6 +39,7 @@ class Batch:
     new_tasks: list[tuple[Any, ...]] = field(default_factory=list)
     job_updates: list[tuple[Any, ...]] = field(default_factory=list)
     job_stops: list[tuple[Any, ...]] = field(default_factory=list)
+    job_failures: list[tuple[Any, ...]] = field(default_factory=list)  # jobs that cannot load
     instance_stops: list[tuple[Any, ...]] = field(default_factory=list)
     tasks: dict[tuple[str, str], tuple[Any, ...]] = field(default_factory=dict)
     instances: dict[tuple[str, str, int], tuple[Any, ...]] = field(default_factory=dict)
@@ -55,6 +56,7 @@ class Batch:
         self.new_tasks += later.new_tasks
         self.job_updates += later.job_updates
         self.job_stops += later.job_stops
+        self.job_failures += later.job_failures
         self.instance_stops += later.instance_stops
         self.tasks.update(later.tasks)  # later rows win, as they would have in their commit
         self.instances.update(later.instances)

@@ -408,6 +408,7 @@ async def test_a_job_that_cannot_be_loaded_fails_and_the_others_recover(
             assert (await rt.wait_job(fine_id)).status == "SUCCEEDED"
             listed = {job.id: (job.status, job.reason) for job in await rt.list_jobs()}
             damaged = await rt.job_snapshot(spec_id)
+            ended = await rt.job_snapshot(row_id, instances=True)
             with pytest.raises(JobNotRetryable, match="submit it again"):
                 await rt.retry_job(spec_id)  # it has no tasks to run: it would never end
     errors = [(e["event"], e["job_id"]) for e in logs if e["log_level"] == "error"]
@@ -421,8 +422,39 @@ async def test_a_job_that_cannot_be_loaded_fails_and_the_others_recover(
         "FAILED",
         "unrecoverable: ValueError: 'EXPLODED' is not a valid InstanceState",
     )
+    # What had not ended never will: stored so, the job reads as a whole again.
+    [task] = ended.tasks.values()
+    assert (task.status, task.reason) == ("CANCELLED", "job_unrecoverable")
+    assert [(i.status, i.reason) for i in task.instances or []] == [
+        ("CANCELLED", "job_unrecoverable")
+    ]
 
     with capture_logs() as logs:  # stored FAILED: the next start has nothing to say
         async with Runtime(state_dir, config=config) as rt:
             assert {job.status for job in await rt.list_jobs()} == {"FAILED", "SUCCEEDED"}
     assert [e for e in logs if e["log_level"] == "error"] == []
+
+
+@pytest.mark.anyio
+async def test_a_job_whose_compute_env_is_gone_fails_and_the_runtime_starts(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "aiobatch.toml"
+    config.write_text('[compute_envs.other]\nkind = "local"\n')
+    gate = tmp_path / "gate"
+    wait = f'until test -e "{gate}"; do sleep 0.05; done'
+    spec = {"name": "j", "tasks": [{"name": "t", "compute_env": "other", "command": wait}]}
+    async with Runtime(state_dir, config=config) as rt:
+        async with rt.subscribe() as events:
+            job = await rt.submit(spec)
+            await until(events, instance_is("t", "RUNNING"))
+    config.write_text("")  # the env is gone from the config
+    await anyio.Path(gate).touch()
+    async with Runtime(state_dir, config=config) as rt:
+        snapshot = await rt.job_snapshot(job.id)
+        fresh = await rt.submit({"name": "k", "tasks": [{"name": "t", "command": "true"}]})
+        assert (await fresh.wait_for_completion()).status == "SUCCEEDED"
+    assert (snapshot.status, snapshot.reason) == (
+        "FAILED",
+        "unrecoverable: SpecError: $.tasks[0].compute_env: 'other' is not in the config",
+    )
