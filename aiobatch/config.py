@@ -29,7 +29,13 @@ from aiobatch.limits import (
     Slots,
     Uid,
 )
-from aiobatch.spec_checks import check_fields, check_strings, convert_struct, key_path
+from aiobatch.spec_checks import (
+    capped,
+    check_fields,
+    check_strings,
+    convert_struct,
+    key_path,
+)
 from aiobatch.spec_types import TemplateSpec
 from aiobatch.units import parse_duration, shown
 
@@ -224,7 +230,7 @@ def load_config(path: str | Path | None = None) -> Config:
         )
         errors += _validate(config)
     if errors or config is None:
-        raise ConfigError("\n".join(f"{path}: {error}" for error in errors))
+        raise ConfigError("\n".join(f"{path}: {error}" for error in capped(errors)))
     return config
 
 

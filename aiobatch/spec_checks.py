@@ -65,7 +65,9 @@ def convert_at(data: Any, kind: Any, prefix: str, errors: list[str]) -> Any:
         return msgspec.convert(data, kind, strict=False)
     except msgspec.ValidationError as exc:
         errors.append(msgspec_error(prefix, exc))
-        return None
+    except UnicodeEncodeError:  # msgspec matches some strings as UTF-8 (a Literal's)
+        errors.append(f"{prefix}: a string in it is not valid Unicode (a lone surrogate)")
+    return None
 
 
 def convert_fields(
@@ -104,14 +106,17 @@ def convert_struct(
     rest of it can still be checked. The paths of fields left out go into ``bad``."""
     try:
         return msgspec.convert(raw, kind, strict=False)
-    except msgspec.ValidationError as exc:
+    except (msgspec.ValidationError, UnicodeEncodeError) as exc:
         if not isinstance(raw, Mapping):
-            errors.append(msgspec_error(prefix, exc))
+            convert_at(raw, kind, prefix, errors)
             return None
         count = len(errors)
         values = convert_fields(raw, kind, prefix, errors, bad)
         if len(errors) == count:  # a problem no single field has: report it as it is
-            errors.append(msgspec_error(prefix, exc))
+            if isinstance(exc, msgspec.ValidationError):
+                errors.append(msgspec_error(prefix, exc))
+            else:
+                errors.append(f"{prefix}: a string in it is not valid Unicode")
             return None
         try:
             return kind(**values)
@@ -120,10 +125,16 @@ def convert_struct(
 
 
 def capped(errors: list[str]) -> list[str]:
-    """The first MAX_REPORTED errors, and how many more there were."""
-    if len(errors) <= MAX_REPORTED:
-        return errors
-    return [*errors[:MAX_REPORTED], f"$: and {len(errors) - MAX_REPORTED} more errors"]
+    """The first MAX_REPORTED errors, and how many more there were; each one line with no
+    control character (a key or name quoted in it may have had some)."""
+    shown = [printable(error) for error in errors[:MAX_REPORTED]]
+    if len(errors) > MAX_REPORTED:
+        shown.append(f"$: and {len(errors) - MAX_REPORTED} more errors")
+    return shown
+
+
+def printable(text: str) -> str:
+    return CONTROL.sub(lambda found: repr(found.group())[1:-1], text)
 
 
 # -- strings -----------------------------------------------------------------------------------
@@ -174,11 +185,11 @@ def check_job_name(name: str, errors: list[str]) -> None:
 
 def exec_size(text: str) -> int:
     """What a string takes of ARG_MAX: its bytes, its NUL, its pointer."""
-    return len(text.encode()) + 1 + 8
+    return len(text.encode(errors="surrogatepass")) + 1 + 8
 
 
 def check_arg(text: str, where: str, errors: list[str]) -> None:
-    size = len(text.encode()) + 1
+    size = len(text.encode(errors="surrogatepass")) + 1  # a lone surrogate is refused apart
     if size > MAX_ARG_STRLEN:
         errors.append(
             f"{where}: {size} bytes; the system takes at most {MAX_ARG_STRLEN} "
@@ -270,6 +281,10 @@ def check_relative_path(value: str, where: str, errors: list[str]) -> None:
 
 def check_fields(fields: TaskFields, where: str, errors: list[str]) -> None:
     """What a task or template sets itself, checked on its own (types are checked already)."""
+    for name in ("instances", "max_parallel"):
+        count = getattr(fields, name)
+        if count is not UNSET and count < 1:
+            errors.append(f"{where}.{name}: must be at least 1, got {count}")
     command = fields.command
     if isinstance(command, tuple):
         if not command:

@@ -203,13 +203,14 @@ class Spawner:
                 ends.append(end)
                 leader.outputs.append(output)
             pid = launch.start(argv, request["cwd"], env, ends[0], ends[1], request.get("user"))
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a string exec cannot take (NUL)
             os.close(fd)
             for output in leader.outputs:
                 self.outputs.close(output)
             launch.remove(record)  # it never started: no trace of an attempt that did not happen
             where = argv[0] if argv and len(ends) == 2 else "log"
-            self.fail(request_id, f"{where}: {exc.strerror}", exc, exec_failed=len(ends) == 2)
+            why = exc.strerror if isinstance(exc, OSError) else str(exc)
+            self.fail(request_id, f"{where}: {why}", exc, exec_failed=len(ends) == 2)
             return
         finally:
             for end in ends:
@@ -223,8 +224,15 @@ class Spawner:
             pass  # the pid is in the runtime's own store too; the exit line matters more
         self.send({"op": "started", "id": request_id, **start})
 
-    def fail(self, request_id: int, error: str, exc: OSError, *, exec_failed: bool = True) -> None:
-        reply = {"op": "failed", "id": request_id, "error": error, "errno": exc.errno}
+    def fail(
+        self, request_id: int, error: str, exc: Exception, *, exec_failed: bool = True
+    ) -> None:
+        reply = {
+            "op": "failed",
+            "id": request_id,
+            "error": error,
+            "errno": getattr(exc, "errno", None),
+        }
         self.send({**reply, "exec": exec_failed})
 
     def forward_signal(self, pid: int, sig: int) -> None:
