@@ -30,14 +30,28 @@ def check_database(path: Path) -> None:
         return
     except OSError as exc:
         raise _unreadable(path, exc.strerror or str(exc)) from None
-    sidecars = [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]
-    existed = {sidecar for sidecar in sidecars if sidecar.exists()}
+    sidecars = Sidecars(path)
     try:
         _inspect(path)
     finally:
-        for sidecar in sidecars:
-            if sidecar not in existed:
-                sidecar.unlink(missing_ok=True)
+        sidecars.remove_new()
+
+
+class Sidecars:
+    """The -wal and -shm files of the database at ``path`` that are not there yet: SQLite
+    makes them even for a connection that cannot write (they are empty, or an index)."""
+
+    def __init__(self, path: Path) -> None:
+        self._new = [
+            sidecar
+            for sidecar in (path.with_name(path.name + suffix) for suffix in ("-wal", "-shm"))
+            if not sidecar.exists()
+        ]
+
+    def remove_new(self) -> None:
+        """Remove them again (no connection may be open: the state dir's lock is held)."""
+        for sidecar in self._new:
+            sidecar.unlink(missing_ok=True)
 
 
 def _inspect(path: Path) -> None:

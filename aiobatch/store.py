@@ -21,7 +21,7 @@ import structlog
 from anyio.abc import TaskStatus
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
-from aiobatch.dbcheck import check_database
+from aiobatch.dbcheck import Sidecars, check_database
 from aiobatch.errors import DatabaseUnusable, RuntimeClosed, SpecError, StateDirUnwritable
 from aiobatch.events import (
     Event,
@@ -87,22 +87,23 @@ class Store:
         anything is written to it: a corrupt or foreign file is left as it was found."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         await anyio.to_thread.run_sync(check_database, self.path)
+        sidecars = Sidecars(self.path)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, one per batch.
         self._db = await aiosqlite.connect(self.path, isolation_level=None)
         try:
             await self._configure()
-        except sqlite3.Error as exc:
+        except BaseException as exc:
             await self.close()
-            if _storage_failure(exc) and exc.sqlite_errorcode & 0xFF == _SQLITE_FULL:
+            sidecars.remove_new()
+            if not isinstance(exc, sqlite3.Error):
+                raise
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF == _SQLITE_FULL:
                 raise StateDirUnwritable(self.path.parent, str(exc)) from None
-            raise DatabaseUnusable(
+            raise DatabaseUnusable(  # a read-only file, say
                 self.path,
                 f"cannot be opened for writing ({exc})",
                 "check the file, its permissions and its file system",
             ) from None
-        except BaseException:
-            await self.close()
-            raise
 
     async def _configure(self) -> None:
         await self.db.execute("PRAGMA journal_mode = WAL")

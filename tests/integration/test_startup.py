@@ -46,11 +46,15 @@ def root() -> Iterator[Path]:
     subprocess.run(["rm", "-rf", str(path)], check=False)
 
 
-def read_only_mount(path: Path) -> Iterator[Path]:
+def needs_root() -> None:
     if os.geteuid() != 0:
         if os.environ.get("CI") == "true":
-            pytest.fail("the read-only state dir tests need root to mount a tmpfs")
-        pytest.skip("the read-only state dir tests need root to mount a tmpfs")
+            pytest.fail("the read-only tests need root to mount")
+        pytest.skip("the read-only tests need root to mount")
+
+
+def read_only_mount(path: Path) -> Iterator[Path]:
+    needs_root()
     path.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)], check=True)
     try:
@@ -192,6 +196,22 @@ def test_a_broken_database_with_a_wal_keeps_both_as_they_were(
     code, err = aiobatch(*run_args(root, crashed))
     assert_one_line(code, err, f"database {db} is corrupt")
     assert database_files(crashed) == before
+
+
+def test_a_read_only_database_file_is_refused_and_left_alone(root: Path, state_dir: Path) -> None:
+    """The state dir can be written, its database cannot (a read-only bind mount of it)."""
+    needs_root()
+    a_used_state_dir(root, state_dir)
+    db = state_dir / "aiobatch.db"
+    subprocess.run(["mount", "--bind", str(db), str(db)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(db)], check=True)
+        before = database_files(state_dir)
+        code, err = aiobatch(*run_args(root, state_dir))
+        assert_one_line(code, err, f"database {db} cannot be opened for writing", "readonly")
+        assert database_files(state_dir) == before  # no -wal or -shm left either
+    finally:
+        subprocess.run(["umount", "-l", str(db)], check=False)
 
 
 def test_a_database_of_another_application_is_refused_and_left_alone(
