@@ -84,7 +84,8 @@ PORT_MIN, PORT_MAX = 0, 65535
 # -- bounded types (msgspec checks them while decoding; the JSON schema shows them) ------------
 
 Int64 = Annotated[int, Meta(ge=INT64_MIN, le=INT64_MAX)]
-InstanceCount = Annotated[int, Meta(ge=1, le=INT64_MAX)]  # and at most max_instances
+# At least 1 (checked with the task, which says so) and, for instances, max_instances.
+Count = Annotated[int, Meta(le=INT64_MAX)]
 RetryLimit = Annotated[int, Meta(ge=0, le=MAX_RETRIES)]
 ExitCode = Annotated[int, Meta(ge=EXIT_CODE_MIN, le=EXIT_CODE_MAX)]
 Slots = Annotated[int, Meta(ge=1, le=MAX_SLOTS)]

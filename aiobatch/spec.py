@@ -238,7 +238,7 @@ def resolve_spec(
         for i, task in tasks
     ]
     total = sum(task.instances for task in resolved)
-    if total > max_instances:
+    if total > max_instances and all(task.instances <= max_instances for task in resolved):
         errors.append(
             f"$.tasks: the job's instances add up to {total}; at most {max_instances} "
             "(max_instances) in a job"

@@ -146,7 +146,7 @@ class TaskRules:
             return
         try:
             resolve_user(user)
-        except LookupError as exc:
+        except (LookupError, ValueError) as exc:  # ValueError: not encodable as a name
             errors.append(f"{where}.user: {exc}")
 
     def _check_exec_size(

@@ -12,7 +12,7 @@ from typing import Literal
 
 from msgspec import UNSET, Struct, UnsetType, field
 
-from aiobatch.limits import ExitCode, InstanceCount, Int64, RetryLimit
+from aiobatch.limits import Count, ExitCode, Int64, RetryLimit
 
 EnvValue = str | int | float | bool
 Duration = str | int | float
@@ -57,13 +57,13 @@ class TaskFields(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, 
 
     command: Command | UnsetType = UNSET
     image: str | UnsetType = UNSET
-    instances: InstanceCount | UnsetType = UNSET
+    instances: Count | UnsetType = UNSET
     env: dict[str, EnvValue] | UnsetType = UNSET
     inputs: tuple[InputMapping, ...] | UnsetType = UNSET
     outputs: tuple[OutputMapping, ...] | UnsetType = UNSET
     stdout: str | UnsetType = UNSET
     stderr: str | UnsetType = UNSET
-    max_parallel: InstanceCount | UnsetType = UNSET
+    max_parallel: Count | UnsetType = UNSET
     timeout: Duration | UnsetType = UNSET
     retries: RetryLimit | RetryPolicy | UnsetType = UNSET
     on_failure: OnFailure | UnsetType = UNSET

@@ -41,6 +41,8 @@ def _number(text: str) -> int | None:
 
 def resolve_user(spec: str) -> Identity:
     """The identity ``spec`` names on this host. Raises LookupError saying what is unknown."""
+    if "\0" in spec:
+        raise LookupError(f"{spec!r} contains a NUL byte")
     name, has_group, group = spec.partition(":")
     if not name or (has_group and not group):
         raise LookupError(f"{spec!r} is not USER, UID, USER:GROUP or UID:GID")

@@ -40,8 +40,8 @@ def test_every_semantic_error_is_reported_with_its_field_path() -> None:
         ],
     }
     errors = errors_of(spec)
-    assert "$.tasks[0].instances: expected `int` >= 1" in errors
-    assert "$.tasks[0].max_parallel: expected `int` >= 1" in errors
+    assert "$.tasks[0].instances: must be at least 1, got 0" in errors
+    assert "$.tasks[0].max_parallel: must be at least 1, got 0" in errors
     assert "$.tasks[1].name: duplicate task name 'a' (first at $.tasks[0])" in errors
     assert "$.tasks[2].depends_on[0]: unknown task 'rendr'" in errors
     assert any(e.startswith("$.tasks[2].timeout: bad duration '10 minutes'") for e in errors)
