@@ -64,6 +64,7 @@ slots = 2
 kind = "local"
 slots = 2
 """
+SANDBOX: list[str] = []  # where generated storage URIs point: this module's own dir
 SCHEMATHESIS_CONFIG: dict[str, Any] = {
     "seed": 12,
     "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True, "database": "none"},
@@ -188,9 +189,6 @@ def live_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 def session(live_service: Service) -> Iterator[requests.Session]:
     with unix_session(str(live_service.socket)) as session:
         yield session
-
-
-SANDBOX: list[str] = []  # where generated storage URIs point: the running module's own dir
 
 
 def contract(*, mode: str) -> Any:
