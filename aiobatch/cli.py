@@ -120,7 +120,12 @@ def _indent(text: str) -> str:
 
 def _validate(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    defn = load_spec(args.spec, compute_envs=config.env_kinds(), templates=config.templates)
+    defn = load_spec(
+        args.spec,
+        compute_envs=config.env_kinds(),
+        templates=config.templates,
+        max_instances=config.max_instances,
+    )
     instances = sum(task.instances for task in defn.tasks)
     print(f"{args.spec}: valid: job {defn.name!r}, {len(defn.tasks)} tasks, {instances} instances")
     return EXIT_OK

@@ -261,7 +261,12 @@ class Runtime:
             if unknown:
                 raise SpecError(unknown)
         else:
-            defn = load_spec(spec, compute_envs=self._env_kinds, templates=self.config.templates)
+            defn = load_spec(
+                spec,
+                compute_envs=self._env_kinds,
+                templates=self.config.templates,
+                max_instances=self.config.max_instances,
+            )
         self._resources.check(defn)
         return defn
 

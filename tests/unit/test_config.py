@@ -4,14 +4,18 @@ reported at once, each prefixed with the file's path."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from aiobatch import Runtime
 from aiobatch.config import load_config
-from aiobatch.errors import ConfigError
+from aiobatch.errors import ConfigError, SpecError
 
 
 def problems(tmp_path: Path, text: str) -> list[str]:
@@ -106,3 +110,23 @@ def test_only_a_regular_file_within_1_mib_is_read(tmp_path: Path) -> None:
             load_config(path)
         assert str(info.value).startswith(problem)
     assert time.monotonic() - started < 0.5
+
+
+def test_max_instances_applies_to_the_runtime_and_to_validate(tmp_path: Path) -> None:
+    path = tmp_path / "small.toml"
+    path.write_text("max_instances = 5\n")
+    spec = {"name": "j", "tasks": [{"name": "t", "command": "true", "instances": 6}]}
+    runtime = Runtime(tmp_path / "state", config=load_config(path))
+    with pytest.raises(SpecError) as info:
+        runtime.resolve(spec)
+    assert list(info.value.errors) == ["$.tasks[0].instances: at most 5 (max_instances), got 6"]
+    spec_path = tmp_path / "job.json"
+    spec_path.write_text(json.dumps(spec))
+    done = subprocess.run(
+        [sys.executable, "-m", "aiobatch", "validate", "--config", str(path), str(spec_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert "$.tasks[0].instances: at most 5 (max_instances), got 6" in done.stderr
