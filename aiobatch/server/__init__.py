@@ -55,7 +55,8 @@ problem``) for ``SpecError`` and ``job_id`` / ``status`` where they apply:
   405 ``MethodNotAllowed``; 408 ``RequestTimeout`` (a body not received within 30 s);
 - 404 ``JobNotFound``, ``TaskNotFound``, ``InstanceNotFound``, or ``NotFound`` (no route);
 - 409 ``JobNotRetryable``; 413 ``RequestTooLarge`` (body over 1 MiB, refused before it is
-  read when its length is declared); 417 ``ExpectationFailed``; 422 ``SpecError``;
+  read when its length is declared); 415 ``UnsupportedMediaType`` (a compressed body);
+  417 ``ExpectationFailed``; 422 ``SpecError``;
 - 503 ``RuntimeClosed``: the runtime takes no new work, or the service is shutting down
   (a pending ``wait`` gets this); 507 ``StateDirUnwritable``: the state dir's disk is full
   (or read-only, failing), so no job is accepted until there is space (queries answer);

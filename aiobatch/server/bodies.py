@@ -15,6 +15,8 @@ from typing import Any
 import anyio
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from aiobatch import wire
 from aiobatch.errors import SpecError
@@ -38,15 +40,23 @@ async def read_body(request: web.Request, *, limit: int, timeout_s: float) -> by
     """The body, at most ``limit`` bytes (else 413), all of it within ``timeout_s`` (else 408)."""
     if request.content_length is not None and request.content_length > limit:
         raise too_large(limit)
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding != "identity":  # a compressed body is a bomb in waiting; no client sends one
+        raise RequestError(
+            HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "Content-Encoding: send the body uncompressed"
+        )
     if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
         await request.writer.write(CONTINUE)
         request.writer.output_size = 0  # not part of the response proper
     body = bytearray()
     with anyio.move_on_after(timeout_s) as timer:
-        async for chunk in request.content.iter_any():
-            body += chunk
-            if len(body) > limit:
-                raise too_large(limit)
+        try:
+            async for chunk in request.content.iter_any():
+                body += chunk
+                if len(body) > limit:
+                    raise too_large(limit)
+        except (RequestPayloadError, HttpProcessingError) as exc:  # a malformed chunked body
+            raise bad_request(f"request body could not be read: {exc}") from None
     if timer.cancelled_caught:
         raise RequestError(
             HTTPStatus.REQUEST_TIMEOUT, f"request body not received within {timeout_s:g} s"

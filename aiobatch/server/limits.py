@@ -29,7 +29,7 @@ IDLE_TIMEOUT_S = 75.0  # from an answer to the next request's complete headers
 BODY_TIMEOUT_S = 30.0  # from a request's headers to the end of its body
 LINGER_S = 1.0  # how long an unread request body is drained (and dropped) after the answer
 MAX_LINE_BYTES = 8190  # a request line, and a header line (aiohttp refuses longer: 400)
-MAX_HEADERS = 128  # header lines in one request (more: 400)
+MAX_HEADERS = 32  # header lines in one request (more: 400); with the line limit: 256 KiB
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -22,6 +22,7 @@ HTTP_ERROR_TYPES = {
     HTTPStatus.METHOD_NOT_ALLOWED: "MethodNotAllowed",
     HTTPStatus.REQUEST_TIMEOUT: "RequestTimeout",
     HTTPStatus.REQUEST_ENTITY_TOO_LARGE: "RequestTooLarge",
+    HTTPStatus.UNSUPPORTED_MEDIA_TYPE: "UnsupportedMediaType",
     HTTPStatus.EXPECTATION_FAILED: "ExpectationFailed",
 }
 

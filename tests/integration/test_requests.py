@@ -223,6 +223,9 @@ async def test_malformed_bodies_and_paths_are_4xx_and_store_nothing(
                 f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
             )
             answers.append(await exchange(stream, head.encode() + body))
+    async with await anyio.connect_unix(str(sock_path)) as stream:
+        head = b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\n"
+        compressed = await exchange(stream, head + b"Content-Length: 5\r\n\r\nnot z")
     paths = [
         b"/v1/jobs/%00",
         b"/v1/jobs/\xff\xfe",
@@ -236,6 +239,7 @@ async def test_malformed_bodies_and_paths_are_4xx_and_store_nothing(
     health = await raw_get(sock_path, b"/v1/health")
     for (_, _, expected), answer in zip(bodies, answers, strict=True):
         assert status_of(answer).startswith(b"HTTP/1.1 %d " % expected), answer[:300]
+    assert status_of(compressed) == b"HTTP/1.1 415 Unsupported Media Type"
     assert [status for status, _ in refused] == [400, 400, 400, 400, 400, 404, 400]
     assert refused[2][1]["error"]["message"] == "limit: given more than once"
     assert health[0] == 200
