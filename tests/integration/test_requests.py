@@ -224,8 +224,8 @@ async def test_malformed_bodies_and_paths_are_4xx_and_store_nothing(
             )
             answers.append(await exchange(stream, head.encode() + body))
     async with await anyio.connect_unix(str(sock_path)) as stream:
-        head = b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\n"
-        compressed = await exchange(stream, head + b"Content-Length: 5\r\n\r\nnot z")
+        gzipped = b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\n"
+        compressed = await exchange(stream, gzipped + b"Content-Length: 5\r\n\r\nnot z")
     paths = [
         b"/v1/jobs/%00",
         b"/v1/jobs/\xff\xfe",
