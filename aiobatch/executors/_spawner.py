@@ -21,8 +21,9 @@ attempt's key, one with its pid once it runs, one with its exit status once it e
 
 Protocol with the runtime, over an inherited socket: frames of a 4-byte big-endian length and
 a JSON object. Requests: ``spawn``, ``signal``, ``close``. Replies and news: ``started``,
-``failed``, ``exited``, ``log_paused``, ``log_resumed``. Standard library only: this file must
-not import aiobatch.
+``failed``, ``exited``, ``log_paused``, ``log_resumed``. A ``spawn`` that names a ``user``
+(uid, gid, groups) starts its program as that user (``_launch.py``: fork, then exec). Standard
+library only: this file must not import aiobatch.
 """
 
 from __future__ import annotations
