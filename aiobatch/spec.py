@@ -191,6 +191,7 @@ def resolve_spec(
             check_fields(template, checks.key_path("$.templates", name), errors)
 
     index_of: dict[str, int] = {}
+    edges: dict[str, tuple[str, ...]] = {}  # of the first task of each name
     for i, task in tasks:
         where = f"$.tasks[{i}]"
         if not NAME_PATTERN.fullmatch(task.name):
@@ -204,7 +205,7 @@ def resolve_spec(
                 f"(first at $.tasks[{index_of[task.name]}])"
             )
         else:
-            index_of[task.name] = i
+            index_of[task.name], edges[task.name] = i, task.depends_on
         check_fields(task, where, errors)
         if task.template is not UNSET and task.template not in all_templates:
             job.bad.add(f"{where}.command")  # it may come from the template
@@ -220,8 +221,6 @@ def resolve_spec(
             elif dep == task.name:
                 errors.append(f"$.tasks[{i}].depends_on[{j}]: task {dep!r} depends on itself")
 
-    # First task of each name only: duplicates are reported above.
-    edges = {name: job.tasks[i].depends_on for name, i in index_of.items()}  # type: ignore[union-attr]
     for cycle in find_cycles(edges):
         if len(cycle) == 2:
             continue  # a self-dependency, reported above in plainer words
@@ -234,7 +233,7 @@ def resolve_spec(
 
     rules = TaskRules(envs, job.name or "", job.env, job.bad, max_instances, switch_user)
     resolved = [
-        rules.resolve(task, f"$.tasks[{i}]", all_templates.get(task.template), errors)  # type: ignore[arg-type]
+        rules.resolve(task, f"$.tasks[{i}]", _template_of(task, all_templates), errors)
         for i, task in tasks
     ]
     total = sum(task.instances for task in resolved)
@@ -252,6 +251,10 @@ def resolve_spec(
         env={k: checks.env_str(v) for k, v in job.env.items()},
         tasks=tuple(resolved),
     )
+
+
+def _template_of(task: TaskSpec, templates: Mapping[str, TemplateSpec]) -> TemplateSpec | None:
+    return templates.get(task.template) if task.template is not UNSET else None
 
 
 def load_spec(
