@@ -78,7 +78,8 @@ class LongRequests:
 
         async def run() -> None:
             await response.prepare(request)  # registered as a long request before this
-            await pump(response)
+            if request.method != "HEAD":  # the headers alone: a body would break the framing
+                await pump(response)
 
         try:
             await self.run(request, run)

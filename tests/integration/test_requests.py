@@ -244,3 +244,20 @@ async def test_malformed_bodies_and_paths_are_4xx_and_store_nothing(
     assert refused[2][1]["error"]["message"] == "limit: given more than once"
     assert health[0] == 200
     assert [job.id for job in await rt.list_jobs()] == [job_id]
+
+
+async def test_head_of_a_stream_is_its_headers_alone(
+    ended_job: tuple[Runtime, ControlServer, str], sock_path: Path
+) -> None:
+    """The next request on the connection is answered intact: no body came before it."""
+    _, _, job_id = ended_job
+    log = f"/v1/jobs/{job_id}/tasks/t/instances/0/logs/stdout"
+    heads = {}
+    for target in (log, log + "?follow=1", f"/v1/events?job={job_id}"):
+        async with await anyio.connect_unix(str(sock_path)) as stream:
+            then = b"GET /v1/jobs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            head = f"HEAD {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            answer = await exchange(stream, head + then)
+        first, _, rest = answer.partition(HEAD_END)
+        heads[target] = first.split(b"\r\n")[0], rest.split(b"\r\n")[0]
+    assert set(heads.values()) == {(b"HTTP/1.1 200 OK", b"HTTP/1.1 200 OK")}
