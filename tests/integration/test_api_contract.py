@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -273,8 +274,16 @@ def test_sequences_of_calls_on_submitted_jobs_keep_the_contract(
     live_service: Service, session: requests.Session
 ) -> None:
     submitted: list[str] = []
+    failures: list[Exception] = []  # as they happened, whatever Hypothesis makes of them
 
     class Machine(stateful.as_state_machine()):  # type: ignore[misc]
+        def step(self, input: Any) -> Any:
+            try:
+                return super().step(input)
+            except Exception as exc:
+                failures.append(exc)
+                raise
+
         def before_call(self, case: Case) -> None:
             # A suspended job's wait, log follow and event stream end only once it runs
             # again: resume it first, so that they end with its (short) instances.
@@ -299,17 +308,33 @@ def test_sequences_of_calls_on_submitted_jobs_keep_the_contract(
                 session.post(f"{BASE_URL}/v1/jobs/{job_id}/stop", timeout=TIMEOUT_S)
             super().teardown()
 
-    Machine.run(
-        settings=hypothesis.settings(
-            max_examples=STATEFUL_RUNS,
-            stateful_step_count=10,
-            deadline=None,
-            derandomize=True,
-            database=None,
-            suppress_health_check=list(hypothesis.HealthCheck),
+    try:
+        Machine.run(
+            settings=hypothesis.settings(
+                max_examples=STATEFUL_RUNS,
+                stateful_step_count=10,
+                deadline=None,
+                derandomize=True,
+                database=None,
+                phases=[hypothesis.Phase.generate],  # no shrinking: the first failure, as found
+                suppress_health_check=list(hypothesis.HealthCheck),
+            )
         )
-    )
+    except (hypothesis.errors.Flaky, AssertionError) as exc:
+        # The service answers by timing too (a job may end before it is suspended), so
+        # Hypothesis cannot always replay a run and says so: that alone is no failure.
+        if failures:
+            raise failures[0] from exc
+        if not isinstance(exc, hypothesis.errors.Flaky) and not replay_went_astray(exc):
+            raise
     assert submitted, "no generated job was accepted: the links were never followed"
+
+
+def replay_went_astray(exc: AssertionError) -> bool:
+    """Hypothesis asserts, rather than raising Flaky, when a replay draws past a choice an
+    earlier run did not make."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and "hypothesis/internal/conjecture/" in frames[-1].filename
 
 
 def test_the_event_stream_without_a_job_starts_as_documented(session: requests.Session) -> None:
