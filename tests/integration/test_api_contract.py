@@ -15,6 +15,7 @@ and the ``docker`` compute env is a local one (no engine is reached, no image pu
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import traceback
@@ -38,8 +39,10 @@ from tests.integration.unix_http import unix_session
 
 Case = GenericCase[Any]  # of any operation
 BASE_URL = "http://localhost"  # any host: the session dials the socket
-MAX_EXAMPLES = 20  # per operation and mode, for the suite's time budget
-STATEFUL_RUNS = 40
+# Examples per operation and generation mode, and stateful runs: sized for the suite's time
+# budget. A deeper search on demand: AIOBATCH_CONTRACT_EXAMPLES=300.
+MAX_EXAMPLES = int(os.environ.get("AIOBATCH_CONTRACT_EXAMPLES", "20"))
+STATEFUL_RUNS = 2 * MAX_EXAMPLES
 TIMEOUT_S = 20.0  # no answer may take longer (waits and streams end with their short jobs)
 # The service takes at most MAX_INSTANCES per task (its config); generated counts are capped
 # a little above, so that its refusal of more is tested too, but never to a fan-out.

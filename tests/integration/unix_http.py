@@ -57,5 +57,6 @@ class _UnixConnection(urllib3.connection.HTTPConnection):
 def unix_session(path: str) -> requests.Session:
     """A session whose ``http://localhost/...`` requests go to the socket at ``path``."""
     session = requests.Session()
+    session.trust_env = False  # no proxy from the environment: the socket is the way
     session.mount("http://", UnixAdapter(path))
     return session
