@@ -280,6 +280,10 @@ def test_sequences_of_calls_on_submitted_jobs_keep_the_contract(
     failures: list[Exception] = []  # as they happened, whatever Hypothesis makes of them
 
     class Machine(stateful.as_state_machine()):  # type: ignore[misc]
+        def setup(self) -> None:
+            super().setup()
+            self.jobs: list[str] = []  # submitted in this run
+
         def step(self, input: Any) -> Any:
             try:
                 return super().step(input)
@@ -300,14 +304,15 @@ def test_sequences_of_calls_on_submitted_jobs_keep_the_contract(
         def after_call(self, response: Response, case: Case) -> None:
             super().after_call(response, case)
             if case.operation.label == "POST /v1/jobs" and response.status_code == 201:
-                submitted.append(response.json()["id"])
+                self.jobs.append(response.json()["id"])
+                submitted.append(self.jobs[-1])
 
         def get_call_kwargs(self, case: Case) -> dict[str, Any]:
             return call_kwargs(session)
 
         def teardown(self) -> None:
             # What a run left running does not queue before the next run's jobs.
-            for job_id in submitted:
+            for job_id in self.jobs:
                 session.post(f"{BASE_URL}/v1/jobs/{job_id}/stop", timeout=TIMEOUT_S)
             super().teardown()
 
