@@ -42,7 +42,7 @@ BASE_URL = "http://localhost"  # any host: the session dials the socket
 # Examples per operation and generation mode, and stateful runs: sized for the suite's time
 # budget. A deeper search on demand: AIOBATCH_CONTRACT_EXAMPLES=300.
 MAX_EXAMPLES = int(os.environ.get("AIOBATCH_CONTRACT_EXAMPLES", "20"))
-STATEFUL_RUNS = 2 * MAX_EXAMPLES
+STATEFUL_RUNS = 4 * MAX_EXAMPLES
 TIMEOUT_S = 20.0  # no answer may take longer (waits and streams end with their short jobs)
 # The service takes at most MAX_INSTANCES per task (its config); generated counts are capped
 # a little above, so that its refusal of more is tested too, but never to a fan-out.
