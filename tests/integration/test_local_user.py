@@ -105,3 +105,16 @@ def escaped(pids: Path) -> list[int]:
     found = [int(line) for line in pids.read_text().split()]
     assert len(found) == 2
     return found
+
+
+async def test_it_holds_only_its_standard_streams(state_dir: Path) -> None:
+    # `ls` opens the directory it lists: fd 3 is its own; anything above leaked from us.
+    spec = {
+        "name": "fds",
+        "tasks": [{"name": "t", "command": ["ls", "/proc/self/fd"], "user": "nobody"}],
+    }
+    async with Runtime(state_dir) as rt:
+        job = await rt.submit(spec)
+        await job.wait_for_success()
+        out = await rt.read_log(job.id, "t", 0)
+    assert out.decode().split() == ["0", "1", "2", "3"]
