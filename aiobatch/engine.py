@@ -3,7 +3,8 @@
 The engine does no I/O and never awaits. Each method changes records through the transition
 tables, appends the resulting events to ``outbox`` and returns the instances the caller must
 start or stop. The runtime publishes the outbox on the bus and performs the effects; tests
-drive the engine directly.
+drive the engine directly. Recording a change as its event is in ``changes.py``; the reasons,
+the retry decision and why a task waits are in ``reasons.py``.
 """
 
 from __future__ import annotations
@@ -13,53 +14,36 @@ from collections.abc import Callable, Sequence
 
 from aiobatch import resolver
 from aiobatch.attempt import NO_SPACE, RUNTIME_LOST, Outcome
-from aiobatch.events import (
-    Event,
-    InstanceStateChanged,
-    InstanceStopRequested,
-    JobStateChanged,
-    JobStopRequested,
-    TaskStateChanged,
-)
+from aiobatch.changes import StateChanges
+from aiobatch.events import InstanceStopRequested, JobStopRequested
 from aiobatch.model import InstanceRec, JobRec, TaskRec
-from aiobatch.scheduler import Scheduler, can_dispatch
-from aiobatch.states import (
-    JOB_TERMINAL,
-    TASK_TERMINAL,
-    InstanceState,
-    JobState,
-    TaskState,
-    check_instance,
-    check_job,
-    check_task,
+from aiobatch.reasons import (
+    INTERRUPTED,
+    RETRIED,
+    RUNTIME_LOST_LIMIT,
+    STOPPED_BY_USER,
+    not_started_for_space,
+    should_retry,
+    waiting_reason,
 )
+from aiobatch.scheduler import Scheduler, can_dispatch
+from aiobatch.states import JOB_TERMINAL, TASK_TERMINAL, InstanceState, JobState, TaskState
 
-STOPPED_BY_USER = "stopped_by_user"
-RUNTIME_LOST_LIMIT = "runtime_lost_limit"
-INTERRUPTED = "interrupted"
-RETRIED = "retried"
+# The reasons live in reasons.py; they are still imported from here too.
+__all__ = [
+    "DEFAULT_LOST_LIMIT",
+    "INTERRUPTED",
+    "RETRIED",
+    "RUNTIME_LOST_LIMIT",
+    "STOPPED_BY_USER",
+    "Engine",
+    "should_retry",
+]
+
 DEFAULT_LOST_LIMIT = 3  # crashes one instance may live through before it fails
 
 
-def should_retry(task: TaskRec, inst: InstanceRec, outcome: Outcome) -> bool:
-    """Whether a failed attempt gets another under the task's policy. Attempts lost with
-    the runtime are not charged: only the attempts the program itself failed count."""
-    limit, codes = task.defn.retry_limit, task.defn.retry_exit_codes
-    if inst.charged_attempts > limit:
-        return False
-    if codes is None:
-        return True
-    return outcome.code is not None and outcome.code in codes
-
-
-def _not_started_for_space(inst: InstanceRec, outcome: Outcome) -> bool:
-    reason = outcome.reason
-    return (
-        inst.state is InstanceState.STAGING and reason is not None and reason.startswith(NO_SPACE)
-    )
-
-
-class Engine:
+class Engine(StateChanges):
     def __init__(
         self,
         slots: dict[str, int],
@@ -67,60 +51,12 @@ class Engine:
         *,
         lost_limit: int = DEFAULT_LOST_LIMIT,
     ) -> None:
+        super().__init__(clock)
         self.jobs: dict[str, JobRec] = {}
         self.scheduler = Scheduler(slots)
-        self.outbox: list[Event] = []
-        self._clock = clock
         # How many attempts of one instance may be lost with the runtime (re-run uncharged)
         # before it fails: an instance that brings its runtime down must not loop forever.
         self.lost_limit = lost_limit
-
-    # -- events -----------------------------------------------------------------------------
-
-    def _job_to(self, job: JobRec, state: JobState, reason: str | None) -> None:
-        job.state = check_job(job.state, state)
-        job.reason = reason
-        now = self._clock()
-        if state is JobState.RUNNING and job.started_at is None:
-            job.started_at = now
-        self.outbox.append(JobStateChanged(job_id=job.id, state=state, reason=reason, ts=now))
-
-    def _task_to(self, task: TaskRec, state: TaskState, reason: str | None = None) -> None:
-        task.state = check_task(task.state, state)
-        task.reason = reason
-        self.outbox.append(
-            TaskStateChanged(
-                job_id=task.job.id, task=task.name, state=state, reason=reason, ts=self._clock()
-            )
-        )
-
-    def _instance_to(
-        self, inst: InstanceRec, state: InstanceState, reason: str | None = None
-    ) -> None:
-        inst.state = check_instance(inst.state, state)
-        inst.reason = reason
-        self.outbox.append(
-            InstanceStateChanged(
-                job_id=inst.task.job.id,
-                task=inst.task.name,
-                index=inst.index,
-                attempt=inst.attempt,
-                state=state,
-                reason=reason,
-                ts=self._clock(),
-                exit_code=inst.exit_code,
-                signal=inst.signal,
-                pid=inst.pid,
-                started_at=inst.started_at,
-                duration_s=inst.duration_s,
-                lost=inst.lost,
-                interrupted=inst.interrupted,
-            )
-        )
-
-    def drain(self) -> list[Event]:
-        events, self.outbox = self.outbox, []
-        return events
 
     # -- jobs -------------------------------------------------------------------------------
 
@@ -321,7 +257,7 @@ class Engine:
         elif outcome.succeeded:
             self._instance_to(inst, InstanceState.SUCCEEDED)
             task.succeeded += 1
-        elif _not_started_for_space(inst, outcome) and job.stopping is None:
+        elif not_started_for_space(inst, outcome) and job.stopping is None:
             self._instance_to(inst, InstanceState.PENDING, NO_SPACE)
             task.retry_queue.appendleft(inst)
         elif outcome.reason == RUNTIME_LOST and job.stopping is None:
@@ -442,20 +378,8 @@ class Engine:
         self._maybe_finish_job(job)
         return to_stop
 
-    # -- reasons ----------------------------------------------------------------------------
+    # -- reasons (reasons.py) --------------------------------------------------------------
 
     def waiting_reason(self, task: TaskRec) -> str | None:
         """Why a task is not done yet, or why it ended; derived, so always current."""
-        state = task.state
-        if state is TaskState.PENDING:
-            waiting = resolver.waiting_for(task)
-            return f"waiting_for: {', '.join(waiting)}" if waiting else None
-        if state in (TaskState.READY, TaskState.RUNNING) and task.pending:
-            limit = task.defn.max_parallel
-            if task.job.state is JobState.SUSPENDED:
-                return "job_suspended"
-            if limit is not None and task.active >= limit:
-                return "max_parallel"
-            if not self.scheduler.has_free_slot(task.defn.compute_env):
-                return f"no_free_slot: {task.defn.compute_env}"
-        return task.reason
+        return waiting_reason(task, self.scheduler)

@@ -1,0 +1,55 @@
+"""Why an instance or a task is where it is: the reasons the core records, the decision
+between a retry and a failure, and the reason a task waits (derived, so always current).
+
+Part of the pure core: no I/O, and nothing from the executors, hooks or the runtime.
+"""
+
+from __future__ import annotations
+
+from aiobatch import resolver
+from aiobatch.attempt import NO_SPACE, Outcome
+from aiobatch.model import InstanceRec, TaskRec
+from aiobatch.scheduler import Scheduler
+from aiobatch.states import InstanceState, JobState, TaskState
+
+STOPPED_BY_USER = "stopped_by_user"
+RUNTIME_LOST_LIMIT = "runtime_lost_limit"
+INTERRUPTED = "interrupted"
+RETRIED = "retried"
+
+
+def should_retry(task: TaskRec, inst: InstanceRec, outcome: Outcome) -> bool:
+    """Whether a failed attempt gets another under the task's policy. Attempts lost with
+    the runtime are not charged: only the attempts the program itself failed count."""
+    limit, codes = task.defn.retry_limit, task.defn.retry_exit_codes
+    if inst.charged_attempts > limit:
+        return False
+    if codes is None:
+        return True
+    return outcome.code is not None and outcome.code in codes
+
+
+def not_started_for_space(inst: InstanceRec, outcome: Outcome) -> bool:
+    """The attempt ended before its program started because the state dir had no room:
+    it waits for room, it is not a failure."""
+    reason = outcome.reason
+    return (
+        inst.state is InstanceState.STAGING and reason is not None and reason.startswith(NO_SPACE)
+    )
+
+
+def waiting_reason(task: TaskRec, scheduler: Scheduler) -> str | None:
+    """Why a task is not done yet, or why it ended."""
+    state = task.state
+    if state is TaskState.PENDING:
+        waiting = resolver.waiting_for(task)
+        return f"waiting_for: {', '.join(waiting)}" if waiting else None
+    if state in (TaskState.READY, TaskState.RUNNING) and task.pending:
+        limit = task.defn.max_parallel
+        if task.job.state is JobState.SUSPENDED:
+            return "job_suspended"
+        if limit is not None and task.active >= limit:
+            return "max_parallel"
+        if not scheduler.has_free_slot(task.defn.compute_env):
+            return f"no_free_slot: {task.defn.compute_env}"
+    return task.reason
