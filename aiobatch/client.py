@@ -47,7 +47,6 @@ Params = Mapping[str, str]
 
 CONNECT_TIMEOUT_S = 10.0
 LOG_CHUNK = 64 * 1024  # bytes of a log handed on at a time
-SIZE_HEADER = "X-Aiobatch-Log-Size"
 _error_decoder = msgspec.json.Decoder(wire.ErrorBody)
 
 
@@ -226,8 +225,8 @@ class Client:
 
     async def logview_address(self, job_id: str) -> str | None:
         """The job's page in a browser (token included), if the service serves one."""
-        answer = await self._call("GET", _job(job_id) + "/logview", dict[str, str | None])
-        return answer["url"]
+        answer = await self._call("GET", _job(job_id) + "/logview", wire.LogviewAddress)
+        return answer.url
 
     async def exist_job(self, job_id: str) -> bool:
         try:
@@ -289,7 +288,12 @@ class Client:
         return await self._call("GET", _instance(job_id, task, index), InstanceDetail)
 
     async def health(self) -> dict[str, Any]:
-        return await self._call("GET", "/health", dict[str, Any])
+        """``/v1/health`` as plain data (as ``Runtime.health`` gives it), checked against
+        ``wire.Health`` on the way."""
+        health: dict[str, Any] = msgspec.to_builtins(
+            await self._call("GET", "/health", wire.Health)
+        )
+        return health
 
     # -- streams -----------------------------------------------------------------------------
 
@@ -358,7 +362,7 @@ class Client:
         path = f"{_instance(job_id, task, index)}/logs/{stream}"
         params = {"offset": "0", "limit": "0"}
         async with self._request("GET", path, params=params) as response:
-            return int(response.headers.get(SIZE_HEADER, "0"))
+            return int(response.headers.get(wire.SIZE_HEADER, "0"))
 
     async def follow_log(
         self, job_id: str, task: str, index: int, *, stream: LogStream = "stdout", offset: int = 0

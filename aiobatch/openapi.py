@@ -20,8 +20,6 @@ from aiobatch import wire
 from aiobatch.api import HistoryEntry, InstanceDetail, JobSnapshot, JobSummary, TaskResult
 from aiobatch.events import Event
 from aiobatch.limits import INT64_MAX
-from aiobatch.server.logs import SIZE_HEADER
-from aiobatch.server.params import MAX_HISTORY_PAGE
 from aiobatch.spec_types import JobDef, JobSpec
 from aiobatch.states import JobState
 
@@ -208,7 +206,9 @@ ROUTES = (
             Param("follow", "query", flag(), "Stream what is written until the instance ends"),
         ),
         errors=(404,),
-        headers=(Header(SIZE_HEADER, integer(0), "The log's size in bytes when the answer began"),),
+        headers=(
+            Header(wire.SIZE_HEADER, integer(0), "The log's size in bytes when the answer began"),
+        ),
     ),
     Route(
         "GET",
@@ -231,8 +231,8 @@ ROUTES = (
             Param(
                 "limit",
                 "query",
-                integer(1, MAX_HISTORY_PAGE),
-                f"At most this many events (default {MAX_HISTORY_PAGE})",
+                integer(1, wire.MAX_HISTORY_PAGE),
+                f"At most this many events (default {wire.MAX_HISTORY_PAGE})",
             ),
         ),
         errors=(404,),

@@ -27,6 +27,13 @@ from aiobatch.errors import (
 API_PREFIX = "/v1"
 MAX_BODY_BYTES = 1024 * 1024  # a job spec larger than this is refused with 413
 NDJSON = "application/x-ndjson"
+SIZE_HEADER = "X-Aiobatch-Log-Size"  # a log's size in bytes when its answer began
+MAX_HISTORY_PAGE = 10_000  # events in one /history answer (also its default)
+# Jobs in one GET /v1/jobs answer: without ``limit`` the newest DEFAULT_JOBS_PAGE, and
+# ``limit`` at most MAX_JOBS_PAGE (a bounded answer, however many jobs are stored); the
+# Client pages through the rest with ``offset``.
+DEFAULT_JOBS_PAGE = 1_000
+MAX_JOBS_PAGE = 10_000
 
 encoder = msgspec.json.Encoder()
 

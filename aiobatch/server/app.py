@@ -12,6 +12,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+import msgspec
 import structlog
 from aiohttp import web
 
@@ -109,22 +110,23 @@ class ControlServer:
                 for name, sock in (("unix", listeners.unix), ("tcp", listeners.tcp))
                 if sock is not None
             ]
+            options: dict[str, Any] = {
+                "access_log": None,
+                "keepalive_timeout": limits.idle_timeout_s,
+                "lingering_time": LINGER_S,
+                "max_line_size": MAX_LINE_BYTES,
+                "max_field_size": MAX_LINE_BYTES,
+                "max_headers": MAX_HEADERS,
+            }
             runner = web.AppRunner(
-                self._application(limits),
-                access_log=None,
-                shutdown_timeout=SHUTDOWN_GRACE_S,
-                keepalive_timeout=limits.idle_timeout_s,
-                lingering_time=LINGER_S,
-                max_line_size=MAX_LINE_BYTES,
-                max_field_size=MAX_LINE_BYTES,
-                max_headers=MAX_HEADERS,
+                self._application(limits), shutdown_timeout=SHUTDOWN_GRACE_S, **options
             )
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
             for name, sock in sockets:
                 listener = Listener(name, limits, self._peers)
                 self._listeners.append(listener)
-                await GuardedSite(runner, sock, listener).start()
+                await GuardedSite(runner, sock, listener, options).start()
             self._stack = stack.pop_all()
         socket_path = str(self.socket_path) if self._unix else None
         log.info(
@@ -150,23 +152,28 @@ class ControlServer:
     async def _on_shutdown(self, app: web.Application) -> None:
         self._long.close()
 
-    def statistics(self) -> dict[str, Any]:
-        return {
-            "version": self._version,
-            "pid": os.getpid(),
-            "socket": str(self.socket_path),
-            "http": self.http_url,
-            "long_requests": len(self._long),  # streams and waits
-            "connections": {
-                listener.name: {
-                    "open": listener.open,
-                    "limit": listener.limits.connections,
-                    "refused": listener.refused,
-                    "timed_out": listener.timed_out,
-                }
+    def server_statistics(self) -> wire.ServerStatistics:
+        return wire.ServerStatistics(
+            version=self._version,
+            pid=os.getpid(),
+            socket=str(self.socket_path),
+            http=self.http_url,
+            long_requests=len(self._long),  # streams and waits
+            connections={
+                listener.name: wire.ListenerStatistics(
+                    open=listener.open,
+                    limit=listener.limits.connections,
+                    refused=listener.refused,
+                    timed_out=listener.timed_out,
+                )
                 for listener in self._listeners
             },
-        }
+        )
+
+    def statistics(self) -> dict[str, Any]:
+        """``server_statistics()`` as plain data."""
+        result: dict[str, Any] = msgspec.to_builtins(self.server_statistics())
+        return result
 
     def _application(self, limits: Limits) -> web.Application:
         app = web.Application(
@@ -227,7 +234,9 @@ class ControlServer:
 
     async def _health(self, request: web.Request) -> web.Response:
         query(request)
-        return json_response({**await self.api.health(), "server": self.statistics()})
+        # The runtime's part comes as a mapping (BatchAPI.health); the answer is the struct.
+        health = {**await self.api.health(), "server": self.server_statistics()}
+        return json_response(msgspec.convert(health, wire.Health))
 
     async def _openapi(self, request: web.Request) -> web.Response:
         query(request)

@@ -11,7 +11,6 @@ from aiobatch.errors import JobNotFound, RuntimeClosed
 from aiobatch.server.bodies import read_spec
 from aiobatch.server.limits import Limits
 from aiobatch.server.params import (
-    MAX_HISTORY_PAGE,
     flag_param,
     instance_of,
     int_param,
@@ -129,10 +128,11 @@ class JobHandlers:
     async def history(self, request: web.Request) -> web.Response:
         params = query(request, "after", "limit")
         after = int_param(params, "after") or 0
-        limit = int_param(params, "limit", 1, MAX_HISTORY_PAGE) or MAX_HISTORY_PAGE
+        limit = int_param(params, "limit", 1, wire.MAX_HISTORY_PAGE) or wire.MAX_HISTORY_PAGE
         job_id = job_id_of(request)
         return json_response(await self.api.job_history(job_id, after=after, limit=limit))
 
     async def logview(self, request: web.Request) -> web.Response:
         query(request)
-        return json_response({"url": await self.api.logview_address(job_id_of(request))})
+        url = await self.api.logview_address(job_id_of(request))
+        return json_response(wire.LogviewAddress(url=url))

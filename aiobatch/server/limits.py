@@ -12,13 +12,15 @@ from __future__ import annotations
 import asyncio
 import resource
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from aiohttp import web
 
 from aiobatch.listeners import listen_backlog
+from aiobatch.server.protocol import QuietRequestHandler
 
 log = structlog.get_logger("aiobatch.server")
 
@@ -157,19 +159,34 @@ class Connection(asyncio.Protocol):
 
 
 class GuardedSite(web.SockSite):
-    """aiohttp's site for a bound socket, its connections kept to a ``Listener``'s limits."""
+    """aiohttp's site for a bound socket, its connections kept to a ``Listener``'s limits.
 
-    __slots__ = ("_listener",)
+    ``options``: of each connection's ``RequestHandler`` (the runner's own handler options:
+    the site makes its connections itself, with their answer to unparsable requests)."""
 
-    def __init__(self, runner: web.BaseRunner, sock: socket.socket, listener: Listener) -> None:
+    __slots__ = ("_listener", "_options")
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        sock: socket.socket,
+        listener: Listener,
+        options: Mapping[str, Any],
+    ) -> None:
         super().__init__(runner, sock, backlog=listen_backlog())
         self._listener = listener
+        self._options = dict(options)
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
         server = self._runner.server
         assert server is not None
-        listener = self._listener
-        self._server = await asyncio.get_running_loop().create_server(
-            lambda: listener.protocol_factory(server), sock=self._sock, backlog=self._backlog
+        listener, options = self._listener, self._options
+        loop = asyncio.get_running_loop()
+
+        def connection() -> asyncio.Protocol:
+            return QuietRequestHandler(server, loop=loop, **options)
+
+        self._server = await loop.create_server(
+            lambda: listener.protocol_factory(connection), sock=self._sock, backlog=self._backlog
         )

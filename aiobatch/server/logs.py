@@ -18,8 +18,6 @@ from aiobatch.server.responses import bad_request
 from aiobatch.server.served import ServedAPI
 from aiobatch.server.streams import LongRequests, chunked, closing
 
-SIZE_HEADER = "X-Aiobatch-Log-Size"
-
 
 class LogHandlers:
     def __init__(self, api: ServedAPI, long_requests: LongRequests) -> None:
@@ -47,7 +45,9 @@ class LogHandlers:
         path = self.api.log_path(job_id, task, index, which)
         if follow:
             response = chunked("text/plain")
-            response.headers[SIZE_HEADER] = str(await anyio.to_thread.run_sync(views.size, path))
+            response.headers[wire.SIZE_HEADER] = str(
+                await anyio.to_thread.run_sync(views.size, path)
+            )
 
             async def follow_pump(response: web.StreamResponse) -> None:
                 chunks = self.api.follow_log(job_id, task, index, stream=which, offset=offset)
@@ -60,11 +60,13 @@ class LogHandlers:
         try:
             file = await anyio.open_file(path, "rb")
         except FileNotFoundError:  # not started: an empty log
-            return web.Response(body=b"", content_type="text/plain", headers={SIZE_HEADER: "0"})
+            return web.Response(
+                body=b"", content_type="text/plain", headers={wire.SIZE_HEADER: "0"}
+            )
         async with file:
             size = await anyio.to_thread.run_sync(views.fstat_size, file.wrapped)
             end = size if limit is None else min(size, offset + limit)
-            response = web.StreamResponse(headers={SIZE_HEADER: str(size)})
+            response = web.StreamResponse(headers={wire.SIZE_HEADER: str(size)})
             response.content_type = "text/plain"
             response.content_length = max(0, end - offset)
 

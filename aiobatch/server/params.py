@@ -14,7 +14,6 @@ from aiobatch.server.responses import bad_request, printable
 from aiobatch.states import JobState
 
 INT64_MAX = 2**63 - 1  # SQLite INTEGER, off_t: every number a request carries fits in this
-MAX_HISTORY_PAGE = 10_000  # events in one /history answer (also its default)
 FLAGS = {"0": False, "false": False, "no": False, "1": True, "true": True, "yes": True}
 
 

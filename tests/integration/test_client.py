@@ -6,13 +6,16 @@ Everything a user does through ``Runtime`` is done here through ``Client`` (and 
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import anyio
+import msgspec
 import pytest
 
 from aiobatch import (
@@ -22,6 +25,7 @@ from aiobatch import (
     JobState,
     SpecError,
     TaskNotFound,
+    wire,
 )
 from aiobatch.api import BatchAPI
 from aiobatch.client import Client
@@ -350,6 +354,33 @@ async def test_health(state_dir: Path, sock_path: Path) -> None:
     assert idle["status"] == "ok" and "local" in idle["compute_envs"]
     assert idle["server"]["socket"] == str(sock_path) == str(control.socket_path)
     assert (idle["server"]["long_requests"], watched["server"]["long_requests"]) == (0, 1)
+
+
+async def test_health_and_logview_answers_are_exactly_their_wire_structs(
+    state_dir: Path, sock_path: Path
+) -> None:
+    """The server builds them as wire.Health and wire.LogviewAddress: the JSON holds those
+    fields and no others, and the client reads them through the structs."""
+    async with serving(state_dir, sock_path) as (rt, _), Client(sock_path) as client:
+        job = await rt.submit(tiny("v", "true"))
+        async with aiohttp.ClientSession(
+            connector=aiohttp.UnixConnector(path=str(sock_path))
+        ) as session:
+            answers = {}
+            for path in ("/v1/health", f"/v1/jobs/{job.id}/logview"):
+                async with session.get("http://aiobatch" + path) as response:
+                    answers[path] = (response.status, await response.read())
+        address = await client.logview_address(job.id)
+        health = await client.health()
+    status, body = answers["/v1/health"]
+    decoded = msgspec.json.decode(body, type=wire.Health)
+    assert status == 200 and msgspec.to_builtins(decoded) == msgspec.json.decode(body)
+    assert isinstance(decoded.server, wire.ServerStatistics) and decoded.server.pid == os.getpid()
+    assert set(decoded.server.connections) == {"unix"}
+    assert health["server"]["connections"]["unix"]["open"] >= 1  # this client's connection
+    status, body = answers[f"/v1/jobs/{job.id}/logview"]
+    assert status == 200 and msgspec.json.decode(body) == {"url": None}  # no log view here
+    assert address is None
 
 
 async def test_twenty_clients_at_once(state_dir: Path, sock_path: Path) -> None:

@@ -1,0 +1,113 @@
+"""Requests that the HTTP parser itself refuses, sent as raw bytes to the real ``aiobatch
+serve``: each is the API's JSON 400 that quotes nothing of the request, its connection is
+closed, the service logs one short line for it (no traceback), and it answers afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from aiobatch.server.limits import MAX_HEADERS, MAX_LINE_BYTES
+from tests.integration.service import AIOBATCH, Service
+
+pytestmark = pytest.mark.anyio
+
+MARK = b"HOSTILE"  # in every request: no answer or log line may quote it
+HEAD_END = b"\r\n\r\n"
+LONG = MARK * (MAX_LINE_BYTES // len(MARK) + 1)
+MALFORMED = {  # request: what the answer says is wrong
+    b"GET /v1/" + LONG + b" HTTP/1.1\r\nHost: x\r\n\r\n": f"longer than {MAX_LINE_BYTES} bytes",
+    b"GET /v1/health HTTP/1.1\r\nX-A: " + LONG + b"\r\n\r\n": f"longer than {MAX_LINE_BYTES}",
+    b"GET /v1/health HTTP/1.1\r\n"
+    + b"".join(b"X-%d: %s\r\n" % (i, MARK) for i in range(MAX_HEADERS + 1))
+    + b"\r\n": f"more than {MAX_HEADERS} header lines",
+    b"G\x01" + MARK + b" /v1/health HTTP/1.1\r\nHost: x\r\n\r\n": "invalid method",
+    b"GET /v1/health HTTP/9." + MARK + b"\r\nHost: x\r\n\r\n": "HTTP version",
+    b"GET /v1/health HTTP/1.1\r\n" + MARK + b"\r\n\r\n": "invalid header token",
+    b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n" + MARK + b"\r\n{}\r\n0\r\n\r\n": "chunk size",
+    b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 1"
+    + MARK
+    + b"\r\n\r\n{}": "Content-Length",
+    b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+    b"Content-Length: 3\r\n\r\n{}" + MARK: "duplicate Content-Length",
+}
+
+
+class LoggedService(Service):
+    """The real service, its log (stderr) in a file."""
+
+    def __init__(self, root: Path, state_dir: Path) -> None:
+        super().__init__(root, state_dir)
+        self.log = root / "service.log"
+
+    async def start(self, **env: str) -> None:
+        notify_path = self.root / "notify.sock"
+        self.notify = await anyio.create_unix_datagram_socket(local_path=notify_path)
+        with self.log.open("wb") as log:
+            self.process = await anyio.open_process(
+                [
+                    *(str(AIOBATCH), "serve", "--config", str(self.config)),
+                    *("--state-dir", str(self.state_dir), "--socket", str(self.socket)),
+                ],
+                env={**os.environ, "NOTIFY_SOCKET": str(notify_path), **env},
+                stdout=log,
+                stderr=log,
+            )
+        assert await self.message() == "READY=1"
+        assert await self.message() == f"STATUS=listening on {self.socket}"
+
+
+@pytest.fixture
+async def service(state_dir: Path) -> AsyncIterator[LoggedService]:
+    root = Path(tempfile.mkdtemp(prefix="ab", dir="/tmp"))  # short: sockets have 107 bytes
+    service = LoggedService(root, state_dir)
+    try:
+        await service.start()
+        yield service
+    finally:
+        await service.close()
+        service.clean_up()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def exchange(sock: Path, data: bytes) -> bytes:
+    """Send ``data`` and read until the service closes the connection (fails if it does not)."""
+    async with await anyio.connect_unix(str(sock)) as stream:
+        await stream.send(data)
+        answer = b""
+        with anyio.fail_after(10):
+            while True:
+                try:
+                    answer += await stream.receive()
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    return answer
+
+
+async def test_unparsable_requests_are_json_400_closed_and_one_log_line_each(
+    service: LoggedService,
+) -> None:
+    for request, reason in MALFORMED.items():
+        answer = await exchange(service.socket, request)  # fails unless the service closes it
+        head, _, body = answer.partition(HEAD_END)
+        assert head.split(b" ", 2)[1] == b"400", (reason, answer[:300])
+        assert b"content-type: application/json" in head.lower(), (reason, head)
+        error = json.loads(body)["error"]
+        assert error["type"] == "BadRequest" and reason in error["message"], (reason, error)
+        assert MARK not in answer, (reason, answer)
+    async with service.client() as client:  # still answering, on the same socket
+        assert (await client.health())["status"] == "ok"
+        assert await client.list_jobs() == []  # nothing of the bodies was stored
+    log = service.log.read_bytes()
+    assert b"Traceback" not in log and b"Error handling request" not in log, log.decode()
+    assert MARK not in log, log.decode()
+    lines = [line for line in log.splitlines() if b"request_unparsable" in line]
+    assert len(lines) == len(MALFORMED), log.decode()
+    assert all(len(line) < 300 for line in lines), lines
