@@ -1,5 +1,5 @@
-"""SQLite persistence: group commit of events, loading jobs back after a crash (the tables
-and rows are in ``schema.py``).
+"""SQLite persistence: group commit of events, and the reads that load jobs back (the tables
+and rows are in ``schema.py``; opening, checking and migrating the file in ``database.py``).
 
 The store subscribes to the bus. Events are buffered and written by one writer task, many
 per transaction: the writer takes whatever accumulated while the previous transaction ran.
@@ -21,8 +21,8 @@ import structlog
 from anyio.abc import TaskStatus
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
-from aiobatch.dbcheck import Sidecars, check_database
-from aiobatch.errors import DatabaseUnusable, RuntimeClosed, SpecError, StateDirUnwritable
+from aiobatch.database import is_storage_failure, open_database, probe_write
+from aiobatch.errors import RuntimeClosed, SpecError, StateDirUnwritable
 from aiobatch.events import (
     Event,
     InstanceStateChanged,
@@ -39,9 +39,6 @@ from aiobatch.schema import (
     INSERT_EVENT,
     INSERT_JOB,
     INSERT_TASK,
-    MIGRATIONS,
-    SCHEMA,
-    SCHEMA_VERSION,
     STOP_INSTANCE,
     TERMINAL_INSTANCE_STATES,
     TERMINAL_JOB_STATES,
@@ -58,10 +55,6 @@ log = structlog.get_logger("aiobatch.store")
 
 RETRY_FIRST_S = 0.1  # a failed write is tried again after this, doubling up to RETRY_MAX_S
 RETRY_MAX_S = 5.0
-# SQLite's primary result codes that mean the file system, not the data: full, I/O error,
-# read-only. Writes are kept in memory and tried again.
-_SQLITE_FULL = 13
-_STORAGE_CODES = {_SQLITE_FULL, 10, 8}  # SQLITE_FULL, SQLITE_IOERR, SQLITE_READONLY
 
 
 class Store:
@@ -84,35 +77,8 @@ class Store:
 
     async def open(self) -> None:
         """Open the database, or refuse to (DatabaseUnusable, StateDirUnwritable) before
-        anything is written to it: a corrupt or foreign file is left as it was found."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        await anyio.to_thread.run_sync(check_database, self.path)
-        sidecars = Sidecars(self.path)
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves, one per batch.
-        self._db = await aiosqlite.connect(self.path, isolation_level=None)
-        try:
-            await self._configure()
-        except BaseException as exc:
-            await self.close()
-            sidecars.remove_new()
-            if not isinstance(exc, sqlite3.Error):
-                raise
-            if getattr(exc, "sqlite_errorcode", 0) & 0xFF == _SQLITE_FULL:
-                raise StateDirUnwritable(self.path.parent, str(exc)) from None
-            raise DatabaseUnusable(  # a read-only file, say
-                self.path,
-                f"cannot be opened for writing ({exc})",
-                "check the file, its permissions and its file system",
-            ) from None
-
-    async def _configure(self) -> None:
-        await self.db.execute("PRAGMA journal_mode = WAL")
-        # NORMAL: a commit survives the process being killed, not the machine losing power.
-        # Transactions that accept new jobs are synced in full (see write_pending).
-        await self.db.execute("PRAGMA synchronous = NORMAL")
-        await self.db.execute("PRAGMA foreign_keys = OFF")
-        await self._migrate()
-        await self._probe()  # a file that cannot be written shows now, not at the first job
+        anything is written to it (``database.py``)."""
+        self._db = await open_database(self.path)
 
     async def close(self) -> None:
         if self._batch.events or self._batch.new_jobs:
@@ -122,31 +88,6 @@ class Store:
         if self._db is not None:
             await self._db.close()
             self._db = None
-
-    async def _migrate(self) -> None:
-        async with self.db.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
-        ) as cursor:
-            exists = await cursor.fetchone() is not None
-        if not exists:
-            await self.db.executescript(
-                f"BEGIN; {SCHEMA} INSERT INTO schema_version VALUES ({SCHEMA_VERSION}); COMMIT;"
-            )
-            return
-        async with self.db.execute("SELECT version FROM schema_version") as cursor:
-            row = await cursor.fetchone()
-        version = row[0] if row else 0
-        if not 1 <= version <= SCHEMA_VERSION:  # check_database said so already
-            raise DatabaseUnusable(
-                self.path,
-                f"has schema version {version}; this aiobatch reads 1 to {SCHEMA_VERSION}",
-                "use another --state-dir",
-            )
-        steps = " ".join(MIGRATIONS[v] for v in range(version + 1, SCHEMA_VERSION + 1))
-        if steps:  # one transaction: a crash mid-migration leaves the old version intact
-            await self.db.executescript(
-                f"BEGIN; {steps} UPDATE schema_version SET version = {SCHEMA_VERSION}; COMMIT;"
-            )
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -268,9 +209,9 @@ class Store:
         try:
             # With nothing to write (what failed was withdrawn), a write of no consequence
             # still tells whether there is room again.
-            await self._write(batch) if batch else await self._probe()
+            await self._write(batch) if batch else await probe_write(self.db)
         except BaseException as exc:
-            if not (isinstance(exc, sqlite3.Error) and _storage_failure(exc)):
+            if not (isinstance(exc, sqlite3.Error) and is_storage_failure(exc)):
                 batch.release(exc)  # a bug, not the disk: its waiters hear of it, not wait
                 raise
             batch.absorb(self._batch)  # what came since goes after it
@@ -311,17 +252,6 @@ class Store:
             finally:
                 if batch.new_jobs:
                     await db.execute("PRAGMA synchronous = NORMAL")
-
-    async def _probe(self) -> None:
-        db = self.db
-        await db.execute("BEGIN")
-        try:
-            await db.execute("UPDATE schema_version SET version = version")
-            await db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                await db.execute("ROLLBACK")
-            raise
 
     async def _write_rows(self, batch: Batch) -> None:
         db = self.db
@@ -418,8 +348,3 @@ class Store:
         ) as cursor:
             # One fetch, not a trip to the database thread per row.
             return [(row[0], event_decoder.decode(row[1])) for row in await cursor.fetchall()]
-
-
-def _storage_failure(exc: sqlite3.Error) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)
-    return code is not None and code & 0xFF in _STORAGE_CODES

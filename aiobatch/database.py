@@ -1,0 +1,102 @@
+"""The state database's connection: opened (checked, configured, migrated, and tried with a
+write) or refused before anything is written to it; and which SQLite errors mean the file
+system (full, failing, read-only) rather than the data.
+
+What is in the file is checked first, read-only, by ``dbcheck.py``; ``store.py`` writes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import aiosqlite
+import anyio
+
+from aiobatch.dbcheck import Sidecars, check_database
+from aiobatch.errors import DatabaseUnusable, StateDirUnwritable
+from aiobatch.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
+
+# SQLite's primary result codes that mean the file system, not the data: full, I/O error,
+# read-only. Writes are kept in memory and tried again.
+_SQLITE_FULL = 13
+_STORAGE_CODES = {_SQLITE_FULL, 10, 8}  # SQLITE_FULL, SQLITE_IOERR, SQLITE_READONLY
+
+
+async def open_database(path: Path) -> aiosqlite.Connection:
+    """Open the database, or refuse to (DatabaseUnusable, StateDirUnwritable) before
+    anything is written to it: a corrupt or foreign file is left as it was found."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    await anyio.to_thread.run_sync(check_database, path)
+    sidecars = Sidecars(path)
+    # isolation_level=None: the store issues BEGIN/COMMIT itself, one per batch.
+    db = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        await _configure(db, path)
+    except BaseException as exc:
+        await db.close()
+        sidecars.remove_new()
+        if not isinstance(exc, sqlite3.Error):
+            raise
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF == _SQLITE_FULL:
+            raise StateDirUnwritable(path.parent, str(exc)) from None
+        raise DatabaseUnusable(  # a read-only file, say
+            path,
+            f"cannot be opened for writing ({exc})",
+            "check the file, its permissions and its file system",
+        ) from None
+    return db
+
+
+async def _configure(db: aiosqlite.Connection, path: Path) -> None:
+    await db.execute("PRAGMA journal_mode = WAL")
+    # NORMAL: a commit survives the process being killed, not the machine losing power.
+    # Transactions that accept new jobs are synced in full (see Store.write_pending).
+    await db.execute("PRAGMA synchronous = NORMAL")
+    await db.execute("PRAGMA foreign_keys = OFF")
+    await _migrate(db, path)
+    await probe_write(db)  # a file that cannot be written shows now, not at the first job
+
+
+async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
+    async with db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+    ) as cursor:
+        exists = await cursor.fetchone() is not None
+    if not exists:
+        await db.executescript(
+            f"BEGIN; {SCHEMA} INSERT INTO schema_version VALUES ({SCHEMA_VERSION}); COMMIT;"
+        )
+        return
+    async with db.execute("SELECT version FROM schema_version") as cursor:
+        row = await cursor.fetchone()
+    version = row[0] if row else 0
+    if not 1 <= version <= SCHEMA_VERSION:  # check_database said so already
+        raise DatabaseUnusable(
+            path,
+            f"has schema version {version}; this aiobatch reads 1 to {SCHEMA_VERSION}",
+            "use another --state-dir",
+        )
+    steps = " ".join(MIGRATIONS[v] for v in range(version + 1, SCHEMA_VERSION + 1))
+    if steps:  # one transaction: a crash mid-migration leaves the old version intact
+        await db.executescript(
+            f"BEGIN; {steps} UPDATE schema_version SET version = {SCHEMA_VERSION}; COMMIT;"
+        )
+
+
+async def probe_write(db: aiosqlite.Connection) -> None:
+    """A write of no consequence: raises as a real write would if there is no room."""
+    await db.execute("BEGIN")
+    try:
+        await db.execute("UPDATE schema_version SET version = version")
+        await db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            await db.execute("ROLLBACK")
+        raise
+
+
+def is_storage_failure(exc: sqlite3.Error) -> bool:
+    """The file system failed (full, I/O error, read-only), not the data or the code."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in _STORAGE_CODES
