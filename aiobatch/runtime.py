@@ -1,19 +1,18 @@
 """``Runtime``: the façade that wires store, bus, engine and executors under one task group.
 
 The parts each live in a module of their own: running attempts (``attempts.py``), what a
-start does after a crash (``restart.py``), the read side (``queries.py``), executors and
-storage (``resources.py``). Here: the lifecycle, and the operations that change jobs.
+start does after a crash (``restart.py``), the commands that change jobs (``commands.py``),
+the read side (``queries.py``), health and statistics (``health.py``), executors and
+storage (``resources.py``). Here: the lifecycle, the log view's wiring, and the methods
+that hand each call to its part.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import secrets
-import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -35,40 +34,28 @@ from aiobatch.api import (
     TaskResult,
 )
 from aiobatch.attempts import Attempts
+from aiobatch.commands import Commands, SpecSource
 from aiobatch.config import Config, ServerConfig, default_state_dir, load_config
 from aiobatch.engine import Engine
-from aiobatch.errors import (
-    InstanceNotFound,
-    JobNotRetryable,
-    RuntimeClosed,
-    SpecError,
-    StateDirUnwritable,
-    TaskNotFound,
-)
-from aiobatch.events import Bus, Event, JobStateChanged, JobSubmitted
+from aiobatch.errors import RuntimeClosed
+from aiobatch.events import Bus, Event, JobStateChanged
 from aiobatch.executors.base import Executor
-from aiobatch.executors.local import LocalExecutor
+from aiobatch.health import collect_statistics, health_report
 from aiobatch.hooks import Hooks
 from aiobatch.layout import StateLayout, Stream, lock_state_dir
 from aiobatch.listeners import Listeners, bind_listeners
 from aiobatch.model import JobRec, TaskRec
 from aiobatch.queries import Queries
 from aiobatch.resources import Resources
-from aiobatch.restart import UNRECOVERABLE, recover
-from aiobatch.spec import JobDef, JobSpec, load_spec
+from aiobatch.restart import recover
+from aiobatch.spec import JobDef
 from aiobatch.states import JOB_TERMINAL, JobState
 from aiobatch.storage.base import StorageBackend
 from aiobatch.store import Store
 
 log = structlog.get_logger("aiobatch.runtime")
 
-SpecSource = str | Path | JobSpec | JobDef | Mapping[str, Any]
-
-
-def new_job_id() -> str:
-    """Sortable and readable: UTC time to the second, then 48 random bits (thousands of
-    submissions in one second still do not collide)."""
-    return datetime.now(UTC).strftime("%Y%m%d%H%M%S") + os.urandom(6).hex()
+__all__ = ["Runtime", "SpecSource"]
 
 
 class Runtime:
@@ -107,9 +94,18 @@ class Runtime:
             kill_grace_s=self.config.kill_grace_s,
         )
         self._queries = Queries(self._engine, self._store, self._bus, self._layout)
+        self._commands = Commands(
+            config=self.config,
+            env_kinds=self._env_kinds,
+            resources=self._resources,
+            store=self._store,
+            bus=self._bus,
+            engine=self._engine,
+            attempts=self._attempts,
+            queries=self._queries,
+            state_dir=self._layout.root,
+        )
         self._stack: AsyncExitStack | None = None
-        self._retrying = anyio.Lock()
-        self._next_seq = 1
         self._logview = logview
         # Where the log view is served (set once it listens), and the token it wants.
         self.logview_url: str | None = None
@@ -160,7 +156,7 @@ class Runtime:
             instances = await stack.enter_async_context(anyio.create_task_group())
             self._attempts.open(instances)
             stack.push_async_callback(self._shut_down, instances)
-            self._next_seq = await self._store.next_job_seq()
+            await self._commands.open()
             self._stack = stack
             await recover(
                 store=self._store,
@@ -237,114 +233,40 @@ class Runtime:
             except Exception:
                 log.exception("job_hook_failed", job_id=job_id, hook=repr(hook))
 
-    # -- changing jobs ----------------------------------------------------------------------
+    # -- changing jobs (commands.py) --------------------------------------------------------
 
     def _check_open(self) -> None:
         if self._stack is None or self._attempts.closing:
             raise RuntimeClosed("the runtime is not open")
 
-    def _check_writable(self) -> None:
-        """New work is refused while state changes cannot be stored (they wait in memory)."""
-        reason = self._attempts.no_room
-        if reason is not None:
-            raise StateDirUnwritable(self._layout.root, reason)
-
     def resolve(self, spec: SpecSource) -> JobDef:
         """Validate a spec against this runtime's config and executors. Raises SpecError."""
-        if isinstance(spec, JobDef):  # resolved already, maybe by another config (a stored job)
-            defn = spec
-            unknown = [
-                f"$.tasks[{i}].compute_env: {task.compute_env!r} is not in the config"
-                for i, task in enumerate(defn.tasks)
-                if task.compute_env not in self._env_kinds
-            ]
-            if unknown:
-                raise SpecError(unknown)
-        else:
-            defn = load_spec(
-                spec,
-                compute_envs=self._env_kinds,
-                templates=self.config.templates,
-                max_instances=self.config.max_instances,
-            )
-        self._resources.check(defn)
-        return defn
+        return self._commands.resolve(spec)
 
     async def submit(self, spec: SpecSource) -> JobHandle:
         """Validate, store durably, then start a job. Raises SpecError on bad input."""
         self._check_open()
-        defn = self.resolve(spec)
-        self._check_writable()
-        await self._resources.open_for(defn)
-        job_id, seq, now = new_job_id(), self._next_seq, time.time()
-        self._next_seq += 1
-        # Whatever can fail is done before the store has the job: its records in memory,
-        # its rows encoded and tried (add_job raises SpecError for what SQLite cannot hold).
-        job = JobRec(job_id, defn, seq, now)
-        submitted = JobSubmitted(job_id=job_id, name=defn.name, ts=now)
-        self._store.add_job(submitted, seq, defn)
-        # Handed to the store, the job is accepted or refused as a whole: a caller that goes
-        # away meanwhile (a client disconnecting) must not leave it stored but not running.
-        with anyio.CancelScope(shield=True):
-            try:
-                await self._store.flush(required=True)
-            except BaseException:
-                self._store.withdraw_job(job_id)  # refused: nothing of it is stored later
-                raise
-            self._bus.publish(submitted)  # accepted: now the watchers hear of it
-            self._engine.add_job(job)
-        self._attempts.pump()
-        log.info("job_submitted", job_id=job_id, name=defn.name, tasks=len(defn.tasks))
-        return self._handle(job)
+        return self._handle(await self._commands.submit(spec))
 
     def _handle(self, job: JobRec) -> JobHandle:
         return JobHandle(self, job.id, job.defn.name, list(job.tasks), job.state)
 
     async def suspend_job(self, job_id: str) -> bool:
-        job = await self._queries.live_job(job_id)
-        changed = job is not None and self._engine.suspend_job(job)
-        self._attempts.pump()
-        return changed
+        return await self._commands.suspend_job(job_id)
 
     async def resume_job(self, job_id: str) -> bool:
-        job = await self._queries.live_job(job_id)
-        changed = job is not None and self._engine.resume_job(job)
-        self._attempts.pump()
-        return changed
+        return await self._commands.resume_job(job_id)
 
     async def stop_job(self, job_id: str) -> None:
-        job = await self._queries.job(job_id)
-        if job.state in JOB_TERMINAL:
-            return
-        self._attempts.pump(self._engine.stop_job(job))
+        await self._commands.stop_job(job_id)
 
     async def stop_instance(self, job_id: str, task: str, index: int) -> None:
-        job = await self._queries.live_job(job_id) or await self._queries.job(job_id)
-        task_rec = job.tasks.get(task)
-        if task_rec is None:
-            raise TaskNotFound(job_id, task)
-        if not 0 <= index < task_rec.total:
-            raise InstanceNotFound(job_id, task, index)
-        inst = self._engine.stop_instance(task_rec, index)
-        self._attempts.pump([inst] if inst is not None else None)
+        await self._commands.stop_instance(job_id, task, index)
 
     async def retry_job(self, job_id: str) -> bool:
         """Take a FAILED or CANCELLED job back to RUNNING; re-run only what did not succeed."""
         self._check_open()
-        async with self._retrying:  # two retries at once must not both pass the check
-            job = await self._queries.job(job_id)
-            if job.state not in (JobState.FAILED, JobState.CANCELLED):
-                raise JobNotRetryable(job_id, job.state.value)
-            if (job.reason or "").startswith(UNRECOVERABLE):  # its records are not whole
-                raise JobNotRetryable(
-                    job_id, f"{job.state.value} ({job.reason})", "submit it again"
-                )
-            await self._resources.open_for(job.defn)
-            self._queries.forget(job_id)
-            self._engine.retry_job(job)
-            self._attempts.pump()
-        log.info("job_retried", job_id=job_id)
-        return True
+        return await self._commands.retry_job(job_id)
 
     # -- reading (queries.py) ---------------------------------------------------------------
 
@@ -449,26 +371,9 @@ class Runtime:
         return self._queries.follow_log(job_id, task, index, stream, offset)
 
     async def health(self) -> dict[str, Any]:
-        status = "closing" if self._attempts.closing else "ok"
-        statistics = self.statistics()
-        if statistics["store"] != "ok" or statistics["logs_paused"]:
-            status = "degraded"
-        return {"status": status, **statistics}
+        return health_report(self.statistics(), closing=self._attempts.closing)
 
     def statistics(self) -> dict[str, Any]:
         """Counts of jobs by state and slots in use per compute env."""
-        jobs: dict[str, int] = {}
-        for job in self._engine.jobs.values():
-            jobs[job.state.value] = jobs.get(job.state.value, 0) + 1
-        return {
-            "jobs": jobs,
-            "compute_envs": self._engine.scheduler.statistics(),
-            "commits": self._store.commits,
-            "store": self._attempts.no_room or "ok",
-            # Instances' outputs whose copy into their logs waits for room in the state dir.
-            "logs_paused": sum(
-                executor.logs_paused
-                for executor in self._resources.executors.values()
-                if isinstance(executor, LocalExecutor)
-            ),
-        }
+        executors = self._resources.executors
+        return collect_statistics(self._engine, self._store, self._attempts, executors)
