@@ -8,6 +8,7 @@ import pytest
 from aiobatch.attempt import AttemptControl, InstanceContext
 from aiobatch.config import ComputeEnvConfig
 from aiobatch.executors.docker import DockerExecutor
+from aiobatch.executors.docker_hosts import DockerHosts
 from aiobatch.spec import TaskDef
 
 
@@ -80,15 +81,20 @@ async def test_defaults_leave_the_engine_in_charge() -> None:  # CancelScope nee
     assert argv["Cmd"] == ("a", "b")
 
 
+def hosts() -> DockerHosts:
+    env = ComputeEnvConfig(kind="docker", hosts=("unix:///a.sock", "unix:///b.sock"), slots=2)
+    return DockerHosts("docker", env)
+
+
 def test_hosts_are_filled_evenly_and_drained_ones_skipped() -> None:
-    docker = executor()
-    first = docker._pick_host()
-    docker._in_flight[first] += 1
-    second = docker._pick_host()
+    docker = hosts()
+    first = docker.pick()
+    docker.in_flight[first] += 1
+    second = docker.pick()
     assert {first, second} == {"unix:///a.sock", "unix:///b.sock"}
-    docker._in_flight[second] += 1
-    docker._drain("unix:///a.sock", "test")
-    assert docker._pick_host() == "unix:///b.sock"
+    docker.in_flight[second] += 1
+    docker.drain("unix:///a.sock", "test")
+    assert docker.pick() == "unix:///b.sock"
 
 
 def test_env_slots_are_per_host() -> None:
@@ -97,5 +103,5 @@ def test_env_slots_are_per_host() -> None:
 
 
 def test_no_tls_for_unix_sockets() -> None:
-    assert executor()._ssl_context("unix:///a.sock") is None
+    assert hosts().ssl_context("unix:///a.sock") is None
     anyio.run(executor().aclose)

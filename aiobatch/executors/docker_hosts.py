@@ -1,0 +1,109 @@
+"""The Docker engines of one compute env: a client for each (TLS where configured), a health
+check when the env opens, and the choice of the engine for each attempt.
+
+An engine that does not answer is drained: it gets no new attempt for a while, and the
+next attempt that picks it again checks it again. Calls that fail for want of an engine are
+retried, with backoff, for the env's ``engine_retry``.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+
+import aiodocker
+import anyio
+import structlog
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
+
+from aiobatch.config import ComputeEnvConfig
+from aiobatch.units import parse_duration
+
+NO_CONNECTION = 900  # aiodocker's status for "cannot connect to the engine"
+DRAIN_S = 10.0  # a host that did not answer gets no new attempt for this long
+HEALTH_TIMEOUT_S = 5.0
+
+log = structlog.get_logger("aiobatch.docker")
+
+
+class DockerHosts:
+    def __init__(self, env_name: str, config: ComputeEnvConfig) -> None:
+        self.env_name = env_name
+        self.config = config
+        self.clients: dict[str, aiodocker.Docker] = {}
+        self.in_flight = dict.fromkeys(config.hosts, 0)  # attempts placed on each host
+        self._down_until: dict[str, float] = {}  # drained hosts: monotonic time to re-check
+
+    async def open(self) -> None:
+        """A client for every host, then every host checked at once."""
+        for host in self.config.hosts:
+            context = self.ssl_context(host)
+            # aiodocker speaks plain HTTP to tcp:// even when given a TLS context.
+            url = "https://" + host.removeprefix("tcp://") if context is not None else host
+            self.clients[host] = aiodocker.Docker(url=url, ssl_context=context)
+        await self._check()
+
+    async def close(self) -> None:
+        clients, self.clients = self.clients, {}
+        for client in clients.values():
+            await client.close()
+
+    def ssl_context(self, host: str) -> ssl.SSLContext | None:
+        if not host.startswith(("tcp://", "https://")) or self.config.tls_ca_cert is None:
+            return None
+        context = ssl.create_default_context(cafile=self.config.tls_ca_cert)
+        if self.config.tls_cert is not None:
+            context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        return context
+
+    def retrying(self) -> AsyncRetrying:
+        """Retry an engine that does not answer, with exponential backoff, for a while."""
+        return AsyncRetrying(
+            retry=retry_if_exception(no_connection),
+            wait=wait_exponential(multiplier=0.1, max=5),
+            stop=stop_after_delay(parse_duration(self.config.engine_retry)),
+            sleep=anyio.sleep,
+            reraise=True,
+        )
+
+    def pick(self) -> str:
+        """The healthy host with the fewest attempts in flight (the scheduler caps the total).
+
+        When every host is drained, the one that comes back soonest: its attempt is retried
+        until ``engine_retry`` runs out.
+        """
+        now = time.monotonic()
+        healthy = [host for host in self.in_flight if self._down_until.get(host, 0) <= now]
+        if not healthy:
+            return min(self.in_flight, key=lambda host: self._down_until.get(host, 0))
+        return min(healthy, key=self.in_flight.__getitem__)
+
+    def drain(self, host: str, why: str) -> None:
+        """Place nothing on ``host`` for a while; the next attempt that picks it re-checks."""
+        if self._down_until.get(host, 0) <= time.monotonic():
+            log.warning("docker_host_drained", env=self.env_name, host=host, why=why)
+        self._down_until[host] = time.monotonic() + DRAIN_S
+
+    async def _check(self) -> None:
+        """Ask every engine for its version, at once; drain those that do not answer."""
+
+        async def check(host: str) -> None:
+            try:
+                with anyio.fail_after(HEALTH_TIMEOUT_S):
+                    await self.clients[host].version()
+            except (aiodocker.DockerError, TimeoutError, OSError) as exc:
+                self.drain(host, message(exc))
+
+        async with anyio.create_task_group() as tg:
+            for host in self.clients:
+                tg.start_soon(check, host)
+
+
+def no_connection(exc: BaseException) -> bool:
+    return isinstance(exc, aiodocker.DockerError) and exc.status == NO_CONNECTION
+
+
+def message(exc: BaseException) -> str:
+    if isinstance(exc, aiodocker.DockerError):
+        return str(exc.message)
+    return str(exc)

@@ -1,0 +1,75 @@
+"""A container attempt's log files: made and measured before it starts, opened for appending,
+cut back to the attempt's beginning when it is adopted, and fed from the container's output
+as it comes, the same files local instances write.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import BinaryIO
+
+import anyio
+import structlog
+from aiodocker.containers import DockerContainer
+
+from aiobatch.attempt import InstanceContext
+
+log = structlog.get_logger("aiobatch.docker")
+
+
+def prepare_files(ctx: InstanceContext) -> tuple[int, int]:
+    """Make the work and log dirs; the logs' sizes, where this attempt's output begins."""
+    ctx.work_dir.mkdir(parents=True, exist_ok=True)
+    ctx.stdout_path.parent.mkdir(parents=True, exist_ok=True)
+    return _size(ctx.stdout_path), _size(ctx.stderr_path)
+
+
+def open_logs(ctx: InstanceContext) -> tuple[BinaryIO, BinaryIO]:
+    out = ctx.stdout_path.open("ab", buffering=0)
+    try:
+        return out, ctx.stderr_path.open("ab", buffering=0)
+    except BaseException:
+        out.close()
+        raise
+
+
+def rewind_logs(ctx: InstanceContext, offsets: tuple[int | None, int | None]) -> None:
+    """Cut the logs back to where the adopted attempt's output began (None: as they are)."""
+    for path, offset in zip((ctx.stdout_path, ctx.stderr_path), offsets, strict=True):
+        size = _size(path)
+        with path.open("ab") as f:
+            f.truncate(size if offset is None else min(offset, size))
+
+
+async def follow(container: DockerContainer, stream: str, out: BinaryIO) -> None:
+    """Append one stream of the container to ``out`` as it comes.
+
+    While the state dir's disk is full, output is counted, not written; once a write fits
+    again, a line says how much was lost, so nothing goes missing without a word."""
+    lost, why = 0, ""
+    async for chunk in container.log(follow=True, **{stream: True}):
+        body = chunk.encode()
+        data = body
+        if lost:
+            data = f"\n[aiobatch: {lost} bytes of {stream} lost: {why}]\n".encode() + body
+        try:
+            # Off the event loop: a slow or full disk must not stall everything else.
+            await anyio.to_thread.run_sync(out.write, data)
+            lost = 0
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            if not lost:
+                log.warning("log_lost", stream=stream, error=exc.strerror)
+            lost, why = lost + len(body), exc.strerror or str(exc)
+    if lost:
+        log.error("log_lost", stream=stream, bytes=lost, error=why)
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
