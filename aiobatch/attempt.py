@@ -22,6 +22,11 @@ RUNTIME_LOST = "runtime_lost"
 # same attempt) for dispatch to resume once there is room.
 NO_SPACE = "state_dir_full"
 
+# A secret of the task could not be read when the attempt started: nothing ran. Charged to
+# the task's retries like a failed staging (``stage_in_failed``); the reason names the secret
+# and its source, never a value.
+SECRET_UNAVAILABLE = "secret_unavailable"
+
 AttemptKey = tuple[str, str, int, int]  # job, task, index, attempt
 
 

@@ -18,7 +18,14 @@ import structlog
 from anyio.abc import TaskGroup
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
-from aiobatch.attempt import NO_SPACE, RUNTIME_LOST, AttemptControl, InstanceContext, Outcome
+from aiobatch.attempt import (
+    NO_SPACE,
+    RUNTIME_LOST,
+    SECRET_UNAVAILABLE,
+    AttemptControl,
+    InstanceContext,
+    Outcome,
+)
 from aiobatch.engine import Engine
 from aiobatch.errors import StateDirUnwritable
 from aiobatch.events import Bus
@@ -27,6 +34,7 @@ from aiobatch.hooks import HookContext, HookFailed, Hooks
 from aiobatch.layout import StateLayout
 from aiobatch.model import InstanceRec
 from aiobatch.resources import Found
+from aiobatch.secret_sources import SecretUnavailable, read_secrets
 from aiobatch.states import InstanceState
 from aiobatch.storage.base import StorageBackend
 from aiobatch.store import Store
@@ -228,13 +236,19 @@ class Attempts:
                 duration_s=inst.duration_s,
             )
         else:
+            try:  # first: a secret that cannot be read fails the attempt before any staging
+                secrets = await _read_secrets(inst)
+            except SecretUnavailable as exc:
+                return Outcome(reason=f"{SECRET_UNAVAILABLE}: {exc}")
             if self._hooks.need_dirs(ctx.task):  # else the executor makes them, off the loop too
                 await anyio.to_thread.run_sync(_make_dirs, ctx)
             try:
                 await self._hooks.run_before(hooks)
             except HookFailed as exc:
                 return Outcome(reason=exc.reason)
-            outcome = await self._executors[inst.task.defn.compute_env].run(ctx, on_started)
+            runs = self._executors[inst.task.defn.compute_env]
+            outcome = await runs.run(_with_secrets(ctx, secrets), on_started)
+            del secrets  # the values were the instance's environment, nothing else
         if outcome.reason == RUNTIME_LOST:
             return outcome  # how it ended is lost (with a runtime or the spawner)
         if inst.state is InstanceState.RUNNING:
@@ -302,6 +316,21 @@ class Attempts:
         self.in_flight -= 1
         if self.in_flight == 0:
             self._none_in_flight.set()
+
+
+async def _read_secrets(inst: InstanceRec) -> dict[str, str]:
+    """The values of the attempt's secrets, read now (off the event loop: files)."""
+    job_secrets, task_secrets = inst.task.job.defn.secrets, inst.task.defn.secrets
+    if not job_secrets and not task_secrets:
+        return {}
+    return await anyio.to_thread.run_sync(read_secrets, job_secrets, task_secrets)
+
+
+def _with_secrets(ctx: InstanceContext, secrets: dict[str, str]) -> InstanceContext:
+    """The context the executor alone gets: the hooks, the engine and the logs keep the one
+    without the values. The secrets win over the inherited environment (they are never in
+    the spec's env, and never the runtime's AIOBATCH_ names: both refused at submission)."""
+    return replace(ctx, env={**ctx.env, **secrets}) if secrets else ctx
 
 
 def _make_dirs(ctx: InstanceContext) -> None:

@@ -69,6 +69,16 @@ SPEC_ARG_BUDGET = ARG_MAX // 2
 # _TASK_NAME, _INSTANCE_INDEX, _INSTANCE_COUNT, _ATTEMPT, _RUNTIME), counted generously.
 AIOBATCH_ENV_BYTES = 1024
 
+# -- secrets -----------------------------------------------------------------------------------
+
+# A secret's value, read when an attempt starts: a password, a token, a key file. Read whole
+# into the instance's environment, where the kernel takes at most MAX_ARG_STRLEN per entry.
+MAX_SECRET_BYTES = 64 * 1024
+# Secrets a job, a template or a task declares: each is a file or variable read at each start.
+MAX_SECRETS = 100
+# A `file:` source's path (PATH_MAX on Linux, its NUL included).
+MAX_SECRET_PATH_BYTES = 4095
+
 # -- config ------------------------------------------------------------------------------------
 
 # Instances at once per local env or per Docker host.

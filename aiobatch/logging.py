@@ -21,6 +21,16 @@ def redact_secrets(
     return event_dict
 
 
+def _traceback() -> structlog.typing.ExceptionRenderer:
+    """Tracebacks without the values of local variables: rich (and better-exceptions, the
+    console renderer's other default) would print an instance's environment, secrets and all."""
+    try:
+        import rich  # noqa: F401 - only whether it is there
+    except ImportError:
+        return structlog.dev.plain_traceback
+    return structlog.dev.RichTracebackFormatter(show_locals=False)
+
+
 def configure_logging(
     format: str = "auto", level: str = "info", stream: TextIO | None = None
 ) -> None:
@@ -28,7 +38,7 @@ def configure_logging(
     stream = stream or sys.stderr
     console = format == "console" or (format == "auto" and stream.isatty())
     renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        structlog.dev.ConsoleRenderer(colors=stream.isatty(), exception_formatter=_traceback())
         if console
         else structlog.processors.JSONRenderer()
     )

@@ -74,6 +74,7 @@ class _Envelope(Struct, kw_only=True, forbid_unknown_fields=True):
     tasks: list[Any]
     priority: Int64 = 0
     env: dict[str, EnvValue] = {}
+    secrets: dict[str, str] = {}
     templates: dict[str, Any] = {}
 
 
@@ -98,6 +99,7 @@ class _Decoded:
     name: str | None
     priority: int
     env: dict[str, EnvValue]
+    secrets: dict[str, str]
     templates: dict[str, TemplateSpec]
     tasks: list[TaskSpec | None]  # None: not even its name could be read
     bad: set[str]  # field paths whose values were refused
@@ -128,6 +130,7 @@ def _decode(data: Any, errors: list[str]) -> _Decoded:
         name=top.get("name"),
         priority=top.get("priority", 0),
         env=top.get("env", {}),
+        secrets=top.get("secrets", {}),
         templates=templates,
         tasks=[
             checks.convert_struct(raw, TaskSpec, f"$.tasks[{i}]", errors, bad)
@@ -151,6 +154,7 @@ def decode_spec(data: Any) -> JobSpec:
         tasks=tuple(task for task in decoded.tasks if task is not None),
         priority=decoded.priority,
         env=decoded.env,
+        secrets=decoded.secrets,
         templates=decoded.templates,
     )
 
@@ -182,6 +186,12 @@ def resolve_spec(
     if job.name is not None:
         checks.check_job_name(job.name, errors)
     checks.check_env(job.env, "$.env", errors)
+    checks.check_secrets(job.secrets, "$.secrets", errors)
+    for name in sorted(job.secrets.keys() & job.env.keys()):
+        errors.append(
+            f"{checks.key_path('$.secrets', name)}: also set in {checks.key_path('$.env', name)}:"
+            " a variable is either plain data (env) or a secret, not both"
+        )
     if not job.tasks and "$.tasks" not in job.bad:
         errors.append("$.tasks: a job needs at least one task")
     tasks = [(i, task) for i, task in enumerate(job.tasks) if task is not None]
@@ -231,7 +241,9 @@ def resolve_spec(
             f"$.tasks[{index_of[last]}].depends_on[{j}]: dependency cycle {' -> '.join(cycle)}"
         )
 
-    rules = TaskRules(envs, job.name or "", job.env, job.bad, max_instances, switch_user)
+    rules = TaskRules(
+        envs, job.name or "", job.env, job.secrets, job.bad, max_instances, switch_user
+    )
     resolved = [
         rules.resolve(task, f"$.tasks[{i}]", _template_of(task, all_templates), errors)
         for i, task in tasks
@@ -249,6 +261,7 @@ def resolve_spec(
         name=job.name,
         priority=job.priority,
         env={k: checks.env_str(v) for k, v in job.env.items()},
+        secrets=dict(job.secrets),
         tasks=tuple(resolved),
     )
 

@@ -23,8 +23,11 @@ from aiobatch.limits import (
     MAX_ARG_STRLEN,
     MAX_CPUS,
     MAX_JOB_NAME_CHARS,
+    MAX_SECRET_BYTES,
+    MAX_SECRET_PATH_BYTES,
+    MAX_SECRETS,
 )
-from aiobatch.spec_types import TaskFields
+from aiobatch.spec_types import RESERVED_ENV_PREFIX, TaskFields
 from aiobatch.units import parse_duration, parse_size, shown
 
 T = TypeVar("T")
@@ -213,6 +216,56 @@ def check_env(env: Mapping[str, Any], where: str, errors: list[str]) -> None:
         check_arg(f"{key}={env_str(value)}", path, errors)
 
 
+def check_secrets(secrets: Mapping[str, str], where: str, errors: list[str]) -> None:
+    """Names as environment variables take them; sources ``file:/abs/path`` or ``env:VAR``."""
+    if len(secrets) > MAX_SECRETS:
+        errors.append(f"{where}: at most {MAX_SECRETS} secrets, got {len(secrets)}")
+        return
+    for name, source in secrets.items():
+        path = key_path(where, name)
+        if not name:
+            errors.append(f"{where}: a secret needs a variable name (got an empty key)")
+            continue
+        if "=" in name:
+            errors.append(f"{path}: {shown(name)} is not a variable name: it contains '='")
+            continue
+        if name.startswith(RESERVED_ENV_PREFIX):
+            errors.append(f"{path}: names starting with {RESERVED_ENV_PREFIX} are the runtime's")
+            continue
+        # The name with the largest value it may get must fit one environment entry.
+        size = len(name.encode(errors="surrogatepass")) + 2 + MAX_SECRET_BYTES
+        if size > MAX_ARG_STRLEN:
+            errors.append(
+                f"{path}: name too long: with a value of {MAX_SECRET_BYTES} bytes (the most a "
+                f"secret holds) it would take {size} bytes of the {MAX_ARG_STRLEN} "
+                "(MAX_ARG_STRLEN) an environment entry may"
+            )
+            continue
+        check_secret_source(source, path, errors)
+
+
+def check_secret_source(source: str, where: str, errors: list[str]) -> None:
+    """A refused source is not quoted: a value written where its source belongs would be
+    the secret itself."""
+    scheme, _, rest = source.partition(":")
+    if scheme == "file":
+        if not rest.startswith("/"):
+            errors.append(f"{where}: a file: source needs an absolute path (file:/abs/path)")
+        elif len(rest.encode(errors="surrogatepass")) > MAX_SECRET_PATH_BYTES:
+            errors.append(f"{where}: path longer than {MAX_SECRET_PATH_BYTES} bytes (PATH_MAX)")
+    elif scheme == "env":
+        if not rest or "=" in rest:
+            errors.append(f"{where}: an env: source needs a variable name, without '='")
+        elif len(rest) > MAX_ARG_STRLEN:
+            errors.append(f"{where}: variable name longer than {MAX_ARG_STRLEN} (MAX_ARG_STRLEN)")
+    else:
+        errors.append(
+            f"{where}: not a secret source (not shown: it may be the secret itself); a source "
+            "is file:/abs/path (read when an attempt starts) or env:VAR (the runtime's "
+            "environment)"
+        )
+
+
 def env_str(value: str | int | float | bool) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -297,6 +350,8 @@ def check_fields(fields: TaskFields, where: str, errors: list[str]) -> None:
         check_arg(command, f"{where}.command", errors)
     if fields.env is not UNSET:
         check_env(fields.env, f"{where}.env", errors)
+    if fields.secrets is not UNSET:
+        check_secrets(fields.secrets, f"{where}.secrets", errors)
     if fields.timeout is not UNSET:
         try:
             parse_duration(fields.timeout)

@@ -25,15 +25,17 @@ from aiobatch.units import parse_duration, parse_size, shown
 from aiobatch.users import may_switch_user, resolve_user
 
 T = TypeVar("T")
+MERGED = ("env", "secrets")  # a task's keys over its template's, not the whole field
 
 
 def merge(task: TaskSpec, template: TemplateSpec | None) -> dict[str, Any]:
-    """Field values of the task over those of its template; env is merged key by key."""
+    """Field values of the task over those of its template; env and secrets are merged key by
+    key (the task's win)."""
     merged: dict[str, Any] = {}
     for name in TaskFields.__struct_fields__:
         value = getattr(task, name)
         base = getattr(template, name) if template is not None else UNSET
-        if name == "env" and value is not UNSET and base is not UNSET:
+        if name in MERGED and value is not UNSET and base is not UNSET:
             value = {**base, **value}
         merged[name] = base if value is UNSET else value
     return merged
@@ -48,12 +50,14 @@ class TaskRules:
         envs: Mapping[str, str],
         job_name: str,
         job_env: Mapping[str, EnvValue],
+        job_secrets: Mapping[str, str],
         bad: Collection[str],
         max_instances: int,
         switch_user: bool | None,
     ) -> None:
         self.envs, self.bad = envs, bad  # bad: fields refused already
         self.job_env = {k: checks.env_str(v) for k, v in job_env.items()}
+        self.job_secrets = job_secrets
         self.max_instances = max_instances
         self._switch_user = switch_user
         # The job's part of every instance's environment, and what the runtime adds.
@@ -93,6 +97,8 @@ class TaskRules:
             )
         env = {k: checks.env_str(v) for k, v in value("env", {}).items()}
         self._check_exec_size(command, {**self.job_env, **env}, where, errors)
+        secrets = dict(value("secrets", {}))
+        self._check_secret_names({**self.job_env, **env}, secrets, env, where, errors)
 
         timeout, retries, resources = value("timeout"), value("retries"), value("resources")
         policy = RetryPolicy(limit=retries) if isinstance(retries, int) else retries
@@ -104,6 +110,7 @@ class TaskRules:
             instances=instances,
             depends_on=tuple(task.depends_on),
             env=env,
+            secrets=secrets,
             compute_env=env_name,
             max_parallel=value("max_parallel"),
             timeout_s=_or_none(parse_duration, timeout),
@@ -148,6 +155,27 @@ class TaskRules:
             resolve_user(user)
         except (LookupError, ValueError) as exc:  # ValueError: not encodable as a name
             errors.append(f"{where}.user: {exc}")
+
+    def _check_secret_names(
+        self,
+        env: Mapping[str, str],
+        secrets: Mapping[str, str],
+        task_env: Mapping[str, str],
+        where: str,
+        errors: list[str],
+    ) -> None:
+        """A variable is plain data (env: stored, shown) or a secret (read at each start, never
+        stored): never both, so a value meant as a secret is never kept by mistake."""
+        for name in {**self.job_secrets, **secrets}:
+            if name not in env or (name not in secrets and name not in task_env):
+                continue  # not at all, or the job's alone (reported once, for the job)
+            secret_at = "$" if name in self.job_secrets and name not in secrets else where
+            env_at = where if name in task_env else "$"
+            errors.append(
+                f"{checks.key_path(f'{secret_at}.secrets', name)}: also set in "
+                f"{checks.key_path(f'{env_at}.env', name)}: a variable is either plain data "
+                "(env) or a secret, not both"
+            )
 
     def _check_exec_size(
         self, command: Command | None, env: Mapping[str, str], where: str, errors: list[str]

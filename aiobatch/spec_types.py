@@ -19,6 +19,11 @@ Duration = str | int | float
 Command = str | tuple[str, ...]
 OnFailure = Literal["fail_job", "continue"]
 PullPolicy = Literal["if_missing", "always", "never"]
+# Where a secret's value is read when an attempt starts: ``file:/abs/path`` or ``env:VAR``
+# (the runtime's own environment). Only the source is stored, never the value.
+SecretSource = str
+# The runtime's own variables (they name the attempt): no secret may replace them.
+RESERVED_ENV_PREFIX = "AIOBATCH_"
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 URI_SCHEMES = ("s3://", "file://")
@@ -59,6 +64,7 @@ class TaskFields(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, 
     image: str | UnsetType = UNSET
     instances: Count | UnsetType = UNSET
     env: dict[str, EnvValue] | UnsetType = UNSET
+    secrets: dict[str, SecretSource] | UnsetType = UNSET
     inputs: tuple[InputMapping, ...] | UnsetType = UNSET
     outputs: tuple[OutputMapping, ...] | UnsetType = UNSET
     stdout: str | UnsetType = UNSET
@@ -77,7 +83,8 @@ class TaskFields(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, 
 
 
 class TemplateSpec(TaskFields, frozen=True, kw_only=True):
-    """Named task settings that tasks extend: ``env`` merges, other fields override."""
+    """Named task settings that tasks extend: ``env`` and ``secrets`` merge, other fields
+    override."""
 
 
 class TaskSpec(TaskFields, frozen=True, kw_only=True):
@@ -93,6 +100,7 @@ class JobSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omi
     tasks: tuple[TaskSpec, ...]
     priority: Int64 = 0  # stored as SQLite's signed 64-bit INTEGER
     env: dict[str, EnvValue] = {}
+    secrets: dict[str, SecretSource] = {}
     templates: dict[str, TemplateSpec] = {}
 
 
@@ -104,6 +112,7 @@ class TaskDef(Struct, frozen=True, kw_only=True):
     instances: int = 1
     depends_on: tuple[str, ...] = ()
     env: dict[str, str] = {}
+    secrets: dict[str, SecretSource] = {}  # name -> source; values are read at each start
     compute_env: str = "local"
     max_parallel: int | None = None
     timeout_s: float | None = None
@@ -138,3 +147,4 @@ class JobDef(Struct, frozen=True, kw_only=True):
     tasks: tuple[TaskDef, ...]
     priority: int = 0
     env: dict[str, str] = {}
+    secrets: dict[str, SecretSource] = {}
