@@ -24,6 +24,7 @@ import structlog
 
 from aiobatch import JobState, Runtime
 from aiobatch.config import ComputeEnvConfig, Config
+from aiobatch.hooks import HookContext
 from tests.integration.conftest import IMAGE, docker_hosts
 from tests.integration.service import AIOBATCH, Service
 
@@ -249,3 +250,45 @@ async def test_a_missing_or_unreadable_source_fails_the_attempt_by_name_only(
 
 def ran_markers(root: Path) -> list[str]:
     return [path.name for path in root.iterdir() if path.name.startswith("ran-")]
+
+
+async def test_hooks_and_log_lines_of_a_local_attempt_see_no_value(
+    state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the executor gets the values: the hooks' context (before and after) holds the
+    environment without them, and no log line of the runtime holds one."""
+    from_file, from_env = unique("file-secret"), unique("env-secret")
+    secret_file = tmp_path / "token"
+    secret_file.write_text(from_file)
+    monkeypatch.setenv("LOCAL_TEST_TOKEN", from_env)
+    seen: list[dict[str, str]] = []
+
+    async def record(context: HookContext) -> None:
+        seen.append(dict(context.instance.env))
+
+    spec = {
+        "name": "local-secrets",
+        "secrets": {"TOKEN": "env:LOCAL_TEST_TOKEN"},
+        "tasks": [
+            {
+                "name": "uses",
+                "secrets": {"KEY": f"file:{secret_file}"},
+                "command": f"{checks('TOKEN', from_env)} && {checks('KEY', from_file)}",
+            }
+        ],
+    }
+    with structlog.testing.capture_logs() as logs:
+        async with Runtime(state_dir, config=local_config()) as rt:
+            rt.hooks.before_start.append(record)
+            rt.hooks.after_exit.append(record)
+            job = await rt.submit(spec)
+            await job.wait_for_success()
+    assert len(seen) == 2 and all(env["AIOBATCH_TASK_NAME"] == "uses" for env in seen)
+    assert not [env for env in seen if "TOKEN" in env or "KEY" in env]
+    assert not [env for env in seen if from_file in env.values()]
+    # A local instance inherits the runtime's environment whole, the variable an env: source
+    # names included (under its own name): the README says so, and to prefer file: there.
+    assert all(env["LOCAL_TEST_TOKEN"] == from_env for env in seen)
+    for value in (from_file, from_env):
+        assert value not in repr(logs)
+        assert found_in_files(state_dir, value) == []
