@@ -8,7 +8,7 @@ A leaf: it imports nothing of aiobatch but the job spec's task definition.
 from __future__ import annotations
 
 import signal as signals
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
@@ -93,7 +93,8 @@ class InstanceContext:
     work_dir: Path
     stdout_path: Path
     stderr_path: Path
-    env: dict[str, str]
+    # Left out of its repr: the executor's copy holds the attempt's secrets.
+    env: dict[str, str] = field(repr=False)
     kill_grace_s: float
     control: AttemptControl
 

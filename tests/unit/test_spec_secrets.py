@@ -12,6 +12,7 @@ import msgspec
 import pytest
 import structlog
 
+from aiobatch.attempt import AttemptControl, InstanceContext
 from aiobatch.errors import SpecError
 from aiobatch.limits import MAX_SECRET_BYTES, MAX_SECRETS
 from aiobatch.logging import configure_logging
@@ -188,3 +189,24 @@ def test_a_console_traceback_shows_no_local_values() -> None:
     text = stream.getvalue()
     assert "engine refused" in text and "executor_failed" in text
     assert VALUE not in text
+
+
+@pytest.mark.anyio
+async def test_an_attempts_context_shows_no_environment_in_its_repr(tmp_path: Path) -> None:
+    """The executor's context holds the values: a log line or a traceback that prints it
+    must not print them."""
+    defn = resolve_spec(job(secrets={"TOKEN": "env:TOKEN"})).tasks[0]
+    ctx = InstanceContext(
+        job_id="j1",
+        job_name="j",
+        task=defn,
+        index=0,
+        attempt=1,
+        work_dir=tmp_path,
+        stdout_path=tmp_path / "0.stdout",
+        stderr_path=tmp_path / "0.stderr",
+        env={"TOKEN": VALUE},
+        kill_grace_s=1.0,
+        control=AttemptControl(),
+    )
+    assert "env:TOKEN" in repr(ctx) and VALUE not in repr(ctx)
