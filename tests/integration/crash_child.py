@@ -2,8 +2,9 @@
 dir (recovering what is there), submits a job if given one and prints its id, then prints
 ``running`` once that many instances run, and waits to be killed (or for its jobs to end).
 
-``--slow-commits`` holds every store transaction but those that accept jobs for 30 s: a
-crash then comes, for certain, before the starts of instances are committed.
+``--slow-commits`` holds for 30 s every store transaction that changes instances (but those
+that accept jobs): a crash then comes, for certain, before the starts of instances are
+committed, and nothing else (a write at open) holds the job's submission up behind it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def hold_commits() -> None:
     write_pending = Store.write_pending
 
     async def slow(self: Store) -> None:
-        if not self._batch.new_jobs:
+        if self._batch.instances and not self._batch.new_jobs:
             await anyio.sleep(30)
         await write_pending(self)
 
