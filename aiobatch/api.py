@@ -75,6 +75,8 @@ class JobSummary(msgspec.Struct, frozen=True, kw_only=True):
     # Instances that have ended, of all the job's instances (an ended job counts all).
     done: int = 0
     total: int = 0
+    # The job's place in submission order (newer: larger), which lists are sorted by.
+    seq: int = 0
 
 
 class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):

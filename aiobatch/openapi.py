@@ -119,12 +119,17 @@ ROUTES = (
         "GET",
         wire.API_PREFIX + "/jobs",
         "listJobs",
-        "Jobs, newest first",
+        "Jobs, newest first (by seq), a page at a time",
         list[JobSummary],
         params=(
             Param("status", "query", ref(JobState), "Only jobs in this state"),
-            Param("limit", "query", integer(1), "At most this many jobs"),
-            Param("offset", "query", integer(0), "Skip this many jobs first"),
+            Param(
+                "limit",
+                "query",
+                integer(1, wire.MAX_JOBS_PAGE),
+                f"At most this many jobs (default {wire.DEFAULT_JOBS_PAGE})",
+            ),
+            Param("offset", "query", integer(0), "Skip this many jobs first (the next page)"),
         ),
     ),
     Route(

@@ -130,6 +130,7 @@ class Queries:
                     ended_at=row.ended_at,
                     done=done,
                     total=total,
+                    seq=row.seq,
                 )
             )
         return summaries

@@ -68,7 +68,9 @@ class JobHandlers:
 
     async def list_jobs(self, request: web.Request) -> web.Response:
         params = query(request, "status", "limit", "offset")
-        status, limit = state_param(params, "status"), int_param(params, "limit", 1)
+        status = state_param(params, "status")
+        # One answer is bounded however many jobs are stored; the Client pages for more.
+        limit = int_param(params, "limit", 1, wire.MAX_JOBS_PAGE) or wire.DEFAULT_JOBS_PAGE
         offset = int_param(params, "offset") or 0
         return json_response(await self.api.list_jobs(status=status, limit=limit, offset=offset))
 

@@ -261,8 +261,8 @@ async def test_bad_requests_get_json_errors_and_store_nothing(
     assert wrong_method[0] == 405 and wrong_method[1]["error"]["type"] == "MethodNotAllowed"
     assert [status for status, _ in queries] == [400] * 4
     assert [body["error"]["message"] for _, body in queries] == [
-        "limit: expected an integer from 1 to 9223372036854775807, got 'abc'",
-        "limit: expected an integer from 1 to 9223372036854775807, got '0'",
+        "limit: expected an integer from 1 to 10000, got 'abc'",
+        "limit: expected an integer from 1 to 10000, got '0'",
         "status: expected one of SUBMITTED, RUNNING, SUSPENDED, SUCCEEDED, FAILED, CANCELLED,"
         " got 'BOGUS'",
         "unknown query parameter 'staus' (known: status, limit, offset)",
