@@ -39,6 +39,7 @@ from aiobatch.api import (
 from aiobatch.config import default_socket_path
 from aiobatch.errors import AiobatchError, JobNotFound, ServiceUnavailable, SpecError
 from aiobatch.events import Event, JobStateChanged, JobSubmitted, event_decoder
+from aiobatch.job_pages import job_pages
 from aiobatch.spec import JobDef, JobSpec, read_spec_file
 from aiobatch.states import JobState
 
@@ -206,11 +207,17 @@ class Client:
 
         The service answers at most ``wire.MAX_JOBS_PAGE`` jobs a request; for more (or all,
         ``limit=None``) this asks page after page, each job once and in order, however jobs
-        are submitted or change status meanwhile (see ``_pages``)."""
+        are submitted or change status meanwhile (see ``job_pages``)."""
         if limit is not None and limit <= self.jobs_page:
             jobs = await self._jobs_page(status, limit, offset)
         else:
-            jobs = [job async for job in self._pages(status, limit, offset)]
+            pages = job_pages(
+                lambda size, at: self._jobs_page(status, size, at),
+                page=self.jobs_page,
+                limit=limit,
+                offset=offset,
+            )
+            jobs = [job async for job in pages]
         for job in jobs:
             self._seen(job.id, job.status)
         return jobs
@@ -222,39 +229,6 @@ class Client:
         if status is not None:
             params["status"] = str(status)
         return await self._call("GET", "/jobs", list[JobSummary], params=params)
-
-    async def _pages(
-        self, status: JobState | str | None, limit: int | None, offset: int
-    ) -> AsyncIterator[JobSummary]:
-        """Jobs from ``offset`` on, page by page, ordered by ``seq`` (newest first).
-
-        Offsets alone would repeat jobs when new ones are submitted between two pages (they
-        push the rest down), and skip jobs when listed ones leave ``status`` (the rest move
-        up). So each page after the first starts one job early, at the last job given: only
-        jobs older than it are taken (no repeat), and a page that does not reach back to it
-        may have passed some over, so it is asked again from further up (no skip; at offset
-        0 nothing can be above it). A job whose status changes during the listing is given
-        if it had the status when its page was read.
-        """
-        given, last = 0, None  # last: the seq of the last job given
-        at = offset  # the offset of the next job, as far as the last page tells
-        while limit is None or given < limit:
-            early = 0 if last is None else 1  # then start at the last job given
-            start = at - early
-            want = self.jobs_page - early
-            if limit is not None:
-                want = min(want, limit - given)
-            page = await self._jobs_page(status, want + early, start)
-            if last is not None and start > 0 and (not page or page[0].seq < last):
-                at = max(1, at - self.jobs_page)  # jobs above left the list: look further up
-                continue
-            for job in page:
-                if (last is None or job.seq < last) and (limit is None or given < limit):
-                    given, last = given + 1, job.seq
-                    yield job
-            at = start + len(page)
-            if len(page) < want + early:
-                return
 
     async def job_definition(self, job_id: str) -> JobDef:
         """The job as resolved at submission: its tasks, edges, mappings."""

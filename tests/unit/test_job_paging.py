@@ -1,6 +1,7 @@
-"""The Client's paging of GET /v1/jobs against a model of the service's list, changed at random
-between pages (jobs submitted, jobs entering and leaving the listed status): each job is
-given once, newest first, and none that was listed throughout is skipped."""
+"""job_pages, the Client's paging of GET /v1/jobs, against a model of the service's list
+changed at random between pages (jobs submitted, jobs entering and leaving the listed
+status): each job is given once, newest first, and none that was listed throughout is
+skipped."""
 
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from aiobatch.api import JobSummary
-from aiobatch.client import Client
-from aiobatch.states import JobState
+from aiobatch.job_pages import job_pages
 
 # Between two pages: (new jobs submitted, of which listed; which jobs toggle their status,
 # by place among all jobs, newest first: near the pages already read).
@@ -49,28 +49,17 @@ class Model:
         return order[offset : offset + limit]
 
 
-class ModelClient(Client):
-    def __init__(self, model: Model) -> None:
-        super().__init__("/nonexistent")
-        self.model = model
-
-    async def _jobs_page(
-        self, status: JobState | str | None, limit: int, offset: int
-    ) -> list[JobSummary]:
-        assert 1 <= limit <= self.jobs_page and offset >= 0
-        return [
-            JobSummary(
-                id=str(seq),
-                name="j",
-                status="RUNNING",
-                reason=None,
-                submitted_at=0.0,
-                started_at=None,
-                ended_at=None,
-                seq=seq,
-            )
-            for seq in self.model.page(limit, offset)
-        ]
+def summary(seq: int) -> JobSummary:
+    return JobSummary(
+        id=str(seq),
+        name="j",
+        status="RUNNING",
+        reason=None,
+        submitted_at=0.0,
+        started_at=None,
+        ended_at=None,
+        seq=seq,
+    )
 
 
 @settings(max_examples=300, deadline=None)
@@ -88,11 +77,14 @@ def test_pages_give_each_job_once_newest_first_and_skip_none_listed_throughout(
 ) -> None:
     model = Model({seq: on for seq, on in enumerate(jobs, 1)}, list(churn))
     at_start = sorted((seq for seq, on in model.listed.items() if on), reverse=True)
-    client = ModelClient(model)
-    client.jobs_page = page
+
+    async def fetch(size: int, at: int) -> list[JobSummary]:
+        assert 1 <= size <= page and at >= 0
+        return [summary(seq) for seq in model.page(size, at)]
 
     async def listing() -> list[JobSummary]:
-        return [job async for job in client._pages(None, limit, offset)]
+        pages = job_pages(fetch, page=page, limit=limit, offset=offset)
+        return [job async for job in pages]
 
     seqs = [job.seq for job in anyio.run(listing)]
     assert seqs == sorted(set(seqs), reverse=True)  # once each, newest first
