@@ -18,6 +18,7 @@ import msgspec
 
 from aiobatch.api import JobSnapshot, LogStream, TaskProgress, TaskResult
 from aiobatch.events import JobStateChanged, TaskStateChanged
+from aiobatch.limits import INT64_MAX  # SQLite INTEGER, off_t: no request number is larger
 from aiobatch.progress import ProgressView
 from aiobatch.states import JOB_TERMINAL, JobState
 
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 WATCH_REFRESH_S = 0.1  # --watch asks for fresh counts at most this often
-INT64_MAX = 2**63 - 1  # the service takes no larger number (SQLite's INTEGER, off_t)
 
 
 def integer(minimum: int, maximum: int = INT64_MAX) -> Callable[[str], int]:

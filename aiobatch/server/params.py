@@ -10,10 +10,10 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
+from aiobatch.limits import INT64_MAX  # SQLite INTEGER, off_t: no request number is larger
 from aiobatch.server.responses import bad_request, printable
 from aiobatch.states import JobState
 
-INT64_MAX = 2**63 - 1  # SQLite INTEGER, off_t: every number a request carries fits in this
 FLAGS = {"0": False, "false": False, "no": False, "1": True, "true": True, "yes": True}
 
 

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 
 from aiobatch import Runtime
 from aiobatch.config import ServerConfig
+from aiobatch.limits import INT64_MAX
 from aiobatch.server import ControlServer
-from aiobatch.server.params import INT64_MAX
 from tests.integration.test_server import serving
 
 pytestmark = pytest.mark.anyio
