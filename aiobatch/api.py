@@ -115,7 +115,7 @@ class Backend(Protocol):
     async def stop_job(self, job_id: str) -> None: ...
     async def stop_instance(self, job_id: str, task: str, index: int) -> None: ...
     async def retry_job(self, job_id: str) -> bool: ...
-    async def logview_address(self, job_id: str) -> str | None: ...
+    async def logview_address(self, job_id: str, *, hours: float = 24) -> str | None: ...
     def job_events(self, job_id: str) -> AsyncIterator[Event]: ...
 
 
@@ -246,10 +246,11 @@ class JobHandle:
     async def stop_instance(self, task: str, index: int) -> None:
         await self._backend.stop_instance(self.id, task, index)
 
-    async def get_logview_address(self) -> str | None:
-        """The address of this job's page in a browser, token included; None when the
-        runtime serves no log view (``Runtime(logview=...)``, ``[server] http``)."""
-        return await self._backend.logview_address(self.id)
+    async def get_logview_address(self, hours: float = 24) -> str | None:
+        """The address of this job's page in a browser: a link that shows this job only,
+        read-only, for ``hours`` (0 < hours <= 8760); None when the runtime serves no log
+        view (``Runtime(logview=...)``, ``[server] http``)."""
+        return await self._backend.logview_address(self.id, hours=hours)
 
     async def retry(self) -> bool:
         """Re-run what did not succeed of a FAILED or CANCELLED job; its successes are kept."""
