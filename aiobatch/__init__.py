@@ -8,6 +8,7 @@ from aiobatch.api import (
     JobHandle,
     JobSnapshot,
     JobSummary,
+    StageProgress,
     TaskProgress,
     TaskResult,
 )
@@ -39,7 +40,7 @@ from aiobatch.events import (
 )
 from aiobatch.runtime import Runtime
 from aiobatch.spec import JobDef, JobSpec, TaskDef, TaskSpec, TemplateSpec, load_spec
-from aiobatch.states import InstanceState, JobState, TaskState
+from aiobatch.states import InstanceState, JobState, Status, TaskState
 
 if TYPE_CHECKING:
     from aiobatch.client import Client
@@ -84,9 +85,11 @@ __all__ = [
     "RuntimeClosed",
     "ServiceUnavailable",
     "SpecError",
+    "StageProgress",
     "StartupError",
     "StateDirBusy",
     "StateDirUnwritable",
+    "Status",
     "TaskDef",
     "TaskNotFound",
     "TaskProgress",

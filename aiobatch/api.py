@@ -6,18 +6,18 @@ the handle only speaks the small ``Backend`` protocol, so it works the same over
 
 from __future__ import annotations
 
-import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import msgspec
 
-from aiobatch.errors import JobFailed, JobNotFound
+from aiobatch.errors import JobFailed, JobNotFound, TaskNotFound
 from aiobatch.events import Event
 from aiobatch.spec import JobDef
-from aiobatch.states import JOB_TERMINAL, JobState, coarse_status
+from aiobatch.states import JOB_TERMINAL, JobState, Status, coarse_status
 
 
 class InstanceResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -86,20 +86,80 @@ class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
     event: Event
 
 
-class TaskProgress(msgspec.Struct, frozen=True, kw_only=True):
-    """One task seen as a PyODPS stage: ``name:done/running/total[pct%]``."""
+def finished_percentage(terminated: int, total: int) -> int:
+    """PyODPS' percent of a stage: terminated workers of all, in whole percent rounded down
+    (100 only once every one has ended); a stage without workers counts 0, as PyODPS' sum."""
+    return 100 * terminated // total if total > 0 else 0
+
+
+class StageProgress(msgspec.Struct, frozen=True, kw_only=True):
+    """One stage with the fields of PyODPS' ``Instance.Task.TaskProgress.StageProgress``."""
 
     name: str
-    done: int
+    running_workers: int
+    terminated_workers: int
+    total_workers: int
+    backup_workers: int = 0  # aiobatch runs no backup instances; kept for PyODPS' readers
+
+    @property
+    def finished_percentage(self) -> int:
+        return finished_percentage(self.terminated_workers, self.total_workers)
+
+    def formatted(self) -> str:
+        """``NAME:RUNNING/TERMINATED/TOTAL[PCT%]``, as PyODPS writes a stage."""
+        backups = f"(+{self.backup_workers} backups)" if self.backup_workers > 0 else ""
+        workers = f"{self.running_workers}/{self.terminated_workers}/{self.total_workers}"
+        return f"{self.name}:{workers}{backups}[{self.finished_percentage}%]"
+
+
+class TaskProgress(msgspec.Struct, frozen=True, kw_only=True):
+    """One task seen as a PyODPS stage: ``name:running/terminated/total[pct%]``.
+
+    ``terminated`` counts the task's instances that have ended (succeeded, failed or
+    cancelled), as PyODPS counts terminated workers; ``running`` those started and not ended
+    (staging, running or uploading)."""
+
+    name: str
     running: int
+    terminated: int
     total: int
+
+    @classmethod
+    def of(cls, name: str, task: TaskResult) -> TaskProgress:
+        return cls(name=name, running=task.running, terminated=task.done, total=task.total)
 
     @property
     def percent(self) -> int:
-        return math.floor(100 * self.done / self.total) if self.total else 100
+        return finished_percentage(self.terminated, self.total)
 
-    def get_stage_progress_formatted_string(self) -> str:
-        return f"{self.name}:{self.done}/{self.running}/{self.total}[{self.percent}%]"
+    @property
+    def stages(self) -> list[StageProgress]:
+        """PyODPS' ``TaskProgress.stages``: an aiobatch task is one stage."""
+        return [
+            StageProgress(
+                name=self.name,
+                running_workers=self.running,
+                terminated_workers=self.terminated,
+                total_workers=self.total,
+            )
+        ]
+
+    def stage_string(self) -> str:
+        """``NAME:RUNNING/TERMINATED/TOTAL[PCT%]``: the stage alone, for CLI lines."""
+        return self.stages[0].formatted()
+
+    def get_stage_progress_formatted_string(self, now: datetime | None = None) -> str:
+        """PyODPS' string: local time, a space, then each stage followed by a tab."""
+        return stage_progress_formatted_string(self.stages, now)
+
+
+def stage_progress_formatted_string(
+    stages: Iterable[StageProgress], now: datetime | None = None
+) -> str:
+    """PyODPS' format, e.g. ``2016-05-19 18:14:03 M1_Stg1_job0:0/1/1[100%]`` and a tab, for
+    any stages (the stages of one task, or every task of a job, each as its stage)."""
+    stamp = (now or datetime.now()).strftime("%Y-%m-%d %H:%M:%S")
+    return stamp + " " + "".join(f"{stage.formatted()}\t" for stage in stages)
 
 
 class Backend(Protocol):
@@ -168,43 +228,44 @@ class JobHandle:
         job_id: str,
         name: str,
         task_names: list[str],
-        status: JobState = JobState.SUBMITTED,
+        state: JobState = JobState.SUBMITTED,
     ) -> None:
         self._backend = backend
         self.id = job_id
         self.name = name
         self._task_names = task_names
-        self._last_status = status  # for when the backend no longer holds the job
+        self._last_state = state  # for when the backend no longer holds the job
 
     def __repr__(self) -> str:
-        return f"<JobHandle {self.id} {self.name!r} {self.status}>"
+        return f"<JobHandle {self.id} {self.name!r} {self.state}>"
 
     @property
-    def status(self) -> JobState:
+    def state(self) -> JobState:
         """Fine-grained state, as last known to the backend (live for a Runtime)."""
         try:
-            self._last_status = self._backend.cached_status(self.id)
+            self._last_state = self._backend.cached_status(self.id)
         except JobNotFound:
             pass
-        return self._last_status
+        return self._last_state
 
     @property
-    def coarse_status(self) -> str:
-        """``Running``, ``Suspended`` or ``Terminated``, as PyODPS reports an instance."""
-        return coarse_status(self.status)
+    def status(self) -> Status:
+        """PyODPS' ``Instance.Status``: RUNNING, SUSPENDED or TERMINATED (any final state)."""
+        return coarse_status(self.state)
 
-    async def get_status(self) -> JobState:
+    async def get_state(self) -> JobState:
+        """The fine-grained state, asked of the backend now."""
         return JobState((await self.snapshot()).status)
 
     async def is_terminated(self) -> bool:
-        return await self.get_status() in JOB_TERMINAL
+        return await self.get_state() in JOB_TERMINAL
 
     async def is_successful(self) -> bool:
-        return await self.get_status() is JobState.SUCCEEDED
+        return await self.get_state() is JobState.SUCCEEDED
 
     async def wait_for_completion(self) -> JobSnapshot:
         snapshot = await self._backend.wait_job(self.id)
-        self._last_status = JobState(snapshot.status)
+        self._last_state = JobState(snapshot.status)
         return snapshot
 
     async def wait_for_success(self) -> JobSnapshot:
@@ -226,12 +287,15 @@ class JobHandle:
         return {name: await self.get_task_result(name) for name in self._task_names}
 
     async def get_task_progress(self, name: str) -> TaskProgress:
-        task = (await self._backend.job_snapshot(self.id)).tasks[name]
-        return TaskProgress(name=name, done=task.done, running=task.running, total=task.total)
+        """Raises ``TaskNotFound`` for a name the job has not, as ``get_task_result``."""
+        task = (await self._backend.job_snapshot(self.id)).tasks.get(name)
+        if task is None:
+            raise TaskNotFound(self.id, name)
+        return TaskProgress.of(name, task)
 
     async def snapshot(self, *, instances: bool = False) -> JobSnapshot:
         snapshot = await self._backend.job_snapshot(self.id, instances=instances)
-        self._last_status = JobState(snapshot.status)
+        self._last_state = JobState(snapshot.status)
         return snapshot
 
     async def suspend(self) -> bool:
@@ -256,7 +320,7 @@ class JobHandle:
         """Re-run what did not succeed of a FAILED or CANCELLED job; its successes are kept."""
         retried = await self._backend.retry_job(self.id)
         if retried:
-            self._last_status = JobState.RUNNING
+            self._last_state = JobState.RUNNING
         return retried
 
     def events(self) -> AsyncIterator[Event]:

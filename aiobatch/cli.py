@@ -180,7 +180,7 @@ async def _run_job(runtime: Runtime, defn: JobDef, args: argparse.Namespace) -> 
 
 
 def progress_of(task: TaskRec) -> TaskProgress:
-    return TaskProgress(name=task.name, done=task.done, running=task.active, total=task.total)
+    return TaskProgress(name=task.name, running=task.active, terminated=task.done, total=task.total)
 
 
 @contextmanager
@@ -222,9 +222,8 @@ def _print_summary(runtime: Runtime, snapshot: JobSnapshot) -> None:
     took = (snapshot.ended_at or 0) - (snapshot.started_at or snapshot.submitted_at)
     print(f"job {snapshot.id} ({snapshot.name}) {snapshot.status} in {took:.2f}s")
     for name, task in snapshot.tasks.items():
-        progress = TaskProgress(name=name, done=task.done, running=task.running, total=task.total)
         why = f" ({task.reason})" if task.reason else ""
-        print(f"  {progress.get_stage_progress_formatted_string()} {task.status}{why}")
+        print(f"  {TaskProgress.of(name, task).stage_string()} {task.status}{why}")
         for inst in task.instances or ():
             if inst.status == "FAILED":
                 print(f"    [{inst.index}] attempts={inst.attempts} {inst.reason}")

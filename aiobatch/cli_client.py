@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import msgspec
 
-from aiobatch.api import JobSnapshot, LogStream, TaskProgress, TaskResult
+from aiobatch.api import (
+    JobSnapshot,
+    LogStream,
+    TaskProgress,
+    TaskResult,
+    stage_progress_formatted_string,
+)
 from aiobatch.events import JobStateChanged, TaskStateChanged
 from aiobatch.limits import INT64_MAX  # SQLite INTEGER, off_t: no request number is larger
 from aiobatch.progress import ProgressView
@@ -74,7 +80,10 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     for name, help in (
         ("status", "a job's state and each task's progress and reason"),
-        ("progress", "each task's progress as NAME:DONE/RUNNING/TOTAL[PCT%%]"),
+        (
+            "progress",
+            "PyODPS' progress line: time, then each task's NAME:RUNNING/TERMINATED/TOTAL[PCT%%]",
+        ),
         ("wait", "wait for a job to end; exit 0 if it SUCCEEDED, else 1"),
         ("suspend", "start no new instance of the job (running ones go on)"),
         ("resume", "let a suspended job start instances again"),
@@ -123,7 +132,7 @@ async def _submit(client: Client, args: argparse.Namespace) -> int:
     job = await client.submit(args.spec)
     if not (args.wait or args.watch):
         if args.json:
-            _print_json({"id": job.id, "name": job.name, "status": job.status.value})
+            _print_json({"id": job.id, "name": job.name, "status": job.state.value})
         else:
             print(job.id)
         return EXIT_OK
@@ -154,14 +163,14 @@ async def _jobs(client: Client, args: argparse.Namespace) -> int:
 
 
 def _progress(name: str, task: TaskResult) -> TaskProgress:
-    return TaskProgress(name=name, done=task.done, running=task.running, total=task.total)
+    return TaskProgress.of(name, task)
 
 
 def _print_status(snapshot: JobSnapshot) -> None:
     why = f" ({snapshot.reason})" if snapshot.reason else ""
     print(f"job {snapshot.id} ({snapshot.name}) {snapshot.status}{why}")
     for name, task in snapshot.tasks.items():
-        stage = _progress(name, task).get_stage_progress_formatted_string()
+        stage = _progress(name, task).stage_string()
         reason = f" ({task.reason})" if task.reason else ""
         print(f"  {stage} {task.status}{reason}")
 
@@ -182,9 +191,10 @@ async def _show_progress(client: Client, args: argparse.Namespace) -> int:
     snapshot = await client.job_snapshot(args.job)
     stages = [_progress(name, task) for name, task in snapshot.tasks.items()]
     if args.json:
-        _print_json({s.name: s.get_stage_progress_formatted_string() for s in stages})
+        _print_json({s.name: s.stage_string() for s in stages})
     else:
-        print(" ".join(s.get_stage_progress_formatted_string() for s in stages))
+        # PyODPS' exact string over the whole job, each task a stage (each ends with a tab).
+        print(stage_progress_formatted_string(stage for s in stages for stage in s.stages))
     return EXIT_OK
 
 

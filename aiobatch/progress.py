@@ -19,7 +19,7 @@ class ProgressView:
     def __init__(self, tasks: dict[str, int], stream: TextIO, *, bars: bool) -> None:
         self._stream = stream
         self._bars: dict[str, tqdm[Never]] = {}
-        self._done: dict[str, int] = dict.fromkeys(tasks, 0)
+        self._terminated: dict[str, int] = dict.fromkeys(tasks, 0)
         if bars:
             from tqdm import tqdm  # only a terminal pays for it
 
@@ -46,8 +46,7 @@ class ProgressView:
             if self._bars:
                 self._bars[name].set_postfix_str(state.lower() + _why(reason), refresh=True)
             else:
-                stage = progress.get_stage_progress_formatted_string()
-                self._write(f"{stage} {state}{_why(reason)}")
+                self._write(f"{progress.stage_string()} {state}{_why(reason)}")
 
     def _write(self, line: str) -> None:
         self._stream.write(f"{time.strftime('%H:%M:%S')} {line}\n")
@@ -56,10 +55,8 @@ class ProgressView:
     def update(self, event: Event, progress: TaskProgress | None) -> None:
         if progress is not None and self._bars:
             bar = self._bars[progress.name]
-            bar.set_postfix_str(f"running={progress.running}", refresh=False)
-            if progress.done != self._done[progress.name]:
-                bar.update(progress.done - self._done[progress.name])
-                self._done[progress.name] = progress.done
+            bar.set_postfix_str(_counts(progress), refresh=False)
+            self._advance(bar, progress)
         if self._bars:
             if isinstance(event, TaskStateChanged):
                 bar = self._bars[event.task]
@@ -72,8 +69,7 @@ class ProgressView:
     @staticmethod
     def _line(event: Event, progress: TaskProgress | None) -> str | None:
         if isinstance(event, TaskStateChanged) and progress is not None:
-            stage = progress.get_stage_progress_formatted_string()
-            return f"{stage} {event.state}{_why(event.reason)}"
+            return f"{progress.stage_string()} {event.state}{_why(event.reason)}"
         if (
             isinstance(event, InstanceStateChanged)
             and event.reason
@@ -96,9 +92,14 @@ class ProgressView:
         """Set every bar to the given counts (lines mode has nothing to redraw)."""
         for stage in progress:
             bar = self._bars.get(stage.name)
-            if bar is not None and stage.done != self._done[stage.name]:
-                bar.update(stage.done - self._done[stage.name])
-                self._done[stage.name] = stage.done
+            if bar is not None:
+                self._advance(bar, stage)
+
+    def _advance(self, bar: tqdm[Never], progress: TaskProgress) -> None:
+        """A bar fills with the task's terminated instances, PyODPS' measure of a stage."""
+        if progress.terminated != self._terminated[progress.name]:
+            bar.update(progress.terminated - self._terminated[progress.name])
+            self._terminated[progress.name] = progress.terminated
 
     def close(self) -> None:
         for bar in self._bars.values():
@@ -113,6 +114,11 @@ def _screen(stream: TextIO, bars: int) -> tuple[int, int]:
     except (OSError, ValueError):
         return 100, bars + 1
     return size.columns or 100, max(size.lines, bars + 1)
+
+
+def _counts(progress: TaskProgress) -> str:
+    """A bar's counts in the order of every progress line: running, then terminated."""
+    return f"running={progress.running} terminated={progress.terminated}"
 
 
 def _why(reason: str | None) -> str:

@@ -8,6 +8,14 @@ from collections.abc import Mapping
 from aiobatch.errors import InvalidTransition
 
 
+class Status(enum.Enum):
+    """PyODPS' ``Instance.Status``: the coarse view of a job, with PyODPS' members and values."""
+
+    RUNNING = "Running"
+    SUSPENDED = "Suspended"
+    TERMINATED = "Terminated"
+
+
 class JobState(enum.StrEnum):
     SUBMITTED = "SUBMITTED"
     RUNNING = "RUNNING"
@@ -100,10 +108,10 @@ def check_instance(old: InstanceState, new: InstanceState) -> InstanceState:
     return new
 
 
-def coarse_status(state: JobState) -> str:
-    """PyODPS' three-valued view of a job."""
+def coarse_status(state: JobState) -> Status:
+    """PyODPS' three-valued view of a job: any final state is TERMINATED."""
     if state is J.SUSPENDED:
-        return "Suspended"
+        return Status.SUSPENDED
     if state in JOB_TERMINAL:
-        return "Terminated"
-    return "Running"
+        return Status.TERMINATED
+    return Status.RUNNING

@@ -61,7 +61,7 @@ class JobHandlers:
         spec = await read_spec(request, self._limits.body_timeout_s)
         job = await self.api.submit(spec)
         body = wire.Submitted(
-            id=job.id, name=job.name, status=job.status.value, tasks=job.get_task_names()
+            id=job.id, name=job.name, status=job.state.value, tasks=job.get_task_names()
         )
         location = f"{wire.API_PREFIX}/jobs/{job.id}"
         return json_response(body, HTTPStatus.CREATED, {"Location": location})

@@ -53,7 +53,7 @@ class LogView:
         return f"{self.base}/ui/jobs?token={quote(self.token)}"
 
     def status(self, job: JobHandle) -> str:
-        return str(self.portal.call(job.get_status).value)
+        return str(self.portal.call(job.get_state).value)
 
     def gates(self, name: str, count: int) -> Gates:
         return Gates(self.root / name, count)

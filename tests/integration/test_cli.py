@@ -84,7 +84,7 @@ def test_run_failure_exits_1_and_shows_progress_lines(tmp_path: Path) -> None:
     spec = write(tmp_path / "f.yaml", "name: f\ntasks:\n  - {name: t, command: 'exit 3'}\n")
     done = aiobatch("run", spec, "--state-dir", tmp_path / "s")
     assert done.returncode == 1
-    assert "t:1/0/1[100%] FAILED (exit_code: 3)" in done.stderr  # plain lines: not a terminal
+    assert "t:0/1/1[100%] FAILED (exit_code: 3)" in done.stderr  # plain lines: not a terminal
     assert "FAILED" in done.stdout
 
 

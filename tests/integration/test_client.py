@@ -24,6 +24,7 @@ from aiobatch import (
     JobNotFound,
     JobState,
     SpecError,
+    Status,
     TaskNotFound,
     wire,
 )
@@ -97,7 +98,7 @@ async def test_client_is_a_batch_api_and_remembers_statuses(
         assert api.cached_status(job.id) in (JobState.SUBMITTED, JobState.RUNNING)
         await job.wait_for_success()
         assert api.cached_status(job.id) is JobState.SUCCEEDED
-        assert job.status is JobState.SUCCEEDED and job.coarse_status == "Terminated"
+        assert job.state is JobState.SUCCEEDED and job.status is Status.TERMINATED
 
 
 async def test_submit_wait_list_and_the_job_handle(
@@ -128,11 +129,11 @@ async def test_submit_wait_list_and_the_job_handle(
         struct_log = await client.read_log(as_struct.id, "t", 0)
         log = await client.read_log(job.id, "split", 0)
     assert snapshot.status == "SUCCEEDED" and snapshot.tasks["render"].succeeded == 4
-    assert progress.get_stage_progress_formatted_string() == "render:4/0/4[100%]"
+    assert progress.stage_string() == "render:0/4/4[100%]"
     assert [i.exit_code for i in results["render"].instances or []] == [0, 0, 0, 0]
     assert failed.value.failed_tasks == ("bad",) and failing.name == "from-file"
     assert (bad.status, bad.stderr_tails) == ("FAILED", {0: ["boom"]})
-    assert again.get_task_names() == job.get_task_names() and again.status is JobState.SUCCEEDED
+    assert again.get_task_names() == job.get_task_names() and again.state is JobState.SUCCEEDED
     assert newest_first == [failing.id, job.id]
     assert only_failed == latest == [failing.id]
     assert exist == (True, False)
@@ -192,7 +193,7 @@ async def test_suspend_resume_and_stop_instance(
             job = await client.submit(spec)
             await first(events, instance_is("t", "RUNNING", 0))
             assert await job.suspend() and not await job.suspend()
-            assert job.status is JobState.SUSPENDED and job.coarse_status == "Suspended"
+            assert job.state is JobState.SUSPENDED and job.status is Status.SUSPENDED
             await gates.release(0)
             await first(events, instance_is("t", "SUCCEEDED", 0))
             held = await job.get_task_result("t")
@@ -229,7 +230,7 @@ async def test_stop_job(state_dir: Path, sock_path: Path) -> None:
         snapshot = await job.wait_for_completion()
     assert isinstance(running, InstanceStateChanged) and running.pid is not None
     assert (final.state, final.reason) == ("CANCELLED", "stopped_by_user")
-    assert snapshot.status == "CANCELLED" and job.status is JobState.CANCELLED
+    assert snapshot.status == "CANCELLED" and job.state is JobState.CANCELLED
 
 
 async def test_failed_job_is_retried(state_dir: Path, sock_path: Path, tmp_path: Path) -> None:
@@ -246,7 +247,7 @@ async def test_failed_job_is_retried(state_dir: Path, sock_path: Path, tmp_path:
         first = await job.wait_for_completion()
         marker.touch()
         assert await job.retry()
-        assert job.status is JobState.RUNNING
+        assert job.state is JobState.RUNNING
         second = await job.wait_for_success()
         results = await job.get_task_results()
     assert first.status == "FAILED" and first.tasks["broken"].status == "FAILED"

@@ -118,7 +118,7 @@ async def test_a_task_writing_to_a_full_disk_is_paused_and_loses_no_output(
         assert refused.returncode == 4
         assert refused.stderr.decode().count("\n") == 1 and b"Traceback" not in refused.stderr
         # Still up, still answering.
-        assert (await client.get_job(job.id)).status is JobState.RUNNING
+        assert (await client.get_job(job.id)).state is JobState.RUNNING
         assert [j.name for j in await client.list_jobs()] == ["writer"]
 
         filler.unlink()  # space returns: the copy goes on where it paused, and the program
@@ -168,7 +168,7 @@ async def test_a_filler_file_pauses_dispatch_and_charges_nothing(
         with gate.open("w") as fifo:  # `first` ends on a full disk: nothing may start after it
             fifo.write("go\n")
         await until_status(client, "degraded")
-        assert (await client.get_job(job.id)).status is JobState.RUNNING
+        assert (await client.get_job(job.id)).state is JobState.RUNNING
         filler.unlink()
         await until_status(client, "ok")
         done = await client.wait_job(job.id)

@@ -349,7 +349,7 @@ async def test_output_reaches_the_log_file_while_the_container_runs(
                 logs / "0.stderr"
             ).read_text() != "warn\n":
                 await anyio.sleep(0.05)
-        assert job.status is JobState.RUNNING  # the container is still waiting for "go"
+        assert job.state is JobState.RUNNING  # the container is still waiting for "go"
         (state_dir / "work" / job.id / "t" / "0" / "go").touch()
         await job.wait_for_success()
     assert (logs / "0.stdout").read_text() == "first\nlast\n"

@@ -56,7 +56,7 @@ async def test_retry_reruns_only_failed_and_skipped_instances(
         assert failed.tasks["c"].status == "SUCCEEDED"
         (tmp_path / "fixed").touch()
         assert await job.retry() is True
-        assert job.status is JobState.RUNNING
+        assert job.state is JobState.RUNNING
         done = await job.wait_for_success()
         result = await job.get_task_result("a")
         with pytest.raises(JobNotRetryable, match="SUCCEEDED"):

@@ -13,7 +13,15 @@ import pytest
 from anyio import wait_all_tasks_blocked
 from anyio.abc import TaskGroup
 
-from aiobatch import JobFailed, JobState, Runtime, RuntimeClosed, SpecError, StateDirBusy
+from aiobatch import (
+    JobFailed,
+    JobState,
+    Runtime,
+    RuntimeClosed,
+    SpecError,
+    StateDirBusy,
+    Status,
+)
 from aiobatch.attempt import InstanceContext, Outcome
 from aiobatch.config import ComputeEnvConfig, Config
 from aiobatch.events import InstanceStateChanged, JobStateChanged
@@ -49,11 +57,12 @@ async def test_diamond_with_fan_out_runs_in_dependency_order(state_dir: Path) ->
     async with Runtime(state_dir) as rt:
         job = await rt.submit(spec)
         snapshot = await job.wait_for_success()
-        assert job.status is JobState.SUCCEEDED and job.coarse_status == "Terminated"
+        assert job.state is JobState.SUCCEEDED and job.status is Status.TERMINATED
         assert await job.is_terminated() and await job.is_successful()
         assert job.get_task_names() == ["split", "render", "check", "merge"]
         progress = await job.get_task_progress("render")
-        assert progress.get_stage_progress_formatted_string() == "render:4/0/4[100%]"
+        assert progress.stage_string() == "render:0/4/4[100%]"  # running/terminated/total
+        assert progress.get_stage_progress_formatted_string().endswith(" render:0/4/4[100%]\t")
         result = await job.get_task_result("render")
 
     assert snapshot.status == "SUCCEEDED"
@@ -220,7 +229,7 @@ async def test_suspend_holds_new_instances_and_resume_releases_them(
             job = await rt.submit(spec)
             await until(events, instance_is("t", "RUNNING", 0))
             assert await job.suspend()
-            assert job.status is JobState.SUSPENDED and job.coarse_status == "Suspended"
+            assert job.state is JobState.SUSPENDED and job.status is Status.SUSPENDED
             await gates.release(0)
             await until(events, instance_is("t", "SUCCEEDED", 0))
             # Dispatch happens in the same step as the release of the slot: nothing started.
@@ -255,9 +264,7 @@ async def test_reasons_while_waiting(state_dir: Path, tmp_path: Path) -> None:
             snapshot = await job.snapshot(instances=True)
             assert snapshot.tasks["first"].reason == "max_parallel"
             assert snapshot.tasks["second"].reason == "waiting_for: first"
-            assert (await job.get_task_progress("first")).get_stage_progress_formatted_string() == (
-                "first:0/1/2[0%]"
-            )
+            assert (await job.get_task_progress("first")).stage_string() == "first:1/0/2[0%]"
             await gates.release(0)
             await until(events, instance_is("first", "RUNNING", 1))
             await gates.release(1)
@@ -336,7 +343,7 @@ async def test_list_exist_get_and_reopen(state_dir: Path) -> None:
         assert (summary.id, summary.status) == (job.id, "FAILED")
         assert await rt.list_jobs(status="SUCCEEDED") == []
         again = await rt.get_job(job.id)
-        assert again.status is JobState.FAILED
+        assert again.state is JobState.FAILED
         result = await again.get_task_result("a")
         assert (result.instances or [])[0].exit_code == 1
 
@@ -347,7 +354,7 @@ async def test_ended_jobs_leave_the_engine_but_stay_queryable(state_dir: Path) -
         await job.wait_for_success()
         assert rt.live_tasks(job.id) == {}  # the engine holds only jobs that can change
         assert rt.statistics()["jobs"] == {}
-        assert job.status is JobState.SUCCEEDED
+        assert job.state is JobState.SUCCEEDED
         assert not await job.suspend()
         assert not await job.resume()
         await job.stop()
@@ -397,7 +404,7 @@ async def test_clean_exit_interrupts_attempts_without_counting_them(
     async with Runtime(state_dir) as rt:
         async with rt.subscribe() as events:
             again = await rt.get_job(job.id)
-            assert again.status is JobState.RUNNING
+            assert again.state is JobState.RUNNING
             await until(events, instance_is("t", "RUNNING"))
             await gates.release(0)
         snapshot = await again.wait_for_success()

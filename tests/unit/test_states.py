@@ -22,6 +22,7 @@ from aiobatch.states import (
     TASK_TRANSITIONS,
     InstanceState,
     JobState,
+    Status,
     TaskState,
     check_instance,
     check_job,
@@ -186,9 +187,9 @@ def test_instance_active_states() -> None:
 @given(state=st.sampled_from(list(JobState)))
 def test_coarse_status(state: JobState) -> None:
     status = coarse_status(state)
-    assert status in {"Running", "Suspended", "Terminated"}
-    assert (status == "Terminated") == (state in JOB_TERMINAL)
-    assert (status == "Suspended") == (state is JobState.SUSPENDED)
+    assert isinstance(status, Status)
+    assert (status is Status.TERMINATED) == (state in JOB_TERMINAL)
+    assert (status is Status.SUSPENDED) == (state is JobState.SUSPENDED)
 
 
 @pytest.mark.parametrize(
@@ -203,4 +204,15 @@ def test_coarse_status(state: JobState) -> None:
     ],
 )
 def test_coarse_status_table(state: JobState, status: str) -> None:
-    assert coarse_status(state) == status
+    assert coarse_status(state).value == status
+
+
+def test_status_has_exactly_pyodps_members_and_values() -> None:
+    # odps.models.Instance.Status: a plain Enum, so a member never equals its string.
+    assert {s.name: s.value for s in Status} == {
+        "RUNNING": "Running",
+        "SUSPENDED": "Suspended",
+        "TERMINATED": "Terminated",
+    }
+    assert Status("Terminated") is Status.TERMINATED
+    assert not isinstance(Status.RUNNING, str)  # a plain Enum, as PyODPS'
