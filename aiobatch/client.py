@@ -40,6 +40,7 @@ from aiobatch.config import default_socket_path
 from aiobatch.errors import AiobatchError, JobNotFound, ServiceUnavailable, SpecError
 from aiobatch.events import Event, JobStateChanged, JobSubmitted, event_decoder
 from aiobatch.job_pages import job_pages
+from aiobatch.links import check_hours
 from aiobatch.spec import JobDef, JobSpec, read_spec_file
 from aiobatch.states import JobState
 
@@ -241,10 +242,15 @@ class Client:
         params = {"after": str(after), "limit": str(limit)}
         return await self._call("GET", _job(job_id) + "/history", list[HistoryEntry], params=params)
 
-    async def logview_address(self, job_id: str) -> str | None:
-        """The job's page in a browser (token included), if the service serves one."""
-        answer = await self._call("GET", _job(job_id) + "/logview", wire.LogviewAddress)
-        return answer.url
+    async def logview_address(
+        self, job_id: str, *, hours: float = wire.DEFAULT_LINK_HOURS
+    ) -> str | None:
+        """The job's page in a browser, if the service serves one: a link that shows that
+        job alone, read-only, for ``hours`` (0 < hours <= 8760; ValueError otherwise)."""
+        hours = check_hours(hours)
+        params = {"hours": f"{hours:.6f}".rstrip("0").rstrip(".")}
+        path = _job(job_id) + "/logview"
+        return (await self._call("GET", path, wire.LogviewAddress, params=params)).url
 
     async def exist_job(self, job_id: str) -> bool:
         try:

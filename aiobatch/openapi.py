@@ -104,6 +104,14 @@ ROUTES = (
     Route("GET", PATH, "getOpenAPI", "This document", dict[str, Any]),
     Route("GET", wire.API_PREFIX + "/health", "getHealth", "The service's state", wire.Health),
     Route(
+        "GET",
+        wire.API_PREFIX + "/session",
+        "getSession",
+        "Who the service takes the caller for: its scope, the job actions it may take, and "
+        "for a log-view link its job and expiry",
+        wire.Session,
+    ),
+    Route(
         "POST",
         wire.API_PREFIX + "/jobs",
         "submitJob",
@@ -246,9 +254,21 @@ ROUTES = (
         "GET",
         JOB + "/logview",
         "getLogviewAddress",
-        "The job's page in a browser",
+        "The job's page in a browser: a link that shows this job alone, read-only, for hours",
         wire.LogviewAddress,
-        params=(JOB_ID,),
+        params=(
+            JOB_ID,
+            Param(
+                "hours",
+                "query",
+                {
+                    "type": "string",
+                    "pattern": r"^[0-9]+(\.[0-9]+)?$",
+                    "default": str(wire.DEFAULT_LINK_HOURS),
+                },
+                f"How long the link may be used: above 0, at most {wire.MAX_LINK_HOURS} hours",
+            ),
+        ),
         errors=(404,),
     ),
     Route(
@@ -269,8 +289,13 @@ REFERENCED = (JobState,)  # types that parameters refer to with ref()
 # Each error status: its name among the responses, and what it means.
 ERRORS: dict[int, tuple[str, str]] = {
     400: ("BadRequest", "A malformed body or query parameter, or one this route does not know"),
-    401: ("Unauthorized", "TCP listener only: no valid bearer token"),
-    403: ("Forbidden", "Unix socket: the peer's uid may not use it; TCP: a missing CSRF header"),
+    401: ("Unauthorized", "TCP listener only: no valid bearer token, or an expired link"),
+    403: (
+        "Forbidden",
+        "The caller's scope does not cover the operation (x-aiobatch-scope), a log-view "
+        "link's job is not the one asked for, the unix socket's peer is not allowed, or a "
+        "browser's POST lacks its CSRF header",
+    ),
     404: ("NotFound", "JobNotFound, TaskNotFound or InstanceNotFound"),
     408: ("RequestTimeout", "The body did not arrive in time"),
     409: ("JobNotRetryable", "The job is not FAILED or CANCELLED"),
@@ -309,7 +334,8 @@ def _document() -> bytes:
             "description": "Control API of `aiobatch serve`: HTTP/1.1 and JSON over its unix "
             "socket (peers checked by uid) and, if configured, a TCP listener (bearer token).",
         },
-        # The unix socket needs no credentials (it checks the peer's uid); TCP, the token.
+        # The unix socket needs no credentials (its peer's uid and gids map to a scope); TCP,
+        # a token; each operation names the scope it needs (wire.ROUTE_ACCESS).
         "security": [{}, {"bearer": []}],
         "paths": paths,
         "components": {
@@ -329,9 +355,17 @@ def _document() -> bytes:
                 "bearer": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "The TCP listener's token ([server] token); the unix "
-                    "socket needs none",
-                }
+                    "description": "A token of the TCP listener ([server.tokens.NAME]), "
+                    "whose scope (read, operate, admin) must cover the operation's; the unix "
+                    "socket needs none (its peer's uid and gids map to a scope)",
+                },
+                "link": {
+                    "type": "apiKey",
+                    "in": "query",
+                    "name": "link",
+                    "description": "A log-view link (GET /v1/jobs/{job_id}/logview): the read "
+                    "scope on its job alone, until it expires; a browser keeps it in a cookie",
+                },
             },
         },
     }
@@ -353,10 +387,16 @@ def _operation(route: Route, answer: dict[str, Any], spec: dict[str, Any]) -> di
     responses: dict[str, Any] = {str(route.status): success}
     for status in sorted({*COMMON_ERRORS, *route.errors}):
         responses[str(status)] = {"$ref": f"#/components/responses/{ERRORS[status][0]}"}
+    access = wire.ROUTE_ACCESS[route.method, route.path]  # a route without one: KeyError
+    security: list[dict[str, list[str]]] = [{}, {"bearer": [access.scope]}]
+    if access.link is not None:
+        security.append({"link": [access.scope]})
     operation: dict[str, Any] = {
         "operationId": route.operation_id,
         "summary": route.summary,
         "responses": responses,
+        "security": security,
+        "x-aiobatch-scope": access.scope,
     }
     if route.params:
         operation["parameters"] = [

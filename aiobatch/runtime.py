@@ -43,6 +43,7 @@ from aiobatch.executors.base import Executor
 from aiobatch.health import collect_statistics, health_report
 from aiobatch.hooks import Hooks
 from aiobatch.layout import StateLayout, Stream, lock_state_dir
+from aiobatch.links import DEFAULT_LINK_HOURS, LinkKeys, check_hours
 from aiobatch.listeners import Listeners, bind_listeners
 from aiobatch.model import JobRec, TaskRec
 from aiobatch.queries import Queries
@@ -107,9 +108,11 @@ class Runtime:
         )
         self._stack: AsyncExitStack | None = None
         self._logview = logview
-        # Where the log view is served (set once it listens), and the token it wants.
+        # Where the log view is served (set once it listens); the key its links are signed
+        # with; the token of a log view of its own (`run --ui`), which no address shows.
         self.logview_url: str | None = None
-        self.logview_token = self.config.server.token or secrets.token_urlsafe(24)
+        self.link_keys = LinkKeys(self._layout.root)
+        self.logview_token = secrets.token_urlsafe(24)
 
     @property
     def state_dir(self) -> Path:
@@ -142,6 +145,7 @@ class Runtime:
                 stack.callback(listeners.close)
             await anyio.to_thread.run_sync(self._layout.prepare)
             stack.enter_context(lock_state_dir(self._layout.lock))
+            await anyio.to_thread.run_sync(self.link_keys.open)
             await self._store.open()
             stack.push_async_callback(self._store.close)
             writer = await stack.enter_async_context(anyio.create_task_group())
@@ -191,7 +195,9 @@ class Runtime:
     async def _serve_logview(self, stack: AsyncExitStack, listeners: Listeners) -> None:
         from aiobatch.server import ControlServer  # aiohttp's server only when asked for
 
-        server = ControlServer(self, self._logview_config(), unix=False, listeners=listeners)
+        server = ControlServer(
+            self, self._logview_config(), unix=False, listeners=listeners, links=self.link_keys
+        )
         await stack.enter_async_context(server)
         self.logview_url = server.http_url
         log.info("logview", url=self.logview_url)
@@ -292,13 +298,17 @@ class Runtime:
         """The job's stored events after ``after`` (a ``seq``), oldest first."""
         return await self._queries.history(job_id, after=after, limit=limit)
 
-    async def logview_address(self, job_id: str) -> str | None:
-        """The job's page in a browser (token included), if this runtime serves one."""
+    async def logview_address(
+        self, job_id: str, *, hours: float = DEFAULT_LINK_HOURS
+    ) -> str | None:
+        """The job's page in a browser, if this runtime serves one: a link that shows that
+        job alone, read-only, for ``hours`` (0 < hours <= 8760; ValueError otherwise)."""
+        hours = check_hours(hours)
         await self._queries.job(job_id)
         if self.logview_url is None:
             return None
-        token = f"?token={quote(self.logview_token)}" if self.logview_token else ""
-        return f"{self.logview_url}/ui/jobs/{quote(job_id, safe='')}{token}"
+        link = self.link_keys.issue(job_id, hours)
+        return f"{self.logview_url}/ui/jobs/{quote(job_id, safe='')}?link={link}"
 
     def cached_status(self, job_id: str) -> JobState:
         return self._queries.cached_status(job_id)

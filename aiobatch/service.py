@@ -40,12 +40,13 @@ async def serve(config: Config, *, state_dir: Path | None, socket: Path | None) 
     with closing(listeners), anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with (
             Runtime(state_dir, config=config) as runtime,
-            ControlServer(runtime, config.server, listeners=listeners) as server,
+            ControlServer(
+                runtime, config.server, listeners=listeners, links=runtime.link_keys
+            ) as server,
             anyio.create_task_group() as tg,
         ):
             if server.http_url is not None:  # the log view is served there too
                 runtime.logview_url = server.http_url
-                runtime.logview_token = config.server.token or ""
             notifier.ready()
             notifier.status(f"listening on {server.socket_path}")
             await tg.start(run_watchdog, notifier, watchdog)

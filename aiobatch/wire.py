@@ -23,6 +23,8 @@ from aiobatch.errors import (
     StateDirUnwritable,
     TaskNotFound,
 )
+from aiobatch.links import DEFAULT_LINK_HOURS as DEFAULT_LINK_HOURS
+from aiobatch.links import MAX_LINK_HOURS as MAX_LINK_HOURS
 
 API_PREFIX = "/v1"
 MAX_BODY_BYTES = 1024 * 1024  # a job spec larger than this is refused with 413
@@ -111,8 +113,8 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class LogviewAddress(msgspec.Struct, frozen=True, kw_only=True):
-    """``GET /v1/jobs/{id}/logview`` → 200: the job's page (token included), or null when
-    the service serves no log view."""
+    """``GET /v1/jobs/{id}/logview?hours=H`` → 200: the job's page, with a link that shows
+    that job alone, read-only, for ``hours``; or null when the service serves no log view."""
 
     url: str | None
 
@@ -183,3 +185,68 @@ def exception_from(detail: ErrorDetail) -> AiobatchError:
         if value is not None:
             setattr(exc, name, value)
     return exc
+
+
+# -- who may do what: the one table of routes and their scopes --------------------------------
+
+Scope = Literal["read", "operate", "admin"]
+# Each scope may do what the ones before it may: read (queries, logs, events), operate (plus
+# stop, suspend, resume, retry, stop instance), admin (plus submit).
+SCOPES: tuple[Scope, ...] = ("read", "operate", "admin")
+
+
+def scope_covers(held: Scope, needed: Scope) -> bool:
+    return SCOPES.index(held) >= SCOPES.index(needed)
+
+
+class Access(msgspec.Struct, frozen=True):
+    """What a route needs: a scope, and whether a log-view link (bound to one job) may use
+    it: ``link="path"`` when the path's job is the link's, ``"query"`` when ``?job=`` is,
+    ``"any"`` for what names no job (the session, the page's static files), None never."""
+
+    scope: Scope
+    link: Literal["path", "query", "any"] | None = None
+
+
+_JOB = API_PREFIX + "/jobs/{job_id}"
+_INSTANCE = _JOB + "/tasks/{task}/instances/{index}"
+# (method, path as the server's router and the OpenAPI document spell it): its access. A
+# route the server serves that is not here is refused to everyone (and fails a test).
+ROUTE_ACCESS: dict[tuple[str, str], Access] = {
+    ("GET", API_PREFIX + "/openapi.json"): Access("read"),
+    ("GET", API_PREFIX + "/health"): Access("read"),
+    ("GET", API_PREFIX + "/session"): Access("read", "any"),
+    ("POST", API_PREFIX + "/jobs"): Access("admin"),
+    ("GET", API_PREFIX + "/jobs"): Access("read"),
+    ("GET", _JOB): Access("read", "path"),
+    ("GET", _JOB + "/wait"): Access("read", "path"),
+    ("POST", _JOB + "/stop"): Access("operate"),
+    ("POST", _JOB + "/suspend"): Access("operate"),
+    ("POST", _JOB + "/resume"): Access("operate"),
+    ("POST", _JOB + "/retry"): Access("operate"),
+    ("GET", _JOB + "/tasks/{task}"): Access("read", "path"),
+    ("GET", _INSTANCE): Access("read", "path"),
+    ("POST", _INSTANCE + "/stop"): Access("operate"),
+    ("GET", _INSTANCE + "/logs/{stream}"): Access("read", "path"),
+    ("GET", _JOB + "/definition"): Access("read", "path"),
+    ("GET", _JOB + "/history"): Access("read", "path"),
+    ("GET", _JOB + "/logview"): Access("read"),  # a link makes no other links
+    ("GET", API_PREFIX + "/events"): Access("read", "query"),
+    ("GET", "/ui"): Access("read"),
+    ("GET", "/ui/jobs"): Access("read"),
+    ("GET", "/ui/jobs/{job_id}"): Access("read", "path"),
+    ("GET", "/ui/static"): Access("read", "any"),
+}
+
+
+class Session(msgspec.Struct, frozen=True, kw_only=True):
+    """GET /v1/session: who the server takes the caller for, and what it may do. ``job``
+    and ``expires`` (Unix time, seconds) only for a log-view link."""
+
+    scope: Scope
+    actions: list[str]  # the job actions it may take: stop, suspend, resume, retry
+    job: str | None = None
+    expires: int | None = None
+
+
+JOB_ACTIONS = ("stop", "suspend", "resume", "retry")

@@ -19,8 +19,9 @@ from aiohttp import web
 from aiobatch import wire
 from aiobatch.config import ServerConfig, default_socket_path
 from aiobatch.errors import ConfigError
+from aiobatch.links import LinkKeys
 from aiobatch.listeners import Listeners, bind_listeners
-from aiobatch.server.auth import Auth
+from aiobatch.server.auth import SESSION, Auth, Session, authorize
 from aiobatch.server.bodies import defer_continue
 from aiobatch.server.events import EventHandlers
 from aiobatch.server.jobs import JobHandlers
@@ -64,14 +65,16 @@ class ControlServer:
         unix: bool = True,
         listeners: Listeners | None = None,
         limits: Limits | None = None,
+        links: LinkKeys | None = None,
     ) -> None:
         """``unix=False``: the TCP listener only (the log view of an embedded runtime).
         ``listeners``: bound already (see ``bind_listeners``), served and closed by this
         server; without them it binds its own. ``limits``: per connection (the module's
-        constants by default)."""
+        constants by default). ``links``: the key of log-view links (none: no link is
+        accepted)."""
         self.config = config or ServerConfig()
-        if self.config.http is not None and not self.config.token:
-            raise ConfigError("$.server.token: required when $.server.http is set")
+        if self.config.http is not None and not (self.config.token or self.config.tokens):
+            raise ConfigError("$.server.tokens: a token is required when $.server.http is set")
         if not unix and self.config.http is None:
             raise ConfigError("$.server.http: required without the unix socket")
         self.api = api
@@ -80,7 +83,7 @@ class ControlServer:
         self._given_listeners = listeners
         self.socket_path = Path(socket or self.config.socket or default_socket_path())
         self.http_url: str | None = None  # set once the TCP listener is up
-        self._auth = Auth(self.config.token, self.config.allowed_uids)
+        self._auth = Auth(self.config, links)
         self._limits = limits or Limits()
         self._peers = Peers()
         self._listeners: list[Listener] = []
@@ -184,6 +187,7 @@ class ControlServer:
         routes = [
             web.get(wire.API_PREFIX + "/health", self._health),
             web.get(wire.API_PREFIX + "/openapi.json", self._openapi),
+            web.get(wire.API_PREFIX + "/session", self._session),
             *JobHandlers(self.api, self._long, limits).routes(),
             *LogHandlers(self.api, self._long).routes(),
             *EventHandlers(self.api, self._long).routes(),
@@ -223,11 +227,13 @@ class ControlServer:
 
     @web.middleware
     async def _authorize(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Unix socket: the peer's uid. TCP: the bearer token, or (a browser) the token
-        cookie, whose POSTs must also echo the CSRF cookie in a header. Before any body."""
-        answer = self._auth.check(request)
-        if answer is not None:
-            return answer
+        """Who the peer is (``Auth.check``) and whether its scope covers the route (``authorize``
+        with ``wire.ROUTE_ACCESS``). Before any body."""
+        session = self._auth.check(request)
+        if not isinstance(session, Session):
+            return session
+        authorize(request, session)
+        request[SESSION] = session
         return await handler(request)
 
     # -- handlers of the server itself -------------------------------------------------------
@@ -237,6 +243,15 @@ class ControlServer:
         # The runtime's part comes as a mapping (BatchAPI.health); the answer is the struct.
         health = {**await self.api.health(), "server": self.server_statistics()}
         return json_response(msgspec.convert(health, wire.Health))
+
+    async def _session(self, request: web.Request) -> web.Response:
+        query(request)
+        session = request[SESSION]
+        actions = [a for a in wire.JOB_ACTIONS if wire.scope_covers(session.scope, "operate")]
+        answer = wire.Session(
+            scope=session.scope, actions=actions, job=session.job, expires=session.expires
+        )
+        return json_response(answer)
 
     async def _openapi(self, request: web.Request) -> web.Response:
         query(request)

@@ -1,101 +1,215 @@
-"""Who may talk to the server: the unix socket's peer uid, or the TCP listener's bearer token
-(a browser: the token's cookie, whose POSTs also echo the CSRF cookie in a header).
+"""Who is talking to the server, and with which scope: a ``Session``.
 
-Checked from the request line and headers alone, before any body is read.
+The unix socket: the peer's uid, primary gid and supplementary gids (``peers``), each mapped
+to a scope by the config. The TCP listener: a named bearer token, or (a browser) the cookie
+it signed in with (whose POSTs also echo the CSRF cookie in a header), or a log-view link
+(``aiobatch.links``), which is the read scope on one job until it expires.
+
+Checked from the request line and headers alone, before any body is read. What each scope may
+do is ``wire.ROUTE_ACCESS``, applied by ``authorize``.
 """
 
 from __future__ import annotations
 
 import hmac
 import os
-import socket
-import struct
-from collections.abc import Iterable
+import time
+from dataclasses import dataclass
 from http import HTTPStatus
 
 from aiohttp import web
 
+from aiobatch import wire
+from aiobatch.config import ServerConfig
+from aiobatch.links import LinkExpired, LinkKeys
+from aiobatch.server.peers import peer_credentials
 from aiobatch.server.responses import RequestError
+from aiobatch.server.ui import expired_page
 
 # Cookie names end in the listener's port: every port of a host shares cookies, and a
 # one-off `run --ui` page must not replace the service's.
 TOKEN_COOKIE, CSRF_COOKIE, CSRF_HEADER = "aiobatch_session_", "aiobatch_csrf_", "X-Aiobatch-CSRF"
-PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+LINK_COOKIE, LINK_PARAM = "aiobatch_link_", "link"
 
 
-def peer_uid(request: web.BaseRequest) -> int | None:
-    """The uid of the process at the other end of a unix connection; None for TCP."""
-    transport = request.transport
-    sock = transport.get_extra_info("socket") if transport is not None else None
-    if sock is None or sock.family != socket.AF_UNIX:
-        return None
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size)
-    _pid, uid, _gid = PEERCRED.unpack(creds)
-    return int(uid)
+@dataclass(frozen=True)
+class Session:
+    scope: wire.Scope
+    who: str  # for messages: "uid 1001", "token ci", "a log-view link"
+    job: str | None = None  # a link's job: nothing else is shown
+    expires: int | None = None
+
+
+SESSION = web.RequestKey("session", Session)  # the request's, once authorized
+
+
+@dataclass(frozen=True)
+class _Token:
+    name: str
+    scope: wire.Scope
+    value: bytes
+    # Cookies hold values derived from the token, never the token itself (a server on
+    # another port of the host gets the cookies too); derived, they survive a restart.
+    session: bytes
+    csrf: bytes  # echoed in CSRF_HEADER by POSTs
 
 
 class Auth:
-    def __init__(self, token: str | None, allowed_uids: Iterable[int]) -> None:
-        self.allowed_uids = {os.getuid(), *allowed_uids}
-        self._token = (token or "").encode()
-        # Cookies hold values derived from the token, never the token itself (a server on
-        # another port of the host gets the cookies too); derived, they survive a restart.
-        self._session = _derive(self._token, b"aiobatch session")
-        self._csrf = _derive(self._token, b"aiobatch csrf")  # echoed in CSRF_HEADER by POSTs
+    def __init__(self, config: ServerConfig, links: LinkKeys | None = None) -> None:
+        self.uid_scopes: dict[int, wire.Scope] = {**config.uid_scopes(), os.getuid(): "admin"}
+        self.gid_scopes: dict[int, wire.Scope] = config.gid_scopes()
+        self._tokens = [
+            _Token(name, scope, value.encode(), *_derived(value.encode()))
+            for value, (name, scope) in config.bearer_tokens().items()
+        ]
+        self._links = links
         self.port = ""  # of the TCP listener, once bound
 
-    def check(self, request: web.Request) -> web.StreamResponse | None:
-        """None if the request may go on; a response (a sign-in redirect) to send instead;
-        RequestError (401, 403) if it is refused."""
-        uid = peer_uid(request)  # None over TCP
-        if uid is not None:
-            if uid not in self.allowed_uids:
+    def check(self, request: web.Request) -> Session | web.StreamResponse:
+        """The request's session; or a response to send instead (a sign-in redirect, the
+        page of an expired link); RequestError (401, 403) if it is refused."""
+        peer = peer_credentials(request, groups=bool(self.gid_scopes))  # None over TCP
+        if peer is not None:
+            uid, gids = peer
+            scopes = [self.uid_scopes.get(uid), *(self.gid_scopes.get(gid) for gid in gids)]
+            held = [scope for scope in scopes if scope is not None]
+            if not held:
                 raise RequestError(HTTPStatus.FORBIDDEN, f"peer uid {uid} may not use this socket")
-            return None
-        if self._token_ok(request.headers.get("Authorization", "")):
-            return None
+            return Session(max(held, key=wire.SCOPES.index), f"uid {uid}")
+        token = self._bearer(request.headers.get("Authorization", ""))
+        if token is not None:
+            return Session(token.scope, f"token {token.name}")
+        signing_in = request.method == "GET" and request.path.startswith("/ui")
+        if signing_in and LINK_PARAM in request.query:
+            return self._link_signed_in(request, request.query[LINK_PARAM])
         given = request.query.get("token")
-        if given is not None and request.method == "GET" and request.path.startswith("/ui"):
-            # The address as printed, opened again by a browser that is signed in already:
-            # sign in again (the token may be a new one) and drop it from the address.
-            if self._matches(given, self._token):
-                return self._signed_in(request)
-        elif self._matches(request.cookies.get(TOKEN_COOKIE + self.port), self._session):
-            if request.method != "GET" and not self._matches(
-                request.headers.get(CSRF_HEADER), self._csrf
-            ):
-                raise RequestError(HTTPStatus.FORBIDDEN, f"missing or wrong {CSRF_HEADER} header")
-            return None
+        if signing_in and given is not None:
+            # An address with a token, typed by its owner: keep it in cookies, drop it from
+            # the address. (The addresses aiobatch prints are links, never a token.)
+            token = next((t for t in self._tokens if _matches(given, t.value)), None)
+            if token is not None:
+                return self._signed_in(request, token)
+        else:
+            session = self._cookie_session(request)
+            if session is not None:
+                return session
         raise RequestError(
             HTTPStatus.UNAUTHORIZED,
             "a valid bearer token is required (Authorization: Bearer TOKEN)",
             {"WWW-Authenticate": 'Bearer realm="aiobatch"'},
         )
 
-    def _token_ok(self, header: str) -> bool:
+    def _bearer(self, header: str) -> _Token | None:
         scheme, _, given = header.partition(" ")
-        return scheme.lower() == "bearer" and self._matches(given.strip(), self._token)
+        if scheme.lower() != "bearer":
+            return None
+        return next((t for t in self._tokens if _matches(given.strip(), t.value)), None)
 
-    @staticmethod
-    def _matches(given: str | None, expected: bytes) -> bool:
-        if not expected or given is None:
-            return False
-        # Header values arrive as latin-1 (or surrogates): never a reason to fail.
-        return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected)
+    def _cookie_session(self, request: web.Request) -> Session | web.StreamResponse | None:
+        cookie = request.cookies.get(TOKEN_COOKIE + self.port)
+        token = next((t for t in self._tokens if _matches(cookie, t.session)), None)
+        if token is not None:
+            if request.method != "GET" and not _matches(
+                request.headers.get(CSRF_HEADER), token.csrf
+            ):
+                raise RequestError(HTTPStatus.FORBIDDEN, f"missing or wrong {CSRF_HEADER} header")
+            return Session(token.scope, f"token {token.name}")
+        link = request.cookies.get(LINK_COOKIE + self.port)
+        if link is not None:
+            return self._link_session(request, link)
+        return None
 
-    def _signed_in(self, request: web.Request) -> web.Response:
-        """The token came in the address: keep it in cookies, and drop it from the address
-        (so it does not stay in the history or leak in a Referer)."""
-        query = {k: v for k, v in request.query.items() if k != "token"}
-        location = str(request.rel_url.with_query(query))
-        response = web.Response(status=HTTPStatus.SEE_OTHER, headers={"Location": location})
-        session, csrf = self._session.decode(), self._csrf.decode()
+    def _link_session(self, request: web.Request, credential: str) -> Session | web.StreamResponse:
+        claims = None
+        try:
+            claims = self._links.verify(credential) if self._links is not None else None
+        except LinkExpired:
+            if request.path.startswith("/ui"):
+                return expired_page()
+            raise RequestError(HTTPStatus.UNAUTHORIZED, "the log-view link has expired") from None
+        if claims is None:
+            raise RequestError(
+                HTTPStatus.UNAUTHORIZED, "the log-view link is not valid (or was revoked)"
+            )
+        return Session(claims.scope, "a log-view link", job=claims.job, expires=claims.exp)
+
+    def _link_signed_in(self, request: web.Request, credential: str) -> web.StreamResponse:
+        """A link as sent: keep its credential in a cookie and drop it from the address."""
+        session = self._link_session(request, credential)
+        if not isinstance(session, Session):
+            return session  # the expired page
+        response = _without_param(request, LINK_PARAM)
+        lifetime = max(1, int((session.expires or 0) - time.time()))
+        # Lax, not Strict: a link is opened from elsewhere (a chat, a ticket), and a link
+        # session writes nothing, so a cross-site request has nothing to gain from it.
         response.set_cookie(
-            TOKEN_COOKIE + self.port, session, path="/", samesite="Strict", httponly=True
+            LINK_COOKIE + self.port,
+            credential,
+            path="/",
+            samesite="Lax",
+            httponly=True,
+            max_age=lifetime,
         )
-        response.set_cookie(CSRF_COOKIE + self.port, csrf, path="/", samesite="Strict")
+        response.del_cookie(TOKEN_COOKIE + self.port, path="/")  # the link's view, not more
+        return response
+
+    def _signed_in(self, request: web.Request, token: _Token) -> web.Response:
+        response = _without_param(request, "token")
+        response.set_cookie(
+            TOKEN_COOKIE + self.port,
+            token.session.decode(),
+            path="/",
+            samesite="Strict",
+            httponly=True,
+        )
+        response.set_cookie(
+            CSRF_COOKIE + self.port, token.csrf.decode(), path="/", samesite="Strict"
+        )
+        response.del_cookie(LINK_COOKIE + self.port, path="/")
         return response
 
 
-def _derive(token: bytes, purpose: bytes) -> bytes:
-    return hmac.new(token, purpose, "sha256").hexdigest().encode() if token else b""
+def authorize(request: web.Request, session: Session) -> None:
+    """Raise RequestError (403) unless the session may use the request's route."""
+    resource = getattr(request.match_info.route, "resource", None)
+    if resource is None:
+        return  # no such route (404, 405 follow): nothing to protect
+    method = "GET" if request.method == "HEAD" else request.method
+    access = wire.ROUTE_ACCESS.get((method, resource.canonical))
+    if access is None:  # deny what the table does not name
+        raise RequestError(HTTPStatus.FORBIDDEN, "this route declares no scope")
+    if session.job is not None:
+        if access.link is None:
+            raise RequestError(HTTPStatus.FORBIDDEN, "a log-view link may not do this")
+        if access.link != "any":
+            source = request.match_info if access.link == "path" else request.query
+            if source.get("job_id" if access.link == "path" else "job") != session.job:
+                raise RequestError(
+                    HTTPStatus.FORBIDDEN, "a log-view link shows its own job and no other"
+                )
+    if not wire.scope_covers(session.scope, access.scope):
+        raise RequestError(
+            HTTPStatus.FORBIDDEN,
+            f"{session.who} has the {session.scope} scope; this needs {access.scope}",
+        )
+
+
+def _without_param(request: web.Request, name: str) -> web.Response:
+    """A redirect to the same address without ``name`` (so that it stays in no history and
+    leaks in no Referer)."""
+    query = {k: v for k, v in request.query.items() if k != name}
+    location = str(request.rel_url.with_query(query))
+    return web.Response(status=HTTPStatus.SEE_OTHER, headers={"Location": location})
+
+
+def _matches(given: str | None, expected: bytes) -> bool:
+    if not expected or given is None:
+        return False
+    # Header values arrive as latin-1 (or surrogates): never a reason to fail.
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected)
+
+
+def _derived(token: bytes) -> tuple[bytes, bytes]:
+    session = hmac.new(token, b"aiobatch session", "sha256").hexdigest().encode()
+    csrf = hmac.new(token, b"aiobatch csrf", "sha256").hexdigest().encode()
+    return session, csrf

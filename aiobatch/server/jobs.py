@@ -12,6 +12,7 @@ from aiobatch.server.bodies import read_spec
 from aiobatch.server.limits import Limits
 from aiobatch.server.params import (
     flag_param,
+    hours_param,
     instance_of,
     int_param,
     job_id_of,
@@ -41,7 +42,7 @@ class JobHandlers:
             web.get(wire.API_PREFIX + "/jobs", self.list_jobs),
             web.get(job, self.get_job),
             web.get(job + "/wait", self.wait_job),
-            web.post(job + "/{action:stop|suspend|resume|retry}", self.job_action),
+            *(web.post(f"{job}/{action}", self.job_action) for action in wire.JOB_ACTIONS),
             web.get(job + "/tasks/{task}", self.task_result),
             web.get(instance, self.instance),
             web.post(instance + "/stop", self.stop_instance),
@@ -91,7 +92,7 @@ class JobHandlers:
 
     async def job_action(self, request: web.Request) -> web.Response:
         query(request)
-        job_id, action = job_id_of(request), request.match_info["action"]
+        job_id, action = job_id_of(request), request.path.rsplit("/", 1)[1]
         if action == "stop":
             changed = await self.job_status(job_id) not in JOB_TERMINAL
             await self.api.stop_job(job_id)
@@ -135,6 +136,6 @@ class JobHandlers:
         return json_response(await self.api.job_history(job_id, after=after, limit=limit))
 
     async def logview(self, request: web.Request) -> web.Response:
-        query(request)
-        url = await self.api.logview_address(job_id_of(request))
+        hours = hours_param(query(request, "hours"))
+        url = await self.api.logview_address(job_id_of(request), hours=hours)
         return json_response(wire.LogviewAddress(url=url))

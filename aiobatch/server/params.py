@@ -98,3 +98,19 @@ def _is_utf8(text: str) -> bool:
     except UnicodeEncodeError:  # lone surrogates: bytes of a path that were not UTF-8
         return False
     return True
+
+
+def hours_param(params: Mapping[str, str]) -> float:
+    """``hours`` of a log-view link: a decimal number above 0 and at most MAX_LINK_HOURS."""
+    from aiobatch.links import DEFAULT_LINK_HOURS, check_hours
+
+    text = params.get("hours")
+    if text is None:
+        return DEFAULT_LINK_HOURS
+    try:
+        value = float(text) if text.isascii() and text.replace(".", "", 1).isdigit() else None
+        if value is None:
+            raise ValueError(f"hours: {shown(text)} is not a decimal number")
+        return check_hours(value)
+    except ValueError as exc:
+        raise bad_request(str(exc)) from None

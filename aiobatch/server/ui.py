@@ -62,3 +62,23 @@ async def ui_headers(request: web.Request, response: web.StreamResponse) -> None
     """The log view's pages and files, static ones included, get the same strict headers."""
     if request.path.startswith("/ui/") and response.status < 300:
         response.headers.update(UI_HEADERS)
+
+
+EXPIRED_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Link expired · aiobatch</title>
+<link rel="stylesheet" href="/ui/static/style.css"></head>
+<body><main class="expired"><h1>This link has expired</h1>
+<p>The log-view link you opened was valid for a limited number of hours, and they are over
+(or the service's links were revoked). Ask whoever sent it for a new one
+(<code>aiobatch logview JOB</code>).</p></main></body></html>
+"""
+
+
+def expired_page() -> web.Response:
+    """401 with a page that says so: what a browser shows for an expired log-view link."""
+    return web.Response(
+        status=HTTPStatus.UNAUTHORIZED,
+        text=EXPIRED_PAGE,
+        content_type="text/html",
+        headers=UI_HEADERS,
+    )
