@@ -14,7 +14,9 @@ from aiodocker.containers import DockerContainer
 
 from aiobatch.attempt import InstanceContext, Outcome
 
-OOM_FLAG_CHECKS, OOM_FLAG_WAIT_S = 10, 0.1  # how long a late OOM flag is waited for
+# How long a late OOM flag is waited for: up to 5 s (seen late by more than 1 s on a busy
+# machine); only a memory-limited container killed by SIGKILL and not yet flagged waits.
+OOM_FLAG_CHECKS, OOM_FLAG_WAIT_S = 50, 0.1
 
 
 async def container_outcome(
