@@ -12,6 +12,7 @@ from aiobatch.api import (
     TaskProgress,
     TaskResult,
 )
+from aiobatch.blocking import Connection, WaitTimeoutError, connect
 from aiobatch.config import ComputeEnvConfig, Config, load_config
 from aiobatch.errors import (
     AiobatchError,
@@ -62,6 +63,7 @@ __all__ = [
     "ComputeEnvConfig",
     "Config",
     "ConfigError",
+    "Connection",
     "Event",
     "InstanceNotFound",
     "InstanceResult",
@@ -98,6 +100,8 @@ __all__ = [
     "TaskState",
     "TaskStateChanged",
     "TemplateSpec",
+    "WaitTimeoutError",
+    "connect",
     "load_config",
     "load_spec",
 ]

@@ -1,0 +1,211 @@
+"""The blocking API, ``aiobatch.connect``: PyODPS' names over a real embedded runtime and a
+real ``aiobatch serve``, called from a plain thread and from inside a running event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import anyio
+import pytest
+
+import aiobatch
+from aiobatch import (
+    Connection,
+    JobFailed,
+    JobNotFound,
+    JobNotRetryable,
+    JobState,
+    StateDirBusy,
+    Status,
+    TaskNotFound,
+    WaitTimeoutError,
+)
+from aiobatch.blocking import ConnectionClosed, Instance
+from tests.helpers import Gates, processes_of, runtime_id
+from tests.integration.service import Service
+from tests.unit.test_progress import parse
+
+SPEC = {
+    "name": "pair",
+    "tasks": [
+        {"name": "ok", "instances": 3, "command": "true"},
+        {"name": "bad", "depends_on": ["ok"], "command": "false"},
+    ],
+}
+
+
+def release(gates: Gates, index: int) -> None:
+    """Let a gated instance end (blocks until it has opened its FIFO)."""
+    with (gates.root / str(index)).open("w") as fifo:
+        fifo.write("go\n")
+
+
+def held(gates: Gates, count: int = 1) -> dict[str, object]:
+    return {
+        "name": "held",
+        "tasks": [{"name": "wait", "instances": count, "command": gates.command}],
+    }
+
+
+def status_now(inst: Instance) -> Status:
+    """``inst.status`` asked again (a property: a type checker would take it as unchanged)."""
+    return inst.status
+
+
+def check_a_failing_job(o: Connection) -> Instance:
+    """What every way of connecting must give: PyODPS' calls, the async API's errors."""
+    inst = o.submit(SPEC)
+    assert inst.get_task_names() == ["ok", "bad"]
+    with pytest.raises(JobFailed) as failed:
+        inst.wait_for_success(timeout=60)
+    assert failed.value.failed_tasks == ("bad",) and failed.value.job_id == inst.id
+    assert inst.status is Status.TERMINATED and inst.state is JobState.FAILED
+    assert inst.is_terminated() and not inst.is_successful()
+    stamp_and_stages = parse(inst.get_task_progress("ok").get_stage_progress_formatted_string())
+    assert stamp_and_stages[1] == [
+        {
+            "name": "ok",
+            "running": "0",
+            "terminated": "3",
+            "total": "3",
+            "backups": None,
+            "percent": "100",
+        }
+    ]
+    results = inst.get_task_results()
+    assert list(results) == ["ok", "bad"]
+    assert inst.get_task_result("bad").failed == 1 and results["ok"].succeeded == 3
+    with pytest.raises(TaskNotFound):
+        inst.get_task_progress("nope")
+    with pytest.raises(TaskNotFound):
+        inst.get_task_result("nope")
+    assert o.exist_instance(inst.id) and not o.exist_instance("no-such-job")
+    with pytest.raises(JobNotFound):
+        o.get_instance("no-such-job")
+    again = o.get_instance(inst.id)
+    assert (again.id, again.get_task_names(), again.status) == (
+        inst.id,
+        ["ok", "bad"],
+        Status.TERMINATED,
+    )
+    return inst
+
+
+def test_embedded_runtime_from_a_plain_script(state_dir: Path, tmp_path: Path) -> None:
+    with aiobatch.connect(state_dir=state_dir) as o:
+        failed = check_a_failing_job(o)
+        fine = o.submit({"name": "fine", "tasks": [{"name": "t", "command": "true"}]})
+        fine.wait_for_success(timeout=60)
+        assert fine.is_successful() and fine.status is Status.TERMINATED
+        assert fine.get_logview_address() is None  # this runtime serves no log view
+
+        gates = Gates(tmp_path / "gates", 2)
+        slow = o.submit(held(gates, 2))
+        assert slow.status is Status.RUNNING and slow.is_running()
+        with pytest.raises(WaitTimeoutError) as timed_out:
+            slow.wait_for_completion(timeout=0.2)
+        assert isinstance(timed_out.value, TimeoutError) and timed_out.value.instance_id == slow.id
+        assert slow.state is JobState.RUNNING  # a timed-out wait leaves the job alone
+        assert slow.suspend() and status_now(slow) is Status.SUSPENDED
+        assert [i.id for i in o.list_instances(status=Status.SUSPENDED)] == [slow.id]
+        assert slow.resume() and slow.status is Status.RUNNING
+        assert [i.id for i in o.list_instances(status="Running")] == [slow.id]
+        release(gates, 0)
+        o.stop_instance(slow.id)
+        assert slow.wait_for_completion(timeout=60).status == "CANCELLED"
+        assert status_now(slow) is Status.TERMINATED
+
+        newest_first = [slow.id, fine.id, failed.id]
+        assert [i.id for i in o.list_instances()] == newest_first
+        assert [i.id for i in o.list_instances(status=Status.TERMINATED, limit=2)] == [
+            slow.id,
+            fine.id,
+        ]
+        assert [i.id for i in o.list_instances(status="FAILED")] == [failed.id]
+        with pytest.raises(ValueError, match="status: one of Running"):
+            o.list_instances(status="Done")
+
+        with pytest.raises(JobNotRetryable):
+            fine.retry()
+        assert failed.retry() and failed.status is Status.RUNNING
+        with pytest.raises(JobFailed):  # `false` fails again: the same error, the same class
+            failed.wait_for_success(timeout=60)
+        ours = runtime_id(state_dir)
+    # Closing stopped the runtime: the state dir is free again, nothing it started lives on.
+    assert processes_of(ours) == []
+    with pytest.raises(ConnectionClosed):
+        o.exist_instance(failed.id)
+    with aiobatch.connect(state_dir=state_dir) as reopened:
+        assert reopened.get_instance(fine.id).is_successful()
+
+
+def test_one_open_runtime_per_state_dir_and_close_is_idempotent(state_dir: Path) -> None:
+    o = aiobatch.connect(state_dir=state_dir)
+    try:
+        with pytest.raises(StateDirBusy):
+            aiobatch.connect(state_dir=state_dir)
+    finally:
+        o.close()
+    o.close()
+
+
+def test_shared_between_threads_and_called_from_a_running_loop(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    gates = Gates(tmp_path / "gates", 1)
+    with aiobatch.connect(state_dir=state_dir) as o:
+        inst = o.submit(held(gates))
+        seen: list[object] = []
+
+        def waiter() -> None:  # a plain thread blocks on the same connection
+            seen.append(inst.wait_for_success(timeout=60).status)
+
+        thread = threading.Thread(target=waiter)
+        thread.start()
+
+        async def notebook_cell() -> tuple[Status, Status]:
+            # A thread with a running asyncio loop (as a Jupyter cell has) calls it as is.
+            asyncio.get_running_loop()
+            before = o.get_instance(inst.id).status
+            release(gates, 0)
+            o.get_instance(inst.id).wait_for_success(timeout=60)
+            return before, inst.status
+
+        assert asyncio.run(notebook_cell()) == (Status.RUNNING, Status.TERMINATED)
+        thread.join(timeout=60)
+        assert seen == ["SUCCEEDED"]
+
+
+@pytest.mark.anyio
+async def test_a_service_over_its_socket(service: Service) -> None:
+    await service.start()
+
+    def script() -> str:
+        with aiobatch.connect(socket=service.socket) as o:
+            return check_a_failing_job(o).id
+
+    # From a worker thread (a plain script), then from the test's running loop itself.
+    job_id = await anyio.to_thread.run_sync(script)
+    with aiobatch.connect(socket=service.socket) as o:
+        assert [i.id for i in o.list_instances(status=Status.TERMINATED)] == [job_id]
+        inst = o.submit({"name": "fine", "tasks": [{"name": "t", "command": "true"}]})
+        inst.wait_for_success(timeout=60)
+        assert inst.status is Status.TERMINATED
+        assert o.get_instance(inst.id).get_task_progress("t").stage_string() == "t:0/1/1[100%]"
+
+
+def test_an_unreachable_service_raises_the_async_api_error(tmp_path: Path) -> None:
+    with (
+        aiobatch.connect(socket=tmp_path / "nothing.sock") as o,
+        pytest.raises(aiobatch.ServiceUnavailable),
+    ):
+        o.exist_instance("x")
+
+
+def test_connect_refuses_two_targets(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not both"):
+        aiobatch.connect(state_dir=tmp_path, socket=tmp_path / "s")
+    with pytest.raises(ValueError, match="not both"):
+        aiobatch.connect(socket=tmp_path / "s", url="http://127.0.0.1:1")
