@@ -25,6 +25,7 @@ from aiobatch.api import (
 )
 from aiobatch.events import JobStateChanged, TaskStateChanged
 from aiobatch.limits import INT64_MAX  # SQLite INTEGER, off_t: no request number is larger
+from aiobatch.links import DEFAULT_LINK_HOURS, MAX_LINK_HOURS, check_hours
 from aiobatch.progress import ProgressView
 from aiobatch.states import JOB_TERMINAL, JobState
 
@@ -56,6 +57,18 @@ def integer(minimum: int, maximum: int = INT64_MAX) -> Callable[[str], int]:
 
 def _clipped(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def link_hours(text: str) -> float:
+    """``--hours``: a finite number above 0 and at most MAX_LINK_HOURS."""
+    try:
+        hours = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of hours") from None
+    try:
+        return check_hours(hours)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("hours: ")) from None
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -95,6 +108,16 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     stop.add_argument("job")
     stop.add_argument("task", nargs="?")
     stop.add_argument("index", nargs="?", type=integer(0))
+
+    logview = command("logview", "print a link to a job's page: that job only, read-only")
+    logview.add_argument("job")
+    logview.add_argument(
+        "--hours",
+        type=link_hours,
+        default=DEFAULT_LINK_HOURS,
+        help=f"how long the link may be used (default {DEFAULT_LINK_HOURS}, "
+        f"at most {MAX_LINK_HOURS})",
+    )
 
     logs = command("logs", "print an instance's stdout (or stderr)")
     logs.add_argument("job")
@@ -184,6 +207,18 @@ async def _status(client: Client, args: argparse.Namespace) -> int:
         _print_status(snapshot)
         if logview is not None:
             print(f"logview: {logview}")
+    return EXIT_OK
+
+
+async def _logview(client: Client, args: argparse.Namespace) -> int:
+    address = await client.logview_address(args.job, hours=args.hours)
+    if args.json:
+        _print_json({"url": address})
+    elif address is None:
+        print("aiobatch logview: the service serves no log view ([server] http)", file=sys.stderr)
+        return EXIT_USAGE
+    else:
+        print(address)
     return EXIT_OK
 
 
@@ -302,6 +337,7 @@ _HANDLERS: dict[str, Handler] = {
     "retry": _action("retry", "retry_job"),
     "stop": _stop,
     "logs": _logs,
+    "logview": _logview,
 }
 
 COMMANDS = frozenset(_HANDLERS)

@@ -8,6 +8,7 @@ state dir is opened and its jobs recovered.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import stat
 import tempfile
@@ -88,7 +89,7 @@ def bind_listeners(
     unix_sock = socket_path = None
     if unix:
         socket_path = Path(socket or config.socket or default_socket_path())
-        unix_sock = _bind_unix(socket_path)
+        unix_sock = _bind_unix(socket_path, config.socket_permissions(), config.socket_gid())
     try:
         tcp = _bind_tcp(config.http) if config.http is not None else None
         return Listeners(unix_sock, tcp, socket_path)
@@ -97,9 +98,9 @@ def bind_listeners(
         raise
 
 
-def _bind_unix(path: Path) -> socket.socket:
+def _bind_unix(path: Path, mode: int, gid: int | None) -> socket.socket:
     try:
-        return bind_unix_socket(path)
+        return bind_unix_socket(path, mode=mode, gid=gid)
     except ListenerError:
         raise
     except OSError as exc:
@@ -157,13 +158,14 @@ def _bind_problem(exc: OSError) -> str:
     return f"cannot be bound: {exc.strerror or exc}; choose another address"
 
 
-def bind_unix_socket(path: Path) -> socket.socket:
-    """A listening unix socket at ``path`` that is mode 0600 from the moment the path exists.
+def bind_unix_socket(path: Path, *, mode: int = 0o600, gid: int | None = None) -> socket.socket:
+    """A listening unix socket at ``path`` with ``mode`` and group ``gid`` (``socket_mode``,
+    ``socket_group``) from the moment the path exists.
 
-    It is bound in a fresh private (0700) directory next to ``path``, narrowed to 0600, then
-    renamed into place, which also replaces a stale socket atomically. (A umask would do it
-    too, but the umask is process-wide: a directory another thread makes meanwhile would
-    get 0600.)
+    It is bound in a fresh private (0700) directory next to ``path``, given its group and
+    mode there (so it is never reachable with others), then renamed into place, which also
+    replaces a stale socket atomically. (A umask would do it too, but the umask is
+    process-wide: a directory another thread makes meanwhile would get it.)
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     refuse_if_live(path)
@@ -172,7 +174,15 @@ def bind_unix_socket(path: Path) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(str(staged))
-        staged.chmod(0o600)
+        if gid is not None:
+            try:
+                os.chown(staged, -1, gid)
+            except PermissionError:
+                raise ListenerError(
+                    f"socket {path}: cannot be given group {gid} (socket_group): the service "
+                    "must be root or a member of that group"
+                ) from None
+        staged.chmod(mode)
         sock.listen(listen_backlog())
         staged.rename(path)
     except BaseException:

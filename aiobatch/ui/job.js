@@ -7,7 +7,7 @@ import { GridView } from "./grid.js";
 import {
   ApiError, CODE, INSTANCE_STATES, JOB_TERMINAL, STATE_COLOURS, Tooltip, $, API, explain,
   formatDuration, formatTime, frameScheduler, getJSON, h, jobDuration, jobPath, notice, post,
-  progressBar, readNdjson, setBadge, setProgress, setText,
+  progressBar, readNdjson, session, setBadge, setProgress, setText,
 } from "./lib.js";
 import { JobModel } from "./model.js";
 import { InstancePanel } from "./panel.js";
@@ -172,6 +172,15 @@ async function pollReasons() {
     // the stream's own error handling says what is wrong
   }
 }
+
+// Only the actions this page's session may take are shown (a log-view link: none, and no
+// way to the list of jobs, which it may not see).
+session().then(({ actions, job }) => {
+  for (const button of document.querySelectorAll(".actions button")) {
+    button.hidden = !actions.includes(button.dataset.action);
+  }
+  $("#crumb-jobs").hidden = job != null;
+});
 
 async function start() {
   document.body.dataset.state = "loading";

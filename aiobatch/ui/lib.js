@@ -88,6 +88,16 @@ export async function post(path) {
   return (await request(path, { method: "POST" })).json();
 }
 
+// What this page's session may do (GET /v1/session): asked once, shared by the page's parts.
+// Until it answers (or if it fails) the page offers no action: the server decides anyway.
+let sessionAnswer = null;
+export function session() {
+  if (sessionAnswer === null) {
+    sessionAnswer = getJSON(`${API}/session`).catch(() => ({ scope: "read", actions: [] }));
+  }
+  return sessionAnswer;
+}
+
 export function jobPath(jobId) {
   return `${API}/jobs/${encodeURIComponent(jobId)}`;
 }

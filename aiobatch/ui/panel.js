@@ -3,7 +3,7 @@
 // command and environment. Everything from the server goes in as text.
 
 import {
-  ApiError, explain, formatClock, formatDuration, h, instancePath, post, readText, request,
+  ApiError, explain, formatClock, formatDuration, h, instancePath, post, readText, request, session,
   setBadge, setText,
 } from "./lib.js";
 
@@ -118,7 +118,8 @@ export class InstancePanel {
     this.title = h("h2", { id: "panel-title" });
     this.status = h("span", { className: "badge", id: "panel-status" });
     this.stopButton = h("button", { type: "button", className: "danger", id: "stop-instance",
-      onclick: () => this.stopInstance() }, "Stop instance");
+      hidden: true, onclick: () => this.stopInstance() }, "Stop instance");
+    session().then(({ actions }) => { this.stopButton.hidden = !actions.includes("stop"); });
     const close = h("button", { type: "button", className: "close", title: "Close (Esc)",
       "aria-label": "Close", onclick: () => this.close() }, "×");
     this.facts = h("dl", { className: "facts", id: "panel-facts" });
