@@ -110,7 +110,7 @@ class ServerConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     # Peers of the socket (SO_PEERCRED) besides the service's own uid (admin): a list of uids
     # (admin each, as before), or a table of uid = scope; gids (the peer's primary group or
     # any of its supplementary ones, by number or name) = scope.
-    allowed_uids: tuple[Uid, ...] | dict[Uid, Scope] = ()
+    allowed_uids: tuple[Uid, ...] | dict[str, Scope] = ()  # keys: uids, checked at load
     allowed_gids: dict[str, Scope] = {}
     socket_group: str | int | None = None  # the socket's group (a name or a gid)
     socket_mode: str | int = 0o600  # "0660" or 0o660: the socket file's permission bits
@@ -120,7 +120,7 @@ class ServerConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
 
     def uid_scopes(self) -> dict[int, Scope]:
         if isinstance(self.allowed_uids, dict):
-            return dict(self.allowed_uids)
+            return {int(uid): scope for uid, scope in self.allowed_uids.items()}
         return dict.fromkeys(self.allowed_uids, "admin")
 
     def gid_scopes(self) -> dict[int, Scope]:
@@ -307,6 +307,11 @@ def _server_access_problems(server: ServerConfig) -> list[str]:
         server.bearer_tokens()
     except ConfigError as exc:
         problems += str(exc).splitlines()
+    uids = server.allowed_uids if isinstance(server.allowed_uids, dict) else {}
+    for uid in uids:
+        if not (uid.isascii() and uid.isdigit() and UID_MIN <= int(uid) <= UID_MAX):
+            where = key_path("$.server.allowed_uids", uid)
+            problems.append(f"{where}: not a uid (a number from {UID_MIN} to {UID_MAX})")
     for group in server.allowed_gids:
         try:
             gid = resolve_group(group)
