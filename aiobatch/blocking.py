@@ -13,7 +13,7 @@ whose own event loop is running (a Jupyter cell), and raises the async API's err
 
 from __future__ import annotations
 
-import threading
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
@@ -58,17 +58,19 @@ def connect(
     token: str | None = None,
     state_dir: str | Path | None = None,
     config: Config | str | Path | None = None,
+    logview: str | None = None,
 ) -> Connection:
     """A blocking connection: to a service (``socket=PATH``, or ``url=`` and ``token=``;
     nothing: the CLI's default socket), or to a runtime embedded in this process for as
-    long as the connection is open (``state_dir=``, ``config=``). Close it, or use it as a
-    context manager."""
-    if state_dir is not None or config is not None:
+    long as the connection is open (``state_dir=``, ``config=``, and ``logview="HOST:PORT"``
+    to serve the jobs' pages as ``Runtime`` does). Close it, or use it as a context manager;
+    one left open is closed when the interpreter exits."""
+    if state_dir is not None or config is not None or logview is not None:
         if socket is not None or url is not None or token is not None:
             raise ValueError("give state_dir/config (embedded) or socket/url (a service), not both")
         from aiobatch.runtime import Runtime
 
-        return Connection(lambda: Runtime(state_dir, config=config))
+        return Connection(lambda: Runtime(state_dir, config=config, logview=logview))
     if socket is not None and url is not None:
         raise ValueError("give a socket or a url, not both")
     from aiobatch.client import Client
@@ -81,23 +83,24 @@ class Connection:
     ``exist_instance``, ``get_instance``, ``stop_instance``. Safe to share between threads."""
 
     def __init__(self, make_api: Callable[[], Any]) -> None:
-        self._lock = threading.Lock()
-        self._stack = ExitStack()
+        stack = ExitStack()
         try:
-            self._portal: BlockingPortal = self._stack.enter_context(
+            self._portal: BlockingPortal = stack.enter_context(
                 start_blocking_portal(name="aiobatch-connection")
             )
             # Built and entered in the portal's loop, and left by the same task at close().
             api = self._portal.call(_make, make_api)
             manager: AbstractContextManager[BatchAPI] = self._portal.wrap_async_context_manager(api)
-            self._api: BatchAPI = self._stack.enter_context(manager)
+            self._api: BatchAPI = stack.enter_context(manager)
         except BaseException:
-            self._stack.close()
+            stack.close()
             raise
-        self._closed = False
+        # Runs once: at close(), or at exit for a connection left open (its portal's thread
+        # is a daemon: without this an embedded runtime would just vanish mid-write).
+        self._close = weakref.finalize(self, stack.close)
 
     def __repr__(self) -> str:
-        return f"<aiobatch.Connection {self._api!r}{' closed' if self._closed else ''}>"
+        return f"<aiobatch.Connection {self._api!r}{'' if self._close.alive else ' closed'}>"
 
     def __enter__(self) -> Self:
         return self
@@ -110,13 +113,13 @@ class Connection:
     ) -> None:
         self.close()
 
+    @property
+    def closed(self) -> bool:
+        return not self._close.alive
+
     def close(self) -> None:
         """Close the client, or stop the embedded runtime cleanly; then end the portal."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._stack.close()
+        self._close()
 
     @property
     def api(self) -> BatchAPI:
@@ -125,17 +128,19 @@ class Connection:
 
     def call(self, func: Callable[..., Awaitable[T]], *args: object) -> T:
         """Run ``await func(*args)`` in the connection's loop and return its result."""
-        if self._closed:
+        if not self._close.alive:
             raise ConnectionClosed("the connection is closed")
         return self._portal.call(func, *args)
 
     def submit(self, spec: SpecInput | JobSpec) -> Instance:
         """Validate, store and start a job (a file path, a mapping or a JobSpec)."""
-        return Instance(self, self.call(self._api.submit, spec))
+        job = self.call(self._api.submit, spec)
+        return Instance(self, job.id, job)
 
     def get_instance(self, id: str) -> Instance:
         """The job ``id``; ``JobNotFound`` if there is none."""
-        return Instance(self, self.call(self._api.get_job, id))
+        job = self.call(self._api.get_job, id)
+        return Instance(self, job.id, job)
 
     def exist_instance(self, id: str) -> bool:
         return self.call(self._api.exist_job, id)
@@ -159,7 +164,7 @@ class Connection:
                 key=lambda job: job.seq,
                 reverse=True,
             )[:limit]
-        return [Instance(self, self.call(self._api.get_job, job.id)) for job in jobs]
+        return [Instance(self, job.id) for job in jobs]
 
     async def _list(self, status: JobState | None, limit: int | None) -> list[Any]:
         return await self._api.list_jobs(status=status, limit=limit)
@@ -186,18 +191,25 @@ async def _make(make_api: Callable[[], T]) -> T:
 
 class Instance:
     """A job, the way PyODPS' ``Instance`` is used: every method blocks until it has its answer.
-    The async ``JobHandle`` is ``handle``."""
+    The async ``JobHandle`` is ``handle`` (fetched at first use for a listed instance)."""
 
-    def __init__(self, connection: Connection, handle: JobHandle) -> None:
+    def __init__(self, connection: Connection, id: str, handle: JobHandle | None = None) -> None:
         self._connection = connection
-        self.handle = handle
+        self._id = id
+        self._handle = handle
 
     def __repr__(self) -> str:
-        return f"<aiobatch.Instance {self.id} {self.handle.name!r}>"
+        return f"<aiobatch.Instance {self.id}>"
 
     @property
     def id(self) -> str:
-        return self.handle.id
+        return self._id
+
+    @property
+    def handle(self) -> JobHandle:
+        if self._handle is None:
+            self._handle = self._connection.call(self._connection.api.get_job, self._id)
+        return self._handle
 
     @property
     def name(self) -> str:

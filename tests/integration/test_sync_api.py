@@ -4,6 +4,8 @@ real ``aiobatch serve``, called from a plain thread and from inside a running ev
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -209,3 +211,40 @@ def test_connect_refuses_two_targets(tmp_path: Path) -> None:
         aiobatch.connect(state_dir=tmp_path, socket=tmp_path / "s")
     with pytest.raises(ValueError, match="not both"):
         aiobatch.connect(socket=tmp_path / "s", url="http://127.0.0.1:1")
+
+
+def test_listed_instances_and_the_log_view_link(state_dir: Path) -> None:
+    with aiobatch.connect(state_dir=state_dir, logview="127.0.0.1:0") as o:
+        first = o.submit({"name": "one", "tasks": [{"name": "a", "command": "true"}]})
+        first.wait_for_success(timeout=60)
+        [listed] = o.list_instances(limit=1)
+        assert (listed.id, listed.name, listed.get_task_names()) == (first.id, "one", ["a"])
+        link = listed.get_logview_address(hours=1)
+        assert link is not None and f"/ui/jobs/{first.id}?link=" in link
+        with pytest.raises(ValueError, match="hours"):
+            listed.get_logview_address(hours=0)
+
+
+def test_a_connection_left_open_is_closed_at_exit(state_dir: Path) -> None:
+    script = (
+        "import atexit, sys, aiobatch\n"
+        "o = None\n"
+        # Registered first, so it runs last: after the connection's own exit hook.
+        "atexit.register(lambda: print('closed at exit:', o.closed, flush=True))\n"
+        "o = aiobatch.connect(state_dir=sys.argv[1])\n"
+        "o.submit({'name': 'n', 'tasks': [{'name': 't', 'command': 'true'}]})\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(state_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "closed at exit: True" in done.stdout
+    assert "Traceback" not in done.stderr
+    with aiobatch.connect(state_dir=state_dir) as o:
+        [job] = o.list_instances()
+        job.wait_for_completion(timeout=60)  # recovered and finished by the next runtime
+        assert job.status is Status.TERMINATED
