@@ -44,10 +44,16 @@ class LogView:
     def submit(self, spec: Mapping[str, Any]) -> JobHandle:
         return self.portal.call(self.runtime.submit, dict(spec))
 
-    def address(self, job: JobHandle) -> str:
-        url = self.portal.call(job.get_logview_address)
+    def address(self, job: JobHandle, hours: float = 24) -> str:
+        """The job's log-view link, as ``get_logview_address`` gives it: read-only."""
+        url = self.portal.call(job.get_logview_address, hours)
         assert url is not None, "the runtime serves no log view"
         return url
+
+    def admin_address(self, job: JobHandle) -> str:
+        """The job's page with the log view's own token, as its owner may type it: a session
+        that may act (stop, suspend, ...)."""
+        return f"{self.base}/ui/jobs/{quote(job.id, safe='')}?token={quote(self.token)}"
 
     def jobs_address(self) -> str:
         return f"{self.base}/ui/jobs?token={quote(self.token)}"

@@ -193,7 +193,7 @@ def test_job_and_instance_actions_from_the_page(browser: WebDriver, logview: Log
             ],
         }
     )
-    browser.get(logview.address(job))
+    browser.get(logview.admin_address(job))
     page_ready(browser, "live")
     wait_text(browser, "#job-progress", lambda t: t.startswith("0/3/4"), "all holding")
 
@@ -255,7 +255,7 @@ def test_user_strings_are_shown_as_text(browser: WebDriver, logview: LogView) ->
             ],
         }
     )
-    browser.get(logview.address(job))
+    browser.get(logview.admin_address(job))  # signed in: the list of jobs below too
     page_ready(browser)
     wait_text(browser, "#job-status", lambda t: t == "FAILED", "the job fails")
     assert text(browser, "#job-name") == HOSTILE_NAME
@@ -298,11 +298,11 @@ def test_without_the_token_there_is_nothing(browser: WebDriver, logview: LogView
     assert "Unauthorized" in browser.find_element(By.TAG_NAME, "body").text
     assert browser.get_cookies() == []
 
-    browser.get(address)  # the same page with its token
+    browser.get(address)  # the same page with its link
     wait_text(browser, "#job-name", lambda t: t == "secret-name", "the job's page")
     browser.get(address)  # and again, signed in already (the address as printed, clicked twice)
     wait_text(browser, "#job-name", lambda t: t == "secret-name", "the job's page again")
-    assert "token=" not in browser.current_url
+    assert "token=" not in browser.current_url and "link=" not in browser.current_url
 
 
 def test_jobs_page_lists_filters_pages_and_follows(browser: WebDriver, logview: LogView) -> None:
