@@ -109,14 +109,21 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     stop.add_argument("task", nargs="?")
     stop.add_argument("index", nargs="?", type=integer(0))
 
-    logview = command("logview", "print a link to a job's page: that job only, read-only")
-    logview.add_argument("job")
+    logview = command(
+        "logview", "print a link to a job's page (that job only, read-only); or revoke them all"
+    )
+    logview.add_argument("job", nargs="?")
     logview.add_argument(
         "--hours",
         type=link_hours,
         default=DEFAULT_LINK_HOURS,
         help=f"how long the link may be used (default {DEFAULT_LINK_HOURS}, "
         f"at most {MAX_LINK_HOURS})",
+    )
+    logview.add_argument(
+        "--rotate",
+        action="store_true",
+        help="give the service a new key for links: every link made so far stops working",
     )
 
     logs = command("logs", "print an instance's stdout (or stderr)")
@@ -211,6 +218,16 @@ async def _status(client: Client, args: argparse.Namespace) -> int:
 
 
 async def _logview(client: Client, args: argparse.Namespace) -> int:
+    if args.rotate == (args.job is not None):
+        print("aiobatch logview: give a JOB, or --rotate (not both)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.rotate:
+        rotated = await client.rotate_logview_links()
+        if args.json:
+            _print_json({"rotated": rotated})
+        else:
+            print("every log-view link made so far is revoked" if rotated else "no log view")
+        return EXIT_OK
     address = await client.logview_address(args.job, hours=args.hours)
     if args.json:
         _print_json({"url": address})

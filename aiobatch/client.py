@@ -252,6 +252,12 @@ class Client:
         path = _job(job_id) + "/logview"
         return (await self._call("GET", path, wire.LogviewAddress, params=params)).url
 
+    async def rotate_logview_links(self) -> bool:
+        """A new key for the service's log-view links: every link made so far stops working.
+        False if the service serves no log view (nothing to revoke). Needs the admin scope."""
+        answer = await self._call("POST", "/logview/rotate", wire.LinksRotated)
+        return answer.rotated
+
     async def exist_job(self, job_id: str) -> bool:
         try:
             await self.job_snapshot(job_id)

@@ -272,6 +272,13 @@ ROUTES = (
         errors=(404,),
     ),
     Route(
+        "POST",
+        wire.API_PREFIX + "/logview/rotate",
+        "rotateLogviewLinks",
+        "A new key for log-view links: every link made so far stops working at once",
+        wire.LinksRotated,
+    ),
+    Route(
         "GET",
         wire.API_PREFIX + "/events",
         "streamEvents",

@@ -112,6 +112,12 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
     server: ServerStatistics
 
 
+class LinksRotated(msgspec.Struct, frozen=True, kw_only=True):
+    """``POST /v1/logview/rotate`` → 200: a new key signs links; every earlier one is void."""
+
+    rotated: bool
+
+
 class LogviewAddress(msgspec.Struct, frozen=True, kw_only=True):
     """``GET /v1/jobs/{id}/logview?hours=H`` → 200: the job's page, with a link that shows
     that job alone, read-only, for ``hours``; or null when the service serves no log view."""
@@ -231,6 +237,7 @@ ROUTE_ACCESS: dict[tuple[str, str], Access] = {
     ("GET", _JOB + "/definition"): Access("read", "path"),
     ("GET", _JOB + "/history"): Access("read", "path"),
     ("GET", _JOB + "/logview"): Access("read"),  # a link makes no other links
+    ("POST", API_PREFIX + "/logview/rotate"): Access("admin"),
     ("GET", API_PREFIX + "/events"): Access("read", "query"),
     ("GET", "/ui"): Access("read"),
     ("GET", "/ui/jobs"): Access("read"),

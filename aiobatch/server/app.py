@@ -12,6 +12,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+import anyio
 import msgspec
 import structlog
 from aiohttp import web
@@ -188,6 +189,7 @@ class ControlServer:
             web.get(wire.API_PREFIX + "/health", self._health),
             web.get(wire.API_PREFIX + "/openapi.json", self._openapi),
             web.get(wire.API_PREFIX + "/session", self._session),
+            web.post(wire.API_PREFIX + "/logview/rotate", self._rotate_links),
             *JobHandlers(self.api, self._long, limits).routes(),
             *LogHandlers(self.api, self._long).routes(),
             *EventHandlers(self.api, self._long).routes(),
@@ -252,6 +254,15 @@ class ControlServer:
             scope=session.scope, actions=actions, job=session.job, expires=session.expires
         )
         return json_response(answer)
+
+    async def _rotate_links(self, request: web.Request) -> web.Response:
+        """A new key for log-view links: every link made so far stops working at once."""
+        query(request)
+        links = self._auth.links
+        if links is not None:
+            await anyio.to_thread.run_sync(links.rotate)
+            log.warning("logview_links_rotated")
+        return json_response(wire.LinksRotated(rotated=links is not None))
 
     async def _openapi(self, request: web.Request) -> web.Response:
         query(request)

@@ -62,7 +62,7 @@ class Auth:
             _Token(name, scope, value.encode(), *_derived(value.encode()))
             for value, (name, scope) in config.bearer_tokens().items()
         ]
-        self._links = links
+        self.links = links
         self.port = ""  # of the TCP listener, once bound
 
     def check(self, request: web.Request) -> Session | web.StreamResponse:
@@ -122,7 +122,7 @@ class Auth:
     def _link_session(self, request: web.Request, credential: str) -> Session | web.StreamResponse:
         claims = None
         try:
-            claims = self._links.verify(credential) if self._links is not None else None
+            claims = self.links.verify(credential) if self.links is not None else None
         except LinkExpired:
             if request.path.startswith("/ui"):
                 return expired_page()

@@ -57,10 +57,12 @@ async def finished_job(service: Service, name: str = "one") -> str:
 
 
 def needed(method: str, path: str) -> wire.Scope:
-    """The issue's rule, written apart from the table: submitting is admin, every other
-    write (stop, suspend, resume, retry, stop instance) operate, every read read."""
+    """The issue's rule, written apart from the table: submitting (and revoking every link)
+    is admin, every other write (stop, suspend, resume, retry, stop instance) operate, every
+    read read."""
     if method == "POST":
-        return "admin" if path == wire.API_PREFIX + "/jobs" else "operate"
+        admin = (wire.API_PREFIX + "/jobs", wire.API_PREFIX + "/logview/rotate")
+        return "admin" if path in admin else "operate"
     return "read"
 
 
@@ -209,6 +211,43 @@ async def test_a_new_key_revokes_every_link_and_a_restart_keeps_them(service: Se
     key.unlink()  # the documented rotation: remove the key, start again
     url = await start(service)
     assert await status(url) == 401
+
+
+async def test_cli_logview_rotate_revokes_every_link_at_once(service: Service) -> None:
+    url = await start(service)
+    job_id = await finished_job(service)
+    async with service.client() as client:
+        address = await client.logview_address(job_id)
+    assert address is not None
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        await sign_in(browser, address)
+        async with browser.get(f"{url}/v1/jobs/{job_id}") as before:
+            assert before.status == 200
+        done = await anyio.run_process(
+            [str(AIOBATCH), "logview", "--rotate", "--socket", str(service.socket)]
+        )
+        assert b"revoked" in done.stdout
+        async with browser.get(f"{url}/v1/jobs/{job_id}") as after:
+            assert after.status == 401
+            assert "revoked" in (await after.json())["error"]["message"]
+    async with service.client() as client:  # new links work
+        fresh = await client.logview_address(job_id)
+    assert fresh is not None
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        await sign_in(browser, fresh)
+        async with browser.get(f"{url}/v1/jobs/{job_id}") as again:
+            assert again.status == 200
+
+
+@pytest.mark.parametrize("arguments", [["logview"], ["logview", "JOB", "--rotate"]])
+def test_cli_logview_wants_a_job_or_rotate(arguments: list[str]) -> None:
+    done = subprocess.run(
+        [str(AIOBATCH), *arguments, "--socket", "/nonexistent.sock"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2 and "give a JOB, or --rotate" in done.stderr
 
 
 @pytest.mark.parametrize("hours", ["0", "-1", "nan", "inf", "8761", "x"])
