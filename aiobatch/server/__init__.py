@@ -1,9 +1,18 @@
 """The control server of ``aiobatch serve``: HTTP/1.1 + JSON over a unix socket (and TCP).
 
-The unix socket is mode 0600 and every request's peer uid (SO_PEERCRED) must be the
-service's own or one of ``server.allowed_uids``, else 403. The optional TCP listener
-(``server.http = "HOST:PORT"``) wants ``Authorization: Bearer TOKEN`` on every request,
-else 401. Bodies are JSON (results are the API's structs: ``JobSnapshot``, ``JobSummary``,
+Every request has a scope, ``read`` (queries, logs, events), ``operate`` (plus stop,
+suspend, resume, retry, stop instance) or ``admin`` (plus submit, and revoking log-view
+links), and each route needs one (``wire.ROUTE_ACCESS``, the one table, which the OpenAPI
+document states as well); too little is 403. The unix socket (mode ``socket_mode``, 0600 by
+default, group ``socket_group``) maps its peer by uid (SO_PEERCRED; the service's own is
+admin) and by gid, primary or supplementary (SO_PEERGROUPS) to the highest scope the config
+gives them (``allowed_uids``, ``allowed_gids``); none is 403. The optional TCP listener
+(``server.http = "HOST:PORT"``) wants ``Authorization: Bearer TOKEN`` (a named token of
+``server.tokens``, with its scope) or a browser's cookie, else 401. A log-view link
+(``GET /v1/jobs/ID/logview``) is the read scope on one job until it expires: any other job,
+list or write is 403, and an expired or revoked link 401.
+
+Bodies are JSON (results are the API's structs: ``JobSnapshot``, ``JobSummary``,
 ``TaskResult``, ``InstanceResult``); ``ID`` is a job id, ``TASK`` a task name, ``N`` an
 instance index.
 
@@ -31,6 +40,12 @@ GET     /v1/jobs/ID/tasks/TASK/instances/N                    ``InstanceResult``
                                                               ``stderr_tail`` (failed ones)
 POST    /v1/jobs/ID/tasks/TASK/instances/N/stop               ``{"id", "task", "index",
                                                               "action": "stop"}``
+GET     /v1/session                                           ``{"scope", "actions", "job",
+                                                              "expires"}``: the caller's
+GET     /v1/jobs/ID/logview?hours=H (0 < H <= 8760, 24)       ``{"url"}``: a link to the job's
+                                                              page, that job only, read-only
+POST    /v1/logview/rotate                                    ``{"rotated"}``: every link made
+                                                              so far is revoked
 GET     /v1/jobs/ID/tasks/TASK/instances/N/logs/stdout|stderr raw bytes (text/plain) from
         ?offset=BYTES&limit=BYTES  or  ?follow=1&offset=BYTES ``offset``, streamed, with
                                                               ``Content-Length`` and
@@ -68,7 +83,8 @@ down, so a watcher sees the end of its stream, not a broken connection.
 Peers and requests are bounded (``limits.py``, ``bodies.py``): connections per listener,
 the time to send a request's headers and to send the next one, the body's size and time.
 
-The package: ``app`` (the server, its listeners and middlewares), ``auth``, ``limits``,
+The package: ``app`` (the server, its listeners and middlewares), ``auth`` (sessions and
+scopes), ``peers`` (a unix peer's uid and groups), ``limits``,
 ``params`` (query and path parameters), ``bodies``, ``responses``, ``streams`` (long
 requests), and the handlers by resource: ``jobs``, ``logs``, ``events``, ``ui``.
 """
