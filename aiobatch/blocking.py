@@ -23,7 +23,15 @@ from typing import Any, Self, TypeVar
 import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from aiobatch.api import BatchAPI, JobHandle, JobSnapshot, SpecInput, TaskProgress, TaskResult
+from aiobatch.api import (
+    BatchAPI,
+    JobHandle,
+    JobSnapshot,
+    JobSummary,
+    SpecInput,
+    TaskProgress,
+    TaskResult,
+)
 from aiobatch.config import Config
 from aiobatch.errors import AiobatchError
 from aiobatch.spec import JobSpec
@@ -95,9 +103,10 @@ class Connection:
         except BaseException:
             stack.close()
             raise
+        self._calls = _Calls()
         # Runs once: at close(), or at exit for a connection left open (its portal's thread
         # is a daemon: without this an embedded runtime would just vanish mid-write).
-        self._close = weakref.finalize(self, stack.close)
+        self._close = weakref.finalize(self, _shut_down, self._portal, self._calls, stack)
 
     def __repr__(self) -> str:
         return f"<aiobatch.Connection {self._api!r}{'' if self._close.alive else ' closed'}>"
@@ -118,7 +127,9 @@ class Connection:
         return not self._close.alive
 
     def close(self) -> None:
-        """Close the client, or stop the embedded runtime cleanly; then end the portal."""
+        """Close the client, or stop the embedded runtime cleanly, then end the portal. A
+        call still waiting in another thread (``wait_for_completion``) raises
+        ``ConnectionClosed``; the job itself goes on, as the async API leaves it."""
         self._close()
 
     @property
@@ -130,7 +141,8 @@ class Connection:
         """Run ``await func(*args)`` in the connection's loop and return its result."""
         if not self._close.alive:
             raise ConnectionClosed("the connection is closed")
-        return self._portal.call(func, *args)
+        result: T = self._portal.call(self._calls.run, func, *args)
+        return result
 
     def submit(self, spec: SpecInput | JobSpec) -> Instance:
         """Validate, store and start a job (a file path, a mapping or a JobSpec)."""
@@ -166,7 +178,7 @@ class Connection:
             )[:limit]
         return [Instance(self, job.id) for job in jobs]
 
-    async def _list(self, status: JobState | None, limit: int | None) -> list[Any]:
+    async def _list(self, status: JobState | None, limit: int | None) -> list[JobSummary]:
         return await self._api.list_jobs(status=status, limit=limit)
 
 
@@ -187,6 +199,38 @@ def _states(status: Status | JobState | str | None) -> Iterable[JobState] | None
 
 async def _make(make_api: Callable[[], T]) -> T:
     return make_api()
+
+
+class _Calls:
+    """The calls in flight on a connection's loop, to cancel when it closes: a wait for a
+    job would otherwise hold the portal open for as long as the job runs. Only the portal's
+    loop touches it."""
+
+    def __init__(self) -> None:
+        self.scopes: set[anyio.CancelScope] = set()
+        self.closing = False
+
+    async def run(self, func: Callable[..., Awaitable[T]], *args: object) -> T:
+        if not self.closing:
+            with anyio.CancelScope() as scope:
+                self.scopes.add(scope)
+                try:
+                    return await func(*args)
+                finally:
+                    self.scopes.discard(scope)
+        raise ConnectionClosed("the connection was closed during the call")
+
+    async def cancel(self) -> None:
+        self.closing = True
+        for scope in self.scopes:
+            scope.cancel()
+
+
+def _shut_down(portal: BlockingPortal, calls: _Calls, stack: ExitStack) -> None:
+    try:
+        portal.call(calls.cancel)
+    finally:
+        stack.close()
 
 
 class Instance:

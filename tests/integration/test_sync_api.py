@@ -7,6 +7,7 @@ import asyncio
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import anyio
@@ -54,6 +55,10 @@ def held(gates: Gates, count: int = 1) -> dict[str, object]:
 def status_now(inst: Instance) -> Status:
     """``inst.status`` asked again (a property: a type checker would take it as unchanged)."""
     return inst.status
+
+
+async def calls_in_flight(o: Connection) -> int:
+    return len(o._calls.scopes)
 
 
 def check_a_failing_job(o: Connection) -> Instance:
@@ -248,3 +253,31 @@ def test_a_connection_left_open_is_closed_at_exit(state_dir: Path) -> None:
         [job] = o.list_instances()
         job.wait_for_completion(timeout=60)  # recovered and finished by the next runtime
         assert job.status is Status.TERMINATED
+
+
+def test_close_ends_a_wait_in_another_thread(state_dir: Path, tmp_path: Path) -> None:
+    gates = Gates(tmp_path / "gates", 1)
+    o = aiobatch.connect(state_dir=state_dir)
+    inst = o.submit(held(gates))
+    started = threading.Event()
+    outcome: list[BaseException] = []
+
+    def waiter() -> None:
+        started.set()
+        try:
+            inst.wait_for_completion()
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    started.wait(10)
+    deadline = time.monotonic() + 10
+    while not o.call(calls_in_flight, o) > 1:  # the waiter's call is in the loop (and this one)
+        assert time.monotonic() < deadline
+    o.close()  # would wait for the job without cancelling the call
+    thread.join(10)
+    assert not thread.is_alive() and [type(exc) for exc in outcome] == [ConnectionClosed]
+    with aiobatch.connect(state_dir=state_dir) as again:
+        release(gates, 0)  # the job went on; the next runtime sees it end
+        assert again.get_instance(inst.id).wait_for_success(timeout=60).status == "SUCCEEDED"
