@@ -12,7 +12,7 @@ from aiobatch.api import (
     TaskProgress,
     TaskResult,
 )
-from aiobatch.blocking import Connection, WaitTimeoutError, connect
+from aiobatch.blocking import Connection, ConnectionClosed, WaitTimeoutError, connect
 from aiobatch.config import ComputeEnvConfig, Config, load_config
 from aiobatch.errors import (
     AiobatchError,
@@ -64,6 +64,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "Connection",
+    "ConnectionClosed",
     "Event",
     "InstanceNotFound",
     "InstanceResult",

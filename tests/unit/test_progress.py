@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from aiobatch import StageProgress, TaskProgress, TaskResult
 from aiobatch.api import finished_percentage, stage_progress_formatted_string
-from aiobatch.events import TaskStateChanged
+from aiobatch.events import InstanceStateChanged, TaskStateChanged
 from aiobatch.progress import ProgressView
 
 PYODPS_PROGRESS = re.compile(
@@ -130,3 +130,21 @@ def test_cli_lines_use_the_same_order() -> None:
     event = TaskStateChanged(job_id="j", task="render", state="RUNNING", reason=None, ts=0.0)
     view.update(event, progress)
     assert stream.getvalue().split(" ", 1)[1] == "render:2/3/8[37%] RUNNING\n"
+
+
+def test_bars_fill_with_terminated_instances_and_show_running_first() -> None:
+    stream = io.StringIO()
+    view = ProgressView({"render": 8}, stream, bars=True)
+    event = InstanceStateChanged(
+        job_id="j", task="render", index=4, attempt=1, state="RUNNING", reason=None, ts=0.0
+    )
+    view.update(event, TaskProgress(name="render", running=2, terminated=3, total=8))
+    view.close()
+    last = stream.getvalue().rsplit("\r", 1)[-1]
+    assert " 3/8 " in last and "running=2 terminated=3" in last
+
+    stream = io.StringIO()
+    view = ProgressView({"render": 8}, stream, bars=True)
+    view.refresh([TaskProgress(name="render", running=1, terminated=5, total=8)])
+    view.close()
+    assert " 5/8 " in stream.getvalue().rsplit("\r", 1)[-1]
