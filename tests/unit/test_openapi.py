@@ -107,3 +107,16 @@ def test_the_document_is_the_same_at_every_call() -> None:
     first["paths"].clear()  # a caller's copy: changing it changes nothing else
     assert openapi.document() == msgspec.json.decode(msgspec.json.encode(openapi.document()))
     assert openapi.document()["paths"]
+
+
+def test_each_operation_states_the_scope_of_the_route_table() -> None:
+    """The document's scopes are wire.ROUTE_ACCESS's: bearer tokens (and links, where a link
+    may go) need that scope; the unix socket's peers are mapped to one by the config."""
+    document = openapi.document()
+    for path, methods in document["paths"].items():
+        for method, operation in methods.items():
+            access = wire.ROUTE_ACCESS[method.upper(), path]
+            assert operation["x-aiobatch-scope"] == access.scope
+            assert {"bearer": [access.scope]} in operation["security"]
+            assert ({"link": ["read"]} in operation["security"]) == (access.link is not None)
+    assert set(document["components"]["securitySchemes"]) == {"bearer", "link"}
