@@ -26,6 +26,7 @@ from aiobatch import (
     WaitTimeoutError,
 )
 from aiobatch.blocking import ConnectionClosed, Instance
+from aiobatch.client import RequestRefused
 from tests.helpers import Gates, processes_of, runtime_id
 from tests.integration.service import Service
 from tests.unit.test_progress import parse
@@ -281,3 +282,25 @@ def test_close_ends_a_wait_in_another_thread(state_dir: Path, tmp_path: Path) ->
     with aiobatch.connect(state_dir=state_dir) as again:
         release(gates, 0)  # the job went on; the next runtime sees it end
         assert again.get_instance(inst.id).wait_for_success(timeout=60).status == "SUCCEEDED"
+
+
+@pytest.mark.anyio
+async def test_a_service_over_http_with_a_token(service: Service) -> None:
+    service.config.write_text('[server]\nhttp = "127.0.0.1:0"\ntoken = "t0k3n"\n')
+    await service.start()
+    with aiobatch.connect(socket=service.socket) as local:
+        first = local.submit({"name": "first", "tasks": [{"name": "a", "command": "true"}]})
+        link = first.get_logview_address(hours=2)
+    assert link is not None
+    url = link.split("/ui/", 1)[0]
+
+    def script() -> None:
+        with aiobatch.connect(url=url, token="t0k3n") as o:
+            inst = check_a_failing_job(o)
+            page = inst.get_logview_address(hours=2)
+            assert page is not None and page.startswith(f"{url}/ui/jobs/{inst.id}?link=")
+        with aiobatch.connect(url=url, token="wrong") as o, pytest.raises(RequestRefused) as no:
+            o.exist_instance(first.id)  # the async client's error, as it raises it
+        assert no.value.status == 401
+
+    await anyio.to_thread.run_sync(script)
