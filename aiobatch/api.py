@@ -41,8 +41,10 @@ class TaskResult(msgspec.Struct, frozen=True, kw_only=True):
     status: str
     reason: str | None
     total: int
+    # Instances that ended: succeeded + failed + cancelled (never-started ones of a stopped
+    # or skipped task count as cancelled); PyODPS' terminated workers.
     done: int
-    running: int
+    running: int  # started and not ended: staging, running or uploading
     succeeded: int
     failed: int
     cancelled: int
