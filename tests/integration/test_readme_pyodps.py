@@ -94,7 +94,9 @@ def test_the_readme_snippets_through_an_embedded_runtime(tmp_path: Path) -> None
     if not snippets:
         pytest.skip("README.md has no python block calling aiobatch.connect(...) yet")
     for n, snippet in enumerate(snippets):
-        run_snippet(snippet, {"state_dir": tmp_path / f"state{n}"})
+        out, namespace = run_snippet(snippet, {"state_dir": tmp_path / f"state{n}"})
+        if snippet == PYODPS_SNIPPET:
+            check_output(out, namespace["instance"].id)
 
 
 @pytest.mark.anyio
