@@ -1,4 +1,4 @@
-// The job's DAG as SVG: one node per task (coloured by state, with done/running/total and a
+// The job's DAG as SVG: one node per task (coloured by state, with running/terminated/total and a
 // bar), edges from each dependency. dagre (vendor/) lays it out in a worker; until then the
 // section says so. Names are SVG text nodes: never parsed.
 
@@ -196,7 +196,7 @@ export class DagView {
         path.classList.toggle("met", task.status === "SUCCEEDED");
       }
     }
-    setText(node.counts, `${task.done}/${task.running}/${task.total}  ${task.status.toLowerCase()}`);
+    setText(node.counts, `${task.running}/${task.done}/${task.total}  ${task.status.toLowerCase()}`);
     const scale = task.total ? node.barW / task.total : 0;
     let x = 10;
     for (const [rect, n] of [[node.ok, task.succeeded], [node.bad, task.failed], [node.run, task.running]]) {

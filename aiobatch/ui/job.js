@@ -306,7 +306,7 @@ function renderTotals() {
     jobBar.id = "job-progress-bar";
   }
   setProgress(jobBar, totals);
-  setText($("#job-progress"), `${totals.done}/${totals.running}/${totals.total}` +
+  setText($("#job-progress"), `${totals.running}/${totals.done}/${totals.total}` +
     (totals.failed ? `  ·  ${totals.failed} failed` : ""));
   if (!legendItems) {
     legendItems = INSTANCE_STATES.map((state) => {
@@ -350,7 +350,7 @@ function updateRow(task) {
   const row = rows.get(task.name);
   if (!row) return;
   setBadge(row.status, task.status);
-  setText(row.counts, `${task.done}/${task.running}/${task.total}`);
+  setText(row.counts, `${task.running}/${task.done}/${task.total}`);
   setProgress(row.bar, task);
   const failed = task.failed ? `${task.failed} failed` : "";
   setText(row.reason, [task.reason, failed].filter(Boolean).join(" · "));
@@ -358,7 +358,7 @@ function updateRow(task) {
 
 function describeTask(task) {
   if (!task) return "";
-  const lines = [`${task.name}  ${task.status}`, `${task.done}/${task.running}/${task.total} done/running/total`];
+  const lines = [`${task.name}  ${task.status}`, `${task.running}/${task.done}/${task.total} running/terminated/total`];
   if (task.failed) lines.push(`${task.failed} failed`);
   if (task.reason) lines.push(`reason: ${task.reason}`);
   if (task.def && task.def.depends_on && task.def.depends_on.length) {

@@ -86,11 +86,13 @@ def test_progress_changes_without_reload(browser: WebDriver, logview: LogView) -
     assert "token=" not in browser.current_url  # kept in a cookie, dropped from the address
     browser.execute_script("window.sameDocument = true")
 
-    wait_text(browser, "#job-progress", lambda t: t.startswith("1/3/4"), "prepare done, 3 running")
-    assert task_counts(browser, "work") == "0/3/3"
+    wait_text(
+        browser, "#job-progress", lambda t: t.startswith("3/1/4"), "3 running, prepare terminated"
+    )
+    assert task_counts(browser, "work") == "3/0/3"
     release(gates, 0)
     wait_text(browser, "#job-progress", lambda t: t.startswith("2/2/4"), "one released")
-    wait_for(browser, lambda b: task_counts(b, "work") == "1/2/3", "work 1/2/3")
+    wait_for(browser, lambda b: task_counts(b, "work") == "2/1/3", "work 2/1/3")
     release(gates, 1)
     release(gates, 2)
     wait_text(browser, "#job-status", lambda t: t == "SUCCEEDED", "the job's end")
@@ -171,7 +173,7 @@ def test_log_grows_while_the_instance_runs(browser: WebDriver, logview: LogView)
     )
     browser.get(logview.address(job))
     page_ready(browser, "live")
-    wait_for(browser, lambda b: task_counts(b, "talk") == "0/1/1", "talk running")
+    wait_for(browser, lambda b: task_counts(b, "talk") == "1/0/1", "talk running")
     click_cell(browser, "talk", 0)
     wait_text(browser, ".log-stdout pre.log", lambda t: t == "first line", "the first line")
     release(gates, 0)
@@ -195,7 +197,7 @@ def test_job_and_instance_actions_from_the_page(browser: WebDriver, logview: Log
     )
     browser.get(logview.admin_address(job))
     page_ready(browser, "live")
-    wait_text(browser, "#job-progress", lambda t: t.startswith("0/3/4"), "all holding")
+    wait_text(browser, "#job-progress", lambda t: t.startswith("3/0/4"), "all holding")
 
     # A POST without the CSRF header is refused, even with the cookie.
     refused = browser.execute_async_script(
@@ -237,7 +239,7 @@ def test_job_and_instance_actions_from_the_page(browser: WebDriver, logview: Log
     for index in range(3):
         release(gates, index)
     wait_text(browser, "#job-status", lambda t: t == "SUCCEEDED", "SUCCEEDED after the retry")
-    assert text(browser, "#job-progress").startswith("4/0/4")
+    assert text(browser, "#job-progress").startswith("0/4/4")
 
 
 def test_user_strings_are_shown_as_text(browser: WebDriver, logview: LogView) -> None:
@@ -366,8 +368,8 @@ def test_screenshot_of_a_running_job(browser: WebDriver, logview: LogView) -> No
     )
     browser.get(logview.address(job))
     page_ready(browser, "live")
-    wait_for(browser, lambda b: task_counts(b, "render") == "11/6/24", "render midway")
-    wait_for(browser, lambda b: task_counts(b, "thumbs") == "8/0/8", "thumbs done")
+    wait_for(browser, lambda b: task_counts(b, "render") == "6/11/24", "render midway")
+    wait_for(browser, lambda b: task_counts(b, "thumbs") == "0/8/8", "thumbs done")
     wait_for(
         browser,
         lambda b: b.execute_script("return !window.aiobatch.timeline.empty"),
