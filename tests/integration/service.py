@@ -3,6 +3,7 @@ socket is its NOTIFY_SOCKET, and READY=1 is waited for before anyone talks to it
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -23,8 +24,12 @@ AIOBATCH = Path(sys.executable).with_name("aiobatch")
 class Service:
     """One ``aiobatch serve`` process with its notify socket, state dir and control socket."""
 
-    def __init__(self, root: Path, state_dir: Path, config: str = "") -> None:
+    def __init__(
+        self, root: Path, state_dir: Path, config: str = "", *, log: Path | None = None
+    ) -> None:
+        """``log``: a file its stdout and stderr are appended to (else they are the test's)."""
         self.root = root
+        self.log = log
         self.state_dir = state_dir
         self.socket = root / "ctl.sock"
         self.config = root / "aiobatch.toml"
@@ -36,17 +41,24 @@ class Service:
         notify_path = self.root / "notify.sock"
         notify_path.unlink(missing_ok=True)
         self.notify = await anyio.create_unix_datagram_socket(local_path=notify_path)
-        self.process = await anyio.open_process(
-            [
-                *(str(AIOBATCH), "serve", "--config", str(self.config)),
-                *("--state-dir", str(self.state_dir), "--socket", str(self.socket)),
-            ],
-            env={**os.environ, "NOTIFY_SOCKET": str(notify_path), **env},
-            stdout=None,
-            stderr=None,
-        )
+        with contextlib.ExitStack() as stack:
+            log = stack.enter_context(self.log.open("ab")) if self.log is not None else None
+            self.process = await anyio.open_process(
+                [
+                    *(str(AIOBATCH), "serve", "--config", str(self.config)),
+                    *("--state-dir", str(self.state_dir), "--socket", str(self.socket)),
+                ],
+                env={**os.environ, "NOTIFY_SOCKET": str(notify_path), **env},
+                stdout=log,
+                stderr=log,
+            )
         assert await self.message() == "READY=1"
         assert await self.message() == f"STATUS=listening on {self.socket}"
+
+    def log_text(self) -> bytes:
+        """What the service wrote to its ``log`` file so far."""
+        assert self.log is not None, "started without a log file"
+        return self.log.read_bytes()
 
     async def message(self) -> str:
         assert self.notify is not None

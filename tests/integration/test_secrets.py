@@ -10,7 +10,6 @@ to fail: a value given as plain ``env`` in the same run is found by it.
 from __future__ import annotations
 
 import hashlib
-import os
 import signal
 import tempfile
 import uuid
@@ -26,7 +25,7 @@ from aiobatch import JobState, Runtime
 from aiobatch.config import ComputeEnvConfig, Config
 from aiobatch.hooks import HookContext
 from tests.integration.conftest import IMAGE, docker_hosts
-from tests.integration.service import AIOBATCH, Service
+from tests.integration.service import Service
 
 pytestmark = pytest.mark.anyio
 
@@ -52,24 +51,7 @@ class LoggedService(Service):
     """``aiobatch serve`` with its log (stderr) in a file."""
 
     def __init__(self, root: Path, state_dir: Path, config: str) -> None:
-        super().__init__(root, state_dir, config)
-        self.log = root / "service.log"
-
-    async def start(self, **env: str) -> None:
-        notify_path = self.root / "notify.sock"
-        self.notify = await anyio.create_unix_datagram_socket(local_path=notify_path)
-        with self.log.open("ab") as log:
-            self.process = await anyio.open_process(
-                [
-                    *(str(AIOBATCH), "serve", "--config", str(self.config)),
-                    *("--state-dir", str(self.state_dir), "--socket", str(self.socket)),
-                ],
-                env={**os.environ, "NOTIFY_SOCKET": str(notify_path), **env},
-                stdout=log,
-                stderr=log,
-            )
-        assert await self.message() == "READY=1"
-        assert await self.message() == f"STATUS=listening on {self.socket}"
+        super().__init__(root, state_dir, config, log=root / "service.log")
 
     async def stop(self) -> None:
         """A graceful stop (SIGTERM): what it writes on the way out is searched too."""
@@ -178,14 +160,14 @@ async def test_secrets_reach_local_and_container_tasks_and_nothing_else(
 
     for value in (from_file, from_env):
         assert found_in_files(state_dir, value) == []  # the database (and WAL), logs, records
-        assert value.encode() not in service.log.read_bytes()
+        assert value.encode() not in service.log_text()
         leaked = [path for path, body in answers.items() if value.encode() in body]
         assert leaked == [], f"value in /v1 answers: {leaked}"
     definition = next(body for path, body in answers.items() if path.endswith("/definition"))
     assert f"file:{secret_file}".encode() in definition  # the source is shown, not the value
     assert b"env:RUNTIME_API_TOKEN" in definition
     assert (state_dir / "aiobatch.db").exists()
-    assert service.log.read_bytes().count(b"\n") > 5  # a debug log: it said things
+    assert service.log_text().count(b"\n") > 5  # a debug log: it said things
     # The searches can fail: the plain value is in the database and in the definition.
     assert state_dir / "aiobatch.db" in found_in_files(state_dir, plain)
     assert any(plain.encode() in body for body in plain_answers.values())

@@ -5,7 +5,6 @@ closed, the service logs one short line for it (no traceback), and it answers af
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
@@ -15,7 +14,7 @@ import anyio
 import pytest
 
 from aiobatch.server.limits import MAX_HEADERS, MAX_LINE_BYTES
-from tests.integration.service import AIOBATCH, Service
+from tests.integration.service import Service
 
 pytestmark = pytest.mark.anyio
 
@@ -41,34 +40,10 @@ MALFORMED = {  # request: what the answer says is wrong
 }
 
 
-class LoggedService(Service):
-    """The real service, its log (stderr) in a file."""
-
-    def __init__(self, root: Path, state_dir: Path) -> None:
-        super().__init__(root, state_dir)
-        self.log = root / "service.log"
-
-    async def start(self, **env: str) -> None:
-        notify_path = self.root / "notify.sock"
-        self.notify = await anyio.create_unix_datagram_socket(local_path=notify_path)
-        with self.log.open("wb") as log:
-            self.process = await anyio.open_process(
-                [
-                    *(str(AIOBATCH), "serve", "--config", str(self.config)),
-                    *("--state-dir", str(self.state_dir), "--socket", str(self.socket)),
-                ],
-                env={**os.environ, "NOTIFY_SOCKET": str(notify_path), **env},
-                stdout=log,
-                stderr=log,
-            )
-        assert await self.message() == "READY=1"
-        assert await self.message() == f"STATUS=listening on {self.socket}"
-
-
 @pytest.fixture
-async def service(state_dir: Path) -> AsyncIterator[LoggedService]:
+async def service(state_dir: Path) -> AsyncIterator[Service]:
     root = Path(tempfile.mkdtemp(prefix="ab", dir="/tmp"))  # short: sockets have 107 bytes
-    service = LoggedService(root, state_dir)
+    service = Service(root, state_dir, log=root / "service.log")
     try:
         await service.start()
         yield service
@@ -92,7 +67,7 @@ async def exchange(sock: Path, data: bytes) -> bytes:
 
 
 async def test_unparsable_requests_are_json_400_closed_and_one_log_line_each(
-    service: LoggedService,
+    service: Service,
 ) -> None:
     for request, reason in MALFORMED.items():
         answer = await exchange(service.socket, request)  # fails unless the service closes it
@@ -105,7 +80,7 @@ async def test_unparsable_requests_are_json_400_closed_and_one_log_line_each(
     async with service.client() as client:  # still answering, on the same socket
         assert (await client.health())["status"] == "ok"
         assert await client.list_jobs() == []  # nothing of the bodies was stored
-    log = service.log.read_bytes()
+    log = service.log_text()
     assert b"Traceback" not in log and b"Error handling request" not in log, log.decode()
     assert MARK not in log, log.decode()
     lines = [line for line in log.splitlines() if b"request_unparsable" in line]
