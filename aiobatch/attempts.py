@@ -9,6 +9,7 @@ stop controls) are kept here, never in the engine's records.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import replace
 from typing import Any, cast
@@ -32,10 +33,10 @@ from aiobatch.events import Bus
 from aiobatch.executors.base import Executor, HoldingExecutor
 from aiobatch.hooks import HookContext, HookFailed, Hooks
 from aiobatch.layout import StateLayout
-from aiobatch.model import InstanceRec
+from aiobatch.model import InstanceRec, JobRec
 from aiobatch.resources import Found
 from aiobatch.secret_sources import SecretUnavailable, read_secrets
-from aiobatch.states import InstanceState
+from aiobatch.states import JOB_TERMINAL, InstanceState
 from aiobatch.storage.base import StorageBackend
 from aiobatch.store import Store
 
@@ -43,6 +44,9 @@ log = structlog.get_logger("aiobatch.attempts")
 
 SPACE_RETRY_FIRST_S = 0.1  # a full state dir is tried again after this, doubling up to the max
 SPACE_RETRY_MAX_S = 5.0
+# A job's deadline is on the wall clock, read again at least this often while waiting for
+# it: a stalled process or a clock step never adds to the job's time.
+DEADLINE_CHECK_S = 30.0
 
 
 class Attempts:
@@ -72,6 +76,7 @@ class Attempts:
         self._holding: dict[int, bool] = {}  # executor id -> keeps an ended attempt's container
         # Per running job and task: the environment its instances share.
         self._task_env: dict[str, dict[str, dict[str, str]]] = {}
+        self._deadlines: dict[str, anyio.CancelScope] = {}  # job id -> its deadline's wait
 
     def open(self, group: TaskGroup) -> None:
         self._group = group
@@ -130,6 +135,43 @@ class Attempts:
 
     def forget_job(self, job_id: str) -> None:
         self._task_env.pop(job_id, None)
+        scope = self._deadlines.pop(job_id, None)
+        if scope is not None:
+            scope.cancel()
+
+    # -- a job's deadline ----------------------------------------------------------------------
+
+    def watch_deadline(self, job: JobRec) -> None:
+        """Time the job out when its deadline passes (a job without a timeout: nothing)."""
+        if self._group is None or job.deadline is None or job.state in JOB_TERMINAL:
+            return
+        old = self._deadlines.pop(job.id, None)
+        if old is not None:
+            old.cancel()
+        scope = self._deadlines[job.id] = anyio.CancelScope()
+        self._group.start_soon(self._wait_for_deadline, job, scope)
+
+    async def _wait_for_deadline(self, job: JobRec, scope: anyio.CancelScope) -> None:
+        with scope:
+            while True:
+                deadline = job.deadline
+                if deadline is None:
+                    return
+                left = deadline - time.time()
+                if left <= 0:
+                    break
+                await anyio.sleep(min(left, DEADLINE_CHECK_S))
+            if self._deadlines.get(job.id) is scope:
+                del self._deadlines[job.id]
+            self.time_out(job)
+
+    def time_out(self, job: JobRec) -> None:
+        """Stop what the job runs, cancel what waits; the job ends FAILED: job_timeout."""
+        if self._engine.jobs.get(job.id) is not job:
+            return  # ended (and forgotten) meanwhile
+        if job.stopping is None:  # one already winding down keeps its own end
+            log.warning("job_timed_out", job_id=job.id, timeout_s=job.defn.timeout_s)
+        self.pump(self._engine.time_out_job(job))
 
     async def drain(self, limit: float) -> None:
         """Start nothing more; wait up to ``limit`` seconds for what runs to end."""

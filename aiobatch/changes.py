@@ -32,11 +32,14 @@ class StateChanges:
         return events
 
     def _job_to(self, job: JobRec, state: JobState, reason: str | None) -> None:
-        job.state = check_job(job.state, state)
+        before = job.state
+        job.state = check_job(before, state)
         job.reason = reason
         now = self._clock()
         if state is JobState.RUNNING and job.started_at is None:
             job.started_at = now
+        if state is JobState.RUNNING and before is not JobState.SUSPENDED:
+            job.deadline_from = now  # a start or a retry: the job's timeout counts from here
         self.outbox.append(JobStateChanged(job_id=job.id, state=state, reason=reason, ts=now))
 
     def _task_to(self, task: TaskRec, state: TaskState, reason: str | None = None) -> None:

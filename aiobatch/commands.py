@@ -127,6 +127,7 @@ class Commands:
             self._bus.publish(submitted)  # accepted: now the watchers hear of it
             self._engine.add_job(job)
         self._attempts.pump()
+        self._attempts.watch_deadline(job)
         log.info("job_submitted", job_id=job_id, name=defn.name, tasks=len(defn.tasks))
         return job
 
@@ -142,8 +143,9 @@ class Commands:
                 )
             await self._resources.open_for(job.defn)
             self._queries.forget(job_id)
-            self._engine.retry_job(job)
+            self._engine.retry_job(job)  # a fresh deadline, counted from now
             self._attempts.pump()
+            self._attempts.watch_deadline(job)
         log.info("job_retried", job_id=job_id)
         return True
 

@@ -19,6 +19,7 @@ from aiobatch.events import InstanceStopRequested, JobStopRequested
 from aiobatch.model import InstanceRec, JobRec, TaskRec
 from aiobatch.reasons import (
     INTERRUPTED,
+    JOB_TIMEOUT,
     RETRIED,
     RUNTIME_LOST_LIMIT,
     STOPPED_BY_USER,
@@ -33,6 +34,7 @@ from aiobatch.states import JOB_TERMINAL, TASK_TERMINAL, InstanceState, JobState
 __all__ = [
     "DEFAULT_LOST_LIMIT",
     "INTERRUPTED",
+    "JOB_TIMEOUT",
     "RETRIED",
     "RUNTIME_LOST_LIMIT",
     "STOPPED_BY_USER",
@@ -123,6 +125,12 @@ class Engine(StateChanges):
     def stop_job(self, job: JobRec, reason: str = STOPPED_BY_USER) -> list[InstanceRec]:
         """Wind a job down to CANCELLED; returns the active instances to stop."""
         return self._wind_down(job, JobState.CANCELLED, reason)
+
+    def time_out_job(self, job: JobRec) -> list[InstanceRec]:
+        """The job's deadline passed: wind it down as a stop does, but to FAILED with
+        ``job_timeout`` (as AWS Batch and Argo mark a job past its deadline). A job winding
+        down already keeps its own end. Returns the active instances to stop."""
+        return self._wind_down(job, JobState.FAILED, JOB_TIMEOUT)
 
     def _wind_down(self, job: JobRec, final: JobState, reason: str) -> list[InstanceRec]:
         if job.stopping is not None or job.state not in (JobState.RUNNING, JobState.SUSPENDED):

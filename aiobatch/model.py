@@ -143,6 +143,7 @@ class TaskRec:
 
 class JobRec:
     __slots__ = (
+        "deadline_from",
         "defn",
         "ended_at",
         "id",
@@ -165,6 +166,9 @@ class JobRec:
         self.submitted_at = submitted_at
         self.started_at: float | None = None
         self.ended_at: float | None = None
+        # When the job's timeout began to count (the wall clock): its first start, or the
+        # retry that took it back to RUNNING. A resume does not restart it.
+        self.deadline_from: float | None = None
         # Set once the job must wind down: its final state and the reason.
         self.stopping: tuple[JobState, str] | None = None
         self.tasks: dict[str, TaskRec] = {}
@@ -178,6 +182,12 @@ class JobRec:
     @property
     def priority(self) -> int:
         return self.defn.priority
+
+    @property
+    def deadline(self) -> float | None:
+        """When the job times out (the wall clock), or None: no timeout, or not started."""
+        timeout, since = self.defn.timeout_s, self.deadline_from
+        return None if timeout is None or since is None else since + timeout
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.defn.name} {self.state}>"

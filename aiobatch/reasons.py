@@ -16,6 +16,8 @@ STOPPED_BY_USER = "stopped_by_user"
 RUNTIME_LOST_LIMIT = "runtime_lost_limit"
 INTERRUPTED = "interrupted"
 RETRIED = "retried"
+# The job's own ``timeout`` passed: the job ends FAILED, what ran or waited is stopped.
+JOB_TIMEOUT = "job_timeout"
 
 
 def should_retry(task: TaskRec, inst: InstanceRec, outcome: Outcome) -> bool:

@@ -16,6 +16,7 @@ import structlog
 
 from aiobatch.attempts import Attempts
 from aiobatch.engine import Engine
+from aiobatch.events import JobStateChanged
 from aiobatch.executors import records
 from aiobatch.layout import StateLayout
 from aiobatch.model import InstanceRec, JobRec
@@ -23,6 +24,7 @@ from aiobatch.queries import Queries
 from aiobatch.recovery import is_orphan, take_over
 from aiobatch.resources import Found, Resources
 from aiobatch.spec import JobDef
+from aiobatch.states import JobState
 from aiobatch.store import Store
 
 log = structlog.get_logger("aiobatch.restart")
@@ -57,12 +59,18 @@ async def recover(
     to_stop: list[InstanceRec] = []
     adopted: list[tuple[InstanceRec, Found | None]] = []
     for job, lost in jobs:
+        if job.defn.timeout_s is not None and job.state is not JobState.SUBMITTED:
+            job.deadline_from = await deadline_from(store, job)
         adopted_here, lost = take_over(job, lost, found)
         if lost:
             log.warning("instances_lost", job_id=job.id, count=len(lost))
         if adopted_here:
             log.info("attempts_adopted", job_id=job.id, count=len(adopted_here))
         to_stop += engine.recover_job(job, lost, [inst for inst, _ in adopted_here])
+        deadline = job.deadline
+        if deadline is not None and deadline <= time.time():  # it passed while none ran
+            log.warning("job_timed_out", job_id=job.id, timeout_s=job.defn.timeout_s)
+            to_stop += engine.time_out_job(job)
         adopted += adopted_here
         log.info("job_recovered", job_id=job.id, state=job.state.value)
     # Before anything starts again: no process of ours runs that no attempt claims.
@@ -71,12 +79,29 @@ async def recover(
     for key in await anyio.to_thread.run_sync(records.sweep, runtime_id, keep):
         log.warning("stray_killed", job_id=key[0], task=key[1], index=key[2], attempt=key[3])
     attempts.adopt(adopted, to_stop)
+    for job, _ in jobs:
+        attempts.watch_deadline(job)
     recovered = {job.id: job for job, _ in jobs}
     for executor, orphan in found.values():
         if is_orphan(orphan, recovered) and await executor.discard(orphan):
             log.warning(
                 "orphan_removed", job_id=orphan.job_id, task=orphan.task, index=orphan.index
             )
+
+
+async def deadline_from(store: Store, job: JobRec) -> float | None:
+    """When the job's timeout began to count, from its stored events: the last time it went
+    RUNNING other than by a resume (its start, or a retry). Its start time if none is found."""
+    since, before = job.started_at, None
+    after = 0
+    while batch := await store.events(job.id, after=after):
+        for seq, event in batch:
+            after = seq
+            if isinstance(event, JobStateChanged):
+                if event.state is JobState.RUNNING and before is not JobState.SUSPENDED:
+                    since = event.ts
+                before = event.state
+    return since
 
 
 async def _load(

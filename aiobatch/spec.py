@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from msgspec import UNSET, Struct
+from msgspec import UNSET, Struct, UnsetType
 
 from aiobatch import spec_checks as checks
 from aiobatch.dag import find_cycles
@@ -31,6 +31,7 @@ from aiobatch.spec_tasks import TaskRules
 from aiobatch.spec_types import (
     NAME_PATTERN,
     Command,
+    Duration,
     EnvValue,
     InputMapping,
     JobDef,
@@ -73,6 +74,7 @@ class _Envelope(Struct, kw_only=True, forbid_unknown_fields=True):
     name: str
     tasks: list[Any]
     priority: Int64 = 0
+    timeout: Duration | UnsetType = UNSET
     env: dict[str, EnvValue] = {}
     secrets: dict[str, str] = {}
     templates: dict[str, Any] = {}
@@ -98,6 +100,7 @@ class _Decoded:
 
     name: str | None
     priority: int
+    timeout: Duration | UnsetType
     env: dict[str, EnvValue]
     secrets: dict[str, str]
     templates: dict[str, TemplateSpec]
@@ -129,6 +132,7 @@ def _decode(data: Any, errors: list[str]) -> _Decoded:
     return _Decoded(
         name=top.get("name"),
         priority=top.get("priority", 0),
+        timeout=top.get("timeout", UNSET),
         env=top.get("env", {}),
         secrets=top.get("secrets", {}),
         templates=templates,
@@ -153,6 +157,7 @@ def decode_spec(data: Any) -> JobSpec:
         name=decoded.name,
         tasks=tuple(task for task in decoded.tasks if task is not None),
         priority=decoded.priority,
+        timeout=decoded.timeout,
         env=decoded.env,
         secrets=decoded.secrets,
         templates=decoded.templates,
@@ -185,6 +190,7 @@ def resolve_spec(
 
     if job.name is not None:
         checks.check_job_name(job.name, errors)
+    timeout_s = checks.check_job_timeout(job.timeout, errors)
     checks.check_env(job.env, "$.env", errors)
     checks.check_secrets(job.secrets, "$.secrets", errors)
     for name in sorted(job.secrets.keys() & job.env.keys()):
@@ -260,6 +266,7 @@ def resolve_spec(
     return JobDef(
         name=job.name,
         priority=job.priority,
+        timeout_s=timeout_s,
         env={k: checks.env_str(v) for k, v in job.env.items()},
         secrets=dict(job.secrets),
         tasks=tuple(resolved),

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import msgspec
-from msgspec import UNSET
+from msgspec import UNSET, UnsetType
 
 from aiobatch.limits import (
     INT64_MAX,
@@ -198,6 +198,17 @@ def check_arg(text: str, where: str, errors: list[str]) -> None:
             f"{where}: {size} bytes; the system takes at most {MAX_ARG_STRLEN} "
             "(MAX_ARG_STRLEN) per argument or environment entry"
         )
+
+
+def check_job_timeout(timeout: str | float | UnsetType, errors: list[str]) -> float | None:
+    """The job's deadline in seconds (None: no deadline), bounded as a task's timeout is."""
+    if timeout is UNSET:
+        return None
+    try:
+        return parse_duration(timeout)
+    except ValueError as exc:
+        errors.append(f"$.timeout: {exc}")
+        return None
 
 
 def check_env(env: Mapping[str, Any], where: str, errors: list[str]) -> None:

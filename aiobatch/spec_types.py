@@ -99,6 +99,7 @@ class JobSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omi
     name: str
     tasks: tuple[TaskSpec, ...]
     priority: Int64 = 0  # stored as SQLite's signed 64-bit INTEGER
+    timeout: Duration | UnsetType = UNSET  # the whole job, counted from its start
     env: dict[str, EnvValue] = {}
     secrets: dict[str, SecretSource] = {}
     templates: dict[str, TemplateSpec] = {}
@@ -146,5 +147,6 @@ class JobDef(Struct, frozen=True, kw_only=True):
     name: str
     tasks: tuple[TaskDef, ...]
     priority: int = 0
+    timeout_s: float | None = None  # the job's deadline, from its start (or its retry)
     env: dict[str, str] = {}
     secrets: dict[str, SecretSource] = {}

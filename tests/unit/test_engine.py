@@ -27,7 +27,13 @@ from hypothesis.stateful import (
 )
 
 from aiobatch.attempt import NO_SPACE, Outcome
-from aiobatch.engine import INTERRUPTED, RUNTIME_LOST_LIMIT, STOPPED_BY_USER, Engine
+from aiobatch.engine import (
+    INTERRUPTED,
+    JOB_TIMEOUT,
+    RUNTIME_LOST_LIMIT,
+    STOPPED_BY_USER,
+    Engine,
+)
 from aiobatch.events import (
     Event,
     InstanceStateChanged,
@@ -428,6 +434,29 @@ class EngineMachine(RuleBasedStateMachine):
                 for inst in instances_of(task):
                     assert not inst.active or inst.stop_reason is not None
 
+    @rule(data=st.data(), act=RARELY)
+    def time_out_job(self, data: st.DataObject, act: bool) -> None:
+        """A job's deadline passes: it winds down as a stop does, but to FAILED."""
+        if not act:
+            return
+        job = data.draw(st.sampled_from(self.jobs))
+        winds_down = job.state in (JobState.RUNNING, JobState.SUSPENDED) and job.stopping is None
+        was = job.state, job.stopping
+        to_stop = self.engine.time_out_job(job)
+        self.check_to_stop(to_stop, job)
+        if not winds_down:  # ended, or winding down to its own end already: unchanged
+            assert (job.state, job.stopping) == was and not to_stop
+            return
+        hypothesis_event("timed out a job")
+        if job.state in JOB_TERMINAL:
+            assert (job.state, job.reason) == (JobState.FAILED, JOB_TIMEOUT)
+        else:
+            assert job.stopping == (JobState.FAILED, JOB_TIMEOUT)
+        for task in job.tasks.values():
+            assert not dispatchable(task)
+            for inst in instances_of(task):
+                assert not inst.active or inst.stop_reason == JOB_TIMEOUT
+
     @rule(data=st.data(), act=st.booleans())
     def retry_job(self, data: st.DataObject, act: bool) -> None:
         ended = [j for j in self.jobs if j.state in (JobState.FAILED, JobState.CANCELLED)]
@@ -657,8 +686,10 @@ class EngineMachine(RuleBasedStateMachine):
                 assert (job.state is JobState.SUCCEEDED) == all(
                     s is TaskState.SUCCEEDED for s in states
                 )
-                if job.state is JobState.FAILED:
+                if job.state is JobState.FAILED and job.reason != JOB_TIMEOUT:
                     assert TaskState.FAILED in states
+                if job.reason == JOB_TIMEOUT:  # a deadline ends a job FAILED, never else
+                    assert job.state is JobState.FAILED
             else:
                 assert job.unfinished_tasks > 0, f"{job}: every task ended but the job did not"
 
@@ -882,6 +913,53 @@ def test_stop_job_ends_cancelled() -> None:
     assert (h.job.state, h.job.reason) == (JobState.CANCELLED, STOPPED_BY_USER)
     kinds = [type(e).__name__ for e in h.engine.drain()]
     assert kinds.count("JobStopRequested") == 1
+
+
+def test_time_out_job_stops_and_cancels_and_ends_failed() -> None:
+    h = Harness(task_def("a", instances=3), task_def("b", depends_on=("a",)), slots=1)
+    assert h.dispatch() == ["a[0]"]
+    h.engine.instance_running(h.inst("a"), pid=1)
+    assert h.engine.suspend_job(h.job)  # a suspended job's clock runs on
+    (inst,) = h.engine.time_out_job(h.job)
+    assert inst is h.inst("a") and inst.stop_reason == JOB_TIMEOUT
+    assert h.engine.time_out_job(h.job) == [] and h.engine.stop_job(h.job) == []
+    h.run("a", outcome=Outcome(signal=15))
+    assert h.states() == {"a": TaskState.CANCELLED, "b": TaskState.SKIPPED}
+    assert (h.task("a").reason, inst.state, inst.reason) == (
+        JOB_TIMEOUT,
+        InstanceState.CANCELLED,
+        JOB_TIMEOUT,
+    )
+    assert h.task("a").cancelled == 3  # the two never started are cancelled too
+    assert (h.job.state, h.job.reason) == (JobState.FAILED, JOB_TIMEOUT)
+    assert h.engine.time_out_job(h.job) == []  # an ended job stays as it ended
+
+
+def test_a_stopped_job_keeps_its_end_when_its_deadline_passes() -> None:
+    h = Harness(task_def("a"))
+    h.dispatch()
+    h.engine.stop_job(h.job)
+    assert h.engine.time_out_job(h.job) == []
+    h.run("a", outcome=Outcome(signal=15))
+    assert (h.job.state, h.job.reason) == (JobState.CANCELLED, STOPPED_BY_USER)
+
+
+def test_the_deadline_counts_from_the_start_and_again_from_a_retry() -> None:
+    now = [10.0]
+    engine = Engine({"local": 1}, clock=lambda: now[0])
+    job = JobRec("j1", JobDef(name="job", tasks=(task_def("a"),), timeout_s=5.0), 1, 0.0)
+    assert job.deadline is None  # not started
+    engine.add_job(job)
+    assert job.deadline == 15.0
+    now[0] = 12.0
+    engine.suspend_job(job)
+    engine.resume_job(job)
+    assert job.deadline == 15.0, "a suspend does not stop the clock, a resume does not reset it"
+    engine.time_out_job(job)
+    assert (job.state, job.reason) == (JobState.FAILED, JOB_TIMEOUT)
+    now[0] = 100.0
+    engine.retry_job(job)
+    assert job.deadline == 105.0 and job.started_at == 10.0
 
 
 def test_stop_job_with_nothing_active_ends_at_once() -> None:
