@@ -64,6 +64,7 @@ class JobSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     started_at: float | None
     ended_at: float | None
     tasks: dict[str, TaskResult]
+    labels: dict[str, str] = {}
 
 
 class JobSummary(msgspec.Struct, frozen=True, kw_only=True):
@@ -79,6 +80,7 @@ class JobSummary(msgspec.Struct, frozen=True, kw_only=True):
     total: int = 0
     # The job's place in submission order (newer: larger), which lists are sorted by.
     seq: int = 0
+    labels: dict[str, str] = {}
 
 
 class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -190,7 +192,12 @@ class BatchAPI(Backend, Protocol):
 
     async def submit(self, spec: SpecInput) -> JobHandle: ...
     async def list_jobs(
-        self, *, status: JobState | str | None = None, limit: int | None = None, offset: int = 0
+        self,
+        *,
+        status: JobState | str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        labels: Mapping[str, str] | None = None,
     ) -> list[JobSummary]: ...
     async def job_definition(self, job_id: str) -> JobDef: ...
     async def job_history(

@@ -27,6 +27,7 @@ from aiobatch.events import JobStateChanged, TaskStateChanged
 from aiobatch.limits import INT64_MAX  # SQLite INTEGER, off_t: no request number is larger
 from aiobatch.links import DEFAULT_LINK_HOURS, MAX_LINK_HOURS, check_hours
 from aiobatch.progress import ProgressView
+from aiobatch.spec_checks import label_filters, parse_label_filter
 from aiobatch.states import JOB_TERMINAL, JobState
 
 if TYPE_CHECKING:
@@ -71,6 +72,15 @@ def link_hours(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("hours: ")) from None
 
 
+def label_arg(text: str) -> str:
+    """``--label KEY=VALUE``, checked as a job's label is."""
+    try:
+        parse_label_filter(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register the client commands on the ``aiobatch`` parser."""
     common = argparse.ArgumentParser(add_help=False)
@@ -90,6 +100,14 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     jobs = command("jobs", "list jobs, newest first")
     jobs.add_argument("--status", type=str.upper, choices=[s.value for s in JobState])
     jobs.add_argument("--limit", type=integer(1), default=20, help="at most this many (default 20)")
+    jobs.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        type=label_arg,
+        metavar="KEY=VALUE",
+        help="only jobs with this label (repeat: jobs with all of them)",
+    )
 
     for name, help in (
         ("status", "a job's state and each task's progress and reason"),
@@ -179,7 +197,12 @@ async def _submit(client: Client, args: argparse.Namespace) -> int:
 
 
 async def _jobs(client: Client, args: argparse.Namespace) -> int:
-    jobs = await client.list_jobs(status=args.status, limit=args.limit)
+    try:
+        labels = label_filters(args.label)
+    except ValueError as exc:  # one key given two values
+        print(f"aiobatch: --{exc}", file=sys.stderr)
+        return EXIT_USAGE
+    jobs = await client.list_jobs(status=args.status, limit=args.limit, labels=labels)
     if args.json:
         _print_json(jobs)
         return EXIT_OK
@@ -188,7 +211,8 @@ async def _jobs(client: Client, args: argparse.Namespace) -> int:
         ended = job.ended_at or now
         took = ended - (job.started_at or job.submitted_at)
         why = f" ({job.reason})" if job.reason else ""
-        print(f"{job.id}  {job.status:<9}  {took:8.1f}s  {job.name}{why}")
+        tags = "".join(f"  {key}={value}" for key, value in sorted(job.labels.items()))
+        print(f"{job.id}  {job.status:<9}  {took:8.1f}s  {job.name}{why}{tags}")
     return EXIT_OK
 
 

@@ -14,7 +14,7 @@ Errors come back as the classes the runtime raised (``SpecError`` with the same
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
@@ -42,10 +42,11 @@ from aiobatch.events import Event, JobStateChanged, JobSubmitted, event_decoder
 from aiobatch.job_pages import job_pages
 from aiobatch.links import check_hours
 from aiobatch.spec import JobDef, JobSpec, read_spec_file
+from aiobatch.spec_checks import checked_labels
 from aiobatch.states import JobState
 
 T = TypeVar("T")
-Params = Mapping[str, str]
+Params = Mapping[str, str] | Sequence[tuple[str, str]]  # a list repeats a name
 
 CONNECT_TIMEOUT_S = 10.0
 LOG_CHUNK = 64 * 1024  # bytes of a log handed on at a time
@@ -202,18 +203,25 @@ class Client:
         return JobHandle(self, done.id, done.name, done.tasks, JobState(done.status))
 
     async def list_jobs(
-        self, *, status: JobState | str | None = None, limit: int | None = None, offset: int = 0
+        self,
+        *,
+        status: JobState | str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        labels: Mapping[str, str] | None = None,
     ) -> list[JobSummary]:
-        """Jobs newest first, optionally of one status; ``offset`` skips that many.
+        """Jobs newest first, optionally of one status and with all of ``labels``;
+        ``offset`` skips that many.
 
         The service answers at most ``wire.MAX_JOBS_PAGE`` jobs a request; for more (or all,
         ``limit=None``) this asks page after page, each job once and in order, however jobs
         are submitted or change status meanwhile (see ``job_pages``)."""
+        wanted = checked_labels(labels) if labels else {}
         if limit is not None and limit <= self.jobs_page:
-            jobs = await self._jobs_page(status, limit, offset)
+            jobs = await self._jobs_page(status, wanted, limit, offset)
         else:
             pages = job_pages(
-                lambda size, at: self._jobs_page(status, size, at),
+                lambda size, at: self._jobs_page(status, wanted, size, at),
                 page=self.jobs_page,
                 limit=limit,
                 offset=offset,
@@ -224,11 +232,12 @@ class Client:
         return jobs
 
     async def _jobs_page(
-        self, status: JobState | str | None, limit: int, offset: int
+        self, status: JobState | str | None, labels: Mapping[str, str], limit: int, offset: int
     ) -> list[JobSummary]:
-        params = {"offset": str(offset), "limit": str(limit)}
+        params = [("offset", str(offset)), ("limit", str(limit))]
         if status is not None:
-            params["status"] = str(status)
+            params.append(("status", str(status)))
+        params += [("label", f"{key}={value}") for key, value in labels.items()]
         return await self._call("GET", "/jobs", list[JobSummary], params=params)
 
     async def job_definition(self, job_id: str) -> JobDef:

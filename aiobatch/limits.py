@@ -79,6 +79,16 @@ MAX_SECRETS = 100
 # A `file:` source's path (PATH_MAX on Linux, its NUL included).
 MAX_SECRET_PATH_BYTES = 4095
 
+# -- labels ------------------------------------------------------------------------------------
+
+# A job's labels are rows of `job_labels`, each indexed and listed with the job: a label is a
+# short tag to filter by (team=ml, run=nightly), not a place for data. Keys are as Kubernetes
+# label keys are made of: 1 to 63 of ASCII letters, digits, '-', '_', '.', '/', starting with
+# a letter or digit (they are typed in `--label k=v` and query strings: no '=', no spaces).
+MAX_LABELS = 64
+MAX_LABEL_KEY_CHARS = 63
+MAX_LABEL_VALUE_CHARS = 256
+
 # -- config ------------------------------------------------------------------------------------
 
 # Instances at once per local env or per Docker host.

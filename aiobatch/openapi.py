@@ -19,7 +19,8 @@ import msgspec
 from aiobatch import wire
 from aiobatch.api import HistoryEntry, InstanceDetail, JobSnapshot, JobSummary, TaskResult
 from aiobatch.events import Event
-from aiobatch.limits import INT64_MAX
+from aiobatch.limits import INT64_MAX, MAX_LABEL_KEY_CHARS, MAX_LABEL_VALUE_CHARS, MAX_LABELS
+from aiobatch.spec_checks import LABEL_FILTER_PATTERN, LABEL_KEY_RULE
 from aiobatch.spec_types import JobDef, JobSpec
 from aiobatch.states import JobState
 
@@ -138,6 +139,22 @@ ROUTES = (
                 f"At most this many jobs (default {wire.DEFAULT_JOBS_PAGE})",
             ),
             Param("offset", "query", integer(0), "Skip this many jobs first (the next page)"),
+            Param(
+                "label",
+                "query",
+                {
+                    "type": "array",
+                    "maxItems": MAX_LABELS,
+                    "items": {
+                        "type": "string",
+                        "pattern": LABEL_FILTER_PATTERN,
+                        "maxLength": MAX_LABEL_KEY_CHARS + 1 + MAX_LABEL_VALUE_CHARS,
+                    },
+                },
+                "Only jobs with this label, as KEY=VALUE; repeated: jobs with all of them "
+                f"(a key: {LABEL_KEY_RULE}; a value: at most {MAX_LABEL_VALUE_CHARS} "
+                "characters, no control character)",
+            ),
         ),
     ),
     Route(

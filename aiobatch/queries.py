@@ -4,7 +4,7 @@ results, history, events and logs. Reads only: nothing here changes a job."""
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import anyio
@@ -26,6 +26,7 @@ from aiobatch.layout import StateLayout
 from aiobatch.model import InstanceRec, JobRec, TaskRec
 from aiobatch.recovery import restore_job
 from aiobatch.spec import JobDef
+from aiobatch.spec_checks import checked_labels
 from aiobatch.states import INSTANCE_TERMINAL, JOB_TERMINAL, TASK_TERMINAL, InstanceState, JobState
 from aiobatch.store import Store
 
@@ -108,12 +109,21 @@ class Queries:
     # -- snapshots and results ---------------------------------------------------------------
 
     async def list_jobs(
-        self, *, status: JobState | str | None = None, limit: int | None = None, offset: int = 0
+        self,
+        *,
+        status: JobState | str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        labels: Mapping[str, str] | None = None,
     ) -> list[JobSummary]:
-        """Jobs newest first, optionally of one status; ``offset`` skips that many."""
+        """Jobs newest first, optionally of one status and with all of ``labels``;
+        ``offset`` skips that many."""
+        labels = checked_labels(labels) if labels else None
         await self._store.flush()
         states = [JobState(status).value] if status is not None else None
-        rows = await self._store.list_job_rows(states=states, limit=limit, offset=offset)
+        rows = await self._store.list_job_rows(
+            states=states, labels=labels, limit=limit, offset=offset
+        )
         summaries = []
         for row in rows:
             live = self._engine.jobs.get(row.id)
@@ -131,6 +141,7 @@ class Queries:
                     done=done,
                     total=total,
                     seq=row.seq,
+                    labels=row.defn.labels,
                 )
             )
         return summaries

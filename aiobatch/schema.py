@@ -10,7 +10,7 @@ import msgspec
 from aiobatch.spec import JobDef
 from aiobatch.states import INSTANCE_TERMINAL, JOB_TERMINAL, InstanceState, JobState
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
@@ -61,16 +61,30 @@ CREATE TABLE events (
 );
 CREATE INDEX events_by_job ON events (job_id, seq);
 """
+# A job's labels, one row each, found by (key, value) when jobs are listed by label.
+LABELS_SCHEMA = """
+CREATE TABLE job_labels (
+    job_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (job_id, key)
+) WITHOUT ROWID;
+CREATE INDEX job_labels_by_label ON job_labels (key, value);
+"""
+SCHEMA += LABELS_SCHEMA
 
 # Version N's entry takes a database from version N - 1 to N.
 MIGRATIONS = {
     2: "ALTER TABLE instances ADD COLUMN lost INTEGER NOT NULL DEFAULT 0; "
     "ALTER TABLE instances ADD COLUMN interrupted INTEGER NOT NULL DEFAULT 0; "
     "ALTER TABLE instances ADD COLUMN stop_reason TEXT;",
+    # Labels were added in version 3: a job stored before has none.
+    3: LABELS_SCHEMA,
 }
 
 INSERT_JOB = "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 INSERT_TASK = "INSERT INTO tasks VALUES (?, ?, ?, ?)"
+INSERT_LABEL = "INSERT INTO job_labels VALUES (?, ?, ?)"
 INSERT_EVENT = "INSERT INTO events (job_id, body) VALUES (?, ?)"
 
 UPSERT_INSTANCE = """

@@ -10,7 +10,7 @@ whole row), while every event is appended to the ``events`` table.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from aiobatch.schema import (
     END_UNLOADABLE_JOB,
     INSERT_EVENT,
     INSERT_JOB,
+    INSERT_LABEL,
     INSERT_TASK,
     STOP_INSTANCE,
     TERMINAL_INSTANCE_STATES,
@@ -141,10 +142,12 @@ class Store:
             None, None, submitted_at, None, None,
         )  # fmt: skip
         tasks = [(job_id, task.name, "PENDING", None) for task in defn.tasks]
-        self._trial.check(job, tasks, (job_id, event))
+        labels = [(job_id, key, value) for key, value in defn.labels.items()]
+        self._trial.check(job, tasks, (job_id, event), labels)
         batch = self._batch
         batch.new_jobs.append(job)
         batch.new_tasks.extend(tasks)
+        batch.new_labels.extend(labels)
         batch.events.append((job_id, event))
         self._wake.set()
 
@@ -258,6 +261,7 @@ class Store:
         if batch.new_jobs:
             await db.executemany(INSERT_JOB, batch.new_jobs)
             await db.executemany(INSERT_TASK, batch.new_tasks)
+            await db.executemany(INSERT_LABEL, batch.new_labels)
         # Stop requests first: a job that ends in the same batch then clears them.
         if batch.job_stops:
             await db.executemany(
@@ -303,13 +307,25 @@ class Store:
             return [row[0] async for row in cursor]
 
     async def list_job_rows(
-        self, *, states: list[str] | None = None, limit: int | None = None, offset: int = 0
+        self,
+        *,
+        states: list[str] | None = None,
+        labels: Mapping[str, str] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
     ) -> list[JobRow]:
+        """Jobs newest first: of one of ``states``, with every one of ``labels``."""
         query = "SELECT * FROM jobs"
+        where: list[str] = []
         params: list[Any] = []
         if states:
-            query += f" WHERE state IN ({', '.join('?' for _ in states)})"
+            where.append(f"state IN ({', '.join('?' for _ in states)})")
             params += states
+        for key, value in (labels or {}).items():  # each one found by the (key, value) index
+            where.append("id IN (SELECT job_id FROM job_labels WHERE key = ? AND value = ?)")
+            params += [key, value]
+        if where:
+            query += " WHERE " + " AND ".join(where)
         query += " ORDER BY seq DESC LIMIT ? OFFSET ?"
         params += [-1 if limit is None else limit, offset]
         async with self.db.execute(query, params) as cursor:

@@ -29,6 +29,7 @@ def job_snapshot(job: JobRec, waiting_reason: WaitingReason, instances: bool) ->
         tasks={
             name: task_result(task, waiting_reason, instances) for name, task in job.tasks.items()
         },
+        labels=job.defn.labels,
     )
 
 

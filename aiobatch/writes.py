@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 
 from aiobatch.errors import SpecError
-from aiobatch.schema import INSERT_EVENT, INSERT_JOB, INSERT_TASK, SCHEMA
+from aiobatch.schema import INSERT_EVENT, INSERT_JOB, INSERT_LABEL, INSERT_TASK, SCHEMA
 
 # While nothing can be written, events for the history are kept up to this many; the rows
 # they changed are kept in any case (one per task and instance: bounded by the jobs).
@@ -37,6 +37,7 @@ class Waiter:
 class Batch:
     new_jobs: list[tuple[Any, ...]] = field(default_factory=list)
     new_tasks: list[tuple[Any, ...]] = field(default_factory=list)
+    new_labels: list[tuple[Any, ...]] = field(default_factory=list)
     job_updates: list[tuple[Any, ...]] = field(default_factory=list)
     job_stops: list[tuple[Any, ...]] = field(default_factory=list)
     job_failures: list[tuple[Any, ...]] = field(default_factory=list)  # jobs that cannot load
@@ -54,6 +55,7 @@ class Batch:
         """Take in a batch buffered after this one (this one failed to be written)."""
         self.new_jobs += later.new_jobs
         self.new_tasks += later.new_tasks
+        self.new_labels += later.new_labels
         self.job_updates += later.job_updates
         self.job_stops += later.job_stops
         self.job_failures += later.job_failures
@@ -72,6 +74,7 @@ class Batch:
         """Forget a new job that was refused: nothing of it may be stored later."""
         self.new_jobs = [row for row in self.new_jobs if row[0] != job_id]
         self.new_tasks = [row for row in self.new_tasks if row[0] != job_id]
+        self.new_labels = [row for row in self.new_labels if row[0] != job_id]
         self.job_updates = [row for row in self.job_updates if row[-1] != job_id]
         self.job_stops = [row for row in self.job_stops if row[-1] != job_id]
         self.instance_stops = [row for row in self.instance_stops if row[1] != job_id]
@@ -100,12 +103,13 @@ class TrialRows:
     def __init__(self) -> None:
         self._db: sqlite3.Connection | None = None
 
-    def check(self, job: Row, tasks: Sequence[Row], event: Row) -> None:
+    def check(self, job: Row, tasks: Sequence[Row], event: Row, labels: Sequence[Row] = ()) -> None:
         db = self._connection()
         db.execute("BEGIN")
         try:
             db.execute(INSERT_JOB, job)
             db.executemany(INSERT_TASK, tasks)
+            db.executemany(INSERT_LABEL, labels)
             db.execute(INSERT_EVENT, event)
         except (sqlite3.Error, OverflowError, UnicodeEncodeError) as exc:
             raise SpecError([self._problem(job, tasks, exc)]) from None

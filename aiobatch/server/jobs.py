@@ -16,6 +16,7 @@ from aiobatch.server.params import (
     instance_of,
     int_param,
     job_id_of,
+    labels_param,
     query,
     state_param,
     text_param,
@@ -68,12 +69,14 @@ class JobHandlers:
         return json_response(body, HTTPStatus.CREATED, {"Location": location})
 
     async def list_jobs(self, request: web.Request) -> web.Response:
-        params = query(request, "status", "limit", "offset")
+        params = query(request, "status", "limit", "offset", repeatable=("label",))
         status = state_param(params, "status")
+        labels = labels_param(request)
         # One answer is bounded however many jobs are stored; the Client pages for more.
         limit = int_param(params, "limit", 1, wire.MAX_JOBS_PAGE) or wire.DEFAULT_JOBS_PAGE
         offset = int_param(params, "offset") or 0
-        return json_response(await self.api.list_jobs(status=status, limit=limit, offset=offset))
+        jobs = await self.api.list_jobs(status=status, limit=limit, offset=offset, labels=labels)
+        return json_response(jobs)
 
     async def get_job(self, request: web.Request) -> web.Response:
         instances = flag_param(query(request, "instances"), "instances")

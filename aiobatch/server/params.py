@@ -12,16 +12,20 @@ from aiohttp import web
 
 from aiobatch.limits import INT64_MAX  # SQLite INTEGER, off_t: no request number is larger
 from aiobatch.server.responses import bad_request, printable
+from aiobatch.spec_checks import label_filters
 from aiobatch.states import JobState
 
 FLAGS = {"0": False, "false": False, "no": False, "1": True, "true": True, "yes": True}
 
 
-def query(request: web.BaseRequest, *allowed: str) -> Mapping[str, str]:
-    """The query parameters, refusing any this endpoint does not know (a typo is an error)."""
-    unknown = sorted(set(request.query) - set(allowed))
+def query(
+    request: web.BaseRequest, *allowed: str, repeatable: tuple[str, ...] = ()
+) -> Mapping[str, str]:
+    """The query parameters, refusing any this endpoint does not know (a typo is an error),
+    and any given twice unless it is ``repeatable`` (read those with ``getall``)."""
+    unknown = sorted(set(request.query) - set(allowed) - set(repeatable))
     if unknown:
-        known = ", ".join(allowed) or "none"
+        known = ", ".join((*allowed, *repeatable)) or "none"
         raise bad_request(f"unknown query parameter {shown(unknown[0])} (known: {known})")
     repeated = [name for name in allowed if len(request.query.getall(name, ())) > 1]
     if repeated:
@@ -98,6 +102,14 @@ def _is_utf8(text: str) -> bool:
     except UnicodeEncodeError:  # lone surrogates: bytes of a path that were not UTF-8
         return False
     return True
+
+
+def labels_param(request: web.BaseRequest) -> dict[str, str]:
+    """Every ``label=KEY=VALUE`` of the query: jobs with all of them. 400 naming a bad one."""
+    try:
+        return label_filters(request.query.getall("label", []))
+    except ValueError as exc:
+        raise bad_request(str(exc)) from None
 
 
 def hours_param(params: Mapping[str, str]) -> float:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -102,9 +102,9 @@ class ChurningClient(Client):
         self.requests = 0
 
     async def _jobs_page(
-        self, status: JobState | str | None, limit: int, offset: int
+        self, status: JobState | str | None, labels: Mapping[str, str], limit: int, offset: int
     ) -> list[JobSummary]:
-        page = await super()._jobs_page(status, limit, offset)
+        page = await super()._jobs_page(status, labels, limit, offset)
         self.requests += 1
         if self.requests > CHURNED:
             return page

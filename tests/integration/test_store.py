@@ -21,7 +21,7 @@ from aiobatch.events import (
     JobSubmitted,
     TaskStateChanged,
 )
-from aiobatch.schema import SCHEMA, SCHEMA_VERSION
+from aiobatch.schema import LABELS_SCHEMA, SCHEMA, SCHEMA_VERSION
 from aiobatch.spec import JobDef, resolve_spec
 from aiobatch.store import Store
 
@@ -152,7 +152,8 @@ def drain(stream: Any) -> list[Any]:
 async def test_a_version_1_database_is_migrated_with_its_rows(tmp_path: Path) -> None:
     # Version 1 as it shipped: instances had no `lost` column.
     v1 = (
-        SCHEMA.replace("    lost INTEGER NOT NULL DEFAULT 0,\n", "")
+        SCHEMA.replace(LABELS_SCHEMA, "")
+        .replace("    lost INTEGER NOT NULL DEFAULT 0,\n", "")
         .replace("    interrupted INTEGER NOT NULL DEFAULT 0,\n", "")
         .replace("    stop_reason TEXT,\n", "")
     )
@@ -175,6 +176,74 @@ async def test_a_version_1_database_is_migrated_with_its_rows(tmp_path: Path) ->
     ]
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+
+
+async def test_a_version_2_database_is_migrated_to_labels(tmp_path: Path) -> None:
+    """Version 2 as it shipped (no job_labels): its jobs stay, without labels, and jobs
+    submitted after the migration are found by their labels through the new index."""
+    v2 = SCHEMA.replace(LABELS_SCHEMA, "")
+    assert v2 != SCHEMA
+    old = resolve_spec(ONE_TASK)
+    stored = msgspec.json.encode(old).replace(b',"labels":{}', b"")  # as version 2 wrote it
+    assert b"labels" not in stored
+    path = tmp_path / "db.sqlite"
+    with sqlite3.connect(path) as db:
+        db.executescript(v2 + "INSERT INTO schema_version VALUES (2);")
+        db.execute(
+            "INSERT INTO jobs VALUES ('old', 1, 'j', 0, ?, 'SUCCEEDED', NULL, NULL, NULL, "
+            "1.0, 1.0, 2.0)",
+            (stored,),
+        )
+    db.close()
+    store = Store(path)
+    await store.open()
+    try:
+        labelled = resolve_spec({**ONE_TASK, "labels": {"team": "ml", "run": "nightly"}})
+        store.add_job(JobSubmitted(job_id="new", name="j", ts=3.0), 2, labelled)
+        await store.flush()
+        every = await store.list_job_rows()
+        by_team = await store.list_job_rows(labels={"team": "ml"})
+        by_both = await store.list_job_rows(labels={"team": "ml", "run": "nightly"})
+        by_other = await store.list_job_rows(labels={"team": "ml", "run": "weekly"})
+    finally:
+        await store.close()
+    assert [(row.id, row.defn.labels) for row in every] == [
+        ("new", {"team": "ml", "run": "nightly"}),
+        ("old", {}),
+    ]
+    assert [row.id for row in by_team] == [row.id for row in by_both] == ["new"]
+    assert by_other == []  # every label given must match
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+        assert SCHEMA_VERSION == 3
+        assert sorted(db.execute("SELECT * FROM job_labels")) == [
+            ("new", "run", "nightly"),
+            ("new", "team", "ml"),
+        ]
+        plan = db.execute(
+            "EXPLAIN QUERY PLAN SELECT job_id FROM job_labels WHERE key = ? AND value = ?",
+            ("team", "ml"),
+        ).fetchall()
+        assert "job_labels_by_label" in str(plan)
+    db.close()
+
+
+async def test_a_withdrawn_job_leaves_no_labels(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite")
+    await store.open()
+    try:
+        defn = resolve_spec({**ONE_TASK, "labels": {"team": "ml"}})
+        store.add_job(JobSubmitted(job_id="gone", name="j", ts=1.0), 1, defn)
+        store.withdraw_job("gone")
+        store.add_job(JobSubmitted(job_id="kept", name="j", ts=1.0), 2, defn)
+        await store.flush()
+        found = await store.list_job_rows(labels={"team": "ml"})
+    finally:
+        await store.close()
+    assert [row.id for row in found] == ["kept"]
+    with sqlite3.connect(tmp_path / "db.sqlite") as db:
+        assert db.execute("SELECT job_id FROM job_labels").fetchall() == [("kept",)]
+    db.close()
 
 
 async def test_a_stop_and_the_end_in_one_batch_leave_no_stop_behind(tmp_path: Path) -> None:
