@@ -78,6 +78,7 @@ class _Envelope(Struct, kw_only=True, forbid_unknown_fields=True):
     env: dict[str, EnvValue] = {}
     secrets: dict[str, str] = {}
     templates: dict[str, Any] = {}
+    labels: dict[str, str] = {}
 
 
 def read_spec_file(path: str | Path) -> Any:
@@ -104,6 +105,7 @@ class _Decoded:
     env: dict[str, EnvValue]
     secrets: dict[str, str]
     templates: dict[str, TemplateSpec]
+    labels: dict[str, str]
     tasks: list[TaskSpec | None]  # None: not even its name could be read
     bad: set[str]  # field paths whose values were refused
 
@@ -136,6 +138,7 @@ def _decode(data: Any, errors: list[str]) -> _Decoded:
         env=top.get("env", {}),
         secrets=top.get("secrets", {}),
         templates=templates,
+        labels=top.get("labels", {}),
         tasks=[
             checks.convert_struct(raw, TaskSpec, f"$.tasks[{i}]", errors, bad)
             for i, raw in enumerate(raw_tasks)
@@ -161,6 +164,7 @@ def decode_spec(data: Any) -> JobSpec:
         env=decoded.env,
         secrets=decoded.secrets,
         templates=decoded.templates,
+        labels=decoded.labels,
     )
 
 
@@ -193,6 +197,7 @@ def resolve_spec(
     timeout_s = checks.check_job_timeout(job.timeout, errors)
     checks.check_env(job.env, "$.env", errors)
     checks.check_secrets(job.secrets, "$.secrets", errors)
+    checks.check_labels(job.labels, "$.labels", errors)
     for name in sorted(job.secrets.keys() & job.env.keys()):
         errors.append(
             f"{checks.key_path('$.secrets', name)}: also set in {checks.key_path('$.env', name)}:"
@@ -269,6 +274,7 @@ def resolve_spec(
         timeout_s=timeout_s,
         env={k: checks.env_str(v) for k, v in job.env.items()},
         secrets=dict(job.secrets),
+        labels=dict(job.labels),
         tasks=tuple(resolved),
     )
 

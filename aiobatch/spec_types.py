@@ -103,6 +103,7 @@ class JobSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omi
     env: dict[str, EnvValue] = {}
     secrets: dict[str, SecretSource] = {}
     templates: dict[str, TemplateSpec] = {}
+    labels: dict[str, str] = {}  # key -> value, to filter jobs by (limits.py: MAX_LABELS)
 
 
 class TaskDef(Struct, frozen=True, kw_only=True):
@@ -150,3 +151,4 @@ class JobDef(Struct, frozen=True, kw_only=True):
     timeout_s: float | None = None  # the job's deadline, from its start (or its retry)
     env: dict[str, str] = {}
     secrets: dict[str, SecretSource] = {}
+    labels: dict[str, str] = {}
