@@ -283,10 +283,18 @@ class Runtime:
         return await self._queries.exists(job_id)
 
     async def list_jobs(
-        self, *, status: JobState | str | None = None, limit: int | None = None, offset: int = 0
+        self,
+        *,
+        status: JobState | str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        labels: Mapping[str, str] | None = None,
     ) -> list[JobSummary]:
-        """Jobs newest first, optionally of one status; ``offset`` skips that many."""
-        return await self._queries.list_jobs(status=status, limit=limit, offset=offset)
+        """Jobs newest first, optionally of one status and with all of ``labels``; ``offset``
+        skips that many."""
+        return await self._queries.list_jobs(
+            status=status, limit=limit, offset=offset, labels=labels
+        )
 
     async def job_definition(self, job_id: str) -> JobDef:
         """The job as resolved at submission: its tasks, edges, mappings."""
