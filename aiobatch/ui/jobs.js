@@ -1,5 +1,5 @@
-// The jobs page: /ui/jobs#status=FAILED&offset=50. A page of jobs, newest first, filtered by
-// status; kept current by the all-jobs event stream: a job's new status shows in the next
+// The jobs page: /ui/jobs#status=FAILED&label=team=ml&offset=50. A page of jobs, newest first,
+// filtered by status and by labels (a job must have all of them); kept current by the all-jobs event stream: a job's new status shows in the next
 // frame, and the page (counts, new jobs) is fetched again at most once a second.
 
 import {
@@ -12,7 +12,7 @@ const PAGE = 50;
 const REFRESH_MS = 1000; // at most one page fetch a second, however busy the stream
 const RECONNECT_MS = 2000;
 
-const state = { status: "", offset: 0 };
+const state = { status: "", labels: [], offset: 0 };
 let jobs = []; // the page shown
 const rows = new Map(); // job id -> {tr, ...cells}
 const dirtyJobs = new Set();
@@ -27,12 +27,21 @@ function readHash() {
   state.status = JOB_STATES.includes(status) ? status : "";
   const offset = Number.parseInt(params.get("offset") || "0", 10);
   state.offset = Number.isFinite(offset) && offset > 0 ? offset : 0;
+  state.labels = params.getAll("label");
   $("#status-filter").value = state.status;
+  $("#label-filter").value = state.labels.join(", ");
+}
+
+// "team=ml, run=nightly": KEY=VALUE filters split at commas (the service checks each one and
+// says which is malformed). A value with a comma can be asked for through the API, not here.
+function parseLabels(text) {
+  return text.split(",").map((part) => part.trim()).filter((part) => part !== "");
 }
 
 function writeHash() {
   const params = new URLSearchParams();
   if (state.status) params.set("status", state.status);
+  for (const label of state.labels) params.append("label", label);
   if (state.offset) params.set("offset", String(state.offset));
   const hash = params.toString();
   history.replaceState(null, "", hash ? `#${hash}` : location.pathname);
@@ -47,6 +56,7 @@ async function load() {
   lastRefresh = performance.now();
   const params = new URLSearchParams({ limit: String(PAGE + 1), offset: String(state.offset) });
   if (state.status) params.set("status", state.status);
+  for (const label of state.labels) params.append("label", label);
   try {
     const page = await getJSON(`${API}/jobs?${params}`);
     const more = page.length > PAGE;
@@ -90,7 +100,11 @@ function renderPage(more) {
   for (const id of rows.keys()) if (!seen.has(id)) rows.delete(id);
   body.replaceChildren(...trs);
   $("#empty").hidden = jobs.length > 0;
-  setText($("#empty"), state.status ? `No ${state.status.toLowerCase()} jobs.` : "No jobs yet.");
+  const which = state.status ? `${state.status.toLowerCase()} jobs` : "jobs";
+  const text = state.labels.length
+    ? `No ${which} with these labels.`
+    : state.status ? `No ${which}.` : "No jobs yet.";
+  setText($("#empty"), text);
   const first = jobs.length ? state.offset + 1 : 0;
   setText($("#range"), jobs.length ? `${first}–${state.offset + jobs.length}` : "");
   $("#prev").disabled = state.offset === 0;
@@ -101,6 +115,7 @@ function renderPage(more) {
 function makeRow(job) {
   const href = `/ui/jobs/${encodeURIComponent(job.id)}`;
   const name = h("a", { href });
+  const labels = h("span", { className: "labels muted" });
   const status = h("span", { className: "badge" });
   const reason = h("span", { className: "reason" });
   const bar = progressBar();
@@ -108,19 +123,22 @@ function makeRow(job) {
   const age = h("span", {});
   const duration = h("span", { className: "mono" });
   const tr = h("tr", { dataset: { job: job.id } },
-    h("td", { className: "job-name" }, name),
+    h("td", { className: "job-name" }, name, " ", labels),
     h("td", {}, status, " ", reason),
     h("td", { className: "bar-cell" }, bar),
     h("td", { className: "num" }, counts),
     h("td", {}, age),
     h("td", { className: "num" }, duration),
     h("td", { className: "mono muted" }, h("a", { href, className: "id-link" }, job.id)));
-  return { tr, name, status, reason, bar, counts, age, duration, job };
+  return { tr, name, labels, status, reason, bar, counts, age, duration, job };
 }
 
 function fillRow(row) {
   const { job } = row;
   setText(row.name, job.name);
+  // As text, never markup: a label value is whatever the submitter wrote.
+  const labels = Object.entries(job.labels || {}).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  setText(row.labels, labels.map(([key, value]) => `${key}=${value}`).join(" "));
   setBadge(row.status, job.status);
   setText(row.reason, job.reason || "");
   const total = job.total || 0;
@@ -198,6 +216,12 @@ function setLive(text, kind) {
 
 $("#status-filter").addEventListener("change", (e) => {
   state.status = e.target.value;
+  state.offset = 0;
+  writeHash();
+  load();
+});
+$("#label-filter").addEventListener("change", (e) => {
+  state.labels = parseLabels(e.target.value);
   state.offset = 0;
   writeHash();
   load();

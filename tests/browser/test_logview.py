@@ -15,6 +15,7 @@ import pytest
 from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.select import Select
 
 from tests.browser.pages import (
@@ -339,6 +340,39 @@ def test_jobs_page_lists_filters_pages_and_follows(browser: WebDriver, logview: 
 
     browser.find_element(By.CSS_SELECTOR, f'tr[data-job="{slow.id}"] .job-name a').click()
     wait_text(browser, "#job-name", lambda t: t == "slow one", "the job's own page")
+
+
+def test_jobs_page_filters_by_labels_and_shows_them_as_text(
+    browser: WebDriver, logview: LogView
+) -> None:
+    def labelled(name: str, **labels: str) -> str:
+        spec = {"name": name, "tasks": [{"name": "t", "command": "true"}], "labels": labels}
+        return logview.submit(spec).id
+
+    ml = labelled("ml", team="ml", note=HOSTILE_ENV)
+    web = labelled("web", team="web")
+    plain = labelled("plain")
+    browser.get(logview.jobs_address())
+    wait_for(browser, lambda b: job_row_ids(b) == [plain, web, ml], "every job")
+    shown = wait_text(browser, f'tr[data-job="{ml}"] .labels', bool, "the job's labels")
+    assert shown == f"note={HOSTILE_ENV} team=ml"  # sorted by key, literally
+    assert text(browser, f'tr[data-job="{plain}"] .labels') == ""
+    assert_nothing_ran(browser)
+
+    field = browser.find_element(By.ID, "label-filter")
+    field.send_keys("team=ml" + Keys.ENTER)
+    wait_for(browser, lambda b: job_row_ids(b) == [ml], "only the job labelled team=ml")
+    assert "label=team%3Dml" in browser.current_url
+    field.clear()
+    field.send_keys("team=ml, note=other" + Keys.ENTER)  # every label must match
+    wait_text(browser, "#empty", lambda t: t == "No jobs with these labels.", "none has both")
+    field.clear()
+    field.send_keys("team" + Keys.ENTER)
+    wait_text(browser, "#notice", lambda t: "expected KEY=VALUE" in t, "the malformed filter")
+    field.clear()
+    field.send_keys(Keys.ENTER)
+    field.send_keys(Keys.TAB)  # a change event for the emptied field
+    wait_for(browser, lambda b: job_row_ids(b) == [plain, web, ml], "every job again")
 
 
 def test_screenshot_of_a_running_job(browser: WebDriver, logview: LogView) -> None:
