@@ -24,10 +24,10 @@ from aiobatch.api import (
     stage_progress_formatted_string,
 )
 from aiobatch.events import JobStateChanged, TaskStateChanged
+from aiobatch.labels import label_filters, parse_label_filter
 from aiobatch.limits import INT64_MAX  # SQLite INTEGER, off_t: no request number is larger
 from aiobatch.links import DEFAULT_LINK_HOURS, MAX_LINK_HOURS, check_hours
 from aiobatch.progress import ProgressView
-from aiobatch.spec_checks import label_filters, parse_label_filter
 from aiobatch.states import JOB_TERMINAL, JobState
 
 if TYPE_CHECKING:

@@ -40,9 +40,9 @@ from aiobatch.config import default_socket_path
 from aiobatch.errors import AiobatchError, JobNotFound, ServiceUnavailable, SpecError
 from aiobatch.events import Event, JobStateChanged, JobSubmitted, event_decoder
 from aiobatch.job_pages import job_pages
+from aiobatch.labels import checked_labels
 from aiobatch.links import check_hours
 from aiobatch.spec import JobDef, JobSpec, read_spec_file
-from aiobatch.spec_checks import checked_labels
 from aiobatch.states import JobState
 
 T = TypeVar("T")

@@ -19,8 +19,8 @@ import msgspec
 from aiobatch import wire
 from aiobatch.api import HistoryEntry, InstanceDetail, JobSnapshot, JobSummary, TaskResult
 from aiobatch.events import Event
+from aiobatch.labels import LABEL_FILTER_PATTERN, LABEL_KEY_RULE
 from aiobatch.limits import INT64_MAX, MAX_LABEL_KEY_CHARS, MAX_LABEL_VALUE_CHARS, MAX_LABELS
-from aiobatch.spec_checks import LABEL_FILTER_PATTERN, LABEL_KEY_RULE
 from aiobatch.spec_types import JobDef, JobSpec
 from aiobatch.states import JobState
 

@@ -22,11 +22,11 @@ from aiobatch.api import (
 from aiobatch.engine import Engine
 from aiobatch.errors import InstanceNotFound, JobNotFound, TaskNotFound
 from aiobatch.events import Bus, Event, JobStateChanged
+from aiobatch.labels import checked_labels
 from aiobatch.layout import StateLayout
 from aiobatch.model import InstanceRec, JobRec, TaskRec
 from aiobatch.recovery import restore_job
 from aiobatch.spec import JobDef
-from aiobatch.spec_checks import checked_labels
 from aiobatch.states import INSTANCE_TERMINAL, JOB_TERMINAL, TASK_TERMINAL, InstanceState, JobState
 from aiobatch.store import Store
 

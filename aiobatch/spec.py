@@ -20,6 +20,7 @@ from aiobatch import spec_checks as checks
 from aiobatch.dag import find_cycles
 from aiobatch.documents import DocumentError, parse, read_bounded
 from aiobatch.errors import SpecError
+from aiobatch.labels import check_labels
 from aiobatch.limits import (
     DEFAULT_MAX_INSTANCES,
     MAX_TASKS,
@@ -197,7 +198,7 @@ def resolve_spec(
     timeout_s = checks.check_job_timeout(job.timeout, errors)
     checks.check_env(job.env, "$.env", errors)
     checks.check_secrets(job.secrets, "$.secrets", errors)
-    checks.check_labels(job.labels, "$.labels", errors)
+    check_labels(job.labels, "$.labels", errors)
     for name in sorted(job.secrets.keys() & job.env.keys()):
         errors.append(
             f"{checks.key_path('$.secrets', name)}: also set in {checks.key_path('$.env', name)}:"

@@ -10,9 +10,9 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
+from aiobatch.labels import label_filters
 from aiobatch.limits import INT64_MAX  # SQLite INTEGER, off_t: no request number is larger
 from aiobatch.server.responses import bad_request, printable
-from aiobatch.spec_checks import label_filters
 from aiobatch.states import JobState
 
 FLAGS = {"0": False, "false": False, "no": False, "1": True, "true": True, "yes": True}

@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aiobatch.errors import SpecError
+from aiobatch.labels import checked_labels, label_filters, parse_label_filter
 from aiobatch.limits import MAX_LABEL_KEY_CHARS, MAX_LABEL_VALUE_CHARS, MAX_LABELS
 from aiobatch.spec import decode_spec, json_schema, resolve_spec
-from aiobatch.spec_checks import checked_labels, label_filters, parse_label_filter
 
 
 def job(labels: Any) -> dict[str, Any]:
