@@ -265,7 +265,7 @@ async def test_bad_requests_get_json_errors_and_store_nothing(
         "limit: expected an integer from 1 to 10000, got '0'",
         "status: expected one of SUBMITTED, RUNNING, SUSPENDED, SUCCEEDED, FAILED, CANCELLED,"
         " got 'BOGUS'",
-        "unknown query parameter 'staus' (known: status, limit, offset)",
+        "unknown query parameter 'staus' (known: status, limit, offset, label)",
     ]
 
 
