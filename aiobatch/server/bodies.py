@@ -19,6 +19,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from aiobatch import wire
+from aiobatch.documents import DocumentError, load_yaml
 from aiobatch.errors import SpecError
 from aiobatch.server.responses import RequestError, bad_request, json_response
 
@@ -105,9 +106,13 @@ def _parse_yaml(body: bytes) -> Any:
     import yaml  # only YAML bodies pay for importing PyYAML
 
     try:
-        data = yaml.safe_load(body)
+        # The spec files' loader: aliases weighed before any object is made of them, an
+        # alias inside itself refused. A body is then held to a tighter count of values.
+        data = load_yaml(body)
     except yaml.YAMLError as exc:
         raise bad_request(f"body is not valid YAML: {exc}") from None
+    except DocumentError as exc:
+        raise bad_request(f"body is not acceptable YAML: {exc}") from None
     if _expanded_size(data, YAML_MAX_NODES) > YAML_MAX_NODES:
         # Aliases of aliases: a few bytes that every later step would walk a billion times.
         raise bad_request(f"body has more than {YAML_MAX_NODES} values with aliases expanded")
