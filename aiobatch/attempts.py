@@ -77,6 +77,8 @@ class Attempts:
         # Per running job and task: the environment its instances share.
         self._task_env: dict[str, dict[str, dict[str, str]]] = {}
         self._deadlines: dict[str, anyio.CancelScope] = {}  # job id -> its deadline's wait
+        # The wait for the earliest end of a retry's backoff: (when, its scope).
+        self._backoff_wait: tuple[float, anyio.CancelScope] | None = None
 
     def open(self, group: TaskGroup) -> None:
         self._group = group
@@ -86,6 +88,7 @@ class Attempts:
     def pump(self, to_stop: list[InstanceRec] | None = None) -> None:
         """Publish what the engine did, stop what it says to stop, start what it dispatched."""
         engine = self._engine
+        engine.release_due()
         started = engine.dispatch() if self.may_dispatch() else []
         for inst in started:
             self._controls[inst] = AttemptControl()
@@ -97,6 +100,7 @@ class Attempts:
                 control.stop(inst.stop_reason)
         for inst in started:
             self.start(inst)
+        self._watch_backoffs()
 
     @property
     def no_room(self) -> str | None:
@@ -172,6 +176,31 @@ class Attempts:
         if job.stopping is None:  # one already winding down keeps its own end
             log.warning("job_timed_out", job_id=job.id, timeout_s=job.defn.timeout_s)
         self.pump(self._engine.time_out_job(job))
+
+    # -- retry backoffs ------------------------------------------------------------------------
+
+    def _watch_backoffs(self) -> None:
+        """Wake when the earliest backoff ends (one wait, moved earlier when need be)."""
+        when = self._engine.next_release()
+        if when is None or self._group is None:
+            return
+        if self._backoff_wait is not None:
+            if self._backoff_wait[0] <= when:
+                return
+            self._backoff_wait[1].cancel()
+        scope = anyio.CancelScope()
+        self._backoff_wait = (when, scope)
+        self._group.start_soon(self._wait_for_backoff, when, scope)
+
+    async def _wait_for_backoff(self, when: float, scope: anyio.CancelScope) -> None:
+        with scope:
+            # On the wall clock, read again at least every DEADLINE_CHECK_S: a stall never
+            # lengthens a backoff.
+            while (left := when - time.time()) > 0:  # noqa: ASYNC110 - a timer, no event
+                await anyio.sleep(min(left, DEADLINE_CHECK_S))
+            if self._backoff_wait is not None and self._backoff_wait[1] is scope:
+                self._backoff_wait = None
+            self.pump()
 
     async def drain(self, limit: float) -> None:
         """Start nothing more; wait up to ``limit`` seconds for what runs to end."""

@@ -72,5 +72,6 @@ class StateChanges:
                 duration_s=inst.duration_s,
                 lost=inst.lost,
                 interrupted=inst.interrupted,
+                not_before=inst.not_before,
             )
         )

@@ -9,6 +9,8 @@ the retry decision and why a task waits are in ``reasons.py``.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import time
 from collections.abc import Callable, Sequence
 
@@ -18,6 +20,7 @@ from aiobatch.changes import StateChanges
 from aiobatch.events import InstanceStopRequested, JobStopRequested
 from aiobatch.model import InstanceRec, JobRec, TaskRec
 from aiobatch.reasons import (
+    BACKOFF,
     INTERRUPTED,
     JOB_TIMEOUT,
     RETRIED,
@@ -32,6 +35,7 @@ from aiobatch.states import JOB_TERMINAL, TASK_TERMINAL, InstanceState, JobState
 
 # The reasons live in reasons.py; they are still imported from here too.
 __all__ = [
+    "BACKOFF",
     "DEFAULT_LOST_LIMIT",
     "INTERRUPTED",
     "JOB_TIMEOUT",
@@ -59,6 +63,10 @@ class Engine(StateChanges):
         # How many attempts of one instance may be lost with the runtime (re-run uncharged)
         # before it fails: an instance that brings its runtime down must not loop forever.
         self.lost_limit = lost_limit
+        # Instances waiting out a retry's backoff: (when, tie-break, instance), earliest first.
+        # An entry whose instance started or ended meanwhile is dropped when it comes up.
+        self._backoffs: list[tuple[float, int, InstanceRec]] = []
+        self._backoff_seq = itertools.count()
 
     # -- jobs -------------------------------------------------------------------------------
 
@@ -68,7 +76,8 @@ class Engine(StateChanges):
         if job.state is JobState.SUBMITTED:
             self._job_to(job, JobState.RUNNING, None)
             for task in job.tasks.values():
-                if task.unmet == 0:
+                # A task joined by index waits for its first counterpart to succeed.
+                if task.unmet == 0 and task.gates is None:
                     self._task_to(task, TaskState.READY)
         for task in job.tasks.values():
             self.scheduler.offer(task)
@@ -107,20 +116,22 @@ class Engine(StateChanges):
             self._task_to(task, TaskState.PENDING, RETRIED)
             task.failed = task.cancelled = 0
             task.retry_queue.clear()
+            task.held.clear()
             for inst in task.instances:
                 if inst is None or inst.state is InstanceState.SUCCEEDED:
                     continue
                 if inst.state is not InstanceState.PENDING:  # still waiting from a retry before
                     inst.attempt += 1
                     self._instance_to(inst, InstanceState.PENDING, RETRIED)
+                inst.not_before = None
                 task.retry_queue.append(inst)
             task.fresh = task.instances.count(None)
             task.next_fresh = 0
         for task in retried:
             task.unmet = resolver.count_unmet(task)
-            if task.unmet == 0:
-                self._task_to(task, TaskState.READY)
-                self.scheduler.offer(task)
+            resolver.regate(task)
+        for task in retried:
+            self._wake(task)
 
     def stop_job(self, job: JobRec, reason: str = STOPPED_BY_USER) -> list[InstanceRec]:
         """Wind a job down to CANCELLED; returns the active instances to stop."""
@@ -143,12 +154,7 @@ class Engine(StateChanges):
         for task in job.tasks.values():
             if task.state not in (TaskState.READY, TaskState.RUNNING):
                 continue  # PENDING tasks are skipped when their upstream ends
-            while task.retry_queue:
-                waiting = task.retry_queue.popleft()
-                self._instance_to(waiting, InstanceState.CANCELLED, reason)
-                task.cancelled += 1
-            task.cancelled += task.fresh  # never started: no record, no event
-            task.fresh = 0
+            self._cancel_waiting(task, reason)
             for inst in task.instances:
                 if inst is not None and inst.active:
                     inst.stop_reason = reason
@@ -156,6 +162,17 @@ class Engine(StateChanges):
         for task in list(job.tasks.values()):
             self._maybe_finish_task(task)
         return to_stop
+
+    def _cancel_waiting(self, task: TaskRec, reason: str) -> None:
+        """Every instance of the task that waits to start ends CANCELLED."""
+        for waiting in [*task.retry_queue, *sorted(task.held, key=lambda i: i.index)]:
+            self._instance_to(waiting, InstanceState.CANCELLED, reason)
+            task.cancelled += 1
+        task.retry_queue.clear()
+        task.held.clear()
+        task.open.clear()
+        task.cancelled += task.fresh  # never started: no record, no event
+        task.fresh = 0
 
     def _maybe_finish_job(self, job: JobRec) -> None:
         if job.unfinished_tasks or job.state in JOB_TERMINAL:
@@ -187,7 +204,10 @@ class Engine(StateChanges):
             reason = next((i.reason for i in failed), None)
         elif task.cancelled:
             stopping = task.job.stopping
-            state, reason = TaskState.CANCELLED, stopping[1] if stopping else STOPPED_BY_USER
+            state, reason = (
+                TaskState.CANCELLED,
+                stopping[1] if stopping else _cancelled_reason(task),
+            )
         else:
             state, reason = TaskState.SUCCEEDED, None
         self._task_to(task, state, reason)
@@ -196,28 +216,73 @@ class Engine(StateChanges):
     def _after_task_finished(self, task: TaskRec) -> None:
         job = task.job
         job.unfinished_tasks -= 1
-        ready, skipped = resolver.after_task_finished(task)
-        if skipped:
+        settled = resolver.after_task_finished(task)
+        if settled.skipped:
             reason = resolver.upstream_reason(task)
-            for dependent in skipped:
+            for dependent in settled.skipped:
                 self._task_to(dependent, TaskState.SKIPPED, reason)
                 job.unfinished_tasks -= 1
-        for dependent in ready:
-            if job.stopping is not None:
-                # Its upstream succeeded but the job is winding down: it never starts.
-                self._task_to(dependent, TaskState.CANCELLED, job.stopping[1])
-                while dependent.retry_queue:  # waiting since a retry of the job
-                    waiting = dependent.retry_queue.popleft()
-                    self._instance_to(waiting, InstanceState.CANCELLED, job.stopping[1])
-                    dependent.cancelled += 1
-                dependent.cancelled += dependent.fresh  # some may have been stopped one by one
-                dependent.fresh = 0
-                self._after_task_finished(dependent)
-            else:
-                self._task_to(dependent, TaskState.READY)
-                self.scheduler.offer(dependent)
-                self._maybe_finish_task(dependent)  # all its instances may have been stopped
+        for dependent, dep in settled.swept:
+            self._sweep(dependent, dep)
+        for dependent in settled.ready:
+            self._wake(dependent)
+        for dependent, _ in settled.swept:
+            self._maybe_finish_task(dependent)
         self._maybe_finish_job(job)
+
+    def _wake(self, task: TaskRec) -> None:
+        """A PENDING task whose whole-task dependencies are met starts (READY), unless it is
+        joined by index and none of its indices is open while some still may open."""
+        if task.state is not TaskState.PENDING or task.unmet:
+            return
+        if task.gates is not None and not task.dispatchable and task.index_deps_left:
+            return
+        job = task.job
+        if job.stopping is not None:
+            # Its upstream ended but the job is winding down: it never starts.
+            self._task_to(task, TaskState.CANCELLED, job.stopping[1])
+            self._cancel_waiting(task, job.stopping[1])  # waiting since a retry of the job
+            self._after_task_finished(task)
+        else:
+            self._task_to(task, TaskState.READY)
+            self.scheduler.offer(task)
+            self._maybe_finish_task(task)  # all its instances may have been stopped
+
+    def _open_gate(self, task: TaskRec, index: int) -> None:
+        """Instance ``index`` of one of the task's by-index dependencies SUCCEEDED."""
+        if task.gates is None or task.state in TASK_TERMINAL or task.job.stopping is not None:
+            return
+        task.gates[index] -= 1
+        if task.gates[index]:
+            return
+        inst = task.instances[index]
+        if inst is None:
+            task.open.append(index)
+        elif inst in task.held and inst.not_before is None:
+            task.held.remove(inst)
+            task.retry_queue.append(inst)
+        else:
+            return  # stopped meanwhile
+        self._wake(task)
+        self.scheduler.offer(task)
+
+    def _sweep(self, task: TaskRec, dep: TaskRec) -> None:
+        """``dep`` ended: the task's indices whose counterpart did not succeed never start."""
+        if task.state in TASK_TERMINAL or task.job.stopping is not None:
+            return  # a job winding down has cancelled what waits already
+        reason = resolver.upstream_reason(dep)
+        for index, upstream in enumerate(dep.instances):
+            if upstream is not None and upstream.state is InstanceState.SUCCEEDED:
+                continue
+            inst = task.instances[index]
+            if inst is None:
+                inst = task.record(index)
+            elif inst in task.held:
+                task.held.remove(inst)
+            else:
+                continue  # ran already (before a retry of the job), or stopped
+            self._instance_to(inst, InstanceState.CANCELLED, f"{reason}[{index}]")
+            task.cancelled += 1
 
     # -- instances --------------------------------------------------------------------------
 
@@ -226,8 +291,13 @@ class Engine(StateChanges):
         started: list[InstanceRec] = []
         for env in self.scheduler.slots:
             while (task := self.scheduler.pick(env)) is not None:
-                inst = task.retry_queue.popleft() if task.retry_queue else task.take_fresh()
-                inst.stop_reason = None
+                if task.retry_queue:
+                    inst = task.retry_queue.popleft()
+                elif task.gates is not None:
+                    inst = task.record(task.open.popleft())
+                else:
+                    inst = task.take_fresh()
+                inst.stop_reason = inst.not_before = None
                 inst.exit_code = inst.signal = inst.pid = inst.duration_s = inst.started_at = None
                 task.active += 1
                 if task.state is TaskState.READY:
@@ -265,6 +335,8 @@ class Engine(StateChanges):
         elif outcome.succeeded:
             self._instance_to(inst, InstanceState.SUCCEEDED)
             task.succeeded += 1
+            for dependent in task.index_dependents:
+                self._open_gate(dependent, inst.index)
         elif not_started_for_space(inst, outcome) and job.stopping is None:
             self._instance_to(inst, InstanceState.PENDING, NO_SPACE)
             task.retry_queue.appendleft(inst)
@@ -279,8 +351,14 @@ class Engine(StateChanges):
                 to_stop = self._fail(inst, f"{RUNTIME_LOST_LIMIT}: {self.lost_limit}")
         elif job.stopping is None and should_retry(task, inst, outcome):
             inst.attempt += 1  # the row of a waiting instance names the attempt it waits to make
-            self._instance_to(inst, InstanceState.PENDING, outcome.failure_reason())
-            task.retry_queue.append(inst)
+            backoff = task.defn.retry_backoff
+            if backoff is None:
+                self._instance_to(inst, InstanceState.PENDING, outcome.failure_reason())
+                task.retry_queue.append(inst)
+            else:
+                inst.not_before = self._clock() + backoff.wait_s(inst.charged_attempts - 1)
+                self._instance_to(inst, InstanceState.PENDING, BACKOFF)
+                self._hold(inst)
         else:
             to_stop = self._fail(inst, outcome.failure_reason())
         self._maybe_finish_task(task)
@@ -295,6 +373,32 @@ class Engine(StateChanges):
         if task.defn.on_failure == "fail_job":
             return self._wind_down(task.job, JobState.FAILED, f"task_failed: {task.name}")
         return []
+
+    # -- retry backoff ------------------------------------------------------------------------
+
+    def _hold(self, inst: InstanceRec) -> None:
+        assert inst.not_before is not None
+        inst.task.held.add(inst)
+        heapq.heappush(self._backoffs, (inst.not_before, next(self._backoff_seq), inst))
+
+    def next_release(self) -> float | None:
+        """When the next backoff ends (the wall clock), or None if none is waited out."""
+        while self._backoffs and not _backing_off(self._backoffs[0][2]):
+            heapq.heappop(self._backoffs)
+        return self._backoffs[0][0] if self._backoffs else None
+
+    def release_due(self) -> None:
+        """Instances whose backoff has ended may start (the caller dispatches next)."""
+        now = self._clock()
+        while self._backoffs and self._backoffs[0][0] <= now:
+            inst = heapq.heappop(self._backoffs)[2]
+            if not _backing_off(inst):
+                continue
+            task = inst.task
+            task.held.remove(inst)
+            inst.not_before = None
+            task.retry_queue.append(inst)
+            self.scheduler.offer(task)
 
     def instance_interrupted(self, inst: InstanceRec) -> None:
         """The runtime is shutting down mid-attempt: back to PENDING; the next attempt is not
@@ -334,6 +438,9 @@ class Engine(StateChanges):
         if inst.state is InstanceState.PENDING:
             if inst in task.retry_queue:
                 task.retry_queue.remove(inst)
+            task.held.discard(inst)
+            if index in task.open:
+                task.open.remove(index)
             self._instance_to(inst, InstanceState.CANCELLED, STOPPED_BY_USER)
             task.cancelled += 1
             self._maybe_finish_task(task)
@@ -361,6 +468,8 @@ class Engine(StateChanges):
             if inst.state is InstanceState.PENDING:  # started; the crash lost its dispatch
                 if inst in task.retry_queue:
                     task.retry_queue.remove(inst)
+                task.held.discard(inst)
+                inst.not_before = None
                 if task.state is TaskState.PENDING:
                     self._task_to(task, TaskState.READY)
                 if task.state is TaskState.READY:
@@ -379,8 +488,11 @@ class Engine(StateChanges):
         if stopping is not None:
             to_stop += self._wind_down(job, *stopping)
         for task in list(job.tasks.values()):
-            if task.state is TaskState.PENDING and task.unmet == 0 and job.stopping is None:
-                self._task_to(task, TaskState.READY)
+            for inst in task.held:
+                if inst.not_before is not None:
+                    heapq.heappush(self._backoffs, (inst.not_before, next(self._backoff_seq), inst))
+            if job.stopping is None:
+                self._wake(task)
             self._maybe_finish_task(task)
             self.scheduler.offer(task)
         self._maybe_finish_job(job)
@@ -391,3 +503,16 @@ class Engine(StateChanges):
     def waiting_reason(self, task: TaskRec) -> str | None:
         """Why a task is not done yet, or why it ended; derived, so always current."""
         return waiting_reason(task, self.scheduler)
+
+
+def _backing_off(inst: InstanceRec) -> bool:
+    return inst.not_before is not None and inst in inst.task.held
+
+
+def _cancelled_reason(task: TaskRec) -> str:
+    """Why a task whose job goes on ended CANCELLED: what cancelled its first instance (a
+    stop, or a by-index counterpart that did not succeed)."""
+    for inst in task.instances:
+        if inst is not None and inst.state is InstanceState.CANCELLED and inst.reason:
+            return inst.reason
+    return STOPPED_BY_USER

@@ -76,6 +76,8 @@ class InstanceStateChanged(msgspec.Struct, frozen=True, tag=True, kw_only=True, 
     # interrupted by a shutdown.
     lost: int = 0
     interrupted: int = 0
+    # A PENDING instance waiting out its retry's backoff: when it may start (wall clock).
+    not_before: float | None = None
 
 
 log = structlog.get_logger("aiobatch.events")

@@ -43,6 +43,8 @@ MAX_TEMPLATES = 10_000
 MAX_JOB_NAME_CHARS = 256
 # Retries per instance: each is an attempt with its own record and logs.
 MAX_RETRIES = 1000
+# A retry backoff's growth per attempt; the wait itself is capped at MAX_DURATION_S.
+MAX_BACKOFF_FACTOR = 100.0
 # Exit statuses as wait(2) gives them; a signal N counts as 128 + N.
 EXIT_CODE_MIN, EXIT_CODE_MAX = 0, 255
 # CPUs a container may be given (Docker's NanoCpus is cpus * 10**9 in a signed 64-bit int).

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import deque
 
 from aiobatch.spec import JobDef, TaskDef
+from aiobatch.spec_types import When
 from aiobatch.states import (
     INSTANCE_ACTIVE,
     InstanceState,
@@ -26,6 +27,7 @@ class InstanceRec:
         "index",
         "interrupted",
         "lost",
+        "not_before",
         "pid",
         "reason",
         "signal",
@@ -52,6 +54,7 @@ class InstanceRec:
         self.ended_at: float | None = None
         self.duration_s: float | None = None
         self.stop_reason: str | None = None
+        self.not_before: float | None = None  # waiting out a retry's backoff until then
 
     @property
     def active(self) -> bool:
@@ -74,10 +77,15 @@ class TaskRec:
         "dependents",
         "failed",
         "fresh",
+        "gates",
+        "held",
+        "index_dependents",
+        "index_deps_left",
         "instances",
         "job",
         "name",
         "next_fresh",
+        "open",
         "queued",
         "reason",
         "retry_queue",
@@ -94,13 +102,24 @@ class TaskRec:
         self.seq = seq
         self.state = TaskState.PENDING
         self.reason: str | None = None
-        self.unmet = len(set(defn.depends_on))
-        self.dependents: list[TaskRec] = []
+        # Whole-task dependencies not met yet; by-index ones gate each index instead.
+        self.unmet = len(defn.depends_on) - len(defn.by_index)
+        self.dependents: list[tuple[TaskRec, When]] = []  # waiting on this task as a whole
+        self.index_dependents: list[TaskRec] = []  # joined to this task by index
+        # Per index: by-index dependencies whose instance at that index has not SUCCEEDED
+        # (None without any). Fresh indices whose gates are all open wait in ``open``.
+        self.gates: list[int] | None = (
+            [len(defn.by_index)] * defn.instances if defn.by_index else None
+        )
+        self.index_deps_left = len(defn.by_index)  # by-index dependencies not ended yet
+        self.open: deque[int] = deque()
         # One slot per index; None until the instance first needs a record.
         self.instances: list[InstanceRec | None] = [None] * defn.instances
         self.fresh = defn.instances  # never dispatched, no record
         self.next_fresh = 0  # lowest index that may still be fresh
         self.retry_queue: deque[InstanceRec] = deque()
+        # Waiting records that may not start yet: a retry's backoff, or a closed gate.
+        self.held: set[InstanceRec] = set()
         self.active = 0
         self.succeeded = 0
         self.failed = 0
@@ -109,7 +128,14 @@ class TaskRec:
 
     @property
     def pending(self) -> int:
-        return self.fresh + len(self.retry_queue)
+        """Instances that have not ended and are not running."""
+        return self.fresh + len(self.retry_queue) + len(self.held)
+
+    @property
+    def dispatchable(self) -> int:
+        """Instances that may start as soon as a slot is free."""
+        fresh = self.fresh if self.gates is None else len(self.open)
+        return fresh + len(self.retry_queue)
 
     @property
     def total(self) -> int:
@@ -175,8 +201,13 @@ class JobRec:
         for seq_in_job, task_def in enumerate(defn.tasks):
             self.tasks[task_def.name] = TaskRec(self, task_def, seq_in_job)
         for task in self.tasks.values():
-            for dep in set(task.defn.depends_on):
-                self.tasks[dep].dependents.append(task)
+            task_def = task.defn
+            for dep in task_def.depends_on:
+                if dep in task_def.by_index:
+                    self.tasks[dep].index_dependents.append(task)
+                else:
+                    when = task_def.conditions.get(dep, "succeeded")
+                    self.tasks[dep].dependents.append((task, when))
         self.unfinished_tasks = len(self.tasks)
 
     @property

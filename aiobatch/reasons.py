@@ -18,17 +18,28 @@ INTERRUPTED = "interrupted"
 RETRIED = "retried"
 # The job's own ``timeout`` passed: the job ends FAILED, what ran or waited is stopped.
 JOB_TIMEOUT = "job_timeout"
+# A PENDING instance waiting out its retry's backoff (its row says until when).
+BACKOFF = "backoff"
 
 
 def should_retry(task: TaskRec, inst: InstanceRec, outcome: Outcome) -> bool:
     """Whether a failed attempt gets another under the task's policy. Attempts lost with
     the runtime are not charged: only the attempts the program itself failed count."""
-    limit, codes = task.defn.retry_limit, task.defn.retry_exit_codes
-    if inst.charged_attempts > limit:
+    defn = task.defn
+    if inst.charged_attempts > defn.retry_limit:
         return False
-    if codes is None:
+    codes, reasons = defn.retry_exit_codes, defn.retry_reasons
+    if codes is None and reasons is None:
         return True
-    return outcome.code is not None and outcome.code in codes
+    if codes is not None and outcome.code is not None and outcome.code in codes:
+        return True
+    return reasons is not None and reason_kind(outcome.failure_reason()) in reasons
+
+
+def reason_kind(reason: str) -> str:
+    """A failure reason's kind, as a retry policy names it: ``timeout``, ``exit_code``,
+    ``engine_error`` (from ``engine_error: host: ...``)."""
+    return reason.split(":", 1)[0]
 
 
 def not_started_for_space(inst: InstanceRec, outcome: Outcome) -> bool:
@@ -47,6 +58,8 @@ def waiting_reason(task: TaskRec, scheduler: Scheduler) -> str | None:
         waiting = resolver.waiting_for(task)
         return f"waiting_for: {', '.join(waiting)}" if waiting else None
     if state in (TaskState.READY, TaskState.RUNNING) and task.pending:
+        if not task.dispatchable:
+            return BACKOFF if any(i.not_before for i in task.held) else "waiting_for_index"
         limit = task.defn.max_parallel
         if task.job.state is JobState.SUSPENDED:
             return "job_suspended"

@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from aiobatch.attempt import AttemptKey, FoundAttempt
 from aiobatch.model import InstanceRec, JobRec
-from aiobatch.resolver import count_unmet
+from aiobatch.resolver import count_unmet, regate
 from aiobatch.schema import InstanceRow, JobRow
 from aiobatch.states import JOB_TERMINAL, TASK_TERMINAL, InstanceState, TaskState
 
@@ -23,8 +23,6 @@ def restore_job(
     for name, task in job.tasks.items():
         state, reason = tasks[name]
         task.state, task.reason = TaskState(state), reason
-    for task in job.tasks.values():
-        task.unmet = count_unmet(task)
     job.unfinished_tasks = sum(task.state not in TASK_TERMINAL for task in job.tasks.values())
     lost: list[InstanceRec] = []
     for r in sorted(instances, key=lambda r: (r.task, r.index)):
@@ -38,6 +36,7 @@ def restore_job(
             inst.stop_reason = r.stop_reason  # a stop asked for before the crash still holds
         inst.exit_code, inst.signal, inst.pid = r.exit_code, r.signal, r.pid
         inst.started_at, inst.ended_at, inst.duration_s = r.started_at, r.ended_at, r.duration_s
+        inst.not_before = r.not_before if r.state is InstanceState.PENDING else None
         if r.state is InstanceState.SUCCEEDED:
             task.succeeded += 1
         elif r.state is InstanceState.FAILED:
@@ -45,9 +44,13 @@ def restore_job(
         elif r.state is InstanceState.CANCELLED:
             task.cancelled += 1
         elif r.state is InstanceState.PENDING:
-            task.retry_queue.append(inst)
+            # Waiting out a backoff: held until it ends (the engine times it).
+            (task.held.add if inst.not_before is not None else task.retry_queue.append)(inst)
         else:
             lost.append(inst)
+    for task in job.tasks.values():
+        task.unmet = count_unmet(task)  # a condition may count the dependency's successes
+        regate(task)
     for task in job.tasks.values():
         if task.state in TASK_TERMINAL and task.state is not TaskState.SKIPPED:
             # As the engine does: never-started instances of an ended task count as cancelled.
@@ -99,6 +102,8 @@ def _started_unrecorded(job: JobRec, key: AttemptKey) -> InstanceRec | None:
     could_start = task.state in (TaskState.READY, TaskState.RUNNING) or (
         task.state is TaskState.PENDING and task.unmet == 0
     )
+    if task.gates is not None and task.gates[index]:
+        could_start = False  # its counterpart had not succeeded
     if not could_start:
         return None  # its upstream is not done as stored: it is an orphan, run again later
     inst = task.instances[index]

@@ -21,7 +21,7 @@ def can_dispatch(task: TaskRec) -> bool:
     """True when the task has an instance that could start if a slot were free."""
     limit = task.defn.max_parallel
     return (
-        task.pending > 0
+        task.dispatchable > 0
         and task.state in _DISPATCHABLE_TASK
         and task.job.state is JobState.RUNNING
         and task.job.stopping is None

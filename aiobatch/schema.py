@@ -10,7 +10,7 @@ import msgspec
 from aiobatch.spec import JobDef
 from aiobatch.states import INSTANCE_TERMINAL, JOB_TERMINAL, InstanceState, JobState
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
@@ -52,6 +52,7 @@ CREATE TABLE instances (
     lost INTEGER NOT NULL DEFAULT 0,
     interrupted INTEGER NOT NULL DEFAULT 0,
     stop_reason TEXT,
+    not_before REAL,
     PRIMARY KEY (job_id, task, idx)
 ) WITHOUT ROWID;
 CREATE TABLE events (
@@ -80,6 +81,8 @@ MIGRATIONS = {
     "ALTER TABLE instances ADD COLUMN stop_reason TEXT;",
     # Labels were added in version 3: a job stored before has none.
     3: LABELS_SCHEMA,
+    # When a waiting instance may start (a retry's backoff) was added in version 4.
+    4: "ALTER TABLE instances ADD COLUMN not_before REAL;",
 }
 
 INSERT_JOB = "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -88,12 +91,13 @@ INSERT_LABEL = "INSERT INTO job_labels VALUES (?, ?, ?)"
 INSERT_EVENT = "INSERT INTO events (job_id, body) VALUES (?, ?)"
 
 UPSERT_INSTANCE = """
-INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)
+INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)
 ON CONFLICT (job_id, task, idx) DO UPDATE SET
     attempt = excluded.attempt, state = excluded.state, reason = excluded.reason,
     exit_code = excluded.exit_code, signal = excluded.signal, pid = excluded.pid,
     started_at = excluded.started_at, ended_at = excluded.ended_at,
     duration_s = excluded.duration_s, lost = excluded.lost, interrupted = excluded.interrupted,
+    not_before = excluded.not_before,
     -- a stop request holds while its attempt is active; it ends with the attempt
     stop_reason = IIF(
         excluded.attempt = instances.attempt
@@ -153,6 +157,7 @@ class InstanceRow:
     lost: int
     interrupted: int
     stop_reason: str | None  # a stop of its active attempt was requested
+    not_before: float | None = None  # waiting out a retry's backoff until then
 
 
 def job_row(row: Any) -> JobRow:

@@ -17,7 +17,6 @@ import msgspec
 from msgspec import UNSET, Struct, UnsetType
 
 from aiobatch import spec_checks as checks
-from aiobatch.dag import find_cycles
 from aiobatch.documents import DocumentError, parse, read_bounded
 from aiobatch.errors import SpecError
 from aiobatch.labels import check_labels
@@ -28,6 +27,7 @@ from aiobatch.limits import (
     Int64,
 )
 from aiobatch.spec_checks import check_fields, convert_at, msgspec_error
+from aiobatch.spec_dependencies import apply_dependencies, check_dependencies
 from aiobatch.spec_tasks import TaskRules
 from aiobatch.spec_types import (
     NAME_PATTERN,
@@ -213,7 +213,6 @@ def resolve_spec(
             check_fields(template, checks.key_path("$.templates", name), errors)
 
     index_of: dict[str, int] = {}
-    edges: dict[str, tuple[str, ...]] = {}  # of the first task of each name
     for i, task in tasks:
         where = f"$.tasks[{i}]"
         if not NAME_PATTERN.fullmatch(task.name):
@@ -227,7 +226,7 @@ def resolve_spec(
                 f"(first at $.tasks[{index_of[task.name]}])"
             )
         else:
-            index_of[task.name], edges[task.name] = i, task.depends_on
+            index_of[task.name] = i
         check_fields(task, where, errors)
         if task.template is not UNSET and task.template not in all_templates:
             job.bad.add(f"{where}.command")  # it may come from the template
@@ -236,22 +235,7 @@ def resolve_spec(
                 f"{where}.template: unknown template {shown(task.template)} (known: {known})"
             )
 
-    for i, task in tasks:
-        for j, dep in enumerate(task.depends_on):
-            if dep not in index_of:
-                errors.append(f"$.tasks[{i}].depends_on[{j}]: unknown task {shown(dep)}")
-            elif dep == task.name:
-                errors.append(f"$.tasks[{i}].depends_on[{j}]: task {dep!r} depends on itself")
-
-    for cycle in find_cycles(edges):
-        if len(cycle) == 2:
-            continue  # a self-dependency, reported above in plainer words
-        # Point at the edge that closes the cycle; "a -> b" reads "a depends on b".
-        last, first = cycle[-2], cycle[-1]
-        j = edges[last].index(first)
-        errors.append(
-            f"$.tasks[{index_of[last]}].depends_on[{j}]: dependency cycle {' -> '.join(cycle)}"
-        )
+    check_dependencies(tasks, index_of, errors)
 
     rules = TaskRules(
         envs, job.name or "", job.env, job.secrets, job.bad, max_instances, switch_user
@@ -260,6 +244,7 @@ def resolve_spec(
         rules.resolve(task, f"$.tasks[{i}]", _template_of(task, all_templates), errors)
         for i, task in tasks
     ]
+    resolved = apply_dependencies(tasks, resolved, errors)
     total = sum(task.instances for task in resolved)
     if total > max_instances and all(task.instances <= max_instances for task in resolved):
         errors.append(

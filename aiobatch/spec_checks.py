@@ -12,7 +12,7 @@ import posixpath
 import re
 import string
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -27,7 +27,16 @@ from aiobatch.limits import (
     MAX_SECRET_PATH_BYTES,
     MAX_SECRETS,
 )
-from aiobatch.spec_types import RESERVED_ENV_PREFIX, TaskFields
+from aiobatch.spec_retries import check_policy
+from aiobatch.spec_types import (
+    RESERVED_ENV_PREFIX,
+    OnFailure,
+    OutputWhen,
+    PullPolicy,
+    RetryReason,
+    TaskFields,
+    When,
+)
 from aiobatch.units import parse_duration, parse_size, shown
 
 T = TypeVar("T")
@@ -59,7 +68,22 @@ def msgspec_error(prefix: str, exc: msgspec.ValidationError) -> str:
         match = re.fullmatch(pattern, message, re.DOTALL)
         if match:
             return template.format(match.group(1), path=path)
-    return f"{path}: {message[:1].lower()}{message[1:]}"
+    text = f"{path}: {message[:1].lower()}{message[1:]}"
+    if message.startswith("Invalid enum value"):
+        choices = next((get_args(kind) for at, kind in _CHOICES if re.search(at, path)), ())
+        if choices:
+            text += f" (one of: {', '.join(map(repr, choices))})"
+    return text
+
+
+# Fields that take one of a few words, by where they are: msgspec does not list the words.
+_CHOICES: tuple[tuple[str, Any], ...] = (
+    (r"\.depends_on\[\d+\]\.when$", When),
+    (r"\.outputs\[\d+\]\.when$", OutputWhen),
+    (r"\.on_failure$", OnFailure),
+    (r"\.pull$", PullPolicy),
+    (r"\.on_reasons\[\d+\]$", RetryReason),
+)
 
 
 def convert_at(data: Any, kind: Any, prefix: str, errors: list[str]) -> Any:
@@ -368,6 +392,8 @@ def check_fields(fields: TaskFields, where: str, errors: list[str]) -> None:
             parse_duration(fields.timeout)
         except ValueError as exc:
             errors.append(f"{where}.timeout: {exc}")
+    if fields.retries is not UNSET:
+        check_policy(fields.retries, where, errors)
     if fields.resources is not UNSET:
         cpus, memory = fields.resources.cpus, fields.resources.memory
         if cpus is not None and not (math.isfinite(cpus) and 0 < cpus <= MAX_CPUS):

@@ -11,11 +11,11 @@ from msgspec import UNSET
 
 from aiobatch import spec_checks as checks
 from aiobatch.limits import AIOBATCH_ENV_BYTES, ARG_MAX, SPEC_ARG_BUDGET
+from aiobatch.spec_retries import as_policy, backoff_def
 from aiobatch.spec_types import (
     CONTAINER_ONLY,
     Command,
     EnvValue,
-    RetryPolicy,
     TaskDef,
     TaskFields,
     TaskSpec,
@@ -101,14 +101,13 @@ class TaskRules:
         self._check_secret_names({**self.job_env, **env}, secrets, env, where, errors)
 
         timeout, retries, resources = value("timeout"), value("retries"), value("resources")
-        policy = RetryPolicy(limit=retries) if isinstance(retries, int) else retries
-        policy = policy or RetryPolicy()
+        policy = as_policy(retries)
         memory = resources.memory if resources is not None else None
         return TaskDef(
             name=task.name,
             command=command,
             instances=instances,
-            depends_on=tuple(task.depends_on),
+            depends_on=(),  # set by spec_dependencies.apply_dependencies
             env=env,
             secrets=secrets,
             compute_env=env_name,
@@ -116,6 +115,8 @@ class TaskRules:
             timeout_s=_or_none(parse_duration, timeout),
             retry_limit=policy.limit,
             retry_exit_codes=policy.on_exit_codes,
+            retry_reasons=policy.on_reasons,
+            retry_backoff=backoff_def(policy),
             on_failure=value("on_failure", "fail_job"),
             image=image,
             inputs=value("inputs", ()),

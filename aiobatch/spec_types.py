@@ -12,13 +12,33 @@ from typing import Literal
 
 from msgspec import UNSET, Struct, UnsetType, field
 
-from aiobatch.limits import Count, ExitCode, Int64, RetryLimit
+from aiobatch.limits import MAX_DURATION_S, Count, ExitCode, Int64, RetryLimit
 
 EnvValue = str | int | float | bool
 Duration = str | int | float
 Command = str | tuple[str, ...]
 OnFailure = Literal["fail_job", "continue"]
+# When a dependency lets its dependent start: it SUCCEEDED (the default); it ended in any
+# final state (cleanup, reports); it ended with at least one instance SUCCEEDED.
+When = Literal["succeeded", "finished", "partly_succeeded"]
+# Failure reasons a retry policy can name: what an attempt's reason starts with.
+RetryReason = Literal[
+    "timeout",
+    "oom",
+    "signal",
+    "exit_code",
+    "engine_error",
+    "image_unavailable",
+    "stage_in_failed",
+    "stage_out_failed",
+    "spawn_failed",
+    "exec_failed",
+    "secret_unavailable",
+    "executor_error",
+    "runtime_lost_limit",
+]
 PullPolicy = Literal["if_missing", "always", "never"]
+OutputWhen = Literal["success", "always"]
 # Where a secret's value is read when an attempt starts: ``file:/abs/path`` or ``env:VAR``
 # (the runtime's own environment). Only the source is stored, never the value.
 SecretSource = str
@@ -43,13 +63,52 @@ class OutputMapping(Struct, frozen=True, forbid_unknown_fields=True, omit_defaul
 
     path: str
     to: str
-    when: Literal["success", "always"] = "success"
+    when: OutputWhen = "success"
+
+
+class Backoff(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """The wait before retry n (1, 2, ...): ``delay * factor ** (n - 1)``, at most
+    ``max_delay``."""
+
+    delay: Duration
+    factor: float = 2.0
+    max_delay: Duration | UnsetType = UNSET
 
 
 class RetryPolicy(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     limit: RetryLimit = 0
-    # Retry only on these exit codes (a signal N counts as 128 + N); None retries any failure.
+    # Retry only on these exit codes (a signal N counts as 128 + N) or these reasons; with
+    # neither, any failure is retried.
     on_exit_codes: tuple[ExitCode, ...] | None = None
+    on_reasons: tuple[RetryReason, ...] | None = None
+    backoff: Backoff | None = None
+
+
+class Dependency(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """``{task, when, by_index}``: a dependency with its condition. ``by_index`` joins two
+    tasks of the same instance count instance by instance: index i starts once index i of
+    ``task`` SUCCEEDED."""
+
+    task: str
+    when: When = "succeeded"
+    by_index: bool = False
+
+
+class BackoffDef(Struct, frozen=True):
+    delay_s: float
+    factor: float
+    max_delay_s: float | None = None
+
+    def wait_s(self, retry: int) -> float:
+        """The wait before retry number ``retry`` (1 for the first), never past the cap
+        (``max_delay``, else the longest duration a spec may give)."""
+        cap = MAX_DURATION_S if self.max_delay_s is None else self.max_delay_s
+        wait = self.delay_s
+        for _ in range(retry - 1):  # retries are at most MAX_RETRIES: no float overflow
+            wait *= self.factor
+            if wait >= cap:
+                break
+        return min(wait, cap)
 
 
 class Resources(Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -90,7 +149,7 @@ class TemplateSpec(TaskFields, frozen=True, kw_only=True):
 class TaskSpec(TaskFields, frozen=True, kw_only=True):
     name: str
     template: str | UnsetType = UNSET
-    depends_on: tuple[str, ...] = ()
+    depends_on: tuple[str | Dependency, ...] = ()
 
 
 class JobSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -112,7 +171,10 @@ class TaskDef(Struct, frozen=True, kw_only=True):
     name: str
     command: Command | None
     instances: int = 1
-    depends_on: tuple[str, ...] = ()
+    depends_on: tuple[str, ...] = ()  # names, each once
+    # The dependencies not met by SUCCEEDED alone: name -> when.
+    conditions: dict[str, When] = {}
+    by_index: tuple[str, ...] = ()  # dependencies joined instance by instance
     env: dict[str, str] = {}
     secrets: dict[str, SecretSource] = {}  # name -> source; values are read at each start
     compute_env: str = "local"
@@ -120,6 +182,8 @@ class TaskDef(Struct, frozen=True, kw_only=True):
     timeout_s: float | None = None
     retry_limit: int = 0
     retry_exit_codes: tuple[int, ...] | None = None
+    retry_reasons: tuple[str, ...] | None = None
+    retry_backoff: BackoffDef | None = None
     on_failure: OnFailure = "fail_job"
     image: str | None = None
     inputs: tuple[InputMapping, ...] = ()

@@ -103,7 +103,7 @@ class Store:
             batch.instances[(event.job_id, event.task, event.index)] = (
                 event.job_id, event.task, event.index, event.attempt, event.state,
                 event.reason, event.exit_code, event.signal, event.pid, event.started_at,
-                ended, event.duration_s, event.lost, event.interrupted,
+                ended, event.duration_s, event.lost, event.interrupted, event.not_before,
             )  # fmt: skip
         elif isinstance(event, TaskStateChanged):
             batch.tasks[(event.job_id, event.task)] = (
@@ -345,7 +345,8 @@ class Store:
     async def instance_rows(self, job_id: str) -> list[InstanceRow]:
         async with self.db.execute(
             "SELECT task, idx, attempt, state, reason, exit_code, signal, pid, started_at, "
-            "ended_at, duration_s, lost, interrupted, stop_reason FROM instances WHERE job_id = ?",
+            "ended_at, duration_s, lost, interrupted, stop_reason, not_before FROM instances "
+            "WHERE job_id = ?",
             (job_id,),
         ) as cursor:
             return [

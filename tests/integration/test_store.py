@@ -156,6 +156,7 @@ async def test_a_version_1_database_is_migrated_with_its_rows(tmp_path: Path) ->
         .replace("    lost INTEGER NOT NULL DEFAULT 0,\n", "")
         .replace("    interrupted INTEGER NOT NULL DEFAULT 0,\n", "")
         .replace("    stop_reason TEXT,\n", "")
+        .replace("    not_before REAL,\n", "")
     )
     assert v1 != SCHEMA
     path = tmp_path / "db.sqlite"
@@ -181,7 +182,7 @@ async def test_a_version_1_database_is_migrated_with_its_rows(tmp_path: Path) ->
 async def test_a_version_2_database_is_migrated_to_labels(tmp_path: Path) -> None:
     """Version 2 as it shipped (no job_labels): its jobs stay, without labels, and jobs
     submitted after the migration are found by their labels through the new index."""
-    v2 = SCHEMA.replace(LABELS_SCHEMA, "")
+    v2 = SCHEMA.replace(LABELS_SCHEMA, "").replace("    not_before REAL,\n", "")
     assert v2 != SCHEMA
     old = resolve_spec(ONE_TASK)
     stored = msgspec.json.encode(old).replace(b',"labels":{}', b"")  # as version 2 wrote it
@@ -215,7 +216,7 @@ async def test_a_version_2_database_is_migrated_to_labels(tmp_path: Path) -> Non
     assert by_other == []  # every label given must match
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
-        assert SCHEMA_VERSION == 3
+        assert SCHEMA_VERSION == 4
         assert sorted(db.execute("SELECT * FROM job_labels")) == [
             ("new", "run", "nightly"),
             ("new", "team", "ml"),

@@ -25,9 +25,11 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
+from msgspec.structs import replace
 
 from aiobatch.attempt import NO_SPACE, Outcome
 from aiobatch.engine import (
+    BACKOFF,
     INTERRUPTED,
     JOB_TIMEOUT,
     RUNTIME_LOST_LIMIT,
@@ -46,6 +48,8 @@ from aiobatch.model import InstanceRec, JobRec, TaskRec
 from aiobatch.recovery import restore_job
 from aiobatch.schema import InstanceRow, JobRow
 from aiobatch.spec import JobDef, TaskDef
+from aiobatch.spec_dependencies import TOLERANT
+from aiobatch.spec_types import BackoffDef, When
 from aiobatch.states import (
     INSTANCE_ACTIVE,
     INSTANCE_TERMINAL,
@@ -97,42 +101,79 @@ def task_def(
     max_parallel: int | None = None,
     retry_limit: int = 0,
     retry_exit_codes: tuple[int, ...] | None = None,
+    retry_reasons: tuple[str, ...] | None = None,
+    retry_backoff: BackoffDef | None = None,
     on_failure: Literal["fail_job", "continue"] = "fail_job",
+    conditions: dict[str, When] | None = None,
+    by_index: tuple[str, ...] = (),
 ) -> TaskDef:
     return TaskDef(
         name=name,
         command="true",
         instances=instances,
         depends_on=depends_on,
+        conditions=conditions or {},
+        by_index=by_index,
         compute_env=compute_env,
         max_parallel=max_parallel,
         retry_limit=retry_limit,
         retry_exit_codes=retry_exit_codes,
+        retry_reasons=retry_reasons,
+        retry_backoff=retry_backoff,
         on_failure=on_failure,
     )
 
 
+CONDITIONS: list[When] = ["succeeded", "succeeded", "finished", "partly_succeeded"]
+BACKOFFS = [None, None, BackoffDef(delay_s=3.0, factor=2.0, max_delay_s=10.0)]
+
+
 @st.composite
-def task_defs(draw: st.DrawFn, name: str, earlier: list[str]) -> TaskDef:
-    deps = draw(st.lists(st.sampled_from(earlier), unique=True, max_size=3)) if earlier else []
+def task_defs(draw: st.DrawFn, name: str, earlier: list[TaskDef]) -> TaskDef:
+    """A task on earlier ones, with conditions and by-index edges as the spec allows them
+    (by index only to tasks of its own instance count, only ``succeeded``)."""
+    deps = (
+        draw(st.lists(st.sampled_from(earlier), unique_by=lambda t: t.name, max_size=3))
+        if earlier
+        else []
+    )
+    instances = draw(st.integers(1, 4))
+    by_index: list[str] = []
+    conditions: dict[str, When] = {}
+    for dep in deps:
+        if draw(st.booleans()) and (not by_index or dep.instances == instances):
+            instances = dep.instances
+            by_index.append(dep.name)
+        else:
+            when = draw(st.sampled_from(CONDITIONS))
+            if when != "succeeded":
+                conditions[dep.name] = when
     return task_def(
         name,
-        instances=draw(st.integers(1, 4)),
-        depends_on=tuple(deps),
+        instances=instances,
+        depends_on=tuple(d.name for d in deps),
+        conditions=conditions,
+        by_index=tuple(by_index),
         compute_env=draw(st.sampled_from(ENVS)),
         max_parallel=draw(st.none() | st.integers(1, 3)),
         retry_limit=draw(st.integers(0, 2)),
         retry_exit_codes=draw(
             st.none() | st.lists(st.sampled_from([1, 2, 137, 143]), unique=True).map(tuple)
         ),
+        retry_reasons=draw(st.none() | st.just(("timeout",))),
+        retry_backoff=draw(st.sampled_from(BACKOFFS)),
         on_failure=draw(st.sampled_from(["fail_job", "continue"])),
     )
 
 
 @st.composite
 def job_defs(draw: st.DrawFn) -> JobDef:
-    names = [f"t{i}" for i in range(draw(st.integers(1, 6)))]
-    tasks = [draw(task_defs(n, names[:i])) for i, n in enumerate(names)]
+    tasks: list[TaskDef] = []
+    for i in range(draw(st.integers(1, 6))):
+        tasks.append(draw(task_defs(f"t{i}", tasks)))
+    # As the spec resolves it: a task waited on with a tolerant condition never stops the job.
+    tolerated = {n for t in tasks for n, w in t.conditions.items() if w in TOLERANT}
+    tasks = [replace(t, on_failure="continue") if t.name in tolerated else t for t in tasks]
     return JobDef(name="job", tasks=tuple(tasks), priority=draw(st.integers(-1, 1)))
 
 
@@ -150,9 +191,40 @@ def dispatchable(task: TaskRec) -> bool:
         task.state in (TaskState.READY, TaskState.RUNNING)
         and task.job.state is JobState.RUNNING
         and task.job.stopping is None
-        and task.fresh + len(task.retry_queue) > 0
+        and dispatchable_now(task)
         and (limit is None or task.active < limit)
     )
+
+
+def counterparts_succeeded(task: TaskRec, index: int) -> bool:
+    """Every by-index dependency's instance ``index`` SUCCEEDED (own reading)."""
+    for name in task.defn.by_index:
+        upstream = task.job.tasks[name].instances[index]
+        if upstream is None or upstream.state is not InstanceState.SUCCEEDED:
+            return False
+    return True
+
+
+def dispatchable_now(task: TaskRec) -> bool:
+    """Has an instance that could start, leaving slots and the job's state aside."""
+    if task.gates is None:
+        fresh = task.fresh
+    else:
+        fresh = sum(1 for i in range(task.total) if fresh_and_open(task, i))
+    return fresh + len(task.retry_queue) > 0
+
+
+def fresh_and_open(task: TaskRec, index: int) -> bool:
+    return task.instances[index] is None and counterparts_succeeded(task, index)
+
+
+def whole_edge_met(dep: TaskRec, when: When) -> bool:
+    """Own reading of a condition: whether a whole-task dependency lets its dependent start."""
+    if when == "succeeded":
+        return dep.state is TaskState.SUCCEEDED
+    if dep.state not in TASK_TERMINAL:
+        return False
+    return when == "finished" or dep.succeeded > 0
 
 
 @dataclass
@@ -332,10 +404,22 @@ class EngineMachine(RuleBasedStateMachine):
                 assert scheduler.used[env] >= scheduler.slots[env], (
                     f"{task} could start but {env} has a free slot"
                 )
-        if not started and not self.any_active():
+        if not started and not self.any_active() and self.engine.next_release() is None:
             for job in self.jobs:
                 idle_by_choice = job.state is JobState.SUSPENDED and job.stopping is None
                 assert job.state in JOB_TERMINAL or idle_by_choice, f"{job} is stuck"
+
+    @rule()
+    def release_backoffs(self) -> None:
+        """Time passes (the clock ticks on each call): backoffs that ended may start."""
+        waiting = [i for t in self.tasks() for i in t.held if i.not_before is not None]
+        now = self.clock()
+        self.engine.release_due()
+        for inst in waiting:
+            if inst.not_before is not None and inst.not_before <= now:
+                raise AssertionError(f"{inst} still held after its backoff ended")
+        if waiting:
+            hypothesis_event("backoff waited")
 
     @precondition(lambda self: self.in_state(InstanceState.STAGING))
     @rule(data=st.data())
@@ -384,9 +468,16 @@ class EngineMachine(RuleBasedStateMachine):
             retries = self.replay.retries.get(job.id, 0)
             assert inst.attempt == attempt + 1
             assert inst.charged_attempts <= inst.task.defn.retry_limit + 1 + retries
-            codes = inst.task.defn.retry_exit_codes
-            assert codes is None or outcome.code in codes
-            assert inst in inst.task.retry_queue
+            defn = inst.task.defn
+            codes, reasons = defn.retry_exit_codes, defn.retry_reasons
+            if codes is not None or reasons is not None:
+                kind = outcome.failure_reason().split(":")[0]
+                assert outcome.code in (codes or ()) or kind in (reasons or ())
+            if inst.reason == BACKOFF:  # its policy has a backoff: held until it ends
+                assert defn.retry_backoff is not None and inst in inst.task.held
+                assert inst.not_before is not None and inst.not_before > 0
+            else:
+                assert inst in inst.task.retry_queue
         else:
             assert inst.state is InstanceState.FAILED
 
@@ -565,6 +656,7 @@ class EngineMachine(RuleBasedStateMachine):
                     e.lost,
                     e.interrupted,
                     rows.stop_reason(key),
+                    e.not_before,
                 )
                 for key, e in rows.instance_rows.items()
                 if key[0] == job_id
@@ -631,7 +723,13 @@ class EngineMachine(RuleBasedStateMachine):
             assert limit is None or task.active <= limit, f"{task} over max_parallel"
             assert all(i.state is InstanceState.PENDING for i in task.retry_queue)
             waiting = {id(i) for i in records if i.state is InstanceState.PENDING}
-            assert waiting == {id(i) for i in task.retry_queue}
+            assert waiting == {id(i) for i in task.retry_queue} | {id(i) for i in task.held}
+            assert not {id(i) for i in task.retry_queue} & {id(i) for i in task.held}
+            for inst in task.held:  # waiting out a backoff, or for its counterparts
+                assert inst.not_before is not None or not counterparts_succeeded(task, inst.index)
+            if task.gates is not None and task.state not in TASK_TERMINAL:
+                opened = [i for i in range(task.total) if fresh_and_open(task, i)]
+                assert sorted(task.open) == opened, f"{task}: open {task.open} != {opened}"
             assert task.succeeded == sum(1 for i in records if i.state is InstanceState.SUCCEEDED)
             assert task.failed == sum(1 for i in records if i.state is InstanceState.FAILED)
             cancelled = sum(1 for i in records if i.state is InstanceState.CANCELLED)
@@ -639,7 +737,8 @@ class EngineMachine(RuleBasedStateMachine):
             # Each instance is counted exactly once: never started, waiting, active or done.
             assert task.fresh >= 0, f"{task}: fresh {task.fresh}"
             assert task.fresh <= sum(1 for i in task.instances if i is None)
-            counted = task.fresh + len(task.retry_queue) + task.active + task.done
+            counted = task.fresh + len(task.retry_queue) + len(task.held) + task.active
+            counted += task.done
             assert counted == task.total, f"{task}: {counted} instances counted of {task.total}"
             retries = self.replay.retries.get(task.job.id, 0)
             for inst in records:
@@ -650,18 +749,37 @@ class EngineMachine(RuleBasedStateMachine):
     def tasks_respect_dependencies(self) -> None:
         for job in self.jobs:
             for task in job.tasks.values():
-                deps = [job.tasks[d] for d in task.defn.depends_on]
-                unmet = sum(1 for d in set(deps) if d.state is not TaskState.SUCCEEDED)
+                defn = task.defn
+                whole = [
+                    (job.tasks[d], defn.conditions.get(d, "succeeded"))
+                    for d in defn.depends_on
+                    if d not in defn.by_index
+                ]
+                joined = [job.tasks[d] for d in defn.by_index]
+                unmet = sum(1 for d, when in whole if not whole_edge_met(d, when))
                 if task.state is TaskState.PENDING:
-                    assert unmet, f"{task} is PENDING with every dependency SUCCEEDED"
                     assert task.unmet == unmet
+                    may_open = any(d.state not in TASK_TERMINAL for d in joined)
+                    assert unmet or (may_open and not dispatchable_now(task)), (
+                        f"{task} is PENDING with every dependency met"
+                    )
                     assert not any(i.active for i in instances_of(task))
                 elif task.state is TaskState.SKIPPED:
-                    assert any(d.state in TASK_TERMINAL - {TaskState.SUCCEEDED} for d in deps), (
-                        f"{task} SKIPPED though no upstream task failed"
-                    )
+                    hopeless = any(
+                        d.state in TASK_TERMINAL and not whole_edge_met(d, when)
+                        for d, when in whole
+                    ) or any(d.state in TASK_TERMINAL and d.succeeded == 0 for d in joined)
+                    assert hopeless, f"{task} SKIPPED though every upstream may still do"
                 else:  # READY, RUNNING, SUCCEEDED, FAILED, CANCELLED: it was released to run
-                    assert not unmet, f"{task} is {task.state} before its dependencies SUCCEEDED"
+                    assert not unmet, f"{task} is {task.state} before its dependencies were met"
+                # By index: an instance that ran or runs had its counterparts succeed first.
+                for inst in instances_of(task):
+                    ran = inst.active or inst.state in (
+                        InstanceState.SUCCEEDED,
+                        InstanceState.FAILED,
+                    )
+                    if ran and defn.by_index:
+                        assert counterparts_succeeded(task, inst.index), f"{inst} ran too early"
                 if task.state is TaskState.READY:
                     assert task.active == task.failed == 0
                     # Only a retried job's task is READY again with successes kept.
@@ -703,6 +821,8 @@ class EngineMachine(RuleBasedStateMachine):
                 continue
             if job.state is JobState.SUSPENDED and job.stopping is None:
                 continue
+            if any(i.not_before is not None for t in job.tasks.values() for i in t.held):
+                continue  # waits for time to pass, not for an event that may never come
             assert any(dispatchable(t) for t in job.tasks.values()), f"{job} is stuck"
 
     def teardown(self) -> None:
@@ -710,9 +830,10 @@ class EngineMachine(RuleBasedStateMachine):
         for _ in range(10_000):
             for job in self.jobs:
                 self.engine.resume_job(job)
+            self.engine.release_due()
             started = self.engine.dispatch()
             active = [i for i in self.records() if i.active]
-            if not started and not active:
+            if not started and not active and self.engine.next_release() is None:
                 break
             for inst in active:
                 if inst.state is InstanceState.STAGING:
