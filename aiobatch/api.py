@@ -27,6 +27,8 @@ class InstanceResult(msgspec.Struct, frozen=True, kw_only=True):
     attempts: int = 0
     exit_code: int | None = None
     duration_s: float | None = None
+    # PENDING, waiting out a retry's backoff: when it may start (seconds since the epoch).
+    not_before: float | None = None
 
 
 class InstanceDetail(InstanceResult, frozen=True, kw_only=True):

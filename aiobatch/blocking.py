@@ -14,7 +14,7 @@ whose own event loop is running (a Jupyter cell), and raises the async API's err
 from __future__ import annotations
 
 import weakref
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 from types import TracebackType
@@ -162,24 +162,30 @@ class Connection:
         self.call(self._api.stop_job, id)
 
     def list_instances(
-        self, status: Status | JobState | str | None = None, limit: int | None = None
+        self,
+        status: Status | JobState | str | None = None,
+        limit: int | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> list[Instance]:
         """Jobs newest first; ``status`` is PyODPS' (``Status.RUNNING`` or ``"Running"``)
-        or a fine-grained ``JobState`` (``"FAILED"``); ``limit`` keeps the newest that many."""
+        or a fine-grained ``JobState`` (``"FAILED"``); ``limit`` keeps the newest that many;
+        ``labels``: only jobs that have every one of them."""
         states = _states(status)
         if states is None:
-            jobs = self.call(self._list, None, limit)
+            jobs = self.call(self._list, None, limit, labels)
         else:
             # One query per fine-grained state, merged newest first.
             jobs = sorted(
-                (job for state in states for job in self.call(self._list, state, limit)),
+                (job for state in states for job in self.call(self._list, state, limit, labels)),
                 key=lambda job: job.seq,
                 reverse=True,
             )[:limit]
         return [Instance(self, job.id) for job in jobs]
 
-    async def _list(self, status: JobState | None, limit: int | None) -> list[JobSummary]:
-        return await self._api.list_jobs(status=status, limit=limit)
+    async def _list(
+        self, status: JobState | None, limit: int | None, labels: Mapping[str, str] | None
+    ) -> list[JobSummary]:
+        return await self._api.list_jobs(status=status, limit=limit, labels=labels)
 
 
 def _states(status: Status | JobState | str | None) -> Iterable[JobState] | None:

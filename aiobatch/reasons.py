@@ -58,8 +58,10 @@ def waiting_reason(task: TaskRec, scheduler: Scheduler) -> str | None:
         waiting = resolver.waiting_for(task)
         return f"waiting_for: {', '.join(waiting)}" if waiting else None
     if state in (TaskState.READY, TaskState.RUNNING) and task.pending:
-        if not task.dispatchable:
-            return BACKOFF if any(i.not_before for i in task.held) else "waiting_for_index"
+        if not task.dispatchable:  # what waits is held: a backoff, or a closed index
+            if any(i.not_before is not None for i in task.held):
+                return BACKOFF
+            return f"waiting_for: {', '.join(task.defn.by_index)}"
         limit = task.defn.max_parallel
         if task.job.state is JobState.SUSPENDED:
             return "job_suspended"

@@ -55,6 +55,8 @@ def instance_result(task: TaskRec, index: int, waiting_reason: WaitingReason) ->
         # Never started: pending while the task may still run it, else it never will.
         if task.state in TASK_TERMINAL:
             return InstanceResult(index=index, status="CANCELLED", reason=task.reason)
+        if task.gates is not None and task.gates[index]:
+            return InstanceResult(index=index, status="PENDING", reason=_closed(task, index))
         return InstanceResult(index=index, status="PENDING", reason=waiting_reason(task))
     return InstanceResult(
         index=index,
@@ -63,7 +65,20 @@ def instance_result(task: TaskRec, index: int, waiting_reason: WaitingReason) ->
         attempts=inst.attempt - (inst.state is InstanceState.PENDING),
         exit_code=inst.exit_code,
         duration_s=None if inst.duration_s is None else round(inst.duration_s, 6),
+        not_before=inst.not_before,
     )
+
+
+def _closed(task: TaskRec, index: int) -> str:
+    """Why an index of a by-index dependent waits: the counterparts that have not succeeded."""
+    tasks = task.job.tasks
+    waiting = [
+        f"{name}[{index}]"
+        for name in task.defn.by_index
+        if (upstream := tasks[name].instances[index]) is None
+        or upstream.state is not InstanceState.SUCCEEDED
+    ]
+    return f"waiting_for: {', '.join(waiting)}"
 
 
 def tail(path: Path, lines: int = STDERR_TAIL_LINES) -> list[str]:

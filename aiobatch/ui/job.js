@@ -362,7 +362,11 @@ function describeTask(task) {
   if (task.failed) lines.push(`${task.failed} failed`);
   if (task.reason) lines.push(`reason: ${task.reason}`);
   if (task.def && task.def.depends_on && task.def.depends_on.length) {
-    lines.push(`after: ${task.def.depends_on.join(", ")}`);
+    const conditions = task.def.conditions || {};
+    const byIndex = new Set(task.def.by_index || []);
+    const after = task.def.depends_on.map((dep) =>
+      byIndex.has(dep) ? `${dep} (by index)` : conditions[dep] ? `${dep} (${conditions[dep]})` : dep);
+    lines.push(`after: ${after.join(", ")}`);
   }
   return lines.join("\n");
 }

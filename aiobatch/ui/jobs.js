@@ -34,8 +34,12 @@ function readHash() {
 
 // "team=ml, run=nightly": KEY=VALUE filters split at commas (the service checks each one and
 // says which is malformed). A value with a comma can be asked for through the API, not here.
+// "team=ml, app=a,b" is two filters: a comma starts a new one only where a label key and
+// "=" follow (keys have no comma), so a value may hold commas.
+const NEXT_LABEL = /,\s*(?=[A-Za-z0-9][A-Za-z0-9._\/-]{0,62}=)/;
+
 function parseLabels(text) {
-  return text.split(",").map((part) => part.trim()).filter((part) => part !== "");
+  return text.split(NEXT_LABEL).map((part) => part.trim()).filter((part) => part !== "");
 }
 
 function writeHash() {

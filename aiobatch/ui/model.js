@@ -3,9 +3,15 @@
 // instance panel). Snapshots and events are applied here; the views read it and redraw only
 // what the `dirty` sets name.
 
-import { CODE, INSTANCE_STATES, JOB_TERMINAL, TASK_TERMINAL } from "./lib.js";
+import { CODE, INSTANCE_STATES, JOB_TERMINAL, TASK_TERMINAL, formatClock } from "./lib.js";
 
 const NO_EXIT = -2147483648;
+
+// An instance's reason as shown: a retry's backoff says until when.
+function reasonText(reason, notBefore) {
+  if (reason === "backoff" && notBefore) return `backoff until ${formatClock(notBefore)}`;
+  return reason ?? null;
+}
 
 export class TaskModel {
   constructor(name, order) {
@@ -188,7 +194,7 @@ export class JobModel {
     task.tries[index] = inst.attempts ?? 0;
     task.exitCodes[index] = inst.exit_code ?? NO_EXIT;
     task.durations[index] = inst.duration_s ?? NaN;
-    task.reasons[index] = inst.reason ?? null;
+    task.reasons[index] = reasonText(inst.reason, inst.not_before);
   }
 
   // -- events --------------------------------------------------------------------------------
@@ -276,7 +282,7 @@ export class JobModel {
     task.tries[i] = Math.max(0, event.attempt - (code === CODE.PENDING ? 1 : 0));
     task.exitCodes[i] = event.exit_code ?? NO_EXIT;
     task.durations[i] = event.duration_s ?? NaN;
-    task.reasons[i] = event.reason ?? null;
+    task.reasons[i] = reasonText(event.reason, event.not_before);
     this.touchCell(task.name, i);
     this.dirty.tasks.add(task.name);
   }

@@ -350,7 +350,7 @@ def test_jobs_page_filters_by_labels_and_shows_them_as_text(
         return logview.submit(spec).id
 
     ml = labelled("ml", team="ml", note=HOSTILE_ENV)
-    web = labelled("web", team="web")
+    web = labelled("web", team="web", sizes="s,m")
     plain = labelled("plain")
     browser.get(logview.jobs_address())
     wait_for(browser, lambda b: job_row_ids(b) == [plain, web, ml], "every job")
@@ -366,6 +366,9 @@ def test_jobs_page_filters_by_labels_and_shows_them_as_text(
     field.clear()
     field.send_keys("team=ml, note=other" + Keys.ENTER)  # every label must match
     wait_text(browser, "#empty", lambda t: t == "No jobs with these labels.", "none has both")
+    field.clear()
+    field.send_keys("sizes=s,m, team=web" + Keys.ENTER)  # a comma inside a value stays in it
+    wait_for(browser, lambda b: job_row_ids(b) == [web], "the job labelled sizes=s,m")
     field.clear()
     field.send_keys("team" + Keys.ENTER)
     wait_text(browser, "#notice", lambda t: "expected KEY=VALUE" in t, "the malformed filter")

@@ -104,7 +104,9 @@ def check_a_failing_job(o: Connection) -> Instance:
 def test_embedded_runtime_from_a_plain_script(state_dir: Path, tmp_path: Path) -> None:
     with aiobatch.connect(state_dir=state_dir) as o:
         failed = check_a_failing_job(o)
-        fine = o.submit({"name": "fine", "tasks": [{"name": "t", "command": "true"}]})
+        fine = o.submit(
+            {"name": "fine", "labels": {"team": "ml"}, "tasks": [{"name": "t", "command": "true"}]}
+        )
         fine.wait_for_success(timeout=60)
         assert fine.is_successful() and fine.status is Status.TERMINATED
         assert fine.get_logview_address() is None  # this runtime serves no log view
@@ -132,6 +134,8 @@ def test_embedded_runtime_from_a_plain_script(state_dir: Path, tmp_path: Path) -
             fine.id,
         ]
         assert [i.id for i in o.list_instances(status="FAILED")] == [failed.id]
+        assert [i.id for i in o.list_instances(labels={"team": "ml"})] == [fine.id]
+        assert o.list_instances(status=Status.RUNNING, labels={"team": "ml"}) == []
         with pytest.raises(ValueError, match="status: one of Running"):
             o.list_instances(status="Done")
 
