@@ -449,6 +449,12 @@ class EngineMachine(RuleBasedStateMachine):
         self.engine.instance_exited(inst, outcome)
         self.finish(inst, outcome)
 
+    @precondition(lambda self: self.in_state(InstanceState.RUNNING))
+    @rule(data=st.data())
+    def instance_succeeded(self, data: st.DataObject) -> None:
+        """Most attempts succeed: without this the DAG would rarely get past a few tasks."""
+        self.instance_exited_and_finished(data, SUCCESS)
+
     @precondition(lambda self: self.in_state(InstanceState.STAGING))
     @rule(data=st.data(), outcome=st.sampled_from(STAGING_OUTCOMES))
     def never_started(self, data: st.DataObject, outcome: Outcome) -> None:
@@ -772,6 +778,8 @@ class EngineMachine(RuleBasedStateMachine):
                     assert hopeless, f"{task} SKIPPED though every upstream may still do"
                 else:  # READY, RUNNING, SUCCEEDED, FAILED, CANCELLED: it was released to run
                     assert not unmet, f"{task} is {task.state} before its dependencies were met"
+                    if any(d.state is not TaskState.SUCCEEDED for d, _ in whole):
+                        hypothesis_event("a task was released by a dependency that did not succeed")
                 # By index: an instance that ran or runs had its counterparts succeed first.
                 for inst in instances_of(task):
                     ran = inst.active or inst.state in (
@@ -780,6 +788,14 @@ class EngineMachine(RuleBasedStateMachine):
                     )
                     if ran and defn.by_index:
                         assert counterparts_succeeded(task, inst.index), f"{inst} ran too early"
+                        if any(d.state not in TASK_TERMINAL for d in joined):
+                            hypothesis_event("an index ran before its dependency ended")
+                    if (
+                        inst.reason
+                        and inst.reason.startswith("upstream_failed")
+                        and "[" in inst.reason
+                    ):
+                        hypothesis_event("an index was cancelled for its counterpart")
                 if task.state is TaskState.READY:
                     assert task.active == task.failed == 0
                     # Only a retried job's task is READY again with successes kept.
@@ -845,6 +861,7 @@ class EngineMachine(RuleBasedStateMachine):
             self.outbox_replays_through_the_tables()
             self.slots_match_active_instances()
             self.task_counters()
+            self.tasks_respect_dependencies()  # lanes joined by index flow here most
         self.outbox_replays_through_the_tables()
         self.task_counters()
         self.tasks_respect_dependencies()
@@ -855,7 +872,7 @@ class EngineMachine(RuleBasedStateMachine):
 
 EngineMachine.TestCase.settings = settings(
     max_examples=100,
-    stateful_step_count=40,
+    stateful_step_count=60,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
