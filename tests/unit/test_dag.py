@@ -275,3 +275,57 @@ def test_cyclic_spec_reports_each_cycle_with_its_field_path(
         # The path points at the edge that closes the cycle: cycle[-2] depends on cycle[-1].
         assert tasks[i]["name"] == cycle[-2]
         assert tasks[i]["depends_on"][j] == cycle[-1]
+
+
+WHEN = ["succeeded", "finished", "partly_succeeded"]
+
+
+@SETTINGS
+@given(graph=messy_graphs(), data=st.data())
+def test_conditions_resolve_or_fail_with_a_path(graph: Graph, data: st.DataObject) -> None:
+    """Entries written as names or as ``{task, when}``: a valid spec keeps each dependency once
+    with its condition; a task listed twice with different conditions is an error at the
+    second entry; the other mistakes read as before."""
+    written: dict[str, list[Any]] = {}
+    for node, deps in graph.items():
+        written[node] = [
+            dep if (when := data.draw(st.sampled_from([None, *WHEN]))) is None
+            else {"task": dep, "when": when}
+            for dep in deps
+        ]  # fmt: skip
+    tasks = [{"name": n, "command": "true", "depends_on": d} for n, d in written.items()]
+
+    def when_of(entry: Any) -> str:
+        return "succeeded" if isinstance(entry, str) else str(entry["when"])
+
+    def target(entry: Any) -> str:
+        return entry if isinstance(entry, str) else str(entry["task"])
+
+    try:
+        job = resolve_spec({"name": "job", "tasks": tasks})
+    except SpecError as exc:
+        errors = exc.errors
+    else:
+        assert is_acyclic(graph) and "ghost" not in str(graph)
+        for task, entries in zip(job.tasks, written.values(), strict=True):
+            expected = {target(e): when_of(e) for e in entries}
+            assert list(task.depends_on) == list(expected)
+            assert task.conditions == {k: w for k, w in expected.items() if w != "succeeded"}
+        tolerated = {target(e) for es in written.values() for e in es if when_of(e) != "succeeded"}
+        assert {t.name for t in job.tasks if t.on_failure == "continue"} == tolerated
+        return
+    path = re.compile(r"\$\.tasks\[(\d+)\]\.depends_on\[(\d+)\]: (.+)")
+    for error in errors:
+        match = path.fullmatch(error)
+        assert match is not None, error
+        i, j, problem = int(match[1]), int(match[2]), match[3]
+        listed = tasks[i]["depends_on"]
+        dep = target(listed[j])
+        if problem.endswith("is listed twice with different conditions"):
+            earlier = [when_of(e) for e in listed[:j] if target(e) == dep]
+            assert earlier and earlier[0] != when_of(listed[j]), error
+            continue
+        assert problem in (
+            f"unknown task {dep!r}",
+            f"task {dep!r} depends on itself",
+        ) or problem.startswith("dependency cycle "), error
