@@ -56,6 +56,8 @@ class StateChanges:
     ) -> None:
         inst.state = check_instance(inst.state, state)
         inst.reason = reason
+        if state is not InstanceState.PENDING:
+            inst.not_before = None  # a backoff's end means something only while it waits
         self.outbox.append(
             InstanceStateChanged(
                 job_id=inst.task.job.id,

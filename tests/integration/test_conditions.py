@@ -477,11 +477,6 @@ async def test_a_stop_during_a_backoff_cancels_the_wait_at_once(
     assert row == ("CANCELLED", "stopped_by_user", 2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine: _cancel_waiting / stop_instance / _sweep end a held instance without "
-    "clearing inst.not_before, so its CANCELLED event and row keep it",
-)
 async def test_a_cancelled_wait_keeps_no_not_before(state_dir: Path, tmp_path: Path) -> None:
     async with Runtime(state_dir) as rt:
         async with rt.subscribe() as events:
