@@ -16,6 +16,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, ExitStack
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -160,6 +161,11 @@ class Connection:
     def stop_instance(self, id: str) -> None:
         """Stop the job ``id`` (its running instances are stopped, the job ends CANCELLED)."""
         self.call(self._api.stop_job, id)
+
+    def delete_instance(self, id: str, stop: bool = False) -> None:
+        """Delete the ended job ``id``: rows, events, work dirs, logs (``JobNotFinal`` if it
+        has not ended, unless ``stop``: then it is stopped first)."""
+        self.call(partial(self._api.delete_job, id, stop=stop))
 
     def list_instances(
         self,

@@ -25,6 +25,7 @@ from aiobatch.api import JobHandle, JobSnapshot, TaskProgress
 from aiobatch.config import load_config
 from aiobatch.errors import (
     ConfigError,
+    JobNotFinal,
     JobNotRetryable,
     RuntimeClosed,
     ServiceUnavailable,
@@ -99,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StartupError as exc:  # before anything was recovered; starting again cannot help
         print(f"aiobatch: cannot start: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (LookupError, JobNotRetryable) as exc:
+    except (LookupError, JobNotRetryable, JobNotFinal) as exc:
         # LookupError: an unknown job, task or instance.
         print(f"aiobatch: {exc}", file=sys.stderr)
         return EXIT_USAGE

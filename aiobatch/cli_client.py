@@ -23,6 +23,7 @@ from aiobatch.api import (
     TaskResult,
     stage_progress_formatted_string,
 )
+from aiobatch.errors import JobNotFinal
 from aiobatch.events import JobStateChanged, TaskStateChanged
 from aiobatch.labels import label_filters, parse_label_filter
 from aiobatch.limits import INT64_MAX  # SQLite INTEGER, off_t: no request number is larger
@@ -121,6 +122,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         ("retry", "re-run what did not succeed of a FAILED or CANCELLED job"),
     ):
         command(name, help).add_argument("job")
+
+    delete = command(
+        "delete", "delete ended jobs: rows, events, work dirs and logs (not what they uploaded)"
+    )
+    delete.add_argument("jobs", nargs="+", metavar="job")
+    delete.add_argument("--stop", action="store_true", help="stop a job that has not ended first")
 
     stop = command("stop", "stop a job, or one instance of it")
     stop.add_argument("job")
@@ -314,6 +321,25 @@ async def _stop(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _delete(client: Client, args: argparse.Namespace) -> int:
+    """Each job in turn; one that cannot be deleted is named, the others still go."""
+    results: list[dict[str, object]] = []
+    for job_id in dict.fromkeys(args.jobs):
+        try:
+            await client.delete_job(job_id, stop=args.stop)
+        except (LookupError, JobNotFinal) as exc:
+            results.append({"id": job_id, "deleted": False, "error": str(exc)})
+            if not args.json:
+                print(f"aiobatch: {exc}", file=sys.stderr)
+            continue
+        results.append({"id": job_id, "deleted": True})
+        if not args.json:
+            print(f"job {job_id} deleted")
+    if args.json:
+        _print_json(results)
+    return EXIT_OK if all(r["deleted"] for r in results) else EXIT_USAGE
+
+
 async def _logs(client: Client, args: argparse.Namespace) -> int:
     stream: LogStream = "stderr" if args.stderr else "stdout"
     out = sys.stdout.buffer
@@ -377,6 +403,7 @@ _HANDLERS: dict[str, Handler] = {
     "resume": _action("resume", "resume_job"),
     "retry": _action("retry", "retry_job"),
     "stop": _stop,
+    "delete": _delete,
     "logs": _logs,
     "logview": _logview,
 }

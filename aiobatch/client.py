@@ -319,6 +319,11 @@ class Client:
         """Re-run what did not succeed of a FAILED or CANCELLED job (else JobNotRetryable)."""
         return await self._act(job_id, "retry")
 
+    async def delete_job(self, job_id: str, *, stop: bool = False) -> None:
+        """Delete an ended job (else JobNotFinal); ``stop``: stop it first."""
+        path = _job(job_id) + ("?stop=1" if stop else "")
+        await self._call("DELETE", path, wire.JobDeleted)
+
     async def stop_instance(self, job_id: str, task: str, index: int) -> None:
         await self._call("POST", _instance(job_id, task, index) + "/stop", wire.InstanceActionDone)
 

@@ -89,6 +89,19 @@ class LoggingConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class RetentionConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How long a job is kept after it ended, by its final state; unset: forever."""
+
+    succeeded: str | int | float | None = None
+    failed: str | int | float | None = None
+    cancelled: str | int | float | None = None
+
+    def ages_s(self) -> dict[str, float]:
+        """Final state -> seconds a job in it is kept (only the states given)."""
+        ages = {"SUCCEEDED": self.succeeded, "FAILED": self.failed, "CANCELLED": self.cancelled}
+        return {state: parse_duration(age) for state, age in ages.items() if age is not None}
+
+
 class Config(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     state_dir: str | None = None
     # Time a process gets between SIGTERM and SIGKILL on timeout or stop.
@@ -108,6 +121,7 @@ class Config(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     logging: LoggingConfig = LoggingConfig()
     storage: StorageConfig = StorageConfig()
     server: ServerConfig = ServerConfig()
+    retention: RetentionConfig = RetentionConfig()
 
     @property
     def kill_grace_s(self) -> float:
@@ -162,6 +176,14 @@ def _validate(config: Config) -> list[str]:
             parse_duration(getattr(config, key))
         except ValueError as exc:
             problems.append(f"$.{key}: {exc}")
+    for key in ("succeeded", "failed", "cancelled"):
+        age = getattr(config.retention, key)
+        if age is None:
+            continue
+        try:
+            parse_duration(age)
+        except ValueError as exc:
+            problems.append(f"$.retention.{key}: {exc}")
     server = config.server
     if server.http is not None:
         host, _, port = server.http.rpartition(":")

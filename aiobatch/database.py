@@ -12,15 +12,19 @@ from pathlib import Path
 
 import aiosqlite
 import anyio
+import structlog
 
 from aiobatch.dbcheck import Sidecars, check_database
 from aiobatch.errors import DatabaseUnusable, StateDirUnwritable
 from aiobatch.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
 
+log = structlog.get_logger("aiobatch.database")
+
 # SQLite's primary result codes that mean the file system, not the data: full, I/O error,
 # read-only. Writes are kept in memory and tried again.
 _SQLITE_FULL = 13
 _STORAGE_CODES = {_SQLITE_FULL, 10, 8}  # SQLITE_FULL, SQLITE_IOERR, SQLITE_READONLY
+_INCREMENTAL = 2  # PRAGMA auto_vacuum: NONE 0, FULL 1, INCREMENTAL 2
 
 
 async def open_database(path: Path) -> aiosqlite.Connection:
@@ -49,6 +53,7 @@ async def open_database(path: Path) -> aiosqlite.Connection:
 
 
 async def _configure(db: aiosqlite.Connection, path: Path) -> None:
+    await _reclaimable(db)
     await db.execute("PRAGMA journal_mode = WAL")
     # NORMAL: a commit survives the process being killed, not the machine losing power.
     # Transactions that accept new jobs are synced in full (see Store.write_pending).
@@ -56,6 +61,25 @@ async def _configure(db: aiosqlite.Connection, path: Path) -> None:
     await db.execute("PRAGMA foreign_keys = OFF")
     await _migrate(db, path)
     await probe_write(db)  # a file that cannot be written shows now, not at the first job
+
+
+async def _reclaimable(db: aiosqlite.Connection) -> None:
+    """Pages freed by deleting jobs can be given back to the file system (``PRAGMA
+    incremental_vacuum`` after each deletion). A new database is made so; one made before
+    is rebuilt once (VACUUM), which needs a second copy's room for as long as it takes."""
+    async with db.execute("PRAGMA auto_vacuum") as cursor:
+        row = await cursor.fetchone()
+    if row is not None and row[0] == _INCREMENTAL:
+        return
+    await db.execute(f"PRAGMA auto_vacuum = {_INCREMENTAL}")
+    async with db.execute("SELECT count(*) FROM sqlite_master") as cursor:
+        row = await cursor.fetchone()
+    if row is not None and row[0]:  # tables exist: the new mode takes a rebuild
+        try:
+            await db.execute("VACUUM")
+        except sqlite3.Error as exc:
+            # No room for the copy, say: freed pages are still reused, not given back.
+            log.warning("database_not_rebuilt", error=str(exc))
 
 
 async def _migrate(db: aiosqlite.Connection, path: Path) -> None:

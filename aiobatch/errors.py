@@ -114,5 +114,16 @@ class JobNotRetryable(AiobatchError, ValueError):
         super().__init__(f"job {job_id} is {status}; {why}")
 
 
+class JobNotFinal(AiobatchError, ValueError):
+    """Only a job that has ended can be deleted (or one stopped first: ``stop=True``)."""
+
+    def __init__(self, job_id: str, status: str) -> None:
+        self.job_id, self.status = job_id, status
+        super().__init__(
+            f"job {job_id} is {status}; only a job that has ended can be deleted "
+            "(stop it first, or delete with --stop)"
+        )
+
+
 class ServiceUnavailable(AiobatchError, ConnectionError):
     """The service's control socket cannot be reached."""

@@ -98,7 +98,7 @@ WRITE_ERRORS = (404, 507)  # an action on a job stores an event: a full disk ref
 # Every operation on one job: the links from a submission (stateful tests follow them).
 ON_A_JOB = tuple(
     "getJob waitJob stopJob suspendJob resumeJob retryJob getTaskResult getInstance stopInstance "
-    "readLog getJobDefinition getJobHistory getLogviewAddress streamEvents".split()
+    "readLog getJobDefinition getJobHistory getLogviewAddress streamEvents deleteJob".split()
 )
 
 ROUTES = (
@@ -165,6 +165,18 @@ ROUTES = (
         JobSnapshot,
         params=(JOB_ID, Param("instances", "query", flag(), "With every task's instances")),
         errors=(404,),
+    ),
+    Route(
+        "DELETE",
+        JOB,
+        "deleteJob",
+        "Delete an ended job: its rows, events, work dirs and logs (never what it uploaded)",
+        wire.JobDeleted,
+        params=(
+            JOB_ID,
+            Param("stop", "query", flag(), "Stop a job that has not ended first, then delete it"),
+        ),
+        errors=(*WRITE_ERRORS, 409),
     ),
     Route(
         "GET",

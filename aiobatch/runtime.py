@@ -49,6 +49,7 @@ from aiobatch.model import JobRec, TaskRec
 from aiobatch.queries import Queries
 from aiobatch.resources import Resources
 from aiobatch.restart import recover
+from aiobatch.retention import Deletions
 from aiobatch.spec import JobDef
 from aiobatch.states import JOB_TERMINAL, JobState
 from aiobatch.storage.base import StorageBackend
@@ -105,6 +106,12 @@ class Runtime:
             attempts=self._attempts,
             queries=self._queries,
             state_dir=self._layout.root,
+        )
+        self._deletions = Deletions(
+            store=self._store,
+            queries=self._queries,
+            layout=self._layout,
+            stop_and_wait=self._stop_and_wait,
         )
         self._stack: AsyncExitStack | None = None
         self._logview = logview
@@ -171,6 +178,11 @@ class Runtime:
                 layout=self._layout,
                 check=self.resolve,
             )
+            await self._deletions.remove_orphans(self.exist_job)
+            if ages := self.config.retention.ages_s():
+                housekeeping = await stack.enter_async_context(anyio.create_task_group())
+                stack.callback(housekeeping.cancel_scope.cancel)
+                housekeeping.start_soon(self._deletions.keep_expiring, ages)
             if listeners is not None:
                 await self._serve_logview(stack, listeners)
         except BaseException:
@@ -265,6 +277,16 @@ class Runtime:
 
     async def stop_job(self, job_id: str) -> None:
         await self._commands.stop_job(job_id)
+
+    async def delete_job(self, job_id: str, *, stop: bool = False) -> None:
+        """Delete an ended job: its rows, events, work dirs and logs (never what it uploaded).
+        One that has not ended raises JobNotFinal, unless ``stop``: it is stopped first."""
+        self._check_open()
+        await self._deletions.delete_job(job_id, stop=stop)
+
+    async def _stop_and_wait(self, job_id: str) -> None:
+        await self.stop_job(job_id)
+        await self.wait_job(job_id)
 
     async def stop_instance(self, job_id: str, task: str, index: int) -> None:
         await self._commands.stop_instance(job_id, task, index)

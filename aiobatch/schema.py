@@ -29,6 +29,7 @@ CREATE TABLE jobs (
     ended_at REAL
 );
 CREATE INDEX jobs_by_state ON jobs (state);
+CREATE INDEX jobs_by_end ON jobs (state, ended_at);
 CREATE TABLE tasks (
     job_id TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -81,8 +82,10 @@ MIGRATIONS = {
     "ALTER TABLE instances ADD COLUMN stop_reason TEXT;",
     # Labels were added in version 3: a job stored before has none.
     3: LABELS_SCHEMA,
-    # When a waiting instance may start (a retry's backoff) was added in version 4.
-    4: "ALTER TABLE instances ADD COLUMN not_before REAL;",
+    # Version 4: when a waiting instance may start (a retry's backoff); ended jobs found by
+    # age (retention).
+    4: "ALTER TABLE instances ADD COLUMN not_before REAL; "
+    "CREATE INDEX jobs_by_end ON jobs (state, ended_at);",
 }
 
 INSERT_JOB = "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -120,6 +123,18 @@ END_UNLOADABLE_JOB = (
     "AND state NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'SKIPPED')",
     "UPDATE instances SET state = 'CANCELLED', reason = 'job_unrecoverable', ended_at = ?2, "
     "stop_reason = NULL WHERE job_id = ?3 AND state NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED')",
+)
+
+# Every row of a job, its history first (the largest); the job's own row last.
+DELETE_JOB = tuple(
+    f"DELETE FROM {table} WHERE {key} = ?"
+    for table, key in (
+        ("events", "job_id"),
+        ("instances", "job_id"),
+        ("tasks", "job_id"),
+        ("job_labels", "job_id"),
+        ("jobs", "id"),
+    )
 )
 
 TERMINAL_INSTANCE_STATES = {s.value for s in INSTANCE_TERMINAL}

@@ -10,7 +10,7 @@ whole row), while every event is appended to the ``events`` table.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from aiobatch.events import (
     event_encoder,
 )
 from aiobatch.schema import (
+    DELETE_JOB,
     END_UNLOADABLE_JOB,
     INSERT_EVENT,
     INSERT_JOB,
@@ -181,6 +182,21 @@ class Store:
         """Forget a new job whose commit failed: the caller refuses it, nothing is stored."""
         self._batch.withdraw_job(job_id)
 
+    async def delete_jobs(self, job_ids: Sequence[str]) -> None:
+        """Remove every row of these ended jobs in one transaction (then reclaim the space);
+        return once it is committed. Raises StateDirUnwritable if it cannot be."""
+        for job_id in job_ids:
+            self._batch.delete_job(job_id)
+        await self.flush(required=True)
+
+    async def ended_before(self, state: JobState, before: float, limit: int) -> list[str]:
+        """Jobs that ended in ``state`` before ``before``, the oldest first."""
+        async with self.db.execute(
+            "SELECT id FROM jobs WHERE state = ? AND ended_at < ? ORDER BY ended_at LIMIT ?",
+            (state.value, before, limit),
+        ) as cursor:
+            return [row[0] for row in await cursor.fetchall()]
+
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """The writer: one transaction per wake-up, holding all that accumulated. While the
         state dir cannot be written it keeps what it has and tries again, backing off."""
@@ -245,6 +261,10 @@ class Store:
                 await db.execute("BEGIN")
                 await self._write_rows(batch)
                 await db.execute("COMMIT")
+                if batch.deleted:  # give the freed pages back to the file system
+                    # A script, not execute: the pragma frees one page per step, and only
+                    # sqlite3_exec steps it to the end.
+                    await db.executescript("PRAGMA incremental_vacuum;")
             except BaseException:
                 if db.in_transaction:  # SQLite may have rolled back already (a full disk)
                     try:
@@ -291,6 +311,8 @@ class Store:
             await db.executemany(STOP_INSTANCE, batch.instance_stops)
         if batch.events:
             await db.executemany(INSERT_EVENT, batch.events)
+        for statement in DELETE_JOB if batch.deleted else ():
+            await db.executemany(statement, batch.deleted)
 
     # -- reading ----------------------------------------------------------------------------
 

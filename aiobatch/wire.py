@@ -16,6 +16,7 @@ import msgspec
 from aiobatch.errors import (
     AiobatchError,
     InstanceNotFound,
+    JobNotFinal,
     JobNotFound,
     JobNotRetryable,
     RuntimeClosed,
@@ -60,6 +61,13 @@ class JobActionDone(msgspec.Struct, frozen=True, kw_only=True):
     action: str
     changed: bool
     status: str
+
+
+class JobDeleted(msgspec.Struct, frozen=True, kw_only=True):
+    """``DELETE /v1/jobs/{id}`` → 200: the job's rows, events, work dirs and logs are gone."""
+
+    id: str
+    deleted: bool = True
 
 
 class InstanceActionDone(msgspec.Struct, frozen=True, kw_only=True):
@@ -132,8 +140,8 @@ class ErrorDetail(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     type: str
     message: str
     errors: list[str] | None = None  # SpecError: every problem with its field path
-    job_id: str | None = None  # JobNotFound, JobNotRetryable
-    status: str | None = None  # JobNotRetryable: the job's status
+    job_id: str | None = None  # JobNotFound, JobNotRetryable, JobNotFinal
+    status: str | None = None  # JobNotRetryable, JobNotFinal: the job's status
 
 
 class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
@@ -149,6 +157,7 @@ ERROR_STATUS: dict[type[AiobatchError], int] = {
     TaskNotFound: HTTPStatus.NOT_FOUND,
     InstanceNotFound: HTTPStatus.NOT_FOUND,
     JobNotRetryable: HTTPStatus.CONFLICT,
+    JobNotFinal: HTTPStatus.CONFLICT,
     RuntimeClosed: HTTPStatus.SERVICE_UNAVAILABLE,
     StateDirUnwritable: HTTPStatus.INSUFFICIENT_STORAGE,
 }
@@ -197,7 +206,7 @@ def exception_from(detail: ErrorDetail) -> AiobatchError:
 
 Scope = Literal["read", "operate", "admin"]
 # Each scope may do what the ones before it may: read (queries, logs, events), operate (plus
-# stop, suspend, resume, retry, stop instance), admin (plus submit).
+# stop, suspend, resume, retry, stop instance), admin (plus submit, delete).
 SCOPES: tuple[Scope, ...] = ("read", "operate", "admin")
 
 
@@ -225,6 +234,7 @@ ROUTE_ACCESS: dict[tuple[str, str], Access] = {
     ("POST", API_PREFIX + "/jobs"): Access("admin"),
     ("GET", API_PREFIX + "/jobs"): Access("read"),
     ("GET", _JOB): Access("read", "path"),
+    ("DELETE", _JOB): Access("admin"),
     ("GET", _JOB + "/wait"): Access("read", "path"),
     ("POST", _JOB + "/stop"): Access("operate"),
     ("POST", _JOB + "/suspend"): Access("operate"),

@@ -47,9 +47,10 @@ class Batch:
     events: list[tuple[str, bytes]] = field(default_factory=list)
     waiters: list[Waiter] = field(default_factory=list)
     events_dropped: int = 0  # history events let go while the disk was full
+    deleted: list[tuple[str]] = field(default_factory=list)  # jobs whose every row goes
 
     def __bool__(self) -> bool:
-        return bool(self.new_jobs or self.events or self.waiters)
+        return bool(self.new_jobs or self.events or self.waiters or self.deleted)
 
     def absorb(self, later: Batch) -> None:
         """Take in a batch buffered after this one (this one failed to be written)."""
@@ -65,6 +66,9 @@ class Batch:
         self.events += later.events
         self.waiters += later.waiters
         self.events_dropped += later.events_dropped
+        for (job_id,) in later.deleted:  # rows buffered before the deletion go with it
+            self.withdraw_job(job_id)
+        self.deleted += later.deleted
         overflow = len(self.events) - MAX_HELD_EVENTS
         if overflow > 0:
             del self.events[:overflow]  # the oldest history goes; every row stays right
@@ -81,6 +85,11 @@ class Batch:
         self.tasks = {key: row for key, row in self.tasks.items() if key[0] != job_id}
         self.instances = {key: row for key, row in self.instances.items() if key[0] != job_id}
         self.events = [event for event in self.events if event[0] != job_id]
+
+    def delete_job(self, job_id: str) -> None:
+        """Every row of an ended job goes: what is buffered of it too."""
+        self.withdraw_job(job_id)
+        self.deleted.append((job_id,))
 
     def release(self, error: BaseException | None = None) -> None:
         """Tell every waiter how the write went."""

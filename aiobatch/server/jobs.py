@@ -42,6 +42,7 @@ class JobHandlers:
             web.post(wire.API_PREFIX + "/jobs", self.submit),
             web.get(wire.API_PREFIX + "/jobs", self.list_jobs),
             web.get(job, self.get_job),
+            web.delete(job, self.delete_job),
             web.get(job + "/wait", self.wait_job),
             *(web.post(f"{job}/{action}", self.job_action) for action in wire.JOB_ACTIONS),
             web.get(job + "/tasks/{task}", self.task_result),
@@ -81,6 +82,12 @@ class JobHandlers:
     async def get_job(self, request: web.Request) -> web.Response:
         instances = flag_param(query(request, "instances"), "instances")
         return json_response(await self.api.job_snapshot(job_id_of(request), instances=instances))
+
+    async def delete_job(self, request: web.Request) -> web.Response:
+        stop = flag_param(query(request, "stop"), "stop")
+        job_id = job_id_of(request)
+        await self.api.delete_job(job_id, stop=stop)
+        return json_response(wire.JobDeleted(id=job_id))
 
     async def wait_job(self, request: web.Request) -> web.Response:
         query(request)

@@ -57,9 +57,11 @@ async def finished_job(service: Service, name: str = "one") -> str:
 
 
 def needed(method: str, path: str) -> wire.Scope:
-    """The issue's rule, written apart from the table: submitting (and revoking every link)
-    is admin, every other write (stop, suspend, resume, retry, stop instance) operate, every
-    read read."""
+    """The issue's rule, written apart from the table: submitting, deleting (and revoking
+    every link) is admin, every other write (stop, suspend, resume, retry, stop instance)
+    operate, every read read."""
+    if method == "DELETE":
+        return "admin"
     if method == "POST":
         admin = (wire.API_PREFIX + "/jobs", wire.API_PREFIX + "/logview/rotate")
         return "admin" if path in admin else "operate"

@@ -157,6 +157,7 @@ async def test_a_version_1_database_is_migrated_with_its_rows(tmp_path: Path) ->
         .replace("    interrupted INTEGER NOT NULL DEFAULT 0,\n", "")
         .replace("    stop_reason TEXT,\n", "")
         .replace("    not_before REAL,\n", "")
+        .replace("CREATE INDEX jobs_by_end ON jobs (state, ended_at);\n", "")
     )
     assert v1 != SCHEMA
     path = tmp_path / "db.sqlite"
@@ -182,7 +183,11 @@ async def test_a_version_1_database_is_migrated_with_its_rows(tmp_path: Path) ->
 async def test_a_version_2_database_is_migrated_to_labels(tmp_path: Path) -> None:
     """Version 2 as it shipped (no job_labels): its jobs stay, without labels, and jobs
     submitted after the migration are found by their labels through the new index."""
-    v2 = SCHEMA.replace(LABELS_SCHEMA, "").replace("    not_before REAL,\n", "")
+    v2 = (
+        SCHEMA.replace(LABELS_SCHEMA, "")
+        .replace("    not_before REAL,\n", "")
+        .replace("CREATE INDEX jobs_by_end ON jobs (state, ended_at);\n", "")
+    )
     assert v2 != SCHEMA
     old = resolve_spec(ONE_TASK)
     stored = msgspec.json.encode(old).replace(b',"labels":{}', b"")  # as version 2 wrote it

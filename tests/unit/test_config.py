@@ -130,3 +130,19 @@ def test_max_instances_applies_to_the_runtime_and_to_validate(tmp_path: Path) ->
     )
     assert done.returncode == 2
     assert "$.tasks[0].instances: at most 5 (max_instances), got 6" in done.stderr
+
+
+def test_retention_ages_by_state(tmp_path: Path) -> None:
+    path = tmp_path / "keep.toml"
+    path.write_text('[retention]\nsucceeded = "7d"\ncancelled = 3600\n')
+    assert load_config(path).retention.ages_s() == {"SUCCEEDED": 604800.0, "CANCELLED": 3600.0}
+    assert load_config(None).retention.ages_s() == {}  # kept forever
+    assert problems(tmp_path, '[retention]\nrunning = "1d"\n') == [
+        "$.retention.running: unknown field"
+    ]
+    assert problems(tmp_path, '[retention]\nfailed = "forever"\n') == [
+        "$.retention.failed: bad duration 'forever': expected e.g. '30s', '10m', '1h30m'"
+    ]
+    assert problems(tmp_path, "[retention]\nsucceeded = 0\n") == [
+        "$.retention.succeeded: bad duration 0: must be greater than zero"
+    ]

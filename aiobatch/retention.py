@@ -1,0 +1,111 @@
+"""Deleting ended jobs: on request (``Runtime.delete_job``) and by age (``[retention]``).
+
+A job's rows go first, in one transaction (the space reclaimed after it), then its files
+(work dirs, logs, attempt records) off the event loop. A crash in between leaves files of a
+job the database no longer knows; the next start removes them (``remove_orphans``), so
+nothing of a deleted job stays. Remote storage (uploaded outputs, redirected logs) is
+never touched. Deleting by age goes in small batches, each its own short transaction,
+yielding between them, so dispatch never waits long behind it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from pathlib import Path
+
+import anyio
+import anyio.lowlevel
+import structlog
+
+from aiobatch.errors import JobNotFinal
+from aiobatch.layout import StateLayout
+from aiobatch.queries import Queries
+from aiobatch.states import JOB_TERMINAL, JobState
+from aiobatch.store import Store
+
+log = structlog.get_logger("aiobatch.retention")
+
+BATCH = 50  # jobs per deletion transaction
+# How often ages are looked at: a tenth of the shortest, between these bounds.
+CHECK_MIN_S, CHECK_MAX_S = 1.0, 60.0
+
+
+class Deletions:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        queries: Queries,
+        layout: StateLayout,
+        stop_and_wait: Callable[[str], Awaitable[object]],
+    ) -> None:
+        self._store, self._queries, self._layout = store, queries, layout
+        self._stop_and_wait = stop_and_wait
+        self.deleted = 0  # jobs deleted since the start (by request or by age)
+
+    async def delete_job(self, job_id: str, *, stop: bool = False) -> None:
+        """Delete an ended job, rows and files. One that has not ended raises JobNotFinal,
+        unless ``stop``: then it is stopped, and deleted once it has ended."""
+        job = await self._queries.job(job_id)  # JobNotFound
+        if job.state not in JOB_TERMINAL:
+            if not stop:
+                raise JobNotFinal(job_id, job.state.value)
+            await self._stop_and_wait(job_id)
+        await self._delete([job_id])
+
+    async def _delete(self, job_ids: list[str]) -> None:
+        await self._store.delete_jobs(job_ids)
+        for job_id in job_ids:
+            self._queries.forget(job_id)
+        await anyio.to_thread.run_sync(self._remove_files, job_ids)
+        self.deleted += len(job_ids)
+        log.info("jobs_deleted", count=len(job_ids), first=job_ids[0])
+
+    def _remove_files(self, job_ids: Collection[str]) -> None:
+        for job_id in job_ids:
+            for top in ("work", "logs"):
+                shutil.rmtree(self._layout.root / top / job_id, ignore_errors=True)
+
+    async def expire(self, ages_s: Mapping[str, float]) -> int:
+        """Delete every job that ended longer ago than its state's age; returns how many."""
+        deleted = 0
+        for state, age in ages_s.items():
+            while True:
+                before = time.time() - age
+                job_ids = await self._store.ended_before(JobState(state), before, BATCH)
+                if not job_ids:
+                    break
+                await self._delete(job_ids)
+                deleted += len(job_ids)
+                await anyio.lowlevel.checkpoint()  # let dispatch and requests in between batches
+        return deleted
+
+    async def keep_expiring(self, ages_s: Mapping[str, float]) -> None:
+        """Expire jobs for as long as the runtime runs (a task of its own)."""
+        interval = min(max(min(ages_s.values()) / 10, CHECK_MIN_S), CHECK_MAX_S)
+        while True:
+            try:
+                await self.expire(ages_s)
+            except Exception:  # a full disk, say: try again at the next round
+                log.exception("retention_failed")
+            await anyio.sleep(interval)
+
+    async def remove_orphans(self, known: Callable[[str], Awaitable[bool]]) -> None:
+        """Remove the files of jobs the database does not know (deleted just before a
+        crash); at start, before any job runs."""
+        for top in ("work", "logs"):
+            folder = self._layout.root / top
+            names = await anyio.to_thread.run_sync(_names, folder)
+            orphans = [name for name in names if not await known(name)]
+            if orphans:
+                await anyio.to_thread.run_sync(self._remove_files, orphans)
+                log.warning("orphan_files_removed", where=top, jobs=len(orphans))
+
+
+def _names(folder: Path) -> list[str]:
+    try:
+        return [entry.name for entry in folder.iterdir() if entry.is_dir()]
+    except FileNotFoundError:
+        return []
