@@ -105,6 +105,7 @@ class Bus:
 
     def __init__(self) -> None:
         self._subscribers: list[Subscriber] = []
+        self.streams_open = 0  # watchers' streams (API streams, pages, waits)
 
     def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
         self._subscribers.append(subscriber)
@@ -141,9 +142,11 @@ class Bus:
                     pass
 
         unsubscribe = self.subscribe(forward)
+        self.streams_open += 1
         try:
             with receive:
                 yield receive
         finally:
+            self.streams_open -= 1
             unsubscribe()
             send.close()

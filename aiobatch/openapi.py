@@ -106,6 +106,14 @@ ROUTES = (
     Route("GET", wire.API_PREFIX + "/health", "getHealth", "The service's state", wire.Health),
     Route(
         "GET",
+        wire.METRICS_PATH,
+        "getMetrics",
+        "The service's metrics in Prometheus' text format (version 0.0.4)",
+        str,
+        media=TEXT,
+    ),
+    Route(
+        "GET",
         wire.API_PREFIX + "/session",
         "getSession",
         "Who the service takes the caller for: its scope, the job actions it may take, and "

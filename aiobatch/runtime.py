@@ -45,6 +45,7 @@ from aiobatch.hooks import Hooks
 from aiobatch.layout import StateLayout, Stream, lock_state_dir
 from aiobatch.links import DEFAULT_LINK_HOURS, LinkKeys, check_hours
 from aiobatch.listeners import Listeners, bind_listeners
+from aiobatch.metrics import Metrics
 from aiobatch.model import JobRec, TaskRec
 from aiobatch.queries import Queries
 from aiobatch.resources import Resources
@@ -113,6 +114,15 @@ class Runtime:
             layout=self._layout,
             stop_and_wait=self._stop_and_wait,
         )
+        self._metrics = Metrics(
+            engine=self._engine,
+            layout=self._layout,
+            executors=lambda: self._resources.executors,
+            store_queue=lambda: self._store.queued_events,
+            subscribers=lambda: self._bus.streams_open,
+            deleted=lambda: self._deletions.deleted,
+        )
+        self._store.on_commit = self._metrics.observe_commit
         self._stack: AsyncExitStack | None = None
         self._logview = logview
         # Where the log view is served (set once it listens); the key its links are signed
@@ -159,6 +169,7 @@ class Runtime:
             stack.callback(writer.cancel_scope.cancel)
             self._bus.subscribe(self._store.on_event)  # first: no other part can keep it out
             self._bus.subscribe(self._on_event)
+            self._bus.subscribe(self._metrics.on_event)
             self._store.on_writable = self._attempts.pump  # what waited for the disk may start
             await writer.start(self._store.run)
             stack.push_async_callback(self._store.flush)
@@ -412,6 +423,11 @@ class Runtime:
 
     async def health(self) -> dict[str, Any]:
         return health_report(self.statistics(), closing=self._attempts.closing)
+
+    async def metrics_text(self) -> bytes:
+        """The runtime's metrics in Prometheus' text format (``metrics.CONTENT_TYPE``)."""
+        await self._store.flush()  # count what the engine has done, as listings do
+        return self._metrics.render(await self._store.job_counts())
 
     def statistics(self) -> dict[str, Any]:
         """Counts of jobs by state and slots in use per compute env."""

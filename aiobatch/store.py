@@ -10,6 +10,7 @@ whole row), while every event is appended to the ``events`` table.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,12 @@ class Store:
         # Why the last write failed (disk full, I/O error); None while writes succeed.
         self.unwritable: str | None = None
         self.on_writable: Callable[[], None] | None = None  # called when writes work again
+        self.on_commit: Callable[[float], None] | None = None  # each commit's seconds
+
+    @property
+    def queued_events(self) -> int:
+        """History events buffered, not yet committed."""
+        return len(self._batch.events)
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -189,6 +196,11 @@ class Store:
             self._batch.delete_job(job_id)
         await self.flush(required=True)
 
+    async def job_counts(self) -> dict[str, int]:
+        """Every stored job, counted by state (committed ones: a new job is within ms)."""
+        async with self.db.execute("SELECT state, count(*) FROM jobs GROUP BY state") as cursor:
+            return {row[0]: row[1] for row in await cursor.fetchall()}
+
     async def ended_before(self, state: JobState, before: float, limit: int) -> list[str]:
         """Jobs that ended in ``state`` before ``before``, the oldest first."""
         async with self.db.execute(
@@ -225,6 +237,7 @@ class Store:
         batch, self._batch = self._batch, Batch()
         if not batch and self.unwritable is None:
             return
+        began = time.perf_counter()
         try:
             # With nothing to write (what failed was withdrawn), a write of no consequence
             # still tells whether there is room again.
@@ -242,6 +255,8 @@ class Store:
             batch.release(error)  # nobody waits on a full disk
             raise error from exc
         self.commits += 1
+        if self.on_commit is not None:
+            self.on_commit(time.perf_counter() - began)
         batch.release()
         if self.unwritable is not None:
             log.warning("store_resumed", events_dropped=batch.events_dropped)

@@ -28,6 +28,7 @@ from aiobatch.links import DEFAULT_LINK_HOURS as DEFAULT_LINK_HOURS
 from aiobatch.links import MAX_LINK_HOURS as MAX_LINK_HOURS
 
 API_PREFIX = "/v1"
+METRICS_PATH = "/metrics"  # Prometheus' custom: not under the API's prefix
 MAX_BODY_BYTES = 1024 * 1024  # a job spec larger than this is refused with 413
 NDJSON = "application/x-ndjson"
 SIZE_HEADER = "X-Aiobatch-Log-Size"  # a log's size in bytes when its answer began
@@ -230,6 +231,7 @@ _INSTANCE = _JOB + "/tasks/{task}/instances/{index}"
 ROUTE_ACCESS: dict[tuple[str, str], Access] = {
     ("GET", API_PREFIX + "/openapi.json"): Access("read"),
     ("GET", API_PREFIX + "/health"): Access("read"),
+    ("GET", METRICS_PATH): Access("read"),
     ("GET", API_PREFIX + "/session"): Access("read", "any"),
     ("POST", API_PREFIX + "/jobs"): Access("admin"),
     ("GET", API_PREFIX + "/jobs"): Access("read"),

@@ -52,6 +52,10 @@ class DockerExecutor:
         # Containers of attempts that ended, until their end is stored (then ``release``).
         self._ended: dict[AttemptKey, tuple[DockerContainer, bool]] = {}
 
+    def host_states(self) -> list[tuple[str, int, bool]]:
+        """Each engine: attempts in flight on it, and whether it is healthy."""
+        return self._hosts.states()
+
     def unsupported(self, task: TaskDef) -> list[str]:
         return [name for name in _UNSUPPORTED if getattr(task, name)]
 

@@ -78,6 +78,14 @@ class DockerHosts:
             return min(self.in_flight, key=lambda host: self._down_until.get(host, 0))
         return min(healthy, key=self.in_flight.__getitem__)
 
+    def states(self) -> list[tuple[str, int, bool]]:
+        """Each host: attempts in flight on it, and whether it takes new ones now."""
+        now = time.monotonic()
+        return [
+            (host, count, self._down_until.get(host, 0) <= now)
+            for host, count in self.in_flight.items()
+        ]
+
     def drain(self, host: str, why: str) -> None:
         """Place nothing on ``host`` for a while; the next attempt that picks it re-checks."""
         if self._down_until.get(host, 0) <= time.monotonic():

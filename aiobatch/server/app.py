@@ -18,6 +18,7 @@ import structlog
 from aiohttp import web
 
 from aiobatch import wire
+from aiobatch.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from aiobatch.config import ServerConfig, default_socket_path
 from aiobatch.errors import ConfigError
 from aiobatch.links import LinkKeys
@@ -187,6 +188,7 @@ class ControlServer:
         app.on_shutdown.append(self._on_shutdown)
         routes = [
             web.get(wire.API_PREFIX + "/health", self._health),
+            web.get(wire.METRICS_PATH, self._metrics),
             web.get(wire.API_PREFIX + "/openapi.json", self._openapi),
             web.get(wire.API_PREFIX + "/session", self._session),
             web.post(wire.API_PREFIX + "/logview/rotate", self._rotate_links),
@@ -245,6 +247,11 @@ class ControlServer:
         # The runtime's part comes as a mapping (BatchAPI.health); the answer is the struct.
         health = {**await self.api.health(), "server": self.server_statistics()}
         return json_response(msgspec.convert(health, wire.Health))
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        query(request)
+        text = await self.api.metrics_text()
+        return web.Response(body=text, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     async def _session(self, request: web.Request) -> web.Response:
         query(request)

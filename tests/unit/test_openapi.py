@@ -36,13 +36,16 @@ def test_the_document_is_valid_openapi_3_1() -> None:
 @pytest.mark.anyio
 async def test_the_document_has_every_v1_route_of_the_server_and_no_other() -> None:
     """Each documented operation reaches a route of the server's application, and together
-    they reach every route it has under /v1."""
+    they reach every route it has under /v1 (and /metrics)."""
     app = ControlServer(None)._application(Limits())  # type: ignore[arg-type]
     served = {
         route
         for route in app.router.routes()
         if route.resource is not None
-        and route.resource.canonical.startswith(wire.API_PREFIX + "/")
+        and (
+            route.resource.canonical.startswith(wire.API_PREFIX + "/")
+            or route.resource.canonical == wire.METRICS_PATH
+        )
         and route.method != "HEAD"  # aiohttp adds HEAD to every GET
     }
     reached = set()
