@@ -10,13 +10,16 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import msgspec
 
 from aiobatch.errors import JobFailed, JobNotFound, TaskNotFound
 from aiobatch.events import Event
 from aiobatch.spec import JobDef
+
+if TYPE_CHECKING:  # wire.py reads this module's structs
+    from aiobatch.wire import EnvChange, EnvInfo
 from aiobatch.states import JOB_TERMINAL, JobState, Status, coarse_status
 
 
@@ -208,6 +211,8 @@ class BatchAPI(Backend, Protocol):
     async def exist_job(self, job_id: str) -> bool: ...
     async def get_job(self, job_id: str) -> JobHandle: ...
     async def delete_job(self, job_id: str, *, stop: bool = False) -> None: ...
+    async def list_envs(self) -> list[EnvInfo]: ...
+    async def update_env(self, name: str, change: EnvChange) -> EnvInfo: ...
     async def read_log(
         self,
         job_id: str,

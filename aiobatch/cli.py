@@ -137,7 +137,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     configure_logging(config.logging.format, config.logging.level)
-    anyio.run(partial(serve, config, state_dir=args.state_dir, socket=args.socket))
+    anyio.run(
+        partial(
+            serve, config, state_dir=args.state_dir, socket=args.socket, config_path=args.config
+        )
+    )
     return EXIT_OK
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import msgspec
 
+from aiobatch import cli_envs
 from aiobatch.api import (
     JobSnapshot,
     LogStream,
@@ -122,6 +123,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         ("retry", "re-run what did not succeed of a FAILED or CANCELLED job"),
     ):
         command(name, help).add_argument("job")
+
+    cli_envs.add_commands(command, integer)
 
     delete = command(
         "delete", "delete ended jobs: rows, events, work dirs and logs (not what they uploaded)"
@@ -404,6 +407,7 @@ _HANDLERS: dict[str, Handler] = {
     "retry": _action("retry", "retry_job"),
     "stop": _stop,
     "delete": _delete,
+    **cli_envs.HANDLERS,
     "logs": _logs,
     "logview": _logview,
 }

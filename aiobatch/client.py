@@ -319,6 +319,15 @@ class Client:
         """Re-run what did not succeed of a FAILED or CANCELLED job (else JobNotRetryable)."""
         return await self._act(job_id, "retry")
 
+    async def list_envs(self) -> list[wire.EnvInfo]:
+        """Every compute env: slots, slots in use, instances waiting, Docker hosts."""
+        return await self._call("GET", "/envs", list[wire.EnvInfo])
+
+    async def update_env(self, name: str, change: wire.EnvChange) -> wire.EnvInfo:
+        """Change an env's slots or Docker hosts now (stored: kept across restarts)."""
+        path = f"/envs/{quote(name, safe='')}"
+        return await self._call("PATCH", path, wire.EnvInfo, body=wire.encoder.encode(change))
+
     async def delete_job(self, job_id: str, *, stop: bool = False) -> None:
         """Delete an ended job (else JobNotFinal); ``stop``: stop it first."""
         path = _job(job_id) + ("?stop=1" if stop else "")

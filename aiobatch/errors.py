@@ -114,6 +114,12 @@ class JobNotRetryable(AiobatchError, ValueError):
         super().__init__(f"job {job_id} is {status}; {why}")
 
 
+class EnvNotFound(AiobatchError, LookupError):
+    def __init__(self, name: str) -> None:
+        self.env = name
+        super().__init__(f"no compute env named {name!r}")
+
+
 class JobNotFinal(AiobatchError, ValueError):
     """Only a job that has ended can be deleted (or one stopped first: ``stop=True``)."""
 

@@ -75,6 +75,7 @@ class Route:
     params: tuple[Param, ...] = ()
     errors: tuple[int, ...] = ()  # besides those every route may give (COMMON_ERRORS)
     takes_spec: bool = False
+    takes_env_change: bool = False  # a JSON body: wire.EnvChange
     headers: tuple[Header, ...] = ()  # of the success answer
     links: tuple[str, ...] = ()  # operations that take this answer's job id (and task)
 
@@ -104,6 +105,23 @@ ON_A_JOB = tuple(
 ROUTES = (
     Route("GET", PATH, "getOpenAPI", "This document", dict[str, Any]),
     Route("GET", wire.API_PREFIX + "/health", "getHealth", "The service's state", wire.Health),
+    Route(
+        "GET",
+        wire.API_PREFIX + "/envs",
+        "listEnvs",
+        "Every compute env: slots, slots in use, instances waiting, Docker hosts",
+        list[wire.EnvInfo],
+    ),
+    Route(
+        "PATCH",
+        wire.API_PREFIX + "/envs/{name}",
+        "updateEnv",
+        "Change an env's slots or Docker hosts now (stored: kept across restarts)",
+        wire.EnvInfo,
+        params=(Param("name", "path", {"type": "string"}, "A compute env's name"),),
+        errors=(404, 408, 413, 422),
+        takes_env_change=True,
+    ),
     Route(
         "GET",
         wire.METRICS_PATH,
@@ -340,13 +358,16 @@ ERRORS: dict[int, tuple[str, str]] = {
         "link's job is not the one asked for, the unix socket's peer is not allowed, or a "
         "browser's POST lacks its CSRF header",
     ),
-    404: ("NotFound", "JobNotFound, TaskNotFound or InstanceNotFound"),
+    404: ("NotFound", "JobNotFound, TaskNotFound, InstanceNotFound or EnvNotFound"),
     408: ("RequestTimeout", "The body did not arrive in time"),
-    409: ("JobNotRetryable", "The job is not FAILED or CANCELLED"),
+    409: ("Conflict", "JobNotRetryable (not FAILED or CANCELLED), JobNotFinal (not ended)"),
     413: ("RequestTooLarge", f"The body is larger than {wire.MAX_BODY_BYTES} bytes"),
     415: ("UnsupportedMediaType", "A compressed body (Content-Encoding): send it as it is"),
     417: ("ExpectationFailed", "An Expect header other than 100-continue"),
-    422: ("SpecError", "The spec is invalid: error.errors lists every $.field.path: problem"),
+    422: (
+        "SpecError",
+        "Invalid input (a spec, an env change): error.errors lists every $.field.path: problem",
+    ),
     500: ("InternalError", "A bug: the details are in the service's log"),
     503: ("RuntimeClosed", "The service is shutting down and takes no new work"),
     507: ("StateDirUnwritable", "The state dir's disk is full: nothing new is accepted"),
@@ -360,15 +381,15 @@ ERRORS: dict[int, tuple[str, str]] = {
 def _document() -> bytes:
     answers = [route.answer for route in ROUTES]
     schemas, components = msgspec.json.schema_components(
-        [*answers, JobSpec, wire.ErrorBody, *REFERENCED], ref_template=SCHEMA_REF
+        [*answers, JobSpec, wire.ErrorBody, wire.EnvChange, *REFERENCED], ref_template=SCHEMA_REF
     )
     ids = [route.operation_id for route in ROUTES]
     answer_schemas = dict(zip(ids, schemas[: len(ROUTES)], strict=True))
-    spec_schema, error_schema = schemas[len(ROUTES) : len(ROUTES) + 2]
+    spec_schema, error_schema, change_schema = schemas[len(ROUTES) : len(ROUTES) + 3]
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(
-            route, answer_schemas[route.operation_id], spec_schema
+            route, answer_schemas[route.operation_id], spec_schema, change_schema
         )
     document = {
         "openapi": OPENAPI_VERSION,
@@ -416,7 +437,9 @@ def _document() -> bytes:
     return msgspec.json.encode(document)
 
 
-def _operation(route: Route, answer: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+def _operation(
+    route: Route, answer: dict[str, Any], spec: dict[str, Any], change: dict[str, Any]
+) -> dict[str, Any]:
     success: dict[str, Any] = {
         "description": route.summary,
         "content": {route.media: {"schema": answer}},
@@ -458,6 +481,12 @@ def _operation(route: Route, answer: dict[str, Any], spec: dict[str, Any]) -> di
             "required": True,
             "description": f"A job spec, at most {wire.MAX_BODY_BYTES} bytes",
             "content": {media: {"schema": spec} for media in SPEC_TYPES},
+        }
+    if route.takes_env_change:
+        operation["requestBody"] = {
+            "required": True,
+            "description": "What to change in the env (JSON, at most 64 KiB)",
+            "content": {JSON: {"schema": change}},
         }
     return operation
 

@@ -18,6 +18,7 @@ from aiobatch.config import Config
 from aiobatch.errors import SpecError
 from aiobatch.executors.base import AdoptingExecutor, Executor
 from aiobatch.executors.local import LocalExecutor
+from aiobatch.host_set import HostSet
 from aiobatch.layout import StateLayout
 from aiobatch.spec import JobDef, TaskDef
 from aiobatch.storage.base import StorageBackend, StorageURI
@@ -35,6 +36,9 @@ class Resources:
         self.env_kinds = config.env_kinds()
         # Executors by compute env name; made on first use, opened before their first run.
         self.executors: dict[str, Executor] = dict(executors or {})
+        # Each env as it stands (``envs.py`` changes slots and Docker hosts at runtime).
+        self.envs = config.effective_envs()
+        self.host_sets: dict[str, HostSet] = {}
         # Storage backends by URI scheme (s3 is made when a job first needs it).
         self.storage: dict[str, StorageBackend] = {"file": FileBackend()}
         self._opened: set[str] = set()
@@ -89,11 +93,12 @@ class Resources:
     def executor(self, env_name: str) -> Executor:
         executor = self.executors.get(env_name)
         if executor is None:
-            env = self.config.effective_envs()[env_name]
+            env = self.envs[env_name]
             if env.kind == "docker":
                 from aiobatch.executors.docker import DockerExecutor  # only when used
 
-                executor = DockerExecutor(env_name, env, self.layout.runtime_id)
+                hosts = self.host_sets.get(env_name)
+                executor = DockerExecutor(env_name, env, self.layout.runtime_id, hosts)
             else:
                 executor = LocalExecutor(self.layout)
             self.executors[env_name] = executor

@@ -37,6 +37,7 @@ from aiobatch.attempts import Attempts
 from aiobatch.commands import Commands, SpecSource
 from aiobatch.config import Config, ServerConfig, default_state_dir, load_config
 from aiobatch.engine import Engine
+from aiobatch.envs import EnvControl
 from aiobatch.errors import RuntimeClosed
 from aiobatch.events import Bus, Event, JobStateChanged
 from aiobatch.executors.base import Executor
@@ -55,6 +56,7 @@ from aiobatch.spec import JobDef
 from aiobatch.states import JOB_TERMINAL, JobState
 from aiobatch.storage.base import StorageBackend
 from aiobatch.store import Store
+from aiobatch.wire import EnvChange, EnvInfo
 
 log = structlog.get_logger("aiobatch.runtime")
 
@@ -114,6 +116,12 @@ class Runtime:
             layout=self._layout,
             stop_and_wait=self._stop_and_wait,
         )
+        self._envs = EnvControl(
+            resources=self._resources,
+            engine=self._engine,
+            layout=self._layout,
+            on_change=self._attempts.pump,
+        )
         self._metrics = Metrics(
             engine=self._engine,
             layout=self._layout,
@@ -163,6 +171,7 @@ class Runtime:
             await anyio.to_thread.run_sync(self._layout.prepare)
             stack.enter_context(lock_state_dir(self._layout.lock))
             await anyio.to_thread.run_sync(self.link_keys.open)
+            await anyio.to_thread.run_sync(self._envs.open)  # stored changes over the config
             await self._store.open()
             stack.push_async_callback(self._store.close)
             writer = await stack.enter_async_context(anyio.create_task_group())
@@ -423,6 +432,21 @@ class Runtime:
 
     async def health(self) -> dict[str, Any]:
         return health_report(self.statistics(), closing=self._attempts.closing)
+
+    # -- compute envs (envs.py) -------------------------------------------------------------
+
+    async def list_envs(self) -> list[EnvInfo]:
+        """Every compute env: slots, slots in use, instances waiting, Docker hosts."""
+        return self._envs.describe()
+
+    async def update_env(self, name: str, change: EnvChange) -> EnvInfo:
+        """Change an env's slots or Docker hosts now; stored, kept across restarts."""
+        self._check_open()
+        return self._envs.update(name, change)
+
+    def reload_envs(self, config: Config) -> None:
+        """Take a re-read config file's envs (SIGHUP)."""
+        self._envs.reload(config)
 
     async def metrics_text(self) -> bytes:
         """The runtime's metrics in Prometheus' text format (``metrics.CONTENT_TYPE``)."""

@@ -20,7 +20,8 @@ from pathlib import Path
 import anyio
 import structlog
 
-from aiobatch.config import Config
+from aiobatch.config import Config, load_config
+from aiobatch.errors import ConfigError
 from aiobatch.listeners import bind_listeners
 from aiobatch.runtime import Runtime
 from aiobatch.server import ControlServer
@@ -29,8 +30,15 @@ from aiobatch.systemd import Notifier, run_watchdog, watchdog_interval
 log = structlog.get_logger("aiobatch.service")
 
 
-async def serve(config: Config, *, state_dir: Path | None, socket: Path | None) -> None:
-    """Run until SIGTERM or SIGINT, then drain and stop."""
+async def serve(
+    config: Config,
+    *,
+    state_dir: Path | None,
+    socket: Path | None,
+    config_path: Path | None = None,
+) -> None:
+    """Run until SIGTERM or SIGINT, then drain and stop. SIGHUP re-reads the config file's
+    compute envs."""
     # Taken out of the environment so task instances cannot talk to systemd as us.
     notifier = Notifier(unset_environment=True)
     watchdog = watchdog_interval(unset_environment=True)
@@ -50,6 +58,7 @@ async def serve(config: Config, *, state_dir: Path | None, socket: Path | None) 
             notifier.ready()
             notifier.status(f"listening on {server.socket_path}")
             await tg.start(run_watchdog, notifier, watchdog)
+            tg.start_soon(_reload_on_hangup, runtime, config_path)
             log.info("serving", socket=str(server.socket_path), http=server.http_url)
             signum = await anext(signals)
             notifier.stopping()
@@ -60,6 +69,19 @@ async def serve(config: Config, *, state_dir: Path | None, socket: Path | None) 
                 await runtime.drain()
             tg.cancel_scope.cancel()
     log.info("stopped")
+
+
+async def _reload_on_hangup(runtime: Runtime, path: Path | None) -> None:
+    """SIGHUP: the config file's envs (slots, Docker hosts) applied as a change of each; a
+    file that does not load changes nothing (and says why)."""
+    with anyio.open_signal_receiver(signal.SIGHUP) as hangups:
+        async for _ in hangups:
+            try:
+                config = await anyio.to_thread.run_sync(load_config, path)
+            except ConfigError as exc:
+                log.error("reload_refused", error=str(exc))
+                continue
+            runtime.reload_envs(config)
 
 
 async def _cut_short_on_signal(signals: AsyncIterator[int], grace: anyio.CancelScope) -> None:

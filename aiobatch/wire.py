@@ -15,6 +15,7 @@ import msgspec
 
 from aiobatch.errors import (
     AiobatchError,
+    EnvNotFound,
     InstanceNotFound,
     JobNotFinal,
     JobNotFound,
@@ -24,6 +25,7 @@ from aiobatch.errors import (
     StateDirUnwritable,
     TaskNotFound,
 )
+from aiobatch.limits import Slots
 from aiobatch.links import DEFAULT_LINK_HOURS as DEFAULT_LINK_HOURS
 from aiobatch.links import MAX_LINK_HOURS as MAX_LINK_HOURS
 
@@ -69,6 +71,36 @@ class JobDeleted(msgspec.Struct, frozen=True, kw_only=True):
 
     id: str
     deleted: bool = True
+
+
+class EnvChange(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``PATCH /v1/envs/{name}``: what to change (each part optional). ``slots``: in all for a
+    local env, per host for a Docker one; hosts as in the config (``unix://``, ``tcp://``)."""
+
+    slots: Slots | None = None
+    add_hosts: list[str] = []
+    drain_hosts: list[str] = []
+    remove_hosts: list[str] = []
+
+
+class HostInfo(msgspec.Struct, frozen=True, kw_only=True):
+    url: str
+    attempts: int  # placed on it now
+    healthy: bool | None  # answered its last check (None: the env has not been used yet)
+    drained: bool  # takes no new attempt (an operator's drain, or it is being removed)
+    removing: bool  # goes once its last attempt has ended
+
+
+class EnvInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """``GET /v1/envs`` → a list of these; ``PATCH /v1/envs/{name}`` → one."""
+
+    name: str
+    kind: str
+    slots: int  # in all (for Docker: per host times the hosts that take attempts)
+    slots_per_host: int | None  # Docker only
+    used: int
+    queued: int  # instances that could start if a slot were free
+    hosts: list[HostInfo] | None  # Docker only
 
 
 class InstanceActionDone(msgspec.Struct, frozen=True, kw_only=True):
@@ -159,6 +191,7 @@ ERROR_STATUS: dict[type[AiobatchError], int] = {
     InstanceNotFound: HTTPStatus.NOT_FOUND,
     JobNotRetryable: HTTPStatus.CONFLICT,
     JobNotFinal: HTTPStatus.CONFLICT,
+    EnvNotFound: HTTPStatus.NOT_FOUND,
     RuntimeClosed: HTTPStatus.SERVICE_UNAVAILABLE,
     StateDirUnwritable: HTTPStatus.INSUFFICIENT_STORAGE,
 }
@@ -232,6 +265,8 @@ ROUTE_ACCESS: dict[tuple[str, str], Access] = {
     ("GET", API_PREFIX + "/openapi.json"): Access("read"),
     ("GET", API_PREFIX + "/health"): Access("read"),
     ("GET", METRICS_PATH): Access("read"),
+    ("GET", API_PREFIX + "/envs"): Access("read"),
+    ("PATCH", API_PREFIX + "/envs/{name}"): Access("admin"),
     ("GET", API_PREFIX + "/session"): Access("read", "any"),
     ("POST", API_PREFIX + "/jobs"): Access("admin"),
     ("GET", API_PREFIX + "/jobs"): Access("read"),

@@ -26,6 +26,7 @@ from aiobatch.config import ComputeEnvConfig
 from aiobatch.executors.docker_hosts import NO_CONNECTION, DockerHosts, message
 from aiobatch.executors.docker_logs import follow, open_logs, prepare_files, rewind_logs
 from aiobatch.executors.docker_outcome import container_outcome, seconds_since
+from aiobatch.host_set import HostSet
 from aiobatch.spec import TaskDef
 
 CONTAINER_WORKDIR = "/aiobatch"
@@ -41,20 +42,28 @@ class DockerExecutor:
     kind = "docker"
 
     def __init__(
-        self, env_name: str, config: ComputeEnvConfig, runtime_id: Callable[[], str]
+        self,
+        env_name: str,
+        config: ComputeEnvConfig,
+        runtime_id: Callable[[], str],
+        hosts: HostSet | None = None,
     ) -> None:
         self.env_name = env_name
         self.config = config
         # Read when opened: validating a spec must not write into the state dir.
         self._runtime_id_source = runtime_id
         self.runtime_id = ""
-        self._hosts = DockerHosts(env_name, config)
+        self._hosts = DockerHosts(env_name, config, hosts)
         # Containers of attempts that ended, until their end is stored (then ``release``).
         self._ended: dict[AttemptKey, tuple[DockerContainer, bool]] = {}
 
     def host_states(self) -> list[tuple[str, int, bool]]:
         """Each engine: attempts in flight on it, and whether it is healthy."""
         return self._hosts.states()
+
+    def reap_hosts(self) -> None:
+        """Drop the engines being removed that have no attempt left."""
+        self._hosts.reap()
 
     def unsupported(self, task: TaskDef) -> list[str]:
         return [name for name in _UNSUPPORTED if getattr(task, name)]
@@ -138,11 +147,11 @@ class DockerExecutor:
             async for attempt in self._hosts.retrying():
                 with attempt:
                     host = self._hosts.pick()
-                    self._hosts.in_flight[host] += 1
+                    self._hosts.take(host)
                     try:
                         prepared = await self._prepare(host, ctx)
                     except BaseException:
-                        self._hosts.in_flight[host] -= 1
+                        self._hosts.give_back(host)
                         raise
         except (aiodocker.DockerError, OSError) as exc:
             return Outcome(reason=f"engine_error: {host}: {message(exc)}")
@@ -151,11 +160,11 @@ class DockerExecutor:
                 return prepared
             return await self._run_container(prepared, ctx, on_started)
         finally:
-            self._hosts.in_flight[host] -= 1
+            self._hosts.give_back(host)
 
     async def _prepare(self, host: str, ctx: InstanceContext) -> DockerContainer | Outcome:
         """Check the image and create the container on ``host``."""
-        docker = self._hosts.clients[host]
+        docker = self._hosts.client(host)
         image = ctx.task.image or ""
         try:
             if not await self._image_ready(docker, image, ctx.task.pull):
@@ -230,7 +239,7 @@ class DockerExecutor:
         of them, so that those of no job are found too."""
         found: list[FoundAttempt] = []
         filters = json.dumps({"label": [f"{LABEL_PREFIX}runtime={self.runtime_id}"]})
-        for host, docker in self._hosts.clients.items():
+        for host, docker in list(self._hosts.clients.items()):
             try:
                 # An engine still starting (at boot) is waited for as runs wait for it:
                 # its containers must not be taken for lost.
@@ -258,7 +267,7 @@ class DockerExecutor:
 
     def _container(self, found: FoundAttempt) -> tuple[str, DockerContainer]:
         host, _, container_id = found.handle.rpartition(" ")
-        return host, self._hosts.clients[host].containers.container(container_id)
+        return host, self._hosts.client(host).containers.container(container_id)
 
     async def discard(self, found: FoundAttempt) -> bool:
         _, container = self._container(found)
@@ -270,7 +279,7 @@ class DockerExecutor:
         from the attempt's own beginning, so nothing is lost or repeated."""
         host, container = self._container(found)
         outcome: Outcome | None = None
-        self._hosts.in_flight[host] += 1
+        self._hosts.take(host)
         try:
             info = await container.show()
             offsets = _log_offsets(info["Config"]["Labels"])
@@ -286,7 +295,7 @@ class DockerExecutor:
         except aiodocker.DockerError as exc:
             return Outcome(reason=f"engine_error: {host}: {message(exc)}")
         finally:
-            self._hosts.in_flight[host] -= 1
+            self._hosts.give_back(host)
             await self._after(container, ctx, outcome, started=True)
 
     async def _follow_and_wait(

@@ -17,6 +17,7 @@ import structlog
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from aiobatch.config import ComputeEnvConfig
+from aiobatch.host_set import HostSet
 from aiobatch.units import parse_duration
 
 NO_CONNECTION = 900  # aiodocker's status for "cannot connect to the engine"
@@ -27,26 +28,56 @@ log = structlog.get_logger("aiobatch.docker")
 
 
 class DockerHosts:
-    def __init__(self, env_name: str, config: ComputeEnvConfig) -> None:
+    def __init__(
+        self, env_name: str, config: ComputeEnvConfig, hosts: HostSet | None = None
+    ) -> None:
         self.env_name = env_name
         self.config = config
+        # The env's engines as they stand (an operator may add, drain or remove them).
+        self.hosts = hosts if hosts is not None else HostSet(list(config.hosts))
         self.clients: dict[str, aiodocker.Docker] = {}
-        self.in_flight = dict.fromkeys(config.hosts, 0)  # attempts placed on each host
+        self.in_flight = dict.fromkeys(self.hosts.hosts, 0)  # attempts placed on each host
         self._down_until: dict[str, float] = {}  # drained hosts: monotonic time to re-check
 
     async def open(self) -> None:
         """A client for every host, then every host checked at once."""
-        for host in self.config.hosts:
+        for host in self.hosts.hosts:
+            self.client(host)
+        await self._check()
+
+    def client(self, host: str) -> aiodocker.Docker:
+        """The host's client, made on first use (a host added at runtime gets one here)."""
+        client = self.clients.get(host)
+        if client is None:
             context = self.ssl_context(host)
             # aiodocker speaks plain HTTP to tcp:// even when given a TLS context.
             url = "https://" + host.removeprefix("tcp://") if context is not None else host
-            self.clients[host] = aiodocker.Docker(url=url, ssl_context=context)
-        await self._check()
+            client = self.clients[host] = aiodocker.Docker(url=url, ssl_context=context)
+        return client
 
     async def close(self) -> None:
         clients, self.clients = self.clients, {}
         for client in clients.values():
             await client.close()
+
+    def take(self, host: str) -> None:
+        """An attempt is placed on ``host`` (or found there after a restart)."""
+        self.in_flight[host] = self.in_flight.get(host, 0) + 1
+
+    def give_back(self, host: str) -> None:
+        """An attempt on ``host`` is over; a host being removed goes with its last one."""
+        self.in_flight[host] -= 1
+        self.reap()
+
+    def reap(self) -> None:
+        """Drop the hosts being removed that have no attempt left. Their clients stay open
+        until the env closes: an ended attempt's container may still be removed through
+        one (after its end is stored)."""
+        for host in [h for h in self.hosts.removing if not self.in_flight.get(h, 0)]:
+            self.hosts.drop(host)
+            self.in_flight.pop(host, None)
+            self._down_until.pop(host, None)
+            log.info("docker_host_removed", env=self.env_name, host=host)
 
     def ssl_context(self, host: str) -> ssl.SSLContext | None:
         if not host.startswith(("tcp://", "https://")) or self.config.tls_ca_cert is None:
@@ -73,17 +104,21 @@ class DockerHosts:
         until ``engine_retry`` runs out.
         """
         now = time.monotonic()
-        healthy = [host for host in self.in_flight if self._down_until.get(host, 0) <= now]
+        # An operator's drain holds; if every host is drained, the attempt (placed before
+        # the drain) still needs one.
+        candidates = self.hosts.open_hosts or self.hosts.hosts
+        healthy = [host for host in candidates if self._down_until.get(host, 0) <= now]
         if not healthy:
-            return min(self.in_flight, key=lambda host: self._down_until.get(host, 0))
-        return min(healthy, key=self.in_flight.__getitem__)
+            return min(candidates, key=lambda host: self._down_until.get(host, 0))
+        return min(healthy, key=lambda host: self.in_flight.get(host, 0))
 
     def states(self) -> list[tuple[str, int, bool]]:
-        """Each host: attempts in flight on it, and whether it takes new ones now."""
+        """Each host: attempts in flight on it, and whether it answers (not drained for
+        failing to)."""
         now = time.monotonic()
         return [
-            (host, count, self._down_until.get(host, 0) <= now)
-            for host, count in self.in_flight.items()
+            (host, self.in_flight.get(host, 0), self._down_until.get(host, 0) <= now)
+            for host in self.hosts.hosts
         ]
 
     def drain(self, host: str, why: str) -> None:
@@ -103,7 +138,7 @@ class DockerHosts:
                 self.drain(host, message(exc))
 
         async with anyio.create_task_group() as tg:
-            for host in self.clients:
+            for host in list(self.clients):
                 tg.start_soon(check, host)
 
 

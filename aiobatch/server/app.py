@@ -18,13 +18,14 @@ import structlog
 from aiohttp import web
 
 from aiobatch import wire
-from aiobatch.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from aiobatch.config import ServerConfig, default_socket_path
 from aiobatch.errors import ConfigError
 from aiobatch.links import LinkKeys
 from aiobatch.listeners import Listeners, bind_listeners
+from aiobatch.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from aiobatch.server.auth import SESSION, Auth, Session, authorize
 from aiobatch.server.bodies import defer_continue
+from aiobatch.server.envs import EnvHandlers
 from aiobatch.server.events import EventHandlers
 from aiobatch.server.jobs import JobHandlers
 from aiobatch.server.limits import (
@@ -193,6 +194,7 @@ class ControlServer:
             web.get(wire.API_PREFIX + "/session", self._session),
             web.post(wire.API_PREFIX + "/logview/rotate", self._rotate_links),
             *JobHandlers(self.api, self._long, limits).routes(),
+            *EnvHandlers(self.api, limits).routes(),
             *LogHandlers(self.api, self._long).routes(),
             *EventHandlers(self.api, self._long).routes(),
         ]

@@ -57,10 +57,10 @@ async def finished_job(service: Service, name: str = "one") -> str:
 
 
 def needed(method: str, path: str) -> wire.Scope:
-    """The issue's rule, written apart from the table: submitting, deleting (and revoking
-    every link) is admin, every other write (stop, suspend, resume, retry, stop instance)
+    """The issue's rule, written apart from the table: submitting, deleting, changing an env
+    (and revoking every link) is admin, every other write (stop, suspend, resume, retry, stop instance)
     operate, every read read."""
-    if method == "DELETE":
+    if method in ("DELETE", "PATCH"):  # deleting a job, changing a compute env
         return "admin"
     if method == "POST":
         admin = (wire.API_PREFIX + "/jobs", wire.API_PREFIX + "/logview/rotate")
@@ -72,7 +72,7 @@ def concrete(path: str, job_id: str) -> str:
     """A route of the table as a request: its parameters filled in for ``job_id``."""
     if path == "/ui/static":
         return "/ui/static/lib.js"
-    url = path.format(job_id=job_id, task="a", index="0", stream="stdout")
+    url = path.format(job_id=job_id, task="a", index="0", stream="stdout", name="local")
     return url + (f"?job={job_id}" if path == wire.API_PREFIX + "/events" else "")
 
 

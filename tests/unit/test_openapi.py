@@ -50,7 +50,7 @@ async def test_the_document_has_every_v1_route_of_the_server_and_no_other() -> N
     }
     reached = set()
     for method, path in operations(openapi.document()):
-        url = path.format(job_id="j", task="t", index="0", stream="stdout")
+        url = path.format(job_id="j", task="t", index="0", stream="stdout", name="local")
         match = await app.router.resolve(make_mocked_request(method, url))
         assert match.http_exception is None, (method, path, match.http_exception)
         reached.add(match.route)
