@@ -17,6 +17,7 @@ from aiobatch.config import ComputeEnvConfig, Config, load_config
 from aiobatch.errors import (
     AiobatchError,
     ConfigError,
+    EnvNotFound,
     InstanceNotFound,
     InvalidTransition,
     JobFailed,
@@ -43,6 +44,7 @@ from aiobatch.events import (
 from aiobatch.runtime import Runtime
 from aiobatch.spec import JobDef, JobSpec, TaskDef, TaskSpec, TemplateSpec, load_spec
 from aiobatch.states import InstanceState, JobState, Status, TaskState
+from aiobatch.wire import EnvChange, EnvInfo, HostInfo
 
 if TYPE_CHECKING:
     from aiobatch.client import Client
@@ -66,7 +68,11 @@ __all__ = [
     "ConfigError",
     "Connection",
     "ConnectionClosed",
+    "EnvChange",
+    "EnvInfo",
+    "EnvNotFound",
     "Event",
+    "HostInfo",
     "InstanceNotFound",
     "InstanceResult",
     "InstanceState",
