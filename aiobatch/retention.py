@@ -92,13 +92,16 @@ class Deletions:
                 log.exception("retention_failed")
             await anyio.sleep(interval)
 
-    async def remove_orphans(self, known: Callable[[str], Awaitable[bool]]) -> None:
+    async def remove_orphans(self) -> None:
         """Remove the files of jobs the database does not know (deleted just before a
         crash); at start, before any job runs."""
+        known: set[str] | None = None
         for top in ("work", "logs"):
             folder = self._layout.root / top
             names = await anyio.to_thread.run_sync(_names, folder)
-            orphans = [name for name in names if not await known(name)]
+            if names and known is None:
+                known = await self._store.job_ids()
+            orphans = [name for name in names if known is not None and name not in known]
             if orphans:
                 await anyio.to_thread.run_sync(self._remove_files, orphans)
                 log.warning("orphan_files_removed", where=top, jobs=len(orphans))

@@ -198,7 +198,7 @@ class Runtime:
                 layout=self._layout,
                 check=self.resolve,
             )
-            await self._deletions.remove_orphans(self.exist_job)
+            await self._deletions.remove_orphans()
             if ages := self.config.retention.ages_s():
                 housekeeping = await stack.enter_async_context(anyio.create_task_group())
                 stack.callback(housekeeping.cancel_scope.cancel)

@@ -196,6 +196,11 @@ class Store:
             self._batch.delete_job(job_id)
         await self.flush(required=True)
 
+    async def job_ids(self) -> set[str]:
+        """Every stored job's id."""
+        async with self.db.execute("SELECT id FROM jobs") as cursor:
+            return {row[0] for row in await cursor.fetchall()}
+
     async def job_counts(self) -> dict[str, int]:
         """Every stored job, counted by state (committed ones: a new job is within ms)."""
         async with self.db.execute("SELECT state, count(*) FROM jobs GROUP BY state") as cursor:
