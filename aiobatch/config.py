@@ -28,6 +28,7 @@ from aiobatch.limits import (
     PORT_MIN,
     Slots,
 )
+from aiobatch.notify_types import NotifyDef, NotifySpec
 from aiobatch.server_config import ServerConfig as ServerConfig  # where it always was
 from aiobatch.server_config import TokenConfig, server_problems
 from aiobatch.spec_checks import (
@@ -37,6 +38,7 @@ from aiobatch.spec_checks import (
     convert_struct,
     key_path,
 )
+from aiobatch.spec_notify import check_notify, convert_notify
 from aiobatch.spec_types import TemplateSpec
 from aiobatch.units import parse_duration, shown
 
@@ -122,6 +124,8 @@ class Config(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     storage: StorageConfig = StorageConfig()
     server: ServerConfig = ServerConfig()
     retention: RetentionConfig = RetentionConfig()
+    # Webhooks for every job's events ([[notifications]]); a job may add its own (notify:).
+    notifications: tuple[NotifySpec, ...] = ()
 
     @property
     def kill_grace_s(self) -> float:
@@ -145,6 +149,15 @@ class Config(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
 
     def env_kinds(self) -> dict[str, str]:
         return {name: env.kind for name, env in self.effective_envs().items()}
+
+    def notify_targets(self) -> tuple[NotifyDef, ...]:
+        """The ``[[notifications]]`` targets, checked (a Config made in Python is checked
+        here: ConfigError)."""
+        errors: list[str] = []
+        targets = check_notify(self.notifications, "$.notifications", errors)
+        if errors:
+            raise ConfigError("\n".join(capped(errors)))
+        return targets
 
 
 def _with_default_slots(env: ComputeEnvConfig) -> ComputeEnvConfig:
@@ -235,6 +248,8 @@ def load_config(path: str | Path | None = None) -> Config:
         name: convert_struct(value, TemplateSpec, key_path("$.templates", name), errors)
         for name, value in raw_templates.items()
     }
+    notifications = convert_notify(raw.pop("notifications", []), "$.notifications", errors)
+    check_notify(notifications, "$.notifications", errors)  # by index, refused ones too
     server = raw.get("server")
     raw_tokens = _table(server, "tokens", errors, "$.server") if isinstance(server, dict) else {}
     tokens = {
@@ -247,6 +262,7 @@ def load_config(path: str | Path | None = None) -> Config:
             config,
             compute_envs={k: v for k, v in envs.items() if v is not None},
             templates={k: v for k, v in templates.items() if v is not None},
+            notifications=tuple(spec for spec in notifications if spec is not None),
             server=msgspec.structs.replace(
                 config.server, tokens={k: v for k, v in tokens.items() if v is not None}
             ),

@@ -74,6 +74,29 @@ CREATE TABLE job_labels (
 CREATE INDEX job_labels_by_label ON job_labels (key, value);
 """
 SCHEMA += LABELS_SCHEMA
+# Webhook deliveries (notify_delivery.py), kept apart from the store's rows: a job's events
+# up to notify_jobs.seq have been delivered to (or given up by) every target; a target still
+# working through events after that has its place (and the tries of its next one) in
+# notify_lanes. Both are read and written through a connection of their own.
+NOTIFY_SCHEMA = """
+CREATE TABLE notify_jobs (
+    job_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE notify_lanes (
+    job_id TEXT NOT NULL,
+    target TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    tries INTEGER NOT NULL,
+    PRIMARY KEY (job_id, target)
+) WITHOUT ROWID;
+"""
+SCHEMA += NOTIFY_SCHEMA
+# A database made before notifications: its jobs' history is never delivered.
+NOTIFY_MIGRATION = (
+    NOTIFY_SCHEMA + "INSERT INTO notify_jobs SELECT id, "
+    "COALESCE((SELECT MAX(seq) FROM events WHERE events.job_id = jobs.id), 0) FROM jobs;"
+)
 
 # Version N's entry takes a database from version N - 1 to N.
 MIGRATIONS = {
@@ -83,9 +106,9 @@ MIGRATIONS = {
     # Labels were added in version 3: a job stored before has none.
     3: LABELS_SCHEMA,
     # Version 4: when a waiting instance may start (a retry's backoff); ended jobs found by
-    # age (retention).
+    # age (retention); webhook deliveries.
     4: "ALTER TABLE instances ADD COLUMN not_before REAL; "
-    "CREATE INDEX jobs_by_end ON jobs (state, ended_at);",
+    "CREATE INDEX jobs_by_end ON jobs (state, ended_at); " + NOTIFY_MIGRATION,
 }
 
 INSERT_JOB = "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -133,6 +156,8 @@ DELETE_JOB = tuple(
         ("instances", "job_id"),
         ("tasks", "job_id"),
         ("job_labels", "job_id"),
+        ("notify_lanes", "job_id"),
+        ("notify_jobs", "job_id"),
         ("jobs", "id"),
     )
 )

@@ -26,8 +26,10 @@ from aiobatch.limits import (
     MAX_TEMPLATES,
     Int64,
 )
+from aiobatch.notify_types import NotifySpec
 from aiobatch.spec_checks import check_fields, convert_at, msgspec_error
 from aiobatch.spec_dependencies import apply_dependencies, check_dependencies
+from aiobatch.spec_notify import check_notify, convert_notify
 from aiobatch.spec_tasks import TaskRules
 from aiobatch.spec_types import (
     NAME_PATTERN,
@@ -80,6 +82,7 @@ class _Envelope(Struct, kw_only=True, forbid_unknown_fields=True):
     secrets: dict[str, str] = {}
     templates: dict[str, Any] = {}
     labels: dict[str, str] = {}
+    notify: list[Any] = []
 
 
 def read_spec_file(path: str | Path) -> Any:
@@ -107,6 +110,7 @@ class _Decoded:
     secrets: dict[str, str]
     templates: dict[str, TemplateSpec]
     labels: dict[str, str]
+    notify: list[NotifySpec | None]  # None: an entry that was refused
     tasks: list[TaskSpec | None]  # None: not even its name could be read
     bad: set[str]  # field paths whose values were refused
 
@@ -140,6 +144,7 @@ def _decode(data: Any, errors: list[str]) -> _Decoded:
         secrets=top.get("secrets", {}),
         templates=templates,
         labels=top.get("labels", {}),
+        notify=convert_notify(top.get("notify", []), "$.notify", errors),
         tasks=[
             checks.convert_struct(raw, TaskSpec, f"$.tasks[{i}]", errors, bad)
             for i, raw in enumerate(raw_tasks)
@@ -166,6 +171,7 @@ def decode_spec(data: Any) -> JobSpec:
         secrets=decoded.secrets,
         templates=decoded.templates,
         labels=decoded.labels,
+        notify=tuple(spec for spec in decoded.notify if spec is not None),
     )
 
 
@@ -199,6 +205,7 @@ def resolve_spec(
     checks.check_env(job.env, "$.env", errors)
     checks.check_secrets(job.secrets, "$.secrets", errors)
     check_labels(job.labels, "$.labels", errors)
+    notify = check_notify(job.notify, "$.notify", errors)
     for name in sorted(job.secrets.keys() & job.env.keys()):
         errors.append(
             f"{checks.key_path('$.secrets', name)}: also set in {checks.key_path('$.env', name)}:"
@@ -261,6 +268,7 @@ def resolve_spec(
         env={k: checks.env_str(v) for k, v in job.env.items()},
         secrets=dict(job.secrets),
         labels=dict(job.labels),
+        notify=notify,
         tasks=tuple(resolved),
     )
 

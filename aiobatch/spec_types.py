@@ -13,6 +13,7 @@ from typing import Literal
 from msgspec import UNSET, Struct, UnsetType, field
 
 from aiobatch.limits import MAX_DURATION_S, Count, ExitCode, Int64, RetryLimit
+from aiobatch.notify_types import NotifyDef, NotifySpec
 
 EnvValue = str | int | float | bool
 Duration = str | int | float
@@ -163,6 +164,7 @@ class JobSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omi
     secrets: dict[str, SecretSource] = {}
     templates: dict[str, TemplateSpec] = {}
     labels: dict[str, str] = {}  # key -> value, to filter jobs by (limits.py: MAX_LABELS)
+    notify: tuple[NotifySpec, ...] = ()  # webhooks for this job's events (notify_types.py)
 
 
 class TaskDef(Struct, frozen=True, kw_only=True):
@@ -216,3 +218,4 @@ class JobDef(Struct, frozen=True, kw_only=True):
     env: dict[str, str] = {}
     secrets: dict[str, SecretSource] = {}
     labels: dict[str, str] = {}
+    notify: tuple[NotifyDef, ...] = ()  # a spec stored before notifications has none

@@ -21,7 +21,7 @@ from aiobatch.events import (
     JobSubmitted,
     TaskStateChanged,
 )
-from aiobatch.schema import LABELS_SCHEMA, SCHEMA, SCHEMA_VERSION
+from aiobatch.schema import LABELS_SCHEMA, NOTIFY_SCHEMA, SCHEMA, SCHEMA_VERSION
 from aiobatch.spec import JobDef, resolve_spec
 from aiobatch.store import Store
 
@@ -153,6 +153,7 @@ async def test_a_version_1_database_is_migrated_with_its_rows(tmp_path: Path) ->
     # Version 1 as it shipped: instances had no `lost` column.
     v1 = (
         SCHEMA.replace(LABELS_SCHEMA, "")
+        .replace(NOTIFY_SCHEMA, "")
         .replace("    lost INTEGER NOT NULL DEFAULT 0,\n", "")
         .replace("    interrupted INTEGER NOT NULL DEFAULT 0,\n", "")
         .replace("    stop_reason TEXT,\n", "")
@@ -185,6 +186,7 @@ async def test_a_version_2_database_is_migrated_to_labels(tmp_path: Path) -> Non
     submitted after the migration are found by their labels through the new index."""
     v2 = (
         SCHEMA.replace(LABELS_SCHEMA, "")
+        .replace(NOTIFY_SCHEMA, "")
         .replace("    not_before REAL,\n", "")
         .replace("CREATE INDEX jobs_by_end ON jobs (state, ended_at);\n", "")
     )
