@@ -14,6 +14,7 @@ from aiobatch.errors import StateDirBusy, StateDirUnusable, StateDirUnwritable
 
 Stream = Literal["stdout", "stderr"]
 PROBE_BYTES = 64 * 1024  # room for the first transactions: a start needs at least this
+TASK_DIRS_CACHED = 4096  # tasks whose dirs' paths are kept (a bound, not a tuning knob)
 
 
 class StateLayout:
@@ -21,7 +22,12 @@ class StateLayout:
     (its stdout, stderr, and for a local one the record of its latest attempt)."""
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+        # Absolute: the spawner changes its own working dir to each instance's before it
+        # starts it, so a relative path would name another place after the first start.
+        self.root = Path(root).absolute()
+        # Per (job, task): its work dir and log dir, made once; an instance's paths then
+        # cost one join each (thousands of instances share a task's dirs).
+        self._task_dirs: dict[tuple[str, str], tuple[Path, Path]] = {}
 
     @property
     def lock(self) -> Path:
@@ -71,18 +77,27 @@ class StateLayout:
     def database(self) -> Path:
         return self.root / "aiobatch.db"
 
+    def _dirs_of(self, job_id: str, task: str) -> tuple[Path, Path]:
+        dirs = self._task_dirs.get((job_id, task))
+        if dirs is None:
+            if len(self._task_dirs) >= TASK_DIRS_CACHED:
+                self._task_dirs.clear()
+            dirs = (self.root / "work" / job_id / task, self.root / "logs" / job_id / task)
+            self._task_dirs[(job_id, task)] = dirs
+        return dirs
+
     def work_dir(self, job_id: str, task: str, index: int) -> Path:
-        return self.root / "work" / job_id / task / str(index)
+        return self._dirs_of(job_id, task)[0] / str(index)
 
     def log_dir(self, job_id: str, task: str) -> Path:
-        return self.root / "logs" / job_id / task
+        return self._dirs_of(job_id, task)[1]
 
     def log_path(self, job_id: str, task: str, index: int, stream: Stream) -> Path:
-        return self.log_dir(job_id, task) / f"{index}.{stream}"
+        return self._dirs_of(job_id, task)[1] / f"{index}.{stream}"
 
     def record_path(self, job_id: str, task: str, index: int) -> Path:
         """The record of a local instance's latest attempt (executors/records.py)."""
-        return self.log_dir(job_id, task) / f"{index}.run"
+        return self._dirs_of(job_id, task)[1] / f"{index}.run"
 
 
 @contextmanager
