@@ -1,15 +1,18 @@
 """What the spawner does to start a process: its record file, its dirs, the program's path,
-and ``posix_spawn``. Standard library only, as the spawner (a sibling it imports as a script).
+and ``posix_spawn``. Standard library only, as the spawner (a sibling it imports as a script);
+not even json, shutil or typing, whose imports would delay the spawner's first start.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import os
-import shutil
 import signal
-from typing import Any
+import stat
+
+TYPE_CHECKING = False  # typing's own flag costs an import of typing
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def start(
@@ -127,12 +130,32 @@ def _lookup(program: str, path: str) -> str:
         return program
     found = _found.get((program, path))
     if found is None:
-        found = shutil.which(program, path=path)
+        found = _which(program, path)
         if found is None:
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
         if len(_found) < 1024:
             _found[(program, path)] = found
     return found
+
+
+def _which(program: str, path: str) -> str | None:
+    """The first executable file named ``program`` in ``path``, as ``shutil.which`` finds it
+    (an empty entry is the current dir)."""
+    if not path:
+        return None
+    seen = set()
+    for entry in path.split(os.pathsep):
+        if entry in seen:
+            continue
+        seen.add(entry)
+        candidate = os.path.join(entry, program)
+        try:
+            mode = os.stat(candidate).st_mode
+        except (OSError, ValueError):
+            continue
+        if not stat.S_ISDIR(mode) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
 
 
 def new_record(path: str) -> int:
@@ -170,5 +193,28 @@ def remove(path: str) -> None:
         pass
 
 
-def write_line(fd: int, value: dict[str, Any]) -> None:
-    os.write(fd, json.dumps(value, separators=(",", ":")).encode() + b"\n")
+def write_line(fd: int, line: bytes) -> None:
+    os.write(fd, line)
+
+
+def started_line(pid: int, mono: float, wall: float) -> bytes:
+    """The record's second line, as JSON (finite floats: their repr is JSON)."""
+    return f'{{"pid":{pid},"mono":{mono!r},"wall":{wall!r}}}\n'.encode()
+
+
+def exited_line(status: int, mono: float, wall: float, usage: Any) -> bytes:
+    """The record's last line, as JSON."""
+    return (
+        f'{{"status":{status},"mono":{mono!r},"wall":{wall!r},"utime":{usage.ru_utime!r},'
+        f'"stime":{usage.ru_stime!r},"maxrss_kib":{usage.ru_maxrss}}}\n'
+    ).encode()
+
+
+def start_ticks(pid: int) -> int | None:
+    """When the process started, in clock ticks since boot: with the pid, names it for good."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            line = f.read()
+    except OSError:
+        return None
+    return int(line[line.rindex(b")") + 2 :].split()[19])

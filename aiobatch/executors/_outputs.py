@@ -4,7 +4,9 @@ A process writes into a pipe; the spawner copies what comes into the log file. W
 file cannot take it (the disk is full), the copy pauses: what was read waits here, the pipe
 fills, and the program's next write blocks. It is paused, not failed, and nothing of its
 output is lost: once there is room the copy goes on where it stopped, and the program with
-it. Standard library only, as the spawner.
+it. A log file is made when its stream first brings something (or at the start, if asked):
+a program that writes nothing costs no file, which on a busy disk costs more than the start.
+Standard library only, as the spawner.
 """
 
 from __future__ import annotations
@@ -17,13 +19,17 @@ CHUNK = 1 << 16
 NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 
 
+LOG_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+
+
 class Output:
     """One stream of one process: the pipe's read end, the log file, what waits for room."""
 
-    __slots__ = ("fd", "log", "owner", "pending", "stream")
+    __slots__ = ("fd", "log", "owner", "path", "pending", "stream")
 
-    def __init__(self, fd: int, log: int, owner: object, stream: str) -> None:
-        self.fd, self.log, self.owner, self.stream = fd, log, owner, stream
+    def __init__(self, fd: int, path: str, owner: object, stream: str) -> None:
+        self.fd, self.path, self.owner, self.stream = fd, path, owner, stream
+        self.log = -1  # the log file, once made
         self.pending = b""  # read from the pipe, not yet written: the disk had no room
 
 
@@ -33,16 +39,22 @@ class Outputs:
         self.open_count = 0
         self.paused: set[Output] = set()
 
-    def open(self, path: str, owner: object, stream: str) -> tuple[int, Output]:
-        """A pipe for a process's ``stream`` into ``path``; the write end is the process's."""
-        log = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    def open(
+        self, path: str, owner: object, stream: str, *, make_log: bool = False
+    ) -> tuple[int, Output]:
+        """A pipe for a process's ``stream`` into ``path``; the write end is the process's.
+        The log file is made now with ``make_log`` (what must exist once the program ends,
+        even empty), else with the stream's first bytes."""
+        log = os.open(path, LOG_FLAGS, 0o644) if make_log else -1
         try:
             read, write = os.pipe2(os.O_CLOEXEC)
         except OSError:
-            os.close(log)
+            if log >= 0:
+                os.close(log)
             raise
         os.set_blocking(read, False)
-        output = Output(read, log, owner, stream)
+        output = Output(read, path, owner, stream)
+        output.log = log
         self.selector.register(read, selectors.EVENT_READ, output)
         self.open_count += 1
         return write, output
@@ -78,6 +90,8 @@ class Outputs:
     def _write(self, output: Output) -> str | None:
         while output.pending:
             try:
+                if output.log < 0:
+                    output.log = os.open(output.path, LOG_FLAGS, 0o644)
                 written = os.write(output.log, output.pending)
             except OSError as exc:
                 if exc.errno not in NO_ROOM:
@@ -93,7 +107,8 @@ class Outputs:
         else:
             self.selector.unregister(output.fd)
         os.close(output.fd)
-        os.close(output.log)
+        if output.log >= 0:
+            os.close(output.log)
         output.fd = output.log = -1
         self.open_count -= 1
 

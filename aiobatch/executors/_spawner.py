@@ -20,26 +20,28 @@ Every attempt has a record file, written before its process starts: one JSON lin
 attempt's key, one with its pid once it runs, one with its exit status once it ended.
 
 Protocol with the runtime, over an inherited socket: frames of a 4-byte big-endian length and
-a JSON object. Requests: ``spawn``, ``signal``, ``close``. Replies and news: ``started``,
-``failed``, ``exited``, ``log_paused``, ``log_resumed``. A ``spawn`` that names a ``user``
-(uid, gid, groups) starts its program as that user (``_launch.py``: fork, then exec). Standard
-library only: this file must not import aiobatch.
+a ``marshal``-ed dict (both ends run the same interpreter; marshal is built in, where json
+would cost the spawner's start an import of re). Requests: ``spawn``, ``signal``, ``close``.
+Replies and news: ``started``, ``failed``, ``exited``, ``log_paused``, ``log_resumed``. A
+``spawn`` carries the record's first line as the runtime encoded it; one that names a
+``user`` (uid, gid, groups) starts its program as that user (``_launch.py``: fork, then exec).
+Standard library only: this file must not import aiobatch.
 """
 
 from __future__ import annotations
 
 import ctypes
-import json
+import marshal
 import os
 import selectors
 import signal
-import socket
-import struct
 import sys
 import time
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # typing's own flag costs an import of typing (so do json and socket)
 if TYPE_CHECKING:
+    from typing import Any
+
     from aiobatch.executors import _launch as launch
     from aiobatch.executors._outputs import Output, Outputs
 else:  # run as a script: its siblings are on the path, aiobatch is not
@@ -49,7 +51,7 @@ else:  # run as a script: its siblings are on the path, aiobatch is not
 PR_SET_CHILD_SUBREAPER = 36
 PAUSE_RETRY_S = 1.0  # a copy paused for room is tried again this often
 KEY_VARS = ("AIOBATCH_JOB_ID", "AIOBATCH_TASK_NAME", "AIOBATCH_INSTANCE_INDEX", "AIOBATCH_ATTEMPT")
-HEADER = struct.Struct(">I")
+HEADER_SIZE = 4  # a frame's length, big-endian
 
 Key = tuple[str, str, str, str]  # job, task, index, attempt: as in the environment
 
@@ -65,15 +67,14 @@ class Leader:
 
 
 class Spawner:
-    def __init__(self, control: socket.socket) -> None:
-        self.control = control
-        self.control.setblocking(False)
+    def __init__(self, control: int) -> None:
+        self.control = control  # the socket's fd: read and written as a plain fd
+        os.set_blocking(control, False)
         self.inbox = b""
         self.outbox = bytearray()  # appended to in place: a burst of news is not recopied
         self.leaders: dict[int, Leader] = {}  # by pid
         self.closing = False  # the runtime asked us to end everything
         self.orphaned = False  # the runtime is gone without asking: finish what runs, then go
-        self.identity = [os.getpid(), _start_ticks(os.getpid())]  # who writes the exit lines
         self.selector = selectors.DefaultSelector()
         wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
@@ -118,7 +119,7 @@ class Spawner:
 
     def read_control(self) -> None:
         try:
-            data = self.control.recv(1 << 20)
+            data = os.read(self.control, 1 << 20)
         except BlockingIOError:
             return
         except OSError:
@@ -128,19 +129,19 @@ class Spawner:
             return
         inbox = self.inbox + data
         at = 0  # frames are read in place: a burst of requests is not copied once per frame
-        while len(inbox) - at >= HEADER.size:
-            (size,) = HEADER.unpack_from(inbox, at)
-            if len(inbox) - at < HEADER.size + size:
+        while len(inbox) - at >= HEADER_SIZE:
+            size = int.from_bytes(inbox[at : at + HEADER_SIZE], "big")
+            if len(inbox) - at < HEADER_SIZE + size:
                 break
-            self.handle(json.loads(inbox[at + HEADER.size : at + HEADER.size + size]))
-            at += HEADER.size + size
+            self.handle(marshal.loads(inbox[at + HEADER_SIZE : at + HEADER_SIZE + size]))
+            at += HEADER_SIZE + size
         self.inbox = inbox[at:]
 
     def send(self, message: dict[str, Any]) -> None:
         if self.orphaned:
             return
-        body = json.dumps(message, separators=(",", ":")).encode()
-        self.outbox += HEADER.pack(len(body))
+        body = marshal.dumps(message)
+        self.outbox += len(body).to_bytes(HEADER_SIZE, "big")
         self.outbox += body
 
     def flush(self) -> None:
@@ -150,7 +151,7 @@ class Spawner:
             return
         try:
             while self.outbox:
-                sent = self.control.send(self.outbox)
+                sent = os.write(self.control, self.outbox)
                 del self.outbox[:sent]
         except BlockingIOError:
             pass
@@ -188,9 +189,7 @@ class Spawner:
         try:
             launch.make_dir(os.path.dirname(record))
             fd = launch.new_record(record)
-            launch.write_line(
-                fd, {"key": list(key), "runtime": request["runtime"], "spawner": self.identity}
-            )
+            launch.write_line(fd, request["head"])  # the key line, encoded by the runtime
         except OSError as exc:
             launch.remove(record)
             self.fail(request_id, f"record: {exc.strerror}", exc, exec_failed=False)
@@ -200,7 +199,8 @@ class Spawner:
         ends: list[int] = []  # the pipes' write ends, for the child
         try:
             for stream in ("stdout", "stderr"):
-                end, output = self.outputs.open(request[stream], leader, stream)
+                made = request["make_logs"]  # else at the first output: see _outputs.py
+                end, output = self.outputs.open(request[stream], leader, stream, make_log=made)
                 ends.append(end)
                 leader.outputs.append(output)
             pid = launch.start(argv, request["cwd"], env, ends[0], ends[1], request.get("user"))
@@ -216,14 +216,13 @@ class Spawner:
         finally:
             for end in ends:
                 os.close(end)  # the child holds them now: its exit is the pipes' end
-        started = time.monotonic()
+        started, wall = time.monotonic(), time.time()
         self.leaders[pid] = leader
-        start = {"pid": pid, "mono": started, "wall": time.time()}
         try:  # before the news: once the runtime stores RUNNING, the record names the pid
-            launch.write_line(fd, start)
+            launch.write_line(fd, launch.started_line(pid, started, wall))
         except OSError:
             pass  # the pid is in the runtime's own store too; the exit line matters more
-        self.send({"op": "started", "id": request_id, **start})
+        self.send({"op": "started", "id": request_id, "pid": pid, "mono": started, "wall": wall})
 
     def fail(
         self, request_id: int, error: str, exc: Exception, *, exec_failed: bool = True
@@ -277,7 +276,7 @@ class Spawner:
             "maxrss_kib": usage.ru_maxrss,
         }
         try:
-            launch.write_line(leader.fd, exited)
+            launch.write_line(leader.fd, launch.exited_line(status, ended, wall, usage))
         except OSError:
             pass  # the runtime still hears of it below
         finally:
@@ -342,16 +341,6 @@ def _key_of(pid: int) -> Key | None:
     return (job, task, index, attempt)
 
 
-def _start_ticks(pid: int) -> int | None:
-    """When the process started, in clock ticks since boot: with the pid, names it for good."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    return int(stat[stat.rindex(b")") + 2 :].split()[19])
-
-
 def _drain(fd: int) -> None:
     try:
         while os.read(fd, 4096):
@@ -367,8 +356,10 @@ def main() -> None:
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
     os.set_inheritable(fd, False)  # passed to us; the programs we start must not hold it
-    control = socket.socket(fileno=fd)
-    Spawner(control).run()
+    Spawner(fd).run()
+    # Everything is reaped, written and closed: skip the interpreter's teardown, which a
+    # closing runtime would otherwise wait for.
+    os._exit(0)
 
 
 if __name__ == "__main__":

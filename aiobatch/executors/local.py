@@ -50,13 +50,16 @@ class LocalExecutor:
 
     async def _live_spawner(self) -> Spawner:
         """The spawner, started anew if the last one ended (killed, crashed)."""
+        if not self._spawner.gone:
+            return self._spawner  # no lock: an uncontended anyio lock still costs a loop trip
         async with self._restarting:
             if self._spawner.gone:
                 assert self._background is not None
                 log.error("spawner_restarted", pid=self._spawner.pid)
-                dead, self._spawner = self._spawner, Spawner()
-                await dead.aclose()
-                await self._spawner.open(self._background)
+                await self._spawner.aclose()
+                fresh = Spawner()
+                await fresh.open(self._background)
+                self._spawner = fresh  # only once open: the check above takes no lock
         return self._spawner
 
     async def aclose(self) -> None:
@@ -105,6 +108,8 @@ class LocalExecutor:
                 record=record,
                 runtime_id=self.runtime_id,
                 user=user,
+                # Uploaded logs must exist even if empty; the others wait for output.
+                make_logs=ctx.task.stdout is not None or ctx.task.stderr is not None,
             )
         except SpawnFailed as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):

@@ -4,6 +4,7 @@ signal processes, and hear when they end, with the times it saw."""
 from __future__ import annotations
 
 import itertools
+import marshal
 import os
 import socket
 import struct
@@ -18,17 +19,20 @@ import msgspec
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
+from aiobatch.executors._launch import start_ticks
 from aiobatch.users import Identity
 
 log = structlog.get_logger("aiobatch.spawner")
 
 PROGRAM = Path(__file__).with_name("_spawner.py")
 HEADER = struct.Struct(">I")
+KEY_VARS = ("AIOBATCH_JOB_ID", "AIOBATCH_TASK_NAME", "AIOBATCH_INSTANCE_INDEX", "AIOBATCH_ATTEMPT")
 REPLY_TIMEOUT_S = 30.0  # a spawn the spawner does not answer in this time has failed
 CLOSE_TIMEOUT_S = 10.0
 
-_encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.Decoder(dict[str, Any]).decode
+_encode = marshal.dumps  # the spawner runs this very interpreter: marshal, not json (it is
+_decode = marshal.loads  # built in: the spawner starts without importing json and re)
+_json = msgspec.json.Encoder().encode  # the record's first line, written as we encode it
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +89,13 @@ class Spawner:
         self._ids = itertools.count(1)
         self._replies: dict[int, _Pending] = {}  # spawn requests waiting for started/failed
         self._exits: dict[int, _Pending] = {}  # started processes waiting for their end
-        self._sending = anyio.Lock()
+        # Frames not yet taken by the socket; sent by a drain task while it is full.
+        self._outbox = bytearray()
+        self._draining = False
+        self._background: TaskGroup | None = None
         self._gone = False
         self._reader_done = anyio.Event()
+        self._identity: list[int | None] = []  # the spawner's pid and start: who writes exits
         # Output copies paused for lack of room: (job, task, index, attempt, stream).
         self.paused_logs: set[tuple[str, str, str, str, str]] = set()
 
@@ -104,6 +112,8 @@ class Spawner:
             )
         ours.setblocking(False)
         self._sock = ours
+        self._background = background
+        self._identity = [self._process.pid, start_ticks(self._process.pid)]
         await background.start(self._read)
 
     async def aclose(self) -> None:
@@ -113,8 +123,8 @@ class Spawner:
             return
         with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT_S):
             try:
-                await self._send({"op": "close"})
-            except (OSError, SpawnerGone):
+                self._send({"op": "close"})
+            except SpawnerGone:
                 pass
             await anyio.to_thread.run_sync(process.wait)
             await self._reader_done.wait()  # it has seen the end: the socket is no longer watched
@@ -146,23 +156,29 @@ class Spawner:
         record: Path,
         runtime_id: str,
         user: Identity | None = None,
+        make_logs: bool = False,
     ) -> Started:
         """Start a process in a session of its own; its record file is written first. With
-        ``user``, it runs as that user, in a work dir made that user's."""
+        ``user``, it runs as that user, in a work dir made that user's. Its log files are
+        made at its first output, or at once with ``make_logs``."""
         request_id = next(self._ids)
         pending = self._replies[request_id] = _Pending()
         self._exits[request_id] = _Pending()
+        key = [env.get(name, "") for name in KEY_VARS]
+        head = _json({"key": key, "runtime": runtime_id, "spawner": self._identity}) + b"\n"
         request = {
             "op": "spawn", "id": request_id, "argv": argv, "cwd": str(cwd), "env": env,
-            "stdout": str(stdout), "stderr": str(stderr), "record": str(record),
-            "runtime": runtime_id,
+            "stdout": str(stdout), "stderr": str(stderr), "make_logs": make_logs,
+            "record": str(record), "head": head,
             "user": None if user is None else [user.uid, user.gid, list(user.groups)],
         }  # fmt: skip
         # Shielded: once asked, the answer must be heard, or a started process is unknown.
-        with anyio.CancelScope(shield=True), anyio.move_on_after(REPLY_TIMEOUT_S):
+        with anyio.move_on_after(REPLY_TIMEOUT_S, shield=True):
             try:
-                await self._send(request)
+                self._send(request)
                 await pending.done.wait()
+            except SpawnerGone:
+                pass  # reply stays None: gone
             finally:
                 self._replies.pop(request_id, None)
         reply = pending.value
@@ -191,24 +207,47 @@ class Spawner:
         """Signal the process group, unless the process has been reaped already."""
         if not self._gone:
             try:
-                await self._send({"op": "signal", "pid": started.pid, "sig": int(sig)})
-            except OSError:
-                pass  # gone: the reader tells every waiter
+                self._send({"op": "signal", "pid": started.pid, "sig": int(sig)})
+            except SpawnerGone:
+                pass  # the reader tells every waiter
 
-    async def _send(self, message: dict[str, Any]) -> None:
+    def _send(self, message: dict[str, Any]) -> None:
+        """Queue a frame and send what the socket takes now, without waiting: no lock and no
+        trip through the event loop per request. What it cannot take yet, a drain task
+        sends; frames stay whole and in order, as they only ever join the outbox's end."""
         sock = self._sock
         if sock is None or self._gone:
             raise SpawnerGone
         body = _encode(message)
-        data = memoryview(HEADER.pack(len(body)) + body)
-        async with self._sending:  # frames must not interleave
-            while data:
+        self._outbox += HEADER.pack(len(body))
+        self._outbox += body
+        if not self._draining:
+            self._flush(sock)
+
+    def _flush(self, sock: socket.socket) -> None:
+        try:
+            while self._outbox:
+                del self._outbox[: sock.send(self._outbox)]
+        except BlockingIOError:  # full: the spawner reads more slowly than we ask
+            assert self._background is not None
+            self._draining = True
+            self._background.start_soon(self._drain, sock)
+        except OSError:
+            self._outbox.clear()  # the spawner is gone: the reader sees it, tells the waiters
+
+    async def _drain(self, sock: socket.socket) -> None:
+        try:
+            while self._outbox and not self._gone:
+                await anyio.wait_writable(sock)
                 try:
-                    sent = sock.send(data)
+                    while self._outbox:
+                        del self._outbox[: sock.send(self._outbox)]
                 except BlockingIOError:
-                    await anyio.wait_writable(sock)
                     continue
-                data = data[sent:]
+        except (anyio.ClosedResourceError, OSError):
+            self._outbox.clear()
+        finally:
+            self._draining = False
 
     # -- news --------------------------------------------------------------------------------
 
@@ -227,6 +266,8 @@ class Spawner:
                     data = sock.recv(1 << 20)
                 except BlockingIOError:
                     continue
+                except OSError:  # reset: the spawner died with requests unread
+                    break
                 if not data:
                     break
                 buffer += data
