@@ -1,0 +1,277 @@
+"""Delivering webhooks from the persisted event log: at least once, in order per job and
+target, with exponential backoff (tenacity) and a bounded number of tries.
+
+The bus only says *which* job has news; what is sent is read back from the ``events`` table
+once the store has written it (``notify_store.py``), so a crash loses nothing: at the next
+start, every job with events after what was delivered is taken up again. Each job with news
+has a worker of its own (at most MAX_JOBS_AT_ONCE, the rest queued), and each of its targets
+a lane: a receiver that fails holds back only its own lane of that job, never another job's
+deliveries, dispatch, or any job's outcome. A delivery given up is logged, counted, and
+handed to ``on_given_up`` (the runtime records it in the job's history).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup, TaskStatus
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
+
+from aiobatch.events import Event, JobStateChanged, event_decoder
+from aiobatch.notifications import event_tags, notify_type, wanted
+from aiobatch.notify_sender import Delivery, GivenUp, Sender
+from aiobatch.notify_store import JobTargets, NotifyStore
+from aiobatch.notify_types import NotifyDef
+from aiobatch.states import JOB_TERMINAL
+from aiobatch.store import Store
+
+log = structlog.get_logger("aiobatch.notifications")
+
+# Jobs whose deliveries run at once (a sleeping task each while a try waits out its
+# backoff); more wait their turn, oldest news first.
+MAX_JOBS_AT_ONCE = 10_000
+# Events a target reads from a job's history at a time (it works through them in order).
+PAGE = 200
+# A job's worker that fails (its reads or writes: a full disk, say) starts over after this,
+# doubling up to the max; what it had done is kept.
+WORKER_RETRY_FIRST_S, WORKER_RETRY_MAX_S = 1.0, 300.0
+
+
+@dataclass(slots=True)
+class _Worker:
+    news: int = 1  # events of the job heard of (what was read is compared with it)
+
+
+@dataclass(slots=True)
+class _Lane:
+    """One target's way through a job's events: it goes at its own pace, so a receiver
+    that fails holds back no other target, not even of the same job."""
+
+    key: str  # config:<url> or job:<index>: where its progress is kept
+    target: NotifyDef
+    done: int  # the job's events up to this seq are done with, for this target
+    tries: int  # tries of the next event so far (before a restart)
+    tags: frozenset[str]  # the stored events it reads
+    seen: int = 0  # the worker's news when the lane last read
+
+
+class Notifier:
+    """Bus subscriber (``on_event``) and the task (``run``) that delivers."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        targets: tuple[NotifyDef, ...],
+        on_given_up: Callable[[GivenUp], None] | None = None,
+        environ: Mapping[str, str] = os.environ,
+    ) -> None:
+        """``targets``: the config's, for every job."""
+        self._flush = store.flush  # returns once every event published so far is committed
+        self._store = NotifyStore(store)
+        self._targets = tuple((f"config:{target.url}", target) for target in targets)
+        self._config_wants = wanted(targets)
+        self._sender = Sender(self._store, environ)
+        self._sender.on_given_up = on_given_up
+        self.pending = 0  # deliveries taken up, not yet delivered or given up
+        self._wants: dict[str, frozenset[str]] = {}  # live job -> the types its targets want
+        self._running: dict[str, _Worker] = {}
+        self._queued: dict[str, None] = {}  # jobs with news, waiting for a worker, in order
+        self._group: TaskGroup | None = None
+        self._settled = anyio.Event()  # set while no job has news
+        self._settled.set()
+
+    @property
+    def delivered(self) -> int:
+        """Deliveries a receiver took (a 2xx answer)."""
+        return self._sender.delivered
+
+    @property
+    def failed(self) -> int:
+        """Deliveries given up after their last try."""
+        return self._sender.failed
+
+    @property
+    def retried(self) -> int:
+        """Tries that failed and were tried again after a backoff."""
+        return self._sender.retried
+
+    @property
+    def jobs_pending(self) -> int:
+        """Jobs whose news is being delivered or waits to be."""
+        return len(self._running) + len(self._queued)
+
+    async def settled(self) -> None:
+        """Return once no job has news: every event heard of so far is delivered or given
+        up (a job's news is only heard of once it is published)."""
+        while self._running or self._queued:
+            await self._settled.wait()
+
+    # -- which jobs have news ------------------------------------------------------------------
+
+    def on_event(self, event: Event) -> None:
+        """Bus subscriber: note that the event's job has news (no I/O)."""
+        worker = self._running.get(event.job_id)
+        if worker is not None:  # it reads once more before it ends, whatever the event
+            worker.news += 1
+            return
+        kind = notify_type(event)
+        if kind is None:
+            return
+        wants = self._wants.get(event.job_id)
+        ended = isinstance(event, JobStateChanged) and event.state in JOB_TERMINAL
+        # A job's end is read in any case: its worker then forgets what the job wants.
+        if wants is None or kind in wants or ended:
+            self._queue(event.job_id)
+            self._spawn()
+
+    def _queue(self, job_id: str) -> None:
+        self._queued[job_id] = None
+        if self._settled.is_set():
+            self._settled = anyio.Event()
+
+    def _spawn(self) -> None:
+        while self._group is not None and self._queued and len(self._running) < MAX_JOBS_AT_ONCE:
+            job_id = next(iter(self._queued))
+            del self._queued[job_id]
+            self._running[job_id] = worker = _Worker()
+            self._group.start_soon(self._work, job_id, worker)
+
+    # -- the task ------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Deliver until cancelled; what is pending then is delivered after the next start.
+        The store must be open (and stay so while this runs)."""
+        try:
+            async with anyio.create_task_group() as group:
+                self._group = group
+                task_status.started()
+                group.start_soon(self._resume)
+                self._spawn()  # what the bus told of before
+                try:
+                    await anyio.sleep_forever()
+                finally:
+                    self._group = None  # no new worker while the others wind down
+        finally:
+            await self._sender.close()
+
+    async def _resume(self) -> None:
+        """Take up every job whose deliveries a stop or a crash left pending."""
+        pending: list[str] = []
+        async for attempt in _patiently("notify_resume_failed"):
+            with attempt:
+                pending = await self._store.pending_jobs()
+        for job_id in pending:
+            if job_id not in self._running:
+                self._queue(job_id)
+        if pending:
+            log.info("notifications_resumed", jobs=len(pending))
+        self._spawn()
+
+    async def _work(self, job_id: str, worker: _Worker) -> None:
+        try:
+            async for attempt in _patiently("notify_worker_failed", job_id=job_id):
+                with attempt:
+                    await self._catch_up(job_id, worker)
+        finally:
+            # No await since the last read found nothing new: news after it is not lost.
+            del self._running[job_id]
+            self._spawn()
+            if not self._running and not self._queued:
+                self._settled.set()
+
+    async def _catch_up(self, job_id: str, worker: _Worker) -> None:
+        """Deliver the job's events after what was done with, each target on its own,
+        until none is left and no news came meanwhile; then note how far the job is done."""
+        job = await self._store.load(job_id)
+        if job is None:  # deleted
+            self._wants.pop(job_id, None)
+            return
+        targets = self._targets + tuple((f"job:{i}", t) for i, t in enumerate(job.notify))
+        self._wants[job_id] = self._config_wants | wanted(job.notify)
+        lanes = []
+        for key, target in targets:
+            done, tries = job.lanes.get(key, (job.seq, 0))
+            tags = frozenset(event_tags(set(target.events)))
+            lanes.append(_Lane(key, target, max(done, job.seq), tries, tags))
+        while True:
+            news = worker.news
+            if lanes:
+                async with anyio.create_task_group() as group:
+                    for lane in lanes:
+                        group.start_soon(self._run_lane, job, lane, worker)
+                covered = min(lane.done for lane in lanes)
+            else:  # no target: the job's history is done with as it stands
+                await self._flush()
+                _, covered = await self._store.read(job_id, job.seq, (), 1)
+            if covered > job.seq:
+                await self._store.advance(job_id, covered)
+                job.seq = covered
+            # No await since the last lane read: news after it is not lost.
+            if all(lane.seen == worker.news for lane in lanes) and news == worker.news:
+                break
+        if await self._store.ended(job_id):
+            self._wants.pop(job_id, None)  # it may be retried: then it is read afresh
+
+    async def _run_lane(self, job: JobTargets, lane: _Lane, worker: _Worker) -> None:
+        while True:
+            lane.seen = worker.news
+            await self._flush()  # what the bus told of is written: read it back
+            page, covered = await self._store.read(job.job_id, lane.done, lane.tags, PAGE)
+            if covered <= lane.done:
+                if lane.seen != worker.news:
+                    continue
+                return
+            todo = []
+            for seq, body in page:
+                kind = notify_type(event_decoder.decode(body))
+                if kind in lane.target.events:
+                    todo.append((seq, body, kind))
+            await self._deliver(job, lane, todo)
+            lane.done = covered
+
+    async def _deliver(
+        self, job: JobTargets, lane: _Lane, todo: list[tuple[int, bytes, str]]
+    ) -> None:
+        self.pending += len(todo)
+        left = len(todo)
+        try:
+            for seq, event, kind in todo:
+                delivery = Delivery(
+                    job_id=job.job_id,
+                    job_name=job.name,
+                    target_key=lane.key,
+                    target=lane.target,
+                    after=lane.done,
+                    prior=lane.tries,
+                    seq=seq,
+                    event=event,
+                    type=kind,
+                )
+                await self._sender.send(delivery)
+                self.pending, left = self.pending - 1, left - 1
+                lane.done, lane.tries = seq, 0
+                await self._store.save_lane(job.job_id, lane.key, seq, 0)
+        finally:
+            self.pending -= left  # cancelled or failed: taken up again by the next worker
+
+
+def _patiently(event: str, **bound: str) -> AsyncRetrying:
+    """Try again after any error, backing off, until it works or the task is cancelled; each
+    failure is logged."""
+
+    def before_sleep(state: RetryCallState) -> None:
+        outcome = state.outcome
+        error = outcome.exception() if outcome is not None else None
+        log.error(event, error=repr(error), tries=state.attempt_number, **bound)
+
+    return AsyncRetrying(
+        retry=retry_if_exception_type(Exception),
+        wait=wait_exponential(multiplier=WORKER_RETRY_FIRST_S, max=WORKER_RETRY_MAX_S),
+        sleep=anyio.sleep,
+        before_sleep=before_sleep,
+    )
