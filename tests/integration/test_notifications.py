@@ -339,6 +339,44 @@ async def test_a_delivery_given_up_is_logged_and_counted_and_the_job_stays_as_it
     assert notify_rows(state_dir, job.id)[1] == []
 
 
+async def test_no_unsigned_body_leaves_and_a_slow_receiver_times_out(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("UNSET_HOOK_KEY", raising=False)
+    async with Receiver() as receiver:
+        receiver.held["/slow"] = anyio.Event()
+        spec = {
+            "name": "guarded",
+            "notify": [
+                {
+                    "url": f"{receiver.base}/unsigned",
+                    "events": ["job_succeeded"],
+                    "secret": "env:UNSET_HOOK_KEY",
+                    "tries": 2,
+                    "backoff": "10ms",
+                },
+                {"url": f"{receiver.base}/slow", "events": ["job_succeeded"], "tries": 1,
+                 "timeout": "200ms"},
+            ],
+            "tasks": [{"name": "a", "command": "true"}],
+        }  # fmt: skip
+        async with notifying(state_dir) as (rt, notifier, given_up):
+            job = await rt.submit(spec)
+            await job.wait_for_success()
+            await receiver.wait_for(lambda: len(receiver.tries("/slow")) == 1)
+            with anyio.fail_after(10):  # the held request ends at its 200 ms timeout
+                await notifier.settled()
+            assert sorted(await given_up.of(job.id)) == [
+                ("job_succeeded", 1, "TimeoutError"),
+                (
+                    "job_succeeded",
+                    2,
+                    "secret_unavailable: env:UNSET_HOOK_KEY: not set in the runtime's environment",
+                ),
+            ]
+    assert receiver.tries("/unsigned") == []  # a target with a secret gets signed bodies only
+
+
 async def test_a_receiver_that_hangs_holds_up_no_other_target_or_job(state_dir: Path) -> None:
     async with Receiver() as receiver:
         receiver.held["/hangs"] = anyio.Event()
