@@ -1,0 +1,308 @@
+"""Tasks on a Slurm compute env run as job arrays on the test cluster (scripts/slurm-cluster):
+one array per dispatch, throttled by max_parallel, the instance's env and logs, exit codes,
+timeout, out of memory, stops, retries of the failed elements only, and a runtime killed with
+SIGKILL whose elements are adopted, never submitted twice.
+
+Without ``$SLURM_CONF`` these tests skip, except under ``CI=true`` where that fails. Run as a
+script (``python -m tests.integration.test_slurm child ...``) this module is the runtime that a
+test kills.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import anyio
+import msgspec
+import pytest
+
+from aiobatch import Runtime
+from aiobatch.config import ComputeEnvConfig, Config
+from aiobatch.events import Event, InstanceStateChanged
+from aiobatch.executors.slurm import SlurmExecutor, SlurmSettings
+from aiobatch.executors.slurm_commands import parse_config
+from aiobatch.layout import StateLayout
+from aiobatch.model import TaskRec
+from aiobatch.spec import load_spec
+
+pytestmark = pytest.mark.anyio
+CONFIG = Config(compute_envs={"slurm": ComputeEnvConfig(kind="local", slots=8)})
+SETTINGS = SlurmSettings(partition="aiobatch", poll="0.3s")
+# Each element notes what the tests check: its index, array, attempt, node, start and end.
+REPORT = (
+    'echo "$AIOBATCH_INSTANCE_INDEX $SLURM_ARRAY_TASK_ID $SLURM_ARRAY_JOB_ID $AIOBATCH_ATTEMPT'
+    ' $SLURMD_NODENAME $(date +%s.%N)"'
+)
+
+
+@pytest.fixture(scope="module")
+def jobcomp() -> Path:
+    if not os.environ.get("SLURM_CONF"):
+        message = 'no Slurm cluster: run `eval "$(scripts/slurm-cluster up)"` first'
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    done = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return Path(parse_config(done.stdout)["JobCompLoc"])
+
+
+def executor(state_dir: Path) -> SlurmExecutor:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    return SlurmExecutor("slurm", SETTINGS, StateLayout(state_dir).runtime_id)
+
+
+def runtime(state_dir: Path, slurm: SlurmExecutor) -> Runtime:
+    return Runtime(state_dir, config=CONFIG, executors={"slurm": slurm})
+
+
+def task(name: str, command: str, **fields: object) -> dict[str, object]:
+    return {"name": name, "compute_env": "slurm", "command": command, **fields}
+
+
+def reports(state_dir: Path, job_id: str, name: str, index: int) -> list[list[str]]:
+    path = state_dir / "logs" / job_id / name / f"{index}.stdout"
+    return [line.split() for line in path.read_text().splitlines() if line.strip()]
+
+
+def squeue_state(target: str) -> str | None:
+    done = subprocess.run(
+        ["squeue", "-h", "-t", "all", "-j", target, "-o", "%T"], capture_output=True, text=True
+    )
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def slurm_arrays_named(fragment: str) -> set[str]:
+    """Array job ids squeue knows whose name holds ``fragment``."""
+    done = subprocess.run(
+        ["squeue", "-h", "-t", "all", "-o", "%F %j"], capture_output=True, text=True
+    )
+    return {line.split()[0] for line in done.stdout.splitlines() if fragment in line}
+
+
+@pytest.fixture
+def delegated_throttle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stands in for the scheduler change this env needs: a slurm task's max_parallel is
+    Slurm's %M throttle, so the engine dispatches all its instances at once."""
+    from aiobatch import engine, scheduler
+
+    original = scheduler.can_dispatch
+
+    def can_dispatch(rec: TaskRec) -> bool:
+        if rec.defn.compute_env != "slurm" or rec.defn.max_parallel is None:
+            return original(rec)
+        unlimited = msgspec.structs.replace(rec.defn, max_parallel=None)
+        saved, rec.defn = rec.defn, unlimited
+        try:
+            return original(rec)
+        finally:
+            rec.defn = saved
+
+    monkeypatch.setattr(scheduler, "can_dispatch", can_dispatch)
+    monkeypatch.setattr(engine, "can_dispatch", can_dispatch)
+
+
+async def test_six_instances_run_as_one_throttled_array(
+    jobcomp: Path, tmp_path: Path, delegated_throttle: None
+) -> None:
+    slurm = executor(tmp_path)
+    command = f'{REPORT}; echo "$GREETING" >&2; sleep 1; date +%s.%N'
+    spec = {
+        "name": "arr",
+        "tasks": [task("t", command, instances=6, max_parallel=2, env={"GREETING": "hi"})],
+    }
+    async with runtime(tmp_path, slurm) as rt:
+        job = await rt.submit(spec)
+        snapshot = await rt.wait_job(job.id)
+    assert snapshot.status == "SUCCEEDED"
+    assert slurm.submitted == 1
+    runs, arrays = [], set()
+    for i in range(6):
+        [first, [end]] = reports(tmp_path, job.id, "t", i)
+        index, task_id, array, attempt, node, began = first
+        assert (index, task_id, attempt) == (str(i), str(i), "1")
+        arrays.add(array)
+        runs.append((node, float(began), float(end)))
+        stderr = (tmp_path / "logs" / job.id / "t" / f"{i}.stderr").read_text()
+        assert stderr.splitlines() == ["hi"]
+    assert len(arrays) == 1
+    assert {node for node, _, _ in runs} == {"n1", "n2"}
+    for _, moment, _ in runs:
+        assert sum(1 for _, start, end in runs if start <= moment < end) <= 2, runs
+    # The env files (they may hold secrets) are gone.
+    assert not list((tmp_path / "logs" / job.id / "t").glob("*.env"))
+
+
+async def test_exit_code_timeout_and_memory(jobcomp: Path, tmp_path: Path) -> None:
+    hog = "b = bytearray(300 << 20); b[::4096] = b'x' * len(b[::4096]); import time; time.sleep(5)"
+    spec = {
+        "name": "ends",
+        "tasks": [
+            task("exits", "exit 3", on_failure="continue"),
+            task("sleeps", "sleep 60", timeout="2s", on_failure="continue"),
+            task("hogs", f'{sys.executable} -c "{hog}"', on_failure="continue"),
+        ],
+    }
+    defn = load_spec(spec, compute_envs=CONFIG.env_kinds())
+    # A local-kind env refuses resources in a spec; the Slurm executor honours them.
+    hogs = msgspec.structs.replace(defn.tasks[2], memory_bytes=50 << 20)
+    defn = msgspec.structs.replace(defn, tasks=(defn.tasks[0], defn.tasks[1], hogs))
+    async with runtime(tmp_path, executor(tmp_path)) as rt:
+        job = await rt.submit(defn)
+        await rt.wait_job(job.id)
+        exits = await rt.instance_result(job.id, "exits", 0)
+        sleeps = await rt.instance_result(job.id, "sleeps", 0)
+        hogs_result = await rt.instance_result(job.id, "hogs", 0)
+    assert (exits.status, exits.exit_code, exits.reason) == ("FAILED", 3, "exit_code: 3")
+    assert (sleeps.status, sleeps.reason) == ("FAILED", "timeout")
+    assert sleeps.duration_s is not None and sleeps.duration_s < 30
+    assert (hogs_result.status, hogs_result.reason) == ("FAILED", "oom")
+
+
+async def test_stop_scancels_the_running_element(jobcomp: Path, tmp_path: Path) -> None:
+    spec = {"name": "stop", "tasks": [task("t", f"{REPORT}; exec sleep 300")]}
+    async with runtime(tmp_path, executor(tmp_path)) as rt:
+        job = await rt.submit(spec)
+        async for event in rt.events(job.id):
+            if isinstance(event, InstanceStateChanged) and event.state == "RUNNING":
+                break
+        await rt.stop_job(job.id)
+        snapshot = await rt.wait_job(job.id)
+    assert snapshot.status == "CANCELLED"
+    [[_, task_id, array, *_]] = reports(tmp_path, job.id, "t", 0)
+    # Slurm keeps the element's end for MinJobAge (10 s): scancel ended it.
+    assert squeue_state(f"{array}_{task_id}") == "CANCELLED"
+
+
+async def test_retry_resubmits_only_the_failed_elements(jobcomp: Path, tmp_path: Path) -> None:
+    slurm = executor(tmp_path)
+    fail_odd = (
+        f'{REPORT}; [ "$AIOBATCH_ATTEMPT" = 1 ] && [ $((AIOBATCH_INSTANCE_INDEX % 2)) = 1 ]'
+        " && exit 3; true"
+    )
+    spec = {"name": "retry", "tasks": [task("t", fail_odd, instances=4, retries={"limit": 1})]}
+    async with runtime(tmp_path, slurm) as rt:
+        job = await rt.submit(spec)
+        snapshot = await rt.wait_job(job.id)
+    assert snapshot.status == "SUCCEEDED"
+    assert slurm.submitted == 2
+    first, second = set(), set()
+    for i in range(4):
+        lines = reports(tmp_path, job.id, "t", i)
+        assert [line[3] for line in lines] == (["1", "2"] if i % 2 else ["1"])
+        first.add(lines[0][2])
+        if i % 2:
+            second.add(lines[1][2])
+    assert len(first) == 1 and len(second) == 1 and first != second
+
+
+# -- a runtime killed mid-array ----------------------------------------------------------------
+
+
+@contextmanager
+def child_runtime(
+    state_dir: Path, spec: dict[str, object], running: int
+) -> Iterator[subprocess.Popen[str]]:
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.test_slurm", "child", str(state_dir),
+         json.dumps(spec), str(running)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        yield child
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+        assert child.stdout is not None
+        child.stdout.close()
+
+
+def crash_spec(gate: Path) -> dict[str, object]:
+    # 0 waits for the gate; 1 ends (exit 3) while the runtime is down; 2 ends at once.
+    command = (
+        f"{REPORT}; case $AIOBATCH_INSTANCE_INDEX in"
+        f" 0) while [ ! -e {gate} ]; do sleep 0.2; done;;"
+        " 1) sleep 3; exit 3;;"
+        " esac"
+    )
+    return {"name": "crash", "tasks": [task("t", command, instances=3, on_failure="continue")]}
+
+
+async def adopt_after_crash(tmp_path: Path, wait_purge: bool) -> None:
+    gate = tmp_path / "gate"
+    state = tmp_path / "state"
+    with child_runtime(state, crash_spec(gate), running=3) as child:
+        assert child.stdout is not None
+        job_id = child.stdout.readline().strip()
+        assert child.stdout.readline().strip() == "running"
+        child.send_signal(signal.SIGKILL)
+    [[*_, array, _, _, _]] = reports(state, job_id, "t", 1)
+    target = f"{array}_1"
+    deadline = time.monotonic() + (120 if wait_purge else 30)
+    # Element 1 ends while no runtime runs; with wait_purge, until the controller forgets it.
+    while (squeue_state(target) is not None) if wait_purge else squeue_state(target) != "FAILED":
+        assert time.monotonic() < deadline, squeue_state(target)
+        await anyio.sleep(0.5)
+    slurm = executor(state)
+    async with runtime(state, slurm) as rt:
+        gate.touch()
+        snapshot = await rt.wait_job(job_id)
+        results = [await rt.instance_result(job_id, "t", i) for i in range(3)]
+    assert slurm.submitted == 0  # nothing submitted again
+    assert [(r.status, r.exit_code, r.attempts) for r in results] == [
+        ("SUCCEEDED", 0, 1),
+        ("FAILED", 3, 1),
+        ("SUCCEEDED", 0, 1),
+    ], snapshot
+    for i in range(3):  # each ran once
+        assert len(reports(state, job_id, "t", i)) == 1
+
+
+async def test_killed_runtime_adopts_its_array(jobcomp: Path, tmp_path: Path) -> None:
+    await adopt_after_crash(tmp_path, wait_purge=False)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_element_ended_past_min_job_age_is_found_in_jobcomp(
+    jobcomp: Path, tmp_path: Path
+) -> None:
+    await adopt_after_crash(tmp_path, wait_purge=True)
+
+
+async def child(state_dir: str, spec_json: str, running: int) -> None:
+    """A runtime to kill: submits the job, prints its id, then ``running`` once that many
+    instances run and that is stored."""
+    async with runtime(Path(state_dir), executor(Path(state_dir))) as rt:
+        started: set[int] = set()
+        enough = anyio.Event()
+
+        def watch(event: Event) -> None:
+            if isinstance(event, InstanceStateChanged) and event.state == "RUNNING":
+                started.add(event.index)
+                if len(started) >= running:
+                    enough.set()
+
+        rt.on_event(watch)
+        job = await rt.submit(json.loads(spec_json))
+        print(job.id, flush=True)
+        await enough.wait()
+        await rt.list_jobs()  # answers once all so far is stored
+        print("running", flush=True)
+        await anyio.sleep_forever()
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["child"]:
+    from aiobatch.logging import configure_logging
+
+    configure_logging("json", "info", sys.stderr)  # stdout carries only what the test reads
+    anyio.run(child, sys.argv[2], sys.argv[3], int(sys.argv[4]))
