@@ -75,6 +75,7 @@ class Spawner:
         self.leaders: dict[int, Leader] = {}  # by pid
         self.closing = False  # the runtime asked us to end everything
         self.orphaned = False  # the runtime is gone without asking: finish what runs, then go
+        self.listening = True  # until the socket's end: what the runtime sent is still read
         self.selector = selectors.DefaultSelector()
         wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
@@ -88,14 +89,14 @@ class Spawner:
 
     def run(self) -> None:
         outputs = self.outputs
-        while not (self.orphaned or self.closing) or self.leaders or outputs.open_count:
+        while (self.listening and not self.closing) or self.leaders or outputs.open_count:
             timeout = PAUSE_RETRY_S if outputs.paused else None
             for key, _ in self.selector.select(timeout):
                 if isinstance(key.data, Output):
                     self.copy(key.data)
                 elif key.data == "wake":
                     _drain(self.wake_r)
-                elif key.data == "control" and not self.orphaned:
+                elif key.data == "control":
                     self.read_control()
             for output in outputs.resume():
                 self.tell_output(output, "log_resumed", None)
@@ -126,6 +127,8 @@ class Spawner:
             data = b""
         if not data:  # the runtime is gone (or closed its end): no one reads news any more
             self.lose_runtime()
+            self.selector.unregister(self.control)
+            self.listening = False
             return
         inbox = self.inbox + data
         at = 0  # frames are read in place: a burst of requests is not copied once per frame
@@ -135,6 +138,8 @@ class Spawner:
                 break
             self.handle(marshal.loads(inbox[at + HEADER_SIZE : at + HEADER_SIZE + size]))
             at += HEADER_SIZE + size
+            if self.outbox:
+                self.flush()  # each start is heard as it happens, not after a whole burst
         self.inbox = inbox[at:]
 
     def send(self, message: dict[str, Any]) -> None:
@@ -163,10 +168,15 @@ class Spawner:
             self.selector.modify(self.control, events, "control")
 
     def lose_runtime(self) -> None:
+        """Nothing is sent any more. What the runtime sent before it went is still read and
+        done, up to the socket's end: it may have stored those attempts as starting, and the
+        next runtime adopts them by their records (a write that failed first must not drop
+        them unread)."""
         if not self.orphaned:
-            self.selector.unregister(self.control)
             self.orphaned = True
             self.outbox.clear()
+            if self.listening:
+                self.selector.modify(self.control, selectors.EVENT_READ, "control")
 
     def handle(self, request: dict[str, Any]) -> None:
         op = request["op"]
