@@ -199,6 +199,9 @@ class Notifier:
             tags = frozenset(event_tags(set(target.events)))
             lanes.append(_Lane(key, target, max(done, job.seq), tries, tags))
         while True:
+            # Whether it has ended, before its events are read: an end read after this is
+            # news, and makes another round.
+            ended = await self._store.ended(job_id)
             news = worker.news
             if lanes:
                 async with anyio.create_task_group() as group:
@@ -211,10 +214,11 @@ class Notifier:
             if covered > job.seq:
                 await self._store.advance(job_id, covered)
                 job.seq = covered
-            # No await since the last lane read: news after it is not lost.
-            if all(lane.seen == worker.news for lane in lanes) and news == worker.news:
+            # No await from here to the worker's end: news after the last read is not lost.
+            seen = [lane.seen for lane in lanes] if lanes else [news]
+            if all(count == worker.news for count in seen):
                 break
-        if await self._store.ended(job_id):
+        if ended:
             self._wants.pop(job_id, None)  # it may be retried: then it is read afresh
 
     async def _run_lane(self, job: JobTargets, lane: _Lane, worker: _Worker) -> None:

@@ -24,10 +24,11 @@ from structlog.testing import capture_logs
 from aiobatch import Runtime
 from aiobatch.config import Config
 from aiobatch.events import JobStateChanged, JobSubmitted, event_encoder
+from aiobatch.notifications import notify_type
 from aiobatch.notify_delivery import Notifier
 from aiobatch.notify_sender import GivenUp
 from aiobatch.notify_store import NotifyStore
-from aiobatch.notify_types import NotifySpec
+from aiobatch.notify_types import NotifyEvent, NotifySpec
 from aiobatch.schema import NOTIFY_SCHEMA, SCHEMA
 from aiobatch.spec import resolve_spec
 from aiobatch.states import JobState
@@ -264,6 +265,40 @@ def await_state(state_dir: Path, job_id: str) -> str:
         (state,) = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
     db.close()
     return str(state)
+
+
+async def test_many_jobs_at_once_each_event_once_and_in_order(state_dir: Path) -> None:
+    async with Receiver() as receiver:
+        events: tuple[NotifyEvent, ...] = (
+            "instance_succeeded",
+            "task_succeeded",
+            "job_running",
+            "job_succeeded",
+        )
+        config = Config(notifications=(NotifySpec(url=f"{receiver.base}/busy", events=events),))
+        spec = {
+            "name": "busy",
+            "tasks": [
+                {"name": "a", "instances": 3, "command": "true"},
+                {"name": "b", "depends_on": ["a"], "instances": 2, "command": "true"},
+            ],
+        }
+        async with notifying(state_dir, config) as (rt, notifier, _):
+            jobs = [await rt.submit(spec) for _ in range(20)]
+            for job in jobs:
+                await job.wait_for_success()
+            # Per job: running, 5 instances, 2 tasks, succeeded.
+            await receiver.wait_for(lambda: len(receiver.taken("/busy")) == 20 * 9)
+            await notifier.settled()
+            histories = {job.id: await rt.job_history(job.id) for job in jobs}
+    assert len({a.delivery for a in receiver.arrivals}) == len(receiver.arrivals) == 20 * 9
+    for job_id, history in histories.items():
+        got = [a.json for a in receiver.arrivals if a.json["job_id"] == job_id]
+        wanted = [
+            entry.seq for entry in history if notify_type(entry.event) in events
+        ]  # every event it wanted, once each, in the history's order
+        assert [body["seq"] for body in got] == wanted
+        assert [body["type"] for body in got][0::8] == ["job_running", "job_succeeded"]
 
 
 async def test_a_receiver_failing_its_first_tries_gets_the_event_after_the_backoff(
