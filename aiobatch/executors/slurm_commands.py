@@ -124,7 +124,8 @@ def _exit_status(value: Any) -> tuple[int | None, int | None]:
     3, 9 is SIGKILL), {return_code, signal} from 23.02 on."""
     if isinstance(value, dict):
         code = _number(value.get("return_code"))
-        sig = _number((value.get("signal") or {}).get("id"))
+        signal = value.get("signal") or {}
+        sig = _number(signal.get("id") or signal.get("signal_id"))
         return (None, sig) if sig else (code, None)
     status = int(value or 0)
     if status & 0x7F:
