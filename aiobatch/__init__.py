@@ -39,6 +39,7 @@ from aiobatch.events import (
     JobStateChanged,
     JobStopRequested,
     JobSubmitted,
+    NotificationFailed,
     TaskStateChanged,
 )
 from aiobatch.runtime import Runtime
@@ -92,6 +93,7 @@ __all__ = [
     "JobStopRequested",
     "JobSubmitted",
     "JobSummary",
+    "NotificationFailed",
     "Runtime",
     "RuntimeClosed",
     "ServiceUnavailable",

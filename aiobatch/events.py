@@ -80,6 +80,19 @@ class InstanceStateChanged(msgspec.Struct, frozen=True, tag=True, kw_only=True, 
     not_before: float | None = None
 
 
+class NotificationFailed(msgspec.Struct, frozen=True, tag=True, kw_only=True):
+    """A webhook delivery given up after its last try; the job's outcome is untouched."""
+
+    job_id: str
+    url: str
+    notification: str  # what was not delivered: job_failed, ...
+    seq: int  # the event it was made of, in the job's history
+    delivery: str  # its X-Aiobatch-Delivery
+    tries: int
+    error: str  # the last try's: HTTP 503, ClientConnectorError: ..., secret_unavailable: ...
+    ts: float
+
+
 log = structlog.get_logger("aiobatch.events")
 
 Event = (
@@ -89,6 +102,7 @@ Event = (
     | TaskStateChanged
     | InstanceStateChanged
     | InstanceStopRequested
+    | NotificationFailed
 )
 Subscriber = Callable[[Event], None]
 

@@ -20,6 +20,7 @@ from aiobatch.engine import Engine
 from aiobatch.events import Event, InstanceStateChanged, JobStateChanged, TaskStateChanged
 from aiobatch.executors.base import Executor
 from aiobatch.layout import StateLayout
+from aiobatch.notify_delivery import Notifier
 from aiobatch.states import JOB_TERMINAL, InstanceState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -64,9 +65,11 @@ class Metrics:
         store_queue: Callable[[], int],
         subscribers: Callable[[], int],
         deleted: Callable[[], int],
+        notifier: Notifier | None = None,
     ) -> None:
         self._engine, self._layout = engine, layout
         self._gauges = _Gauges(engine, executors, store_queue, subscribers, deleted)
+        self._notifier = notifier
         self.dispatch_latency: dict[str, Buckets] = {}  # by env
         self.duration: dict[tuple[str, str], Buckets] = {}  # by env and outcome
         self.commit = Buckets(COMMIT_BUCKETS)
@@ -85,6 +88,8 @@ class Metrics:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(self._gauges)
         registry.register(_Events(self))
+        if self._notifier is not None:
+            registry.register(_Notifications(self._notifier))
         return generate_latest(registry)
 
     def observe_commit(self, seconds: float) -> None:
@@ -195,6 +200,38 @@ class _Events:
             "aiobatch_log_bytes",
             "Bytes of instances' stdout and stderr written to their log files",
             value=m.log_bytes,
+        )
+
+
+class _Notifications:
+    """Webhook deliveries, from the notifier's counters."""
+
+    def __init__(self, notifier: Notifier) -> None:
+        self._notifier = notifier
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        n = self._notifier
+        yield CounterMetricFamily(
+            "aiobatch_notifications_delivered",
+            "Webhook deliveries a receiver took (a 2xx answer)",
+            value=n.delivered,
+        )
+        yield CounterMetricFamily(
+            "aiobatch_notifications_failed",
+            "Webhook deliveries given up after their last try",
+            value=n.failed,
+        )
+        yield CounterMetricFamily(
+            "aiobatch_notification_retries",
+            "Webhook tries that failed and were tried again after a backoff",
+            value=n.retried,
+        )
+        yield GaugeMetricFamily(
+            "aiobatch_notifications_pending",
+            "Webhook deliveries taken up and not yet delivered or given up",
+            value=n.pending,
         )
 
 

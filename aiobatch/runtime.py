@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
@@ -39,7 +40,7 @@ from aiobatch.config import Config, ServerConfig, default_state_dir, load_config
 from aiobatch.engine import Engine
 from aiobatch.envs import EnvControl
 from aiobatch.errors import RuntimeClosed
-from aiobatch.events import Bus, Event, JobStateChanged
+from aiobatch.events import Bus, Event, JobStateChanged, NotificationFailed
 from aiobatch.executors.base import Executor
 from aiobatch.health import collect_statistics, health_report
 from aiobatch.hooks import Hooks
@@ -48,6 +49,8 @@ from aiobatch.links import DEFAULT_LINK_HOURS, LinkKeys, check_hours
 from aiobatch.listeners import Listeners, bind_listeners
 from aiobatch.metrics import Metrics
 from aiobatch.model import JobRec, TaskRec
+from aiobatch.notify_delivery import Notifier
+from aiobatch.notify_sender import GivenUp
 from aiobatch.queries import Queries
 from aiobatch.resources import Resources
 from aiobatch.restart import recover
@@ -122,6 +125,11 @@ class Runtime:
             layout=self._layout,
             on_change=self._attempts.pump,
         )
+        self._notifier = Notifier(
+            store=self._store,
+            targets=self.config.notify_targets(),
+            on_given_up=self._notification_failed,
+        )
         self._metrics = Metrics(
             engine=self._engine,
             layout=self._layout,
@@ -129,6 +137,7 @@ class Runtime:
             store_queue=lambda: self._store.queued_events,
             subscribers=lambda: self._bus.streams_open,
             deleted=lambda: self._deletions.deleted,
+            notifier=self._notifier,
         )
         self._store.on_commit = self._metrics.observe_commit
         self._stack: AsyncExitStack | None = None
@@ -179,9 +188,14 @@ class Runtime:
             self._bus.subscribe(self._store.on_event)  # first: no other part can keep it out
             self._bus.subscribe(self._on_event)
             self._bus.subscribe(self._metrics.on_event)
+            self._bus.subscribe(self._notifier.on_event)
             self._store.on_writable = self._attempts.pump  # what waited for the disk may start
             await writer.start(self._store.run)
             stack.push_async_callback(self._store.flush)
+            # Deliveries stop before the last flush; what is pending goes after the next start.
+            notifications = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(notifications.cancel_scope.cancel)
+            await notifications.start(self._notifier.run)
             # Executors close after every instance has ended: enter them first.
             await stack.enter_async_context(self._resources)
             instances = await stack.enter_async_context(anyio.create_task_group())
@@ -261,6 +275,21 @@ class Runtime:
             if self.hooks.on_job_end and not self._attempts.closing:
                 self._attempts.start_job_hooks(event.job_id, self._run_job_hooks)
             log.info("job_ended", job_id=event.job_id, state=event.state, reason=event.reason)
+
+    def _notification_failed(self, failure: GivenUp) -> None:
+        """A webhook given up goes into the job's history (its outcome stays as it is)."""
+        self._bus.publish(
+            NotificationFailed(
+                job_id=failure.job_id,
+                url=failure.url,
+                notification=failure.type,
+                seq=failure.seq,
+                delivery=failure.delivery,
+                tries=failure.tries,
+                error=failure.error,
+                ts=time.time(),
+            )
+        )
 
     async def _run_job_hooks(self, job_id: str) -> None:
         """``on_job_end`` hooks, with the final snapshot; a failure is logged, the job stays."""

@@ -58,8 +58,8 @@ async def finished_job(service: Service, name: str = "one") -> str:
 
 def needed(method: str, path: str) -> wire.Scope:
     """The issue's rule, written apart from the table: submitting, deleting, changing an env
-    (and revoking every link) is admin, every other write (stop, suspend, resume, retry, stop instance)
-    operate, every read read."""
+    (and revoking every link) is admin, every other write (stop, suspend, resume, retry,
+    stop instance) operate, every read read."""
     if method in ("DELETE", "PATCH"):  # deleting a job, changing a compute env
         return "admin"
     if method == "POST":

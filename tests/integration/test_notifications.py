@@ -26,7 +26,6 @@ from aiobatch.config import Config
 from aiobatch.events import JobStateChanged, JobSubmitted, event_encoder
 from aiobatch.notifications import notify_type
 from aiobatch.notify_delivery import Notifier
-from aiobatch.notify_sender import GivenUp
 from aiobatch.notify_store import NotifyStore
 from aiobatch.notify_types import NotifyEvent, NotifySpec
 from aiobatch.schema import NOTIFY_SCHEMA, SCHEMA
@@ -36,10 +35,6 @@ from aiobatch.store import Store
 from tests.integration.service import Service
 
 pytestmark = pytest.mark.anyio
-
-# Until the runtime starts a notifier itself, tests put one on it (as it will: same database,
-# same bus, the store's flush); then they use the runtime's own.
-WIRED = "_notifier" in Runtime.__init__.__code__.co_names
 
 
 @dataclass
@@ -127,17 +122,13 @@ def signed(arrival: Arrival, secret: str) -> bool:
 
 
 class GivenUps:
-    """The deliveries a runtime's notifier gave up: from the job's history once the runtime
-    records them there, else as the notifier handed them over."""
+    """The deliveries a runtime's notifier gave up, from the job's history."""
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
-        self.handed: list[GivenUp] = []
 
     async def of(self, job_id: str) -> list[tuple[str, int, str]]:
         """(type, tries, error) of each, in the order given up."""
-        if not WIRED:
-            return [(g.type, g.tries, g.error) for g in self.handed if g.job_id == job_id]
         events = [msgspec.to_builtins(e.event) for e in await self.rt.job_history(job_id)]
         return [
             (e["notification"], e["tries"], e["error"])
@@ -153,25 +144,7 @@ async def notifying(
     """A runtime with its notifier, and the deliveries it gave up."""
     config = config or Config()
     async with Runtime(state_dir, config=config) as rt:
-        given_up = GivenUps(rt)
-        if WIRED:
-            yield rt, vars(rt)["_notifier"], given_up
-            return
-        notifier = Notifier(
-            store=vars(rt)["_store"],
-            targets=config.notify_targets(),
-            on_given_up=given_up.handed.append,
-        )
-        unsubscribe = rt.on_event(notifier.on_event)
-        try:
-            async with anyio.create_task_group() as group:
-                await group.start(notifier.run)
-                try:
-                    yield rt, notifier, given_up
-                finally:
-                    group.cancel_scope.cancel()
-        finally:
-            unsubscribe()
+        yield rt, vars(rt)["_notifier"], GivenUps(rt)
 
 
 def notify_rows(state_dir: Path, job_id: str) -> tuple[list[Any], list[Any], int | None]:
@@ -593,7 +566,6 @@ async def test_deleting_a_job_deletes_where_its_deliveries_stand(state_dir: Path
         assert notify_rows(state_dir, job.id) == ([], [], None)
 
 
-@pytest.mark.skipif(not WIRED, reason="the runtime does not start a notifier yet")
 async def test_a_service_killed_with_deliveries_pending_delivers_them_after_restart(
     service: Service,
 ) -> None:
