@@ -43,12 +43,15 @@ from aiobatch.spec_types import TemplateSpec
 from aiobatch.units import parse_duration, shown
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+DEFAULT_SLURM_SLOTS = 1000  # elements in flight across a cluster
+MAX_SLURM_CHUNK = 100_000  # elements per sbatch --array
+MIN_SLURM_POLL_S, MAX_SLURM_POLL_S = 0.1, 3600.0
 
 
 class ComputeEnvConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    kind: Literal["local", "docker"] = "local"
-    # Instances that may run at once: in all for local (default: CPUs), per host for docker
-    # (default: 4).
+    kind: Literal["local", "docker", "slurm"] = "local"
+    # Instances that may run at once: in all for local (default: CPUs) and slurm (elements in
+    # flight across the cluster, default 1000), per host for docker (default: 4).
     slots: Slots | None = None
     # docker only: the engines instances are spread over, and TLS for tcp:// ones.
     hosts: tuple[str, ...] = (DEFAULT_DOCKER_HOST,)
@@ -58,6 +61,13 @@ class ComputeEnvConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # docker only: how long an engine that does not answer is retried (with backoff) before
     # the instance fails with `engine_error: HOST: ...`.
     engine_retry: str | int | float = "30s"
+    # slurm only (executors/slurm.py): where and how elements are submitted.
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    sbatch_options: tuple[str, ...] = ()  # more sbatch arguments, passed as given
+    poll: str | int | float = "1s"  # squeue's interval while elements are watched
+    chunk: Annotated[int, Meta(ge=1, le=MAX_SLURM_CHUNK)] = 1000  # elements per array
 
     @property
     def total_slots(self) -> int:
@@ -163,7 +173,8 @@ class Config(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
 def _with_default_slots(env: ComputeEnvConfig) -> ComputeEnvConfig:
     if env.slots is not None:
         return env
-    slots = (os.cpu_count() or 1) if env.kind == "local" else 4
+    defaults = {"local": os.cpu_count() or 1, "docker": 4, "slurm": DEFAULT_SLURM_SLOTS}
+    slots = defaults[env.kind]
     return msgspec.structs.replace(env, slots=slots)
 
 
@@ -178,6 +189,7 @@ def _validate(config: Config) -> list[str]:
             problems.append(f"{where}.engine_retry: {exc}")
         if env.kind == "docker" and not env.hosts:
             problems.append(f"{where}.hosts: needs at least one host")
+        problems += _slurm_problems(env, where)
         for i, host in enumerate(env.hosts):
             if not host.startswith(("unix://", "tcp://", "http://", "https://")):
                 problems.append(
@@ -209,6 +221,40 @@ def _validate(config: Config) -> list[str]:
     problems += server_problems(server)
     for name, template in config.templates.items():
         check_fields(template, key_path("$.templates", name), problems)
+    return problems
+
+
+# sbatch options the Slurm executor sets itself: given again, they would break it.
+_OWN_SBATCH_OPTIONS = ("--array", "--job-name", "--output", "--error", "--parsable", "--wait")
+_SLURM_ONLY = ("partition", "account", "qos", "sbatch_options")
+
+
+def _slurm_problems(env: ComputeEnvConfig, where: str) -> list[str]:
+    if env.kind != "slurm":
+        return [
+            f'{where}.{name}: only for kind = "slurm"' for name in _SLURM_ONLY if getattr(env, name)
+        ]
+    problems = []
+    for name in ("partition", "account", "qos"):
+        value = getattr(env, name)
+        if value is not None and (not value or any(c.isspace() or c in ",\0" for c in value)):
+            problems.append(f"{where}.{name}: {shown(value)} is not a Slurm name")
+    for i, option in enumerate(env.sbatch_options):
+        if not option or "\0" in option:
+            problems.append(f"{where}.sbatch_options[{i}]: must be a non-empty argument")
+        elif option.split("=", 1)[0] in _OWN_SBATCH_OPTIONS:
+            problems.append(
+                f"{where}.sbatch_options[{i}]: {shown(option)} is set by aiobatch itself"
+            )
+    try:
+        poll = parse_duration(env.poll)
+    except ValueError as exc:
+        problems.append(f"{where}.poll: {exc}")
+    else:
+        if not MIN_SLURM_POLL_S <= poll <= MAX_SLURM_POLL_S:
+            problems.append(
+                f"{where}.poll: between {MIN_SLURM_POLL_S:g} s and {MAX_SLURM_POLL_S:g} s"
+            )
     return problems
 
 

@@ -56,10 +56,12 @@ class Engine(StateChanges):
         clock: Callable[[], float] = time.time,
         *,
         lost_limit: int = DEFAULT_LOST_LIMIT,
+        self_throttled: frozenset[str] = frozenset(),
     ) -> None:
         super().__init__(clock)
         self.jobs: dict[str, JobRec] = {}
-        self.scheduler = Scheduler(slots)
+        # self_throttled: envs that apply a task's max_parallel themselves (Slurm's %M).
+        self.scheduler = Scheduler(slots, self_throttled)
         # How many attempts of one instance may be lost with the runtime (re-run uncharged)
         # before it fails: an instance that brings its runtime down must not loop forever.
         self.lost_limit = lost_limit
@@ -362,7 +364,7 @@ class Engine(StateChanges):
         else:
             to_stop = self._fail(inst, outcome.failure_reason())
         self._maybe_finish_task(task)
-        if can_dispatch(task):
+        if can_dispatch(task, self.scheduler.self_throttled):
             self.scheduler.offer(task)
         return to_stop
 

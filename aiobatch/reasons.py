@@ -63,6 +63,8 @@ def waiting_reason(task: TaskRec, scheduler: Scheduler) -> str | None:
                 return BACKOFF
             return f"waiting_for: {', '.join(task.defn.by_index)}"
         limit = task.defn.max_parallel
+        if task.defn.compute_env in scheduler.self_throttled:
+            limit = None  # the env holds them back itself (its own reason)
         if task.job.state is JobState.SUSPENDED:
             return "job_suspended"
         if limit is not None and task.active >= limit:

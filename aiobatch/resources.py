@@ -99,6 +99,18 @@ class Resources:
 
                 hosts = self.host_sets.get(env_name)
                 executor = DockerExecutor(env_name, env, self.layout.runtime_id, hosts)
+            elif env.kind == "slurm":
+                from aiobatch.executors.slurm import SlurmExecutor, SlurmSettings
+
+                settings = SlurmSettings(
+                    partition=env.partition,
+                    account=env.account,
+                    qos=env.qos,
+                    sbatch_options=env.sbatch_options,
+                    poll=env.poll,
+                    chunk=env.chunk,
+                )
+                executor = SlurmExecutor(env_name, settings, self.layout.runtime_id)
             else:
                 executor = LocalExecutor(self.layout)
             self.executors[env_name] = executor

@@ -85,8 +85,12 @@ class Runtime:
         self._layout = StateLayout(Path(root).expanduser())
         self._bus = Bus()
         self._store = Store(self._layout.database)
-        self._engine = Engine(self.config.env_slots(), lost_limit=self.config.lost_limit)
         self._env_kinds = self.config.env_kinds()
+        self._engine = Engine(
+            self.config.env_slots(),
+            lost_limit=self.config.lost_limit,
+            self_throttled=frozenset(n for n, k in self._env_kinds.items() if k == "slurm"),
+        )
         self._resources = Resources(self.config, self._layout, executors)
         # Phase hooks (staging in and out are built in; add yours).
         self.hooks = Hooks.default()
@@ -256,7 +260,7 @@ class Runtime:
         """
         self._attempts.closing = True
         if self.config.detach_on_shutdown:
-            self._attempts.detach({"docker"})
+            self._attempts.detach({"docker", "slurm"})
         instances.cancel_scope.cancel()
 
     async def drain(self, grace: float | None = None) -> None:

@@ -17,9 +17,13 @@ from aiobatch.states import JobState, TaskState
 _DISPATCHABLE_TASK = frozenset({TaskState.READY, TaskState.RUNNING})
 
 
-def can_dispatch(task: TaskRec) -> bool:
-    """True when the task has an instance that could start if a slot were free."""
-    limit = task.defn.max_parallel
+def can_dispatch(task: TaskRec, self_throttled: frozenset[str] = frozenset()) -> bool:
+    """True when the task has an instance that could start if a slot were free.
+
+    In an env that throttles a task itself (``self_throttled``: Slurm's array ``%M``), its
+    ``max_parallel`` is left to the env: every instance is handed over at once."""
+    env = task.defn.compute_env
+    limit = None if env in self_throttled else task.defn.max_parallel
     return (
         task.dispatchable > 0
         and task.state in _DISPATCHABLE_TASK
@@ -30,15 +34,16 @@ def can_dispatch(task: TaskRec) -> bool:
 
 
 class Scheduler:
-    def __init__(self, slots: dict[str, int]) -> None:
+    def __init__(self, slots: dict[str, int], self_throttled: frozenset[str] = frozenset()) -> None:
         self.slots = dict(slots)
+        self.self_throttled = self_throttled  # envs that apply max_parallel themselves
         self.used = dict.fromkeys(slots, 0)
         self._heaps: dict[str, list[tuple[int, int, int, int, TaskRec]]] = {e: [] for e in slots}
         self._tiebreak = itertools.count()
 
     def offer(self, task: TaskRec) -> None:
         """Make a task a candidate again (idempotent)."""
-        if not task.queued and can_dispatch(task):
+        if not task.queued and can_dispatch(task, self.self_throttled):
             task.queued = True
             job = task.job
             key = (-job.priority, job.seq, task.seq, next(self._tiebreak), task)
@@ -51,7 +56,7 @@ class Scheduler:
         heap = self._heaps[env]
         while heap:
             task = heap[0][-1]
-            if can_dispatch(task):
+            if can_dispatch(task, self.self_throttled):
                 self.used[env] += 1
                 return task
             heapq.heappop(heap)

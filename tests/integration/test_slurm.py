@@ -30,11 +30,10 @@ from aiobatch.events import Event, InstanceStateChanged
 from aiobatch.executors.slurm import SlurmExecutor, SlurmSettings
 from aiobatch.executors.slurm_commands import parse_config
 from aiobatch.layout import StateLayout
-from aiobatch.model import TaskRec
 from aiobatch.spec import load_spec
 
 pytestmark = pytest.mark.anyio
-CONFIG = Config(compute_envs={"slurm": ComputeEnvConfig(kind="local", slots=8)})
+CONFIG = Config(compute_envs={"slurm": ComputeEnvConfig(kind="slurm", slots=8)})
 SETTINGS = SlurmSettings(partition="aiobatch", poll="0.3s")
 # Each element notes what the tests check: its index, array, attempt, node, start and end.
 REPORT = (
@@ -88,31 +87,7 @@ def slurm_arrays_named(fragment: str) -> set[str]:
     return {line.split()[0] for line in done.stdout.splitlines() if fragment in line}
 
 
-@pytest.fixture
-def delegated_throttle(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Stands in for the scheduler change this env needs: a slurm task's max_parallel is
-    Slurm's %M throttle, so the engine dispatches all its instances at once."""
-    from aiobatch import engine, scheduler
-
-    original = scheduler.can_dispatch
-
-    def can_dispatch(rec: TaskRec) -> bool:
-        if rec.defn.compute_env != "slurm" or rec.defn.max_parallel is None:
-            return original(rec)
-        unlimited = msgspec.structs.replace(rec.defn, max_parallel=None)
-        saved, rec.defn = rec.defn, unlimited
-        try:
-            return original(rec)
-        finally:
-            rec.defn = saved
-
-    monkeypatch.setattr(scheduler, "can_dispatch", can_dispatch)
-    monkeypatch.setattr(engine, "can_dispatch", can_dispatch)
-
-
-async def test_six_instances_run_as_one_throttled_array(
-    jobcomp: Path, tmp_path: Path, delegated_throttle: None
-) -> None:
+async def test_six_instances_run_as_one_throttled_array(jobcomp: Path, tmp_path: Path) -> None:
     slurm = executor(tmp_path)
     command = f'{REPORT}; echo "$GREETING" >&2; sleep 1; date +%s.%N'
     spec = {

@@ -146,3 +146,26 @@ def test_retention_ages_by_state(tmp_path: Path) -> None:
     assert problems(tmp_path, "[retention]\nsucceeded = 0\n") == [
         "$.retention.succeeded: bad duration 0: must be greater than zero"
     ]
+
+
+def test_a_slurm_env_and_what_it_refuses(tmp_path: Path) -> None:
+    path = tmp_path / "hpc.toml"
+    path.write_text(
+        '[compute_envs.hpc]\nkind = "slurm"\npartition = "batch"\n'
+        'sbatch_options = ["--constraint=avx2"]\npoll = "2s"\n'
+    )
+    env = load_config(path).effective_envs()["hpc"]
+    assert (env.kind, env.slots, env.partition, env.chunk) == ("slurm", 1000, "batch", 1000)
+    assert load_config(path).env_slots()["hpc"] == 1000
+    assert problems(
+        tmp_path,
+        '[compute_envs.hpc]\nkind = "slurm"\npartition = "a b"\n'
+        'sbatch_options = ["--array=0-3", ""]\npoll = "5ms"\n'
+        '[compute_envs.box]\nkind = "docker"\npartition = "batch"\n',
+    ) == [
+        "$.compute_envs.hpc.partition: 'a b' is not a Slurm name",
+        "$.compute_envs.hpc.sbatch_options[0]: '--array=0-3' is set by aiobatch itself",
+        "$.compute_envs.hpc.sbatch_options[1]: must be a non-empty argument",
+        "$.compute_envs.hpc.poll: between 0.1 s and 3600 s",
+        '$.compute_envs.box.partition: only for kind = "slurm"',
+    ]
