@@ -32,6 +32,10 @@ class InstanceResult(msgspec.Struct, frozen=True, kw_only=True):
     duration_s: float | None = None
     # PENDING, waiting out a retry's backoff: when it may start (seconds since the epoch).
     not_before: float | None = None
+    # What its latest attempt that ended cost: CPU seconds (user, system), peak memory.
+    cpu_user_s: float | None = None
+    cpu_system_s: float | None = None
+    max_rss_bytes: int | None = None
 
 
 class InstanceDetail(InstanceResult, frozen=True, kw_only=True):
@@ -53,6 +57,10 @@ class TaskResult(msgspec.Struct, frozen=True, kw_only=True):
     succeeded: int
     failed: int
     cancelled: int
+    # Summed over its instances' latest attempts that ended; the highest peak memory.
+    cpu_user_s: float = 0.0
+    cpu_system_s: float = 0.0
+    max_rss_bytes: int = 0
     instances: list[InstanceResult] | None = None
     # Last lines of stderr of failed instances, by index (filled by get_task_result).
     stderr_tails: dict[int, list[str]] | None = None

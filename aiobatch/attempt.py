@@ -31,6 +31,16 @@ AttemptKey = tuple[str, str, int, int]  # job, task, index, attempt
 
 
 @dataclass(frozen=True, slots=True)
+class Usage:
+    """What an attempt's program cost: CPU seconds (user, system) and its peak memory, as
+    its executor measured them (a local process tree's rusage, a container's engine)."""
+
+    cpu_user_s: float | None = None
+    cpu_system_s: float | None = None
+    max_rss_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """How one attempt ended, as an executor saw it."""
 
@@ -39,6 +49,7 @@ class Outcome:
     # Set when the attempt failed for a reason other than its exit status (timeout, hooks).
     reason: str | None = None
     duration_s: float | None = None
+    usage: Usage | None = None
 
     @property
     def code(self) -> int | None:

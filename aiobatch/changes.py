@@ -58,6 +58,7 @@ class StateChanges:
         inst.reason = reason
         if state is not InstanceState.PENDING:
             inst.not_before = None  # a backoff's end means something only while it waits
+        usage = inst.usage
         self.outbox.append(
             InstanceStateChanged(
                 job_id=inst.task.job.id,
@@ -75,5 +76,8 @@ class StateChanges:
                 lost=inst.lost,
                 interrupted=inst.interrupted,
                 not_before=inst.not_before,
+                cpu_user_s=usage.cpu_user_s if usage is not None else None,
+                cpu_system_s=usage.cpu_system_s if usage is not None else None,
+                max_rss_bytes=usage.max_rss_bytes if usage is not None else None,
             )
         )

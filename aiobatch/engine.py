@@ -301,6 +301,7 @@ class Engine(StateChanges):
                     inst = task.take_fresh()
                 inst.stop_reason = inst.not_before = None
                 inst.exit_code = inst.signal = inst.pid = inst.duration_s = inst.started_at = None
+                task.set_usage(inst, None)  # what it costs is the new attempt's
                 task.active += 1
                 if task.state is TaskState.READY:
                     self._task_to(task, TaskState.RUNNING)
@@ -319,6 +320,8 @@ class Engine(StateChanges):
         uploads re-runs them, never the program."""
         inst.exit_code, inst.signal = outcome.exit_code, outcome.signal
         inst.duration_s = outcome.duration_s
+        if outcome.usage is not None:
+            inst.task.set_usage(inst, outcome.usage)
         self._instance_to(inst, InstanceState.UPLOADING, outcome.reason)
 
     def instance_finished(self, inst: InstanceRec, outcome: Outcome) -> list[InstanceRec]:
@@ -327,6 +330,8 @@ class Engine(StateChanges):
         inst.exit_code, inst.signal = outcome.exit_code, outcome.signal
         if outcome.duration_s is not None:
             inst.duration_s = outcome.duration_s
+        if outcome.usage is not None:
+            task.set_usage(inst, outcome.usage)
         inst.ended_at = self._clock()
         task.active -= 1
         self.scheduler.release(task.defn.compute_env)

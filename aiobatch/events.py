@@ -78,6 +78,10 @@ class InstanceStateChanged(msgspec.Struct, frozen=True, tag=True, kw_only=True, 
     interrupted: int = 0
     # A PENDING instance waiting out its retry's backoff: when it may start (wall clock).
     not_before: float | None = None
+    # What its latest attempt that ended cost (attempt.Usage).
+    cpu_user_s: float | None = None
+    cpu_system_s: float | None = None
+    max_rss_bytes: int | None = None
 
 
 class NotificationFailed(msgspec.Struct, frozen=True, tag=True, kw_only=True):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import deque
 
+from aiobatch.attempt import Usage
 from aiobatch.spec import JobDef, TaskDef
 from aiobatch.spec_types import When
 from aiobatch.states import (
@@ -35,6 +36,7 @@ class InstanceRec:
         "state",
         "stop_reason",
         "task",
+        "usage",
     )
 
     def __init__(self, task: TaskRec, index: int) -> None:
@@ -55,6 +57,7 @@ class InstanceRec:
         self.duration_s: float | None = None
         self.stop_reason: str | None = None
         self.not_before: float | None = None  # waiting out a retry's backoff until then
+        self.usage: Usage | None = None  # what its latest attempt that ended cost
 
     @property
     def active(self) -> bool:
@@ -67,6 +70,25 @@ class InstanceRec:
 
     def __repr__(self) -> str:
         return f"<Instance {self.task.job.id}/{self.task.name}[{self.index}] {self.state}>"
+
+
+class TaskUsage:
+    __slots__ = ("cpu_system_s", "cpu_user_s", "max_rss_bytes")
+
+    def __init__(self) -> None:
+        self.cpu_user_s = 0.0
+        self.cpu_system_s = 0.0
+        self.max_rss_bytes = 0  # the largest of the instances' peaks (not their sum)
+
+    def add(self, usage: Usage) -> None:
+        self.cpu_user_s += usage.cpu_user_s or 0.0
+        self.cpu_system_s += usage.cpu_system_s or 0.0
+        self.max_rss_bytes = max(self.max_rss_bytes, usage.max_rss_bytes or 0)
+
+    def remove(self, usage: Usage) -> None:
+        # A peak cannot be taken back: the task's stays the highest ever seen.
+        self.cpu_user_s -= usage.cpu_user_s or 0.0
+        self.cpu_system_s -= usage.cpu_system_s or 0.0
 
 
 class TaskRec:
@@ -93,6 +115,7 @@ class TaskRec:
         "state",
         "succeeded",
         "unmet",
+        "usage",
     )
 
     def __init__(self, job: JobRec, defn: TaskDef, seq: int) -> None:
@@ -125,6 +148,17 @@ class TaskRec:
         self.failed = 0
         self.cancelled = 0
         self.queued = False  # in the scheduler's heap
+        # Summed over its instances' latest attempts that ended: CPU seconds (user,
+        # system) and the highest peak memory.
+        self.usage = TaskUsage()
+
+    def set_usage(self, inst: InstanceRec, usage: Usage | None) -> None:
+        """An attempt of ``inst`` ended costing ``usage``: it replaces its earlier one's."""
+        if inst.usage is not None:
+            self.usage.remove(inst.usage)
+        inst.usage = usage
+        if usage is not None:
+            self.usage.add(usage)
 
     @property
     def pending(self) -> int:

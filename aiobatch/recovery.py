@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TypeVar
 
-from aiobatch.attempt import AttemptKey, FoundAttempt
+from aiobatch.attempt import AttemptKey, FoundAttempt, Usage
 from aiobatch.model import InstanceRec, JobRec
 from aiobatch.resolver import count_unmet, regate
 from aiobatch.schema import InstanceRow, JobRow
@@ -37,6 +37,8 @@ def restore_job(
         inst.exit_code, inst.signal, inst.pid = r.exit_code, r.signal, r.pid
         inst.started_at, inst.ended_at, inst.duration_s = r.started_at, r.ended_at, r.duration_s
         inst.not_before = r.not_before if r.state is InstanceState.PENDING else None
+        if r.cpu_user_s is not None or r.max_rss_bytes is not None:
+            task.set_usage(inst, Usage(r.cpu_user_s, r.cpu_system_s, r.max_rss_bytes))
         if r.state is InstanceState.SUCCEEDED:
             task.succeeded += 1
         elif r.state is InstanceState.FAILED:

@@ -54,6 +54,9 @@ CREATE TABLE instances (
     interrupted INTEGER NOT NULL DEFAULT 0,
     stop_reason TEXT,
     not_before REAL,
+    cpu_user_s REAL,
+    cpu_system_s REAL,
+    max_rss_bytes INTEGER,
     PRIMARY KEY (job_id, task, idx)
 ) WITHOUT ROWID;
 CREATE TABLE events (
@@ -108,6 +111,9 @@ MIGRATIONS = {
     # Version 4: when a waiting instance may start (a retry's backoff); ended jobs found by
     # age (retention); webhook deliveries.
     4: "ALTER TABLE instances ADD COLUMN not_before REAL; "
+    "ALTER TABLE instances ADD COLUMN cpu_user_s REAL; "
+    "ALTER TABLE instances ADD COLUMN cpu_system_s REAL; "
+    "ALTER TABLE instances ADD COLUMN max_rss_bytes INTEGER; "
     "CREATE INDEX jobs_by_end ON jobs (state, ended_at); " + NOTIFY_MIGRATION,
 }
 
@@ -117,13 +123,14 @@ INSERT_LABEL = "INSERT INTO job_labels VALUES (?, ?, ?)"
 INSERT_EVENT = "INSERT INTO events (job_id, body) VALUES (?, ?)"
 
 UPSERT_INSTANCE = """
-INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)
+INSERT INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?)
 ON CONFLICT (job_id, task, idx) DO UPDATE SET
     attempt = excluded.attempt, state = excluded.state, reason = excluded.reason,
     exit_code = excluded.exit_code, signal = excluded.signal, pid = excluded.pid,
     started_at = excluded.started_at, ended_at = excluded.ended_at,
     duration_s = excluded.duration_s, lost = excluded.lost, interrupted = excluded.interrupted,
-    not_before = excluded.not_before,
+    not_before = excluded.not_before, cpu_user_s = excluded.cpu_user_s,
+    cpu_system_s = excluded.cpu_system_s, max_rss_bytes = excluded.max_rss_bytes,
     -- a stop request holds while its attempt is active; it ends with the attempt
     stop_reason = IIF(
         excluded.attempt = instances.attempt
@@ -198,6 +205,9 @@ class InstanceRow:
     interrupted: int
     stop_reason: str | None  # a stop of its active attempt was requested
     not_before: float | None = None  # waiting out a retry's backoff until then
+    cpu_user_s: float | None = None  # what its latest attempt that ended cost
+    cpu_system_s: float | None = None
+    max_rss_bytes: int | None = None
 
 
 def job_row(row: Any) -> JobRow:

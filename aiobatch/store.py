@@ -112,6 +112,7 @@ class Store:
                 event.job_id, event.task, event.index, event.attempt, event.state,
                 event.reason, event.exit_code, event.signal, event.pid, event.started_at,
                 ended, event.duration_s, event.lost, event.interrupted, event.not_before,
+                event.cpu_user_s, event.cpu_system_s, event.max_rss_bytes,
             )  # fmt: skip
         elif isinstance(event, TaskStateChanged):
             batch.tasks[(event.job_id, event.task)] = (
@@ -387,7 +388,8 @@ class Store:
     async def instance_rows(self, job_id: str) -> list[InstanceRow]:
         async with self.db.execute(
             "SELECT task, idx, attempt, state, reason, exit_code, signal, pid, started_at, "
-            "ended_at, duration_s, lost, interrupted, stop_reason, not_before FROM instances "
+            "ended_at, duration_s, lost, interrupted, stop_reason, not_before, cpu_user_s, "
+            "cpu_system_s, max_rss_bytes FROM instances "
             "WHERE job_id = ?",
             (job_id,),
         ) as cursor:

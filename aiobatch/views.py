@@ -43,6 +43,9 @@ def task_result(task: TaskRec, waiting_reason: WaitingReason, instances: bool) -
         succeeded=task.succeeded,
         failed=task.failed,
         cancelled=task.cancelled,
+        cpu_user_s=round(task.usage.cpu_user_s, 6),
+        cpu_system_s=round(task.usage.cpu_system_s, 6),
+        max_rss_bytes=task.usage.max_rss_bytes,
         instances=[instance_result(task, i, waiting_reason) for i in range(task.total)]
         if instances
         else None,
@@ -58,6 +61,7 @@ def instance_result(task: TaskRec, index: int, waiting_reason: WaitingReason) ->
         if task.gates is not None and task.gates[index]:
             return InstanceResult(index=index, status="PENDING", reason=_closed(task, index))
         return InstanceResult(index=index, status="PENDING", reason=waiting_reason(task))
+    usage = inst.usage
     return InstanceResult(
         index=index,
         status=inst.state.value,
@@ -66,6 +70,9 @@ def instance_result(task: TaskRec, index: int, waiting_reason: WaitingReason) ->
         exit_code=inst.exit_code,
         duration_s=None if inst.duration_s is None else round(inst.duration_s, 6),
         not_before=inst.not_before,
+        cpu_user_s=usage.cpu_user_s if usage is not None else None,
+        cpu_system_s=usage.cpu_system_s if usage is not None else None,
+        max_rss_bytes=usage.max_rss_bytes if usage is not None else None,
     )
 
 

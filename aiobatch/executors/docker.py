@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import replace
 from typing import Any, BinaryIO
 
 import aiodocker
@@ -26,6 +27,7 @@ from aiobatch.config import ComputeEnvConfig
 from aiobatch.executors.docker_hosts import NO_CONNECTION, DockerHosts, message
 from aiobatch.executors.docker_logs import follow, open_logs, prepare_files, rewind_logs
 from aiobatch.executors.docker_outcome import container_outcome, seconds_since
+from aiobatch.executors.docker_usage import UsageMeter
 from aiobatch.host_set import HostSet
 from aiobatch.spec import TaskDef
 
@@ -307,9 +309,12 @@ class DockerExecutor:
         stderr: BinaryIO,
     ) -> Outcome:
         scope = ctx.control.scope
+        meter = UsageMeter()
         async with anyio.create_task_group() as followers:
             followers.start_soon(follow, container, "stdout", stdout)
             followers.start_soon(follow, container, "stderr", stderr)
+            sampling = anyio.CancelScope()
+            followers.start_soon(_within, sampling, meter.follow, container)
             try:
                 with scope:
                     if ctx.task.timeout_s is not None:
@@ -328,11 +333,13 @@ class DockerExecutor:
                     ):
                         await self._stop(container, ctx.kill_grace_s)
                 raise
+            sampling.cancel()  # the container has ended: its figures with it
             # The followers end with the container's output; do not wait on a slow engine.
             with anyio.move_on_after(5):
                 await container.wait()
             followers.cancel_scope.deadline = anyio.current_time() + 5
-        return await container_outcome(container, ctx, began, cut_short=scope.cancelled_caught)
+        outcome = await container_outcome(container, ctx, began, cut_short=scope.cancelled_caught)
+        return replace(outcome, usage=meter.usage())
 
     @staticmethod
     async def _stop(container: DockerContainer, grace: float) -> None:
@@ -341,6 +348,15 @@ class DockerExecutor:
             await container.stop(t=max(1, round(grace)))
         except aiodocker.DockerError:
             pass  # already gone
+
+
+async def _within(
+    scope: anyio.CancelScope,
+    func: Callable[[DockerContainer], Awaitable[None]],
+    container: DockerContainer,
+) -> None:
+    with scope:
+        await func(container)
 
 
 async def _remove(container: DockerContainer) -> None:

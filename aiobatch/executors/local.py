@@ -19,7 +19,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup
 
-from aiobatch.attempt import NO_SPACE, RUNTIME_LOST, FoundAttempt, InstanceContext, Outcome
+from aiobatch.attempt import NO_SPACE, RUNTIME_LOST, FoundAttempt, InstanceContext, Outcome, Usage
 from aiobatch.executors import records
 from aiobatch.executors.spawner import Exited, Spawner, SpawnerGone, SpawnFailed, Started
 from aiobatch.layout import StateLayout
@@ -271,4 +271,6 @@ def _outcome(exited: Exited, started: float, deadline: float, ctx: InstanceConte
         signal=exited.signal,
         reason="timeout" if timed_out else None,
         duration_s=max(0.0, exited.mono - started),
+        # wait4's: the leader and the descendants it waited for (ru_maxrss is in KiB).
+        usage=Usage(exited.utime, exited.stime, exited.maxrss_kib * 1024),
     )

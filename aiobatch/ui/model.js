@@ -7,6 +7,14 @@ import { CODE, INSTANCE_STATES, JOB_TERMINAL, TASK_TERMINAL, formatClock } from 
 
 const NO_EXIT = -2147483648;
 
+// An attempt's cost as its result or event carries it (none: a new attempt has begun).
+function noteUsage(task, index, source) {
+  const cpu = (source.cpu_user_s ?? 0) + (source.cpu_system_s ?? 0);
+  const known = source.cpu_user_s != null || source.max_rss_bytes != null;
+  if (known) task.usage.set(index, { cpu, rss: source.max_rss_bytes ?? null });
+  else task.usage.delete(index);
+}
+
 // An instance's reason as shown: a retry's backoff says until when.
 function reasonText(reason, notBefore) {
   if (reason === "backoff" && notBefore) return `backoff until ${formatClock(notBefore)}`;
@@ -33,6 +41,8 @@ export class TaskModel {
     this.exitCodes = new Int32Array(total).fill(NO_EXIT);
     this.durations = new Float64Array(total).fill(NaN);
     this.reasons = new Array(total).fill(null);
+    // What an instance's latest ended attempt cost, by index: {cpu (s), rss (bytes)}.
+    this.usage = new Map();
     this.counts = new Int32Array(INSTANCE_STATES.length);
     this.counts[CODE.PENDING] = total;
   }
@@ -72,6 +82,7 @@ export class TaskModel {
       exit_code: exit === NO_EXIT ? null : exit,
       duration_s: Number.isNaN(duration) ? null : duration,
       reason: this.reasons[index],
+      usage: this.usage.get(index) || null,
     };
   }
 }
@@ -195,6 +206,7 @@ export class JobModel {
     task.exitCodes[index] = inst.exit_code ?? NO_EXIT;
     task.durations[index] = inst.duration_s ?? NaN;
     task.reasons[index] = reasonText(inst.reason, inst.not_before);
+    noteUsage(task, index, inst);
   }
 
   // -- events --------------------------------------------------------------------------------
@@ -283,6 +295,7 @@ export class JobModel {
     task.exitCodes[i] = event.exit_code ?? NO_EXIT;
     task.durations[i] = event.duration_s ?? NaN;
     task.reasons[i] = reasonText(event.reason, event.not_before);
+    noteUsage(task, i, event);
     this.touchCell(task.name, i);
     this.dirty.tasks.add(task.name);
   }

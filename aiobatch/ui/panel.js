@@ -3,7 +3,7 @@
 // command and environment. Everything from the server goes in as text.
 
 import {
-  ApiError, explain, formatClock, formatDuration, h, instancePath, post, readText, request, session,
+  ApiError, explain, formatBytes, formatClock, formatDuration, h, instancePath, post, readText, request, session,
   setBadge, setText,
 } from "./lib.js";
 
@@ -192,6 +192,8 @@ export class InstancePanel {
       ["exit code", inst.exit_code === null ? "—" : String(inst.exit_code)],
       ["duration", inst.duration_s === null ? "—" : formatDuration(inst.duration_s)],
       ["reason", inst.reason || "—"],
+      ["cpu", inst.usage ? `${inst.usage.cpu.toFixed(2)} s` : "—"],
+      ["peak memory", inst.usage && inst.usage.rss !== null ? formatBytes(inst.usage.rss) : "—"],
     ];
     this.facts.replaceChildren(...facts.flatMap(([k, v]) => [h("dt", {}, k),
       h("dd", { dataset: { fact: k.replace(" ", "_") } }, v)]));

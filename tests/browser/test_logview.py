@@ -6,6 +6,7 @@ every wait is on a DOM condition.
 
 from __future__ import annotations
 
+import re
 import struct
 import urllib.error
 import urllib.request
@@ -142,6 +143,10 @@ def test_failed_instance_shows_reason_and_log(browser: WebDriver, logview: LogVi
     wait_text(browser, "#panel-title", lambda t: t == "check #1", "the instance panel")
     assert text(browser, '#panel-facts dd[data-fact="reason"]') == "exit_code: 3"
     assert text(browser, '#panel-facts dd[data-fact="exit_code"]') == "3"
+    # What the attempt cost, from the process's rusage: its shell's peak memory, its CPU.
+    peak = text(browser, '#panel-facts dd[data-fact="peak_memory"]')
+    assert re.fullmatch(r"\d+\.\d (KiB|MiB)", peak), peak
+    assert re.fullmatch(r"\d+\.\d\d s", text(browser, '#panel-facts dd[data-fact="cpu"]'))
     wait_text(browser, ".log-stdout pre.log", lambda t: t == "out line of 1", "stdout")
     wait_text(browser, ".log-stderr pre.log", lambda t: t == "bad input in part 1", "stderr")
     attempts = wait_text(browser, "table.attempts tbody", lambda t: "FAILED" in t, "attempts")

@@ -158,6 +158,7 @@ async def test_a_version_1_database_is_migrated_with_its_rows(tmp_path: Path) ->
         .replace("    interrupted INTEGER NOT NULL DEFAULT 0,\n", "")
         .replace("    stop_reason TEXT,\n", "")
         .replace("    not_before REAL,\n", "")
+        .replace("    cpu_user_s REAL,\n    cpu_system_s REAL,\n    max_rss_bytes INTEGER,\n", "")
         .replace("CREATE INDEX jobs_by_end ON jobs (state, ended_at);\n", "")
     )
     assert v1 != SCHEMA
@@ -188,6 +189,7 @@ async def test_a_version_2_database_is_migrated_to_labels(tmp_path: Path) -> Non
         SCHEMA.replace(LABELS_SCHEMA, "")
         .replace(NOTIFY_SCHEMA, "")
         .replace("    not_before REAL,\n", "")
+        .replace("    cpu_user_s REAL,\n    cpu_system_s REAL,\n    max_rss_bytes INTEGER,\n", "")
         .replace("CREATE INDEX jobs_by_end ON jobs (state, ended_at);\n", "")
     )
     assert v2 != SCHEMA
