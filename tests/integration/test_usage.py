@@ -37,7 +37,8 @@ async def test_local_instances_report_cpu_and_peak_memory(state_dir: Path) -> No
         await job.wait_for_success()
         snapshot = await rt.job_snapshot(job.id, instances=True)
         mem, cpu = snapshot.tasks["mem"], snapshot.tasks["cpu"]
-    (only,) = mem.instances or ()
+    assert mem.instances is not None
+    (only,) = mem.instances
     assert only.max_rss_bytes is not None and only.max_rss_bytes >= 100 * MiB
     assert mem.max_rss_bytes == only.max_rss_bytes
     for inst in cpu.instances or ():
@@ -76,7 +77,9 @@ async def test_a_container_reports_the_engines_figures(
         job = await rt.submit(spec)
         await job.wait_for_success()
         result = await rt.task_result(job.id, "t")
-        (inst,) = (await rt.job_snapshot(job.id, instances=True)).tasks["t"].instances or ()
+        instances = (await rt.job_snapshot(job.id, instances=True)).tasks["t"].instances
+    assert instances is not None
+    (inst,) = instances
     assert inst.cpu_user_s is not None and inst.cpu_system_s is not None
     assert inst.duration_s is not None
     spent = inst.cpu_user_s + inst.cpu_system_s
