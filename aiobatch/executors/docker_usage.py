@@ -9,7 +9,9 @@ the highest usage seen. A container that ran for less than a sample reports noth
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from typing import Any, cast
 
 import aiodocker
 from aiodocker.containers import DockerContainer
@@ -28,8 +30,11 @@ class UsageMeter:
     async def follow(self, container: DockerContainer) -> None:
         """Take samples until the stream ends (the container has ended) or is cancelled."""
         try:
-            async for sample in container.stats(stream=True):
-                self.take(sample)
+            # Closed however the wait ends (a cancel included), or its connection leaks.
+            stream = cast(AsyncGenerator[dict[str, Any], None], container.stats(stream=True))
+            async with aclosing(stream) as samples:
+                async for sample in samples:
+                    self.take(sample)
         except (aiodocker.DockerError, OSError, ValueError):
             pass  # the figures are a measurement, never the attempt's failure
 
