@@ -55,6 +55,9 @@ async def open_database(path: Path) -> aiosqlite.Connection:
 async def _configure(db: aiosqlite.Connection, path: Path) -> None:
     await _reclaimable(db)
     await db.execute("PRAGMA journal_mode = WAL")
+    # After a checkpoint the WAL file is cut back to this, not left at its largest: a
+    # service deleting jobs by age keeps a small footprint.
+    await db.execute("PRAGMA journal_size_limit = 1048576")
     # NORMAL: a commit survives the process being killed, not the machine losing power.
     # Transactions that accept new jobs are synced in full (see Store.write_pending).
     await db.execute("PRAGMA synchronous = NORMAL")

@@ -55,6 +55,9 @@ class Queries:
     async def job(self, job_id: str) -> JobRec:
         job = self._engine.jobs.get(job_id) or self._archive.get(job_id)
         if job is None:
+            # A job that ended a moment ago may have left the archive before the store
+            # committed its end: what is stored must catch up with the engine first.
+            await self._store.flush()
             job, _ = await self.load(job_id)
             self.remember(job)
         return job

@@ -333,7 +333,7 @@ class DockerExecutor:
                     ):
                         await self._stop(container, ctx.kill_grace_s)
                 raise
-            sampling.cancel()  # the container has ended: its figures with it
+            sampling.cancel()  # the engine's stats stream goes on after the container's end
             # The followers end with the container's output; do not wait on a slow engine.
             with anyio.move_on_after(5):
                 await container.wait()

@@ -9,11 +9,11 @@ the highest usage seen. A container that ran for less than a sample reports noth
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
-from contextlib import aclosing
-from typing import Any, cast
+import json
+from typing import Any
 
 import aiodocker
+import aiohttp
 from aiodocker.containers import DockerContainer
 
 from aiobatch.attempt import Usage
@@ -28,14 +28,21 @@ class UsageMeter:
         self.peak_bytes: int | None = None
 
     async def follow(self, container: DockerContainer) -> None:
-        """Take samples until the stream ends (the container has ended) or is cancelled."""
+        """Take samples until the stream ends or is cancelled (the container has ended).
+
+        The request is made here rather than through ``container.stats()``: its generator
+        leaves the response open when it is cancelled, and so the engine's connection."""
+        docker = container.docker
+        timeout = docker._resolve_long_running_timeout(None)
+        path = f"containers/{container.id}/stats"
         try:
-            # Closed however the wait ends (a cancel included), or its connection leaks.
-            stream = cast(AsyncGenerator[dict[str, Any], None], container.stats(stream=True))
-            async with aclosing(stream) as samples:
-                async for sample in samples:
-                    self.take(sample)
-        except (aiodocker.DockerError, OSError, ValueError):
+            async with docker._query(path, params={"stream": "1"}, timeout=timeout) as answer:
+                try:
+                    while line := await answer.content.readline():
+                        self.take(json.loads(line))
+                finally:
+                    answer.close()  # at once, without awaiting: a cancel is no matter
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError, ValueError):
             pass  # the figures are a measurement, never the attempt's failure
 
     def take(self, sample: dict[str, Any]) -> None:
