@@ -158,7 +158,8 @@ class EnvControl:
             return [f"$.hosts: {name!r} is a {env.kind} env: it has no hosts"] if asks else []
         problems = []
         for i, host in enumerate(change.add_hosts):
-            if not host.startswith(HOST_SCHEMES) or len(host) > MAX_HOST_CHARS:
+            printable = host.isprintable() and not any(c.isspace() for c in host)
+            if not host.startswith(HOST_SCHEMES) or len(host) > MAX_HOST_CHARS or not printable:
                 problems.append(
                     f"$.add_hosts[{i}]: {shown(host)} is not a Docker endpoint "
                     f"(unix:///path/docker.sock or tcp://host:port, at most {MAX_HOST_CHARS} "

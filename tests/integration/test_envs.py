@@ -85,6 +85,12 @@ async def test_refused_changes_name_the_field(state_dir: Path) -> None:
             "tcp://host:port, at most 2048 characters)",
             "$.drain_hosts[0]: 'y' is not a host of 'docker'",
         ]
+        with pytest.raises(SpecError) as refused:
+            await rt.update_env("docker", EnvChange(add_hosts=["tcp://a b:1", "unix:///x\x00"]))
+        assert [e.split(":", 1)[0] for e in refused.value.errors] == [
+            "$.add_hosts[0]",
+            "$.add_hosts[1]",
+        ]
         assert env_of(await rt.list_envs(), "local").slots == 2  # nothing of it applied
     assert not (state_dir / "envs.json").exists()
 
