@@ -69,6 +69,8 @@ def task(name: str, command: str, **fields: object) -> dict[str, object]:
 
 def reports(state_dir: Path, job_id: str, name: str, index: int) -> list[list[str]]:
     path = state_dir / "logs" / job_id / name / f"{index}.stdout"
+    if not path.exists():  # made at the program's first output
+        return []
     return [line.split() for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -220,7 +222,12 @@ async def adopt_after_crash(tmp_path: Path, wait_purge: bool) -> None:
         job_id = child.stdout.readline().strip()
         assert child.stdout.readline().strip() == "running"
         child.send_signal(signal.SIGKILL)
-    [[*_, array, _, _, _]] = reports(state, job_id, "t", 1)
+    # RUNNING in Slurm comes before the element's program has written its first line.
+    deadline = time.monotonic() + 30
+    while not (written := reports(state, job_id, "t", 1)):  # a file: no event to wait on
+        assert time.monotonic() < deadline, "element 1 never wrote its report"
+        await anyio.sleep(0.1)
+    [[*_, array, _, _, _]] = written
     target = f"{array}_1"
     deadline = time.monotonic() + (120 if wait_purge else 30)
     # Element 1 ends while no runtime runs; with wait_purge, until the controller forgets it.
