@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import shutil
 import sqlite3
@@ -45,7 +44,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -920,43 +919,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         for key in wanted:
             SECTIONS[key](bench)
         fs_after = fs_probe(Path(tmp))
-    report = bench.report
-    table = report.markdown()
-    missed = [r.benchmark for r in report.rows if r.met is False]
-    result = {
-        "started_at": started,
-        "duration_s": time.time() - started,
-        "quick": args.quick,
-        "reps": bench.reps,
-        "sections_run": wanted,
-        "machine": {
-            "python": sys.version.split()[0],
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "loadavg_before": load_before,
-            "loadavg_after": os.getloadavg(),
-            "tmp_fs_before": fs_before,
-            "tmp_fs_after": fs_after,
-        },
-        "results": report.sections,
-        "rows": [asdict(r) for r in report.rows],
-        "targets_missed": missed,
-        "check_failures": report.failures,
-        "markdown": table,
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(table)
     fs = [f"{f['mkdir_us']:.0f}/{f['create_us']:.0f} us" for f in (fs_before, fs_after)]
-    print(
-        f"\nload average before/after: {load_before[0]:.2f} / {os.getloadavg()[0]:.2f}; "
-        f"one mkdir/file create in the temp dir before/after: {fs[0]} / {fs[1]}"
+    return bench.report.finish(
+        out,
+        started=started,
+        load_before=load_before,
+        strict=args.strict,
+        fields={"quick": args.quick, "reps": bench.reps, "sections_run": wanted},
+        machine={"tmp_fs_before": fs_before, "tmp_fs_after": fs_after},
+        summary=f"; one mkdir/file create in the temp dir before/after: {fs[0]} / {fs[1]}",
     )
-    note(f"wrote {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
-    if report.failures:
-        print(f"\ncheck failures: {report.failures}", file=sys.stderr)
-        return 1
-    return 1 if args.strict and missed else 0
 
 
 if __name__ == "__main__":

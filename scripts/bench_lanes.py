@@ -33,9 +33,7 @@ or a check failed (or, with ``--strict``, a target was missed).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import random
 import sqlite3
 import statistics
@@ -43,7 +41,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -414,38 +411,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench = LanesBench(args, Path(tmp))
         bench.measure()
         fs_after = fs_probe(Path(tmp))
-    report = bench.report
-    table = report.markdown()
-    missed = [r.benchmark for r in report.rows if r.met is False]
-    result = {
-        "started_at": started,
-        "duration_s": time.time() - started,
-        "quick": args.quick,
-        "reps": bench.reps,
-        "machine": {
-            "python": sys.version.split()[0],
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "loadavg_before": load_before,
-            "loadavg_after": os.getloadavg(),
-            "tmp_fs_before": fs_before,
-            "tmp_fs_after": fs_after,
-        },
-        "results": report.sections,
-        "rows": [asdict(r) for r in report.rows],
-        "targets_missed": missed,
-        "check_failures": report.failures,
-        "markdown": table,
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(table)
-    print(f"\nload average before/after: {load_before[0]:.2f} / {os.getloadavg()[0]:.2f}")
-    note(f"wrote {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
-    if report.failures:
-        print(f"\ncheck failures: {len(report.failures)}", file=sys.stderr)
-        return 1
-    return 1 if args.strict and missed else 0
+    return bench.report.finish(
+        out,
+        started=started,
+        load_before=load_before,
+        strict=args.strict,
+        fields={"quick": args.quick, "reps": bench.reps},
+        machine={"tmp_fs_before": fs_before, "tmp_fs_after": fs_after},
+    )
 
 
 if __name__ == "__main__":

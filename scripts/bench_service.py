@@ -36,9 +36,7 @@ status: 0, or 1 when a check failed (or, with ``--strict``, a target was missed)
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -671,46 +669,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.time()
     load_before = os.getloadavg()
     setup = anyio.run(run, args, report)
-    table = report.markdown(baseline="Baseline, same run")
-    missed = [r.benchmark for r in report.rows if r.met is False]
-    result = {
-        "started_at": started,
-        "duration_s": time.time() - started,
-        "quick": args.quick,
-        "settings": {
-            "instances": args.instances,
-            "duration_s": args.duration,
-            "reps": args.reps,
-            "concurrency": args.concurrency,
-            "submissions": args.submissions,
-            "warmups": args.warmups,
-            **setup,
+    return report.finish(
+        out,
+        started=started,
+        load_before=load_before,
+        strict=args.strict,
+        baseline="Baseline, same run",
+        fields={
+            "quick": args.quick,
+            "settings": {
+                "instances": args.instances,
+                "duration_s": args.duration,
+                "reps": args.reps,
+                "concurrency": args.concurrency,
+                "submissions": args.submissions,
+                "warmups": args.warmups,
+                **setup,
+            },
         },
-        "machine": {
-            "python": sys.version.split()[0],
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "loadavg_before": load_before,
-            "loadavg_after": os.getloadavg(),
-        },
-        "results": report.sections,
-        "rows": [asdict(r) for r in report.rows],
-        "targets_missed": missed,
-        "check_failures": report.failures,
-        "markdown": table,
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(table)
-    print(
-        f"\nload average before/after: {load_before[0]:.2f} / {os.getloadavg()[0]:.2f}; "
-        f"{os.cpu_count()} CPUs; whole run {time.time() - started:.0f} s"
+        summary=f"; {os.cpu_count()} CPUs; whole run {time.time() - started:.0f} s",
     )
-    note(f"wrote {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
-    if report.failures:
-        print(f"\ncheck failures: {report.failures}", file=sys.stderr)
-        return 1
-    return 1 if args.strict and missed else 0
 
 
 if __name__ == "__main__":

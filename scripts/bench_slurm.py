@@ -43,9 +43,7 @@ bench-results/slurm.json). Exit status: 0, or 1 when a run or a check failed (or
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import re
 import sqlite3
 import statistics
@@ -56,7 +54,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -514,37 +512,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="aiobatch-bench-") as tmp:
         bench = SlurmBench(args, Path(tmp))
         bench.measure()
-    report = bench.report
-    table = report.markdown(baseline="Plain array")
-    missed = [r.benchmark for r in report.rows if r.met is False]
-    result = {
-        "started_at": started,
-        "duration_s": time.time() - started,
-        "quick": args.quick,
-        "reps": bench.reps,
-        "machine": {
-            "python": sys.version.split()[0],
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "loadavg_before": load_before,
-            "loadavg_after": os.getloadavg(),
-            "slurm": slurm("sinfo", "--version").strip(),
-        },
-        "results": report.sections,
-        "rows": [asdict(r) for r in report.rows],
-        "targets_missed": missed,
-        "check_failures": report.failures,
-        "markdown": table,
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(table)
-    print(f"\nload average before/after: {load_before[0]:.2f} / {os.getloadavg()[0]:.2f}")
-    note(f"wrote {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
-    if report.failures:
-        print(f"\ncheck failures: {len(report.failures)}", file=sys.stderr)
-        return 1
-    return 1 if args.strict and missed else 0
+    return bench.report.finish(
+        out,
+        started=started,
+        load_before=load_before,
+        strict=args.strict,
+        baseline="Plain array",
+        fields={"quick": args.quick, "reps": bench.reps},
+        machine={"slurm": slurm("sinfo", "--version").strip()},
+    )
 
 
 if __name__ == "__main__":

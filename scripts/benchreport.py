@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import sys
-from dataclasses import dataclass, field
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def note(message: str) -> None:
@@ -47,3 +55,48 @@ class Report:
                 f"| {r.benchmark} | {r.aiobatch} | {r.baseline} | {r.ratio} | {r.target} | {met} |"
             )
         return "\n".join(lines)
+
+    def finish(
+        self,
+        out: Path,
+        *,
+        started: float,
+        load_before: tuple[float, float, float],
+        strict: bool,
+        baseline: str = "Baseline",
+        fields: Mapping[str, Any] | None = None,
+        machine: Mapping[str, Any] | None = None,
+        summary: str = "",
+    ) -> int:
+        """Write everything measured to ``out`` (JSON), print the table and the machine's
+        load; the exit status: 1 if a check failed, or (``strict``) a target was missed."""
+        table = self.markdown(baseline)
+        missed = [r.benchmark for r in self.rows if r.met is False]
+        load_after = os.getloadavg()
+        result = {
+            "started_at": started,
+            "duration_s": time.time() - started,
+            **(fields or {}),
+            "machine": {
+                "python": sys.version.split()[0],
+                "platform": platform.platform(),
+                "cpus": os.cpu_count(),
+                "loadavg_before": load_before,
+                "loadavg_after": load_after,
+                **(machine or {}),
+            },
+            "results": self.sections,
+            "rows": [asdict(r) for r in self.rows],
+            "targets_missed": missed,
+            "check_failures": self.failures,
+            "markdown": table,
+        }
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(table)
+        print(f"\nload average before/after: {load_before[0]:.2f} / {load_after[0]:.2f}{summary}")
+        note(f"wrote {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
+        if self.failures:
+            print(f"\ncheck failures: {self.failures}", file=sys.stderr)
+            return 1
+        return 1 if strict and missed else 0
