@@ -17,6 +17,7 @@ import aiodocker
 import pytest
 
 from aiobatch.config import S3Settings
+from aiobatch.executors.slurm_commands import parse_config
 from aiobatch.storage.s3 import create_client
 from tests.integration.service import Service
 
@@ -112,3 +113,22 @@ async def service(state_dir: Path) -> AsyncIterator[Service]:
     finally:
         await service.close()
         service.clean_up()
+
+
+def need_slurm() -> None:
+    """The Slurm tests run against `scripts/slurm-cluster`: without it they skip, except
+    under CI=true, where they fail."""
+    if not os.environ.get("SLURM_CONF"):
+        message = 'no Slurm cluster: run `eval "$(scripts/slurm-cluster up)"` first'
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def jobcomp() -> Path:
+    """Where the cluster's jobcomp/filetxt writes each finished job's final state."""
+    need_slurm()
+    done = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return Path(parse_config(done.stdout)["JobCompLoc"])

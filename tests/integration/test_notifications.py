@@ -28,10 +28,11 @@ from aiobatch.notifications import notify_type
 from aiobatch.notify_delivery import Notifier
 from aiobatch.notify_store import NotifyStore
 from aiobatch.notify_types import NotifyEvent, NotifySpec
-from aiobatch.schema import NOTIFY_SCHEMA, SCHEMA
+from aiobatch.schema import SCHEMA
 from aiobatch.spec import resolve_spec
 from aiobatch.states import JobState
 from aiobatch.store import Store
+from tests.integration.schemas import schema_as_of
 from tests.integration.service import Service
 
 pytestmark = pytest.mark.anyio
@@ -515,12 +516,7 @@ async def test_events_stored_before_any_notifier_heard_of_them_are_delivered(
 async def test_a_database_from_before_notifications_never_delivers_its_history(
     tmp_path: Path,
 ) -> None:
-    v3 = (
-        SCHEMA.replace(NOTIFY_SCHEMA, "")
-        .replace("    not_before REAL,\n", "")
-        .replace("    cpu_user_s REAL,\n    cpu_system_s REAL,\n    max_rss_bytes INTEGER,\n", "")
-        .replace("CREATE INDEX jobs_by_end ON jobs (state, ended_at);\n", "")
-    )
+    v3 = schema_as_of(3)
     assert v3 != SCHEMA
     path = tmp_path / "db.sqlite"
     stored = msgspec.json.encode(

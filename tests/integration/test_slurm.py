@@ -11,7 +11,6 @@ test kills.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -28,7 +27,6 @@ from aiobatch import Runtime
 from aiobatch.config import ComputeEnvConfig, Config
 from aiobatch.events import Event, InstanceStateChanged
 from aiobatch.executors.slurm import SlurmExecutor, SlurmSettings
-from aiobatch.executors.slurm_commands import parse_config
 from aiobatch.layout import StateLayout
 from aiobatch.spec import load_spec
 
@@ -40,18 +38,6 @@ REPORT = (
     'echo "$AIOBATCH_INSTANCE_INDEX $SLURM_ARRAY_TASK_ID $SLURM_ARRAY_JOB_ID $AIOBATCH_ATTEMPT'
     ' $SLURMD_NODENAME $(date +%s.%N)"'
 )
-
-
-@pytest.fixture(scope="module")
-def jobcomp() -> Path:
-    if not os.environ.get("SLURM_CONF"):
-        message = 'no Slurm cluster: run `eval "$(scripts/slurm-cluster up)"` first'
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    done = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    return Path(parse_config(done.stdout)["JobCompLoc"])
 
 
 def executor(state_dir: Path) -> SlurmExecutor:

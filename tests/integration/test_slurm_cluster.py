@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.conftest import need_slurm
+
 # A job no longer changes once in one of these (squeue's long names).
 FINAL = {
     "BOOT_FAIL",
@@ -52,11 +54,7 @@ def run(*args: str, cwd: Path | None = None) -> str:
 
 @pytest.fixture(scope="module")
 def cluster() -> Cluster:
-    if not os.environ.get("SLURM_CONF"):
-        message = 'no Slurm cluster: run `eval "$(scripts/slurm-cluster up)"` first'
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    need_slurm()
     assert "is UP" in run("scontrol", "ping")
     config = dict(
         (key.strip(), value.strip())

@@ -12,7 +12,6 @@ service's events or on files the elements write.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import time
@@ -25,7 +24,6 @@ import anyio
 import pytest
 
 from aiobatch.events import InstanceStateChanged
-from aiobatch.executors.slurm_commands import parse_config
 from tests.helpers import instance_is, runtime_id, until
 from tests.integration.conftest import IMAGE, docker_hosts
 from tests.integration.service import AIOBATCH, Service, submit_and_see_running
@@ -38,18 +36,6 @@ CONFIG = f'kill_grace = "1s"\n{SLURM_ENV}'
 WAIT_S = 60.0  # for Slurm to show what an element did
 # Each element notes where it runs: its array job and task ids.
 WHERE = 'echo "slurm $SLURM_ARRAY_JOB_ID $SLURM_ARRAY_TASK_ID"'
-
-
-@pytest.fixture(scope="module")
-def jobcomp() -> Path:
-    if not os.environ.get("SLURM_CONF"):
-        message = 'no Slurm cluster: run `eval "$(scripts/slurm-cluster up)"` first'
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    done = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    return Path(parse_config(done.stdout)["JobCompLoc"])
 
 
 @pytest.fixture

@@ -21,9 +21,10 @@ from aiobatch.events import (
     JobSubmitted,
     TaskStateChanged,
 )
-from aiobatch.schema import LABELS_SCHEMA, NOTIFY_SCHEMA, SCHEMA, SCHEMA_VERSION
+from aiobatch.schema import SCHEMA, SCHEMA_VERSION
 from aiobatch.spec import JobDef, resolve_spec
 from aiobatch.store import Store
+from tests.integration.schemas import schema_as_of
 
 pytestmark = pytest.mark.anyio
 
@@ -151,16 +152,7 @@ def drain(stream: Any) -> list[Any]:
 
 async def test_a_version_1_database_is_migrated_with_its_rows(tmp_path: Path) -> None:
     # Version 1 as it shipped: instances had no `lost` column.
-    v1 = (
-        SCHEMA.replace(LABELS_SCHEMA, "")
-        .replace(NOTIFY_SCHEMA, "")
-        .replace("    lost INTEGER NOT NULL DEFAULT 0,\n", "")
-        .replace("    interrupted INTEGER NOT NULL DEFAULT 0,\n", "")
-        .replace("    stop_reason TEXT,\n", "")
-        .replace("    not_before REAL,\n", "")
-        .replace("    cpu_user_s REAL,\n    cpu_system_s REAL,\n    max_rss_bytes INTEGER,\n", "")
-        .replace("CREATE INDEX jobs_by_end ON jobs (state, ended_at);\n", "")
-    )
+    v1 = schema_as_of(1)
     assert v1 != SCHEMA
     path = tmp_path / "db.sqlite"
     with sqlite3.connect(path) as db:
@@ -185,13 +177,7 @@ async def test_a_version_1_database_is_migrated_with_its_rows(tmp_path: Path) ->
 async def test_a_version_2_database_is_migrated_to_labels(tmp_path: Path) -> None:
     """Version 2 as it shipped (no job_labels): its jobs stay, without labels, and jobs
     submitted after the migration are found by their labels through the new index."""
-    v2 = (
-        SCHEMA.replace(LABELS_SCHEMA, "")
-        .replace(NOTIFY_SCHEMA, "")
-        .replace("    not_before REAL,\n", "")
-        .replace("    cpu_user_s REAL,\n    cpu_system_s REAL,\n    max_rss_bytes INTEGER,\n", "")
-        .replace("CREATE INDEX jobs_by_end ON jobs (state, ended_at);\n", "")
-    )
+    v2 = schema_as_of(2)
     assert v2 != SCHEMA
     old = resolve_spec(ONE_TASK)
     stored = msgspec.json.encode(old).replace(b',"labels":{}', b"")  # as version 2 wrote it
