@@ -9,7 +9,7 @@ from __future__ import annotations
 from aiobatch import resolver
 from aiobatch.attempt import NO_SPACE, Outcome
 from aiobatch.model import InstanceRec, TaskRec
-from aiobatch.scheduler import Scheduler
+from aiobatch.scheduler import Scheduler, parallel_limit
 from aiobatch.states import InstanceState, JobState, TaskState
 
 STOPPED_BY_USER = "stopped_by_user"
@@ -62,9 +62,7 @@ def waiting_reason(task: TaskRec, scheduler: Scheduler) -> str | None:
             if any(i.not_before is not None for i in task.held):
                 return BACKOFF
             return f"waiting_for: {', '.join(task.defn.by_index)}"
-        limit = task.defn.max_parallel
-        if task.defn.compute_env in scheduler.self_throttled:
-            limit = None  # the env holds them back itself (its own reason)
+        limit = parallel_limit(task, scheduler.self_throttled)
         if task.job.state is JobState.SUSPENDED:
             return "job_suspended"
         if limit is not None and task.active >= limit:

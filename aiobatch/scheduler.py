@@ -17,13 +17,16 @@ from aiobatch.states import JobState, TaskState
 _DISPATCHABLE_TASK = frozenset({TaskState.READY, TaskState.RUNNING})
 
 
-def can_dispatch(task: TaskRec, self_throttled: frozenset[str] = frozenset()) -> bool:
-    """True when the task has an instance that could start if a slot were free.
-
-    In an env that throttles a task itself (``self_throttled``: Slurm's array ``%M``), its
+def parallel_limit(task: TaskRec, self_throttled: frozenset[str]) -> int | None:
+    """How many of the task's instances aiobatch lets run at once (None: no bound). In an
+    env that throttles a task itself (``self_throttled``: Slurm's array ``%M``),
     ``max_parallel`` is left to the env: every instance is handed over at once."""
-    env = task.defn.compute_env
-    limit = None if env in self_throttled else task.defn.max_parallel
+    return None if task.defn.compute_env in self_throttled else task.defn.max_parallel
+
+
+def can_dispatch(task: TaskRec, self_throttled: frozenset[str] = frozenset()) -> bool:
+    """True when the task has an instance that could start if a slot were free."""
+    limit = parallel_limit(task, self_throttled)
     return (
         task.dispatchable > 0
         and task.state in _DISPATCHABLE_TASK
