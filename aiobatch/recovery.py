@@ -101,16 +101,18 @@ def _started_unrecorded(job: JobRec, key: AttemptKey) -> InstanceRec | None:
     task = job.tasks.get(name)
     if task is None or not 0 <= index < task.total:
         return None
-    could_start = task.state in (TaskState.READY, TaskState.RUNNING) or (
-        task.state is TaskState.PENDING and task.unmet == 0
-    )
-    if task.gates is not None and task.gates[index]:
-        could_start = False  # its counterpart had not succeeded
-    if not could_start:
-        return None  # its upstream is not done as stored: it is an orphan, run again later
+    # Its start is on record, and the engine starts nothing whose dependencies (or by-index
+    # counterparts) are not met: that they are not met as stored only means their ends were
+    # in the same commit window. Their attempts are adopted too and end as they did.
+    if task.state in TASK_TERMINAL:
+        return None
     inst = task.instances[index]
     if inst is None:
-        return task.record(index) if attempt == 1 else None
+        if attempt != 1:
+            return None
+        if index in task.open:  # it is no longer waiting for a slot
+            task.open.remove(index)
+        return task.record(index)
     if inst.state is InstanceState.PENDING and inst.attempt == attempt:
         return inst
     return None
