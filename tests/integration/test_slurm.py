@@ -157,7 +157,9 @@ async def test_retry_resubmits_only_the_failed_elements(jobcomp: Path, tmp_path:
         job = await rt.submit(spec)
         snapshot = await rt.wait_job(job.id)
     assert snapshot.status == "SUCCEEDED"
-    assert slurm.submitted == 2
+    # The first attempts went as one array; each retry holds failed elements only (the two
+    # failures may be seen in different polls, so their retries may go as two arrays).
+    assert slurm.submitted in (2, 3)
     first, second = set(), set()
     for i in range(4):
         lines = reports(tmp_path, job.id, "t", i)
@@ -165,7 +167,7 @@ async def test_retry_resubmits_only_the_failed_elements(jobcomp: Path, tmp_path:
         first.add(lines[0][2])
         if i % 2:
             second.add(lines[1][2])
-    assert len(first) == 1 and len(second) == 1 and first != second
+    assert len(first) == 1 and len(second) == slurm.submitted - 1 and not first & second
 
 
 # -- a runtime killed mid-array ----------------------------------------------------------------
