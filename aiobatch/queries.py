@@ -35,8 +35,16 @@ ARCHIVE_SIZE = 256  # ended jobs kept in memory for queries; older ones are read
 
 
 class Queries:
-    def __init__(self, engine: Engine, store: Store, bus: Bus, layout: StateLayout) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        store: Store,
+        bus: Bus,
+        layout: StateLayout,
+        queued: views.QueuedReason | None = None,
+    ) -> None:
         self._engine, self._store, self._bus, self._layout = engine, store, bus, layout
+        self._queued = queued
         # Ended jobs (of this run, or loaded for a query), most recent last; bounded.
         self._archive: OrderedDict[str, JobRec] = OrderedDict()
         self._job_done: dict[str, anyio.Event] = {}
@@ -158,11 +166,13 @@ class Queries:
         return [HistoryEntry(seq=seq, event=event) for seq, event in events]
 
     async def snapshot(self, job_id: str, *, instances: bool = False) -> JobSnapshot:
-        return views.job_snapshot(await self.job(job_id), self._engine.waiting_reason, instances)
+        return views.job_snapshot(
+            await self.job(job_id), self._engine.waiting_reason, instances, self._queued
+        )
 
     async def instance_result(self, job_id: str, task_name: str, index: int) -> InstanceDetail:
         task = await self.instance_task(job_id, task_name, index)
-        result = views.instance_result(task, index, self._engine.waiting_reason)
+        result = views.instance_result(task, index, self._engine.waiting_reason, self._queued)
         tail = None
         if result.status == InstanceState.FAILED:
             path = self._layout.log_path(job_id, task_name, index, "stderr")
@@ -171,7 +181,7 @@ class Queries:
 
     async def task_result(self, job_id: str, task_name: str) -> TaskResult:
         task = await self.task(job_id, task_name)
-        result = views.task_result(task, self._engine.waiting_reason, instances=True)
+        result = views.task_result(task, self._engine.waiting_reason, True, self._queued)
         failed = [i.index for i in task.instances if i and i.state is InstanceState.FAILED]
 
         def read_tails() -> dict[int, list[str]]:  # file reads: off the event loop

@@ -16,10 +16,11 @@ from anyio.abc import TaskGroup
 from aiobatch.attempt import AttemptKey, FoundAttempt
 from aiobatch.config import Config
 from aiobatch.errors import SpecError
-from aiobatch.executors.base import AdoptingExecutor, Executor
+from aiobatch.executors.base import AdoptingExecutor, Executor, QueueingExecutor
 from aiobatch.executors.local import LocalExecutor
 from aiobatch.host_set import HostSet
 from aiobatch.layout import StateLayout
+from aiobatch.model import TaskRec
 from aiobatch.spec import JobDef, TaskDef
 from aiobatch.storage.base import StorageBackend, StorageURI
 from aiobatch.storage.files import FileBackend
@@ -115,6 +116,14 @@ class Resources:
                 executor = LocalExecutor(self.layout)
             self.executors[env_name] = executor
         return executor
+
+    def queued_reason(self, task: TaskRec, index: int) -> str | None:
+        """Why an instance handed to its env's executor waits there (Slurm's pending reason)."""
+        executor = self.executors.get(task.defn.compute_env)
+        inst = task.instances[index]
+        if inst is None or not isinstance(executor, QueueingExecutor):
+            return None
+        return executor.queued_reason((task.job.id, task.defn.name, index, inst.attempt))
 
     async def open_for(self, defn: JobDef) -> None:
         """Open (once) the executors and storage a job needs, before anything is dispatched."""

@@ -105,7 +105,9 @@ class Runtime:
             env_kinds=self._env_kinds,
             kill_grace_s=self.config.kill_grace_s,
         )
-        self._queries = Queries(self._engine, self._store, self._bus, self._layout)
+        self._queries = Queries(
+            self._engine, self._store, self._bus, self._layout, self._resources.queued_reason
+        )
         self._commands = Commands(
             config=self.config,
             env_kinds=self._env_kinds,

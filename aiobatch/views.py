@@ -13,11 +13,16 @@ from aiobatch.model import JobRec, TaskRec
 from aiobatch.states import TASK_TERMINAL, InstanceState
 
 WaitingReason = Callable[[TaskRec], "str | None"]
+# Why an instance handed to its executor has not started: a queue of the executor's own
+# (Slurm's pending reason), by the task and the index; None when it says nothing.
+QueuedReason = Callable[[TaskRec, int], "str | None"]
 STDERR_TAIL_LINES = 10
 LOG_CHUNK = 64 * 1024  # bytes of a log read (and sent) at a time
 
 
-def job_snapshot(job: JobRec, waiting_reason: WaitingReason, instances: bool) -> JobSnapshot:
+def job_snapshot(
+    job: JobRec, waiting_reason: WaitingReason, instances: bool, queued: QueuedReason | None = None
+) -> JobSnapshot:
     return JobSnapshot(
         id=job.id,
         name=job.defn.name,
@@ -27,13 +32,19 @@ def job_snapshot(job: JobRec, waiting_reason: WaitingReason, instances: bool) ->
         started_at=job.started_at,
         ended_at=job.ended_at,
         tasks={
-            name: task_result(task, waiting_reason, instances) for name, task in job.tasks.items()
+            name: task_result(task, waiting_reason, instances, queued)
+            for name, task in job.tasks.items()
         },
         labels=job.defn.labels,
     )
 
 
-def task_result(task: TaskRec, waiting_reason: WaitingReason, instances: bool) -> TaskResult:
+def task_result(
+    task: TaskRec,
+    waiting_reason: WaitingReason,
+    instances: bool,
+    queued: QueuedReason | None = None,
+) -> TaskResult:
     return TaskResult(
         status=task.state.value,
         reason=waiting_reason(task),
@@ -46,13 +57,15 @@ def task_result(task: TaskRec, waiting_reason: WaitingReason, instances: bool) -
         cpu_user_s=round(task.usage.cpu_user_s, 6),
         cpu_system_s=round(task.usage.cpu_system_s, 6),
         max_rss_bytes=task.usage.max_rss_bytes,
-        instances=[instance_result(task, i, waiting_reason) for i in range(task.total)]
+        instances=[instance_result(task, i, waiting_reason, queued) for i in range(task.total)]
         if instances
         else None,
     )
 
 
-def instance_result(task: TaskRec, index: int, waiting_reason: WaitingReason) -> InstanceResult:
+def instance_result(
+    task: TaskRec, index: int, waiting_reason: WaitingReason, queued: QueuedReason | None = None
+) -> InstanceResult:
     inst = task.instances[index]
     if inst is None:
         # Never started: pending while the task may still run it, else it never will.
@@ -62,10 +75,13 @@ def instance_result(task: TaskRec, index: int, waiting_reason: WaitingReason) ->
             return InstanceResult(index=index, status="PENDING", reason=_closed(task, index))
         return InstanceResult(index=index, status="PENDING", reason=waiting_reason(task))
     usage = inst.usage
+    reason = inst.reason
+    if reason is None and queued is not None and inst.state is InstanceState.STAGING:
+        reason = queued(task, index)
     return InstanceResult(
         index=index,
         status=inst.state.value,
-        reason=inst.reason,
+        reason=reason,
         attempts=inst.attempt - (inst.state is InstanceState.PENDING),
         exit_code=inst.exit_code,
         duration_s=None if inst.duration_s is None else round(inst.duration_s, 6),

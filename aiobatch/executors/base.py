@@ -7,7 +7,7 @@ from typing import Protocol, runtime_checkable
 
 from anyio.abc import TaskGroup
 
-from aiobatch.attempt import FoundAttempt, InstanceContext, Outcome
+from aiobatch.attempt import AttemptKey, FoundAttempt, InstanceContext, Outcome
 from aiobatch.spec import TaskDef
 
 
@@ -64,4 +64,15 @@ class AdoptingExecutor(Executor, Protocol):
 
     async def discard(self, found: FoundAttempt) -> bool:
         """Remove an attempt no instance claims (an orphan); whether there was one to remove."""
+        ...
+
+
+@runtime_checkable
+class QueueingExecutor(Executor, Protocol):
+    """An executor whose attempts may wait in a queue of its own (a cluster scheduler's)
+    between being handed over and starting."""
+
+    def queued_reason(self, key: AttemptKey) -> str | None:
+        """Why the attempt has not started yet, as that queue says; None if it is not
+        waiting there (or the queue gives no reason)."""
         ...

@@ -42,6 +42,7 @@ log = structlog.get_logger("aiobatch.slurm")
 # KillWait, 30 s by default, passes between its TERM and its KILL).
 STOP_MARGIN_S = 60.0
 MAX_CHUNK = 100_000
+QUEUED = "slurm_pending"  # an attempt's reason while its element waits in Slurm's queue
 # Task fields an array element cannot honour: it runs on a node as the submitting user.
 _UNSUPPORTED = ("image", "workdir", "network", "user", "keep_failed")
 
@@ -106,11 +107,16 @@ class SlurmExecutor:
     async def aclose(self) -> None:
         pass  # the poller ends with the background group; elements end with their runs
 
-    def pending_reasons(self) -> dict[AttemptKey, str]:
-        """Why each waiting attempt's element pends, as Slurm says (e.g. Priority)."""
-        assert self._watcher is not None
-        pending = self._watcher.pending()
-        return {key: pending[e.key] for key, e in self._elements.items() if e.key in pending}
+    def queued_reason(self, key: AttemptKey) -> str | None:
+        """``slurm_pending: REASON`` while the attempt's element waits in Slurm's queue, with
+        Slurm's reason (Priority, Resources, JobArrayTaskLimit, ...) when it gives one."""
+        element = self._elements.get(key)
+        if element is None or self._watcher is None:
+            return None
+        reason = self._watcher.pending_reason(element.key)
+        if reason is None:
+            return None
+        return f"{QUEUED}: {reason}" if reason else QUEUED
 
     # -- submission --------------------------------------------------------------------------
 

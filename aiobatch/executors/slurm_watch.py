@@ -96,13 +96,13 @@ class Watcher:
         for state in states:
             self._known_ends[state.key] = state
 
-    def pending(self) -> dict[tuple[int, int], str]:
-        """Each waiting element's pending reason (Priority, Resources, JobArrayTaskLimit)."""
-        return {
-            key: element.last.reason
-            for key, element in self._elements.items()
-            if element.last is not None and element.last.state == PENDING
-        }
+    def pending_reason(self, key: tuple[int, int]) -> str | None:
+        """The element's pending reason as the last poll saw it (Priority, Resources,
+        JobArrayTaskLimit, possibly empty), or None if it was not seen pending."""
+        element = self._elements.get(key)
+        if element is None or element.last is None or element.last.state != PENDING:
+            return None
+        return element.last.reason
 
     # -- polling -----------------------------------------------------------------------------
 

@@ -146,6 +146,31 @@ async def test_stop_scancels_the_running_element(jobcomp: Path, tmp_path: Path) 
     assert squeue_state(f"{array}_0") == "CANCELLED"
 
 
+async def test_pending_element_shows_slurm_reason_as_waiting_reason(
+    jobcomp: Path, tmp_path: Path
+) -> None:
+    # max_parallel 1 is the array's %1: element 1 pends behind element 0 (JobArrayTaskLimit).
+    spec = {"name": "pend", "tasks": [task("t", "exec sleep 300", instances=2, max_parallel=1)]}
+    async with runtime(tmp_path, executor(tmp_path)) as rt:
+        job = await rt.submit(spec)
+        async for event in rt.events(job.id):
+            if isinstance(event, InstanceStateChanged) and event.state == "RUNNING":
+                break
+        deadline = time.monotonic() + 30
+        # Slurm's reason reaches the runtime by its poll (0.3 s here): no event announces it.
+        while (waiting := await rt.instance_result(job.id, "t", 1)).reason is None:
+            assert time.monotonic() < deadline, waiting
+            await anyio.sleep(0.1)
+        snapshot = await rt.job_snapshot(job.id, instances=True)
+        await rt.stop_job(job.id)
+        await rt.wait_job(job.id)
+        ended = await rt.instance_result(job.id, "t", 1)
+    assert (waiting.status, waiting.reason) == ("STAGING", "slurm_pending: JobArrayTaskLimit")
+    instances = snapshot.tasks["t"].instances
+    assert instances is not None and instances[1].reason == "slurm_pending: JobArrayTaskLimit"
+    assert ended.reason is not None and not ended.reason.startswith("slurm_pending")
+
+
 async def test_retry_resubmits_only_the_failed_elements(jobcomp: Path, tmp_path: Path) -> None:
     slurm = executor(tmp_path)
     fail_odd = (
