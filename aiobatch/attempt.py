@@ -18,6 +18,14 @@ from aiobatch.spec import TaskDef
 # The attempt ended with its runtime (a crash) or its spawner: how is not known. It runs
 # again, not charged to the task's retries.
 RUNTIME_LOST = "runtime_lost"
+# The cluster took the attempt's node away: it failed or was preempted (Slurm's NODE_FAIL,
+# BOOT_FAIL, PREEMPTED). Like RUNTIME_LOST a disruption, not the program's failure.
+NODE_FAIL = "node_fail"
+PREEMPTED = "preempted"
+# Reasons (by kind: ``disrupted: ...`` counts too) of attempts that run again, not charged
+# to the task's retries, up to the lost limit (as Kubernetes' pod failure policy ignores
+# disruptions).
+DISRUPTIONS = frozenset({RUNTIME_LOST, NODE_FAIL, PREEMPTED, "disrupted"})
 # It could not start for lack of space in the state dir: nothing ran; it waits (uncharged,
 # same attempt) for dispatch to resume once there is room.
 NO_SPACE = "state_dir_full"
@@ -57,6 +65,11 @@ class Outcome:
         if self.signal is not None:
             return 128 + self.signal
         return self.exit_code
+
+    @property
+    def disrupted(self) -> bool:
+        """It ended by something outside the program: its runtime, spawner or node went."""
+        return self.reason is not None and self.reason.split(":", 1)[0] in DISRUPTIONS
 
     @property
     def succeeded(self) -> bool:

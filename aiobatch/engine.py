@@ -347,12 +347,12 @@ class Engine(StateChanges):
         elif not_started_for_space(inst, outcome) and job.stopping is None:
             self._instance_to(inst, InstanceState.PENDING, NO_SPACE)
             task.retry_queue.appendleft(inst)
-        elif outcome.reason == RUNTIME_LOST and job.stopping is None:
+        elif outcome.disrupted and job.stopping is None:
             if inst.lost < self.lost_limit:
                 # Not the program's failure: a new attempt, not charged to its retries.
                 inst.lost += 1
                 inst.attempt += 1
-                self._instance_to(inst, InstanceState.PENDING, RUNTIME_LOST)
+                self._instance_to(inst, InstanceState.PENDING, outcome.reason)
                 task.retry_queue.append(inst)
             else:
                 to_stop = self._fail(inst, f"{RUNTIME_LOST_LIMIT}: {self.lost_limit}")

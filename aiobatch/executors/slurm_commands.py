@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 import msgspec
 
-from aiobatch.attempt import Outcome
+from aiobatch.attempt import NODE_FAIL, PREEMPTED, Outcome
 
 COMMAND_LIMIT_S = 60.0  # a Slurm command that has not answered by then has failed
 
@@ -31,10 +31,10 @@ FINAL_REASONS: dict[str, str | None] = {
     "FAILED": None,
     "TIMEOUT": "timeout",
     "OUT_OF_MEMORY": "oom",
-    "NODE_FAIL": "node_fail",
-    "BOOT_FAIL": "node_fail",
+    "NODE_FAIL": NODE_FAIL,
+    "BOOT_FAIL": NODE_FAIL,
     "CANCELLED": "cancelled",
-    "PREEMPTED": "preempted",
+    "PREEMPTED": PREEMPTED,
     "DEADLINE": "timeout",
 }
 PENDING, RUNNING = "PENDING", "RUNNING"

@@ -27,7 +27,7 @@ from hypothesis.stateful import (
 )
 from msgspec.structs import replace
 
-from aiobatch.attempt import NO_SPACE, Outcome
+from aiobatch.attempt import NO_SPACE, NODE_FAIL, PREEMPTED, Outcome
 from aiobatch.engine import (
     BACKOFF,
     INTERRUPTED,
@@ -78,6 +78,7 @@ RAN_OUTCOMES = [
     Outcome(signal=9, duration_s=1.0),  # code 137
     Outcome(signal=15, duration_s=1.0),  # code 143
     Outcome(signal=15, reason="timeout", duration_s=1.0),
+    Outcome(signal=9, reason=NODE_FAIL, duration_s=1.0),  # a disruption: its node went
 ]
 # Outcomes of an attempt whose program never started (the instance is still STAGING).
 STAGING_OUTCOMES = [
@@ -464,12 +465,24 @@ class EngineMachine(RuleBasedStateMachine):
 
     def finish(self, inst: InstanceRec, outcome: Outcome) -> None:
         job, attempt, stopped = inst.task.job, inst.attempt, inst.stop_reason is not None
+        charged, lost = inst.charged_attempts, inst.lost
         to_stop = self.engine.instance_finished(inst, outcome)
         self.check_to_stop(to_stop, job)
         if stopped:
             assert inst.state is InstanceState.CANCELLED
         elif outcome.succeeded:
             assert inst.state is InstanceState.SUCCEEDED
+        elif outcome.disrupted and job.stopping is None:
+            # Not the program's doing: run again uncharged, up to the lost limit.
+            if lost < LOST_LIMIT:
+                assert (inst.state, inst.reason) == (InstanceState.PENDING, outcome.reason)
+                assert (inst.attempt, inst.lost) == (attempt + 1, lost + 1)
+                assert inst.charged_attempts == charged
+            else:
+                assert (inst.state, inst.reason) == (
+                    InstanceState.FAILED,
+                    f"{RUNTIME_LOST_LIMIT}: {LOST_LIMIT}",
+                )
         elif inst.state is InstanceState.PENDING:
             retries = self.replay.retries.get(job.id, 0)
             assert inst.attempt == attempt + 1
@@ -1237,6 +1250,30 @@ def test_stop_instance_after_the_job_ended_changes_nothing() -> None:
     h.engine.drain()
     assert h.engine.stop_instance(h.task("b"), 1) is None
     assert h.engine.drain() == []
+
+
+@pytest.mark.parametrize("reason", [NODE_FAIL, PREEMPTED])
+def test_a_node_lost_to_the_cluster_reruns_uncharged_up_to_the_lost_limit(reason: str) -> None:
+    h = Harness(task_def("t"))  # no retries: a charged failure would fail the job
+    limit = h.engine.lost_limit
+    for attempt in range(1, limit + 2):
+        assert h.dispatch() == ["t[0]"]
+        assert h.inst("t").attempt == attempt
+        h.run("t", outcome=Outcome(signal=9, reason=reason))
+    inst = h.inst("t")
+    assert (inst.state, inst.reason) == (InstanceState.FAILED, f"{RUNTIME_LOST_LIMIT}: {limit}")
+    assert (inst.lost, inst.charged_attempts) == (limit, 1)
+
+
+def test_a_node_failure_then_success_succeeds() -> None:
+    h = Harness(task_def("t"))
+    assert h.dispatch() == ["t[0]"]
+    h.run("t", outcome=Outcome(reason=NODE_FAIL))
+    inst = h.inst("t")
+    assert (inst.state, inst.reason, inst.attempt) == (InstanceState.PENDING, NODE_FAIL, 2)
+    assert h.dispatch() == ["t[0]"]
+    h.run("t")
+    assert h.job_state() is JobState.SUCCEEDED
 
 
 def test_a_start_that_found_no_room_waits_uncharged_for_the_same_attempt() -> None:
