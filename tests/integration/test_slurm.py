@@ -130,20 +130,24 @@ async def test_exit_code_timeout_and_memory(jobcomp: Path, tmp_path: Path) -> No
     assert (hogs_result.status, hogs_result.reason) == ("FAILED", "oom")
 
 
-async def test_stop_scancels_the_running_element(jobcomp: Path, tmp_path: Path) -> None:
-    spec = {"name": "stop", "tasks": [task("t", f"{REPORT}; exec sleep 300")]}
+async def test_stop_scancels_the_running_array(jobcomp: Path, tmp_path: Path) -> None:
+    spec = {"name": "stop", "tasks": [task("t", f"{REPORT}; exec sleep 300", instances=3)]}
     async with runtime(tmp_path, executor(tmp_path)) as rt:
         job = await rt.submit(spec)
+        running = set()
         async for event in rt.events(job.id):
             if isinstance(event, InstanceStateChanged) and event.state == "RUNNING":
-                break
+                running.add(event.index)
+                if len(running) == 3:
+                    break
         await rt.stop_job(job.id)
         snapshot = await rt.wait_job(job.id)
     assert snapshot.status == "CANCELLED"
+    assert snapshot.tasks["t"].cancelled == 3
     # Running for Slurm need not mean its script has printed yet: the array is found by name.
     [array] = slurm_arrays_named(job.id)
-    # Slurm keeps the element's end for MinJobAge (10 s): scancel ended it.
-    assert squeue_state(f"{array}_0") == "CANCELLED"
+    # Slurm keeps the elements' ends for MinJobAge (10 s): scancel ended each.
+    assert [squeue_state(f"{array}_{i}") for i in range(3)] == ["CANCELLED"] * 3
 
 
 async def test_pending_element_shows_slurm_reason_as_waiting_reason(
