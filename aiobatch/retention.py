@@ -28,6 +28,10 @@ from aiobatch.store import Store
 log = structlog.get_logger("aiobatch.retention")
 
 BATCH = 50  # jobs per deletion transaction
+# While instances run, deleting by age takes at most this share of the time (its file
+# removal and SQLite work compete with the instances for the cores): each batch is followed
+# by a pause of its own duration times (1 - share) / share. When nothing runs, no pause.
+BUSY_SHARE = 0.05
 # How often ages are looked at: a tenth of the shortest, between these bounds.
 CHECK_MIN_S, CHECK_MAX_S = 1.0, 60.0
 
@@ -40,9 +44,11 @@ class Deletions:
         queries: Queries,
         layout: StateLayout,
         stop_and_wait: Callable[[str], Awaitable[object]],
+        busy: Callable[[], bool] = lambda: False,
     ) -> None:
         self._store, self._queries, self._layout = store, queries, layout
         self._stop_and_wait = stop_and_wait
+        self._busy = busy  # whether instances run now
         self.deleted = 0  # jobs deleted since the start (by request or by age)
 
     async def delete_job(self, job_id: str, *, stop: bool = False) -> None:
@@ -77,9 +83,13 @@ class Deletions:
                 job_ids = await self._store.ended_before(JobState(state), before, BATCH)
                 if not job_ids:
                     break
+                began = time.monotonic()
                 await self._delete(job_ids)
                 deleted += len(job_ids)
-                await anyio.lowlevel.checkpoint()  # let dispatch and requests in between batches
+                if self._busy():
+                    await anyio.sleep((time.monotonic() - began) * (1 / BUSY_SHARE - 1))
+                else:
+                    await anyio.lowlevel.checkpoint()  # let dispatch and requests in between
         return deleted
 
     async def keep_expiring(self, ages_s: Mapping[str, float]) -> None:

@@ -124,6 +124,7 @@ class Runtime:
             queries=self._queries,
             layout=self._layout,
             stop_and_wait=self._stop_and_wait,
+            busy=lambda: any(self._engine.scheduler.used.values()),
         )
         self._envs = EnvControl(
             resources=self._resources,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import pytest
 from aiobatch import Runtime
 from aiobatch.config import Config, RetentionConfig
 from aiobatch.errors import JobNotFinal, JobNotFound
+from aiobatch.retention import BATCH, BUSY_SHARE, Deletions
 from aiobatch.states import JobState
 from tests.helpers import Gates, instance_is, process_alive, until
 from tests.integration.service import AIOBATCH, Service
@@ -124,6 +127,40 @@ async def test_jobs_are_deleted_by_age_while_others_run(state_dir: Path, tmp_pat
         assert rows_of(state_dir, job.id) == dict.fromkeys(TABLES, 0)
         assert files_of(state_dir, job.id) == []
     assert rows_of(state_dir, failed.id)["jobs"] == 1
+
+
+async def test_deleting_by_age_yields_the_time_to_running_instances(
+    state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batches: list[tuple[float, float]] = []  # each batch's start and end
+    delete = Deletions._delete
+
+    async def timed(self: Deletions, job_ids: list[str]) -> None:
+        began = time.monotonic()
+        await delete(self, job_ids)
+        batches.append((began, time.monotonic()))
+
+    monkeypatch.setattr(Deletions, "_delete", timed)
+    one = {"name": "one", "tasks": [{"name": "t", "command": "true"}]}
+    async with Runtime(state_dir) as rt:  # no retention yet: the jobs pile up
+        jobs = [await rt.submit(one) for _ in range(BATCH * 2 + 1)]
+        for job in jobs:
+            await job.wait_for_success()
+    gates = Gates(tmp_path / "gates", 1)
+    held = {"name": "held", "tasks": [{"name": "t", "command": gates.command}]}
+    config = Config(retention=RetentionConfig(succeeded="1s"))
+    async with Runtime(state_dir, config=config) as rt:
+        running = await rt.submit(held)  # an instance runs: deletion takes turns with it
+        with anyio.fail_after(60):  # a limit; the loop looks at ages every second
+            # Polling the store: a deletion publishes no event to wait on.
+            while await rt.exist_job(jobs[-1].id):  # noqa: ASYNC110
+                await anyio.sleep(0.1)
+        await gates.release(0)
+        await running.wait_for_success()
+    assert len(batches) == 3, batches
+    for (began, ended), (after, _) in itertools.pairwise(batches):
+        # The pause after a batch is (1 - share) / share times its duration (19 at 5%).
+        assert after - ended >= (ended - began) * (1 / BUSY_SHARE - 1) * 0.95, batches
 
 
 async def test_the_database_shrinks_after_a_large_deletion(state_dir: Path) -> None:
