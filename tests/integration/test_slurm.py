@@ -234,6 +234,13 @@ def crash_spec(gate: Path) -> dict[str, object]:
 
 async def adopt_after_crash(tmp_path: Path, wait_purge: bool) -> None:
     gate = tmp_path / "gate"
+    try:
+        await _adopt_after_crash(tmp_path, gate, wait_purge)
+    finally:
+        await anyio.Path(gate).touch()  # element 0 ends even if the test failed before adopting it
+
+
+async def _adopt_after_crash(tmp_path: Path, gate: Path, wait_purge: bool) -> None:
     state = tmp_path / "state"
     with child_runtime(state, crash_spec(gate), running=3) as child:
         assert child.stdout is not None
@@ -254,7 +261,7 @@ async def adopt_after_crash(tmp_path: Path, wait_purge: bool) -> None:
         await anyio.sleep(0.5)
     slurm = executor(state)
     async with runtime(state, slurm) as rt:
-        gate.touch()
+        await anyio.Path(gate).touch()
         snapshot = await rt.wait_job(job_id)
         results = [await rt.instance_result(job_id, "t", i) for i in range(3)]
     assert slurm.submitted == 0  # nothing submitted again
