@@ -22,7 +22,7 @@ import structlog
 from anyio.abc import TaskStatus
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
-from aiobatch.database import is_storage_failure, open_database, probe_write
+from aiobatch.database import in_db_thread, is_storage_failure, open_database, probe_write
 from aiobatch.errors import RuntimeClosed, SpecError, StateDirUnwritable
 from aiobatch.events import (
     Event,
@@ -36,28 +36,21 @@ from aiobatch.events import (
     event_encoder,
 )
 from aiobatch.schema import (
-    DELETE_JOB,
-    END_UNLOADABLE_JOB,
-    INSERT_EVENT,
-    INSERT_JOB,
-    INSERT_LABEL,
-    INSERT_TASK,
-    STOP_INSTANCE,
     TERMINAL_INSTANCE_STATES,
     TERMINAL_JOB_STATES,
-    UPSERT_INSTANCE,
     InstanceRow,
     JobRow,
     job_row,
 )
 from aiobatch.spec import JobDef
 from aiobatch.states import InstanceState, JobState
-from aiobatch.writes import Batch, TrialRows, Waiter
+from aiobatch.writes import Batch, TrialRows, Waiter, write_batch
 
 log = structlog.get_logger("aiobatch.store")
 
 RETRY_FIRST_S = 0.1  # a failed write is tried again after this, doubling up to RETRY_MAX_S
 RETRY_MAX_S = 5.0
+GATHER_TURNS = 3
 
 
 class Store:
@@ -271,69 +264,10 @@ class Store:
                 self.on_writable()
 
     async def _write(self, batch: Batch) -> None:
-        # A transaction must not be torn by cancellation: shield it, it is short.
+        # A transaction must not be torn by cancellation: shield it, it is short. All of it
+        # runs in one call in the connection's thread: one round trip, not one per statement.
         with anyio.CancelScope(shield=True):
-            db = self.db
-            if batch.new_jobs:
-                # An accepted job must survive even a power loss; state changes after it
-                # are replayable (at-least-once), so they need not pay an fsync each.
-                await db.execute("PRAGMA synchronous = FULL")
-            try:
-                await db.execute("BEGIN")
-                await self._write_rows(batch)
-                await db.execute("COMMIT")
-                if batch.deleted:  # give the freed pages back to the file system
-                    # A script, not execute: the pragma frees one page per step, and only
-                    # sqlite3_exec steps it to the end.
-                    await db.executescript("PRAGMA incremental_vacuum;")
-            except BaseException:
-                if db.in_transaction:  # SQLite may have rolled back already (a full disk)
-                    try:
-                        await db.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass
-                raise
-            finally:
-                if batch.new_jobs:
-                    await db.execute("PRAGMA synchronous = NORMAL")
-
-    async def _write_rows(self, batch: Batch) -> None:
-        db = self.db
-        if batch.new_jobs:
-            await db.executemany(INSERT_JOB, batch.new_jobs)
-            await db.executemany(INSERT_TASK, batch.new_tasks)
-            await db.executemany(INSERT_LABEL, batch.new_labels)
-        # Stop requests first: a job that ends in the same batch then clears them.
-        if batch.job_stops:
-            await db.executemany(
-                "UPDATE jobs SET stopping_state = ?, stopping_reason = ? WHERE id = ?",
-                batch.job_stops,
-            )
-        if batch.job_updates:
-            await db.executemany(
-                "UPDATE jobs SET state = ?1, reason = ?2, "
-                "started_at = COALESCE(started_at, ?3), ended_at = ?4, "
-                # An ended job's wind-down is over: a retry must not resume it.
-                "stopping_state = IIF(?4 IS NULL, stopping_state, NULL), "
-                "stopping_reason = IIF(?4 IS NULL, stopping_reason, NULL) WHERE id = ?5",
-                batch.job_updates,
-            )
-        for failure in batch.job_failures:
-            for statement in END_UNLOADABLE_JOB:
-                await db.execute(statement, failure)
-        if batch.tasks:
-            await db.executemany(
-                "UPDATE tasks SET state = ?, reason = ? WHERE job_id = ? AND name = ?",
-                batch.tasks.values(),
-            )
-        if batch.instances:
-            await db.executemany(UPSERT_INSTANCE, batch.instances.values())
-        if batch.instance_stops:  # after the rows they name, which this batch may create
-            await db.executemany(STOP_INSTANCE, batch.instance_stops)
-        if batch.events:
-            await db.executemany(INSERT_EVENT, batch.events)
-        for statement in DELETE_JOB if batch.deleted else ():
-            await db.executemany(statement, batch.deleted)
+            await in_db_thread(self.db, write_batch, batch)
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -16,7 +16,17 @@ from typing import Any
 import anyio
 
 from aiobatch.errors import SpecError
-from aiobatch.schema import INSERT_EVENT, INSERT_JOB, INSERT_LABEL, INSERT_TASK, SCHEMA
+from aiobatch.schema import (
+    DELETE_JOB,
+    END_UNLOADABLE_JOB,
+    INSERT_EVENT,
+    INSERT_JOB,
+    INSERT_LABEL,
+    INSERT_TASK,
+    SCHEMA,
+    STOP_INSTANCE,
+    UPSERT_INSTANCE,
+)
 
 # While nothing can be written, events for the history are kept up to this many; the rows
 # they changed are kept in any case (one per task and instance: bounded by the jobs).
@@ -97,6 +107,71 @@ class Batch:
             waiter.error = error
             waiter.done.set()
         self.waiters = []
+
+
+def write_batch(db: sqlite3.Connection, batch: Batch) -> None:
+    """The batch as one transaction (blocking: run in the connection's thread). On an error
+    nothing of it is written."""
+    if batch.new_jobs:
+        # An accepted job must survive even a power loss; state changes after it are
+        # replayable (at-least-once), so they need not pay an fsync each.
+        db.execute("PRAGMA synchronous = FULL")
+    try:
+        db.execute("BEGIN")
+        _write_rows(db, batch)
+        db.execute("COMMIT")
+        if batch.deleted:  # give the freed pages back to the file system
+            # A script, not execute: the pragma frees one page per step, and only
+            # sqlite3_exec steps it to the end.
+            db.executescript("PRAGMA incremental_vacuum;")
+    except BaseException:
+        if db.in_transaction:  # SQLite may have rolled back already (a full disk)
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+        raise
+    finally:
+        if batch.new_jobs:
+            db.execute("PRAGMA synchronous = NORMAL")
+
+
+def _write_rows(db: sqlite3.Connection, batch: Batch) -> None:
+    if batch.new_jobs:
+        db.executemany(INSERT_JOB, batch.new_jobs)
+        db.executemany(INSERT_TASK, batch.new_tasks)
+        db.executemany(INSERT_LABEL, batch.new_labels)
+    # Stop requests first: a job that ends in the same batch then clears them.
+    if batch.job_stops:
+        db.executemany(
+            "UPDATE jobs SET stopping_state = ?, stopping_reason = ? WHERE id = ?",
+            batch.job_stops,
+        )
+    if batch.job_updates:
+        db.executemany(
+            "UPDATE jobs SET state = ?1, reason = ?2, "
+            "started_at = COALESCE(started_at, ?3), ended_at = ?4, "
+            # An ended job's wind-down is over: a retry must not resume it.
+            "stopping_state = IIF(?4 IS NULL, stopping_state, NULL), "
+            "stopping_reason = IIF(?4 IS NULL, stopping_reason, NULL) WHERE id = ?5",
+            batch.job_updates,
+        )
+    for failure in batch.job_failures:
+        for statement in END_UNLOADABLE_JOB:
+            db.execute(statement, failure)
+    if batch.tasks:
+        db.executemany(
+            "UPDATE tasks SET state = ?, reason = ? WHERE job_id = ? AND name = ?",
+            batch.tasks.values(),
+        )
+    if batch.instances:
+        db.executemany(UPSERT_INSTANCE, batch.instances.values())
+    if batch.instance_stops:  # after the rows they name, which this batch may create
+        db.executemany(STOP_INSTANCE, batch.instance_stops)
+    if batch.events:
+        db.executemany(INSERT_EVENT, batch.events)
+    for statement in DELETE_JOB if batch.deleted else ():
+        db.executemany(statement, batch.deleted)
 
 
 Row = tuple[Any, ...]
