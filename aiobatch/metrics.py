@@ -14,11 +14,11 @@ from __future__ import annotations
 import bisect
 import os
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 from aiobatch.engine import Engine
 from aiobatch.events import Event, InstanceStateChanged, JobStateChanged, TaskStateChanged
-from aiobatch.executors.base import Executor
+from aiobatch.executors.base import Executor, LogCountingExecutor
 from aiobatch.layout import StateLayout
 from aiobatch.notify_delivery import Notifier
 from aiobatch.states import JOB_TERMINAL, InstanceState
@@ -67,7 +67,8 @@ class Metrics:
         deleted: Callable[[], int],
         notifier: Notifier | None = None,
     ) -> None:
-        self._engine, self._layout = engine, layout
+        self._engine, self._layout, self._executors = engine, layout, executors
+        self._counts_own_logs: dict[str, bool] = {}  # by env: its executor counts log bytes
         self._gauges = _Gauges(engine, executors, store_queue, subscribers, deleted)
         self._notifier = notifier
         self.dispatch_latency: dict[str, Buckets] = {}  # by env
@@ -132,7 +133,8 @@ class Metrics:
                 duration.observe(event.duration_s)
             if event.state == "SUCCEEDED":
                 self._open_counterparts(event)
-            self._count_logs(job_id, key)
+            if not self._counts_own_logs_in(env):
+                self._count_logs(job_id, key)
 
     def _env(self, job_id: str, task: str) -> str:
         job = self._engine.jobs.get(job_id)
@@ -149,8 +151,28 @@ class Metrics:
         for dependent in task.index_dependents:
             ready[(dependent.name, event.index)] = event.ts
 
+    @property
+    def all_log_bytes(self) -> int:
+        """Log bytes counted here and by the executors that count their own."""
+        counted = 0
+        for env, executor in self._executors().items():
+            if self._counts_own_logs_in(env):
+                counted += cast(LogCountingExecutor, executor).log_bytes
+        return self.log_bytes + counted
+
+    def _counts_own_logs_in(self, env: str) -> bool:
+        counts = self._counts_own_logs.get(env)
+        if counts is None:
+            executor = self._executors().get(env)
+            if executor is None:
+                return False  # not opened yet: asked again later
+            counts = self._counts_own_logs[env] = isinstance(executor, LogCountingExecutor)
+        return counts
+
     def _count_logs(self, job_id: str, key: tuple[str, int]) -> None:
-        """What the attempt added to its log files (they are appended across attempts)."""
+        """What the attempt added to its log files (they are appended across attempts); for
+        an env whose executor does not count them itself (a stat of two files: Docker's
+        and Slurm's starts cost far more)."""
         total = 0
         for stream in ("stdout", "stderr"):
             try:
@@ -199,7 +221,7 @@ class _Events:
         yield CounterMetricFamily(
             "aiobatch_log_bytes",
             "Bytes of instances' stdout and stderr written to their log files",
-            value=m.log_bytes,
+            value=m.all_log_bytes,
         )
 
 

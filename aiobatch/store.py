@@ -222,9 +222,15 @@ class Store:
             while True:
                 await self._wake.wait()
                 self._wake = anyio.Event()
-                async for attempt in retrying:
-                    with attempt:
-                        await self.write_pending()
+                try:
+                    await self.write_pending()
+                except StateDirUnwritable:
+                    # Retried with backoff until there is room (tenacity's loop costs more
+                    # than a small transaction: it is entered only when one has failed).
+                    await anyio.sleep(RETRY_FIRST_S)
+                    async for attempt in retrying:
+                        with attempt:
+                            await self.write_pending()
         finally:
             self._writing = False
             # Nobody waits for a writer that is gone (flush writes itself from now on).

@@ -25,12 +25,13 @@ LOG_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 class Output:
     """One stream of one process: the pipe's read end, the log file, what waits for room."""
 
-    __slots__ = ("fd", "log", "owner", "path", "pending", "stream")
+    __slots__ = ("fd", "log", "owner", "path", "pending", "stream", "written")
 
     def __init__(self, fd: int, path: str, owner: object, stream: str) -> None:
         self.fd, self.path, self.owner, self.stream = fd, path, owner, stream
         self.log = -1  # the log file, once made
         self.pending = b""  # read from the pipe, not yet written: the disk had no room
+        self.written = 0  # bytes written into the log file
 
 
 class Outputs:
@@ -99,6 +100,7 @@ class Outputs:
                     return None
                 return exc.strerror or "no room"
             output.pending = output.pending[written:]
+            output.written += written
         return None
 
     def close(self, output: Output) -> None:

@@ -285,13 +285,14 @@ class Spawner:
             "stime": usage.ru_stime,
             "maxrss_kib": usage.ru_maxrss,
         }
+        log_bytes = sum(output.written for output in leader.outputs)
         try:
             launch.write_line(leader.fd, launch.exited_line(status, ended, wall, usage))
         except OSError:
             pass  # the runtime still hears of it below
         finally:
             os.close(leader.fd)
-        self.send({"op": "exited", "id": leader.id, "pid": pid, **exited})
+        self.send({"op": "exited", "id": leader.id, "pid": pid, "log_bytes": log_bytes, **exited})
 
     def kill_strays(self, *, everything: bool = False) -> None:
         """Kill the processes left to us (we are their subreaper) whose attempt has ended.

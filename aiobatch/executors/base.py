@@ -68,6 +68,16 @@ class AdoptingExecutor(Executor, Protocol):
 
 
 @runtime_checkable
+class LogCountingExecutor(Executor, Protocol):
+    """An executor that counts the bytes it writes into its attempts' log files."""
+
+    @property
+    def log_bytes(self) -> int:
+        """Bytes written into log files since the executor opened."""
+        ...
+
+
+@runtime_checkable
 class QueueingExecutor(Executor, Protocol):
     """An executor whose attempts may wait in a queue of its own (a cluster scheduler's)
     between being handed over and starting."""

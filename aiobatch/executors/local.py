@@ -42,6 +42,7 @@ class LocalExecutor:
         self._spawner = Spawner()
         self._background: TaskGroup | None = None
         self._restarting = anyio.Lock()
+        self._log_bytes_before = 0  # what spawners replaced since the start wrote
 
     async def open(self, background: TaskGroup) -> None:
         self.runtime_id = await anyio.to_thread.run_sync(self.layout.runtime_id)
@@ -57,6 +58,7 @@ class LocalExecutor:
                 assert self._background is not None
                 log.error("spawner_restarted", pid=self._spawner.pid)
                 await self._spawner.aclose()
+                self._log_bytes_before += self._spawner.log_bytes
                 fresh = Spawner()
                 await fresh.open(self._background)
                 self._spawner = fresh  # only once open: the check above takes no lock
@@ -64,6 +66,12 @@ class LocalExecutor:
 
     async def aclose(self) -> None:
         await self._spawner.aclose()
+
+    @property
+    def log_bytes(self) -> int:
+        """Bytes of output written into log files since the start (counted by the spawner,
+        which copies them: no stat of the files on the event loop)."""
+        return self._log_bytes_before + self._spawner.log_bytes
 
     @property
     def logs_paused(self) -> int:

@@ -98,6 +98,7 @@ class Spawner:
         self._identity: list[int | None] = []  # the spawner's pid and start: who writes exits
         # Output copies paused for lack of room: (job, task, index, attempt, stream).
         self.paused_logs: set[tuple[str, str, str, str, str]] = set()
+        self.log_bytes = 0  # what the spawner wrote into log files, as it tells at each end
 
     async def open(self, background: TaskGroup) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -292,6 +293,8 @@ class Spawner:
         if op in ("log_paused", "log_resumed"):
             self._log_news(op, message)
             return
+        if op == "exited":
+            self.log_bytes += message.get("log_bytes", 0)  # a spawner before this: none
         table = self._exits if op == "exited" else self._replies
         pending = table.get(message["id"])
         if pending is not None:
