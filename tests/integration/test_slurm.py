@@ -175,6 +175,47 @@ async def test_pending_element_shows_slurm_reason_as_waiting_reason(
     assert ended.reason is not None and not ended.reason.startswith("slurm_pending")
 
 
+def node_back(node: str) -> None:
+    """The node taken down by a test serves again (its slurmd re-registers it by itself;
+    a resume of a node already up is refused, and harmless)."""
+    subprocess.run(
+        ["scontrol", "update", f"nodename={node}", "state=resume"], capture_output=True, timeout=30
+    )
+
+
+async def test_a_failed_node_reruns_the_element_uncharged(jobcomp: Path, tmp_path: Path) -> None:
+    settings = msgspec.structs.replace(SETTINGS, sbatch_options=("--nodelist=n2",))
+    slurm = SlurmExecutor("slurm", settings, StateLayout(tmp_path).runtime_id)
+    command = '[ "$AIOBATCH_ATTEMPT" = 1 ] && exec sleep 300; true'
+    spec = {"name": "node-fail", "tasks": [task("t", command)]}  # no retries of its own
+    async with runtime(tmp_path, slurm) as rt:
+        job = await rt.submit(spec)
+        async for event in rt.events(job.id):
+            if isinstance(event, InstanceStateChanged) and event.state == "RUNNING":
+                break
+        try:
+            down = await anyio.run_process(
+                ["scontrol", "update", "nodename=n2", "state=down", "reason=aiobatch-test"],
+                check=False,
+            )
+            assert down.returncode == 0, down.stderr
+            with anyio.fail_after(60):
+                snapshot = await rt.wait_job(job.id)
+        finally:
+            await anyio.to_thread.run_sync(node_back, "n2")
+        result = await rt.instance_result(job.id, "t", 0)
+        history = await rt.job_history(job.id)
+    # Slurm's NODE_FAIL is not the program's failure: run again, not charged to retries.
+    assert snapshot.status == "SUCCEEDED"
+    assert (result.status, result.attempts) == ("SUCCEEDED", 2)
+    requeued = [
+        entry.event
+        for entry in history
+        if isinstance(entry.event, InstanceStateChanged) and entry.event.state == "PENDING"
+    ]
+    assert [(e.reason, e.attempt, e.lost) for e in requeued] == [("node_fail", 2, 1)]
+
+
 async def test_retry_resubmits_only_the_failed_elements(jobcomp: Path, tmp_path: Path) -> None:
     slurm = executor(tmp_path)
     fail_odd = (
