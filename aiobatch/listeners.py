@@ -1,6 +1,7 @@
-"""The listening sockets of the control server: the unix socket and the optional TCP one.
+"""The listening sockets of the control server: the unix socket, the optional TCP one and
+the optional metrics one.
 
-``bind_listeners`` binds both before anything else starts, so that a socket or an address
+``bind_listeners`` binds them all before anything else starts, so that a socket or an address
 that cannot be used is a one-line start-up error (``ListenerError``), known before the
 state dir is opened and its jobs recovered.
 """
@@ -45,20 +46,25 @@ class Listeners:
         unix: socket.socket | None = None,
         tcp: socket.socket | None = None,
         socket_path: Path | None = None,
+        metrics: socket.socket | None = None,
     ) -> None:
         self.unix = unix
         self.tcp = tcp
+        self.metrics = metrics  # GET /metrics without a token (``server.metrics``)
         self.socket_path = socket_path
         self.http_url: str | None = None
+        self.metrics_url = _url(metrics) if metrics is not None else None
         self._socket_file: tuple[int, int] | None = None
         if unix is not None and socket_path is not None:
             found = socket_path.lstat()
             self._socket_file = (found.st_dev, found.st_ino)
         if tcp is not None:
-            host, port = tcp.getsockname()[:2]
-            self.http_url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+            self.http_url = _url(tcp)
 
     def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
         if self.tcp is not None:
             self.tcp.close()
             self.tcp = None
@@ -83,19 +89,34 @@ def bind_listeners(
     config: ServerConfig, *, socket: Path | None = None, unix: bool = True
 ) -> Listeners:
     """The control socket (``socket``, else the config's, else the default; none if not
-    ``unix``) and the TCP listener of ``config.http`` if any, both listening.
+    ``unix``), the TCP listener of ``config.http`` and the metrics listener of
+    ``config.metrics`` if any, all listening.
 
     Raises ListenerError (SocketInUse among them) with a one-line message."""
-    unix_sock = socket_path = None
+    unix_sock = socket_path = tcp = None
     if unix:
         socket_path = Path(socket or config.socket or default_socket_path())
         unix_sock = _bind_unix(socket_path, config.socket_permissions(), config.socket_gid())
     try:
         tcp = _bind_tcp(config.http) if config.http is not None else None
-        return Listeners(unix_sock, tcp, socket_path)
+        metrics = _bind_metrics(config.metrics) if config.metrics is not None else None
+        return Listeners(unix_sock, tcp, socket_path, metrics)
     except BaseException:
-        Listeners(unix_sock, None, socket_path).close()
+        Listeners(unix_sock, tcp, socket_path).close()
         raise
+
+
+def _bind_metrics(address: str) -> socket.socket:
+    """As ``_bind_tcp``, its errors prefixed with the key: two addresses may be in play."""
+    try:
+        return _bind_tcp(address)
+    except ListenerError as exc:
+        raise ListenerError(f"$.server.metrics: {exc}") from None
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 def _bind_unix(path: Path, mode: int, gid: int | None) -> socket.socket:

@@ -1,6 +1,7 @@
 """The ``[server]`` table of the config: the control socket, who may use it and with which
 scope (peers by uid and gid, named tokens read from a file or the environment), the TCP
-listener. Checked at load (``server_problems``), with the field paths of its keys."""
+listener, the metrics listener. Checked at load (``server_problems``), with the field paths
+of its keys."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ class TokenConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True)
 
 
 class ServerConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``aiobatch serve``: the control socket and the optional TCP listener."""
+    """``aiobatch serve``: the control socket, the optional TCP listener and the optional
+    metrics listener."""
 
     socket: str | None = None  # None: $AIOBATCH_SOCKET, $XDG_RUNTIME_DIR/aiobatch.sock, /run/...
     # Peers of the socket (SO_PEERCRED) besides the service's own uid (admin): a list of uids
@@ -43,6 +45,8 @@ class ServerConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     http: str | None = None  # "HOST:PORT" for a TCP listener; absent: none
     token: str | None = None  # an admin bearer token written in the config (kept for old ones)
     tokens: dict[str, TokenConfig] = {}
+    # "HOST:PORT": GET /metrics without a token, nothing else (scrapers on a private network)
+    metrics: str | None = None
 
     def uid_scopes(self) -> dict[int, Scope]:
         if isinstance(self.allowed_uids, dict):
@@ -81,6 +85,7 @@ class ServerConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
 
 
 MIN_TOKEN_CHARS, MAX_TOKEN_BYTES = 16, 4096
+METRICS_PORT_MIN, METRICS_PORT_MAX = 1, 65535  # a scraper needs a fixed port: 0 is none
 TOKEN_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 
@@ -174,4 +179,38 @@ def server_problems(server: ServerConfig) -> list[str]:
         parse_mode(server.socket_mode)
     except ValueError as exc:
         problems.append(f"$.server.socket_mode: {exc}")
+    if server.metrics is not None:
+        problems += metrics_problems(server.metrics, server.http)
     return problems
+
+
+def metrics_problems(metrics: str, http: str | None) -> list[str]:
+    """``server.metrics``: HOST:PORT (``[::1]:PORT`` for IPv6), a fixed port, not the
+    address of ``server.http`` (that one wants a token; this one serves without)."""
+    address = split_address(metrics)
+    if address is None:
+        return [f"$.server.metrics: {shown(metrics)} is not HOST:PORT (e.g. 127.0.0.1:9180)"]
+    host, port = address
+    if len(port) > len(str(METRICS_PORT_MAX)) or not (
+        METRICS_PORT_MIN <= int(port) <= METRICS_PORT_MAX
+    ):
+        told = port if len(port) <= 12 else shown(port)  # digits only: quoted if very long
+        return [
+            f"$.server.metrics: port {told} is not between {METRICS_PORT_MIN} and "
+            f"{METRICS_PORT_MAX} (a scraper needs a fixed port)"
+        ]
+    other = split_address(http) if http is not None else None
+    if other is not None and other[0] == host and other[1].lstrip("0") == port.lstrip("0"):
+        where = f"$.server.metrics: {shown(metrics)}"
+        return [f"{where} is the address of $.server.http; give it another port"]
+    return []
+
+
+def split_address(address: str) -> tuple[str, str] | None:
+    """``HOST:PORT`` as a host (lower case, without IPv6 brackets) and the port's ASCII
+    digits; None if it is not of that form."""
+    host, colon, port = address.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not colon or not host or not (port.isascii() and port.isdigit()):
+        return None
+    return host.lower(), port

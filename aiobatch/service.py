@@ -1,4 +1,5 @@
-"""``aiobatch serve``: one Runtime behind the control socket, as a systemd service.
+"""``aiobatch serve``: one Runtime behind the control socket (and the optional HTTP and
+metrics listeners), as a systemd service.
 
 Start: the sockets are bound (a socket in use or a bad address stops the start before the
 state dir is opened), then recovery (in ``Runtime.__aenter__``), then the server answers on
@@ -59,7 +60,12 @@ async def serve(
             notifier.status(f"listening on {server.socket_path}")
             await tg.start(run_watchdog, notifier, watchdog)
             tg.start_soon(_reload_on_hangup, runtime, config_path)
-            log.info("serving", socket=str(server.socket_path), http=server.http_url)
+            log.info(
+                "serving",
+                socket=str(server.socket_path),
+                http=server.http_url,
+                metrics=server.metrics_url,  # no token there: GET /metrics only
+            )
             signum = await anext(signals)
             notifier.stopping()
             notifier.status("draining")

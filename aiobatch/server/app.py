@@ -40,6 +40,7 @@ from aiobatch.server.limits import (
     raise_open_files_limit,
 )
 from aiobatch.server.logs import LogHandlers
+from aiobatch.server.metrics_listener import LISTENER_NAME, serve_metrics
 from aiobatch.server.params import query
 from aiobatch.server.responses import error_response, json_response
 from aiobatch.server.served import ServedAPI
@@ -86,6 +87,7 @@ class ControlServer:
         self._given_listeners = listeners
         self.socket_path = Path(socket or self.config.socket or default_socket_path())
         self.http_url: str | None = None  # set once the TCP listener is up
+        self.metrics_url: str | None = None  # and the metrics listener (``server.metrics``)
         self._auth = Auth(self.config, links)
         self._limits = limits or Limits()
         self._peers = Peers()
@@ -108,7 +110,7 @@ class ControlServer:
             stack.callback(listeners.close)  # ours now, given or not
             if listeners.socket_path is not None:
                 self.socket_path = listeners.socket_path
-            self.http_url = listeners.http_url
+            self.http_url, self.metrics_url = listeners.http_url, listeners.metrics_url
             if listeners.tcp is not None:
                 self._auth.port = str(listeners.tcp.getsockname()[1])
             sockets = [
@@ -133,12 +135,25 @@ class ControlServer:
                 listener = Listener(name, limits, self._peers)
                 self._listeners.append(listener)
                 await GuardedSite(runner, sock, listener, options).start()
+            if listeners.metrics is not None:
+                listener = Listener(LISTENER_NAME, limits, self._peers)
+                self._listeners.append(listener)
+                await serve_metrics(
+                    stack,
+                    listeners.metrics,
+                    listener,
+                    options,
+                    metrics=self._metrics,
+                    errors=self._errors,
+                    shutdown_timeout=SHUTDOWN_GRACE_S,
+                )
             self._stack = stack.pop_all()
         socket_path = str(self.socket_path) if self._unix else None
         log.info(
             "server_started",
             socket=socket_path,
             http=self.http_url,
+            metrics=self.metrics_url,
             connections=limits.connections,
             open_files=files,
         )
