@@ -137,7 +137,7 @@ class ServerStatistics(msgspec.Struct, frozen=True, kw_only=True):
     socket: str
     http: str | None  # the TCP listener's URL, if there is one
     long_requests: int  # streams and waits open now
-    connections: dict[str, ListenerStatistics] = {}  # by listener: "unix", "tcp"
+    connections: dict[str, ListenerStatistics] = {}  # by listener: "unix", "tcp", "metrics"
 
 
 class Health(msgspec.Struct, frozen=True, kw_only=True):

@@ -8,7 +8,9 @@ default, group ``socket_group``) maps its peer by uid (SO_PEERCRED; the service'
 admin) and by gid, primary or supplementary (SO_PEERGROUPS) to the highest scope the config
 gives them (``allowed_uids``, ``allowed_gids``); none is 403. The optional TCP listener
 (``server.http = "HOST:PORT"``) wants ``Authorization: Bearer TOKEN`` (a named token of
-``server.tokens``, with its scope) or a browser's cookie, else 401. A log-view link
+``server.tokens``, with its scope) or a browser's cookie, else 401. The optional metrics
+listener (``server.metrics = "HOST:PORT"``, ``metrics_listener.py``) serves ``GET /metrics``
+alone, without a token, for scrapers on a private network. A log-view link
 (``GET /v1/jobs/ID/logview``) is the read scope on one job until it expires: any other job,
 list or write is 403, and an expired or revoked link 401.
 
