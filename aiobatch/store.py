@@ -9,6 +9,7 @@ whole row), while every event is appended to the ``events`` table.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -50,6 +51,8 @@ log = structlog.get_logger("aiobatch.store")
 
 RETRY_FIRST_S = 0.1  # a failed write is tried again after this, doubling up to RETRY_MAX_S
 RETRY_MAX_S = 5.0
+# While commits come faster than this, the writer waits out the rest before the next.
+COMMIT_EVERY_S = 0.002
 GATHER_TURNS = 3
 
 
@@ -61,6 +64,8 @@ class Store:
         self._trial = TrialRows()
         self._wake = anyio.Event()
         self.commits = 0  # transactions written, for statistics and tests
+        self._last_commit = -math.inf
+        self._flush_asked = anyio.Event()  # a flush waits: the pacing stops
         self._writing = False  # a writer task runs
         # Why the last write failed (disk full, I/O error); None while writes succeed.
         self.unwritable: str | None = None
@@ -175,6 +180,7 @@ class Store:
         waiter = Waiter()
         self._batch.waiters.append(waiter)
         self._wake.set()
+        self._flush_asked.set()
         await waiter.done.wait()
         if waiter.error is not None and required:
             raise waiter.error
@@ -221,7 +227,10 @@ class Store:
         try:
             while True:
                 await self._wake.wait()
+                await self._pace()
                 self._wake = anyio.Event()
+                if self._flush_asked.is_set():
+                    self._flush_asked = anyio.Event()
                 try:
                     await self.write_pending()
                 except StateDirUnwritable:
@@ -235,6 +244,15 @@ class Store:
             self._writing = False
             # Nobody waits for a writer that is gone (flush writes itself from now on).
             self._batch.release(RuntimeClosed("the store's writer has stopped"))
+
+    async def _pace(self) -> None:
+        """Let state changes gather for the next transaction while commits come fast: each
+        one costs a round trip to SQLite's thread, more than the rows it writes. A flush
+        that someone waits for goes at once."""
+        pause = self._last_commit + COMMIT_EVERY_S - anyio.current_time()
+        if pause > 0 and not self._batch.waiters:
+            with anyio.move_on_after(pause):
+                await self._flush_asked.wait()
 
     async def write_pending(self) -> None:
         """Write what is buffered in one transaction. If the disk is full (or the file
@@ -260,6 +278,7 @@ class Store:
             batch.release(error)  # nobody waits on a full disk
             raise error from exc
         self.commits += 1
+        self._last_commit = anyio.current_time()
         if self.on_commit is not None:
             self.on_commit(time.perf_counter() - began)
         batch.release()

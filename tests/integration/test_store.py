@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import msgspec
 import pytest
 
@@ -23,7 +24,7 @@ from aiobatch.events import (
 )
 from aiobatch.schema import SCHEMA, SCHEMA_VERSION
 from aiobatch.spec import JobDef, resolve_spec
-from aiobatch.store import Store
+from aiobatch.store import COMMIT_EVERY_S, Store
 from tests.integration.schemas import schema_as_of
 
 pytestmark = pytest.mark.anyio
@@ -62,6 +63,37 @@ async def test_many_events_one_transaction_and_rows_coalesced(tmp_path: Path) ->
     with sqlite3.connect(tmp_path / "db.sqlite") as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         assert db.execute("SELECT state FROM tasks").fetchall() == [("READY",)]
+
+
+async def test_a_trickle_of_state_changes_is_written_in_few_transactions(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite")
+    await store.open()
+    try:
+        defn = resolve_spec(
+            {"name": "j", "tasks": [{"name": "t", "instances": 300, "command": "x"}]}
+        )
+        store.add_job(JobSubmitted(job_id="job1", name="j", ts=1.0), 1, defn)
+        async with anyio.create_task_group() as tg:
+            await tg.start(store.run)
+            await store.flush()
+            before, began = store.commits, anyio.current_time()
+            for index in range(300):  # one state change per turn of the loop, as dispatch does
+                store.on_event(
+                    InstanceStateChanged(
+                        job_id="job1", task="t", index=index, attempt=1, state="STAGING",
+                        reason=None, ts=2.0,
+                    )
+                )  # fmt: skip
+                await anyio.lowlevel.checkpoint()
+            await store.flush()
+            commits, elapsed = store.commits - before, anyio.current_time() - began
+            tg.cancel_scope.cancel()
+        rows = await store.instance_rows("job1")
+    finally:
+        await store.close()
+    assert len(rows) == 300
+    # One transaction per COMMIT_EVERY_S at most, and the flush's: not one per turn.
+    assert commits <= elapsed / COMMIT_EVERY_S + 2, (commits, elapsed)
 
 
 async def test_unknown_schema_version_is_refused(tmp_path: Path) -> None:
