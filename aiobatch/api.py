@@ -62,6 +62,9 @@ class TaskResult(msgspec.Struct, frozen=True, kw_only=True):
     cpu_system_s: float = 0.0
     max_rss_bytes: int = 0
     instances: list[InstanceResult] | None = None
+    # Why its instances that wait in their executor's own queue (Slurm's) have not started,
+    # by index (``slurm_pending: Priority``); None when none waits there.
+    queued: dict[int, str] | None = None
     # Last lines of stderr of failed instances, by index (filled by get_task_result).
     stderr_tails: dict[int, list[str]] | None = None
 

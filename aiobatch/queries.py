@@ -41,10 +41,10 @@ class Queries:
         store: Store,
         bus: Bus,
         layout: StateLayout,
-        queued: views.QueuedReason | None = None,
+        queued_of: views.QueuedOf | None = None,
     ) -> None:
         self._engine, self._store, self._bus, self._layout = engine, store, bus, layout
-        self._queued = queued
+        self._queued_of = queued_of
         # Ended jobs (of this run, or loaded for a query), most recent last; bounded.
         self._archive: OrderedDict[str, JobRec] = OrderedDict()
         self._job_done: dict[str, anyio.Event] = {}
@@ -167,12 +167,13 @@ class Queries:
 
     async def snapshot(self, job_id: str, *, instances: bool = False) -> JobSnapshot:
         return views.job_snapshot(
-            await self.job(job_id), self._engine.waiting_reason, instances, self._queued
+            await self.job(job_id), self._engine.waiting_reason, instances, self._queued_of
         )
 
     async def instance_result(self, job_id: str, task_name: str, index: int) -> InstanceDetail:
         task = await self.instance_task(job_id, task_name, index)
-        result = views.instance_result(task, index, self._engine.waiting_reason, self._queued)
+        queued = self._queued_of(task).get(index) if self._queued_of is not None else None
+        result = views.instance_result(task, index, self._engine.waiting_reason, queued)
         tail = None
         if result.status == InstanceState.FAILED:
             path = self._layout.log_path(job_id, task_name, index, "stderr")
@@ -181,7 +182,7 @@ class Queries:
 
     async def task_result(self, job_id: str, task_name: str) -> TaskResult:
         task = await self.task(job_id, task_name)
-        result = views.task_result(task, self._engine.waiting_reason, True, self._queued)
+        result = views.task_result(task, self._engine.waiting_reason, True, self._queued_of)
         failed = [i.index for i in task.instances if i and i.state is InstanceState.FAILED]
 
         def read_tails() -> dict[int, list[str]]:  # file reads: off the event loop

@@ -117,13 +117,12 @@ class Resources:
             self.executors[env_name] = executor
         return executor
 
-    def queued_reason(self, task: TaskRec, index: int) -> str | None:
-        """Why an instance handed to its env's executor waits there (Slurm's pending reason)."""
+    def queued_of(self, task: TaskRec) -> dict[int, str]:
+        """Why each of the task's instances that waits in its executor's own queue waits."""
         executor = self.executors.get(task.defn.compute_env)
-        inst = task.instances[index]
-        if inst is None or not isinstance(executor, QueueingExecutor):
-            return None
-        return executor.queued_reason((task.job.id, task.defn.name, index, inst.attempt))
+        if not isinstance(executor, QueueingExecutor) or not task.active:
+            return {}
+        return executor.queued_of(task.job.id, task.defn.name)
 
     async def open_for(self, defn: JobDef) -> None:
         """Open (once) the executors and storage a job needs, before anything is dispatched."""

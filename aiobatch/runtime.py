@@ -106,7 +106,7 @@ class Runtime:
             kill_grace_s=self.config.kill_grace_s,
         )
         self._queries = Queries(
-            self._engine, self._store, self._bus, self._layout, self._resources.queued_reason
+            self._engine, self._store, self._bus, self._layout, self._resources.queued_of
         )
         self._commands = Commands(
             config=self.config,

@@ -13,15 +13,15 @@ from aiobatch.model import JobRec, TaskRec
 from aiobatch.states import TASK_TERMINAL, InstanceState
 
 WaitingReason = Callable[[TaskRec], "str | None"]
-# Why an instance handed to its executor has not started: a queue of the executor's own
-# (Slurm's pending reason), by the task and the index; None when it says nothing.
-QueuedReason = Callable[[TaskRec, int], "str | None"]
+# Why a task's instances handed to their executor have not started: a queue of the
+# executor's own (Slurm's pending reasons), by index; empty when none waits there.
+QueuedOf = Callable[[TaskRec], "dict[int, str]"]
 STDERR_TAIL_LINES = 10
 LOG_CHUNK = 64 * 1024  # bytes of a log read (and sent) at a time
 
 
 def job_snapshot(
-    job: JobRec, waiting_reason: WaitingReason, instances: bool, queued: QueuedReason | None = None
+    job: JobRec, waiting_reason: WaitingReason, instances: bool, queued_of: QueuedOf | None = None
 ) -> JobSnapshot:
     return JobSnapshot(
         id=job.id,
@@ -32,7 +32,7 @@ def job_snapshot(
         started_at=job.started_at,
         ended_at=job.ended_at,
         tasks={
-            name: task_result(task, waiting_reason, instances, queued)
+            name: task_result(task, waiting_reason, instances, queued_of)
             for name, task in job.tasks.items()
         },
         labels=job.defn.labels,
@@ -43,8 +43,9 @@ def task_result(
     task: TaskRec,
     waiting_reason: WaitingReason,
     instances: bool,
-    queued: QueuedReason | None = None,
+    queued_of: QueuedOf | None = None,
 ) -> TaskResult:
+    queued = queued_of(task) if queued_of is not None else {}
     return TaskResult(
         status=task.state.value,
         reason=waiting_reason(task),
@@ -57,14 +58,17 @@ def task_result(
         cpu_user_s=round(task.usage.cpu_user_s, 6),
         cpu_system_s=round(task.usage.cpu_system_s, 6),
         max_rss_bytes=task.usage.max_rss_bytes,
-        instances=[instance_result(task, i, waiting_reason, queued) for i in range(task.total)]
+        queued=queued or None,
+        instances=[
+            instance_result(task, i, waiting_reason, queued.get(i)) for i in range(task.total)
+        ]
         if instances
         else None,
     )
 
 
 def instance_result(
-    task: TaskRec, index: int, waiting_reason: WaitingReason, queued: QueuedReason | None = None
+    task: TaskRec, index: int, waiting_reason: WaitingReason, queued: str | None = None
 ) -> InstanceResult:
     inst = task.instances[index]
     if inst is None:
@@ -76,8 +80,8 @@ def instance_result(
         return InstanceResult(index=index, status="PENDING", reason=waiting_reason(task))
     usage = inst.usage
     reason = inst.reason
-    if reason is None and queued is not None and inst.state is InstanceState.STAGING:
-        reason = queued(task, index)
+    if reason is None and inst.state is InstanceState.STAGING:
+        reason = queued  # waiting in its executor's queue (Slurm's), if it says why
     return InstanceResult(
         index=index,
         status=inst.state.value,

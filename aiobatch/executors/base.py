@@ -7,7 +7,7 @@ from typing import Protocol, runtime_checkable
 
 from anyio.abc import TaskGroup
 
-from aiobatch.attempt import AttemptKey, FoundAttempt, InstanceContext, Outcome
+from aiobatch.attempt import FoundAttempt, InstanceContext, Outcome
 from aiobatch.spec import TaskDef
 
 
@@ -82,7 +82,7 @@ class QueueingExecutor(Executor, Protocol):
     """An executor whose attempts may wait in a queue of its own (a cluster scheduler's)
     between being handed over and starting."""
 
-    def queued_reason(self, key: AttemptKey) -> str | None:
-        """Why the attempt has not started yet, as that queue says; None if it is not
-        waiting there (or the queue gives no reason)."""
+    def queued_of(self, job_id: str, task: str) -> dict[int, str]:
+        """Why each of the task's attempts that waits in that queue has not started yet, as
+        the queue says, by index."""
         ...

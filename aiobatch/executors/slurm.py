@@ -107,7 +107,7 @@ class SlurmExecutor:
     async def aclose(self) -> None:
         pass  # the poller ends with the background group; elements end with their runs
 
-    def queued_reason(self, key: AttemptKey) -> str | None:
+    def _queued_reason(self, key: AttemptKey) -> str | None:
         """``slurm_pending: REASON`` while the attempt's element waits in Slurm's queue, with
         Slurm's reason (Priority, Resources, JobArrayTaskLimit, ...) when it gives one."""
         element = self._elements.get(key)
@@ -117,6 +117,15 @@ class SlurmExecutor:
         if reason is None:
             return None
         return f"{QUEUED}: {reason}" if reason else QUEUED
+
+    def queued_of(self, job_id: str, task: str) -> dict[int, str]:
+        found = {}
+        for key in self._elements:  # the attempts in flight: at most the env's slots
+            if key[0] == job_id and key[1] == task:
+                reason = self._queued_reason(key)
+                if reason is not None:
+                    found[key[2]] = reason
+        return found
 
     # -- submission --------------------------------------------------------------------------
 

@@ -166,12 +166,15 @@ async def test_pending_element_shows_slurm_reason_as_waiting_reason(
             assert time.monotonic() < deadline, waiting
             await anyio.sleep(0.1)
         snapshot = await rt.job_snapshot(job.id, instances=True)
+        light = await rt.job_snapshot(job.id)  # what the page polls: no instances
         await rt.stop_job(job.id)
         await rt.wait_job(job.id)
         ended = await rt.instance_result(job.id, "t", 1)
     assert (waiting.status, waiting.reason) == ("STAGING", "slurm_pending: JobArrayTaskLimit")
     instances = snapshot.tasks["t"].instances
     assert instances is not None and instances[1].reason == "slurm_pending: JobArrayTaskLimit"
+    assert snapshot.tasks["t"].queued == {1: "slurm_pending: JobArrayTaskLimit"}
+    assert light.tasks["t"].queued == {1: "slurm_pending: JobArrayTaskLimit"}
     assert ended.reason is not None and not ended.reason.startswith("slurm_pending")
 
 
