@@ -53,7 +53,6 @@ RETRY_FIRST_S = 0.1  # a failed write is tried again after this, doubling up to 
 RETRY_MAX_S = 5.0
 # While commits come faster than this, the writer waits out the rest before the next.
 COMMIT_EVERY_S = 0.002
-GATHER_TURNS = 3
 
 
 class Store:
