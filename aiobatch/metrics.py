@@ -97,7 +97,8 @@ class Metrics:
         self.commit.observe(seconds)
 
     def on_event(self, event: Event) -> None:
-        """Bus subscriber: a few dict operations per event, no I/O but two stats at an end."""
+        """Bus subscriber: a few dict operations per event; no I/O but two stats at the end
+        of an instance whose executor does not count its log bytes (Docker, Slurm)."""
         if isinstance(event, InstanceStateChanged):
             self._instance(event)
         elif isinstance(event, TaskStateChanged) and event.state == "READY":
