@@ -3,7 +3,8 @@
 A batch holds the rows that events changed (coalesced per task and instance), the events
 themselves for the history, new jobs, and the waiters of ``flush``. When the disk is full the
 batch is kept and merged with what came after it, to be written once space returns; its
-waiters are told at once, so nothing waits on a disk.
+waiters are told at once, so nothing waits on a disk. ``write_batch`` writes a batch as one
+transaction, in one call in SQLite's thread (``database.in_db_thread``).
 """
 
 from __future__ import annotations
