@@ -40,6 +40,15 @@ const dag = new DagView($("#dag"), {
   describe: (name) => describeTask(model.tasks.get(name)),
 });
 const grid = new GridView($("#grid"), { model, tooltip, onPick: (task, index) => openInstance(task, index) });
+// Where the pointer rests on the grid, so that the tooltip of the cell under it follows the
+// model: a state comes with an event and a queue reason with a poll, not with the pointer.
+let gridPointer = null;
+grid.view.canvas.addEventListener("pointermove", (e) => {
+  gridPointer = { offsetX: e.offsetX, offsetY: e.offsetY, clientX: e.clientX, clientY: e.clientY };
+});
+grid.view.canvas.addEventListener("pointerleave", () => {
+  gridPointer = null;
+});
 const timeline = new TimelineView($("#timeline"), { model, tooltip, onPick: (task, index) => openInstance(task, index) });
 const panel = new InstancePanel($("#panel"), {
   model,
@@ -262,8 +271,14 @@ function draw() {
   if (dirty.job || dirty.tasks.size) renderTotals();
   if (dirty.allCells) grid.redraw();
   else if (dirty.cells.size) grid.redrawCells(dirty.cells);
+  if (gridPointer && (dirty.allCells || dirty.cells.size)) refreshGridTooltip(dirty);
   if (dirty.timeline) timelineDirty = true;
   if (panel.current && (dirty.job || dirty.tasks.has(panel.current.task))) panel.update();
+}
+
+function refreshGridTooltip(dirty) {
+  const hit = grid.hit(gridPointer.offsetX, grid.view.contentY(gridPointer));
+  if (hit && (dirty.allCells || dirty.cells.get(hit.task)?.has(hit.index))) grid.hover(gridPointer);
 }
 
 function tick() {

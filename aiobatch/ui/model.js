@@ -41,10 +41,19 @@ export class TaskModel {
     this.exitCodes = new Int32Array(total).fill(NO_EXIT);
     this.durations = new Float64Array(total).fill(NaN);
     this.reasons = new Array(total).fill(null);
+    // The reasons shown from the task's `queued` map (a queue of the executor's own, Slurm's),
+    // by index, while no event or snapshot has set that instance's reason since.
+    this.queued = new Map();
     // What an instance's latest ended attempt cost, by index: {cpu (s), rss (bytes)}.
     this.usage = new Map();
     this.counts = new Int32Array(INSTANCE_STATES.length);
     this.counts[CODE.PENDING] = total;
+  }
+
+  // A reason from an event or a snapshot: it replaces one shown from `queued`.
+  setReason(index, text) {
+    this.reasons[index] = text;
+    if (this.queued.size) this.queued.delete(index);
   }
 
   setState(index, code) {
@@ -180,22 +189,57 @@ export class JobModel {
         for (const inst of result.instances) this.setInstance(task, inst.index, inst);
         this.dirty.allCells = true;
       }
+      this.applyQueued(task, result.queued);
     }
     this.dirty.timeline = true;
   }
 
-  // Only the task-level fields of a light snapshot: the waiting reason is derived on the
-  // server (no_free_slot, max_parallel) and comes with no event.
+  // The reasons a light snapshot has that come with no event: the tasks' waiting reasons,
+  // derived on the server (no_free_slot, max_parallel), and the reasons of instances that
+  // wait in their executor's own queue (Slurm's pending reasons).
   applyTaskReasons(snap, since) {
     for (const [name, result] of Object.entries(snap.tasks)) {
       const task = this.tasks.get(name);
-      if (!task || task.eventTs > since) continue; // an event newer than the request won
+      if (!task) continue;
+      this.applyQueued(task, result.queued);
+      if (task.eventTs > since) continue; // an event newer than the request won
       if (task.status !== result.status || task.reason !== result.reason) {
         task.status = result.status;
         task.reason = result.reason;
         this.dirty.tasks.add(name);
       }
     }
+  }
+
+  // A task's `queued` map (index -> reason; null when none waits) onto its STAGING instances,
+  // in O(size of the map and of the last one). A reason shown from an earlier map goes when
+  // its index is no longer there; a reason from an event (stopped_by_user, backoff, a
+  // failure) is never replaced, as the server's instance results keep it too. An instance in
+  // another state is skipped: the map may be older than the event that moved it on.
+  applyQueued(task, queued) {
+    const shown = task.queued;
+    if (!queued && !shown.size) return;
+    for (const [index, reason] of shown) {
+      if (queued && Object.hasOwn(queued, index)) continue;
+      shown.delete(index);
+      if (task.reasons[index] === reason) this.setQueuedReason(task, index, null);
+    }
+    if (!queued) return;
+    for (const [key, reason] of Object.entries(queued)) {
+      const index = Number(key);
+      if (!Number.isInteger(index) || index < 0 || index >= task.total) continue;
+      if (task.states[index] !== CODE.STAGING || typeof reason !== "string") continue;
+      const current = task.reasons[index];
+      if (current !== null && current !== reason && !shown.has(index)) continue;
+      shown.set(index, reason);
+      if (current !== reason) this.setQueuedReason(task, index, reason);
+    }
+  }
+
+  setQueuedReason(task, index, reason) {
+    task.reasons[index] = reason;
+    this.touchCell(task.name, index); // its tooltip
+    this.dirty.tasks.add(task.name); // the instance panel
   }
 
   setInstance(task, index, inst) {
@@ -205,7 +249,7 @@ export class JobModel {
     task.tries[index] = inst.attempts ?? 0;
     task.exitCodes[index] = inst.exit_code ?? NO_EXIT;
     task.durations[index] = inst.duration_s ?? NaN;
-    task.reasons[index] = reasonText(inst.reason, inst.not_before);
+    task.setReason(index, reasonText(inst.reason, inst.not_before));
     noteUsage(task, index, inst);
   }
 
@@ -268,7 +312,7 @@ export class JobModel {
       for (let i = 0; i < task.total; i++) {
         if (task.states[i] === CODE.PENDING) {
           task.setState(i, CODE.CANCELLED);
-          task.reasons[i] = event.reason;
+          task.setReason(i, event.reason);
           this.touchCell(task.name, i);
         }
       }
@@ -278,7 +322,7 @@ export class JobModel {
       for (let i = 0; i < task.total; i++) {
         if (task.states[i] !== CODE.SUCCEEDED) {
           task.setState(i, CODE.PENDING);
-          task.reasons[i] = event.reason;
+          task.setReason(i, event.reason);
           this.touchCell(task.name, i);
         }
       }
@@ -294,7 +338,7 @@ export class JobModel {
     task.tries[i] = Math.max(0, event.attempt - (code === CODE.PENDING ? 1 : 0));
     task.exitCodes[i] = event.exit_code ?? NO_EXIT;
     task.durations[i] = event.duration_s ?? NaN;
-    task.reasons[i] = reasonText(event.reason, event.not_before);
+    task.setReason(i, reasonText(event.reason, event.not_before));
     noteUsage(task, i, event);
     this.touchCell(task.name, i);
     this.dirty.tasks.add(task.name);
