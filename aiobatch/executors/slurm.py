@@ -24,6 +24,7 @@ from anyio.abc import TaskGroup
 from aiobatch.attempt import RUNTIME_LOST, AttemptKey, FoundAttempt, InstanceContext, Outcome
 from aiobatch.executors import slurm_batch as batch
 from aiobatch.executors.slurm_commands import (
+    PENDING_REST,
     ElementState,
     SlurmError,
     array_spec,
@@ -237,6 +238,8 @@ class SlurmExecutor:
                 read_all_jobcomp, self.jobcomp, self.prefix
             ):
                 parsed = batch.parse_job_name(state.name, self.prefix)
+                if state.task_id == PENDING_REST:
+                    continue  # never started: an attempt found nowhere else is lost
                 if parsed and parsed[0] in wanted and (state.key, state.name) not in states:
                     states[(state.key, state.name)] = state
                     ended.append(state)

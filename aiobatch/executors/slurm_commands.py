@@ -38,6 +38,7 @@ FINAL_REASONS: dict[str, str | None] = {
     "DEADLINE": "timeout",
 }
 PENDING, RUNNING = "PENDING", "RUNNING"
+PENDING_REST = -1  # an array's elements that ended before they started, in one record
 
 
 class SlurmError(Exception):
@@ -186,13 +187,18 @@ _TIME = "%Y-%m-%dT%H:%M:%S"
 
 def parse_jobcomp_line(line: str, prefix: str) -> ElementState | None:
     """A final state from one jobcomp/filetxt line, if it is an array element named
-    ``prefix...`` (``ExitCode=3:0`` is exit 3; ``0:9`` is SIGKILL)."""
+    ``prefix...`` (``ExitCode=3:0`` is exit 3; ``0:9`` is SIGKILL). The elements of an array
+    that end while still pending (a cancel) share one line without their task ids: its
+    ``task_id`` is ``PENDING_REST``, standing for each of the array's elements not started."""
     if f"Name={prefix}" not in line:
         return None
     fields = dict(_FIELD.findall(line))
     try:
         name, state = fields["Name"], fields["JobState"]
-        array_id, task_id = int(fields["ArrayJobId"]), int(fields["ArrayTaskId"])
+        if "ArrayTaskId" in fields:
+            array_id, task_id = int(fields["ArrayJobId"]), int(fields["ArrayTaskId"])
+        else:
+            array_id, task_id = int(fields["JobId"]), PENDING_REST
         code_text, _, sig_text = fields.get("ExitCode", "0:0").partition(":")
         code, sig = int(code_text), int(sig_text or 0)
     except (KeyError, ValueError):

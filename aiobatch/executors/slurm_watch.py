@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -17,6 +18,7 @@ import structlog
 
 from aiobatch.executors.slurm_commands import (
     PENDING,
+    PENDING_REST,
     ElementState,
     SlurmError,
     parse_jobcomp_line,
@@ -132,6 +134,12 @@ class Watcher:
         missing = [e for k, e in self._elements.items() if k not in seen and not e.ended.is_set()]
         if missing and self.jobcomp is not None:
             for state in await self.read_jobcomp():
+                if state.task_id == PENDING_REST:
+                    # Every element of that array gone from squeue ended so, never started.
+                    for element in missing:
+                        if element.key[0] == state.array_id and element.name == state.name:
+                            element.update(replace(state, task_id=element.key[1]))
+                    continue
                 element = self._elements.get(state.key)
                 if element is not None and element.name == state.name:
                     element.update(state)

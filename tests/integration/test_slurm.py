@@ -219,6 +219,26 @@ async def test_a_failed_node_reruns_the_element_uncharged(jobcomp: Path, tmp_pat
     assert [(e.reason, e.attempt, e.lost) for e in requeued] == [("node_fail", 2, 1)]
 
 
+async def test_stop_ends_the_elements_still_pending_at_once(jobcomp: Path, tmp_path: Path) -> None:
+    # Two elements wait behind the first (%1): cancelled before they start, Slurm records
+    # them in one jobcomp line without their task ids.
+    spec = {
+        "name": "pend-stop",
+        "tasks": [task("t", "exec sleep 300", instances=3, max_parallel=1)],
+    }
+    async with runtime(tmp_path, executor(tmp_path)) as rt:
+        job = await rt.submit(spec)
+        async for event in rt.events(job.id):
+            if isinstance(event, InstanceStateChanged) and event.state == "RUNNING":
+                break
+        await rt.stop_job(job.id)
+        with anyio.fail_after(15):  # an element never heard of again is lost only after 30 s
+            snapshot = await rt.wait_job(job.id)
+        results = [await rt.instance_result(job.id, "t", i) for i in range(3)]
+    assert snapshot.status == "CANCELLED"
+    assert [(r.status, r.reason) for r in results] == [("CANCELLED", "stopped_by_user")] * 3
+
+
 async def test_retry_resubmits_only_the_failed_elements(jobcomp: Path, tmp_path: Path) -> None:
     slurm = executor(tmp_path)
     fail_odd = (

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from aiobatch.executors.slurm_batch import env_file_text, job_name, parse_job_name, runtime_prefix
 from aiobatch.executors.slurm_commands import (
+    PENDING_REST,
     SlurmError,
     array_spec,
     expand_task_string,
@@ -142,6 +143,14 @@ def test_jobcomp_oom_mark_is_not_a_signal() -> None:
 def test_jobcomp_signal() -> None:
     state = parse_jobcomp_line(jobcomp_line("CANCELLED", "0:15"), PREFIX)
     assert state is not None and (state.exit_code, state.signal) == (None, 15)
+
+
+def test_jobcomp_line_of_elements_cancelled_while_pending() -> None:
+    # Slurm writes the elements that never started as one record of the array's own job id.
+    line = jobcomp_line("CANCELLED", "0:0").replace("ArrayJobId=11 ArrayTaskId=2 ", "")
+    state = parse_jobcomp_line(line.replace("JobId=13 ", "JobId=11 "), PREFIX)
+    assert state is not None
+    assert (state.array_id, state.task_id, state.state) == (11, PENDING_REST, "CANCELLED")
 
 
 @pytest.mark.parametrize("line", [jobcomp_line("FAILED", "3:0", name="other"), "", "garbage"])
