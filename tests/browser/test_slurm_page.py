@@ -109,8 +109,6 @@ def test_slurm_task_on_the_job_page(browser: WebDriver, slurm_view: LogView) -> 
                     "name": "t",
                     "compute_env": "slurm",
                     "depends_on": ["gate"],
-                    # Two, not more: Slurm's record of a stopped array's remainder of more
-                    # than one waiting element names none of them, and they end lost (30 s).
                     "instances": 2,
                     "max_parallel": 1,  # the array's %1: element 1 waits behind element 0
                     "command": 'echo "element $AIOBATCH_INSTANCE_INDEX runs"; exec sleep 300',
