@@ -43,6 +43,9 @@ from aiobatch.states import JobState
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_UNWRITABLE = 4
+# After the job, how long ``run`` waits for its webhook deliveries (a Ctrl-C stops waiting);
+# those not made by then stay stored, for the next start on the same state dir.
+NOTIFY_WAIT_S = 30.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -174,6 +177,7 @@ async def _run_job(runtime: Runtime, defn: JobDef, args: argparse.Namespace) -> 
                     tg.start_soon(stop_on_signal, signals, job)
                     await job.wait_for_completion()
                     tg.cancel_scope.cancel()
+            await _deliveries_sent(runtime, signals)
             snapshot = await job.snapshot(instances=True)
             if args.json:
                 sys.stdout.write(msgspec.json.encode(snapshot).decode() + "\n")
@@ -182,6 +186,27 @@ async def _run_job(runtime: Runtime, defn: JobDef, args: argparse.Namespace) -> 
     if interrupted:
         return EXIT_INTERRUPTED
     return EXIT_OK if snapshot.status == JobState.SUCCEEDED else EXIT_FAILED
+
+
+async def _deliveries_sent(runtime: Runtime, signals: AsyncIterator[int]) -> None:
+    """Wait, bounded, for the webhooks of what happened (a job's end above all) to go out."""
+    async with anyio.create_task_group() as tg:
+
+        async def stop_waiting_on_signal() -> None:
+            async for _ in signals:
+                tg.cancel_scope.cancel()
+
+        tg.start_soon(stop_waiting_on_signal)
+        with anyio.move_on_after(NOTIFY_WAIT_S):
+            await runtime.notifications_settled()
+        tg.cancel_scope.cancel()
+    pending = runtime.pending_notifications
+    if pending:
+        print(
+            f"aiobatch: webhook deliveries of {pending} job(s) not made yet; they are kept "
+            "and made at the next start on this state dir",
+            file=sys.stderr,
+        )
 
 
 def progress_of(task: TaskRec) -> TaskProgress:

@@ -266,6 +266,17 @@ class Runtime:
             self._attempts.detach({"docker", "slurm"})
         instances.cancel_scope.cancel()
 
+    async def notifications_settled(self) -> None:
+        """Return once every webhook delivery of what happened so far is made or given up.
+        Bound it with a cancel scope: then ``pending_notifications`` tells how many jobs
+        still have deliveries to make (they are stored: the next start makes them)."""
+        await self._notifier.settled()
+
+    @property
+    def pending_notifications(self) -> int:
+        """Jobs whose webhook deliveries are being made or wait to be."""
+        return self._notifier.jobs_pending
+
     async def drain(self, grace: float | None = None) -> None:
         """Take no new work and start nothing more; wait up to ``grace`` (default: the
         config's ``shutdown_grace``) for running attempts to end. Leaving the ``async with``
