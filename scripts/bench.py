@@ -54,7 +54,7 @@ from typing import Any
 
 import aiosqlite
 import anyio
-from benchreport import Report, Row, note
+from benchreport import Report, Row, bench_parser, note
 
 from aiobatch.config import ComputeEnvConfig, Config
 from aiobatch.events import Event, InstanceStateChanged, event_encoder
@@ -879,13 +879,7 @@ SECTIONS: dict[str, Callable[[Bench], None]] = {
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument(
-        "--json-out",
-        type=Path,
-        default=DEFAULT_JSON_OUT,
-        help=f"where to write the results (relative to the repo root; default {DEFAULT_JSON_OUT})",
-    )
+    parser = bench_parser(__doc__, DEFAULT_JSON_OUT)
     parser.add_argument(
         "--big",
         action=argparse.BooleanOptionalAction,

@@ -55,7 +55,7 @@ from bench import (
     scratch_dir,
     write_json,
 )
-from benchreport import Report, Row, note
+from benchreport import Report, Row, bench_parser, note, positive
 
 from aiobatch.events import InstanceStateChanged, event_decoder
 
@@ -378,24 +378,11 @@ class LanesBench:
                 )
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument(
-        "--json-out",
-        type=Path,
-        default=DEFAULT_JSON_OUT,
-        help=f"where to write the results (relative to the repo root; default {DEFAULT_JSON_OUT})",
-    )
+    parser = bench_parser(__doc__, DEFAULT_JSON_OUT)
     parser.add_argument("--quick", action="store_true", help="50 instances, one repetition")
-    parser.add_argument("--reps", type=_positive, help="repetitions per spec (default 3)")
-    parser.add_argument("--instances", type=_positive, help="instances per task (default 200)")
+    parser.add_argument("--reps", type=positive, help="repetitions per spec (default 3)")
+    parser.add_argument("--instances", type=positive, help="instances per task (default 200)")
     parser.add_argument("--seed", type=int, default=20240611, help="seed of the durations")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     return parser

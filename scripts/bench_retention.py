@@ -61,7 +61,7 @@ from typing import Any
 
 import anyio
 from bench import Timing, dir_size_bytes, fmt_s, fs_probe, scratch_dir
-from benchreport import Report, Row, note
+from benchreport import Report, Row, bench_parser, note, positive
 
 from aiobatch.api import JobHandle
 from aiobatch.config import ComputeEnvConfig, Config, RetentionConfig
@@ -532,27 +532,14 @@ class RetentionBench:
         )
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument(
-        "--json-out",
-        type=Path,
-        default=DEFAULT_JSON_OUT,
-        help=f"where to write the results (relative to the repo root; default {DEFAULT_JSON_OUT})",
-    )
+    parser = bench_parser(__doc__, DEFAULT_JSON_OUT)
     parser.add_argument(
         "--quick", action="store_true", help="1,000 ended jobs, 200 instances, one repetition"
     )
-    parser.add_argument("--reps", type=_positive, help="repetitions of A and B (default 5)")
-    parser.add_argument("--jobs", type=_positive, help="ended jobs to delete (default 10,000)")
-    parser.add_argument("--instances", type=_positive, help="the timed job's (default 2,000)")
+    parser.add_argument("--reps", type=positive, help="repetitions of A and B (default 5)")
+    parser.add_argument("--jobs", type=positive, help="ended jobs to delete (default 10,000)")
+    parser.add_argument("--instances", type=positive, help="the timed job's (default 2,000)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     return parser
 

@@ -51,7 +51,7 @@ from typing import IO, Any
 import aiohttp
 import anyio
 from anyio.abc import Process, UNIXDatagramSocket
-from benchreport import Report, Row, note
+from benchreport import Report, Row, bench_parser, note
 
 from aiobatch import Client, Runtime
 from aiobatch.config import ComputeEnvConfig, Config
@@ -628,7 +628,7 @@ async def run(args: argparse.Namespace, report: Report) -> dict[str, Any]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = bench_parser(__doc__, DEFAULT_JSON_OUT)
     parser.add_argument("--quick", action="store_true", help="small counts, short windows")
     parser.add_argument("--instances", type=int, help="running instances (default 1000)")
     parser.add_argument("--duration", type=float, help="seconds per load window (default 5)")
@@ -637,12 +637,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--submissions", type=int, help="submit-to-start repetitions (30)")
     parser.add_argument("--warmups", type=int, help="submit-to-start warm-ups (default 3)")
     parser.add_argument("--only", default="", help="sections to run: 1, 2 or 1,2 (default)")
-    parser.add_argument(
-        "--json-out",
-        type=Path,
-        default=DEFAULT_JSON_OUT,
-        help=f"where to write the results (relative to the repo root; default {DEFAULT_JSON_OUT})",
-    )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     return parser
 

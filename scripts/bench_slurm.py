@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import Timing, aiobatch_cli, fmt_s, scratch_dir, write_json
-from benchreport import Report, Row, note
+from benchreport import Report, Row, bench_parser, note, positive
 
 from aiobatch.events import InstanceStateChanged, event_decoder
 
@@ -479,24 +479,11 @@ class SlurmBench:
         self.report.row(Row(f"{key}. where the time goes (medians; Slurm's times in s)", text))
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument(
-        "--json-out",
-        type=Path,
-        default=DEFAULT_JSON_OUT,
-        help=f"where to write the results (relative to the repo root; default {DEFAULT_JSON_OUT})",
-    )
+    parser = bench_parser(__doc__, DEFAULT_JSON_OUT)
     parser.add_argument("--quick", action="store_true", help="50 instances, one repetition")
-    parser.add_argument("--reps", type=_positive, help="repetitions of each (default 3)")
-    parser.add_argument("--instances", type=_positive, help="array elements (default 200)")
+    parser.add_argument("--reps", type=positive, help="repetitions of each (default 3)")
+    parser.add_argument("--instances", type=positive, help="array elements (default 200)")
     parser.add_argument("--partition", default="aiobatch", help="Slurm partition (aiobatch)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     return parser

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -13,6 +14,27 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def bench_parser(doc: str | None, json_out: Path) -> argparse.ArgumentParser:
+    """A benchmark script's parser: described by its docstring's first line, with the
+    ``--json-out`` every script has (``json_out`` relative to the repo root)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    parser.add_argument(
+        "--json-out",
+        type=Path,
+        default=json_out,
+        help=f"where to write the results (relative to the repo root; default {json_out})",
+    )
+    return parser
 
 
 def note(message: str) -> None:
