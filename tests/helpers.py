@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
@@ -91,6 +93,21 @@ def processes_of(runtime_id: str) -> list[int]:
 async def stored(rt: Runtime, job_id: str) -> list[tuple[int, Event]]:
     """A job's history as the store has it: (seq, event), oldest first."""
     return [(entry.seq, entry.event) for entry in await rt.job_history(job_id, limit=1_000_000)]
+
+
+@contextmanager
+def child_process(argv: list[str]) -> Iterator[subprocess.Popen[str]]:
+    """A child process, its stdout a text pipe; killed if it still runs at the end, then
+    reaped and its pipe closed."""
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    try:
+        yield child
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+        assert child.stdout is not None
+        child.stdout.close()
 
 
 def kill_leftovers(state_dir: Path) -> None:

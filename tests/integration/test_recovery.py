@@ -21,6 +21,7 @@ from aiobatch import Runtime
 from aiobatch.config import ComputeEnvConfig, Config
 from aiobatch.events import Event, InstanceStateChanged
 from tests.helpers import (
+    child_process,
     kill_leftovers,
     process_alive,
     processes_of,
@@ -38,21 +39,13 @@ TWO_SLOTS = {"compute_envs": {"local": {"kind": "local", "slots": 2}}}
 def runtime_child(
     state_dir: Path, pidfile: Path, config: object, *args: str
 ) -> Iterator[subprocess.Popen[str]]:
-    child = subprocess.Popen(
-        [sys.executable, str(CHILD), str(state_dir), str(pidfile), json.dumps(config), *args],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    argv = [sys.executable, str(CHILD), str(state_dir), str(pidfile), json.dumps(config), *args]
     try:
-        yield child
-    finally:
-        if child.poll() is None:
-            child.kill()
-        child.wait()
-        assert child.stdout is not None
-        child.stdout.close()
-        if sys.exc_info()[0] is not None:  # a test failed midway: leave nothing running
-            kill_leftovers(state_dir)
+        with child_process(argv) as child:
+            yield child
+    except BaseException:
+        kill_leftovers(state_dir)  # a test failed midway: leave nothing running
+        raise
 
 
 def spawner_of(pid: int) -> int:

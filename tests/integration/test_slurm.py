@@ -29,6 +29,7 @@ from aiobatch.events import Event, InstanceStateChanged
 from aiobatch.executors.slurm import SlurmExecutor, SlurmSettings
 from aiobatch.layout import StateLayout
 from aiobatch.spec import load_spec
+from tests.helpers import child_process
 
 pytestmark = pytest.mark.anyio
 CONFIG = Config(compute_envs={"slurm": ComputeEnvConfig(kind="slurm", slots=8)})
@@ -270,19 +271,11 @@ async def test_retry_resubmits_only_the_failed_elements(jobcomp: Path, tmp_path:
 def child_runtime(
     state_dir: Path, spec: dict[str, object], running: int
 ) -> Iterator[subprocess.Popen[str]]:
-    child = subprocess.Popen(
+    with child_process(
         [sys.executable, "-m", "tests.integration.test_slurm", "child", str(state_dir),
          json.dumps(spec), str(running)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
+    ) as child:  # fmt: skip
         yield child
-    finally:
-        if child.poll() is None:
-            child.kill()
-        child.wait()
-        assert child.stdout is not None
-        child.stdout.close()
 
 
 def crash_spec(gate: Path) -> dict[str, object]:
