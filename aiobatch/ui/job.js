@@ -5,12 +5,12 @@
 import { DagView } from "./dag.js";
 import { GridView } from "./grid.js";
 import {
-  ApiError, CODE, INSTANCE_STATES, JOB_TERMINAL, STATE_COLOURS, Tooltip, $, API, explain,
-  formatDuration, formatTime, frameScheduler, getJSON, h, jobDuration, jobPath, notice, post,
-  progressBar, readNdjson, session, setBadge, setProgress, setText,
+  ApiError, JOB_TERMINAL, Tooltip, $, API, explain, formatDuration, frameScheduler, getJSON,
+  jobDuration, jobPath, notice, post, readNdjson, session, setText,
 } from "./lib.js";
 import { JobModel } from "./model.js";
 import { InstancePanel } from "./panel.js";
+import { TaskRows, describeTask, renderHead, renderTotals } from "./summary.js";
 import { TimelineView } from "./timeline.js";
 
 const HISTORY_PAGE = 5000;
@@ -25,7 +25,6 @@ const model = new JobModel(jobId);
 const tooltip = new Tooltip();
 const MIN_FRAME_GAP_MS = 50; // at most 20 redraws a second, however busy the job
 const schedule = frameScheduler(render, MIN_FRAME_GAP_MS);
-const rows = new Map(); // task name -> row cells
 
 let stream = null; // {controller}
 let historyLoaded = false;
@@ -49,6 +48,7 @@ grid.view.canvas.addEventListener("pointermove", (e) => {
 grid.view.canvas.addEventListener("pointerleave", () => {
   gridPointer = null;
 });
+const taskRows = new TaskRows($("#task-rows"), { onSelect: (name) => selectTask(name) });
 const timeline = new TimelineView($("#timeline"), { model, tooltip, onPick: (task, index) => openInstance(task, index) });
 const panel = new InstancePanel($("#panel"), {
   model,
@@ -245,7 +245,7 @@ function render() {
 function draw() {
   const dirty = model.takeDirty();
   if (dirty.structure) {
-    buildRows();
+    taskRows.build(model.order);
     grid.layout();
     dirty.allCells = true;
     timelineDirty = true;
@@ -261,14 +261,14 @@ function draw() {
       });
     }
   }
-  if (dirty.job) renderHead();
+  if (dirty.job) renderHead(model);
   for (const name of dirty.tasks) {
     const task = model.tasks.get(name);
     if (!task) continue;
-    updateRow(task);
+    taskRows.update(task);
     dag.update(task);
   }
-  if (dirty.job || dirty.tasks.size) renderTotals();
+  if (dirty.job || dirty.tasks.size) renderTotals(model);
   if (dirty.allCells) grid.redraw();
   else if (dirty.cells.size) grid.redrawCells(dirty.cells);
   if (gridPointer && (dirty.allCells || dirty.cells.size)) refreshGridTooltip(dirty);
@@ -290,109 +290,13 @@ function tick() {
   }
 }
 
-function renderHead() {
-  const job = model.job;
-  document.title = `${job.name || job.id} · aiobatch`;
-  setText($("#job-name"), job.name);
-  setText($("#crumb-job"), job.name);
-  setBadge($("#job-status"), job.status);
-  const stopping = model.stopping && !JOB_TERMINAL.has(job.status)
-    ? `stopping (${model.stopping.reason})` : "";
-  setText($("#job-reason"), stopping || job.reason || "");
-  setText($("#job-id"), job.id);
-  const submitted = $("#job-submitted");
-  setText(submitted, formatTime(job.submitted_at));
-  setText($("#job-duration"), formatDuration(jobDuration(job)));
-  const active = !JOB_TERMINAL.has(job.status) && !model.stopping;
-  $("#btn-stop").disabled = !active;
-  $("#btn-suspend").disabled = !(active && job.status === "RUNNING");
-  $("#btn-resume").disabled = !(active && job.status === "SUSPENDED");
-  $("#btn-retry").disabled = !(job.status === "FAILED" || job.status === "CANCELLED");
-}
-
-let jobBar = null;
-let legendItems = null;
-
-function renderTotals() {
-  const totals = model.totals();
-  if (!jobBar) {
-    jobBar = progressBar();
-    $("#job-progress-bar").replaceWith(jobBar);
-    jobBar.id = "job-progress-bar";
-  }
-  setProgress(jobBar, totals);
-  setText($("#job-progress"), `${totals.running}/${totals.done}/${totals.total}` +
-    (totals.failed ? `  ·  ${totals.failed} failed` : ""));
-  if (!legendItems) {
-    legendItems = INSTANCE_STATES.map((state) => {
-      const count = h("span", { className: "count" });
-      const swatch = h("i", { className: "swatch" });
-      swatch.style.background = STATE_COLOURS[state];
-      $("#legend").append(h("span", { className: "legend-item" }, swatch, state.toLowerCase(), " ", count));
-      return count;
-    });
-  }
-  INSTANCE_STATES.forEach((_, code) => setText(legendItems[code], String(totals.counts[code])));
-  $("#next-failed").disabled = totals.counts[CODE.FAILED] === 0;
-}
-
-function buildRows() {
-  const body = $("#task-rows");
-  const fresh = [];
-  for (const task of model.order) {
-    let row = rows.get(task.name);
-    if (!row) {
-      const status = h("span", { className: "badge" });
-      const counts = h("span", { className: "mono" });
-      const bar = progressBar();
-      const reason = h("span", { className: "reason" });
-      const tr = h("div", { className: "task-row", role: "row", dataset: { task: task.name },
-        onclick: () => selectTask(task.name) },
-        h("span", { className: "task-name", role: "cell", title: task.name }, task.name),
-        h("span", { className: "status", role: "cell" }, status),
-        h("span", { className: "num", role: "cell" }, counts),
-        h("span", { className: "bar-cell", role: "cell" }, bar),
-        h("span", { className: "why", role: "cell" }, reason));
-      row = { tr, status, counts, bar, reason };
-      rows.set(task.name, row);
-    }
-    fresh.push(row.tr);
-  }
-  body.replaceChildren(...fresh);
-}
-
-function updateRow(task) {
-  const row = rows.get(task.name);
-  if (!row) return;
-  setBadge(row.status, task.status);
-  setText(row.counts, `${task.running}/${task.done}/${task.total}`);
-  setProgress(row.bar, task);
-  const failed = task.failed ? `${task.failed} failed` : "";
-  setText(row.reason, [task.reason, failed].filter(Boolean).join(" · "));
-}
-
-function describeTask(task) {
-  if (!task) return "";
-  const lines = [`${task.name}  ${task.status}`, `${task.running}/${task.done}/${task.total} running/terminated/total`];
-  if (task.failed) lines.push(`${task.failed} failed`);
-  if (task.reason) lines.push(`reason: ${task.reason}`);
-  if (task.def && task.def.depends_on && task.def.depends_on.length) {
-    const conditions = task.def.conditions || {};
-    const byIndex = new Set(task.def.by_index || []);
-    const after = task.def.depends_on.map((dep) =>
-      byIndex.has(dep) ? `${dep} (by index)` : conditions[dep] ? `${dep} (${conditions[dep]})` : dep);
-    lines.push(`after: ${after.join(", ")}`);
-  }
-  return lines.join("\n");
-}
-
 // -- interaction --------------------------------------------------------------------------------
 
 function selectTask(name) {
   selectedTask = name;
   dag.select(name);
   grid.selectTask(name);
-  for (const [taskName, row] of rows) row.tr.classList.toggle("selected", taskName === name);
+  taskRows.select(name);
 }
 
 function openInstance(task, index) {
