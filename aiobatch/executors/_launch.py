@@ -171,19 +171,34 @@ def new_record(path: str) -> int:
 _made: set[str] = set()  # dirs known to exist: a start makes at most its instance's own
 
 
-def make_dir(path: str) -> None:
+def make_dir(path: str, *, remember: bool = False) -> None:
+    """Make ``path`` and its parents. Its parent is remembered as made, and with
+    ``remember`` the dir itself (a task's log dir, shared by its instances); an instance's
+    own work dir is made at each start, as a program may have removed it."""
     if path in _made:
         return
     parent = os.path.dirname(path)
     if parent not in _made:
         os.makedirs(parent, exist_ok=True)
-        if len(_made) > 4096:
-            _made.clear()
-        _made.add(parent)
+        _remember(parent)
     try:
         os.mkdir(path)
     except FileExistsError:
         pass
+    if remember:
+        _remember(path)
+
+
+def forget_dir(path: str) -> None:
+    """``path`` may be gone (a file in it could not be made): make it anew next time."""
+    _made.discard(path)
+    _made.discard(os.path.dirname(path))
+
+
+def _remember(path: str) -> None:
+    if len(_made) > 4096:
+        _made.clear()
+    _made.add(path)
 
 
 def remove(path: str) -> None:

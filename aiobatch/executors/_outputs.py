@@ -12,6 +12,7 @@ Standard library only, as the spawner.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import selectors
 
@@ -53,7 +54,7 @@ class Outputs:
             if log >= 0:
                 os.close(log)
             raise
-        os.set_blocking(read, False)
+        fcntl.fcntl(read, fcntl.F_SETFL, os.O_NONBLOCK)  # one call: its flags are known
         output = Output(read, path, owner, stream)
         output.log = log
         self.selector.register(read, selectors.EVENT_READ, output)

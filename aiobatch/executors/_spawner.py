@@ -197,8 +197,7 @@ class Spawner:
         key: Key = (job, task, index, attempt)
         record = request["record"]
         try:
-            launch.make_dir(os.path.dirname(record))
-            fd = launch.new_record(record)
+            fd = _open_record(record)
             launch.write_line(fd, request["head"])  # the key line, encoded by the runtime
         except OSError as exc:
             launch.remove(record)
@@ -312,6 +311,17 @@ class Spawner:
             _kill_group(pid, signal.SIGKILL)  # a setsid'd stray leads a group of its own
 
 
+def _open_record(path: str) -> int:
+    logs = os.path.dirname(path)
+    launch.make_dir(logs, remember=True)
+    try:
+        return launch.new_record(path)
+    except FileNotFoundError:  # its dir went since we made it
+        launch.forget_dir(logs)
+        launch.make_dir(logs, remember=True)
+        return launch.new_record(path)
+
+
 def _kill_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
@@ -327,12 +337,24 @@ def _kill(pid: int) -> None:
 
 
 def _children() -> list[int]:
-    me = os.getpid()
+    # Read at every end: plain system calls, not a file object's several.
     try:
-        with open(f"/proc/{me}/task/{me}/children") as f:
-            return [int(pid) for pid in f.read().split()]
+        fd = os.open(_CHILDREN, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return []
+    try:
+        data = chunk = os.read(fd, 1 << 16)
+        while len(chunk) == 1 << 16:
+            chunk = os.read(fd, 1 << 16)
+            data += chunk
+    except OSError:
+        return []
+    finally:
+        os.close(fd)
+    return [int(pid) for pid in data.split()]
+
+
+_CHILDREN = f"/proc/{os.getpid()}/task/{os.getpid()}/children"  # the spawner's own
 
 
 def _key_of(pid: int) -> Key | None:
