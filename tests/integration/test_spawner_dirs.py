@@ -1,0 +1,54 @@
+"""The spawner remembers a task's log dir once made, and makes it anew when it went: a
+record must be written before every start, whatever happened to the dir in between. A real
+spawner process, real starts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import anyio
+import pytest
+
+from aiobatch.executors.spawner import Spawner
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_log_dir_removed_between_two_starts_is_made_again(tmp_path: Path) -> None:
+    logs, work = tmp_path / "logs" / "t", tmp_path / "work" / "t"
+
+    async def start(spawner: Spawner, index: int) -> int:
+        env = {
+            "PATH": os.environ["PATH"],
+            "AIOBATCH_JOB_ID": "job",
+            "AIOBATCH_TASK_NAME": "t",
+            "AIOBATCH_INSTANCE_INDEX": str(index),
+            "AIOBATCH_ATTEMPT": "1",
+        }
+        started = await spawner.spawn(
+            argv=["true"],
+            cwd=work / str(index),
+            env=env,
+            stdout=logs / f"{index}.stdout",
+            stderr=logs / f"{index}.stderr",
+            record=logs / f"{index}.run",
+            runtime_id="r",
+        )
+        exited = await spawner.wait(started)
+        assert exited.exit_code == 0
+        return started.pid
+
+    async with anyio.create_task_group() as background:
+        spawner = Spawner()
+        await spawner.open(background)
+        try:
+            await start(spawner, 0)
+            assert (logs / "0.run").exists()
+            shutil.rmtree(logs)
+            pid = await start(spawner, 1)
+            lines = (logs / "1.run").read_text().splitlines()
+            assert f'"pid":{pid}' in lines[1] and '"status":0' in lines[2]
+        finally:
+            await spawner.aclose()
