@@ -3,21 +3,24 @@
 The engine does no I/O and never awaits. Each method changes records through the transition
 tables, appends the resulting events to ``outbox`` and returns the instances the caller must
 start or stop. The runtime publishes the outbox on the bus and performs the effects; tests
-drive the engine directly. Recording a change as its event is in ``changes.py``; the reasons,
-the retry decision and why a task waits are in ``reasons.py``.
+drive the engine directly. The engine coordinates; the parts live in their own modules:
+recording a change as its event in ``changes.py``; what an end sets off (a task's or a job's
+end, its dependents started, skipped or swept, a wind-down) in ``endings.py``, which the
+engine builds on; the reasons, the retry decision and why a task waits in ``reasons.py``;
+instances waiting out a retry's backoff in ``backoff.py``; the per-index dependency gates in
+``gates.py``.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import time
 from collections.abc import Callable, Sequence
 
-from aiobatch import resolver
+from aiobatch import gates, resolver
 from aiobatch.attempt import NO_SPACE, RUNTIME_LOST, Outcome
-from aiobatch.changes import StateChanges
-from aiobatch.events import InstanceStopRequested, JobStopRequested
+from aiobatch.backoff import Backoffs
+from aiobatch.endings import Endings
+from aiobatch.events import InstanceStopRequested
 from aiobatch.model import InstanceRec, JobRec, TaskRec
 from aiobatch.reasons import (
     BACKOFF,
@@ -31,7 +34,7 @@ from aiobatch.reasons import (
     waiting_reason,
 )
 from aiobatch.scheduler import Scheduler, can_dispatch
-from aiobatch.states import JOB_TERMINAL, TASK_TERMINAL, InstanceState, JobState, TaskState
+from aiobatch.states import TASK_TERMINAL, InstanceState, JobState, TaskState
 
 # The reasons live in reasons.py; they are still imported from here too.
 __all__ = [
@@ -49,7 +52,7 @@ __all__ = [
 DEFAULT_LOST_LIMIT = 3  # crashes one instance may live through before it fails
 
 
-class Engine(StateChanges):
+class Engine(Endings):
     def __init__(
         self,
         slots: dict[str, int],
@@ -58,17 +61,13 @@ class Engine(StateChanges):
         lost_limit: int = DEFAULT_LOST_LIMIT,
         self_throttled: frozenset[str] = frozenset(),
     ) -> None:
-        super().__init__(clock)
-        self.jobs: dict[str, JobRec] = {}
         # self_throttled: envs that apply a task's max_parallel themselves (Slurm's %M).
-        self.scheduler = Scheduler(slots, self_throttled)
+        super().__init__(clock, Scheduler(slots, self_throttled))
+        self.jobs: dict[str, JobRec] = {}
         # How many attempts of one instance may be lost with the runtime (re-run uncharged)
         # before it fails: an instance that brings its runtime down must not loop forever.
         self.lost_limit = lost_limit
-        # Instances waiting out a retry's backoff: (when, tie-break, instance), earliest first.
-        # An entry whose instance started or ended meanwhile is dropped when it comes up.
-        self._backoffs: list[tuple[float, int, InstanceRec]] = []
-        self._backoff_seq = itertools.count()
+        self._backoffs = Backoffs()  # instances waiting out a retry's backoff
 
     # -- jobs -------------------------------------------------------------------------------
 
@@ -145,147 +144,6 @@ class Engine(StateChanges):
         down already keeps its own end. Returns the active instances to stop."""
         return self._wind_down(job, JobState.FAILED, JOB_TIMEOUT)
 
-    def _wind_down(self, job: JobRec, final: JobState, reason: str) -> list[InstanceRec]:
-        if job.stopping is not None or job.state not in (JobState.RUNNING, JobState.SUSPENDED):
-            return []
-        job.stopping = (final, reason)
-        self.outbox.append(
-            JobStopRequested(job_id=job.id, state=final, reason=reason, ts=self._clock())
-        )
-        to_stop: list[InstanceRec] = []
-        for task in job.tasks.values():
-            if task.state not in (TaskState.READY, TaskState.RUNNING):
-                continue  # PENDING tasks are skipped when their upstream ends
-            self._cancel_waiting(task, reason)
-            for inst in task.instances:
-                if inst is not None and inst.active:
-                    inst.stop_reason = reason
-                    to_stop.append(inst)
-        for task in list(job.tasks.values()):
-            self._maybe_finish_task(task)
-        return to_stop
-
-    def _cancel_waiting(self, task: TaskRec, reason: str) -> None:
-        """Every instance of the task that waits to start ends CANCELLED."""
-        for waiting in [*task.retry_queue, *sorted(task.held, key=lambda i: i.index)]:
-            self._instance_to(waiting, InstanceState.CANCELLED, reason)
-            task.cancelled += 1
-        task.retry_queue.clear()
-        task.held.clear()
-        task.open.clear()
-        task.cancelled += task.fresh  # never started: no record, no event
-        task.fresh = 0
-
-    def _maybe_finish_job(self, job: JobRec) -> None:
-        if job.unfinished_tasks or job.state in JOB_TERMINAL:
-            return
-        if job.stopping is not None:
-            final, reason = job.stopping
-        else:
-            final, reason = JobState.SUCCEEDED, None
-            for task in job.tasks.values():
-                if task.state is TaskState.FAILED:
-                    final, reason = JobState.FAILED, f"task_failed: {task.name}"
-                    break
-                if task.state is not TaskState.SUCCEEDED and final is JobState.SUCCEEDED:
-                    final, reason = JobState.CANCELLED, f"task_{task.state.lower()}: {task.name}"
-        job.stopping = None
-        job.ended_at = self._clock()
-        self._job_to(job, final, reason)
-
-    # -- tasks ------------------------------------------------------------------------------
-
-    def _maybe_finish_task(self, task: TaskRec) -> None:
-        if task.state not in (TaskState.READY, TaskState.RUNNING):
-            return
-        if task.active or task.pending:
-            return
-        if task.failed:
-            state = TaskState.FAILED
-            failed = (i for i in task.instances if i and i.state is InstanceState.FAILED)
-            reason = next((i.reason for i in failed), None)
-        elif task.cancelled:
-            stopping = task.job.stopping
-            state, reason = (
-                TaskState.CANCELLED,
-                stopping[1] if stopping else _cancelled_reason(task),
-            )
-        else:
-            state, reason = TaskState.SUCCEEDED, None
-        self._task_to(task, state, reason)
-        self._after_task_finished(task)
-
-    def _after_task_finished(self, task: TaskRec) -> None:
-        job = task.job
-        job.unfinished_tasks -= 1
-        settled = resolver.after_task_finished(task)
-        if settled.skipped:
-            reason = resolver.upstream_reason(task)
-            for dependent in settled.skipped:
-                self._task_to(dependent, TaskState.SKIPPED, reason)
-                job.unfinished_tasks -= 1
-        for dependent, dep in settled.swept:
-            self._sweep(dependent, dep)
-        for dependent in settled.ready:
-            self._wake(dependent)
-        for dependent, _ in settled.swept:
-            self._maybe_finish_task(dependent)
-        self._maybe_finish_job(job)
-
-    def _wake(self, task: TaskRec) -> None:
-        """A PENDING task whose whole-task dependencies are met starts (READY), unless it is
-        joined by index and none of its indices is open while some still may open."""
-        if task.state is not TaskState.PENDING or task.unmet:
-            return
-        if task.gates is not None and not task.dispatchable and task.index_deps_left:
-            return
-        job = task.job
-        if job.stopping is not None:
-            # Its upstream ended but the job is winding down: it never starts.
-            self._task_to(task, TaskState.CANCELLED, job.stopping[1])
-            self._cancel_waiting(task, job.stopping[1])  # waiting since a retry of the job
-            self._after_task_finished(task)
-        else:
-            self._task_to(task, TaskState.READY)
-            self.scheduler.offer(task)
-            self._maybe_finish_task(task)  # all its instances may have been stopped
-
-    def _open_gate(self, task: TaskRec, index: int) -> None:
-        """Instance ``index`` of one of the task's by-index dependencies SUCCEEDED."""
-        if task.gates is None or task.state in TASK_TERMINAL or task.job.stopping is not None:
-            return
-        task.gates[index] -= 1
-        if task.gates[index]:
-            return
-        inst = task.instances[index]
-        if inst is None:
-            task.open.append(index)
-        elif inst in task.held and inst.not_before is None:
-            task.held.remove(inst)
-            task.retry_queue.append(inst)
-        else:
-            return  # stopped meanwhile
-        self._wake(task)
-        self.scheduler.offer(task)
-
-    def _sweep(self, task: TaskRec, dep: TaskRec) -> None:
-        """``dep`` ended: the task's indices whose counterpart did not succeed never start."""
-        if task.state in TASK_TERMINAL or task.job.stopping is not None:
-            return  # a job winding down has cancelled what waits already
-        reason = resolver.upstream_reason(dep)
-        for index, upstream in enumerate(dep.instances):
-            if upstream is not None and upstream.state is InstanceState.SUCCEEDED:
-                continue
-            inst = task.instances[index]
-            if inst is None:
-                inst = task.record(index)
-            elif inst in task.held:
-                task.held.remove(inst)
-            else:
-                continue  # ran already (before a retry of the job), or stopped
-            self._instance_to(inst, InstanceState.CANCELLED, f"{reason}[{index}]")
-            task.cancelled += 1
-
     # -- instances --------------------------------------------------------------------------
 
     def dispatch(self) -> list[InstanceRec]:
@@ -343,7 +201,9 @@ class Engine(StateChanges):
             self._instance_to(inst, InstanceState.SUCCEEDED)
             task.succeeded += 1
             for dependent in task.index_dependents:
-                self._open_gate(dependent, inst.index)
+                if gates.open_gate(dependent, inst.index):
+                    self._wake(dependent)
+                    self.scheduler.offer(dependent)
         elif not_started_for_space(inst, outcome) and job.stopping is None:
             self._instance_to(inst, InstanceState.PENDING, NO_SPACE)
             task.retry_queue.appendleft(inst)
@@ -365,7 +225,7 @@ class Engine(StateChanges):
             else:
                 inst.not_before = self._clock() + backoff.wait_s(inst.charged_attempts - 1)
                 self._instance_to(inst, InstanceState.PENDING, BACKOFF)
-                self._hold(inst)
+                self._backoffs.hold(inst)
         else:
             to_stop = self._fail(inst, outcome.failure_reason())
         self._maybe_finish_task(task)
@@ -380,32 +240,6 @@ class Engine(StateChanges):
         if task.defn.on_failure == "fail_job":
             return self._wind_down(task.job, JobState.FAILED, f"task_failed: {task.name}")
         return []
-
-    # -- retry backoff ------------------------------------------------------------------------
-
-    def _hold(self, inst: InstanceRec) -> None:
-        assert inst.not_before is not None
-        inst.task.held.add(inst)
-        heapq.heappush(self._backoffs, (inst.not_before, next(self._backoff_seq), inst))
-
-    def next_release(self) -> float | None:
-        """When the next backoff ends (the wall clock), or None if none is waited out."""
-        while self._backoffs and not _backing_off(self._backoffs[0][2]):
-            heapq.heappop(self._backoffs)
-        return self._backoffs[0][0] if self._backoffs else None
-
-    def release_due(self) -> None:
-        """Instances whose backoff has ended may start (the caller dispatches next)."""
-        now = self._clock()
-        while self._backoffs and self._backoffs[0][0] <= now:
-            inst = heapq.heappop(self._backoffs)[2]
-            if not _backing_off(inst):
-                continue
-            task = inst.task
-            task.held.remove(inst)
-            inst.not_before = None
-            task.retry_queue.append(inst)
-            self.scheduler.offer(task)
 
     def instance_interrupted(self, inst: InstanceRec) -> None:
         """The runtime is shutting down mid-attempt: back to PENDING; the next attempt is not
@@ -495,9 +329,7 @@ class Engine(StateChanges):
         if stopping is not None:
             to_stop += self._wind_down(job, *stopping)
         for task in list(job.tasks.values()):
-            for inst in task.held:
-                if inst.not_before is not None:
-                    heapq.heappush(self._backoffs, (inst.not_before, next(self._backoff_seq), inst))
+            self._backoffs.watch_held(task)
             if job.stopping is None:
                 self._wake(task)
             self._maybe_finish_task(task)
@@ -505,21 +337,19 @@ class Engine(StateChanges):
         self._maybe_finish_job(job)
         return to_stop
 
+    # -- retry backoff (backoff.py) --------------------------------------------------------
+
+    def next_release(self) -> float | None:
+        """When the next backoff ends (the wall clock), or None if none is waited out."""
+        return self._backoffs.next_release()
+
+    def release_due(self) -> None:
+        """Instances whose backoff has ended may start (the caller dispatches next)."""
+        for inst in self._backoffs.release_due(self._clock()):
+            self.scheduler.offer(inst.task)
+
     # -- reasons (reasons.py) --------------------------------------------------------------
 
     def waiting_reason(self, task: TaskRec) -> str | None:
         """Why a task is not done yet, or why it ended; derived, so always current."""
         return waiting_reason(task, self.scheduler)
-
-
-def _backing_off(inst: InstanceRec) -> bool:
-    return inst.not_before is not None and inst in inst.task.held
-
-
-def _cancelled_reason(task: TaskRec) -> str:
-    """Why a task whose job goes on ended CANCELLED: what cancelled its first instance (a
-    stop, or a by-index counterpart that did not succeed)."""
-    for inst in task.instances:
-        if inst is not None and inst.state is InstanceState.CANCELLED and inst.reason:
-            return inst.reason
-    return STOPPED_BY_USER

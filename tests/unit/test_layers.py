@@ -1,5 +1,6 @@
-"""The pure core (engine, the records and their states, the resolver, the scheduler) stands
-alone: it imports nothing from the executors, the hooks or the runtime, and does no I/O."""
+"""The pure core (engine and its parts, the records and their states, the resolver, the
+scheduler) stands alone: it imports nothing from the executors, the hooks or the runtime,
+and does no I/O."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from pathlib import Path
 import aiobatch
 
 PACKAGE = Path(aiobatch.__file__).parent
-CORE = ("engine", "changes", "reasons", "model", "states", "resolver", "scheduler")
+CORE = (
+    "engine", "changes", "endings", "reasons", "backoff", "gates",
+    "model", "states", "resolver", "scheduler",
+)  # fmt: skip
 # The runtime and its parts, and what performs effects: nothing the core may reach.
 OUTSIDE_CORE = (
     "executors", "hooks", "runtime", "attempts", "restart", "commands", "queries",
