@@ -14,12 +14,10 @@ Errors come back as the classes the runtime raised (``SpecError`` with the same
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self, TypeVar
-from urllib.parse import quote
+from typing import Any, Self
 
 import aiohttp
 import anyio
@@ -36,8 +34,15 @@ from aiobatch.api import (
     SpecInput,
     TaskResult,
 )
-from aiobatch.config import default_socket_path
-from aiobatch.errors import AiobatchError, JobNotFound, ServiceUnavailable, SpecError
+from aiobatch.client_connection import RequestRefused as RequestRefused  # importable from here
+from aiobatch.client_connection import (
+    ServiceConnection,
+    env_path,
+    instance_path,
+    job_path,
+    task_path,
+)
+from aiobatch.errors import JobNotFound, SpecError
 from aiobatch.events import Event, JobStateChanged, JobSubmitted, event_decoder
 from aiobatch.job_pages import job_pages
 from aiobatch.labels import checked_labels
@@ -45,23 +50,10 @@ from aiobatch.links import check_hours
 from aiobatch.spec import JobDef, JobSpec, read_spec_file
 from aiobatch.states import JobState
 
-T = TypeVar("T")
-Params = Mapping[str, str] | Sequence[tuple[str, str]]  # a list repeats a name
-
-CONNECT_TIMEOUT_S = 10.0
 LOG_CHUNK = 64 * 1024  # bytes of a log handed on at a time
-_error_decoder = msgspec.json.Decoder(wire.ErrorBody)
 
 
-class RequestRefused(AiobatchError, ValueError):
-    """The service refused a request as malformed (400 and the like): ``status`` says which."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class Client:
+class Client(ServiceConnection):
     """The API of an ``aiobatch serve`` process. Use as ``async with Client(...) as client:``.
 
     ``socket``: the unix socket (default: ``default_socket_path()``); or ``url``
@@ -75,106 +67,14 @@ class Client:
         url: str | None = None,
         token: str | None = None,
     ) -> None:
-        if socket is not None and url is not None:
-            raise ValueError("give a socket or a url, not both")
-        self.url = url.rstrip("/") if url is not None else None
-        self.socket_path = None if url is not None else Path(socket or default_socket_path())
-        self._token = token
-        self._session: aiohttp.ClientSession | None = None
+        super().__init__(socket, url=url, token=token)
         self._statuses: dict[str, JobState] = {}  # the last status seen of each job
         self.jobs_page = wire.MAX_JOBS_PAGE  # jobs asked for a request when listing more
-
-    @property
-    def address(self) -> str:
-        """The socket path or URL, as errors name it."""
-        return self.url or str(self.socket_path)
 
     def __repr__(self) -> str:
         return f"<Client {self.address}>"
 
-    async def __aenter__(self) -> Self:
-        connector: aiohttp.BaseConnector
-        if self.socket_path is not None:
-            connector = aiohttp.UnixConnector(path=str(self.socket_path))
-        else:
-            connector = aiohttp.TCPConnector()
-        headers = {"Authorization": f"Bearer {self._token}"} if self._token else None
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            headers=headers,
-            # No overall limit: waits and streams last as long as the job does.
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S),
-        )
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
-
-    # -- HTTP --------------------------------------------------------------------------------
-
-    @asynccontextmanager
-    async def _request(
-        self, method: str, path: str, *, params: Params | None = None, body: bytes | None = None
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """A response with a 2xx status; errors raised as the runtime raised them."""
-        if self._session is None:
-            raise RuntimeError("use the client as `async with Client(...) as client:`")
-        headers = {"Content-Type": "application/json"} if body is not None else None
-        base = self.url or "http://localhost"
-        try:
-            async with self._session.request(
-                method, base + wire.API_PREFIX + path, params=params, data=body, headers=headers
-            ) as response:
-                if response.status >= 400:
-                    raise await self._error(response)
-                yield response
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            raise self._unavailable(exc) from exc
-
-    async def _call(
-        self,
-        method: str,
-        path: str,
-        kind: type[T],
-        *,
-        params: Params | None = None,
-        body: bytes | None = None,
-    ) -> T:
-        async with self._request(method, path, params=params, body=body) as response:
-            data = await response.read()
-        try:
-            return msgspec.json.decode(data, type=kind)
-        except msgspec.DecodeError as exc:
-            raise AiobatchError(f"unexpected answer from {self.address}: {exc}") from None
-
-    async def _error(self, response: aiohttp.ClientResponse) -> AiobatchError:
-        body = await response.read()
-        try:
-            detail = _error_decoder.decode(body).error
-        except msgspec.DecodeError:
-            text = body[:200].decode(errors="replace")
-            return AiobatchError(f"HTTP {response.status} from {self.address}: {text}")
-        if detail.type not in wire.ERROR_CLASSES and 400 <= response.status < 500:
-            return RequestRefused(detail.message, response.status)
-        return wire.exception_from(detail)
-
-    def _unavailable(self, exc: Exception) -> ServiceUnavailable:
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            reason = exc.os_error.strerror or str(exc.os_error) or type(exc.os_error).__name__
-            return ServiceUnavailable(
-                f"cannot reach the aiobatch service at {self.address}: {reason}"
-            )
-        return ServiceUnavailable(f"lost the aiobatch service at {self.address}: {exc}")
+    # -- statuses seen -----------------------------------------------------------------------
 
     def _seen(self, job_id: str, status: str) -> None:
         self._statuses[job_id] = JobState(status)
@@ -242,14 +142,15 @@ class Client:
 
     async def job_definition(self, job_id: str) -> JobDef:
         """The job as resolved at submission: its tasks, edges, mappings."""
-        return await self._call("GET", _job(job_id) + "/definition", JobDef)
+        return await self._call("GET", job_path(job_id) + "/definition", JobDef)
 
     async def job_history(
         self, job_id: str, *, after: int = 0, limit: int = 10_000
     ) -> list[HistoryEntry]:
         """The job's stored events after ``after`` (a ``seq``), oldest first."""
         params = {"after": str(after), "limit": str(limit)}
-        return await self._call("GET", _job(job_id) + "/history", list[HistoryEntry], params=params)
+        path = job_path(job_id) + "/history"
+        return await self._call("GET", path, list[HistoryEntry], params=params)
 
     async def logview_address(
         self, job_id: str, *, hours: float = wire.DEFAULT_LINK_HOURS
@@ -258,7 +159,7 @@ class Client:
         job alone, read-only, for ``hours`` (0 < hours <= 8760; ValueError otherwise)."""
         hours = check_hours(hours)
         params = {"hours": f"{hours:.6f}".rstrip("0").rstrip(".")}
-        path = _job(job_id) + "/logview"
+        path = job_path(job_id) + "/logview"
         return (await self._call("GET", path, wire.LogviewAddress, params=params)).url
 
     async def rotate_logview_links(self) -> bool:
@@ -288,21 +189,21 @@ class Client:
 
     async def job_snapshot(self, job_id: str, *, instances: bool = False) -> JobSnapshot:
         params = {"instances": "1"} if instances else None
-        snapshot = await self._call("GET", _job(job_id), JobSnapshot, params=params)
+        snapshot = await self._call("GET", job_path(job_id), JobSnapshot, params=params)
         self._seen(job_id, snapshot.status)
         return snapshot
 
     async def task_result(self, job_id: str, task: str) -> TaskResult:
-        return await self._call("GET", _task(job_id, task), TaskResult)
+        return await self._call("GET", task_path(job_id, task), TaskResult)
 
     async def wait_job(self, job_id: str) -> JobSnapshot:
         """The job's snapshot once it has ended (RuntimeClosed if the service stops first)."""
-        snapshot = await self._call("GET", _job(job_id) + "/wait", JobSnapshot)
+        snapshot = await self._call("GET", job_path(job_id) + "/wait", JobSnapshot)
         self._seen(job_id, snapshot.status)
         return snapshot
 
     async def _act(self, job_id: str, action: str) -> bool:
-        done = await self._call("POST", f"{_job(job_id)}/{action}", wire.JobActionDone)
+        done = await self._call("POST", f"{job_path(job_id)}/{action}", wire.JobActionDone)
         self._seen(job_id, done.status)
         return done.changed
 
@@ -325,20 +226,21 @@ class Client:
 
     async def update_env(self, name: str, change: wire.EnvChange) -> wire.EnvInfo:
         """Change an env's slots or Docker hosts now (stored: kept across restarts)."""
-        path = f"/envs/{quote(name, safe='')}"
+        path = env_path(name)
         return await self._call("PATCH", path, wire.EnvInfo, body=wire.encoder.encode(change))
 
     async def delete_job(self, job_id: str, *, stop: bool = False) -> None:
         """Delete an ended job (else JobNotFinal); ``stop``: stop it first."""
-        path = _job(job_id) + ("?stop=1" if stop else "")
+        path = job_path(job_id) + ("?stop=1" if stop else "")
         await self._call("DELETE", path, wire.JobDeleted)
 
     async def stop_instance(self, job_id: str, task: str, index: int) -> None:
-        await self._call("POST", _instance(job_id, task, index) + "/stop", wire.InstanceActionDone)
+        path = instance_path(job_id, task, index) + "/stop"
+        await self._call("POST", path, wire.InstanceActionDone)
 
     async def instance_result(self, job_id: str, task: str, index: int) -> InstanceDetail:
         """One instance's result, with its stderr tail if it failed."""
-        return await self._call("GET", _instance(job_id, task, index), InstanceDetail)
+        return await self._call("GET", instance_path(job_id, task, index), InstanceDetail)
 
     async def health(self) -> dict[str, Any]:
         """``/v1/health`` as plain data (as ``Runtime.health`` gives it), checked against
@@ -385,7 +287,7 @@ class Client:
         params = {"offset": str(offset)}
         if limit is not None:
             params["limit"] = str(limit)
-        path = f"{_instance(job_id, task, index)}/logs/{stream}"
+        path = f"{instance_path(job_id, task, index)}/logs/{stream}"
         async with self._request("GET", path, params=params) as response:
             return await response.read()
 
@@ -403,7 +305,7 @@ class Client:
         params = {"offset": str(offset)}
         if limit is not None:
             params["limit"] = str(limit)
-        path = f"{_instance(job_id, task, index)}/logs/{stream}"
+        path = f"{instance_path(job_id, task, index)}/logs/{stream}"
         async with self._request("GET", path, params=params) as response:
             async for chunk in response.content.iter_chunked(LOG_CHUNK):
                 yield chunk
@@ -412,7 +314,7 @@ class Client:
         self, job_id: str, task: str, index: int, *, stream: LogStream = "stdout"
     ) -> int:
         """How many bytes the instance's log holds now."""
-        path = f"{_instance(job_id, task, index)}/logs/{stream}"
+        path = f"{instance_path(job_id, task, index)}/logs/{stream}"
         params = {"offset": "0", "limit": "0"}
         async with self._request("GET", path, params=params) as response:
             return int(response.headers.get(wire.SIZE_HEADER, "0"))
@@ -421,7 +323,7 @@ class Client:
         self, job_id: str, task: str, index: int, *, stream: LogStream = "stdout", offset: int = 0
     ) -> AsyncIterator[bytes]:
         """Chunks of an instance's log as they are written, until the instance has ended."""
-        path = f"{_instance(job_id, task, index)}/logs/{stream}"
+        path = f"{instance_path(job_id, task, index)}/logs/{stream}"
         params = {"follow": "1", "offset": str(offset)}
         async with self._request("GET", path, params=params) as response:
             async for chunk in response.content.iter_any():
@@ -445,20 +347,3 @@ class _EventLines:
         event: Event = event_decoder.decode(line)
         self._seen(event)
         return event
-
-
-def _quoted(text: str) -> str:
-    # A name from argv that was not UTF-8 goes as its bytes; the service says what is wrong.
-    return quote(text, safe="", errors="surrogateescape")
-
-
-def _job(job_id: str) -> str:
-    return f"/jobs/{_quoted(job_id)}"
-
-
-def _task(job_id: str, task: str) -> str:
-    return f"{_job(job_id)}/tasks/{_quoted(task)}"
-
-
-def _instance(job_id: str, task: str, index: int) -> str:
-    return f"{_task(job_id, task)}/instances/{index}"
