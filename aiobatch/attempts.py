@@ -3,12 +3,12 @@
 ``pump`` publishes the engine's events, stops what it says to stop and starts what it
 dispatched; each attempt then runs under one task group, from staging through the executor
 to its uploads, and is settled exactly once. The live handles of running attempts (their
-stop controls) are kept here, never in the engine's records.
+stop controls) are kept here, never in the engine's records. What an attempt is given (its
+context, its secrets, its dirs) is made in ``contexts.py``.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import replace
@@ -27,6 +27,7 @@ from aiobatch.attempt import (
     InstanceContext,
     Outcome,
 )
+from aiobatch.contexts import Contexts, make_dirs, read_attempt_secrets, with_secrets
 from aiobatch.engine import Engine
 from aiobatch.errors import StateDirUnwritable
 from aiobatch.events import Bus
@@ -35,7 +36,7 @@ from aiobatch.hooks import HookContext, HookFailed, Hooks
 from aiobatch.layout import StateLayout
 from aiobatch.model import InstanceRec, JobRec
 from aiobatch.resources import Found
-from aiobatch.secret_sources import SecretUnavailable, read_secrets
+from aiobatch.secret_sources import SecretUnavailable
 from aiobatch.states import JOB_TERMINAL, InstanceState
 from aiobatch.storage.base import StorageBackend
 from aiobatch.store import Store
@@ -65,7 +66,8 @@ class Attempts:
     ) -> None:
         self._engine, self._bus, self._store, self._layout = engine, bus, store, layout
         self._hooks, self._executors, self._storage = hooks, executors, storage
-        self._env_kinds, self._kill_grace = env_kinds, kill_grace_s
+        self._env_kinds = env_kinds
+        self._contexts = Contexts(layout, env_kinds, kill_grace_s)
         self._group: TaskGroup | None = None
         self.closing = False  # no more dispatching: a drain or a shutdown has begun
         # A start found no room in the state dir: nothing is dispatched until there is some.
@@ -74,8 +76,6 @@ class Attempts:
         self.in_flight = 0  # attempts whose tasks run in the group
         self._none_in_flight = anyio.Event()
         self._holding: dict[int, bool] = {}  # executor id -> keeps an ended attempt's container
-        # Per running job and task: the environment its instances share.
-        self._task_env: dict[str, dict[str, dict[str, str]]] = {}
         self._deadlines: dict[str, anyio.CancelScope] = {}  # job id -> its deadline's wait
         # The wait for the earliest end of a retry's backoff: (when, its scope).
         self._backoff_wait: tuple[float, anyio.CancelScope] | None = None
@@ -138,7 +138,7 @@ class Attempts:
             self._group.start_soon(run, job_id)
 
     def forget_job(self, job_id: str) -> None:
-        self._task_env.pop(job_id, None)
+        self._contexts.forget_job(job_id)
         scope = self._deadlines.pop(job_id, None)
         if scope is not None:
             scope.cancel()
@@ -238,7 +238,7 @@ class Attempts:
         engine = self._engine
         self._began()
         try:
-            ctx = self._context(inst)
+            ctx = self._contexts.build(inst, self._controls[inst])
             try:
                 outcome = await self._attempt(inst, ctx, found)
             except anyio.get_cancelled_exc_class():
@@ -308,17 +308,17 @@ class Attempts:
             )
         else:
             try:  # first: a secret that cannot be read fails the attempt before any staging
-                secrets = await _read_secrets(inst)
+                secrets = await read_attempt_secrets(inst)
             except SecretUnavailable as exc:
                 return Outcome(reason=f"{SECRET_UNAVAILABLE}: {exc}")
             if self._hooks.need_dirs(ctx.task):  # else the executor makes them, off the loop too
-                await anyio.to_thread.run_sync(_make_dirs, ctx)
+                await anyio.to_thread.run_sync(make_dirs, ctx)
             try:
                 await self._hooks.run_before(hooks)
             except HookFailed as exc:
                 return Outcome(reason=exc.reason)
             runs = self._executors[inst.task.defn.compute_env]
-            outcome = await runs.run(_with_secrets(ctx, secrets), on_started)
+            outcome = await runs.run(with_secrets(ctx, secrets), on_started)
             del secrets  # the values were the instance's environment, nothing else
         if outcome.reason == RUNTIME_LOST:
             return outcome  # how it ended is lost (with a runtime or the spawner)
@@ -341,43 +341,6 @@ class Attempts:
             self.wait_for_space(outcome.reason)
         return to_stop
 
-    def _context(self, inst: InstanceRec) -> InstanceContext:
-        task, job, layout = inst.task, inst.task.job, self._layout
-        base_env = self._task_env.setdefault(job.id, {}).get(task.name)
-        if base_env is None:  # first dispatch of the task: once per task, not per instance
-            # A local process inherits this process's environment; a container keeps its image's.
-            inherited = os.environ if self._env_kinds[task.defn.compute_env] == "local" else {}
-            base_env = {
-                **inherited,
-                **job.defn.env,
-                **task.defn.env,
-                "AIOBATCH_JOB_ID": job.id,
-                "AIOBATCH_JOB_NAME": job.defn.name,
-                "AIOBATCH_TASK_NAME": task.name,
-                "AIOBATCH_INSTANCE_COUNT": str(task.total),
-            }
-            self._task_env[job.id][task.name] = base_env
-        env = {
-            **base_env,
-            "AIOBATCH_INSTANCE_INDEX": str(inst.index),
-            "AIOBATCH_ATTEMPT": str(inst.attempt),
-        }
-        # The dirs are made off the event loop by who writes there first: the spawner or
-        # the Docker executor (work and log dirs), the storage backends (inputs).
-        return InstanceContext(
-            job_id=job.id,
-            job_name=job.defn.name,
-            task=task.defn,
-            index=inst.index,
-            attempt=inst.attempt,
-            work_dir=layout.work_dir(job.id, task.name, inst.index),
-            stdout_path=layout.log_path(job.id, task.name, inst.index, "stdout"),
-            stderr_path=layout.log_path(job.id, task.name, inst.index, "stderr"),
-            env=env,
-            kill_grace_s=self._kill_grace,
-            control=self._controls[inst],
-        )
-
     def _began(self) -> None:
         if self.in_flight == 0:
             self._none_in_flight = anyio.Event()
@@ -387,23 +350,3 @@ class Attempts:
         self.in_flight -= 1
         if self.in_flight == 0:
             self._none_in_flight.set()
-
-
-async def _read_secrets(inst: InstanceRec) -> dict[str, str]:
-    """The values of the attempt's secrets, read now (off the event loop: files)."""
-    job_secrets, task_secrets = inst.task.job.defn.secrets, inst.task.defn.secrets
-    if not job_secrets and not task_secrets:
-        return {}
-    return await anyio.to_thread.run_sync(read_secrets, job_secrets, task_secrets)
-
-
-def _with_secrets(ctx: InstanceContext, secrets: dict[str, str]) -> InstanceContext:
-    """The context the executor alone gets: the hooks, the engine and the logs keep the one
-    without the values. The secrets win over the inherited environment (they are never in
-    the spec's env, and never the runtime's AIOBATCH_ names: both refused at submission)."""
-    return replace(ctx, env={**ctx.env, **secrets}) if secrets else ctx
-
-
-def _make_dirs(ctx: InstanceContext) -> None:
-    ctx.work_dir.mkdir(parents=True, exist_ok=True)
-    ctx.stdout_path.parent.mkdir(parents=True, exist_ok=True)
