@@ -2,19 +2,18 @@
 
 The parts each live in a module of their own: running attempts (``attempts.py``), what a
 start does after a crash (``restart.py``), the commands that change jobs (``commands.py``),
-the read side (``queries.py``), health and statistics (``health.py``), executors and
-storage (``resources.py``). Here: the lifecycle, the log view's wiring, and the methods
-that hand each call to its part.
+the read side (``queries.py``, its methods in ``runtime_reads.py``), what follows a job's end
+(``ended_jobs.py``), the log view of its own (``runtime_logview.py``), health and statistics
+(``health.py``), executors and storage (``resources.py``). Here: the parts' wiring, the
+lifecycle, and the methods that hand each change to its part.
 """
 
 from __future__ import annotations
 
-import math
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
-from functools import partial
+from collections.abc import Mapping
+from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -23,40 +22,32 @@ from urllib.parse import quote
 import anyio
 import structlog
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream
 
-from aiobatch.api import (
-    HistoryEntry,
-    InstanceDetail,
-    JobHandle,
-    JobSnapshot,
-    JobSummary,
-    LogStream,
-    TaskResult,
-)
+from aiobatch.api import JobHandle
 from aiobatch.attempts import Attempts
 from aiobatch.commands import Commands, SpecSource
-from aiobatch.config import Config, ServerConfig, default_state_dir, load_config
+from aiobatch.config import Config, default_state_dir, load_config
+from aiobatch.ended_jobs import EndedJobs
 from aiobatch.engine import Engine
 from aiobatch.envs import EnvControl
 from aiobatch.errors import RuntimeClosed
-from aiobatch.events import Bus, Event, JobStateChanged, NotificationFailed
+from aiobatch.events import Bus, NotificationFailed
 from aiobatch.executors.base import Executor
 from aiobatch.health import collect_statistics, health_report
 from aiobatch.hooks import Hooks
-from aiobatch.layout import StateLayout, Stream, lock_state_dir
+from aiobatch.layout import StateLayout, lock_state_dir
 from aiobatch.links import DEFAULT_LINK_HOURS, LinkKeys, check_hours
-from aiobatch.listeners import Listeners, bind_listeners
 from aiobatch.metrics import Metrics
-from aiobatch.model import JobRec, TaskRec
+from aiobatch.model import JobRec
 from aiobatch.notify_delivery import Notifier
 from aiobatch.notify_sender import GivenUp
 from aiobatch.queries import Queries
 from aiobatch.resources import Resources
 from aiobatch.restart import recover
 from aiobatch.retention import Deletions
+from aiobatch.runtime_logview import OwnLogView
+from aiobatch.runtime_reads import RuntimeReads
 from aiobatch.spec import JobDef
-from aiobatch.states import JOB_TERMINAL, JobState
 from aiobatch.storage.base import StorageBackend
 from aiobatch.store import Store
 from aiobatch.wire import EnvChange, EnvInfo
@@ -66,7 +57,7 @@ log = structlog.get_logger("aiobatch.runtime")
 __all__ = ["Runtime", "SpecSource"]
 
 
-class Runtime:
+class Runtime(RuntimeReads):
     """Runs jobs in this process. Use as ``async with Runtime(state_dir=...) as rt:``."""
 
     def __init__(
@@ -118,6 +109,9 @@ class Runtime:
             attempts=self._attempts,
             queries=self._queries,
             state_dir=self._layout.root,
+        )
+        self._ended_jobs = EndedJobs(
+            engine=self._engine, attempts=self._attempts, queries=self._queries, hooks=self.hooks
         )
         self._deletions = Deletions(
             store=self._store,
@@ -177,13 +171,10 @@ class Runtime:
         try:
             # Every reason not to start (StartupError) shows before any job is recovered:
             # the log view's address, the state dir, its lock, its database.
-            listeners = None
+            logview: OwnLogView | None = None
             if self._logview is not None:
-                config = self._logview_config()
-                listeners = await anyio.to_thread.run_sync(
-                    partial(bind_listeners, config, unix=False)
-                )
-                stack.callback(listeners.close)
+                logview = OwnLogView(self._logview, self.logview_token)
+                await logview.bind(stack)
             await anyio.to_thread.run_sync(self._layout.prepare)
             stack.enter_context(lock_state_dir(self._layout.lock))
             await anyio.to_thread.run_sync(self.link_keys.open)
@@ -193,7 +184,7 @@ class Runtime:
             writer = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(writer.cancel_scope.cancel)
             self._bus.subscribe(self._store.on_event)  # first: no other part can keep it out
-            self._bus.subscribe(self._on_event)
+            self._bus.subscribe(self._ended_jobs.on_event)
             self._bus.subscribe(self._metrics.on_event)
             self._bus.subscribe(self._notifier.on_event)
             self._store.on_writable = self._attempts.pump  # what waited for the disk may start
@@ -224,8 +215,8 @@ class Runtime:
                 housekeeping = await stack.enter_async_context(anyio.create_task_group())
                 stack.callback(housekeeping.cancel_scope.cancel)
                 housekeeping.start_soon(self._deletions.keep_expiring, ages)
-            if listeners is not None:
-                await self._serve_logview(stack, listeners)
+            if logview is not None:
+                self.logview_url = await logview.serve(self, stack, self.link_keys)
         except BaseException:
             self._stack = None
             await stack.__aexit__(None, None, None)
@@ -241,19 +232,6 @@ class Runtime:
         stack, self._stack = self._stack, None
         assert stack is not None
         return await stack.__aexit__(exc_type, exc, tb)
-
-    def _logview_config(self) -> ServerConfig:
-        return ServerConfig(http=self._logview, token=self.logview_token)
-
-    async def _serve_logview(self, stack: AsyncExitStack, listeners: Listeners) -> None:
-        from aiobatch.server import ControlServer  # aiohttp's server only when asked for
-
-        server = ControlServer(
-            self, self._logview_config(), unix=False, listeners=listeners, links=self.link_keys
-        )
-        await stack.enter_async_context(server)
-        self.logview_url = server.http_url
-        log.info("logview", url=self.logview_url)
 
     async def _shut_down(self, instances: TaskGroup) -> None:
         """Stop dispatching; interrupt running attempts (they go back to PENDING).
@@ -286,14 +264,6 @@ class Runtime:
         await self._attempts.drain(limit)
         log.info("drained", attempts_left=self._attempts.in_flight)
 
-    def _on_event(self, event: Event) -> None:
-        if isinstance(event, JobStateChanged) and event.state in JOB_TERMINAL:
-            self._attempts.forget_job(event.job_id)
-            self._queries.job_ended(event.job_id, self._engine.forget(event.job_id))
-            if self.hooks.on_job_end and not self._attempts.closing:
-                self._attempts.start_job_hooks(event.job_id, self._run_job_hooks)
-            log.info("job_ended", job_id=event.job_id, state=event.state, reason=event.reason)
-
     def _notification_failed(self, failure: GivenUp) -> None:
         """A webhook given up goes into the job's history (its outcome stays as it is)."""
         self._bus.publish(
@@ -308,15 +278,6 @@ class Runtime:
                 ts=time.time(),
             )
         )
-
-    async def _run_job_hooks(self, job_id: str) -> None:
-        """``on_job_end`` hooks, with the final snapshot; a failure is logged, the job stays."""
-        snapshot = await self.job_snapshot(job_id, instances=True)
-        for hook in self.hooks.on_job_end:
-            try:
-                await hook(snapshot)
-            except Exception:
-                log.exception("job_hook_failed", job_id=job_id, hook=repr(hook))
 
     # -- changing jobs (commands.py) --------------------------------------------------------
 
@@ -363,37 +324,10 @@ class Runtime:
         self._check_open()
         return await self._commands.retry_job(job_id)
 
-    # -- reading (queries.py) ---------------------------------------------------------------
+    # -- reading (queries.py; the rest in runtime_reads.py) ----------------------------------
 
     async def get_job(self, job_id: str) -> JobHandle:
         return self._handle(await self._queries.job(job_id))
-
-    async def exist_job(self, job_id: str) -> bool:
-        return await self._queries.exists(job_id)
-
-    async def list_jobs(
-        self,
-        *,
-        status: JobState | str | None = None,
-        limit: int | None = None,
-        offset: int = 0,
-        labels: Mapping[str, str] | None = None,
-    ) -> list[JobSummary]:
-        """Jobs newest first, optionally of one status and with all of ``labels``; ``offset``
-        skips that many."""
-        return await self._queries.list_jobs(
-            status=status, limit=limit, offset=offset, labels=labels
-        )
-
-    async def job_definition(self, job_id: str) -> JobDef:
-        """The job as resolved at submission: its tasks, edges, mappings."""
-        return await self._queries.definition(job_id)
-
-    async def job_history(
-        self, job_id: str, *, after: int = 0, limit: int = 10_000
-    ) -> list[HistoryEntry]:
-        """The job's stored events after ``after`` (a ``seq``), oldest first."""
-        return await self._queries.history(job_id, after=after, limit=limit)
 
     async def logview_address(
         self, job_id: str, *, hours: float = DEFAULT_LINK_HOURS
@@ -406,76 +340,6 @@ class Runtime:
             return None
         link = self.link_keys.issue(job_id, hours)
         return f"{self.logview_url}/ui/jobs/{quote(job_id, safe='')}?link={link}"
-
-    def cached_status(self, job_id: str) -> JobState:
-        return self._queries.cached_status(job_id)
-
-    async def job_snapshot(self, job_id: str, *, instances: bool = False) -> JobSnapshot:
-        return await self._queries.snapshot(job_id, instances=instances)
-
-    async def instance_result(self, job_id: str, task_name: str, index: int) -> InstanceDetail:
-        """One instance's result; its stderr tail (read for it alone) if it failed."""
-        return await self._queries.instance_result(job_id, task_name, index)
-
-    async def task_result(self, job_id: str, task_name: str) -> TaskResult:
-        return await self._queries.task_result(job_id, task_name)
-
-    async def wait_job(self, job_id: str) -> JobSnapshot:
-        return await self._queries.wait(job_id)
-
-    def job_events(self, job_id: str) -> AsyncIterator[Event]:
-        return self._queries.job_events(job_id)
-
-    def events(self, job_id: str | None = None) -> AsyncIterator[Event]:
-        """Every state change (of one job, ending with it; or of all jobs, without end)."""
-        return self._queries.events(job_id)
-
-    @asynccontextmanager
-    async def subscribe(
-        self, job_id: str | None = None, *, limit: float = math.inf
-    ) -> AsyncIterator[MemoryObjectReceiveStream[Event]]:
-        """Events (of one job, if given) as a stream; once entered, every later event is sure
-        to reach it. A consumer ``limit`` events behind is cut off: its stream ends."""
-        with self._bus.stream(job_id, limit=limit) as stream:
-            yield stream
-
-    def on_event(self, callback: Callable[[Event], None]) -> Callable[[], None]:
-        """Call ``callback`` with each event as it is published, in this thread and before
-        anything else happens (it must not block; an exception is logged). Returns the
-        function that unsubscribes it. For in-process views; others use ``subscribe``."""
-        return self._bus.subscribe(callback)
-
-    def live_tasks(self, job_id: str) -> Mapping[str, TaskRec]:
-        """The records of a running job's tasks, as the engine changes them (for in-process
-        views that follow ``on_event``); empty once the job has ended."""
-        job = self._engine.jobs.get(job_id)
-        return job.tasks if job is not None else {}
-
-    def waiting_reason(self, task: TaskRec) -> str | None:
-        return self._engine.waiting_reason(task)
-
-    def log_path(self, job_id: str, task: str, index: int, stream: Stream) -> Path:
-        """Where an instance's log is kept (it may not exist yet)."""
-        return self._layout.log_path(job_id, task, index, stream)
-
-    async def read_log(
-        self,
-        job_id: str,
-        task: str,
-        index: int,
-        *,
-        stream: LogStream = "stdout",
-        offset: int = 0,
-        limit: int | None = None,
-    ) -> bytes:
-        """Bytes of an instance's log from ``offset`` (empty if it has not started)."""
-        return await self._queries.read_log(job_id, task, index, stream, offset, limit)
-
-    def follow_log(
-        self, job_id: str, task: str, index: int, *, stream: LogStream = "stdout", offset: int = 0
-    ) -> AsyncIterator[bytes]:
-        """Chunks of an instance's log as they are written, until the instance has ended."""
-        return self._queries.follow_log(job_id, task, index, stream, offset)
 
     async def health(self) -> dict[str, Any]:
         return health_report(self.statistics(), closing=self._attempts.closing)
