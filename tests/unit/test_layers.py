@@ -18,6 +18,7 @@ CORE = (
 OUTSIDE_CORE = (
     "executors", "hooks", "runtime", "attempts", "restart", "commands", "queries",
     "resources", "health", "store", "database", "server", "service", "cli",
+    "contexts", "ended_jobs", "runtime_logview", "runtime_reads",
 )  # fmt: skip
 IO_MODULES = {"anyio", "asyncio", "aiosqlite", "aiodocker", "aiohttp", "sqlite3", "subprocess"}
 
