@@ -3,8 +3,8 @@
 Exit codes: 0 job SUCCEEDED; 1 job FAILED or CANCELLED; 2 invalid spec, config or usage, or
 ``run``/``serve`` cannot start (one line says why and what to do: the database, the state dir,
 the socket or the address); 3 the service cannot be reached; 4 the state dir's disk is full:
-nothing was accepted, try again once there is space; 130 interrupted (the job is stopped
-cleanly first).
+nothing was accepted, try again once there is space; 120 stdout could not be written (its
+reader went); 130 interrupted (the job is stopped cleanly first).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from aiobatch.errors import (
 )
 from aiobatch.events import Event, InstanceStateChanged, TaskStateChanged
 from aiobatch.logging import configure_logging
+from aiobatch.lossy_stream import lossy
 from aiobatch.model import TaskRec
 from aiobatch.progress import ProgressView
 from aiobatch.runtime import Runtime
@@ -179,10 +180,11 @@ async def _run_job(runtime: Runtime, defn: JobDef, args: argparse.Namespace) -> 
                     tg.cancel_scope.cancel()
             await _deliveries_sent(runtime, signals)
             snapshot = await job.snapshot(instances=True)
-            if args.json:
-                sys.stdout.write(msgspec.json.encode(snapshot).decode() + "\n")
-            elif not args.quiet:
-                _print_summary(runtime, snapshot)
+    # Written once the runtime is closed: a reader gone now cannot touch its shutdown.
+    if args.json:
+        sys.stdout.write(msgspec.json.encode(snapshot).decode() + "\n")
+    elif not args.quiet:
+        _print_summary(runtime, snapshot)
     if interrupted:
         return EXIT_INTERRUPTED
     return EXIT_OK if snapshot.status == JobState.SUCCEEDED else EXIT_FAILED
@@ -222,7 +224,7 @@ def _progress(runtime: Runtime, job: JobHandle, *, enabled: bool) -> Iterator[No
     records = runtime.live_tasks(job.id)
     view = ProgressView(
         {name: task.total for name, task in records.items()},
-        sys.stderr,
+        lossy(sys.stderr),  # a reader gone (a pipe into head) must not end the run
         bars=sys.stderr.isatty(),
     )
 

@@ -8,6 +8,8 @@ from typing import TextIO
 
 import structlog
 
+from aiobatch.lossy_stream import lossy
+
 SECRET_WORDS = ("secret", "password", "token", "access_key", "credential", "authorization")
 
 
@@ -34,8 +36,9 @@ def _traceback() -> structlog.typing.ExceptionRenderer:
 def configure_logging(
     format: str = "auto", level: str = "info", stream: TextIO | None = None
 ) -> None:
-    """Route structlog to ``stream`` (stderr by default). ``auto`` picks by ``isatty``."""
-    stream = stream or sys.stderr
+    """Route structlog to ``stream`` (stderr by default). ``auto`` picks by ``isatty``.
+    A line that cannot be written is dropped: logging never raises into the caller."""
+    stream = lossy(stream or sys.stderr)
     console = format == "console" or (format == "auto" and stream.isatty())
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer(colors=stream.isatty(), exception_formatter=_traceback())
