@@ -10,27 +10,33 @@ from typing import NoReturn
 sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
 
 from aiobatch import cli  # noqa: E402 - after the line above, which must come first
+from aiobatch.lossy_stream import lossy  # noqa: E402
 
-FLUSH_FAILED = 120  # what Python itself exits with when stdout cannot be flushed at exit
+STDOUT_FAILED = 120  # as Python itself exits when stdout cannot be written at its end
 
 
 def main() -> NoReturn:
     """Run the command, then leave without the interpreter's teardown.
 
+    Whatever goes to stderr (progress, logs, messages) is dropped once nobody can read it: a
+    reader gone must not change what the command does. Stdout is the command's result: if it
+    cannot be written, the exit code is 120, whatever the result was (a job that ``run`` ran
+    has ended as it would have; its outcome is in the state dir).
+
     By the time ``cli.main`` returns, everything the command opened is closed: its runtime,
     database, spawner and threads. What the interpreter would still do is free every module
     and object one by one, ~20 ms of every run; only the standard streams need flushing.
     """
+    sys.stderr = lossy(sys.stderr)
     try:
         code = cli.main()
-    except* BrokenPipeError:  # stdout's reader left (a pipe into head): nowhere to say more
-        code = FLUSH_FAILED
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # closed or a broken pipe: as Python would say
-            if stream is sys.stdout and code == 0:
-                code = FLUSH_FAILED
+    except* BrokenPipeError:  # stderr cannot raise it: stdout's reader left
+        code = STDOUT_FAILED
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        code = STDOUT_FAILED
+    sys.stderr.flush()
     os._exit(code)
 
 

@@ -4,7 +4,7 @@ Exit codes: 0 job SUCCEEDED; 1 job FAILED or CANCELLED; 2 invalid spec, config o
 ``run``/``serve`` cannot start (one line says why and what to do: the database, the state dir,
 the socket or the address); 3 the service cannot be reached; 4 the state dir's disk is full:
 nothing was accepted, try again once there is space; 120 stdout could not be written (its
-reader went); 130 interrupted (the job is stopped cleanly first).
+reader went), whatever the result; 130 interrupted (the job is stopped cleanly first).
 """
 
 from __future__ import annotations

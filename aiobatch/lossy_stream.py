@@ -2,8 +2,8 @@
 
 A log line or a progress line is for whoever reads stderr. When nobody can any more (the
 pipe into ``head`` closed, journald restarted and broke its stream, the file it goes to is
-on a full disk), the line is dropped and counted: a failed write must not fail the code that
-logged, such as an attempt, a request or ``aiobatch run``'s wait for its job.
+on a full disk), the line is dropped: a failed write must not fail the code that logged,
+such as an attempt, a request or ``aiobatch run``'s wait for its job.
 """
 
 from __future__ import annotations
@@ -16,20 +16,18 @@ class LossyStream:
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
-        self.dropped = 0  # writes that could not be made
 
     def write(self, text: str) -> int:
         try:
             return self.stream.write(text)
         except (OSError, ValueError):  # ValueError: the stream was closed
-            self.dropped += 1
             return len(text)
 
     def flush(self) -> None:
         try:
             self.stream.flush()
         except (OSError, ValueError):
-            self.dropped += 1
+            pass
 
     def isatty(self) -> bool:
         try:
@@ -40,8 +38,12 @@ class LossyStream:
     def fileno(self) -> int:
         return self.stream.fileno()
 
+    def __getattr__(self, name: str) -> object:
+        # The rest as the stream has it: encoding (tqdm draws Unicode bars by it), buffer...
+        return getattr(self.stream, name)
+
 
 def lossy(stream: TextIO) -> TextIO:
-    """``stream`` for those who take a TextIO and use only write, flush, isatty and fileno
-    (print, structlog's PrintLogger, tqdm, the progress view)."""
+    """``stream``, made lossy, for those who take a TextIO (print, structlog's PrintLogger,
+    tqdm, the progress view, ``sys.stderr`` itself)."""
     return stream if isinstance(stream, LossyStream) else cast(TextIO, LossyStream(stream))

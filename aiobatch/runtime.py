@@ -83,14 +83,13 @@ class Runtime(RuntimeReads):
             self_throttled=frozenset(n for n, k in self._env_kinds.items() if k == "slurm"),
         )
         self._resources = Resources(self.config, self._layout, executors)
-        # Phase hooks (staging in and out are built in; add yours).
-        self.hooks = Hooks.default()
+        self._hooks = Hooks.default()
         self._attempts = Attempts(
             engine=self._engine,
             bus=self._bus,
             store=self._store,
             layout=self._layout,
-            hooks=self.hooks,
+            hooks=self._hooks,
             executors=self._resources.executors,
             storage=self._resources.storage,
             env_kinds=self._env_kinds,
@@ -111,7 +110,7 @@ class Runtime(RuntimeReads):
             state_dir=self._layout.root,
         )
         self._ended_jobs = EndedJobs(
-            engine=self._engine, attempts=self._attempts, queries=self._queries, hooks=self.hooks
+            engine=self._engine, attempts=self._attempts, queries=self._queries, hooks=self._hooks
         )
         self._deletions = Deletions(
             store=self._store,
@@ -152,6 +151,12 @@ class Runtime(RuntimeReads):
     @property
     def state_dir(self) -> Path:
         return self._layout.root
+
+    @property
+    def hooks(self) -> Hooks:
+        """Phase and job-end hooks (staging in and out are built in); add yours to its lists.
+        The object itself is shared with the parts that run them: it cannot be replaced."""
+        return self._hooks
 
     @property
     def executors(self) -> dict[str, Executor]:

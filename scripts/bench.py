@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import contextlib
 import json
 import os
 import random
@@ -863,7 +864,7 @@ def fs_probe(root: Path, count: int = 300) -> dict[str, float]:
 # last ~35 s one by one when it makes a file, so a benchmark started right after an earlier
 # run deleted its tens of thousands of files would pay for that deletion in every create.
 INODE_REUSE_S = 40.0
-CLEANED_STAMP = Path(tempfile.gettempdir()) / "aiobatch-bench-cleaned-at"
+CLEANED_STAMP = Path(tempfile.gettempdir()) / f"aiobatch-bench-cleaned-at.{os.getuid()}"
 
 
 def _wait_for_inode_reuse() -> None:
@@ -942,7 +943,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 SECTIONS[key](bench)
             fs_after = fs_probe(Path(tmp))
     finally:
-        CLEANED_STAMP.write_text(str(time.time()))
+        with contextlib.suppress(OSError):
+            CLEANED_STAMP.write_text(str(time.time()))
     fs = [f"{f['mkdir_us']:.0f}/{f['create_us']:.0f} us" for f in (fs_before, fs_after)]
     return bench.report.finish(
         out,

@@ -343,9 +343,8 @@ def _children() -> list[int]:
     except OSError:
         return []
     try:
-        data = chunk = os.read(fd, 1 << 16)
-        while len(chunk) == 1 << 16:
-            chunk = os.read(fd, 1 << 16)
+        data = b""
+        while chunk := os.read(fd, 1 << 16):  # a page or so per read: on to the end
             data += chunk
     except OSError:
         return []

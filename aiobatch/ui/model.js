@@ -5,7 +5,6 @@
 import { CODE, INSTANCE_STATES, JOB_TERMINAL, TASK_TERMINAL } from "./lib.js";
 import { Attempt, NO_EXIT, TaskModel, noteUsage, reasonText } from "./task-model.js";
 
-export { TaskModel };
 
 export class JobModel {
   constructor(jobId) {

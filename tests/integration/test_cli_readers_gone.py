@@ -5,6 +5,7 @@ start, so every write to it fails with EPIPE."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sqlite3
@@ -14,9 +15,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import structlog
 
 from aiobatch.logging import configure_logging
+from aiobatch.lossy_stream import lossy
 
 SPEC = {
     "name": "piped",
@@ -50,13 +53,15 @@ def job_states(state_dir: Path) -> list[str]:
         return [state for (state,) in db.execute("SELECT state FROM jobs")]
 
 
-def test_a_run_whose_progress_nobody_reads_still_runs_its_job_to_the_end(
-    tmp_path: Path,
+@pytest.mark.parametrize("ui", [False, True], ids=["progress", "job page line"])
+def test_a_run_whose_stderr_nobody_reads_still_runs_its_job_to_the_end(
+    tmp_path: Path, ui: bool
 ) -> None:
     spec = tmp_path / "job.json"
     spec.write_text(json.dumps(SPEC))
+    args = ["run", str(spec), "--state-dir", str(tmp_path / "s"), *(["--ui"] if ui else [])]
     with unread_pipe() as stderr:
-        done = run_command(["run", str(spec), "--state-dir", str(tmp_path / "s")], stderr=stderr)
+        done = run_command(args, stderr=stderr)
     assert done.returncode == 0
     assert "SUCCEEDED" in done.stdout.splitlines()[0]
     assert job_states(tmp_path / "s") == ["SUCCEEDED"]
@@ -75,6 +80,29 @@ def test_a_result_nobody_reads_ends_with_exit_120_and_no_traceback(tmp_path: Pat
     with unread_pipe() as stdout:
         schema = run_command(["schema"], stdout=stdout)
     assert (schema.returncode, schema.stderr) == (120, "")
+
+
+def test_an_unread_result_of_a_failed_job_is_120_too(tmp_path: Path) -> None:
+    spec = tmp_path / "job.json"
+    spec.write_text(json.dumps({"name": "f", "tasks": [{"name": "t", "command": "exit 3"}]}))
+    args = ["run", str(spec), "--state-dir", str(tmp_path / "s"), "--json", "--quiet"]
+    with unread_pipe() as stdout:
+        done = run_command(args, stdout=stdout)
+    assert (done.returncode, done.stderr) == (120, "")
+    assert job_states(tmp_path / "s") == ["FAILED"]
+
+
+def test_a_lossy_stream_is_its_stream_for_everything_but_failures() -> None:
+    raw = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    stream = lossy(raw)
+    assert stream.encoding == "utf-8"  # tqdm draws Unicode bars by it
+    assert lossy(stream) is stream
+    stream.write("kept\n")
+    stream.flush()
+    assert raw.buffer.getvalue() == b"kept\n"
+    raw.close()
+    assert stream.write("dropped\n") == len("dropped\n")
+    stream.flush()
 
 
 def test_a_log_line_that_cannot_be_written_is_dropped_not_raised() -> None:

@@ -1,21 +1,24 @@
-"""The spawner remembers a task's log dir once made, and makes it anew when it went: a
-record must be written before every start, whatever happened to the dir in between. A real
-spawner process, real starts."""
+"""The spawner's own file-system and process bookkeeping: it remembers a task's log dir once
+made, and makes it anew when it went (a record must be written before every start, whatever
+happened to the dir in between); it reads the whole list of its children. A real spawner
+process, real starts, real children."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import anyio
 import pytest
 
+import aiobatch.executors
 from aiobatch.executors.spawner import Spawner
 
-pytestmark = pytest.mark.anyio
 
-
+@pytest.mark.anyio
 async def test_a_log_dir_removed_between_two_starts_is_made_again(tmp_path: Path) -> None:
     logs, work = tmp_path / "logs" / "t", tmp_path / "work" / "t"
 
@@ -52,3 +55,32 @@ async def test_a_log_dir_removed_between_two_starts_is_made_again(tmp_path: Path
             assert f'"pid":{pid}' in lines[1] and '"status":0' in lines[2]
         finally:
             await spawner.aclose()
+
+
+# The spawner's own view of its children, with more of them than one read of the kernel's
+# list returns (about a page: some 800 pids): every one must be seen to be killed.
+CHILDREN = """
+import os, subprocess, sys
+sys.path.insert(0, sys.argv[1])
+import _spawner
+started = [subprocess.Popen(["sleep", "60"]) for _ in range(1200)]
+try:
+    seen = set(_spawner._children())
+    assert seen == {p.pid for p in started}, (len(seen), len(started))
+finally:
+    for p in started:
+        p.kill()
+    for p in started:
+        p.wait()
+"""
+
+
+def test_the_spawner_sees_every_child_however_many() -> None:
+    executors = Path(aiobatch.executors.__file__).parent
+    run = subprocess.run(
+        [sys.executable, "-c", CHILDREN, str(executors)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
