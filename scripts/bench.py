@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import compileall
-import contextlib
 import json
 import os
 import random
@@ -860,24 +859,6 @@ def fs_probe(root: Path, count: int = 300) -> dict[str, float]:
     }
 
 
-# ext4 without a journal (this kind of machine's root file system) skips inodes freed in the
-# last ~35 s one by one when it makes a file, so a benchmark started right after an earlier
-# run deleted its tens of thousands of files would pay for that deletion in every create.
-INODE_REUSE_S = 40.0
-CLEANED_STAMP = Path(tempfile.gettempdir()) / f"aiobatch-bench-cleaned-at.{os.getuid()}"
-
-
-def _wait_for_inode_reuse() -> None:
-    try:
-        cleaned = float(CLEANED_STAMP.read_text())
-    except (OSError, ValueError):
-        return
-    wait = cleaned + INODE_REUSE_S - time.time()
-    if wait > 0:
-        note(f"waiting {wait:.0f} s: the last run's files were deleted just now")
-        time.sleep(wait)
-
-
 def _installed(module: str) -> bool:
     import importlib.util
 
@@ -932,19 +913,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # run with PYTHONDONTWRITEBYTECODE would compile every module of aiobatch at each start.
     compileall.compile_dir(REPO / "aiobatch", quiet=1)
     out = args.json_out if args.json_out.is_absolute() else REPO / args.json_out
-    _wait_for_inode_reuse()
     started = time.time()
     load_before = os.getloadavg()
-    try:
-        with tempfile.TemporaryDirectory(prefix="aiobatch-bench-") as tmp:
-            fs_before = fs_probe(Path(tmp))
-            bench = Bench(args, Path(tmp))
-            for key in wanted:
-                SECTIONS[key](bench)
-            fs_after = fs_probe(Path(tmp))
-    finally:
-        with contextlib.suppress(OSError):
-            CLEANED_STAMP.write_text(str(time.time()))
+    with tempfile.TemporaryDirectory(prefix="aiobatch-bench-") as tmp:
+        fs_before = fs_probe(Path(tmp))
+        bench = Bench(args, Path(tmp))
+        for key in wanted:
+            SECTIONS[key](bench)
+        fs_after = fs_probe(Path(tmp))
     fs = [f"{f['mkdir_us']:.0f}/{f['create_us']:.0f} us" for f in (fs_before, fs_after)]
     return bench.report.finish(
         out,
