@@ -23,7 +23,8 @@ Protocol with the runtime, over an inherited socket: frames of a 4-byte big-endi
 a ``marshal``-ed dict (both ends run the same interpreter; marshal is built in, where json
 would cost the spawner's start an import of re). Requests: ``spawn``, ``signal``, ``close``.
 Replies and news: ``started``, ``failed``, ``exited``, ``log_paused``, ``log_resumed``. A
-``spawn`` carries the record's first line as the runtime encoded it; one that names a
+``spawn`` carries the record's first line as the runtime encoded it, and when it expires: one
+read later (we were stalled) is refused, as the runtime has given up on it. One that names a
 ``user`` (uid, gid, groups) starts its program as that user (``_launch.py``: fork, then exec).
 Standard library only: this file must not import aiobatch.
 """
@@ -43,17 +44,19 @@ if TYPE_CHECKING:
     from typing import Any
 
     from aiobatch.executors import _launch as launch
+    from aiobatch.executors import _processes as processes
     from aiobatch.executors._outputs import Output, Outputs
 else:  # run as a script: its siblings are on the path, aiobatch is not
     import _launch as launch
+    import _processes as processes
     from _outputs import Output, Outputs
 
 PR_SET_CHILD_SUBREAPER = 36
 PAUSE_RETRY_S = 1.0  # a copy paused for room is tried again this often
-KEY_VARS = ("AIOBATCH_JOB_ID", "AIOBATCH_TASK_NAME", "AIOBATCH_INSTANCE_INDEX", "AIOBATCH_ATTEMPT")
+KEY_VARS = processes.KEY_VARS
 HEADER_SIZE = 4  # a frame's length, big-endian
 
-Key = tuple[str, str, str, str]  # job, task, index, attempt: as in the environment
+Key = processes.Key
 
 
 class Leader:
@@ -187,12 +190,18 @@ class Spawner:
         elif op == "close":
             self.closing = True
             for pid in self.leaders:
-                _kill_group(pid, signal.SIGKILL)
+                processes.kill_group(pid, signal.SIGKILL)
 
     # -- starting --------------------------------------------------------------------------------
 
     def spawn(self, request: dict[str, Any]) -> None:
         request_id, env = request["id"], request["env"]
+        expires = request.get("expires")
+        if expires is not None and time.monotonic() > expires:
+            # A stall this long (stopped, a hung system call): the runtime counts the attempt
+            # lost and runs it again; started now, it would run twice.
+            self.fail(request_id, "expired", None, exec_failed=False)
+            return
         job, task, index, attempt = (env.get(name, "") for name in KEY_VARS)
         key: Key = (job, task, index, attempt)
         record = request["record"]
@@ -234,7 +243,7 @@ class Spawner:
         self.send({"op": "started", "id": request_id, "pid": pid, "mono": started, "wall": wall})
 
     def fail(
-        self, request_id: int, error: str, exc: Exception, *, exec_failed: bool = True
+        self, request_id: int, error: str, exc: Exception | None, *, exec_failed: bool = True
     ) -> None:
         reply = {
             "op": "failed",
@@ -247,7 +256,7 @@ class Spawner:
     def forward_signal(self, pid: int, sig: int) -> None:
         # Only a leader not reaped yet: its pid still names its group, never a stranger.
         if pid in self.leaders:
-            _kill_group(pid, sig)
+            processes.kill_group(pid, sig)
 
     # -- ending ----------------------------------------------------------------------------------
 
@@ -264,7 +273,7 @@ class Spawner:
             if leader is not None:
                 # A zombie still holds its pid, so the group is ours to kill: nothing of the
                 # attempt runs on after its leader.
-                _kill_group(pid, signal.SIGKILL)
+                processes.kill_group(pid, signal.SIGKILL)
             _, status, usage = os.wait4(pid, 0)
             ended, wall = time.monotonic(), time.time()
             self.kill_strays()  # before the news: once the runtime hears, nothing is left
@@ -300,15 +309,15 @@ class Spawner:
         cleared its environment) is killed once no attempt runs, or when we close.
         """
         running = {leader.key for leader in self.leaders.values()}
-        for pid in _children():
+        for pid in processes.children():
             if pid in self.leaders:
                 continue
             if not everything:
-                key = _key_of(pid)
+                key = processes.key_of(pid)
                 if key in running or (key is None and running):
                     continue
-            _kill(pid)
-            _kill_group(pid, signal.SIGKILL)  # a setsid'd stray leads a group of its own
+            processes.kill(pid)
+            processes.kill_group(pid, signal.SIGKILL)  # a setsid'd stray leads its own group
 
 
 def _open_record(path: str) -> int:
@@ -320,57 +329,6 @@ def _open_record(path: str) -> int:
         launch.forget_dir(logs)
         launch.make_dir(logs, remember=True)
         return launch.new_record(path)
-
-
-def _kill_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _children() -> list[int]:
-    # Read at every end: plain system calls, not a file object's several.
-    try:
-        fd = os.open(_CHILDREN, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return []
-    try:
-        data = b""
-        while chunk := os.read(fd, 1 << 16):  # a page or so per read: on to the end
-            data += chunk
-    except OSError:
-        return []
-    finally:
-        os.close(fd)
-    return [int(pid) for pid in data.split()]
-
-
-_CHILDREN = f"/proc/{os.getpid()}/task/{os.getpid()}/children"  # the spawner's own
-
-
-def _key_of(pid: int) -> Key | None:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            environ = f.read().split(b"\0")
-    except OSError:
-        return None
-    found: dict[str, str] = {}
-    for entry in environ:
-        name, _, value = entry.partition(b"=")
-        if name.decode(errors="replace") in KEY_VARS:
-            found[name.decode()] = value.decode(errors="replace")
-    if len(found) != len(KEY_VARS):
-        return None
-    job, task, index, attempt = (found[name] for name in KEY_VARS)
-    return (job, task, index, attempt)
 
 
 def _drain(fd: int) -> None:

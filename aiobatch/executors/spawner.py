@@ -10,6 +10,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,9 @@ PROGRAM = Path(__file__).with_name("_spawner.py")
 HEADER = struct.Struct(">I")
 KEY_VARS = ("AIOBATCH_JOB_ID", "AIOBATCH_TASK_NAME", "AIOBATCH_INSTANCE_INDEX", "AIOBATCH_ATTEMPT")
 REPLY_TIMEOUT_S = 30.0  # a spawn the spawner does not answer in this time has failed
+# A spawn request the spawner reads later than this before the runtime gives up on it is
+# refused: its answer could come too late, and the attempt would run after being counted lost.
+EXPIRY_MARGIN_S = 5.0
 CLOSE_TIMEOUT_S = 10.0
 
 _encode = marshal.dumps  # the spawner runs this very interpreter: marshal, not json (it is
@@ -83,7 +87,8 @@ class _Pending:
 
 
 class Spawner:
-    def __init__(self) -> None:
+    def __init__(self, reply_timeout_s: float | None = None) -> None:
+        self._reply_timeout_s = REPLY_TIMEOUT_S if reply_timeout_s is None else reply_timeout_s
         self._sock: socket.socket | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._ids = itertools.count(1)
@@ -167,14 +172,17 @@ class Spawner:
         self._exits[request_id] = _Pending()
         key = [env.get(name, "") for name in KEY_VARS]
         head = _json({"key": key, "runtime": runtime_id, "spawner": self._identity}) + b"\n"
+        margin = min(EXPIRY_MARGIN_S, self._reply_timeout_s / 4)
         request = {
             "op": "spawn", "id": request_id, "argv": argv, "cwd": str(cwd), "env": env,
             "stdout": str(stdout), "stderr": str(stderr), "make_logs": make_logs,
             "record": str(record), "head": head,
             "user": None if user is None else [user.uid, user.gid, list(user.groups)],
+            # The system's monotonic clock, the same in both processes.
+            "expires": time.monotonic() + self._reply_timeout_s - margin,
         }  # fmt: skip
         # Shielded: once asked, the answer must be heard, or a started process is unknown.
-        with anyio.move_on_after(REPLY_TIMEOUT_S, shield=True):
+        with anyio.move_on_after(self._reply_timeout_s, shield=True):
             try:
                 self._send(request)
                 await pending.done.wait()

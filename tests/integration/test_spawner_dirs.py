@@ -62,10 +62,10 @@ async def test_a_log_dir_removed_between_two_starts_is_made_again(tmp_path: Path
 CHILDREN = """
 import os, subprocess, sys
 sys.path.insert(0, sys.argv[1])
-import _spawner
+import _processes
 started = [subprocess.Popen(["sleep", "60"]) for _ in range(1200)]
 try:
-    seen = set(_spawner._children())
+    seen = set(_processes.children())
     assert seen == {p.pid for p in started}, (len(seen), len(started))
 finally:
     for p in started:

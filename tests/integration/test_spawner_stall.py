@@ -1,0 +1,97 @@
+"""A spawner stalled past the runtime's patience (stopped, or stuck in a system call) never
+starts what the runtime has given up on: that attempt is counted lost and run again, so a
+late start would run it twice. Real spawner processes, real SIGSTOP and SIGCONT."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import anyio
+import pytest
+
+from aiobatch import Runtime
+from aiobatch.events import Event, InstanceStateChanged
+from aiobatch.executors import spawner as spawner_module
+from aiobatch.executors.spawner import Spawner, SpawnerGone
+
+pytestmark = pytest.mark.anyio
+
+
+async def start(spawner: Spawner, root: Path, index: int) -> None:
+    """Start a program that leaves a mark, and wait for its end."""
+    env = {
+        "PATH": os.environ["PATH"],
+        "AIOBATCH_JOB_ID": "job",
+        "AIOBATCH_TASK_NAME": "t",
+        "AIOBATCH_INSTANCE_INDEX": str(index),
+        "AIOBATCH_ATTEMPT": "1",
+    }
+    started = await spawner.spawn(
+        argv=["touch", str(root / f"ran-{index}")],
+        cwd=root / "work" / str(index),
+        env=env,
+        stdout=root / "logs" / f"{index}.stdout",
+        stderr=root / "logs" / f"{index}.stderr",
+        record=root / "logs" / f"{index}.run",
+        runtime_id="r",
+    )
+    assert (await spawner.wait(started)).exit_code == 0
+
+
+async def test_a_start_given_up_on_during_a_stall_never_runs(tmp_path: Path) -> None:
+    async with anyio.create_task_group() as background:
+        spawner = Spawner(reply_timeout_s=1.0)
+        await spawner.open(background)
+        assert spawner.pid is not None
+        try:
+            os.kill(spawner.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(SpawnerGone):
+                    await start(spawner, tmp_path, 0)
+            finally:
+                os.kill(spawner.pid, signal.SIGCONT)
+            # Answered in order: by the time this one ran, the stalled request was read.
+            await start(spawner, tmp_path, 1)
+        finally:
+            await spawner.aclose()
+    assert (tmp_path / "ran-1").exists()
+    assert not (tmp_path / "ran-0").exists()
+    assert not (tmp_path / "logs" / "0.run").exists()  # refused before any trace of a start
+
+
+async def test_a_job_whose_spawner_stalls_runs_each_instance_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spawner_module, "REPLY_TIMEOUT_S", 1.0)
+    marks = tmp_path / "marks"
+    spec = {
+        "name": "stall",
+        "tasks": [{"name": "t", "command": f"echo $AIOBATCH_ATTEMPT >> {marks}"}],
+    }
+    async with Runtime(tmp_path / "state") as rt:
+        warm = await rt.submit({"name": "warm", "tasks": [{"name": "w", "command": "true"}]})
+        await rt.wait_job(warm.id)  # the spawner runs now
+        spawner = rt.executors["local"]._spawner  # type: ignore[attr-defined]
+        lost = anyio.Event()
+
+        def on_event(event: Event) -> None:
+            if isinstance(event, InstanceStateChanged) and event.reason == "runtime_lost":
+                lost.set()
+
+        unsubscribe = rt.on_event(on_event)
+        os.kill(spawner.pid, signal.SIGSTOP)
+        try:
+            job = await rt.submit(spec)
+            with anyio.fail_after(30):
+                await lost.wait()  # its first attempt was given up on, uncharged
+        finally:
+            os.kill(spawner.pid, signal.SIGCONT)
+            unsubscribe()
+        with anyio.fail_after(60):
+            snapshot = await job.wait_for_completion()
+        assert snapshot.status == "SUCCEEDED", json.dumps(snapshot.tasks["t"].reason)
+    attempts = marks.read_text().split()
+    assert len(attempts) == 1 and attempts != ["1"], attempts
