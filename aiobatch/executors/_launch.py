@@ -9,6 +9,7 @@ import errno
 import os
 import signal
 import stat
+import time
 
 TYPE_CHECKING = False  # typing's own flag costs an import of typing
 if TYPE_CHECKING:
@@ -22,9 +23,12 @@ def start(
     stdout: int,
     stderr: int,
     user: list[Any] | None = None,
+    expires: float | None = None,
 ) -> int:
     """Start a program in a session of its own, its output into the pipes ``stdout`` and
     ``stderr``; as ``user`` (uid, gid, groups) if given, its work dir then made its own.
+    Not once the monotonic clock is past ``expires``: making a large work dir another
+    user's can outlast the runtime's wait for the answer, and a start then would be late.
 
     posix_spawn (a vfork underneath) rather than subprocess: about half the time per start.
     It has no chdir of its own, so we change ours
@@ -36,6 +40,8 @@ def start(
     make_dir(cwd)
     if user is not None:
         give_tree(cwd, user[0], user[1])
+    if expires is not None and time.monotonic() > expires:
+        raise TimeoutError(errno.ETIME, "expired before it could start")
     os.chdir(cwd)
     search = (argv[0], env.get("PATH", os.defpath))
     cached = search in _found
@@ -60,7 +66,7 @@ def start(
         if not cached:
             raise
         del _found[search]  # the program moved since it was looked up: look again, once
-        return start(argv, cwd, env, stdout, stderr, user)
+        return start(argv, cwd, env, stdout, stderr, user, expires)
 
 
 _DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)

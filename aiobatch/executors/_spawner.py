@@ -221,7 +221,8 @@ class Spawner:
                 end, output = self.outputs.open(request[stream], leader, stream, make_log=made)
                 ends.append(end)
                 leader.outputs.append(output)
-            pid = launch.start(argv, request["cwd"], env, ends[0], ends[1], request.get("user"))
+            user = request.get("user")
+            pid = launch.start(argv, request["cwd"], env, ends[0], ends[1], user, expires)
         except (OSError, ValueError) as exc:  # ValueError: a string exec cannot take (NUL)
             os.close(fd)
             for output in leader.outputs:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import anyio
@@ -14,6 +15,7 @@ import pytest
 
 from aiobatch import Runtime
 from aiobatch.events import Event, InstanceStateChanged
+from aiobatch.executors import _launch as launch
 from aiobatch.executors import spawner as spawner_module
 from aiobatch.executors.spawner import Spawner, SpawnerGone
 
@@ -95,3 +97,24 @@ async def test_a_job_whose_spawner_stalls_runs_each_instance_once(
         assert snapshot.status == "SUCCEEDED", json.dumps(snapshot.tasks["t"].reason)
     attempts = marks.read_text().split()
     assert len(attempts) == 1 and attempts != ["1"], attempts
+
+
+def test_a_start_whose_preparation_outlasted_its_expiry_is_not_made(tmp_path: Path) -> None:
+    # Making the work dir (for a task run as another user: handing over its whole tree) came
+    # after the request was read in time; the check before the spawn itself still holds.
+    read, write = os.pipe()
+    try:
+        with pytest.raises(TimeoutError):
+            launch.start(
+                ["touch", str(tmp_path / "ran")],
+                str(tmp_path / "work"),
+                {"PATH": os.environ["PATH"]},
+                write,
+                write,
+                None,
+                time.monotonic() - 1,
+            )
+    finally:
+        os.close(read)
+        os.close(write)
+    assert (tmp_path / "work").is_dir() and not (tmp_path / "ran").exists()
