@@ -245,3 +245,43 @@ async def test_a_body_that_does_not_come_in_time_is_408_and_nothing_is_stored(
     assert answer.startswith(b"HTTP/1.1 408 Request Timeout")
     assert b'"message":"request body not received within 0.5 s"' in answer
     assert 0.4 <= took < 5 and jobs == []
+
+
+async def test_headers_over_their_size_limit_are_431_and_the_peer_is_closed(
+    state_dir: Path, sock_path: Path
+) -> None:
+    """What a peer makes the service hold before its request is known is bounded as a whole,
+    not only line by line: 5 header lines of 8,000 bytes are over 32 KiB, 3 are not. Each
+    read split into small pieces, so the end of the headers is found across reads."""
+    config = ServerConfig(http="127.0.0.1:0", token="t0k3n")
+    line = b"X-Pad: " + b"a" * 8000 + b"\r\n"
+    start = b"GET /v1/health HTTP/1.1\r\nHost: x\r\n"
+
+    async def ask(host: str, port: int, request: bytes) -> bytes:
+        answer = b""
+        async with await anyio.connect_tcp(host, port) as stream:
+            for at in range(0, len(request), 997):
+                try:
+                    await stream.send(request[at : at + 997])
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    break  # closed on us: the answer is what it said before
+            with anyio.fail_after(10):
+                while b"\r\n\r\n" not in answer:
+                    try:
+                        answer += await stream.receive()
+                    except (anyio.EndOfStream, anyio.BrokenResourceError):
+                        break
+        return answer
+
+    async with (
+        Runtime(state_dir) as rt,
+        ControlServer(rt, config, socket=sock_path) as control,
+    ):
+        assert control.http_url is not None
+        host, port = control.http_url.removeprefix("http://").rsplit(":", 1)
+        over = await ask(host, int(port), start + line * 5 + b"\r\n")
+        under = await ask(host, int(port), start + line * 3 + b"\r\n")
+        refused = control.statistics()["connections"]["tcp"]["refused"]
+    assert over.startswith(b"HTTP/1.1 431 ")
+    assert under.startswith(b"HTTP/1.1 401 ")  # parsed and answered: no token was sent
+    assert refused == 1
