@@ -27,13 +27,15 @@ class Contexts:
         self._layout, self._env_kinds, self._kill_grace = layout, env_kinds, kill_grace_s
         # Per running job and task: the environment its instances share.
         self._task_env: dict[str, dict[str, dict[str, str]]] = {}
+        self._inherited = InheritedEnvironment()
 
     def build(self, inst: InstanceRec, control: AttemptControl) -> InstanceContext:
         task, job, layout = inst.task, inst.task.job, self._layout
         base_env = self._task_env.setdefault(job.id, {}).get(task.name)
         if base_env is None:  # first dispatch of the task: once per task, not per instance
             # A local process inherits this process's environment; a container keeps its image's.
-            inherited = os.environ if self._env_kinds[task.defn.compute_env] == "local" else {}
+            local = self._env_kinds[task.defn.compute_env] == "local"
+            inherited = self._inherited.now() if local else {}
             base_env = {
                 **inherited,
                 **job.defn.env,
@@ -67,6 +69,23 @@ class Contexts:
 
     def forget_job(self, job_id: str) -> None:
         self._task_env.pop(job_id, None)
+
+
+class InheritedEnvironment:
+    """This process's environment as text, decoded again only when it changed: os.environ
+    decodes every name and value each time it is read, once per task of a chain."""
+
+    def __init__(self) -> None:
+        self._raw: dict[bytes, bytes] | None = None
+        self._decoded: dict[str, str] = {}
+
+    def now(self) -> dict[str, str]:
+        raw = getattr(os.environ, "_data", None)  # CPython's encoded store behind os.environ
+        if not isinstance(raw, dict):
+            return dict(os.environ)
+        if raw != self._raw:  # compared in C: a change of any name or value is seen
+            self._raw, self._decoded = dict(raw), dict(os.environ)
+        return self._decoded
 
 
 async def read_attempt_secrets(inst: InstanceRec) -> dict[str, str]:

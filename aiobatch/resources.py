@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
+from typing import cast
 
 import anyio
 from anyio.abc import TaskGroup
@@ -37,6 +38,7 @@ class Resources:
         self.env_kinds = config.env_kinds()
         # Executors by compute env name; made on first use, opened before their first run.
         self.executors: dict[str, Executor] = dict(executors or {})
+        self._queueing: dict[str, tuple[Executor, bool]] = {}  # whether each env's queues
         # Each env as it stands (``envs.py`` changes slots and Docker hosts at runtime).
         self.envs = config.effective_envs()
         self.host_sets: dict[str, HostSet] = {}
@@ -119,10 +121,18 @@ class Resources:
 
     def queued_of(self, task: TaskRec) -> dict[int, str]:
         """Why each of the task's instances that waits in its executor's own queue waits."""
-        executor = self.executors.get(task.defn.compute_env)
-        if not isinstance(executor, QueueingExecutor) or not task.active:
+        env = task.defn.compute_env
+        executor = self.executors.get(env)
+        if executor is None or not task.active:
             return {}
-        return executor.queued_of(task.job.id, task.defn.name)
+        # Asked for every task of a snapshot; isinstance of a protocol is slow: once per
+        # executor (an env's may be made anew).
+        known = self._queueing.get(env)
+        if known is None or known[0] is not executor:
+            known = self._queueing[env] = (executor, isinstance(executor, QueueingExecutor))
+        if not known[1]:
+            return {}
+        return cast(QueueingExecutor, executor).queued_of(task.job.id, task.defn.name)
 
     async def open_for(self, defn: JobDef) -> None:
         """Open (once) the executors and storage a job needs, before anything is dispatched."""
