@@ -121,8 +121,7 @@ class SlotUsage(msgspec.Struct, frozen=True, kw_only=True):
 
 class ListenerStatistics(msgspec.Struct, frozen=True, kw_only=True):
     """One listener's connections: open now, its limit, and since the start those refused
-    (over the limit, or sending request headers over their size limit) and those closed for
-    being idle or slow."""
+    (over the limit) and those closed for being idle or slow."""
 
     open: int
     limit: int
