@@ -1,6 +1,5 @@
-"""Bounded work per peer: a connection limit per listener, a size and a time limit for a
-request's headers, one for an idle keep-alive connection, and the process's file limit
-raised.
+"""Bounded work per peer: a connection limit per listener, a time limit for a request's
+headers, one for an idle keep-alive connection, and the process's file limit raised.
 
 A peer past the limit is closed at once (not queued, holding a file descriptor); a peer that
 has not sent a request's headers within ``header_timeout_s`` of connecting, or the next
@@ -32,18 +31,7 @@ IDLE_TIMEOUT_S = 75.0  # from an answer to the next request's complete headers
 BODY_TIMEOUT_S = 30.0  # from a request's headers to the end of its body
 LINGER_S = 1.0  # how long an unread request body is drained (and dropped) after the answer
 MAX_LINE_BYTES = 8190  # a request line, and a header line (aiohttp refuses longer: 400)
-MAX_HEADERS = 32  # header lines in one request (more: 400)
-# A request line and its headers together (more: 431, closed). What a peer makes the server
-# hold before it is even known; 32 header lines of 8 KiB would be 256 KiB a peer, and a
-# listener's 1,024 peers made the service's RSS grow by ~480 MiB. As nginx's default.
-MAX_HEADER_BYTES = 32 * 1024
-END_OF_HEADERS = b"\r\n\r\n"
-_TOO_LARGE_TEXT = b"request line and headers over their size limit\n"
-TOO_LARGE = (  # sent as is: aiohttp has not begun an answer to a request it has not parsed
-    b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n"
-    b"Content-Type: text/plain; charset=utf-8\r\n"
-    b"Content-Length: %d\r\n\r\n%s" % (len(_TOO_LARGE_TEXT), _TOO_LARGE_TEXT)
-)
+MAX_HEADERS = 32  # header lines in one request (more: 400); with the line limit: 256 KiB
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,7 +39,6 @@ class Limits:
     """What one peer may hold of the server. Module constants by default; tests shorten them."""
 
     connections: int = MAX_CONNECTIONS
-    header_bytes: int = MAX_HEADER_BYTES
     header_timeout_s: float = HEADER_TIMEOUT_S
     idle_timeout_s: float = IDLE_TIMEOUT_S
     body_timeout_s: float = BODY_TIMEOUT_S
@@ -89,9 +76,7 @@ class Listener:
     def __init__(self, name: str, limits: Limits, peers: Peers) -> None:
         self.name, self.limits, self.peers = name, limits, peers
         self.open = 0
-        # Connections closed at once: the listener was full, or a request's headers were
-        # over their size limit (answered 431 first).
-        self.refused = 0
+        self.refused = 0  # connections closed at once: the listener was full
         self.timed_out = 0  # connections closed for not sending a request in time
 
     def protocol_factory(self, handler: Callable[[], asyncio.Protocol]) -> Connection:
@@ -107,11 +92,6 @@ class Connection(asyncio.Protocol):
         self._accepted = False
         self._in_flight = 0
         self._deadline: asyncio.TimerHandle | None = None
-        # While a request's headers come: their bytes so far, and the last few (the end of
-        # the headers may come split between two reads). None while a request is served.
-        self._header_bytes: int | None = 0
-        self._header_tail = b""
-        self._discarding = False  # refused: what comes is dropped until it is closed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -127,43 +107,8 @@ class Connection(asyncio.Protocol):
         self.inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        if not self._accepted or self._discarding:
-            return
-        if self._header_bytes is not None and not self._headers_fit(data):
-            self._refuse_too_large()
-            return
-        self.inner.data_received(data)
-
-    def _headers_fit(self, data: bytes) -> bool:
-        """Count ``data`` up to the end of the headers, if it comes in it; False once over."""
-        so_far, limit = self._header_bytes, self.listener.limits.header_bytes
-        assert so_far is not None
-        seen = self._header_tail + data
-        end = seen.find(END_OF_HEADERS)
-        if end < 0:
-            self._header_bytes = so_far + len(data)
-            self._header_tail = seen[-(len(END_OF_HEADERS) - 1) :]
-            return self._header_bytes <= limit
-        # The rest is a body, or what follows it: not counted until the answer is sent.
-        self._header_bytes, self._header_tail = None, b""
-        return so_far + end + len(END_OF_HEADERS) - len(seen) + len(data) <= limit
-
-    def _refuse_too_large(self) -> None:
-        self.listener.refused += 1
-        log.warning(
-            "request_headers_too_large",
-            listener=self.listener.name,
-            limit_bytes=self.listener.limits.header_bytes,
-        )
-        self._header_bytes, self._discarding = None, True
-        transport = self.transport
-        assert transport is not None
-        transport.write(TOO_LARGE)
-        if transport.can_write_eof():
-            transport.write_eof()
-        # Closed with unread data, the socket would be reset and the peer could lose the
-        # answer: what it still sends is read and dropped for a while first.
-        asyncio.get_running_loop().call_later(LINGER_S, transport.close)
+        if self._accepted:
+            self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
         return self.inner.eof_received() if self._accepted else None
@@ -194,7 +139,6 @@ class Connection(asyncio.Protocol):
     def request_ended(self) -> None:
         self._in_flight -= 1
         if self._in_flight == 0 and self._accepted:
-            self._header_bytes, self._header_tail = 0, b""  # the next request's headers
             self._arm(self.listener.limits.idle_timeout_s)
 
     def _arm(self, seconds: float) -> None:
