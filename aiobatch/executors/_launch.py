@@ -41,7 +41,7 @@ def start(
     if user is not None:
         give_tree(cwd, user[0], user[1])
     if expires is not None and time.monotonic() > expires:
-        raise TimeoutError(errno.ETIME, "expired before it could start")
+        raise Expired("expired before it could start")
     os.chdir(cwd)
     search = (argv[0], env.get("PATH", os.defpath))
     cached = search in _found
@@ -70,6 +70,10 @@ def start(
 
 
 _DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+
+
+class Expired(Exception):
+    """The start came too late: the runtime has stopped waiting for its answer."""
 
 
 def _fork_exec(

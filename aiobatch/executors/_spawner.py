@@ -200,7 +200,7 @@ class Spawner:
         if expires is not None and time.monotonic() > expires:
             # A stall this long (stopped, a hung system call): the runtime counts the attempt
             # lost and runs it again; started now, it would run twice.
-            self.fail(request_id, "expired", None, exec_failed=False)
+            self.fail(request_id, "expired", None, exec_failed=False, expired=True)
             return
         job, task, index, attempt = (env.get(name, "") for name in KEY_VARS)
         key: Key = (job, task, index, attempt)
@@ -223,14 +223,16 @@ class Spawner:
                 leader.outputs.append(output)
             user = request.get("user")
             pid = launch.start(argv, request["cwd"], env, ends[0], ends[1], user, expires)
-        except (OSError, ValueError) as exc:  # ValueError: a string exec cannot take (NUL)
+        except (OSError, ValueError, launch.Expired) as exc:  # ValueError: a NUL in a string
             os.close(fd)
             for output in leader.outputs:
                 self.outputs.close(output)
             launch.remove(record)  # it never started: no trace of an attempt that did not happen
             where = argv[0] if argv and len(ends) == 2 else "log"
             why = exc.strerror if isinstance(exc, OSError) else str(exc)
-            self.fail(request_id, f"{where}: {why}", exc, exec_failed=len(ends) == 2)
+            expired = isinstance(exc, launch.Expired)
+            exec_failed = len(ends) == 2 and not expired
+            self.fail(request_id, f"{where}: {why}", exc, exec_failed=exec_failed, expired=expired)
             return
         finally:
             for end in ends:
@@ -244,7 +246,13 @@ class Spawner:
         self.send({"op": "started", "id": request_id, "pid": pid, "mono": started, "wall": wall})
 
     def fail(
-        self, request_id: int, error: str, exc: Exception | None, *, exec_failed: bool = True
+        self,
+        request_id: int,
+        error: str,
+        exc: Exception | None,
+        *,
+        exec_failed: bool = True,
+        expired: bool = False,
     ) -> None:
         reply = {
             "op": "failed",
@@ -252,7 +260,7 @@ class Spawner:
             "error": error,
             "errno": getattr(exc, "errno", None),
         }
-        self.send({**reply, "exec": exec_failed})
+        self.send({**reply, "exec": exec_failed, "expired": expired})
 
     def forward_signal(self, pid: int, sig: int) -> None:
         # Only a leader not reaped yet: its pid still names its group, never a stranger.

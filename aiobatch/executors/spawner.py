@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import marshal
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -196,6 +197,8 @@ class Spawner:
             raise SpawnerGone  # asked, never answered: the process may or may not run
         if reply["op"] == "failed":
             self._exits.pop(request_id, None)
+            if reply.get("expired"):  # the spawner was stalled: as lost, not as failed
+                raise SpawnerGone
             raise SpawnFailed(
                 reply["error"], exec_failed=bool(reply.get("exec")), errno=reply.get("errno")
             )
@@ -308,6 +311,13 @@ class Spawner:
         if pending is not None:
             pending.value = message
             pending.done.set()
+        elif op == "started":
+            # It started after we stopped waiting: its attempt is counted lost and runs again,
+            # so this one must not run on (the spawner signals only a leader it has not reaped).
+            try:
+                self._send({"op": "signal", "pid": message["pid"], "sig": int(signal.SIGKILL)})
+            except SpawnerGone:
+                pass
 
     def _log_news(self, op: str, message: dict[str, Any]) -> None:
         """A copy of an instance's output into its log paused for lack of room, or went on."""

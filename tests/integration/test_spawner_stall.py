@@ -21,6 +21,8 @@ from aiobatch.executors.spawner import Spawner, SpawnerGone
 
 pytestmark = pytest.mark.anyio
 
+PATIENCE_S = 3.0  # the runtime's wait for a start's answer, shortened; it refuses from 2.25 s
+
 
 async def start(spawner: Spawner, root: Path, index: int) -> None:
     """Start a program that leaves a mark, and wait for its end."""
@@ -45,7 +47,7 @@ async def start(spawner: Spawner, root: Path, index: int) -> None:
 
 async def test_a_start_given_up_on_during_a_stall_never_runs(tmp_path: Path) -> None:
     async with anyio.create_task_group() as background:
-        spawner = Spawner(reply_timeout_s=1.0)
+        spawner = Spawner(reply_timeout_s=PATIENCE_S)
         await spawner.open(background)
         assert spawner.pid is not None
         try:
@@ -67,7 +69,7 @@ async def test_a_start_given_up_on_during_a_stall_never_runs(tmp_path: Path) -> 
 async def test_a_job_whose_spawner_stalls_runs_each_instance_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(spawner_module, "REPLY_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(spawner_module, "REPLY_TIMEOUT_S", PATIENCE_S)
     marks = tmp_path / "marks"
     spec = {
         "name": "stall",
@@ -104,7 +106,7 @@ def test_a_start_whose_preparation_outlasted_its_expiry_is_not_made(tmp_path: Pa
     # after the request was read in time; the check before the spawn itself still holds.
     read, write = os.pipe()
     try:
-        with pytest.raises(TimeoutError):
+        with pytest.raises(launch.Expired):
             launch.start(
                 ["touch", str(tmp_path / "ran")],
                 str(tmp_path / "work"),
@@ -118,3 +120,65 @@ def test_a_start_whose_preparation_outlasted_its_expiry_is_not_made(tmp_path: Pa
         os.close(read)
         os.close(write)
     assert (tmp_path / "work").is_dir() and not (tmp_path / "ran").exists()
+
+
+async def test_a_refusal_heard_before_the_runtime_gives_up_is_lost_not_failed(
+    tmp_path: Path,
+) -> None:
+    """Resumed after the request expired but before the runtime stopped waiting, the spawner
+    refuses it, and the runtime hears so in time: the attempt is lost (run again uncharged),
+    not failed (charged to the task)."""
+    async with anyio.create_task_group() as background:
+        spawner = Spawner(reply_timeout_s=PATIENCE_S)
+        await spawner.open(background)
+        assert spawner.pid is not None
+        outcome: list[BaseException] = []
+
+        async def ask() -> None:
+            try:
+                await start(spawner, tmp_path, 0)
+            except Exception as exc:  # what the runtime would see
+                outcome.append(exc)
+
+        try:
+            os.kill(spawner.pid, signal.SIGSTOP)
+            asked = anyio.current_time()
+            async with anyio.create_task_group() as asking:
+                asking.start_soon(ask)
+                await anyio.sleep_until(asked + PATIENCE_S * 0.85)  # past 0.75: expired
+                os.kill(spawner.pid, signal.SIGCONT)
+            heard = anyio.current_time() - asked
+        finally:
+            os.kill(spawner.pid, signal.SIGCONT)
+            await spawner.aclose()
+    assert len(outcome) == 1 and type(outcome[0]) is SpawnerGone, outcome
+    assert heard < PATIENCE_S  # the refusal itself was heard, not the timeout
+    assert not (tmp_path / "ran-0").exists()
+
+
+async def test_a_start_heard_after_the_runtime_gave_up_is_killed(tmp_path: Path) -> None:
+    """A start whose answer comes after the runtime stopped waiting (a stall between the
+    spawner's last check and its answer) is killed at once: its attempt runs again."""
+    env = {"PATH": os.environ["PATH"], "AIOBATCH_JOB_ID": "job", "AIOBATCH_TASK_NAME": "t",
+           "AIOBATCH_INSTANCE_INDEX": "0", "AIOBATCH_ATTEMPT": "1"}  # fmt: skip
+    async with anyio.create_task_group() as background:
+        spawner = Spawner()
+        await spawner.open(background)
+        try:
+            started = await spawner.spawn(
+                argv=["sleep", "60"],
+                cwd=tmp_path / "work",
+                env=env,
+                stdout=tmp_path / "logs" / "0.stdout",
+                stderr=tmp_path / "logs" / "0.stderr",
+                record=tmp_path / "logs" / "0.run",
+                runtime_id="r",
+            )
+            # Its answer as it would come for a request no longer waited for.
+            late = {"op": "started", "id": started.id + 1000, "pid": started.pid}
+            spawner._deliver({**late, "mono": started.mono, "wall": started.wall})
+            with anyio.fail_after(10):
+                exited = await spawner.wait(started)
+        finally:
+            await spawner.aclose()
+    assert exited.signal == signal.SIGKILL
