@@ -1,4 +1,5 @@
-"""Test helpers: waiting on bus events, and gates that hold an instance until released."""
+"""Test helpers: waiting on bus events, gates that hold an instance until released, child
+processes, and starts asked of a spawner."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import anyio
 
 from aiobatch import Runtime
 from aiobatch.events import Event, InstanceStateChanged
+from aiobatch.executors.spawner import Spawner, Started
 
 
 async def until(
@@ -131,3 +133,27 @@ def kill_leftovers(state_dir: Path) -> None:
 def runtime_id(state_dir: Path) -> str:
     """The id a state dir's runtime gives what it starts (labels, environments)."""
     return (state_dir / "runtime-id").read_text().strip()
+
+
+async def spawn_attempt(
+    spawner: Spawner, argv: list[str], index: int, *, work: Path, logs: Path
+) -> Started:
+    """Ask a spawner for a start as the local executor does: attempt 1 of instance ``index``
+    of task ``t`` of job ``job`` (its key in the environment), in ``work/INDEX``, its logs
+    and record in ``logs``."""
+    env = {
+        "PATH": os.environ["PATH"],
+        "AIOBATCH_JOB_ID": "job",
+        "AIOBATCH_TASK_NAME": "t",
+        "AIOBATCH_INSTANCE_INDEX": str(index),
+        "AIOBATCH_ATTEMPT": "1",
+    }
+    return await spawner.spawn(
+        argv=argv,
+        cwd=work / str(index),
+        env=env,
+        stdout=logs / f"{index}.stdout",
+        stderr=logs / f"{index}.stderr",
+        record=logs / f"{index}.run",
+        runtime_id="r",
+    )

@@ -5,7 +5,6 @@ process, real starts, real children."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import pytest
 
 import aiobatch.executors
 from aiobatch.executors.spawner import Spawner
+from tests.helpers import spawn_attempt
 
 
 @pytest.mark.anyio
@@ -23,22 +23,7 @@ async def test_a_log_dir_removed_between_two_starts_is_made_again(tmp_path: Path
     logs, work = tmp_path / "logs" / "t", tmp_path / "work" / "t"
 
     async def start(spawner: Spawner, index: int) -> int:
-        env = {
-            "PATH": os.environ["PATH"],
-            "AIOBATCH_JOB_ID": "job",
-            "AIOBATCH_TASK_NAME": "t",
-            "AIOBATCH_INSTANCE_INDEX": str(index),
-            "AIOBATCH_ATTEMPT": "1",
-        }
-        started = await spawner.spawn(
-            argv=["true"],
-            cwd=work / str(index),
-            env=env,
-            stdout=logs / f"{index}.stdout",
-            stderr=logs / f"{index}.stderr",
-            record=logs / f"{index}.run",
-            runtime_id="r",
-        )
+        started = await spawn_attempt(spawner, ["true"], index, work=work, logs=logs)
         exited = await spawner.wait(started)
         assert exited.exit_code == 0
         return started.pid

@@ -18,6 +18,7 @@ from aiobatch.events import Event, InstanceStateChanged
 from aiobatch.executors import _launch as launch
 from aiobatch.executors import spawner as spawner_module
 from aiobatch.executors.spawner import Spawner, SpawnerGone
+from tests.helpers import spawn_attempt
 
 pytestmark = pytest.mark.anyio
 
@@ -26,22 +27,8 @@ PATIENCE_S = 3.0  # the runtime's wait for a start's answer, shortened; it refus
 
 async def start(spawner: Spawner, root: Path, index: int) -> None:
     """Start a program that leaves a mark, and wait for its end."""
-    env = {
-        "PATH": os.environ["PATH"],
-        "AIOBATCH_JOB_ID": "job",
-        "AIOBATCH_TASK_NAME": "t",
-        "AIOBATCH_INSTANCE_INDEX": str(index),
-        "AIOBATCH_ATTEMPT": "1",
-    }
-    started = await spawner.spawn(
-        argv=["touch", str(root / f"ran-{index}")],
-        cwd=root / "work" / str(index),
-        env=env,
-        stdout=root / "logs" / f"{index}.stdout",
-        stderr=root / "logs" / f"{index}.stderr",
-        record=root / "logs" / f"{index}.run",
-        runtime_id="r",
-    )
+    argv = ["touch", str(root / f"ran-{index}")]
+    started = await spawn_attempt(spawner, argv, index, work=root / "work", logs=root / "logs")
     assert (await spawner.wait(started)).exit_code == 0
 
 
@@ -159,20 +146,12 @@ async def test_a_refusal_heard_before_the_runtime_gives_up_is_lost_not_failed(
 async def test_a_start_heard_after_the_runtime_gave_up_is_killed(tmp_path: Path) -> None:
     """A start whose answer comes after the runtime stopped waiting (a stall between the
     spawner's last check and its answer) is killed at once: its attempt runs again."""
-    env = {"PATH": os.environ["PATH"], "AIOBATCH_JOB_ID": "job", "AIOBATCH_TASK_NAME": "t",
-           "AIOBATCH_INSTANCE_INDEX": "0", "AIOBATCH_ATTEMPT": "1"}  # fmt: skip
     async with anyio.create_task_group() as background:
         spawner = Spawner()
         await spawner.open(background)
         try:
-            started = await spawner.spawn(
-                argv=["sleep", "60"],
-                cwd=tmp_path / "work",
-                env=env,
-                stdout=tmp_path / "logs" / "0.stdout",
-                stderr=tmp_path / "logs" / "0.stderr",
-                record=tmp_path / "logs" / "0.run",
-                runtime_id="r",
+            started = await spawn_attempt(
+                spawner, ["sleep", "60"], 0, work=tmp_path / "work", logs=tmp_path / "logs"
             )
             # Its answer as it would come for a request no longer waited for.
             late = {"op": "started", "id": started.id + 1000, "pid": started.pid}
