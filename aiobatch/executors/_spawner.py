@@ -53,7 +53,6 @@ else:  # run as a script: its siblings are on the path, aiobatch is not
 
 PR_SET_CHILD_SUBREAPER = 36
 PAUSE_RETRY_S = 1.0  # a copy paused for room is tried again this often
-KEY_VARS = processes.KEY_VARS
 HEADER_SIZE = 4  # a frame's length, big-endian
 
 Key = processes.Key
@@ -202,7 +201,7 @@ class Spawner:
             # lost and runs it again; started now, it would run twice.
             self.fail(request_id, "expired", None, exec_failed=False, expired=True)
             return
-        job, task, index, attempt = (env.get(name, "") for name in KEY_VARS)
+        job, task, index, attempt = (env.get(name, "") for name in processes.KEY_VARS)
         key: Key = (job, task, index, attempt)
         record = request["record"]
         try:

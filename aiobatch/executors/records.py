@@ -18,16 +18,12 @@ from pathlib import Path
 import msgspec
 
 from aiobatch.attempt import AttemptKey
+from aiobatch.executors import _processes as processes
 from aiobatch.executors.spawner import Exited
 
 SWEEP_WAIT_S = 5.0  # how long a sweep waits for what it killed to be gone
 RUNTIME_VAR = "AIOBATCH_RUNTIME_ID"  # names the runtime in every local process's environment
-KEY_VARS = (
-    b"AIOBATCH_JOB_ID",
-    b"AIOBATCH_TASK_NAME",
-    b"AIOBATCH_INSTANCE_INDEX",
-    b"AIOBATCH_ATTEMPT",
-)
+KEY_VARS = tuple(name.encode() for name in processes.KEY_VARS)  # as /proc gives them
 
 
 class _Line(msgspec.Struct, forbid_unknown_fields=False):

@@ -22,13 +22,13 @@ import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
 from aiobatch.executors._launch import start_ticks
+from aiobatch.executors._processes import KEY_VARS
 from aiobatch.users import Identity
 
 log = structlog.get_logger("aiobatch.spawner")
 
 PROGRAM = Path(__file__).with_name("_spawner.py")
 HEADER = struct.Struct(">I")
-KEY_VARS = ("AIOBATCH_JOB_ID", "AIOBATCH_TASK_NAME", "AIOBATCH_INSTANCE_INDEX", "AIOBATCH_ATTEMPT")
 REPLY_TIMEOUT_S = 30.0  # a spawn the spawner does not answer in this time has failed
 # A spawn request the spawner reads later than this before the runtime gives up on it is
 # refused: its answer could come too late, and the attempt would run after being counted lost.
