@@ -20,6 +20,7 @@ import structlog
 from anyio.abc import TaskGroup
 
 from aiobatch.attempt import NO_SPACE, RUNTIME_LOST, FoundAttempt, InstanceContext, Outcome, Usage
+from aiobatch.executors import _processes as processes
 from aiobatch.executors import records
 from aiobatch.executors.spawner import Exited, Spawner, SpawnerGone, SpawnFailed, Started
 from aiobatch.layout import StateLayout
@@ -251,15 +252,15 @@ def _kill_recorded(path: Path) -> None:
     """Kill the process a record names, if it is still that process."""
     record = records.read_record(path)
     if record is not None and record.pid is not None and records.is_running(record):
-        records.kill_group(record.pid)
+        processes.kill_group(record.pid, signal.SIGKILL)
 
 
 async def _terminate_adopted(pid: int, pidfd: int, grace: float) -> None:
-    records.kill_group(pid, signal.SIGTERM)
+    processes.kill_group(pid, signal.SIGTERM)
     with anyio.move_on_after(grace):
         await anyio.wait_readable(pidfd)
         return
-    records.kill_group(pid, signal.SIGKILL)
+    processes.kill_group(pid, signal.SIGKILL)
     with anyio.move_on_after(KILL_WAIT_S):
         await anyio.wait_readable(pidfd)
 

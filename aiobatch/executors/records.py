@@ -141,14 +141,6 @@ def attempt_of(pid: int, runtime_id: str) -> AttemptKey | None:
         return (values.get(KEY_VARS[0], b"").decode(errors="replace"), "", -1, 0)
 
 
-def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
-    """Signal a process group (its leader's pid names it)."""
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 def sweep(
     runtime_id: str, keep: set[AttemptKey], only: set[AttemptKey] | None = None
 ) -> list[AttemptKey]:
