@@ -14,12 +14,13 @@ from aiobatch.errors import StateDirBusy, StateDirUnusable, StateDirUnwritable
 
 Stream = Literal["stdout", "stderr"]
 PROBE_BYTES = 64 * 1024  # room for the first transactions: a start needs at least this
+JOURNAL_NAME = ".attempts"
 TASK_DIRS_CACHED = 4096  # tasks whose dirs' paths are kept (a bound, not a tuning knob)
 
 
 class StateLayout:
     """``aiobatch.db``, ``work/JOB/TASK/INDEX/`` (an instance's cwd), ``logs/JOB/TASK/INDEX.*``
-    (its stdout, stderr, and for a local one the record of its latest attempt)."""
+    (its stdout and stderr), ``logs/JOB/.attempts`` (how its local attempts started and ended)."""
 
     def __init__(self, root: str | Path) -> None:
         # Absolute: the spawner changes its own working dir to each instance's before it
@@ -95,9 +96,10 @@ class StateLayout:
     def log_path(self, job_id: str, task: str, index: int, stream: Stream) -> Path:
         return self._dirs_of(job_id, task)[1] / f"{index}.{stream}"
 
-    def record_path(self, job_id: str, task: str, index: int) -> Path:
-        """The record of a local instance's latest attempt (executors/records.py)."""
-        return self._dirs_of(job_id, task)[1] / f"{index}.run"
+    def journal_path(self, job_id: str) -> Path:
+        """The journal of a job's local attempts (executors/records.py); a task's name cannot
+        begin with a dot."""
+        return self.root / "logs" / job_id / JOURNAL_NAME
 
 
 @contextmanager

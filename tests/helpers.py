@@ -140,7 +140,7 @@ async def spawn_attempt(
 ) -> Started:
     """Ask a spawner for a start as the local executor does: attempt 1 of instance ``index``
     of task ``t`` of job ``job`` (its key in the environment), in ``work/INDEX``, its logs
-    and record in ``logs``."""
+    and its journal in ``logs``."""
     env = {
         "PATH": os.environ["PATH"],
         "AIOBATCH_JOB_ID": "job",
@@ -154,6 +154,6 @@ async def spawn_attempt(
         env=env,
         stdout=logs / f"{index}.stdout",
         stderr=logs / f"{index}.stderr",
-        record=logs / f"{index}.run",
+        journal=logs / ".attempts",
         runtime_id="r",
     )

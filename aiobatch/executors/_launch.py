@@ -1,4 +1,4 @@
-"""What the spawner does to start a process: its record file, its dirs, the program's path,
+"""What the spawner does to start a process: its journal lines, its dirs, the program's path,
 and ``posix_spawn``. Standard library only, as the spawner (a sibling it imports as a script);
 not even json, shutil or typing, whose imports would delay the spawner's first start.
 """
@@ -168,14 +168,54 @@ def _which(program: str, path: str) -> str | None:
     return None
 
 
-def new_record(path: str) -> int:
-    # A fresh file, never the one an earlier attempt's spawner may still append to.
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
-    try:
-        return os.open(path, flags, 0o600)
-    except FileExistsError:
-        os.unlink(path)
-        return os.open(path, flags, 0o600)
+JOURNAL_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+OPEN_JOURNALS = 64  # more open at once: all are closed, and opened again when next written
+
+
+class Journals:
+    """The jobs' attempts journals (``logs/JOB/.attempts``), each open once for appending.
+
+    Every line is one write that starts and ends with a newline: a line torn by a full disk
+    cannot spoil the next (the reader skips what it cannot parse), and the lines of two
+    spawners appending to one journal (a new one, and one a crashed runtime left running)
+    never interleave.
+    """
+
+    def __init__(self) -> None:
+        self.fds: dict[str, int] = {}
+
+    def write(self, path: str, line: bytes, *, first: bool = False) -> None:
+        """Append ``line``; raises OSError if it could not be written whole. An attempt's
+        ``first`` line checks that the journal is still linked: a job's logs removed (and
+        the job run again) get a new one, where the next runtime looks."""
+        fd = self.fds.get(path)
+        if fd is not None and first and os.fstat(fd).st_nlink == 0:
+            del self.fds[path]
+            os.close(fd)
+            fd = None
+        if fd is None:
+            fd = self._open(path)
+        if os.write(fd, line) != len(line):  # a short write: the disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def _open(self, path: str) -> int:
+        if len(self.fds) >= OPEN_JOURNALS:
+            self.close_all()
+        logs = os.path.dirname(path)
+        make_dir(logs, remember=True)
+        try:
+            fd = os.open(path, JOURNAL_FLAGS, 0o600)
+        except FileNotFoundError:  # its dir went since we made it
+            forget_dir(logs)
+            make_dir(logs, remember=True)
+            fd = os.open(path, JOURNAL_FLAGS, 0o600)
+        self.fds[path] = fd
+        return fd
+
+    def close_all(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
 
 
 _made: set[str] = set()  # dirs known to exist: a start makes at most its instance's own
@@ -211,28 +251,27 @@ def _remember(path: str) -> None:
     _made.add(path)
 
 
-def remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+def started_line(tag: bytes, pid: int, mono: float, wall: float) -> bytes:
+    """An attempt's second line, once it runs (``tag``: its key, as JSON; finite floats:
+    their repr is JSON)."""
+    return b'\n{"key":' + tag + f',"pid":{pid},"mono":{mono!r},"wall":{wall!r}}}\n'.encode()
 
 
-def write_line(fd: int, line: bytes) -> None:
-    os.write(fd, line)
-
-
-def started_line(pid: int, mono: float, wall: float) -> bytes:
-    """The record's second line, as JSON (finite floats: their repr is JSON)."""
-    return f'{{"pid":{pid},"mono":{mono!r},"wall":{wall!r}}}\n'.encode()
-
-
-def exited_line(status: int, mono: float, wall: float, usage: Any) -> bytes:
-    """The record's last line, as JSON."""
+def exited_line(tag: bytes, status: int, mono: float, wall: float, usage: Any) -> bytes:
+    """An attempt's last line, once it ended."""
     return (
-        f'{{"status":{status},"mono":{mono!r},"wall":{wall!r},"utime":{usage.ru_utime!r},'
-        f'"stime":{usage.ru_stime!r},"maxrss_kib":{usage.ru_maxrss}}}\n'
-    ).encode()
+        b'\n{"key":'
+        + tag
+        + (
+            f',"status":{status},"mono":{mono!r},"wall":{wall!r},"utime":{usage.ru_utime!r},'
+            f'"stime":{usage.ru_stime!r},"maxrss_kib":{usage.ru_maxrss}}}\n'
+        ).encode()
+    )
+
+
+def abandoned_line(tag: bytes) -> bytes:
+    """An attempt's last line when it could not be started: no trace of what did not run."""
+    return b'\n{"key":' + tag + b',"abandoned":true}\n'
 
 
 def start_ticks(pid: int) -> int | None:

@@ -47,7 +47,7 @@ class Outputs:
         """A pipe for a process's ``stream`` into ``path``; the write end is the process's.
         The log file is made now with ``make_log`` (what must exist once the program ends,
         even empty), else with the stream's first bytes."""
-        log = os.open(path, LOG_FLAGS, 0o644) if make_log else -1
+        log = open_log(path) if make_log else -1
         try:
             read, write = os.pipe2(os.O_CLOEXEC)
         except OSError:
@@ -93,7 +93,7 @@ class Outputs:
         while output.pending:
             try:
                 if output.log < 0:
-                    output.log = os.open(output.path, LOG_FLAGS, 0o644)
+                    output.log = open_log(output.path)
                 written = os.write(output.log, output.pending)
             except OSError as exc:
                 if exc.errno not in NO_ROOM:
@@ -125,3 +125,11 @@ class Outputs:
                 self.close(key.data)
         for output in list(self.paused):
             self.close(output)
+
+
+def open_log(path: str) -> int:
+    try:
+        return os.open(path, LOG_FLAGS, 0o644)
+    except FileNotFoundError:  # a task's log dir is made at its first log
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return os.open(path, LOG_FLAGS, 0o644)

@@ -5,7 +5,7 @@ sibling ``_outputs.py`` only, so it starts in ~20 ms) for four reasons:
 
 - **It outlives a runtime that crashes.** It is in its own session, so a ``kill -9`` of the
   runtime leaves it running; it goes on reaping the instances it started and writes each one's
-  exit status into that attempt's record file, where the next runtime finds it.
+  exit status into its job's attempts journal, where the next runtime finds it.
 - **It is never stalled with the runtime.** It records each start and exit with the system's
   monotonic clock as they happen, so a runtime that was stopped (SIGSTOP) or busy can tell an
   exit before a deadline from a timeout.
@@ -16,14 +16,18 @@ sibling ``_outputs.py`` only, so it starts in ~20 ms) for four reasons:
 - **It copies the instances' output into their logs** (``_outputs.py``), through pipes: on a
   full disk the copy pauses and the program with it, and no output is lost.
 
-Every attempt has a record file, written before its process starts: one JSON line with the
-attempt's key, one with its pid once it runs, one with its exit status once it ended.
+Every attempt is recorded in its job's attempts journal (``logs/JOB/.attempts``, appended to)
+before its process starts: one JSON line with the attempt's key, one with its pid once it
+runs, one with its exit status once it ended (or one saying it never started). One journal
+per job rather than a file per attempt: on a file system where making a file is slow, a file
+per start was most of a start's cost.
 
 Protocol with the runtime, over an inherited socket: frames of a 4-byte big-endian length and
 a ``marshal``-ed dict (both ends run the same interpreter; marshal is built in, where json
 would cost the spawner's start an import of re). Requests: ``spawn``, ``signal``, ``close``.
 Replies and news: ``started``, ``failed``, ``exited``, ``log_paused``, ``log_resumed``. A
-``spawn`` carries the record's first line as the runtime encoded it, and when it expires: one
+``spawn`` carries the attempt's first line as the runtime encoded it (and its key as JSON,
+for the lines after), and when it expires: one
 read later (we were stalled) is refused, as the runtime has given up on it. One that names a
 ``user`` (uid, gid, groups) starts its program as that user (``_launch.py``: fork, then exec).
 Standard library only: this file must not import aiobatch.
@@ -61,10 +65,11 @@ Key = processes.Key
 class Leader:
     """The first process of one attempt: the spawner's child, leader of its process group."""
 
-    __slots__ = ("fd", "id", "key", "outputs")
+    __slots__ = ("id", "journal", "key", "outputs", "tag")
 
-    def __init__(self, request_id: int, key: Key, fd: int) -> None:
-        self.id, self.key, self.fd = request_id, key, fd  # fd: its record
+    def __init__(self, request_id: int, key: Key, journal: str, tag: bytes) -> None:
+        self.id, self.key = request_id, key
+        self.journal, self.tag = journal, tag  # where its lines go, and its key as JSON
         self.outputs: list[Output] = []  # its stdout and stderr pipes
 
 
@@ -86,6 +91,7 @@ class Spawner:
         self.selector.register(wake_r, selectors.EVENT_READ, "wake")
         self.selector.register(control, selectors.EVENT_READ, "control")
         self.outputs = Outputs(self.selector)
+        self.journals = launch.Journals()
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -109,6 +115,7 @@ class Spawner:
         self.kill_strays(everything=True)
         self.reap()
         outputs.close_all()
+        self.journals.close_all()
 
     def copy(self, output: Output) -> None:
         why = self.outputs.copy(output)
@@ -203,16 +210,13 @@ class Spawner:
             return
         job, task, index, attempt = (env.get(name, "") for name in processes.KEY_VARS)
         key: Key = (job, task, index, attempt)
-        record = request["record"]
-        try:
-            fd = _open_record(record)
-            launch.write_line(fd, request["head"])  # the key line, encoded by the runtime
+        leader = Leader(request_id, key, request["journal"], request["tag"])
+        try:  # the key line, encoded by the runtime
+            self.journals.write(leader.journal, request["head"], first=True)
         except OSError as exc:
-            launch.remove(record)
             self.fail(request_id, f"record: {exc.strerror}", exc, exec_failed=False)
             return
         argv = request["argv"]
-        leader = Leader(request_id, key, fd)
         ends: list[int] = []  # the pipes' write ends, for the child
         try:
             for stream in ("stdout", "stderr"):
@@ -223,10 +227,9 @@ class Spawner:
             user = request.get("user")
             pid = launch.start(argv, request["cwd"], env, ends[0], ends[1], user, expires)
         except (OSError, ValueError, launch.Expired) as exc:  # ValueError: a NUL in a string
-            os.close(fd)
             for output in leader.outputs:
                 self.outputs.close(output)
-            launch.remove(record)  # it never started: no trace of an attempt that did not happen
+            self.write(leader, launch.abandoned_line(leader.tag))  # it never started
             where = argv[0] if argv and len(ends) == 2 else "log"
             why = exc.strerror if isinstance(exc, OSError) else str(exc)
             expired = isinstance(exc, launch.Expired)
@@ -238,10 +241,9 @@ class Spawner:
                 os.close(end)  # the child holds them now: its exit is the pipes' end
         started, wall = time.monotonic(), time.time()
         self.leaders[pid] = leader
-        try:  # before the news: once the runtime stores RUNNING, the record names the pid
-            launch.write_line(fd, launch.started_line(pid, started, wall))
-        except OSError:
-            pass  # the pid is in the runtime's own store too; the exit line matters more
+        # Before the news: once the runtime stores RUNNING, the journal names the pid (if it
+        # cannot, the pid is in the runtime's own store too; the exit line matters more).
+        self.write(leader, launch.started_line(leader.tag, pid, started, wall))
         self.send({"op": "started", "id": request_id, "pid": pid, "mono": started, "wall": wall})
 
     def fail(
@@ -260,6 +262,14 @@ class Spawner:
             "errno": getattr(exc, "errno", None),
         }
         self.send({**reply, "exec": exec_failed, "expired": expired})
+
+    def write(self, leader: Leader, line: bytes) -> None:
+        """A journal line after the first: if it cannot be written, the runtime hears what it
+        says anyway (it is alive, or the next one finds the attempt lost)."""
+        try:
+            self.journals.write(leader.journal, line)
+        except OSError:
+            pass
 
     def forward_signal(self, pid: int, sig: int) -> None:
         # Only a leader not reaped yet: its pid still names its group, never a stranger.
@@ -302,12 +312,8 @@ class Spawner:
             "maxrss_kib": usage.ru_maxrss,
         }
         log_bytes = sum(output.written for output in leader.outputs)
-        try:
-            launch.write_line(leader.fd, launch.exited_line(status, ended, wall, usage))
-        except OSError:
-            pass  # the runtime still hears of it below
-        finally:
-            os.close(leader.fd)
+        # If it cannot be written, the runtime still hears of it below.
+        self.write(leader, launch.exited_line(leader.tag, status, ended, wall, usage))
         self.send({"op": "exited", "id": leader.id, "pid": pid, "log_bytes": log_bytes, **exited})
 
     def kill_strays(self, *, everything: bool = False) -> None:
@@ -326,17 +332,6 @@ class Spawner:
                     continue
             processes.kill(pid)
             processes.kill_group(pid, signal.SIGKILL)  # a setsid'd stray leads its own group
-
-
-def _open_record(path: str) -> int:
-    logs = os.path.dirname(path)
-    launch.make_dir(logs, remember=True)
-    try:
-        return launch.new_record(path)
-    except FileNotFoundError:  # its dir went since we made it
-        launch.forget_dir(logs)
-        launch.make_dir(logs, remember=True)
-        return launch.new_record(path)
 
 
 def _drain(fd: int) -> None:

@@ -1,7 +1,7 @@
 """Local executor: each attempt a process in its own session, started by the spawner.
 
-The spawner (``spawner.py``, ``_spawner.py``) starts and reaps the processes, writes each
-attempt's record file, and kills whatever an attempt leaves behind when it ends. Here the
+The spawner (``spawner.py``, ``_spawner.py``) starts and reaps the processes, records each
+attempt in its job's journal, and kills whatever an attempt leaves behind when it ends. Here the
 runtime waits for the end, enforces timeouts and stops, and, after a restart, adopts the
 processes that outlived the runtime before it.
 """
@@ -12,14 +12,23 @@ import errno
 import math
 import os
 import signal
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
 import structlog
 from anyio.abc import TaskGroup
 
-from aiobatch.attempt import NO_SPACE, RUNTIME_LOST, FoundAttempt, InstanceContext, Outcome, Usage
+from aiobatch.attempt import (
+    NO_SPACE,
+    RUNTIME_LOST,
+    AttemptKey,
+    FoundAttempt,
+    InstanceContext,
+    Outcome,
+    Usage,
+)
 from aiobatch.executors import _processes as processes
 from aiobatch.executors import records
 from aiobatch.executors.spawner import Exited, Spawner, SpawnerGone, SpawnFailed, Started
@@ -44,6 +53,7 @@ class LocalExecutor:
         self._background: TaskGroup | None = None
         self._restarting = anyio.Lock()
         self._log_bytes_before = 0  # what spawners replaced since the start wrote
+        self._journals: dict[str, records.Journal] = {}  # being read, by path
 
     async def open(self, background: TaskGroup) -> None:
         self.runtime_id = await anyio.to_thread.run_sync(self.layout.runtime_id)
@@ -93,9 +103,6 @@ class LocalExecutor:
             found.append("user")
         return found
 
-    def _record_path(self, ctx: InstanceContext) -> Path:
-        return self.layout.record_path(ctx.job_id, ctx.task.name, ctx.index)
-
     async def run(self, ctx: InstanceContext, on_started: Callable[[int | None], None]) -> Outcome:
         command = ctx.task.command
         argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command or ())
@@ -106,7 +113,8 @@ class LocalExecutor:
             except LookupError as exc:
                 return Outcome(reason=f"spawn_failed: user: {exc}")
         spawner = await self._live_spawner()
-        record = self._record_path(ctx)
+        journal = self.layout.journal_path(ctx.job_id)
+        key = (ctx.job_id, ctx.task.name, ctx.index, ctx.attempt)
         try:
             started = await spawner.spawn(
                 argv=argv,
@@ -114,7 +122,7 @@ class LocalExecutor:
                 env={**ctx.env, records.RUNTIME_VAR: self.runtime_id},
                 stdout=ctx.stdout_path,
                 stderr=ctx.stderr_path,
-                record=record,
+                journal=journal,
                 runtime_id=self.runtime_id,
                 user=user,
                 # Uploaded logs must exist even if empty; the others wait for output.
@@ -127,8 +135,11 @@ class LocalExecutor:
             kind = "exec_failed" if exc.exec_failed else "spawn_failed"
             return Outcome(reason=f"{kind}: {exc.error}")
         except SpawnerGone:
-            # Asked but never answered: the process may run. Its record says; lost either way.
-            await anyio.to_thread.run_sync(_kill_recorded, record)
+            # Asked but never answered: the process may run. The journal says; lost either way.
+            with self._journal(str(journal)) as read:
+                recorded = await anyio.to_thread.run_sync(read.get, key)
+            if recorded is not None and recorded.pid is not None:
+                await anyio.to_thread.run_sync(_kill_attempt, recorded.pid, self.runtime_id, key)
             return Outcome(reason=RUNTIME_LOST)
         on_started(started.pid)
         deadline = _deadline(ctx, started.mono)
@@ -148,7 +159,7 @@ class LocalExecutor:
         if exited is None:
             # Its exit status went with the spawner: the attempt is lost, not failed. Its
             # process, if it still runs (its pid checked by its environment), goes too.
-            await anyio.to_thread.run_sync(_kill_recorded, record)
+            await anyio.to_thread.run_sync(_kill_attempt, started.pid, self.runtime_id, key)
             return Outcome(reason=RUNTIME_LOST)
         return _outcome(exited, started.mono, deadline, ctx)
 
@@ -156,7 +167,7 @@ class LocalExecutor:
 
     async def find_attempts(self, job_ids: Collection[str]) -> list[FoundAttempt]:
         """The attempts of these jobs that a spawner started (or was asked to), from their
-        record files: each is adopted, or found lost, by the instance it belongs to."""
+        journals: each is adopted, or found lost, by the instance it belongs to."""
         logs = self.layout.root / "logs"
         found = await anyio.to_thread.run_sync(records.records_of, logs, list(job_ids))
         # Those whose spawner died too: how they end can never be known. Their processes go
@@ -166,45 +177,69 @@ class LocalExecutor:
         if gone:
             await anyio.to_thread.run_sync(records.sweep, self.runtime_id, set(), gone)
         return [
-            FoundAttempt(*record.key, handle=str(path))
-            for path, record in found
+            FoundAttempt(*record.key, handle=where)
+            for where, record in found
             if record.runtime == self.runtime_id
         ]
 
     async def discard(self, found: FoundAttempt) -> bool:
-        return False  # a record is part of the logs; its process, if any, the sweep killed
+        return False  # a journal is part of the logs; its process, if any, the sweep killed
 
     async def adopt(self, ctx: InstanceContext, found: FoundAttempt) -> Outcome:
         """Take over a process a runtime before this one started: wait for its end, then read
-        its exit status from the record its spawner writes. Its logs go on by themselves: its
+        its exit status from the line its spawner writes. Its logs go on by themselves: its
         spawner, which outlived the last runtime, copies its output as before."""
-        path = Path(found.handle)
-        record = await anyio.to_thread.run_sync(records.read_record, path)
-        if record is None or record.started is None:
-            return Outcome(reason=RUNTIME_LOST)  # no pid: nothing of it to wait for or stop
-        if not await anyio.to_thread.run_sync(records.adoptable, record):
-            # Its spawner died too (find_attempts stopped it, unless that was just now): how
-            # it ends can never be known. It ran, so it counts as lost.
-            await anyio.to_thread.run_sync(_kill_recorded, path)
-            return Outcome(reason=RUNTIME_LOST)
-        deadline = _deadline(ctx, record.started)
-        exited = record.exited
-        if exited is None:
-            exited = await self._wait_adopted(ctx, path, record, deadline)
+        key = (found.job_id, found.task, found.index, found.attempt)
+        with self._journal(found.handle) as journal:
+            record = await anyio.to_thread.run_sync(journal.get, key)
+            if record is None or record.started is None:
+                return Outcome(reason=RUNTIME_LOST)  # no pid: nothing to wait for or stop
+            if not await anyio.to_thread.run_sync(records.adoptable, record):
+                # Its spawner died too (find_attempts stopped it, unless that was just now):
+                # how it ends can never be known. It ran, so it counts as lost.
+                await anyio.to_thread.run_sync(_kill_recorded, record)
+                return Outcome(reason=RUNTIME_LOST)
+            deadline = _deadline(ctx, record.started)
+            exited = record.exited
+            if exited is None:
+                exited = await self._wait_adopted(ctx, journal, record, deadline)
         if exited is None:
             return Outcome(reason=RUNTIME_LOST)
         return _outcome(exited, record.started, deadline, ctx)
 
+    @contextmanager
+    def _journal(self, handle: str) -> Iterator[records.JournalLike]:
+        """The journal (or an earlier version's record file) at ``handle``, read once for
+        all who read it at the same time: after a restart, thousands of adopted attempts
+        wait for their exit lines in one job's journal."""
+        if handle.endswith(records.LEGACY_SUFFIX):
+            yield records.RecordFile(Path(handle))
+            return
+        journal = self._journals.get(handle)
+        if journal is None:
+            journal = self._journals[handle] = records.Journal(Path(handle))
+        journal.users += 1
+        try:
+            yield journal
+        finally:
+            journal.users -= 1
+            if not journal.users:
+                del self._journals[handle]
+
     async def _wait_adopted(
-        self, ctx: InstanceContext, path: Path, record: records.Record, deadline: float
+        self,
+        ctx: InstanceContext,
+        journal: records.JournalLike,
+        record: records.Record,
+        deadline: float,
     ) -> Exited | None:
         assert record.pid is not None
         if not await anyio.to_thread.run_sync(records.is_running, record):
-            return await self._exit_line(path)  # it may just have ended
+            return await self._exit_line(journal, record.key)  # it may just have ended
         try:
             pidfd = os.pidfd_open(record.pid)
         except ProcessLookupError:
-            return await self._exit_line(path)
+            return await self._exit_line(journal, record.key)
         try:
             try:
                 with ctx.control.scope as scope:
@@ -218,14 +253,14 @@ class LocalExecutor:
                 raise
         finally:
             os.close(pidfd)
-        return await self._exit_line(path)
+        return await self._exit_line(journal, record.key)
 
     @staticmethod
-    async def _exit_line(path: Path) -> Exited | None:
+    async def _exit_line(journal: records.JournalLike, key: AttemptKey) -> Exited | None:
         """The exit status the process's own spawner writes once it has reaped it."""
         with anyio.move_on_after(EXIT_LINE_WAIT_S):
             while True:
-                record = await anyio.to_thread.run_sync(records.read_record, path)
+                record = await anyio.to_thread.run_sync(journal.get, key)
                 if record is None:
                     return None
                 if record.exited is not None:
@@ -248,11 +283,16 @@ async def _terminate(spawner: Spawner, started: Started, grace: float) -> Exited
     return None
 
 
-def _kill_recorded(path: Path) -> None:
+def _kill_recorded(record: records.Record) -> None:
     """Kill the process a record names, if it is still that process."""
-    record = records.read_record(path)
-    if record is not None and record.pid is not None and records.is_running(record):
+    if record.pid is not None and records.is_running(record):
         processes.kill_group(record.pid, signal.SIGKILL)
+
+
+def _kill_attempt(pid: int, runtime_id: str, key: AttemptKey) -> None:
+    """Kill ``pid``'s group if that process is still the attempt's (its environment says)."""
+    if records.attempt_of(pid, runtime_id) == key:
+        processes.kill_group(pid, signal.SIGKILL)
 
 
 async def _terminate_adopted(pid: int, pidfd: int, grace: float) -> None:

@@ -1,9 +1,12 @@
-"""Attempt records of local processes, and the scan for processes a runtime left behind.
+"""How local attempts started and ended, and the scan for processes a runtime left behind.
 
-The spawner writes one record file per instance before its process starts (``INDEX.run`` by
-its logs): a line with the attempt's key, a line with its pid once it runs, a line with its
-exit status once it ended. After a crash they tell the next runtime which attempt started,
-whether it still runs and how it ended. Blocking file reads: call these off the event loop.
+The spawner appends to each job's attempts journal (``logs/JOB/.attempts``) before a process
+starts: a line with the attempt's key, then one with its pid once it runs, one with its exit
+status once it ended (or one saying it never started). After a crash they tell the next
+runtime which attempt started, whether it still runs and how it ended. A runtime of an
+earlier version wrote one record file per instance instead (``logs/JOB/TASK/INDEX.run``, the
+same lines without the key after the first); those are read too. Blocking file reads: call
+these off the event loop.
 """
 
 from __future__ import annotations
@@ -11,23 +14,28 @@ from __future__ import annotations
 import os
 import select
 import signal
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 import msgspec
 
 from aiobatch.attempt import AttemptKey
 from aiobatch.executors import _processes as processes
 from aiobatch.executors.spawner import Exited
+from aiobatch.layout import JOURNAL_NAME
 
 SWEEP_WAIT_S = 5.0  # how long a sweep waits for what it killed to be gone
 RUNTIME_VAR = "AIOBATCH_RUNTIME_ID"  # names the runtime in every local process's environment
 KEY_VARS = tuple(name.encode() for name in processes.KEY_VARS)  # as /proc gives them
+READ_CHUNK = 1 << 20
+LEGACY_SUFFIX = ".run"
 
 
 class _Line(msgspec.Struct, forbid_unknown_fields=False):
-    key: list[str] | None = None
+    key: tuple[str, str, str, str] | None = None
     runtime: str | None = None
     spawner: tuple[int, int | None] | None = None
     pid: int | None = None
@@ -37,6 +45,7 @@ class _Line(msgspec.Struct, forbid_unknown_fields=False):
     utime: float = 0.0
     stime: float = 0.0
     maxrss_kib: int = 0
+    abandoned: bool = False
 
 
 _line = msgspec.json.Decoder(_Line)
@@ -52,8 +61,91 @@ class Record:
     exited: Exited | None = None
 
 
+def _then(record: Record, line: _Line) -> Record:
+    """The record with what a line after the first says."""
+    if line.pid is not None:
+        return replace(record, pid=line.pid, started=line.mono)
+    if line.status is not None and line.mono is not None:
+        exited = Exited(
+            line.status, line.mono, line.wall or 0.0, line.utime, line.stime, line.maxrss_kib
+        )
+        return replace(record, exited=exited)
+    return record
+
+
+class Journal:
+    """A job's attempts journal, as read so far: ``refresh`` reads what was appended since
+    (a line is one write that begins and ends with a newline; one torn by a full disk, or
+    not whole yet, is skipped or waited for, never misread)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.records: dict[AttemptKey, Record] = {}
+        self.users = 0  # the runtime's readers that share it
+        self._reading = threading.Lock()  # refreshed from worker threads
+
+    def refresh(self) -> None:
+        with self._reading:
+            self._refresh()
+
+    def _refresh(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            chunks, at = [], self.offset
+            while chunk := os.pread(fd, READ_CHUNK, at):
+                chunks.append(chunk)
+                at += len(chunk)
+        finally:
+            os.close(fd)
+        data = b"".join(chunks)
+        end = data.rfind(b"\n")
+        for raw in data[:end].split(b"\n") if end > 0 else ():
+            if raw:
+                self._apply(raw)
+        self.offset += end + 1
+
+    def _apply(self, raw: bytes) -> None:
+        try:
+            line = _line.decode(raw)
+            if line.key is None:
+                return
+            job, task, index, attempt = line.key
+            key = (job, task, int(index), int(attempt))
+        except (msgspec.DecodeError, ValueError):
+            return  # torn by a full disk: what it says cannot be trusted
+        if line.runtime is not None:
+            self.records[key] = Record(key, line.runtime, line.spawner)
+        elif line.abandoned:
+            self.records.pop(key, None)
+        elif (record := self.records.get(key)) is not None:
+            self.records[key] = _then(record, line)
+
+    def get(self, key: AttemptKey) -> Record | None:
+        self.refresh()
+        return self.records.get(key)
+
+
+class JournalLike(Protocol):
+    def get(self, key: AttemptKey) -> Record | None: ...
+
+
+class RecordFile:
+    """An earlier version's record file of one instance's latest attempt, read as a journal."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def get(self, key: AttemptKey) -> Record | None:
+        record = read_record(self.path)
+        return record if record is not None and record.key == key else None
+
+
 def read_record(path: Path) -> Record | None:
-    """The record, or None if there is none or it does not name an attempt."""
+    """An earlier version's record file, or None if there is none or it names no attempt."""
     try:
         lines = path.read_bytes().splitlines()
     except OSError:
@@ -65,28 +157,23 @@ def read_record(path: Path) -> Record | None:
         job, task, index, attempt = head.key
         record = Record((job, task, int(index), int(attempt)), head.runtime, head.spawner)
         for raw in lines[1:]:
-            line = _line.decode(raw)
-            if line.pid is not None:
-                record = replace(record, pid=line.pid, started=line.mono)
-            elif line.status is not None and line.mono is not None:
-                exited = Exited(
-                    line.status, line.mono, line.wall or 0.0, line.utime, line.stime,
-                    line.maxrss_kib,
-                )  # fmt: skip
-                record = replace(record, exited=exited)
+            record = _then(record, _line.decode(raw))
     except (msgspec.DecodeError, ValueError):
         return None  # torn by a crash mid-write: what it says cannot be trusted
     return record
 
 
-def records_of(logs: Path, job_ids: list[str]) -> list[tuple[Path, Record]]:
-    """Every record under the log dirs of these jobs."""
-    found = []
+def records_of(logs: Path, job_ids: list[str]) -> list[tuple[str, Record]]:
+    """Every attempt recorded under the log dirs of these jobs, with where it was found."""
+    found: list[tuple[str, Record]] = []
     for job_id in job_ids:
-        for path in sorted((logs / job_id).glob("*/*.run")):
+        journal = Journal(logs / job_id / JOURNAL_NAME)
+        journal.refresh()
+        found += ((str(journal.path), record) for record in journal.records.values())
+        for path in sorted((logs / job_id).glob(f"*/*{LEGACY_SUFFIX}")):
             record = read_record(path)
-            if record is not None:
-                found.append((path, record))
+            if record is not None and record.key not in journal.records:
+                found.append((str(path), record))
     return found
 
 

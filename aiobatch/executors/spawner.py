@@ -37,7 +37,7 @@ CLOSE_TIMEOUT_S = 10.0
 
 _encode = marshal.dumps  # the spawner runs this very interpreter: marshal, not json (it is
 _decode = marshal.loads  # built in: the spawner starts without importing json and re)
-_json = msgspec.json.Encoder().encode  # the record's first line, written as we encode it
+_json = msgspec.json.Encoder().encode  # an attempt's first line, written as we encode it
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,24 +160,30 @@ class Spawner:
         env: dict[str, str],
         stdout: Path,
         stderr: Path,
-        record: Path,
+        journal: Path,
         runtime_id: str,
         user: Identity | None = None,
         make_logs: bool = False,
     ) -> Started:
-        """Start a process in a session of its own; its record file is written first. With
+        """Start a process in a session of its own; its first line in the attempts
+        ``journal`` is written before. With
         ``user``, it runs as that user, in a work dir made that user's. Its log files are
         made at its first output, or at once with ``make_logs``."""
         request_id = next(self._ids)
         pending = self._replies[request_id] = _Pending()
         self._exits[request_id] = _Pending()
         key = [env.get(name, "") for name in KEY_VARS]
-        head = _json({"key": key, "runtime": runtime_id, "spawner": self._identity}) + b"\n"
+        tag = _json(key)
+        head = b'\n{"key":%b,"runtime":%b,"spawner":%b}\n' % (
+            tag,
+            _json(runtime_id),
+            _json(self._identity),
+        )
         margin = min(EXPIRY_MARGIN_S, self._reply_timeout_s / 4)
         request = {
             "op": "spawn", "id": request_id, "argv": argv, "cwd": str(cwd), "env": env,
             "stdout": str(stdout), "stderr": str(stderr), "make_logs": make_logs,
-            "record": str(record), "head": head,
+            "journal": str(journal), "head": head, "tag": tag,
             "user": None if user is None else [user.uid, user.gid, list(user.groups)],
             # The system's monotonic clock, the same in both processes.
             "expires": time.monotonic() + self._reply_timeout_s - margin,

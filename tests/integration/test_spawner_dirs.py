@@ -1,6 +1,7 @@
-"""The spawner's own file-system and process bookkeeping: it remembers a task's log dir once
-made, and makes it anew when it went (a record must be written before every start, whatever
-happened to the dir in between); it reads the whole list of its children. A real spawner
+"""The spawner's own file-system and process bookkeeping: it keeps a job's journal open and
+remembers its dir once made, and makes both anew when they went (an attempt must be recorded
+where the next runtime looks before every start, whatever happened in between); it reads the
+whole list of its children. A real spawner
 process, real starts, real children."""
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import anyio
 import pytest
 
 import aiobatch.executors
-from aiobatch.executors.spawner import Spawner
+from aiobatch.executors import records
+from aiobatch.executors.spawner import Spawner, SpawnFailed
 from tests.helpers import spawn_attempt
 
 
 @pytest.mark.anyio
-async def test_a_log_dir_removed_between_two_starts_is_made_again(tmp_path: Path) -> None:
+async def test_a_journal_removed_between_two_starts_is_made_again(tmp_path: Path) -> None:
     logs, work = tmp_path / "logs" / "t", tmp_path / "work" / "t"
 
     async def start(spawner: Spawner, index: int) -> int:
@@ -33,11 +35,14 @@ async def test_a_log_dir_removed_between_two_starts_is_made_again(tmp_path: Path
         await spawner.open(background)
         try:
             await start(spawner, 0)
-            assert (logs / "0.run").exists()
-            shutil.rmtree(logs)
+            assert (logs / ".attempts").exists()
+            shutil.rmtree(logs)  # the journal too, while the spawner holds it open
             pid = await start(spawner, 1)
-            lines = (logs / "1.run").read_text().splitlines()
-            assert f'"pid":{pid}' in lines[1] and '"status":0' in lines[2]
+            journal = records.Journal(logs / ".attempts")
+            journal.refresh()
+            (record,) = journal.records.values()
+            assert record.key == ("job", "t", 1, 1) and record.pid == pid
+            assert record.exited is not None and record.exited.exit_code == 0
         finally:
             await spawner.aclose()
 
@@ -69,3 +74,22 @@ def test_the_spawner_sees_every_child_however_many() -> None:
         timeout=120,
     )
     assert run.returncode == 0, run.stderr
+
+
+@pytest.mark.anyio
+async def test_a_start_that_fails_leaves_no_attempt_in_the_journal(tmp_path: Path) -> None:
+    logs, work = tmp_path / "logs" / "t", tmp_path / "work" / "t"
+    async with anyio.create_task_group() as background:
+        spawner = Spawner()
+        await spawner.open(background)
+        try:
+            with pytest.raises(SpawnFailed) as failed:
+                await spawn_attempt(spawner, [str(tmp_path / "missing")], 0, work=work, logs=logs)
+        finally:
+            await spawner.aclose()
+    assert failed.value.exec_failed
+    lines = (logs / ".attempts").read_text().split()
+    assert len(lines) == 2 and '"abandoned":true' in lines[1]  # written first, then taken back
+    journal = records.Journal(logs / ".attempts")
+    journal.refresh()
+    assert journal.records == {}

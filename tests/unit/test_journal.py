@@ -1,0 +1,148 @@
+"""A job's attempts journal: the spawner's writer and the runtime's reader over real files.
+
+Two spawners may append to one journal (a new one, and one a crashed runtime left running), a
+full disk may tear a line, and the runtime reads while lines are still being written; an
+earlier version's record files (one per instance) are still read after an upgrade.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from pathlib import Path
+
+import anyio
+import pytest
+
+from aiobatch.attempt import AttemptControl, InstanceContext
+from aiobatch.executors import _launch as launch
+from aiobatch.executors import records
+from aiobatch.executors.local import LocalExecutor
+from aiobatch.layout import StateLayout
+from aiobatch.spec import TaskDef
+
+USAGE = resource.getrusage(resource.RUSAGE_SELF)
+
+
+def tag(index: int, attempt: int = 1) -> bytes:
+    return b'["job","t","%d","%d"]' % (index, attempt)
+
+
+def head(index: int, attempt: int = 1) -> bytes:
+    return b'\n{"key":%b,"runtime":"r","spawner":[1,null]}\n' % tag(index, attempt)
+
+
+def read(path: Path) -> dict[tuple[str, str, int, int], records.Record]:
+    journal = records.Journal(path)
+    journal.refresh()
+    return journal.records
+
+
+def test_two_writers_and_a_torn_line_lose_no_other_attempt(tmp_path: Path) -> None:
+    path = str(tmp_path / "logs" / "job" / ".attempts")
+    old, new = launch.Journals(), launch.Journals()
+    old.write(path, head(0), first=True)
+    new.write(path, head(1), first=True)
+    old.write(path, launch.started_line(tag(0), 100, 1.0, 2.0))
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    os.write(fd, b'\n{"key":["job","t","2","1"],"runt')  # torn: the disk filled mid-line
+    os.close(fd)
+    new.write(path, launch.started_line(tag(1), 101, 1.5, 2.5))
+    old.write(path, launch.exited_line(tag(0), 0, 3.0, 4.0, USAGE))
+    new.write(path, head(3), first=True)
+    new.write(path, launch.abandoned_line(tag(3)))  # it could not be started
+    old.close_all()
+    new.close_all()
+
+    found = read(Path(path))
+    assert set(found) == {("job", "t", 0, 1), ("job", "t", 1, 1)}
+    first, second = found[("job", "t", 0, 1)], found[("job", "t", 1, 1)]
+    assert (first.pid, first.started, first.spawner) == (100, 1.0, (1, None))
+    assert first.exited is not None and (first.exited.exit_code, first.exited.mono) == (0, 3.0)
+    assert (second.pid, second.started, second.exited) == (101, 1.5, None)
+
+
+def test_the_reader_takes_only_whole_lines_and_goes_on_from_there(tmp_path: Path) -> None:
+    path = tmp_path / ".attempts"
+    journal = records.Journal(path)
+    journal.refresh()  # none yet
+    assert journal.records == {}
+    writer = launch.Journals()
+    writer.write(str(path), head(0), first=True)
+    line = launch.started_line(tag(0), 100, 1.0, 2.0)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    os.write(fd, line[:-5])  # being written: not whole yet
+    record = journal.get(("job", "t", 0, 1))
+    assert record is not None and record.pid is None
+    os.write(fd, line[-5:])
+    os.close(fd)
+    record = journal.get(("job", "t", 0, 1))
+    assert record is not None and record.pid == 100
+    writer.write(str(path), launch.exited_line(tag(0), 9 << 8, 3.0, 4.0, USAGE))
+    record = journal.get(("job", "t", 0, 1))
+    assert record is not None and record.exited is not None and record.exited.exit_code == 9
+    assert journal.offset == path.stat().st_size
+
+
+def test_an_earlier_versions_record_files_are_found_too(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    (logs / "job" / "t").mkdir(parents=True)
+    legacy = logs / "job" / "t" / "0.run"
+    legacy.write_bytes(
+        b'{"key":["job","t","0","1"],"runtime":"r","spawner":[1,null]}\n'
+        b'{"pid":100,"mono":1.0,"wall":2.0}\n'
+        b'{"status":256,"mono":3.0,"wall":4.0,"utime":0.0,"stime":0.0,"maxrss_kib":0}\n'
+    )
+    writer = launch.Journals()
+    writer.write(str(logs / "job" / ".attempts"), head(1), first=True)
+    found = dict(records.records_of(logs, ["job"]))
+    assert set(found) == {str(legacy), str(logs / "job" / ".attempts")}
+    record = found[str(legacy)]
+    assert record.key == ("job", "t", 0, 1) and record.exited is not None
+    assert record.exited.exit_code == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("legacy", [False, True])
+async def test_an_attempt_that_ended_unwatched_is_adopted_with_its_exit(
+    tmp_path: Path, legacy: bool
+) -> None:
+    """After a restart, an attempt whose end the journal (or an earlier version's record
+    file) holds is settled with that end, its duration from the spawner's clock."""
+    layout = StateLayout(tmp_path)
+    executor = LocalExecutor(layout)
+    executor.runtime_id = "r"
+    journal = layout.journal_path("job")
+    lines = [
+        head(0, 2),
+        launch.started_line(tag(0, 2), 100, 1.0, 2.0),
+        launch.exited_line(tag(0, 2), 3 << 8, 4.5, 5.0, USAGE),
+    ]
+    if legacy:
+        path = layout.root / "logs" / "job" / "t" / "0.run"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"".join(line.split(b"\n")[1] + b"\n" for line in lines))
+    else:
+        writer = launch.Journals()
+        for line in lines:
+            writer.write(str(journal), line)
+        writer.close_all()
+    (found,) = await executor.find_attempts(["job"])
+    assert (found.job_id, found.task, found.index, found.attempt) == ("job", "t", 0, 2)
+    ctx = InstanceContext(
+        job_id="job",
+        job_name="job",
+        task=TaskDef(name="t", command="true", timeout_s=60.0),
+        index=0,
+        attempt=2,
+        work_dir=tmp_path / "work",
+        stdout_path=tmp_path / "0.stdout",
+        stderr_path=tmp_path / "0.stderr",
+        env={},
+        kill_grace_s=1.0,
+        control=AttemptControl(),
+    )
+    with anyio.fail_after(10):
+        outcome = await executor.adopt(ctx, found)
+    assert (outcome.exit_code, outcome.reason, outcome.duration_s) == (3, None, 3.5)
+    assert executor._journals == {}  # read while adopting, let go after
