@@ -523,8 +523,16 @@ class EngineMachine(RuleBasedStateMachine):
             # No record: the index was counted cancelled when the job wound down, or its
             # task had ended already (a stop then changes nothing). A task skipped after a
             # retry of its job keeps the instances that wait since that retry.
+            # So does a task still PENDING while its job winds down: it waits to be skipped
+            # (or, with a ``finished`` condition, released) when its upstream ends.
             waiting_in_skipped = task.state is TaskState.SKIPPED
-            assert rec is None or rec.state is not InstanceState.PENDING or waiting_in_skipped
+            waiting_for_upstream = winding_down and task.state is TaskState.PENDING
+            assert (
+                rec is None
+                or rec.state is not InstanceState.PENDING
+                or waiting_in_skipped
+                or waiting_for_upstream
+            )
 
     @rule(data=st.data(), act=RARELY)
     def stop_job(self, data: st.DataObject, act: bool) -> None:
@@ -789,6 +797,12 @@ class EngineMachine(RuleBasedStateMachine):
                         for d, when in whole
                     ) or any(d.state in TASK_TERMINAL and d.succeeded == 0 for d in joined)
                     assert hopeless, f"{task} SKIPPED though every upstream may still do"
+                elif task.state is TaskState.SUCCEEDED and self.replay.retries.get(job.id):
+                    # A retry of its job keeps it, even when it ran after a dependency's failure
+                    # (``finished``, ``partly_succeeded``) and that dependency runs again.
+                    assert all(
+                        whole_edge_met(d, when) or when != "succeeded" for d, when in whole
+                    ), f"{task} is SUCCEEDED before its dependencies were met"
                 else:  # READY, RUNNING, SUCCEEDED, FAILED, CANCELLED: it was released to run
                     assert not unmet, f"{task} is {task.state} before its dependencies were met"
                     if any(d.state is not TaskState.SUCCEEDED for d, _ in whole):

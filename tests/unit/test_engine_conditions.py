@@ -35,6 +35,25 @@ def test_finished_runs_after_a_failure_and_the_job_still_fails() -> None:
     assert h.job.state is JobState.FAILED and h.job.reason == "task_failed: work"
 
 
+def test_a_job_retry_keeps_a_finished_dependent_that_succeeded() -> None:
+    h = Harness(
+        task_def("work", on_failure="continue"),
+        task_def("report", depends_on=("work",), conditions={"work": "finished"}),
+    )
+    h.dispatch()
+    h.run("work", outcome=FAIL)
+    h.dispatch()
+    h.run("report")
+    assert h.job.state is JobState.FAILED
+    h.engine.retry_job(h.job)
+    assert h.states() == {"work": TaskState.READY, "report": TaskState.SUCCEEDED}
+    assert h.dispatch() == ["work[0]"]  # the dependency only: the report is kept
+    h.run("work")
+    assert h.states() == {"work": TaskState.SUCCEEDED, "report": TaskState.SUCCEEDED}
+    assert h.job.state is JobState.SUCCEEDED
+    assert h.inst("report").attempt == 1 and h.dispatch() == []
+
+
 def test_finished_runs_after_a_skipped_dependency() -> None:
     h = Harness(
         task_def("a", on_failure="continue"),
