@@ -73,7 +73,8 @@ problem``) for ``SpecError`` and ``job_id`` / ``status`` where they apply:
 - 404 ``JobNotFound``, ``TaskNotFound``, ``InstanceNotFound``, or ``NotFound`` (no route);
 - 409 ``JobNotRetryable``; 413 ``RequestTooLarge`` (body over 1 MiB, refused before it is
   read when its length is declared); 415 ``UnsupportedMediaType`` (a compressed body);
-  417 ``ExpectationFailed``; 422 ``SpecError``;
+  417 ``ExpectationFailed``; 422 ``SpecError``; 431 ``HeadersTooLarge`` (a request line and
+  header lines over 32 KiB together: the connection is closed after it);
 - 503 ``RuntimeClosed``: the runtime takes no new work, or the service is shutting down
   (a pending ``wait`` gets this); 507 ``StateDirUnwritable``: the state dir's disk is full
   (or read-only, failing), so no job is accepted until there is space (queries answer);

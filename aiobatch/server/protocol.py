@@ -6,6 +6,11 @@ plain-text 400 that quotes part of the request, and logs a traceback for each: a
 fill the log with them. ``handle_error`` is the hook aiohttp's ``RequestHandler`` calls for
 these answers; ours gives the API's JSON error, quotes nothing of the request, and logs one
 short line. The connection is closed after it, as aiohttp does.
+
+The parser limits each header line and their number, not their sum (up to 32 lines of 8 KiB:
+256 KiB held per peer until its headers end). ``data_received`` counts what arrives while no
+body is being read, from one request's start to its end of headers, and refuses a request
+whose header block grows past ``MAX_HEADER_BLOCK_BYTES`` with a 431.
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ from typing import Any
 import structlog
 from aiohttp import http_exceptions as bad
 from aiohttp import web
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+from aiohttp.web_protocol import _ErrInfo
 
 from aiobatch import wire
-from aiobatch.server.responses import json_response
+from aiobatch.server.responses import HTTP_ERROR_TYPES, json_response
 
 log = structlog.get_logger("aiobatch.server")
 
@@ -34,13 +41,20 @@ REASONS: tuple[tuple[type[bad.HttpProcessingError], str], ...] = (
     (bad.ContentLengthError, "the body does not match its Content-Length"),
     (bad.PayloadEncodingError, "the body is invalid"),
 )
+MAX_HEADER_BLOCK_BYTES = 32 * 1024  # a request's line and headers together (nginx's default)
 TOO_MANY_HEADERS = "more than {headers} header lines"
 MALFORMED = "a malformed HTTP request"
 MAX_REASON = 60  # the parser's own words for a problem are this short
 
 
-def parser_reason(exc: BaseException | None, *, line: int, headers: int) -> str:
+class HeaderBlockTooLarge(bad.BadHttpMessage):
+    """A request's line and headers together are past ``MAX_HEADER_BLOCK_BYTES``."""
+
+
+def parser_reason(exc: BaseException | None, *, line: int, headers: int, block: int) -> str:
     """What is wrong with a request the parser refused, without quoting it."""
+    if isinstance(exc, HeaderBlockTooLarge):
+        return f"the request line and header lines are longer than {block} bytes together"
     if type(exc) is bad.BadHttpMessage:
         if exc.message.startswith("Too many headers"):
             return TOO_MANY_HEADERS.format(headers=headers)
@@ -62,7 +76,45 @@ class QuietRequestHandler(web.RequestHandler):
         self, manager: web.Server, *, max_line_size: int, max_headers: int, **options: Any
     ) -> None:
         super().__init__(manager, max_line_size=max_line_size, max_headers=max_headers, **options)
-        self._limits_told = {"line": max_line_size, "headers": max_headers}
+        self._limits_told = {
+            "line": max_line_size,
+            "headers": max_headers,
+            "block": MAX_HEADER_BLOCK_BYTES,
+        }
+        self._header_bytes = 0  # since the last request's headers ended (or the connection began)
+        self._body: StreamReader | None = None  # the last request's body, while it arrives
+        self._refused = False
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # answered and closing: what follows is not parsed
+        # Header bytes arrive while no body does (bytes after a body's end in the same read
+        # count from the next read: a bound a read's size looser, never a body taken for
+        # headers).
+        counting = (
+            self._payload_parser is None
+            and not self._upgraded
+            and (self._body is None or self._body.is_eof())
+        )
+        requests = self._request_count
+        super().data_received(data)
+        if self._request_count != requests:
+            self._header_bytes = 0
+            self._body = self._messages[-1][1] if self._messages else None
+        elif counting:
+            self._header_bytes += len(data)
+            if self._header_bytes > MAX_HEADER_BLOCK_BYTES:
+                self._refuse_headers()
+
+    def _refuse_headers(self) -> None:
+        """Answer as for what the parser refuses (``handle_error``), then close."""
+        self._refused = True
+        exc = HeaderBlockTooLarge("header block too large")
+        self._messages.append((_ErrInfo(status=400, exc=exc, message=exc.message), EMPTY_PAYLOAD))
+        self._request_count += 1
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def handle_error(
         self,
@@ -74,12 +126,14 @@ class QuietRequestHandler(web.RequestHandler):
         if status != HTTPStatus.BAD_REQUEST:  # a handler's failure: aiohttp's own answer
             return super().handle_error(request, status, exc, message)
         reason = parser_reason(exc, **self._limits_told)
+        too_large = isinstance(exc, HeaderBlockTooLarge)
         log.warning(
             "request_unparsable",
             peer=request.remote or "unix",
             error=type(exc).__name__ if exc is not None else None,
             reason=reason,
         )
-        response = json_response(wire.error_body("BadRequest", reason), HTTPStatus.BAD_REQUEST)
+        status = HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE if too_large else HTTPStatus.BAD_REQUEST
+        response = json_response(wire.error_body(HTTP_ERROR_TYPES[status], reason), status)
         response.force_close()
         return response

@@ -24,6 +24,7 @@ HTTP_ERROR_TYPES = {
     HTTPStatus.REQUEST_ENTITY_TOO_LARGE: "RequestTooLarge",
     HTTPStatus.UNSUPPORTED_MEDIA_TYPE: "UnsupportedMediaType",
     HTTPStatus.EXPECTATION_FAILED: "ExpectationFailed",
+    HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE: "HeadersTooLarge",
 }
 
 

@@ -14,6 +14,7 @@ import anyio
 import pytest
 
 from aiobatch.server.limits import MAX_HEADERS, MAX_LINE_BYTES
+from aiobatch.server.protocol import MAX_HEADER_BLOCK_BYTES
 from tests.integration.service import Service
 
 pytestmark = pytest.mark.anyio
@@ -86,3 +87,42 @@ async def test_unparsable_requests_are_json_400_closed_and_one_log_line_each(
     lines = [line for line in log.splitlines() if b"request_unparsable" in line]
     assert len(lines) == len(MALFORMED), log.decode()
     assert all(len(line) < 300 for line in lines), lines
+
+
+async def test_a_header_block_past_its_limit_is_a_json_431_and_closed(service: Service) -> None:
+    # Each line within the line limit, fewer lines than the count limit: only their sum is
+    # too much. The end of the headers is never sent: the limit holds before it.
+    lines = MAX_HEADER_BLOCK_BYTES // 8000 + 1
+    request = b"GET /v1/health HTTP/1.1\r\n" + b"".join(
+        b"X-%d: %s\r\n" % (i, MARK * (8000 // len(MARK))) for i in range(lines)
+    )
+    assert lines <= MAX_HEADERS and len(request) > MAX_HEADER_BLOCK_BYTES
+    answer = await exchange(service.socket, request)
+    head, _, body = answer.partition(HEAD_END)
+    assert head.split(b" ", 2)[1] == b"431", answer[:300]
+    error = json.loads(body)["error"]
+    assert error["type"] == "HeadersTooLarge", error
+    assert f"longer than {MAX_HEADER_BLOCK_BYTES} bytes together" in error["message"], error
+    assert MARK not in answer
+    log = service.log_text()
+    assert b"Traceback" not in log and MARK not in log, log.decode()
+    assert len([line for line in log.splitlines() if b"request_unparsable" in line]) == 1
+
+
+async def test_bodies_on_a_kept_alive_connection_are_never_taken_for_headers(
+    service: Service,
+) -> None:
+    """Large bodies, read by their handler or not (an unknown route: drained unread), sent
+    whole with the next request in one write: every answer is the route's own."""
+    body = b"x" * (28 * MAX_HEADER_BLOCK_BYTES)  # 896 KiB: several reads of body alone
+    unread = b"POST /v1/nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+    spec = json.dumps({"name": "j", "tasks": [{"name": "t", "command": "true"}]}).encode()
+    spec += b" " * (28 * MAX_HEADER_BLOCK_BYTES)  # read and parsed: JSON allows the spaces
+    read = (
+        b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(spec)
+    ) + spec
+    health = b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    answer = await exchange(service.socket, unread + body + read + unread + body + health)
+    statuses = [part[:3] for part in answer.split(b"HTTP/1.1 ")[1:]]
+    assert statuses == [b"404", b"201", b"404", b"200"], answer[:600]
