@@ -25,8 +25,8 @@ def start(
     user: list[Any] | None = None,
     expires: float | None = None,
 ) -> int:
-    """Start a program in a session of its own, its output into the pipes ``stdout`` and
-    ``stderr``; as ``user`` (uid, gid, groups) if given, its work dir then made its own.
+    """Start a program in a session of its own (in ``cwd``, made by ``prepare``), its
+    output into the pipes ``stdout`` and ``stderr``; as ``user`` (uid, gid, groups) if given.
     Not once the monotonic clock is past ``expires``: making a large work dir another
     user's can outlast the runtime's wait for the answer, and a start then would be late.
 
@@ -37,9 +37,6 @@ def start(
     """
     if not argv:
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
-    make_dir(cwd)
-    if user is not None:
-        give_tree(cwd, user[0], user[1])
     if expires is not None and time.monotonic() > expires:
         raise Expired("expired before it could start")
     os.chdir(cwd)
@@ -67,6 +64,13 @@ def start(
             raise
         del _found[search]  # the program moved since it was looked up: look again, once
         return start(argv, cwd, env, stdout, stderr, user, expires)
+
+
+def prepare(cwd: str, user: list[Any] | None) -> None:
+    """Make a start's work dir (``user``'s, if given): what needs room before its start."""
+    make_dir(cwd)
+    if user is not None:
+        give_tree(cwd, user[0], user[1])
 
 
 _DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
@@ -186,29 +190,35 @@ class Journals:
 
     def write(self, path: str, line: bytes, *, first: bool = False) -> None:
         """Append ``line``; raises OSError if it could not be written whole. An attempt's
-        ``first`` line checks that the journal is still linked: a job's logs removed (and
-        the job run again) get a new one, where the next runtime looks."""
+        ``first`` line checks that the journal open is still the file at ``path``: a job's
+        logs removed or moved (and the job run again) get a new one, where the next runtime
+        looks."""
         fd = self.fds.get(path)
-        if fd is not None and first and os.fstat(fd).st_nlink == 0:
+        if fd is not None and first and not _same_file(fd, path):
             del self.fds[path]
             os.close(fd)
             fd = None
         if fd is None:
-            fd = self._open(path)
+            fd = self._open(path, create=first)
         if os.write(fd, line) != len(line):  # a short write: the disk is full
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    def _open(self, path: str) -> int:
+    def _open(self, path: str, *, create: bool) -> int:
+        """Open ``path`` for appending; made (and its dir) for an attempt's first line only:
+        the later lines of a job whose logs were removed since must not make them again."""
         if len(self.fds) >= OPEN_JOURNALS:
             self.close_all()
-        logs = os.path.dirname(path)
-        make_dir(logs, remember=True)
-        try:
-            fd = os.open(path, JOURNAL_FLAGS, 0o600)
-        except FileNotFoundError:  # its dir went since we made it
-            forget_dir(logs)
+        if not create:
+            fd = os.open(path, JOURNAL_FLAGS & ~os.O_CREAT)
+        else:
+            logs = os.path.dirname(path)
             make_dir(logs, remember=True)
-            fd = os.open(path, JOURNAL_FLAGS, 0o600)
+            try:
+                fd = os.open(path, JOURNAL_FLAGS, 0o600)
+            except FileNotFoundError:  # its dir went since we made it
+                forget_dir(logs)
+                make_dir(logs, remember=True)
+                fd = os.open(path, JOURNAL_FLAGS, 0o600)
         self.fds[path] = fd
         return fd
 
@@ -216,6 +226,16 @@ class Journals:
         for fd in self.fds.values():
             os.close(fd)
         self.fds.clear()
+
+
+def _same_file(fd: int, path: str) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (not removed, not replaced)."""
+    try:
+        now = os.stat(path)
+    except OSError:
+        return False
+    held = os.fstat(fd)
+    return (now.st_ino, now.st_dev) == (held.st_ino, held.st_dev)
 
 
 _made: set[str] = set()  # dirs known to exist: a start makes at most its instance's own

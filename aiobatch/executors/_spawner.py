@@ -211,31 +211,31 @@ class Spawner:
         job, task, index, attempt = (env.get(name, "") for name in processes.KEY_VARS)
         key: Key = (job, task, index, attempt)
         leader = Leader(request_id, key, request["journal"], request["tag"])
-        try:  # the key line, encoded by the runtime
-            self.journals.write(leader.journal, request["head"], first=True)
-        except OSError as exc:
-            self.fail(request_id, f"record: {exc.strerror}", exc, exec_failed=False)
-            return
-        argv = request["argv"]
+        argv, user = request["argv"], request.get("user")
         ends: list[int] = []  # the pipes' write ends, for the child
         try:
-            for stream in ("stdout", "stderr"):
-                made = request["make_logs"]  # else at the first output: see _outputs.py
-                end, output = self.outputs.open(request[stream], leader, stream, make_log=made)
-                ends.append(end)
-                leader.outputs.append(output)
-            user = request.get("user")
-            pid = launch.start(argv, request["cwd"], env, ends[0], ends[1], user, expires)
-        except (OSError, ValueError, launch.Expired) as exc:  # ValueError: a NUL in a string
-            for output in leader.outputs:
-                self.outputs.close(output)
-            self.write(leader, launch.abandoned_line(leader.tag))  # it never started
-            where = argv[0] if argv and len(ends) == 2 else "log"
-            why = exc.strerror if isinstance(exc, OSError) else str(exc)
-            expired = isinstance(exc, launch.Expired)
-            exec_failed = len(ends) == 2 and not expired
-            self.fail(request_id, f"{where}: {why}", exc, exec_failed=exec_failed, expired=expired)
-            return
+            try:  # first what needs room: a full disk then leaves no trace of the attempt
+                for stream in ("stdout", "stderr"):
+                    made = request["make_logs"]  # else at the first output: see _outputs.py
+                    end, output = self.outputs.open(request[stream], leader, stream, make_log=made)
+                    ends.append(end)
+                    leader.outputs.append(output)
+                launch.prepare(request["cwd"], user)
+            except (OSError, ValueError) as exc:  # ValueError: a NUL in a string
+                self.abort(request_id, leader, argv, exc, recorded=False, piped=len(ends) == 2)
+                return
+            try:  # the key line, encoded by the runtime: the attempt is on record from here
+                self.journals.write(leader.journal, request["head"], first=True)
+            except OSError as exc:
+                for output in leader.outputs:
+                    self.outputs.close(output)
+                self.fail(request_id, f"record: {exc.strerror}", exc, exec_failed=False)
+                return
+            try:
+                pid = launch.start(argv, request["cwd"], env, ends[0], ends[1], user, expires)
+            except (OSError, ValueError, launch.Expired) as exc:
+                self.abort(request_id, leader, argv, exc, recorded=True, piped=True)
+                return
         finally:
             for end in ends:
                 os.close(end)  # the child holds them now: its exit is the pipes' end
@@ -245,6 +245,28 @@ class Spawner:
         # cannot, the pid is in the runtime's own store too; the exit line matters more).
         self.write(leader, launch.started_line(leader.tag, pid, started, wall))
         self.send({"op": "started", "id": request_id, "pid": pid, "mono": started, "wall": wall})
+
+    def abort(
+        self,
+        request_id: int,
+        leader: Leader,
+        argv: list[str],
+        exc: Exception,
+        *,
+        recorded: bool,
+        piped: bool,
+    ) -> None:
+        """A start that did not happen: its pipes closed, its key line (if written) taken
+        back, the runtime told why."""
+        for output in leader.outputs:
+            self.outputs.close(output)
+        if recorded:
+            self.write(leader, launch.abandoned_line(leader.tag))
+        where = argv[0] if argv and piped else "log"
+        why = exc.strerror if isinstance(exc, OSError) else str(exc)
+        expired = isinstance(exc, launch.Expired)
+        exec_failed = piped and not expired
+        self.fail(request_id, f"{where}: {why}", exc, exec_failed=exec_failed, expired=expired)
 
     def fail(
         self,

@@ -140,6 +140,8 @@ class LocalExecutor:
                 recorded = await anyio.to_thread.run_sync(read.get, key)
             if recorded is not None and recorded.pid is not None:
                 await anyio.to_thread.run_sync(_kill_attempt, recorded.pid, self.runtime_id, key)
+            elif recorded is not None:  # it may have started just before its spawner died
+                await anyio.to_thread.run_sync(records.sweep, self.runtime_id, set(), {key})
             return Outcome(reason=RUNTIME_LOST)
         on_started(started.pid)
         deadline = _deadline(ctx, started.mono)
@@ -173,7 +175,7 @@ class LocalExecutor:
         # Those whose spawner died too: how they end can never be known. Their processes go
         # now (found by their environment: a record may not have got its pid line), before
         # anything starts again; their instances find the attempts lost.
-        gone = {record.key for _, record in found if not records.adoptable(record)}
+        gone = await anyio.to_thread.run_sync(_unadoptable, [record for _, record in found])
         if gone:
             await anyio.to_thread.run_sync(records.sweep, self.runtime_id, set(), gone)
         return [
@@ -281,6 +283,10 @@ async def _terminate(spawner: Spawner, started: Started, grace: float) -> Exited
     except SpawnerGone:
         pass
     return None
+
+
+def _unadoptable(found: list[records.Record]) -> set[AttemptKey]:
+    return {record.key for record in found if not records.adoptable(record)}
 
 
 def _kill_recorded(record: records.Record) -> None:

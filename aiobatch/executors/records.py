@@ -82,6 +82,7 @@ class Journal:
         self.path = path
         self.offset = 0
         self.records: dict[AttemptKey, Record] = {}
+        self.file: tuple[int, int] | None = None  # the (device, inode) read so far
         self.users = 0  # the runtime's readers that share it
         self._reading = threading.Lock()  # refreshed from worker threads
 
@@ -95,6 +96,10 @@ class Journal:
         except OSError:
             return
         try:
+            held = os.fstat(fd)
+            if (held.st_dev, held.st_ino) != self.file or held.st_size < self.offset:
+                # Another file now (the job's logs removed, and it ran again): read it anew.
+                self.file, self.offset, self.records = (held.st_dev, held.st_ino), 0, {}
             chunks, at = [], self.offset
             while chunk := os.pread(fd, READ_CHUNK, at):
                 chunks.append(chunk)

@@ -93,3 +93,20 @@ async def test_a_start_that_fails_leaves_no_attempt_in_the_journal(tmp_path: Pat
     journal = records.Journal(logs / ".attempts")
     journal.refresh()
     assert journal.records == {}
+
+
+@pytest.mark.anyio
+async def test_a_start_whose_work_dir_cannot_be_made_leaves_no_line(tmp_path: Path) -> None:
+    """What needs room comes before the key line: a start that fails there (a full disk)
+    has nothing to take back, as taking it back could find no room either."""
+    logs, work = tmp_path / "logs" / "t", tmp_path / "work"
+    work.write_text("a file where the work dirs would be")
+    async with anyio.create_task_group() as background:
+        spawner = Spawner()
+        await spawner.open(background)
+        try:
+            with pytest.raises(SpawnFailed):
+                await spawn_attempt(spawner, ["true"], 0, work=work, logs=logs)
+        finally:
+            await spawner.aclose()
+    assert not (logs / ".attempts").exists()

@@ -95,6 +95,7 @@ def test_a_start_whose_preparation_outlasted_its_expiry_is_not_made(tmp_path: Pa
     # after the request was read in time; the check before the spawn itself still holds.
     read, write = os.pipe()
     try:
+        launch.prepare(str(tmp_path / "work"), None)
         with pytest.raises(launch.Expired):
             launch.start(
                 ["touch", str(tmp_path / "ran")],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 from pathlib import Path
 
 import anyio
@@ -124,8 +125,8 @@ async def test_an_attempt_that_ended_unwatched_is_adopted_with_its_exit(
         path.write_bytes(b"".join(line.split(b"\n")[1] + b"\n" for line in lines))
     else:
         writer = launch.Journals()
-        for line in lines:
-            writer.write(str(journal), line)
+        for number, line in enumerate(lines):
+            writer.write(str(journal), line, first=number == 0)
         writer.close_all()
     (found,) = await executor.find_attempts(["job"])
     assert (found.job_id, found.task, found.index, found.attempt) == ("job", "t", 0, 2)
@@ -146,3 +147,31 @@ async def test_an_attempt_that_ended_unwatched_is_adopted_with_its_exit(
         outcome = await executor.adopt(ctx, found)
     assert (outcome.exit_code, outcome.reason, outcome.duration_s) == (3, None, 3.5)
     assert executor._journals == {}  # read while adopting, let go after
+
+
+def test_a_journal_moved_away_is_made_anew_and_later_lines_make_nothing(tmp_path: Path) -> None:
+    job_logs = tmp_path / "logs" / "job"
+    path = str(job_logs / ".attempts")
+    writer = launch.Journals()
+    writer.write(path, head(0), first=True)
+    job_logs.rename(tmp_path / "moved")  # still linked, elsewhere: not where the runtime looks
+    writer.write(path, head(1), first=True)
+    assert set(read(Path(path))) == {("job", "t", 1, 1)}
+    shutil.rmtree(job_logs)
+    writer.close_all()
+    with pytest.raises(FileNotFoundError):  # a pid or exit line of a job whose logs went
+        writer.write(path, launch.started_line(tag(1), 100, 1.0, 2.0))
+    assert not job_logs.exists()
+
+
+def test_the_reader_starts_over_on_a_new_file(tmp_path: Path) -> None:
+    path = tmp_path / ".attempts"
+    writer = launch.Journals()
+    for index in range(3):
+        writer.write(str(path), head(index), first=True)
+    journal = records.Journal(path)
+    assert journal.get(("job", "t", 2, 1)) is not None
+    path.unlink()
+    writer.write(str(path), head(7), first=True)  # shorter than what was read
+    assert journal.get(("job", "t", 7, 1)) is not None
+    assert set(journal.records) == {("job", "t", 7, 1)}
