@@ -31,6 +31,7 @@ SWEEP_WAIT_S = 5.0  # how long a sweep waits for what it killed to be gone
 RUNTIME_VAR = "AIOBATCH_RUNTIME_ID"  # names the runtime in every local process's environment
 KEY_VARS = tuple(name.encode() for name in processes.KEY_VARS)  # as /proc gives them
 READ_CHUNK = 1 << 20
+MAX_LINE = 1 << 20  # far past any line written: bytes this long without a newline are not one
 LEGACY_SUFFIX = ".run"
 
 
@@ -100,18 +101,23 @@ class Journal:
             if (held.st_dev, held.st_ino) != self.file or held.st_size < self.offset:
                 # Another file now (the job's logs removed, and it ran again): read it anew.
                 self.file, self.offset, self.records = (held.st_dev, held.st_ino), 0, {}
-            chunks, at = [], self.offset
+            # A chunk at a time (a journal of a large job is tens of MB); what follows the
+            # last newline so far is carried to the next one, or left for the next refresh.
+            at, tail = self.offset, b""
             while chunk := os.pread(fd, READ_CHUNK, at):
-                chunks.append(chunk)
                 at += len(chunk)
+                data = tail + chunk
+                end = data.rfind(b"\n")
+                if end < 0:
+                    tail = data if len(data) <= MAX_LINE else b""  # else: no line, skipped
+                    continue
+                for raw in data[:end].split(b"\n"):
+                    if raw:
+                        self._apply(raw)
+                tail = data[end + 1 :]
+                self.offset = at - len(tail)
         finally:
             os.close(fd)
-        data = b"".join(chunks)
-        end = data.rfind(b"\n")
-        for raw in data[:end].split(b"\n") if end > 0 else ():
-            if raw:
-                self._apply(raw)
-        self.offset += end + 1
 
     def _apply(self, raw: bytes) -> None:
         try:

@@ -175,3 +175,17 @@ def test_the_reader_starts_over_on_a_new_file(tmp_path: Path) -> None:
     writer.write(str(path), head(7), first=True)  # shorter than what was read
     assert journal.get(("job", "t", 7, 1)) is not None
     assert set(journal.records) == {("job", "t", 7, 1)}
+
+
+def test_a_journal_read_in_small_chunks_reads_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / ".attempts"
+    writer = launch.Journals()
+    for index in range(50):
+        writer.write(str(path), head(index), first=True)
+        writer.write(str(path), launch.started_line(tag(index), 100 + index, 1.0, 2.0))
+    whole = read(path)
+    monkeypatch.setattr(records, "READ_CHUNK", 37)  # lines split across reads, every way
+    assert read(path) == whole and len(whole) == 50
+    assert all(record.pid == 100 + key[2] for key, record in whole.items())
