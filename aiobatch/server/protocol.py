@@ -8,9 +8,9 @@ these answers; ours gives the API's JSON error, quotes nothing of the request, a
 short line. The connection is closed after it, as aiohttp does.
 
 The parser limits each header line and their number, not their sum (up to 32 lines of 8 KiB:
-256 KiB held per peer until its headers end). ``data_received`` counts what arrives while no
-body is being read, from one request's start to its end of headers, and refuses a request
-whose header block grows past ``MAX_HEADER_BLOCK_BYTES`` with a 431.
+256 KiB held per peer until its headers end). ``data_received`` feeds the parser in pieces
+and counts what is not a body's, from one request's end of headers to the next, and refuses
+a request whose header block grows past ``MAX_HEADER_BLOCK_BYTES`` with a 431.
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ REASONS: tuple[tuple[type[bad.HttpProcessingError], str], ...] = (
     (bad.PayloadEncodingError, "the body is invalid"),
 )
 MAX_HEADER_BLOCK_BYTES = 32 * 1024  # a request's line and headers together (nginx's default)
+# A body is fed to the parser in pieces this size: what follows its end in the same piece
+# is counted as the next request's headers (a chunked body's framing too: never more).
+BODY_SLICE_BYTES = 8 * 1024
 TOO_MANY_HEADERS = "more than {headers} header lines"
 MALFORMED = "a malformed HTTP request"
 MAX_REASON = 60  # the parser's own words for a problem are this short
@@ -86,23 +89,40 @@ class QuietRequestHandler(web.RequestHandler):
         self._refused = False
 
     def data_received(self, data: bytes) -> None:
-        if self._refused:
-            return  # answered and closing: what follows is not parsed
-        # Header bytes arrive while no body does (bytes after a body's end in the same read
-        # count from the next read: a bound a read's size looser, never a body taken for
-        # headers).
-        counting = (
-            self._payload_parser is None
-            and not self._upgraded
-            and (self._body is None or self._body.is_eof())
-        )
+        # Fed to the parser in pieces, each counted as it goes, so that what a read holds
+        # after one request's end (the next one's headers, pipelined) is counted too: a peer
+        # holds at most about twice the limit.
+        while not self._refused:
+            if self._payload_parser is not None or self._upgraded:
+                super().data_received(data)  # not a request's headers: aiohttp's own path
+                return
+            body = self._body if self._body is not None and not self._body.is_eof() else None
+            size = BODY_SLICE_BYTES if body is not None else self._header_room()
+            piece, data = data[:size], data[size:]
+            self._feed(piece, body)
+            if not data:
+                return
+
+    def _header_room(self) -> int:
+        return MAX_HEADER_BLOCK_BYTES - self._header_bytes + 1  # one past it: the refusal
+
+    def _feed(self, piece: bytes, body: StreamReader | None) -> None:
         requests = self._request_count
-        super().data_received(data)
+        before = body.total_bytes if body is not None else 0
+        super().data_received(piece)
+        if body is None:
+            extra = len(piece)
+        elif not body.is_eof():
+            return  # all of it was the body's
+        else:  # the body ended in it: the rest is the next request's (and a chunked body's
+            extra = len(piece) - (body.total_bytes - before)  # framing: under one piece)
         if self._request_count != requests:
+            # A request's headers ended in it: what followed in the same piece is not
+            # counted (less than the limit).
             self._header_bytes = 0
             self._body = self._messages[-1][1] if self._messages else None
-        elif counting:
-            self._header_bytes += len(data)
+        else:
+            self._header_bytes += extra
             if self._header_bytes > MAX_HEADER_BLOCK_BYTES:
                 self._refuse_headers()
 

@@ -5,6 +5,7 @@ closed, the service logs one short line for it (no traceback), and it answers af
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
@@ -89,15 +90,17 @@ async def test_unparsable_requests_are_json_400_closed_and_one_log_line_each(
     assert all(len(line) < 300 for line in lines), lines
 
 
+# Each line within the line limit, fewer lines than the count limit: only their sum is too
+# much. The end of the headers is never sent: the limit holds before it.
+BLOCK_LINES = MAX_HEADER_BLOCK_BYTES // 8000 + 1
+HEADER_BLOCK = b"GET /v1/health HTTP/1.1\r\n" + b"".join(
+    b"X-%d: %s\r\n" % (i, MARK * (8000 // len(MARK))) for i in range(BLOCK_LINES)
+)
+
+
 async def test_a_header_block_past_its_limit_is_a_json_431_and_closed(service: Service) -> None:
-    # Each line within the line limit, fewer lines than the count limit: only their sum is
-    # too much. The end of the headers is never sent: the limit holds before it.
-    lines = MAX_HEADER_BLOCK_BYTES // 8000 + 1
-    request = b"GET /v1/health HTTP/1.1\r\n" + b"".join(
-        b"X-%d: %s\r\n" % (i, MARK * (8000 // len(MARK))) for i in range(lines)
-    )
-    assert lines <= MAX_HEADERS and len(request) > MAX_HEADER_BLOCK_BYTES
-    answer = await exchange(service.socket, request)
+    assert BLOCK_LINES <= MAX_HEADERS and len(HEADER_BLOCK) > MAX_HEADER_BLOCK_BYTES
+    answer = await exchange(service.socket, HEADER_BLOCK)
     head, _, body = answer.partition(HEAD_END)
     assert head.split(b" ", 2)[1] == b"431", answer[:300]
     error = json.loads(body)["error"]
@@ -124,5 +127,31 @@ async def test_bodies_on_a_kept_alive_connection_are_never_taken_for_headers(
     ) + spec
     health = b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     answer = await exchange(service.socket, unread + body + read + unread + body + health)
-    statuses = [part[:3] for part in answer.split(b"HTTP/1.1 ")[1:]]
+    statuses = re.findall(rb"HTTP/1\.[01] (\d{3}) ", answer)
     assert statuses == [b"404", b"201", b"404", b"200"], answer[:600]
+
+
+@pytest.mark.parametrize(
+    ("before", "before_status"),
+    [
+        (b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n", b"200"),  # a whole request
+        (b"POST /v1/nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx", b"404"),
+    ],
+    ids=["after-a-request", "after-a-body"],
+)
+async def test_a_header_block_sent_with_what_ends_a_request_is_counted_too(
+    service: Service, before: bytes, before_status: bytes
+) -> None:
+    """What one read holds after a request's end is the next request's, and counted (less
+    than the limit may go uncounted, not more): the first request gets its own answer, a
+    block of twice the limit its 431."""
+    lines = 2 * MAX_HEADER_BLOCK_BYTES // 8000 + 1
+    block = (
+        HEADER_BLOCK.split(b"\r\n", 1)[0]
+        + b"\r\n"
+        + b"".join(b"X-%d: %s\r\n" % (i, MARK * (8000 // len(MARK))) for i in range(lines))
+    )
+    assert lines <= MAX_HEADERS
+    answer = await exchange(service.socket, before + block)
+    statuses = re.findall(rb"HTTP/1\.[01] (\d{3}) ", answer)
+    assert statuses == [before_status, b"431"], answer[:600]
