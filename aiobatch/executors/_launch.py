@@ -91,7 +91,12 @@ def _fork_exec(
     """
     uid, gid, groups = user
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(report_r)
+        os.close(report_w)
+        raise
     if pid == 0:  # the child: nothing but system calls until exec, or _exit
         code = 0
         try:

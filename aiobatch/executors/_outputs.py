@@ -54,10 +54,16 @@ class Outputs:
             if log >= 0:
                 os.close(log)
             raise
-        fcntl.fcntl(read, fcntl.F_SETFL, os.O_NONBLOCK)  # one call: its flags are known
         output = Output(read, path, owner, stream)
         output.log = log
-        self.selector.register(read, selectors.EVENT_READ, output)
+        try:
+            fcntl.fcntl(read, fcntl.F_SETFL, os.O_NONBLOCK)  # one call: its flags are known
+            self.selector.register(read, selectors.EVENT_READ, output)
+        except OSError:
+            for fd in (read, write, log):
+                if fd >= 0:
+                    os.close(fd)
+            raise
         self.open_count += 1
         return write, output
 

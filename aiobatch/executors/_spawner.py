@@ -229,6 +229,9 @@ class Spawner:
             except OSError as exc:
                 for output in leader.outputs:
                     self.outputs.close(output)
+                # Part of it may be there, whole but for its last newline (which the next
+                # line's first would give it): taken back, if there is room.
+                self.write(leader, launch.abandoned_line(leader.tag))
                 self.fail(request_id, f"record: {exc.strerror}", exc, exec_failed=False)
                 return
             try:

@@ -31,6 +31,7 @@ SWEEP_WAIT_S = 5.0  # how long a sweep waits for what it killed to be gone
 RUNTIME_VAR = "AIOBATCH_RUNTIME_ID"  # names the runtime in every local process's environment
 KEY_VARS = tuple(name.encode() for name in processes.KEY_VARS)  # as /proc gives them
 READ_CHUNK = 1 << 20
+FIRST_LINE_BYTES = 512  # past the first line: its key, runtime and spawner
 MAX_LINE = 1 << 20  # far past any line written: bytes this long without a newline are not one
 LEGACY_SUFFIX = ".run"
 
@@ -83,7 +84,7 @@ class Journal:
         self.path = path
         self.offset = 0
         self.records: dict[AttemptKey, Record] = {}
-        self.file: tuple[int, int] | None = None  # the (device, inode) read so far
+        self.file: tuple[int, int, bytes] | None = None  # which file was read so far
         self.users = 0  # the runtime's readers that share it
         self._reading = threading.Lock()  # refreshed from worker threads
 
@@ -98,9 +99,12 @@ class Journal:
             return
         try:
             held = os.fstat(fd)
-            if (held.st_dev, held.st_ino) != self.file or held.st_size < self.offset:
+            # Its device, inode and first line: a file system may give a new file the inode
+            # of one just removed.
+            file = (held.st_dev, held.st_ino, os.pread(fd, FIRST_LINE_BYTES, 0))
+            if file != self.file or held.st_size < self.offset:
                 # Another file now (the job's logs removed, and it ran again): read it anew.
-                self.file, self.offset, self.records = (held.st_dev, held.st_ino), 0, {}
+                self.file, self.offset, self.records = file, 0, {}
             # A chunk at a time (a journal of a large job is tens of MB); what follows the
             # last newline so far is carried to the next one, or left for the next refresh.
             at, tail = self.offset, b""

@@ -110,3 +110,53 @@ async def test_a_start_whose_work_dir_cannot_be_made_leaves_no_line(tmp_path: Pa
         finally:
             await spawner.aclose()
     assert not (logs / ".attempts").exists()
+
+
+# A spawner whose disk fills while it writes an attempt's key line: all of it is written but
+# the last newline, which the next attempt's first line supplies. Then its runtime is gone.
+TORN_KEY_LINE = """
+import errno, marshal, os, socket, sys
+sys.path.insert(0, sys.argv[1])
+import _launch, _spawner
+work, logs = sys.argv[2], sys.argv[3]
+write = _launch.Journals.write
+def short(self, path, line, *, first=False):
+    if first and b'"0","1"' in line:
+        write(self, path, line[:-1], first=True)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    write(self, path, line, first=first)
+_launch.Journals.write = short
+ours, theirs = socket.socketpair()
+spawner = _spawner.Spawner(theirs.detach())
+for index in (0, 1):
+    env = {"PATH": os.environ["PATH"], "AIOBATCH_JOB_ID": "job", "AIOBATCH_TASK_NAME": "t",
+           "AIOBATCH_INSTANCE_INDEX": str(index), "AIOBATCH_ATTEMPT": "1"}
+    tag = b'["job","t","%d","1"]' % index
+    head = b'\\n{"key":%b,"runtime":"r","spawner":[%d,null]}\\n' % (tag, os.getpid())
+    request = {"op": "spawn", "id": index, "argv": ["sh", "-c", f"echo > ran-{index}"],
+               "cwd": work, "env": env, "stdout": logs + f"/{index}.stdout",
+               "stderr": logs + f"/{index}.stderr", "make_logs": False,
+               "journal": logs + "/.attempts", "head": head, "tag": tag, "user": None}
+    body = marshal.dumps(request)
+    ours.sendall(len(body).to_bytes(4, "big") + body)
+ours.close()
+spawner.run()
+"""
+
+
+def test_a_key_line_cut_short_by_a_full_disk_is_taken_back(tmp_path: Path) -> None:
+    work, logs = tmp_path / "work", tmp_path / "logs"
+    executors = Path(aiobatch.executors.__file__).parent
+    run = subprocess.run(
+        [sys.executable, "-c", TORN_KEY_LINE, str(executors), str(work), str(logs)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert run.returncode == 0, run.stderr
+    assert not (work / "ran-0").exists() and (work / "ran-1").exists()
+    assert '["job","t","0","1"],"runtime"' in (logs / ".attempts").read_text()
+    journal = records.Journal(logs / ".attempts")
+    journal.refresh()
+    # The first taken back: the next runtime finds no attempt of it to adopt.
+    assert set(journal.records) == {("job", "t", 1, 1)}

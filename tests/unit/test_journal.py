@@ -189,3 +189,19 @@ def test_a_journal_read_in_small_chunks_reads_the_same(
     monkeypatch.setattr(records, "READ_CHUNK", 37)  # lines split across reads, every way
     assert read(path) == whole and len(whole) == 50
     assert all(record.pid == 100 + key[2] for key, record in whole.items())
+
+
+def test_the_reader_starts_over_on_a_new_file_longer_than_what_was_read(tmp_path: Path) -> None:
+    # ext4 often gives a new file the inode just freed: the first line tells them apart.
+    path = tmp_path / ".attempts"
+    writer = launch.Journals()
+    for index in range(3):
+        writer.write(str(path), head(index), first=True)
+    journal = records.Journal(path)
+    assert len(journal.records) == 0 and journal.get(("job", "t", 2, 1)) is not None
+    path.unlink()
+    writer.close_all()
+    for index in range(10, 16):  # longer than what was read
+        writer.write(str(path), head(index, 2), first=True)
+    assert journal.get(("job", "t", 15, 2)) is not None
+    assert set(journal.records) == {("job", "t", index, 2) for index in range(10, 16)}
