@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
 
+import aiobatch.executors
 from aiobatch import Runtime
 from aiobatch.events import Event, InstanceStateChanged
 from aiobatch.executors.spawner import Spawner, Started
@@ -157,3 +159,17 @@ async def spawn_attempt(
         journal=logs / ".attempts",
         runtime_id="r",
     )
+
+
+def run_beside_the_spawner(script: str, *args: Path, timeout_s: float = 30) -> None:
+    """Run ``script`` in a Python process of its own, given the spawner's dir (its modules
+    import each other as scripts, as the spawner runs them) and then ``args``; it must end
+    well."""
+    executors = Path(aiobatch.executors.__file__).parent
+    run = subprocess.run(
+        [sys.executable, "-c", script, str(executors), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    assert run.returncode == 0, run.stderr

@@ -7,17 +7,14 @@ process, real starts, real children."""
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import anyio
 import pytest
 
-import aiobatch.executors
 from aiobatch.executors import records
 from aiobatch.executors.spawner import Spawner, SpawnFailed
-from tests.helpers import spawn_attempt
+from tests.helpers import run_beside_the_spawner, spawn_attempt
 
 
 @pytest.mark.anyio
@@ -66,14 +63,7 @@ finally:
 
 
 def test_the_spawner_sees_every_child_however_many() -> None:
-    executors = Path(aiobatch.executors.__file__).parent
-    run = subprocess.run(
-        [sys.executable, "-c", CHILDREN, str(executors)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode == 0, run.stderr
+    run_beside_the_spawner(CHILDREN, timeout_s=120)
 
 
 @pytest.mark.anyio
@@ -146,14 +136,7 @@ spawner.run()
 
 def test_a_key_line_cut_short_by_a_full_disk_is_taken_back(tmp_path: Path) -> None:
     work, logs = tmp_path / "work", tmp_path / "logs"
-    executors = Path(aiobatch.executors.__file__).parent
-    run = subprocess.run(
-        [sys.executable, "-c", TORN_KEY_LINE, str(executors), str(work), str(logs)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert run.returncode == 0, run.stderr
+    run_beside_the_spawner(TORN_KEY_LINE, work, logs)
     assert not (work / "ran-0").exists() and (work / "ran-1").exists()
     assert '["job","t","0","1"],"runtime"' in (logs / ".attempts").read_text()
     journal = records.Journal(logs / ".attempts")

@@ -6,13 +6,9 @@ loop in its own process, a real socket, a real program started."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-import aiobatch.executors
-
-EXECUTORS = Path(aiobatch.executors.__file__).parent
+from tests.helpers import run_beside_the_spawner
 
 # The runtime's side: one start request, then the runtime is gone (its end closed). The
 # spawner had news for it: that write fails first. Then the spawner's loop runs.
@@ -44,13 +40,7 @@ spawner.run()
 
 def test_requests_sent_before_the_runtime_died_are_done(tmp_path: Path) -> None:
     work, logs = tmp_path / "work", tmp_path / "logs"
-    run = subprocess.run(
-        [sys.executable, "-c", SCENARIO, str(EXECUTORS), str(work), str(logs)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert run.returncode == 0, run.stderr
+    run_beside_the_spawner(SCENARIO, work, logs)
     assert (work / "ran.txt").read_text() == "ran\n"
     lines = [json.loads(line) for line in (logs / ".attempts").read_text().split()]
     assert [line["key"] for line in lines] == [["job", "t", "0", "1"]] * 3
