@@ -50,15 +50,13 @@ class LocalExecutor:
         self.layout = layout
         self.runtime_id = ""
         self._spawner = Spawner()
-        self._background: TaskGroup | None = None
         self._restarting = anyio.Lock()
         self._log_bytes_before = 0  # what spawners replaced since the start wrote
         self._journals: dict[str, records.Journal] = {}  # being read, by path
 
     async def open(self, background: TaskGroup) -> None:
         self.runtime_id = await anyio.to_thread.run_sync(self.layout.runtime_id)
-        self._background = background
-        await self._spawner.open(background)
+        await self._spawner.open()
 
     async def _live_spawner(self) -> Spawner:
         """The spawner, started anew if the last one ended (killed, crashed)."""
@@ -66,12 +64,11 @@ class LocalExecutor:
             return self._spawner  # no lock: an uncontended anyio lock still costs a loop trip
         async with self._restarting:
             if self._spawner.gone:
-                assert self._background is not None
                 log.error("spawner_restarted", pid=self._spawner.pid)
                 await self._spawner.aclose()
                 self._log_bytes_before += self._spawner.log_bytes
                 fresh = Spawner()
-                await fresh.open(self._background)
+                await fresh.open()
                 self._spawner = fresh  # only once open: the check above takes no lock
         return self._spawner
 

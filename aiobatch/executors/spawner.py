@@ -3,6 +3,7 @@ signal processes, and hear when they end, with the times it saw."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import marshal
 import os
@@ -19,7 +20,6 @@ from typing import Any
 import anyio
 import msgspec
 import structlog
-from anyio.abc import TaskGroup, TaskStatus
 
 from aiobatch.executors._launch import start_ticks
 from aiobatch.executors._processes import KEY_VARS
@@ -95,18 +95,19 @@ class Spawner:
         self._ids = itertools.count(1)
         self._replies: dict[int, _Pending] = {}  # spawn requests waiting for started/failed
         self._exits: dict[int, _Pending] = {}  # started processes waiting for their end
-        # Frames not yet taken by the socket; sent by a drain task while it is full.
+        # Frames not yet taken by the socket; sent when it has room again while it is full.
         self._outbox = bytearray()
-        self._draining = False
-        self._background: TaskGroup | None = None
+        self._waiting_for_room = False
         self._gone = False
-        self._reader_done = anyio.Event()
+        self._reader_done = anyio.Event()  # the socket is no longer watched
+        self._watching = False
+        self._buffer = b""  # the start of a frame not yet whole
         self._identity: list[int | None] = []  # the spawner's pid and start: who writes exits
         # Output copies paused for lack of room: (job, task, index, attempt, stream).
         self.paused_logs: set[tuple[str, str, str, str, str]] = set()
         self.log_bytes = 0  # what the spawner wrote into log files, as it tells at each end
 
-    async def open(self, background: TaskGroup) -> None:
+    async def open(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         with theirs:
             # -E -s -S: no PYTHON* settings, no site-packages: the standard library and the
@@ -119,9 +120,9 @@ class Spawner:
             )
         ours.setblocking(False)
         self._sock = ours
-        self._background = background
         self._identity = [self._process.pid, start_ticks(self._process.pid)]
-        await background.start(self._read)
+        asyncio.get_running_loop().add_reader(ours.fileno(), self._on_readable)
+        self._watching = True
 
     async def aclose(self) -> None:
         """Ask the spawner to end (it kills what still runs) and wait for it, bounded."""
@@ -134,12 +135,12 @@ class Spawner:
             except SpawnerGone:
                 pass
             await anyio.to_thread.run_sync(process.wait)
-            await self._reader_done.wait()  # it has seen the end: the socket is no longer watched
+            await self._reader_done.wait()  # it has seen the end
         if process.poll() is None:
             process.kill()
             await anyio.to_thread.run_sync(process.wait)
+        self._end()  # if it timed out: unwatched before the socket closes
         self._sock = None
-        anyio.notify_closing(sock)  # a reader still waiting (it timed out) wakes, not crashes
         sock.close()
 
     @property
@@ -171,7 +172,6 @@ class Spawner:
         made at its first output, or at once with ``make_logs``."""
         request_id = next(self._ids)
         pending = self._replies[request_id] = _Pending()
-        self._exits[request_id] = _Pending()
         key = [env.get(name, "") for name in KEY_VARS]
         tag = _json(key)
         head = b'\n{"key":%b,"runtime":%b,"spawner":%b}\n' % (
@@ -231,79 +231,86 @@ class Spawner:
 
     def _send(self, message: dict[str, Any]) -> None:
         """Queue a frame and send what the socket takes now, without waiting: no lock and no
-        trip through the event loop per request. What it cannot take yet, a drain task
-        sends; frames stay whole and in order, as they only ever join the outbox's end."""
+        trip through the event loop per request. What it cannot take yet goes when it has
+        room; frames stay whole and in order, as they only ever join the outbox's end."""
         sock = self._sock
         if sock is None or self._gone:
             raise SpawnerGone
         body = _encode(message)
         self._outbox += HEADER.pack(len(body))
         self._outbox += body
-        if not self._draining:
-            self._flush(sock)
+        if not self._waiting_for_room:
+            self._flush()
 
-    def _flush(self, sock: socket.socket) -> None:
+    def _flush(self) -> None:
+        """Send what the socket takes; called again by the event loop once it has room."""
+        sock = self._sock
+        if sock is None:
+            return
         try:
             while self._outbox:
                 del self._outbox[: sock.send(self._outbox)]
         except BlockingIOError:  # full: the spawner reads more slowly than we ask
-            assert self._background is not None
-            self._draining = True
-            self._background.start_soon(self._drain, sock)
+            if not self._waiting_for_room:
+                self._waiting_for_room = True
+                asyncio.get_running_loop().add_writer(sock.fileno(), self._flush)
+            return
         except OSError:
             self._outbox.clear()  # the spawner is gone: the reader sees it, tells the waiters
+        self._stop_waiting_for_room()
 
-    async def _drain(self, sock: socket.socket) -> None:
-        try:
-            while self._outbox and not self._gone:
-                await anyio.wait_writable(sock)
-                try:
-                    while self._outbox:
-                        del self._outbox[: sock.send(self._outbox)]
-                except BlockingIOError:
-                    continue
-        except (anyio.ClosedResourceError, OSError):
-            self._outbox.clear()
-        finally:
-            self._draining = False
+    def _stop_waiting_for_room(self) -> None:
+        if self._waiting_for_room and self._sock is not None:
+            self._waiting_for_room = False
+            asyncio.get_running_loop().remove_writer(self._sock.fileno())
 
     # -- news --------------------------------------------------------------------------------
 
-    async def _read(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    def _on_readable(self) -> None:
+        """Read what the spawner sent: a callback of the event loop, watching the socket from
+        open to end (no task, and no watch set up again for every read)."""
         sock = self._sock
-        assert sock is not None
-        task_status.started()
-        buffer = b""
+        if sock is None:
+            return
         try:
-            while True:
-                try:
-                    await anyio.wait_readable(sock)
-                except anyio.ClosedResourceError:
+            data = sock.recv(1 << 20)
+        except BlockingIOError:
+            return
+        except OSError:  # reset: the spawner died with requests unread
+            data = b""
+        if not data:
+            self._end()
+            return
+        buffer = self._buffer + data if self._buffer else data
+        at = 0  # frames are read in place, not copied once per frame
+        try:
+            while len(buffer) - at >= HEADER.size:
+                (size,) = HEADER.unpack_from(buffer, at)
+                if len(buffer) - at < HEADER.size + size:
                     break
-                try:
-                    data = sock.recv(1 << 20)
-                except BlockingIOError:
-                    continue
-                except OSError:  # reset: the spawner died with requests unread
-                    break
-                if not data:
-                    break
-                buffer += data
-                at = 0  # frames are read in place, not copied once per frame
-                while len(buffer) - at >= HEADER.size:
-                    (size,) = HEADER.unpack_from(buffer, at)
-                    if len(buffer) - at < HEADER.size + size:
-                        break
-                    self._deliver(_decode(buffer[at + HEADER.size : at + HEADER.size + size]))
-                    at += HEADER.size + size
-                buffer = buffer[at:]
-        finally:
-            self._gone = True
-            self._reader_done.set()
-            if self._replies or self._exits:
-                log.error("spawner_gone", waiting=len(self._replies) + len(self._exits))
-            for pending in (*self._replies.values(), *self._exits.values()):
-                pending.done.set()
+                self._deliver(_decode(buffer[at + HEADER.size : at + HEADER.size + size]))
+                at += HEADER.size + size
+        except Exception:  # a frame that makes no sense: nothing after it can be trusted
+            log.exception("spawner_garbled")
+            self._end()
+            return
+        self._buffer = buffer[at:]
+
+    def _end(self) -> None:
+        """The spawner is gone (or being closed): stop watching, wake every waiter."""
+        if self._reader_done.is_set():
+            return
+        self._stop_waiting_for_room()
+        self._outbox.clear()
+        if self._sock is not None and self._watching:
+            self._watching = False
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
+        self._gone = True
+        self._reader_done.set()
+        if self._replies or self._exits:
+            log.error("spawner_gone", waiting=len(self._replies) + len(self._exits))
+        for pending in (*self._replies.values(), *self._exits.values()):
+            pending.done.set()
 
     def _deliver(self, message: dict[str, Any]) -> None:
         op = message["op"]
@@ -317,6 +324,8 @@ class Spawner:
         if pending is not None:
             pending.value = message
             pending.done.set()
+            if op == "started":  # its end is heard of after this, in order
+                self._exits[message["id"]] = _Pending()
         elif op == "started":
             # It started after we stopped waiting: its attempt is counted lost and runs again,
             # so this one must not run on (the spawner signals only a leader it has not reaped).

@@ -9,7 +9,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import anyio
 import pytest
 
 from aiobatch.executors import records
@@ -27,21 +26,20 @@ async def test_a_journal_removed_between_two_starts_is_made_again(tmp_path: Path
         assert exited.exit_code == 0
         return started.pid
 
-    async with anyio.create_task_group() as background:
-        spawner = Spawner()
-        await spawner.open(background)
-        try:
-            await start(spawner, 0)
-            assert (logs / ".attempts").exists()
-            shutil.rmtree(logs)  # the journal too, while the spawner holds it open
-            pid = await start(spawner, 1)
-            journal = records.Journal(logs / ".attempts")
-            journal.refresh()
-            (record,) = journal.records.values()
-            assert record.key == ("job", "t", 1, 1) and record.pid == pid
-            assert record.exited is not None and record.exited.exit_code == 0
-        finally:
-            await spawner.aclose()
+    spawner = Spawner()
+    await spawner.open()
+    try:
+        await start(spawner, 0)
+        assert (logs / ".attempts").exists()
+        shutil.rmtree(logs)  # the journal too, while the spawner holds it open
+        pid = await start(spawner, 1)
+        journal = records.Journal(logs / ".attempts")
+        journal.refresh()
+        (record,) = journal.records.values()
+        assert record.key == ("job", "t", 1, 1) and record.pid == pid
+        assert record.exited is not None and record.exited.exit_code == 0
+    finally:
+        await spawner.aclose()
 
 
 # The spawner's own view of its children, with more of them than one read of the kernel's
@@ -69,14 +67,13 @@ def test_the_spawner_sees_every_child_however_many() -> None:
 @pytest.mark.anyio
 async def test_a_start_that_fails_leaves_no_attempt_in_the_journal(tmp_path: Path) -> None:
     logs, work = tmp_path / "logs" / "t", tmp_path / "work" / "t"
-    async with anyio.create_task_group() as background:
-        spawner = Spawner()
-        await spawner.open(background)
-        try:
-            with pytest.raises(SpawnFailed) as failed:
-                await spawn_attempt(spawner, [str(tmp_path / "missing")], 0, work=work, logs=logs)
-        finally:
-            await spawner.aclose()
+    spawner = Spawner()
+    await spawner.open()
+    try:
+        with pytest.raises(SpawnFailed) as failed:
+            await spawn_attempt(spawner, [str(tmp_path / "missing")], 0, work=work, logs=logs)
+    finally:
+        await spawner.aclose()
     assert failed.value.exec_failed
     lines = (logs / ".attempts").read_text().split()
     assert len(lines) == 2 and '"abandoned":true' in lines[1]  # written first, then taken back
@@ -91,14 +88,13 @@ async def test_a_start_whose_work_dir_cannot_be_made_leaves_no_line(tmp_path: Pa
     has nothing to take back, as taking it back could find no room either."""
     logs, work = tmp_path / "logs" / "t", tmp_path / "work"
     work.write_text("a file where the work dirs would be")
-    async with anyio.create_task_group() as background:
-        spawner = Spawner()
-        await spawner.open(background)
-        try:
-            with pytest.raises(SpawnFailed):
-                await spawn_attempt(spawner, ["true"], 0, work=work, logs=logs)
-        finally:
-            await spawner.aclose()
+    spawner = Spawner()
+    await spawner.open()
+    try:
+        with pytest.raises(SpawnFailed):
+            await spawn_attempt(spawner, ["true"], 0, work=work, logs=logs)
+    finally:
+        await spawner.aclose()
     assert not (logs / ".attempts").exists()
 
 

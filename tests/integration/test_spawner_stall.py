@@ -13,6 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+
 from aiobatch import Runtime
 from aiobatch.events import Event, InstanceStateChanged
 from aiobatch.executors import _launch as launch
@@ -33,21 +34,20 @@ async def start(spawner: Spawner, root: Path, index: int) -> None:
 
 
 async def test_a_start_given_up_on_during_a_stall_never_runs(tmp_path: Path) -> None:
-    async with anyio.create_task_group() as background:
-        spawner = Spawner(reply_timeout_s=PATIENCE_S)
-        await spawner.open(background)
-        assert spawner.pid is not None
+    spawner = Spawner(reply_timeout_s=PATIENCE_S)
+    await spawner.open()
+    assert spawner.pid is not None
+    try:
+        os.kill(spawner.pid, signal.SIGSTOP)
         try:
-            os.kill(spawner.pid, signal.SIGSTOP)
-            try:
-                with pytest.raises(SpawnerGone):
-                    await start(spawner, tmp_path, 0)
-            finally:
-                os.kill(spawner.pid, signal.SIGCONT)
-            # Answered in order: by the time this one ran, the stalled request was read.
-            await start(spawner, tmp_path, 1)
+            with pytest.raises(SpawnerGone):
+                await start(spawner, tmp_path, 0)
         finally:
-            await spawner.aclose()
+            os.kill(spawner.pid, signal.SIGCONT)
+        # Answered in order: by the time this one ran, the stalled request was read.
+        await start(spawner, tmp_path, 1)
+    finally:
+        await spawner.aclose()
     assert (tmp_path / "ran-1").exists()
     assert not (tmp_path / "ran-0").exists()
     # Refused before any trace of a start: the journal has lines of the second start only.
@@ -118,29 +118,28 @@ async def test_a_refusal_heard_before_the_runtime_gives_up_is_lost_not_failed(
     """Resumed after the request expired but before the runtime stopped waiting, the spawner
     refuses it, and the runtime hears so in time: the attempt is lost (run again uncharged),
     not failed (charged to the task)."""
-    async with anyio.create_task_group() as background:
-        spawner = Spawner(reply_timeout_s=PATIENCE_S)
-        await spawner.open(background)
-        assert spawner.pid is not None
-        outcome: list[BaseException] = []
+    spawner = Spawner(reply_timeout_s=PATIENCE_S)
+    await spawner.open()
+    assert spawner.pid is not None
+    outcome: list[BaseException] = []
 
-        async def ask() -> None:
-            try:
-                await start(spawner, tmp_path, 0)
-            except Exception as exc:  # what the runtime would see
-                outcome.append(exc)
-
+    async def ask() -> None:
         try:
-            os.kill(spawner.pid, signal.SIGSTOP)
-            asked = anyio.current_time()
-            async with anyio.create_task_group() as asking:
-                asking.start_soon(ask)
-                await anyio.sleep_until(asked + PATIENCE_S * 0.85)  # past 0.75: expired
-                os.kill(spawner.pid, signal.SIGCONT)
-            heard = anyio.current_time() - asked
-        finally:
+            await start(spawner, tmp_path, 0)
+        except Exception as exc:  # what the runtime would see
+            outcome.append(exc)
+
+    try:
+        os.kill(spawner.pid, signal.SIGSTOP)
+        asked = anyio.current_time()
+        async with anyio.create_task_group() as asking:
+            asking.start_soon(ask)
+            await anyio.sleep_until(asked + PATIENCE_S * 0.85)  # past 0.75: expired
             os.kill(spawner.pid, signal.SIGCONT)
-            await spawner.aclose()
+        heard = anyio.current_time() - asked
+    finally:
+        os.kill(spawner.pid, signal.SIGCONT)
+        await spawner.aclose()
     assert len(outcome) == 1 and type(outcome[0]) is SpawnerGone, outcome
     assert heard < PATIENCE_S  # the refusal itself was heard, not the timeout
     assert not (tmp_path / "ran-0").exists()
@@ -149,18 +148,54 @@ async def test_a_refusal_heard_before_the_runtime_gives_up_is_lost_not_failed(
 async def test_a_start_heard_after_the_runtime_gave_up_is_killed(tmp_path: Path) -> None:
     """A start whose answer comes after the runtime stopped waiting (a stall between the
     spawner's last check and its answer) is killed at once: its attempt runs again."""
-    async with anyio.create_task_group() as background:
-        spawner = Spawner()
-        await spawner.open(background)
-        try:
-            started = await spawn_attempt(
-                spawner, ["sleep", "60"], 0, work=tmp_path / "work", logs=tmp_path / "logs"
-            )
-            # Its answer as it would come for a request no longer waited for.
-            late = {"op": "started", "id": started.id + 1000, "pid": started.pid}
-            spawner._deliver({**late, "mono": started.mono, "wall": started.wall})
-            with anyio.fail_after(10):
-                exited = await spawner.wait(started)
-        finally:
-            await spawner.aclose()
+    spawner = Spawner()
+    await spawner.open()
+    try:
+        started = await spawn_attempt(
+            spawner, ["sleep", "60"], 0, work=tmp_path / "work", logs=tmp_path / "logs"
+        )
+        # Its answer as it would come for a request no longer waited for.
+        late = {"op": "started", "id": started.id + 1000, "pid": started.pid}
+        spawner._deliver({**late, "mono": started.mono, "wall": started.wall})
+        with anyio.fail_after(10):
+            exited = await spawner.wait(started)
+    finally:
+        await spawner.aclose()
     assert exited.signal == signal.SIGKILL
+
+
+async def test_requests_that_find_the_socket_full_go_in_order_once_it_has_room(
+    tmp_path: Path,
+) -> None:
+    """A stopped spawner reads nothing: what its socket cannot take waits, whole and in
+    order, and goes once the spawner reads again. Every start is answered and runs once."""
+    padding = "x" * 65536  # each request ~64 KiB: a few fill the socket's buffer
+    count = 40
+
+    async def start_padded(index: int) -> None:
+        argv = ["sh", "-c", 'echo "$2" >> "$0"', str(tmp_path / "order"), padding, str(index)]
+        started = await spawn_attempt(
+            spawner, argv, index, work=tmp_path / "work", logs=tmp_path / "logs"
+        )
+        assert (await spawner.wait(started)).exit_code == 0
+
+    spawner = Spawner()
+    await spawner.open()
+    assert spawner.pid is not None
+    try:
+        os.kill(spawner.pid, signal.SIGSTOP)
+        try:
+            async with anyio.create_task_group() as group:
+                for index in range(count):
+                    group.start_soon(start_padded, index)
+                await anyio.wait_all_tasks_blocked()
+                assert len(spawner._outbox) > 65536  # the socket is full: the rest waits
+                os.kill(spawner.pid, signal.SIGCONT)
+        finally:
+            os.kill(spawner.pid, signal.SIGCONT)
+        assert not spawner._outbox
+    finally:
+        await spawner.aclose()
+    # Asked in this order, read in this order, started one by one: each ran once.
+    ran = (tmp_path / "order").read_text().split()
+    assert sorted(map(int, ran)) == list(range(count))
