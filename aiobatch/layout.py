@@ -29,6 +29,7 @@ class StateLayout:
         # Per (job, task): its work dir and log dir, made once; an instance's paths then
         # cost one join each (thousands of instances share a task's dirs).
         self._task_dirs: dict[tuple[str, str], tuple[Path, Path]] = {}
+        self._journals: dict[str, Path] = {}  # by job id, bounded as the task dirs are
 
     @property
     def lock(self) -> Path:
@@ -99,7 +100,12 @@ class StateLayout:
     def journal_path(self, job_id: str) -> Path:
         """The journal of a job's local attempts (executors/records.py); a task's name cannot
         begin with a dot."""
-        return self.root / "logs" / job_id / JOURNAL_NAME
+        path = self._journals.get(job_id)
+        if path is None:
+            if len(self._journals) >= TASK_DIRS_CACHED:
+                self._journals.clear()
+            path = self._journals[job_id] = self.root / "logs" / job_id / JOURNAL_NAME
+        return path
 
 
 @contextmanager

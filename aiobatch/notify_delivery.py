@@ -119,10 +119,12 @@ class Notifier:
         if worker is not None:  # it reads once more before it ends, whatever the event
             worker.news += 1
             return
+        wants = self._wants.get(event.job_id)
+        if wants is not None and not wants and not isinstance(event, JobStateChanged):
+            return  # its targets want nothing; only its end is read (below), to forget it
         kind = notify_type(event)
         if kind is None:
             return
-        wants = self._wants.get(event.job_id)
         ended = isinstance(event, JobStateChanged) and event.state in JOB_TERMINAL
         # A job's end is read in any case: its worker then forgets what the job wants.
         if wants is None or kind in wants or ended:
