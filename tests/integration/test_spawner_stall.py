@@ -13,7 +13,6 @@ from pathlib import Path
 import anyio
 import pytest
 
-
 from aiobatch import Runtime
 from aiobatch.events import Event, InstanceStateChanged
 from aiobatch.executors import _launch as launch

@@ -10,15 +10,19 @@ from __future__ import annotations
 import os
 import resource
 import shutil
+import signal
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
-from aiobatch.attempt import AttemptControl, InstanceContext
+from aiobatch.attempt import RUNTIME_LOST, AttemptControl, InstanceContext
 from aiobatch.executors import _launch as launch
 from aiobatch.executors import records
 from aiobatch.executors.local import LocalExecutor
+from aiobatch.executors.spawner import SpawnerGone
 from aiobatch.layout import StateLayout
 from aiobatch.spec import TaskDef
 
@@ -147,6 +151,67 @@ async def test_an_attempt_that_ended_unwatched_is_adopted_with_its_exit(
         outcome = await executor.adopt(ctx, found)
     assert (outcome.exit_code, outcome.reason, outcome.duration_s) == (3, None, 3.5)
     assert executor._journals == {}  # read while adopting, let go after
+
+
+class DiesAfterItsKeyLine:
+    """A spawner that records a start and makes it, then dies before its pid line and its
+    answer: the runtime hears nothing but that it is gone."""
+
+    gone = False
+
+    def __init__(self) -> None:
+        self.started: subprocess.Popen[bytes] | None = None
+
+    async def spawn(self, *, journal: Path, env: dict[str, str], **_: Any) -> None:
+        writer = launch.Journals()
+        writer.write(str(journal), head(0), first=True)
+        writer.close_all()
+        self.started = subprocess.Popen(  # noqa: ASYNC220 - a fork, as the spawner makes
+            ["sleep", "600"], env=env, start_new_session=True
+        )
+        raise SpawnerGone
+
+
+@pytest.mark.anyio
+async def test_a_start_whose_spawner_died_before_its_pid_line_is_killed_by_its_key(
+    tmp_path: Path,
+) -> None:
+    """The journal has the start's key line and no pid: the process may run, so it is
+    found by the attempt its environment names and killed; the attempt is lost."""
+    layout = StateLayout(tmp_path)
+    executor = LocalExecutor(layout)
+    executor.runtime_id = "r"
+    spawner = DiesAfterItsKeyLine()
+    executor._spawner = spawner  # type: ignore[assignment]
+    key_env = {
+        "AIOBATCH_JOB_ID": "job",
+        "AIOBATCH_TASK_NAME": "t",
+        "AIOBATCH_INSTANCE_INDEX": "0",
+        "AIOBATCH_ATTEMPT": "1",
+    }
+    ctx = InstanceContext(
+        job_id="job",
+        job_name="job",
+        task=TaskDef(name="t", command="true"),
+        index=0,
+        attempt=1,
+        work_dir=tmp_path / "work",
+        stdout_path=tmp_path / "0.stdout",
+        stderr_path=tmp_path / "0.stderr",
+        env={"PATH": os.environ["PATH"], **key_env},
+        kill_grace_s=1.0,
+        control=AttemptControl(),
+    )
+    try:
+        with anyio.fail_after(30):
+            outcome = await executor.run(ctx, lambda pid: None)
+        assert outcome.reason == RUNTIME_LOST
+        assert spawner.started is not None
+        assert spawner.started.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if spawner.started is not None and spawner.started.poll() is None:
+            spawner.started.kill()
+            spawner.started.wait()
 
 
 def test_a_journal_moved_away_is_made_anew_and_later_lines_make_nothing(tmp_path: Path) -> None:
