@@ -12,6 +12,7 @@ import resource
 import shutil
 import signal
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -212,6 +213,33 @@ async def test_a_start_whose_spawner_died_before_its_pid_line_is_killed_by_its_k
         if spawner.started is not None and spawner.started.poll() is None:
             spawner.started.kill()
             spawner.started.wait()
+
+
+@pytest.mark.anyio
+async def test_after_a_restart_the_records_and_proc_are_read_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding a job's attempts reads its journal and /proc once per attempt: in a worker
+    thread, not in the event loop's."""
+    layout = StateLayout(tmp_path)
+    executor = LocalExecutor(layout)
+    executor.runtime_id = "r"
+    writer = launch.Journals()
+    for index in range(3):
+        writer.write(str(layout.journal_path("job")), head(index), first=True)
+        writer.write(str(layout.journal_path("job")), launch.started_line(tag(index), 1, 1.0, 2.0))
+    writer.close_all()
+    readers: set[int] = set()
+    adoptable = records.adoptable
+
+    def noting_the_thread(record: records.Record) -> bool:
+        readers.add(threading.get_ident())
+        return adoptable(record)
+
+    monkeypatch.setattr(records, "adoptable", noting_the_thread)
+    found = await executor.find_attempts(["job"])
+    assert {(f.index, f.attempt) for f in found} == {(0, 1), (1, 1), (2, 1)}
+    assert readers and threading.get_ident() not in readers
 
 
 def test_a_journal_moved_away_is_made_anew_and_later_lines_make_nothing(tmp_path: Path) -> None:
