@@ -50,7 +50,8 @@ class Resources:
         self._background: TaskGroup | None = None
 
     async def __aenter__(self) -> Resources:
-        # Executors' helpers (the spawner's reader) live here; cancelled once they are closed.
+        # Executors' helpers (Slurm's watcher and batcher) live here; cancelled once the
+        # executors are closed.
         background = await self._stack.enter_async_context(anyio.create_task_group())
         self._stack.callback(background.cancel_scope.cancel)
         self._background = background

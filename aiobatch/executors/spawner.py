@@ -133,8 +133,12 @@ class Spawner:
             try:
                 self._send({"op": "close"})
             except SpawnerGone:
-                pass
-            await anyio.to_thread.run_sync(process.wait)
+                # It cannot be asked: it died, or what it sent made no sense (its attempts
+                # are counted lost already). Alive, it would wait for a close forever.
+                if process.poll() is None:
+                    process.kill()
+            # Abandoned at the time limit (a stopped spawner): then killed below.
+            await anyio.to_thread.run_sync(process.wait, abandon_on_cancel=True)
             await self._reader_done.wait()  # it has seen the end
         if process.poll() is None:
             process.kill()

@@ -172,7 +172,7 @@ async def test_requests_that_find_the_socket_full_go_in_order_once_it_has_room(
     count = 40
 
     async def start_padded(index: int) -> None:
-        argv = ["sh", "-c", 'echo "$2" >> "$0"', str(tmp_path / "order"), padding, str(index)]
+        argv = ["sh", "-c", 'echo "$2" >> "$0"', str(tmp_path / "ran"), padding, str(index)]
         started = await spawn_attempt(
             spawner, argv, index, work=tmp_path / "work", logs=tmp_path / "logs"
         )
@@ -182,19 +182,46 @@ async def test_requests_that_find_the_socket_full_go_in_order_once_it_has_room(
     await spawner.open()
     assert spawner.pid is not None
     try:
-        os.kill(spawner.pid, signal.SIGSTOP)
-        try:
-            async with anyio.create_task_group() as group:
-                for index in range(count):
-                    group.start_soon(start_padded, index)
-                await anyio.wait_all_tasks_blocked()
-                assert len(spawner._outbox) > 65536  # the socket is full: the rest waits
+        with anyio.fail_after(60):
+            os.kill(spawner.pid, signal.SIGSTOP)
+            try:
+                async with anyio.create_task_group() as group:
+                    for index in range(count):  # asked in this order: tasks start in order
+                        group.start_soon(start_padded, index)
+                    await anyio.wait_all_tasks_blocked()
+                    assert len(spawner._outbox) > 65536  # the socket is full: the rest waits
+                    os.kill(spawner.pid, signal.SIGCONT)
+            finally:
                 os.kill(spawner.pid, signal.SIGCONT)
-        finally:
-            os.kill(spawner.pid, signal.SIGCONT)
-        assert not spawner._outbox
     finally:
         await spawner.aclose()
-    # Asked in this order, read in this order, started one by one: each ran once.
-    ran = (tmp_path / "order").read_text().split()
-    assert sorted(map(int, ran)) == list(range(count))
+    # Each ran once; the spawner read the requests in the order they were asked (its key
+    # lines, written as it reads each one, say which).
+    assert sorted(map(int, (tmp_path / "ran").read_text().split())) == list(range(count))
+    lines = (tmp_path / "logs" / ".attempts").read_bytes().split(b"\n")
+    heads = [json.loads(line) for line in lines if line.startswith(b'{"key"')]
+    keys = [head["key"] for head in heads if "runtime" in head]  # not the pid or exit lines
+    assert [int(key[2]) for key in keys] == list(range(count))
+
+
+async def test_a_spawner_that_sends_what_makes_no_sense_is_killed_when_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A frame that cannot be read ends the link: the waiters hear the spawner is gone, and
+    closing it kills it at once (it cannot be asked to close any more)."""
+    spawner = Spawner()
+    await spawner.open()
+    process = spawner._process
+    assert process is not None
+
+    def garbled(_: bytes) -> dict[str, object]:
+        raise ValueError("bad marshal data")
+
+    monkeypatch.setattr(spawner_module, "_decode", garbled)
+    try:
+        with anyio.fail_after(10), pytest.raises(SpawnerGone):
+            await start(spawner, tmp_path, 0)
+    finally:
+        with anyio.fail_after(spawner_module.CLOSE_TIMEOUT_S / 2):
+            await spawner.aclose()
+    assert process.poll() is not None
