@@ -18,7 +18,8 @@ sibling ``_outputs.py`` only, so it starts in ~20 ms) for four reasons:
 
 Every attempt is recorded in its job's attempts journal (``logs/JOB/.attempts``, appended to)
 before its process starts: one JSON line with the attempt's key, one with its pid once it
-runs, one with its exit status once it ended (or one saying it never started). One journal
+runs, one with its exit status once it ended (or one saying it never started); a line a full
+disk refuses is kept, and written in order once there is room. One journal
 per job rather than a file per attempt: on a file system where making a file is slow, a file
 per start was most of a start's cost.
 
@@ -36,6 +37,7 @@ Standard library only: this file must not import aiobatch.
 from __future__ import annotations
 
 import ctypes
+import errno
 import marshal
 import os
 import selectors
@@ -56,7 +58,11 @@ else:  # run as a script: its siblings are on the path, aiobatch is not
     from _outputs import Output, Outputs
 
 PR_SET_CHILD_SUBREAPER = 36
-PAUSE_RETRY_S = 1.0  # a copy paused for room is tried again this often
+PAUSE_RETRY_S = 1.0  # a copy paused for room, or a refused journal line, is tried again this often
+# An orphaned spawner (its runtime died) whose journal lines a full disk refused waits this long
+# for room before it gives up on them and goes: those attempts are then found lost.
+ORPHANED_WRITES_S = 3600.0
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 HEADER_SIZE = 4  # a frame's length, big-endian
 
 Key = processes.Key
@@ -92,13 +98,22 @@ class Spawner:
         self.selector.register(control, selectors.EVENT_READ, "control")
         self.outputs = Outputs(self.selector)
         self.journals = launch.Journals()
+        # Journal lines a full disk refused, by journal, oldest first: written, in order, once
+        # there is room (an attempt's pid and end must reach its journal for a next runtime).
+        self.unwritten: dict[str, list[bytes]] = {}
+        self.orphaned_at: float | None = None
 
     # -- the loop --------------------------------------------------------------------------------
 
     def run(self) -> None:
         outputs = self.outputs
-        while (self.listening and not self.closing) or self.leaders or outputs.open_count:
-            timeout = PAUSE_RETRY_S if outputs.paused else None
+        while (
+            (self.listening and not self.closing)
+            or self.leaders
+            or outputs.open_count
+            or self.owes_lines()
+        ):
+            timeout = PAUSE_RETRY_S if outputs.paused or self.unwritten else None
             for key, _ in self.selector.select(timeout):
                 if isinstance(key.data, Output):
                     self.copy(key.data)
@@ -109,6 +124,7 @@ class Spawner:
             for output in outputs.resume():
                 self.tell_output(output, "log_resumed", None)
             self.reap()
+            self.write_unwritten()
             self.flush()
             if self.closing and not self.leaders:
                 break  # what a closing runtime left behind is copied below, not waited for
@@ -183,6 +199,7 @@ class Spawner:
         them unread)."""
         if not self.orphaned:
             self.orphaned = True
+            self.orphaned_at = time.monotonic()
             self.outbox.clear()
             if self.listening:
                 self.selector.modify(self.control, selectors.EVENT_READ, "control")
@@ -289,12 +306,41 @@ class Spawner:
         self.send({**reply, "exec": exec_failed, "expired": expired})
 
     def write(self, leader: Leader, line: bytes) -> None:
-        """A journal line after the first: if it cannot be written, the runtime hears what it
-        says anyway (it is alive, or the next one finds the attempt lost)."""
+        """A journal line after the first. The runtime hears what it says anyway; one a full
+        disk refused waits, after those refused before it, for room (a runtime that dies
+        meanwhile leaves the next one the journal only); one whose journal went (the job's
+        logs were removed) is dropped."""
+        waiting = self.unwritten.get(leader.journal)
+        if waiting is not None:
+            waiting.append(line)
+            return
         try:
             self.journals.write(leader.journal, line)
-        except OSError:
-            pass
+        except OSError as exc:
+            if exc.errno in NO_ROOM:
+                self.unwritten[leader.journal] = [line]
+
+    def write_unwritten(self) -> None:
+        """Try again the lines a full disk refused, each journal's in order."""
+        for path in list(self.unwritten):
+            lines = self.unwritten[path]
+            try:
+                while lines:
+                    self.journals.write(path, lines[0])
+                    del lines[0]
+            except OSError as exc:
+                if exc.errno in NO_ROOM:
+                    continue  # still no room: the next try, in PAUSE_RETRY_S
+            del self.unwritten[path]
+
+    def owes_lines(self) -> bool:
+        """Lines are still to be written, and we wait for room (not once asked to close,
+        nor past ORPHANED_WRITES_S without a runtime)."""
+        if not self.unwritten or self.closing:
+            return False
+        if self.orphaned_at is not None and time.monotonic() - self.orphaned_at > ORPHANED_WRITES_S:
+            return False
+        return True
 
     def forward_signal(self, pid: int, sig: int) -> None:
         # Only a leader not reaped yet: its pid still names its group, never a stranger.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import signal
 import sqlite3
@@ -27,6 +28,7 @@ from tests.integration.service import (
     stored_events,
     submit_and_see_running,
 )
+from tests.integration.test_recovery import running_pids, runtime_child, spawner_of
 
 pytestmark = pytest.mark.anyio
 
@@ -208,3 +210,61 @@ async def test_a_refused_submission_is_heard_of_by_no_watcher(small_disk: Path) 
         (small_disk / "filler").unlink()
     assert not [e for e in heard if isinstance(e, JobSubmitted)], "a job that was never stored"
     assert await anyio.to_thread.run_sync(lambda: list((small_disk / "state").glob("logs/*"))) == []
+
+
+async def until_gone(pid: int) -> None:
+    """Until the process ``pid`` (not our child) has ended."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        with anyio.fail_after(20):
+            await anyio.wait_readable(pidfd)
+    finally:
+        os.close(pidfd)
+
+
+def fill_the_last_page(path: Path) -> None:
+    """Append a line no reader takes that ends ``path`` at a page's end: its next line then
+    needs a page of its own, which a full tmpfs refuses."""
+    size = path.stat().st_size
+    pad = -(size + 2) % 4096
+    with path.open("ab") as f:
+        f.write(b"\n" + b"x" * pad + b"\n")
+    assert path.stat().st_size % 4096 == 0
+
+
+async def test_an_end_the_full_disk_kept_out_of_the_journal_is_written_once_there_is_room(
+    small_disk: Path, tmp_path: Path
+) -> None:
+    """The disk is full when an instance ends, and its runtime is killed: its spawner, left
+    alone, keeps the exit line the disk refused until there is room. The next runtime adopts
+    the attempt with that end instead of running it again."""
+    state_dir = small_disk / "state"
+    runs, gate = tmp_path / "runs", tmp_path / "gate"
+    command = f'echo run >> "{runs}"; until test -e "{gate}"; do sleep 0.02; done'
+    spec = {"name": "held", "tasks": [{"name": "t", "command": command}]}
+    pidfile = tmp_path / "runtime.pid"
+    with runtime_child(state_dir, pidfile, {}, json.dumps(spec), "--running", "1") as child:
+        assert child.stdout is not None
+        job_id = child.stdout.readline().strip()
+        assert child.stdout.readline().strip() == "running"
+        spawner = spawner_of(child.pid)
+        (pid,) = running_pids(state_dir, job_id)
+        fill_the_last_page(state_dir / "logs" / job_id / ".attempts")
+        await anyio.to_thread.run_sync(fill, small_disk / "filler")
+        gate.touch()
+        await until_gone(pid)  # its end is heard of; its exit line finds no room
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(timeout=10) == -signal.SIGKILL
+    (small_disk / "filler").unlink()
+    await until_gone(spawner)  # it wrote what it owed, then went
+
+    async with Runtime(state_dir) as rt:
+        job = await rt.get_job(job_id)
+        with anyio.fail_after(20):
+            await job.wait_for_success()
+        result = await job.get_task_result("t")
+    assert [(i.status, i.attempts) for i in result.instances or []] == [("SUCCEEDED", 1)]
+    assert runs.read_text().splitlines() == ["run"], "adopted with its end, not run again"
