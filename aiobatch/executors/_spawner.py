@@ -60,7 +60,8 @@ else:  # run as a script: its siblings are on the path, aiobatch is not
 PR_SET_CHILD_SUBREAPER = 36
 PAUSE_RETRY_S = 1.0  # a copy paused for room, or a refused journal line, is tried again this often
 # An orphaned spawner (its runtime died) whose journal lines a full disk refused waits this long
-# for room before it gives up on them and goes: those attempts are then found lost.
+# for room, from its last instance's end, before it gives up on them and goes: those attempts
+# are then found lost.
 ORPHANED_WRITES_S = 3600.0
 NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 HEADER_SIZE = 4  # a frame's length, big-endian
@@ -101,7 +102,7 @@ class Spawner:
         # Journal lines a full disk refused, by journal, oldest first: written, in order, once
         # there is room (an attempt's pid and end must reach its journal for a next runtime).
         self.unwritten: dict[str, list[bytes]] = {}
-        self.orphaned_at: float | None = None
+        self.busy_at = time.monotonic()  # when we last had an instance running
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -123,6 +124,8 @@ class Spawner:
                     self.read_control()
             for output in outputs.resume():
                 self.tell_output(output, "log_resumed", None)
+            if self.leaders:  # before reaping: the last one's end counts as busy
+                self.busy_at = time.monotonic()
             self.reap()
             self.write_unwritten()
             self.flush()
@@ -199,7 +202,6 @@ class Spawner:
         them unread)."""
         if not self.orphaned:
             self.orphaned = True
-            self.orphaned_at = time.monotonic()
             self.outbox.clear()
             if self.listening:
                 self.selector.modify(self.control, selectors.EVENT_READ, "control")
@@ -242,6 +244,9 @@ class Spawner:
                 self.abort(request_id, leader, argv, exc, recorded=False, piped=len(ends) == 2)
                 return
             try:  # the key line, encoded by the runtime: the attempt is on record from here
+                # After the lines refused before it: one may take back an earlier try of
+                # this very attempt, and must not come after it.
+                self.write_owed(leader.journal)
                 self.journals.write(leader.journal, request["head"], first=True)
             except OSError as exc:
                 for output in leader.outputs:
@@ -323,22 +328,34 @@ class Spawner:
     def write_unwritten(self) -> None:
         """Try again the lines a full disk refused, each journal's in order."""
         for path in list(self.unwritten):
-            lines = self.unwritten[path]
             try:
-                while lines:
-                    self.journals.write(path, lines[0])
-                    del lines[0]
-            except OSError as exc:
-                if exc.errno in NO_ROOM:
-                    continue  # still no room: the next try, in PAUSE_RETRY_S
-            del self.unwritten[path]
+                self.write_owed(path)
+            except OSError:
+                pass  # still no room: the next try, in PAUSE_RETRY_S
+
+    def write_owed(self, path: str) -> None:
+        """Write the lines refused before for this journal, in order. Raises OSError while
+        there is still no room; a line that fails otherwise (its journal went, the disk
+        failed) is dropped with those after it."""
+        lines = self.unwritten.get(path)
+        if lines is None:
+            return
+        try:
+            while lines:
+                self.journals.write(path, lines[0])
+                del lines[0]
+        except OSError as exc:
+            if exc.errno in NO_ROOM:
+                raise
+        del self.unwritten[path]
 
     def owes_lines(self) -> bool:
-        """Lines are still to be written, and we wait for room (not once asked to close,
-        nor past ORPHANED_WRITES_S without a runtime)."""
+        """Lines are still to be written, and we wait for room: not once asked to close,
+        nor longer than ORPHANED_WRITES_S since we last had something running when our
+        runtime is gone."""
         if not self.unwritten or self.closing:
             return False
-        if self.orphaned_at is not None and time.monotonic() - self.orphaned_at > ORPHANED_WRITES_S:
+        if self.orphaned and time.monotonic() - self.busy_at > ORPHANED_WRITES_S:
             return False
         return True
 

@@ -22,6 +22,7 @@ import pytest
 from aiobatch import JobState, Runtime, StateDirUnwritable
 from aiobatch.client import Client
 from aiobatch.events import InstanceStateChanged, JobSubmitted
+from tests.helpers import process_alive
 from tests.integration.service import (
     AIOBATCH,
     Service,
@@ -258,8 +259,12 @@ async def test_an_end_the_full_disk_kept_out_of_the_journal_is_written_once_ther
         await until_gone(pid)  # its end is heard of; its exit line finds no room
         child.send_signal(signal.SIGKILL)
         assert child.wait(timeout=10) == -signal.SIGKILL
+    journal = state_dir / "logs" / job_id / ".attempts"
+    assert b'"status"' not in journal.read_bytes()  # no exit line: no room for it
+    assert process_alive(spawner)  # it waits for room, its runtime gone
     (small_disk / "filler").unlink()
     await until_gone(spawner)  # it wrote what it owed, then went
+    assert b'"status"' in journal.read_bytes()
 
     async with Runtime(state_dir) as rt:
         job = await rt.get_job(job_id)

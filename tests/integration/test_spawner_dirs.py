@@ -139,3 +139,89 @@ def test_a_key_line_cut_short_by_a_full_disk_is_taken_back(tmp_path: Path) -> No
     journal.refresh()
     # The first taken back: the next runtime finds no attempt of it to adopt.
     assert set(journal.records) == {("job", "t", 1, 1)}
+
+
+# Lines a full disk refuses wait in order: here the disk refuses a start's key line and then
+# the line that takes it back; the start is asked for again (the runtime's retry, same
+# attempt) once there is room. The line taking back the first try must land before the
+# second try's key line, or it would take that one back.
+TRIED_AGAIN_AFTER_A_FULL_DISK = """
+import errno, marshal, os, socket, sys
+sys.path.insert(0, sys.argv[1])
+import _launch, _spawner
+work, logs = sys.argv[2], sys.argv[3]
+write = _launch.Journals.write
+refusals = [2]
+def full_at_first(self, path, line, *, first=False):
+    if refusals[0]:
+        refusals[0] -= 1
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    write(self, path, line, first=first)
+_launch.Journals.write = full_at_first
+ours, theirs = socket.socketpair()
+spawner = _spawner.Spawner(theirs.detach())
+env = {"PATH": os.environ["PATH"], "AIOBATCH_JOB_ID": "job", "AIOBATCH_TASK_NAME": "t",
+       "AIOBATCH_INSTANCE_INDEX": "0", "AIOBATCH_ATTEMPT": "1"}
+tag = b'["job","t","0","1"]'
+head = b'\\n{"key":%b,"runtime":"r","spawner":[%d,null]}\\n' % (tag, os.getpid())
+for request_id in (1, 2):
+    request = {"op": "spawn", "id": request_id, "argv": ["sh", "-c", "echo >> ran"],
+               "cwd": work, "env": env, "stdout": logs + "/0.stdout",
+               "stderr": logs + "/0.stderr", "make_logs": False,
+               "journal": logs + "/.attempts", "head": head, "tag": tag, "user": None}
+    body = marshal.dumps(request)
+    ours.sendall(len(body).to_bytes(4, "big") + body)
+ours.close()
+spawner.run()
+"""
+
+
+def test_a_start_tried_again_after_a_full_disk_is_not_taken_back(tmp_path: Path) -> None:
+    work, logs = tmp_path / "work", tmp_path / "logs"
+    run_beside_the_spawner(TRIED_AGAIN_AFTER_A_FULL_DISK, work, logs)
+    assert (work / "ran").read_text() == "\n"  # the second try ran, once
+    journal = records.Journal(logs / ".attempts")
+    journal.refresh()
+    record = journal.records[("job", "t", 0, 1)]
+    assert record.pid is not None and record.exited is not None and record.exited.exit_code == 0
+
+
+# A spawner whose runtime went long ago still waits for room for the end of an instance that
+# ran all that time: the wait counts from its last instance's end, not from the runtime's.
+ORPHANED_LONG_AGO = """
+import errno, marshal, os, socket, sys
+sys.path.insert(0, sys.argv[1])
+import _launch, _spawner
+work, logs = sys.argv[2], sys.argv[3]
+_spawner.ORPHANED_WRITES_S, _spawner.PAUSE_RETRY_S = 0.5, 0.1
+write = _launch.Journals.write
+refusals = [3]
+def full_for_the_end(self, path, line, *, first=False):
+    if b'"status"' in line and refusals[0]:
+        refusals[0] -= 1
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    write(self, path, line, first=first)
+_launch.Journals.write = full_for_the_end
+ours, theirs = socket.socketpair()
+spawner = _spawner.Spawner(theirs.detach())
+env = {"PATH": os.environ["PATH"], "AIOBATCH_JOB_ID": "job", "AIOBATCH_TASK_NAME": "t",
+       "AIOBATCH_INSTANCE_INDEX": "0", "AIOBATCH_ATTEMPT": "1"}
+tag = b'["job","t","0","1"]'
+head = b'\\n{"key":%b,"runtime":"r","spawner":[%d,null]}\\n' % (tag, os.getpid())
+request = {"op": "spawn", "id": 1, "argv": ["sleep", "1.5"], "cwd": work, "env": env,
+           "stdout": logs + "/0.stdout", "stderr": logs + "/0.stderr", "make_logs": False,
+           "journal": logs + "/.attempts", "head": head, "tag": tag, "user": None}
+body = marshal.dumps(request)
+ours.sendall(len(body).to_bytes(4, "big") + body)
+ours.close()  # the runtime goes at once; the instance runs three times the wait
+spawner.run()
+"""
+
+
+def test_an_end_refused_long_after_the_runtime_went_is_still_written(tmp_path: Path) -> None:
+    work, logs = tmp_path / "work", tmp_path / "logs"
+    run_beside_the_spawner(ORPHANED_LONG_AGO, work, logs)
+    journal = records.Journal(logs / ".attempts")
+    journal.refresh()
+    record = journal.records[("job", "t", 0, 1)]
+    assert record.exited is not None and record.exited.exit_code == 0
