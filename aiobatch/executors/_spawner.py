@@ -202,6 +202,7 @@ class Spawner:
         them unread)."""
         if not self.orphaned:
             self.orphaned = True
+            self.busy_at = time.monotonic()  # the wait for room counts from here at the earliest
             self.outbox.clear()
             if self.listening:
                 self.selector.modify(self.control, selectors.EVENT_READ, "control")

@@ -18,7 +18,7 @@ class Executor(Protocol):
 
     async def open(self, background: TaskGroup) -> None:
         """Acquire what runs need (clients, connections, helper processes); called once,
-        before the first run. Long-lived helpers (readers) run in ``background``."""
+        before the first run. Long-lived helpers (watchers, batchers) run in ``background``."""
         ...
 
     async def aclose(self) -> None:

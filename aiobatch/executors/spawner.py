@@ -129,23 +129,27 @@ class Spawner:
         sock, process = self._sock, self._process
         if sock is None or process is None:
             return
-        with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT_S):
-            try:
-                self._send({"op": "close"})
-            except SpawnerGone:
-                # It cannot be asked: it died, or what it sent made no sense (its attempts
-                # are counted lost already). Alive, it would wait for a close forever.
+        try:
+            with anyio.CancelScope(shield=True):
+                with anyio.move_on_after(CLOSE_TIMEOUT_S):
+                    try:
+                        self._send({"op": "close"})
+                    except SpawnerGone:
+                        # It cannot be asked: it died, or what it sent made no sense (its
+                        # attempts are counted lost already). Alive, it would wait forever.
+                        if process.poll() is None:
+                            process.kill()
+                    # Abandoned at the time limit (a stopped spawner): then killed below.
+                    await anyio.to_thread.run_sync(process.wait, abandon_on_cancel=True)
+                    await self._reader_done.wait()  # it has seen the end
                 if process.poll() is None:
                     process.kill()
-            # Abandoned at the time limit (a stopped spawner): then killed below.
-            await anyio.to_thread.run_sync(process.wait, abandon_on_cancel=True)
-            await self._reader_done.wait()  # it has seen the end
-        if process.poll() is None:
-            process.kill()
-            await anyio.to_thread.run_sync(process.wait)
-        self._end()  # if it timed out: unwatched before the socket closes
-        self._sock = None
-        sock.close()
+                    with anyio.move_on_after(CLOSE_TIMEOUT_S):
+                        await anyio.to_thread.run_sync(process.wait, abandon_on_cancel=True)
+        finally:
+            self._end()  # if it timed out: unwatched before the socket closes
+            self._sock = None
+            sock.close()
 
     @property
     def pid(self) -> int | None:
@@ -203,10 +207,8 @@ class Spawner:
                 self._replies.pop(request_id, None)
         reply = pending.value
         if reply is None:
-            self._exits.pop(request_id, None)
             raise SpawnerGone  # asked, never answered: the process may or may not run
         if reply["op"] == "failed":
-            self._exits.pop(request_id, None)
             if reply.get("expired"):  # the spawner was stalled: as lost, not as failed
                 raise SpawnerGone
             raise SpawnFailed(
@@ -231,7 +233,7 @@ class Spawner:
             try:
                 self._send({"op": "signal", "pid": started.pid, "sig": int(sig)})
             except SpawnerGone:
-                pass  # the reader tells every waiter
+                pass  # every waiter has been told
 
     def _send(self, message: dict[str, Any]) -> None:
         """Queue a frame and send what the socket takes now, without waiting: no lock and no
@@ -240,9 +242,7 @@ class Spawner:
         sock = self._sock
         if sock is None or self._gone:
             raise SpawnerGone
-        body = _encode(message)
-        self._outbox += HEADER.pack(len(body))
-        self._outbox += body
+        self._outbox += _frame(message)
         if not self._waiting_for_room:
             self._flush()
 
@@ -260,7 +260,7 @@ class Spawner:
                 asyncio.get_running_loop().add_writer(sock.fileno(), self._flush)
             return
         except OSError:
-            self._outbox.clear()  # the spawner is gone: the reader sees it, tells the waiters
+            self._outbox.clear()  # the spawner is gone: its socket's end tells the waiters
         self._stop_waiting_for_room()
 
     def _stop_waiting_for_room(self) -> None:
@@ -296,6 +296,10 @@ class Spawner:
                 at += HEADER.size + size
         except Exception:  # a frame that makes no sense: nothing after it can be trusted
             log.exception("spawner_garbled")
+            # Its attempts are counted lost from now on: asked to close, it kills what it
+            # runs, and what it starts from requests read before the close (as a late start).
+            self._outbox += _frame({"op": "close"})
+            self._flush()
             self._end()
             return
         self._buffer = buffer[at:]
@@ -349,6 +353,11 @@ class Spawner:
         else:
             self.paused_logs.discard(where)
             log.warning("log_resumed", **ids)
+
+
+def _frame(message: dict[str, Any]) -> bytes:
+    body = _encode(message)
+    return HEADER.pack(len(body)) + body
 
 
 def _exited(message: dict[str, Any]) -> Exited:

@@ -229,11 +229,12 @@ async def until_gone(pid: int) -> None:
 def fill_the_last_page(path: Path) -> None:
     """Append a line no reader takes that ends ``path`` at a page's end: its next line then
     needs a page of its own, which a full tmpfs refuses."""
+    page = os.sysconf("SC_PAGESIZE")
     size = path.stat().st_size
-    pad = -(size + 2) % 4096
+    pad = -(size + 2) % page
     with path.open("ab") as f:
         f.write(b"\n" + b"x" * pad + b"\n")
-    assert path.stat().st_size % 4096 == 0
+    assert path.stat().st_size % page == 0
 
 
 async def test_an_end_the_full_disk_kept_out_of_the_journal_is_written_once_there_is_room(

@@ -193,9 +193,9 @@ import errno, marshal, os, socket, sys
 sys.path.insert(0, sys.argv[1])
 import _launch, _spawner
 work, logs = sys.argv[2], sys.argv[3]
-_spawner.ORPHANED_WRITES_S, _spawner.PAUSE_RETRY_S = 0.5, 0.1
+_spawner.ORPHANED_WRITES_S, _spawner.PAUSE_RETRY_S = 2.0, 0.1
 write = _launch.Journals.write
-refusals = [3]
+refusals = [2]
 def full_for_the_end(self, path, line, *, first=False):
     if b'"status"' in line and refusals[0]:
         refusals[0] -= 1
@@ -208,12 +208,12 @@ env = {"PATH": os.environ["PATH"], "AIOBATCH_JOB_ID": "job", "AIOBATCH_TASK_NAME
        "AIOBATCH_INSTANCE_INDEX": "0", "AIOBATCH_ATTEMPT": "1"}
 tag = b'["job","t","0","1"]'
 head = b'\\n{"key":%b,"runtime":"r","spawner":[%d,null]}\\n' % (tag, os.getpid())
-request = {"op": "spawn", "id": 1, "argv": ["sleep", "1.5"], "cwd": work, "env": env,
+request = {"op": "spawn", "id": 1, "argv": ["sleep", "4"], "cwd": work, "env": env,
            "stdout": logs + "/0.stdout", "stderr": logs + "/0.stderr", "make_logs": False,
            "journal": logs + "/.attempts", "head": head, "tag": tag, "user": None}
 body = marshal.dumps(request)
 ours.sendall(len(body).to_bytes(4, "big") + body)
-ours.close()  # the runtime goes at once; the instance runs three times the wait
+ours.close()  # the runtime goes at once; the instance runs twice the wait
 spawner.run()
 """
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -180,7 +181,9 @@ async def test_requests_that_find_the_socket_full_go_in_order_once_it_has_room(
 
     spawner = Spawner()
     await spawner.open()
-    assert spawner.pid is not None
+    assert spawner.pid is not None and spawner._sock is not None
+    # A small send buffer, whatever the machine's default: 40 requests cannot all fit.
+    spawner._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
     try:
         with anyio.fail_after(60):
             os.kill(spawner.pid, signal.SIGSTOP)
@@ -225,3 +228,22 @@ async def test_a_spawner_that_sends_what_makes_no_sense_is_killed_when_closed(
         with anyio.fail_after(spawner_module.CLOSE_TIMEOUT_S / 2):
             await spawner.aclose()
     assert process.poll() is not None
+
+
+async def test_closing_a_stopped_spawner_from_a_cancelled_scope_still_ends_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Ctrl-C while the spawner is stopped: closing it, cancelled, still kills it, stops
+    watching its socket and closes it, within its time limits."""
+    monkeypatch.setattr(spawner_module, "CLOSE_TIMEOUT_S", 0.5)
+    spawner = Spawner()
+    await spawner.open()
+    process = spawner._process
+    assert process is not None
+    os.kill(process.pid, signal.SIGSTOP)
+    with anyio.fail_after(10):
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await spawner.aclose()
+    assert process.poll() == -signal.SIGKILL
+    assert spawner.gone and spawner._sock is None
