@@ -294,9 +294,17 @@ def exited_line(tag: bytes, status: int, mono: float, wall: float, usage: Any) -
     )
 
 
-def abandoned_line(tag: bytes) -> bytes:
-    """An attempt's last line when it could not be started: no trace of what did not run."""
-    return b'\n{"key":' + tag + b',"abandoned":true}\n'
+def abandoned_line(tag: bytes, spawner: bytes) -> bytes:
+    """An attempt's last line when it could not be started: no trace of what did not run.
+    ``spawner`` (its pid and start, as JSON) takes back only its own key line: a line a full
+    disk held back must not take back the same attempt another spawner started since."""
+    return b'\n{"key":' + tag + b',"abandoned":true,"spawner":' + spawner + b"}\n"
+
+
+def identity(pid: int) -> bytes:
+    """A process's pid and start as JSON, as a key line names its spawner."""
+    ticks = start_ticks(pid)
+    return b"[%d,%s]" % (pid, b"null" if ticks is None else str(ticks).encode())
 
 
 def start_ticks(pid: int) -> int | None:

@@ -103,6 +103,7 @@ class Spawner:
         # there is room (an attempt's pid and end must reach its journal for a next runtime).
         self.unwritten: dict[str, list[bytes]] = {}
         self.busy_at = time.monotonic()  # when we last had an instance running
+        self.identity = launch.identity(os.getpid())  # as the runtime names us in key lines
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -254,7 +255,7 @@ class Spawner:
                     self.outputs.close(output)
                 # Part of it may be there, whole but for its last newline (which the next
                 # line's first would give it): taken back, if there is room.
-                self.write(leader, launch.abandoned_line(leader.tag))
+                self.write(leader, launch.abandoned_line(leader.tag, self.identity))
                 self.fail(request_id, f"record: {exc.strerror}", exc, exec_failed=False)
                 return
             try:
@@ -287,7 +288,7 @@ class Spawner:
         for output in leader.outputs:
             self.outputs.close(output)
         if recorded:
-            self.write(leader, launch.abandoned_line(leader.tag))
+            self.write(leader, launch.abandoned_line(leader.tag, self.identity))
         where = argv[0] if argv and piped else "log"
         why = exc.strerror if isinstance(exc, OSError) else str(exc)
         expired = isinstance(exc, launch.Expired)

@@ -135,7 +135,10 @@ class Journal:
         if line.runtime is not None:
             self.records[key] = Record(key, line.runtime, line.spawner)
         elif line.abandoned:
-            self.records.pop(key, None)
+            record = self.records.get(key)
+            # Only its own spawner's (one written before spawners named themselves: any).
+            if record is not None and line.spawner in (None, record.spawner):
+                del self.records[key]
         elif (record := self.records.get(key)) is not None:
             self.records[key] = _then(record, line)
 

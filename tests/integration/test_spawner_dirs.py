@@ -118,7 +118,7 @@ for index in (0, 1):
     env = {"PATH": os.environ["PATH"], "AIOBATCH_JOB_ID": "job", "AIOBATCH_TASK_NAME": "t",
            "AIOBATCH_INSTANCE_INDEX": str(index), "AIOBATCH_ATTEMPT": "1"}
     tag = b'["job","t","%d","1"]' % index
-    head = b'\\n{"key":%b,"runtime":"r","spawner":[%d,null]}\\n' % (tag, os.getpid())
+    head = b'\\n{"key":%b,"runtime":"r","spawner":%b}\\n' % (tag, _launch.identity(os.getpid()))
     request = {"op": "spawn", "id": index, "argv": ["sh", "-c", f"echo > ran-{index}"],
                "cwd": work, "env": env, "stdout": logs + f"/{index}.stdout",
                "stderr": logs + f"/{index}.stderr", "make_logs": False,
@@ -163,7 +163,7 @@ spawner = _spawner.Spawner(theirs.detach())
 env = {"PATH": os.environ["PATH"], "AIOBATCH_JOB_ID": "job", "AIOBATCH_TASK_NAME": "t",
        "AIOBATCH_INSTANCE_INDEX": "0", "AIOBATCH_ATTEMPT": "1"}
 tag = b'["job","t","0","1"]'
-head = b'\\n{"key":%b,"runtime":"r","spawner":[%d,null]}\\n' % (tag, os.getpid())
+head = b'\\n{"key":%b,"runtime":"r","spawner":%b}\\n' % (tag, _launch.identity(os.getpid()))
 for request_id in (1, 2):
     request = {"op": "spawn", "id": request_id, "argv": ["sh", "-c", "echo >> ran"],
                "cwd": work, "env": env, "stdout": logs + "/0.stdout",
@@ -207,7 +207,7 @@ spawner = _spawner.Spawner(theirs.detach())
 env = {"PATH": os.environ["PATH"], "AIOBATCH_JOB_ID": "job", "AIOBATCH_TASK_NAME": "t",
        "AIOBATCH_INSTANCE_INDEX": "0", "AIOBATCH_ATTEMPT": "1"}
 tag = b'["job","t","0","1"]'
-head = b'\\n{"key":%b,"runtime":"r","spawner":[%d,null]}\\n' % (tag, os.getpid())
+head = b'\\n{"key":%b,"runtime":"r","spawner":%b}\\n' % (tag, _launch.identity(os.getpid()))
 request = {"op": "spawn", "id": 1, "argv": ["sleep", "4"], "cwd": work, "env": env,
            "stdout": logs + "/0.stdout", "stderr": logs + "/0.stderr", "make_logs": False,
            "journal": logs + "/.attempts", "head": head, "tag": tag, "user": None}

@@ -56,7 +56,7 @@ def test_two_writers_and_a_torn_line_lose_no_other_attempt(tmp_path: Path) -> No
     new.write(path, launch.started_line(tag(1), 101, 1.5, 2.5))
     old.write(path, launch.exited_line(tag(0), 0, 3.0, 4.0, USAGE))
     new.write(path, head(3), first=True)
-    new.write(path, launch.abandoned_line(tag(3)))  # it could not be started
+    new.write(path, launch.abandoned_line(tag(3), b"[1,null]"))  # it could not be started
     old.close_all()
     new.close_all()
 
@@ -66,6 +66,26 @@ def test_two_writers_and_a_torn_line_lose_no_other_attempt(tmp_path: Path) -> No
     assert (first.pid, first.started, first.spawner) == (100, 1.0, (1, None))
     assert first.exited is not None and (first.exited.exit_code, first.exited.mono) == (0, 3.0)
     assert (second.pid, second.started, second.exited) == (101, 1.5, None)
+
+
+def test_a_line_taking_back_a_start_takes_back_only_its_own_spawners(tmp_path: Path) -> None:
+    """A full disk held back an old spawner's line taking back its start of an attempt; the
+    attempt was started since by a new spawner (its runtime's, after a crash), before the old
+    one found room for that line. The new start stays on record."""
+    path = str(tmp_path / ".attempts")
+    old, new = launch.Journals(), launch.Journals()
+    new_head = b'\n{"key":%b,"runtime":"r","spawner":[2,7]}\n' % tag(0)
+    old.write(path, head(0), first=True)  # spawner [1,null]; its start then failed
+    new.write(path, new_head, first=True)
+    new.write(path, launch.started_line(tag(0), 100, 1.0, 2.0))
+    old.write(path, launch.abandoned_line(tag(0), b"[1,null]"))  # room, at last
+    new.write(path, head(1), first=True)
+    new.write(path, launch.abandoned_line(tag(1), b"[1,null]"))  # its own: taken back
+    old.close_all()
+    new.close_all()
+    found = read(Path(path))
+    assert set(found) == {("job", "t", 0, 1)}
+    assert (found[("job", "t", 0, 1)].spawner, found[("job", "t", 0, 1)].pid) == ((2, 7), 100)
 
 
 def test_the_reader_takes_only_whole_lines_and_goes_on_from_there(tmp_path: Path) -> None:
