@@ -41,6 +41,11 @@ log = structlog.get_logger("aiobatch.local")
 KILL_WAIT_S = 30.0  # after SIGKILL, how long an end may take to be heard of
 EXIT_LINE_WAIT_S = 5.0  # an adopted process ended: how long its old spawner may take to say how
 EXIT_LINE_POLL_S = 0.01
+# After a restart, how long a living spawner may take to write a start's pid line: it was
+# making the start when its runtime died (ms), or a full disk held the line (it tries again
+# every second).
+PID_LINE_WAIT_S = 2.5
+PID_LINE_POLL_S = 0.05
 
 
 class LocalExecutor:
@@ -169,6 +174,12 @@ class LocalExecutor:
         journals: each is adopted, or found lost, by the instance it belongs to."""
         logs = self.layout.root / "logs"
         found = await anyio.to_thread.run_sync(records.records_of, logs, list(job_ids))
+        # A start whose pid line its living spawner has yet to write is waited for, briefly:
+        # found without it, its process would be killed and run again.
+        with anyio.move_on_after(PID_LINE_WAIT_S):
+            while await anyio.to_thread.run_sync(_pids_to_come, [r for _, r in found]):
+                await anyio.sleep(PID_LINE_POLL_S)  # no event: another process writes it
+                found = await anyio.to_thread.run_sync(records.records_of, logs, list(job_ids))
         # Those whose spawner died too: how they end can never be known. Their processes go
         # now (found by their environment: a record may not have got its pid line), before
         # anything starts again; their instances find the attempts lost.
@@ -280,6 +291,10 @@ async def _terminate(spawner: Spawner, started: Started, grace: float) -> Exited
     except SpawnerGone:
         pass
     return None
+
+
+def _pids_to_come(found: list[records.Record]) -> bool:
+    return any(records.pid_to_come(record) for record in found)
 
 
 def _unadoptable(found: list[records.Record]) -> set[AttemptKey]:

@@ -222,6 +222,12 @@ def adoptable(record: Record) -> bool:
     return record.pid is not None and record.spawner is not None and _same_process(*record.spawner)
 
 
+def pid_to_come(record: Record) -> bool:
+    """Whether the attempt's pid line may still come: its spawner lives, and was starting it
+    (when its runtime died), or holds the line until a full disk has room."""
+    return record.pid is None and record.spawner is not None and _same_process(*record.spawner)
+
+
 def _same_process(pid: int, ticks: int | None) -> bool:
     now = start_ticks(pid)
     return now is not None and (ticks is None or now == ticks)

@@ -262,6 +262,48 @@ async def test_after_a_restart_the_records_and_proc_are_read_off_the_event_loop(
     assert readers and threading.get_ident() not in readers
 
 
+@pytest.mark.anyio
+async def test_after_a_restart_a_pid_line_still_to_come_is_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal has a start's key line and no pid yet, and its spawner lives (it was
+    making the start when its runtime died, or a full disk holds the line): the pid line
+    is waited for, and the process adopted, not killed and run again."""
+    layout = StateLayout(tmp_path)
+    executor = LocalExecutor(layout)
+    executor.runtime_id = "r"
+    journal = layout.journal_path("job")
+    key_env = {
+        "AIOBATCH_JOB_ID": "job",
+        "AIOBATCH_TASK_NAME": "t",
+        "AIOBATCH_INSTANCE_INDEX": "0",
+        "AIOBATCH_ATTEMPT": "1",
+        records.RUNTIME_VAR: "r",
+    }
+    # The attempt's process, as the spawner started it; a fork, once.
+    process = subprocess.Popen(["sleep", "600"], env={**os.environ, **key_env})  # noqa: ASYNC220
+    living = b'\n{"key":%b,"runtime":"r","spawner":%b}\n' % (tag(0), launch.identity(os.getpid()))
+    writer = launch.Journals()
+    writer.write(str(journal), living, first=True)
+    records_of = records.records_of
+
+    def then_the_pid_line(*args: Any) -> Any:
+        found = records_of(*args)
+        writer.write(str(journal), launch.started_line(tag(0), process.pid, 1.0, 2.0))
+        return found
+
+    monkeypatch.setattr(records, "records_of", then_the_pid_line)
+    try:
+        with anyio.fail_after(10):
+            found = await executor.find_attempts(["job"])
+        assert [(f.index, f.attempt) for f in found] == [(0, 1)]
+        assert process.poll() is None  # adopted: not swept
+    finally:
+        writer.close_all()
+        process.kill()
+        process.wait()
+
+
 def test_a_journal_moved_away_is_made_anew_and_later_lines_make_nothing(tmp_path: Path) -> None:
     job_logs = tmp_path / "logs" / "job"
     path = str(job_logs / ".attempts")
