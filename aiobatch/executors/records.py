@@ -137,7 +137,7 @@ class Journal:
         elif line.abandoned:
             record = self.records.get(key)
             # Only its own spawner's (one written before spawners named themselves: any).
-            if record is not None and line.spawner in (None, record.spawner):
+            if record is not None and _same_spawner(line.spawner, record.spawner):
                 del self.records[key]
         elif (record := self.records.get(key)) is not None:
             self.records[key] = _then(record, line)
@@ -220,6 +220,17 @@ def adoptable(record: Record) -> bool:
     if record.exited is not None:
         return True
     return record.pid is not None and record.spawner is not None and _same_process(*record.spawner)
+
+
+def _same_spawner(
+    taking_back: tuple[int, int | None] | None, started: tuple[int, int | None] | None
+) -> bool:
+    """Whether a line taking back a start comes from the spawner that made it: the same pid,
+    and the same start unless one side could not read it."""
+    if taking_back is None or started is None:
+        return True
+    (pid, ticks), (started_pid, started_ticks) = taking_back, started
+    return pid == started_pid and (ticks is None or started_ticks is None or ticks == started_ticks)
 
 
 def pid_to_come(record: Record) -> bool:

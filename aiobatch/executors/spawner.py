@@ -98,6 +98,7 @@ class Spawner:
         # Frames not yet taken by the socket; sent when it has room again while it is full.
         self._outbox = bytearray()
         self._waiting_for_room = False
+        self._asked_to_close = False  # after a garbled frame, bypassing the link's end
         self._gone = False
         self._reader_done = anyio.Event()  # the socket is no longer watched
         self._watching = False
@@ -136,8 +137,9 @@ class Spawner:
                         self._send({"op": "close"})
                     except SpawnerGone:
                         # It cannot be asked: it died, or what it sent made no sense (its
-                        # attempts are counted lost already). Alive, it would wait forever.
-                        if process.poll() is None:
+                        # attempts are counted lost already). Alive and not asked already,
+                        # it would wait forever.
+                        if not self._asked_to_close and process.poll() is None:
                             process.kill()
                     # Abandoned at the time limit (a stopped spawner): then killed below.
                     await anyio.to_thread.run_sync(process.wait, abandon_on_cancel=True)
@@ -296,13 +298,27 @@ class Spawner:
                 at += HEADER.size + size
         except Exception:  # a frame that makes no sense: nothing after it can be trusted
             log.exception("spawner_garbled")
-            # Its attempts are counted lost from now on: asked to close, it kills what it
-            # runs, and what it starts from requests read before the close (as a late start).
-            self._outbox += _frame({"op": "close"})
-            self._flush()
+            self._close_after_garble()
             self._end()
             return
         self._buffer = buffer[at:]
+
+    def _close_after_garble(self) -> None:
+        """Its attempts are counted lost from now on. Asked to close, it kills what it runs,
+        strays included, and what it starts from requests it reads before the close (as a
+        late start); if its socket cannot take the request now, it is killed instead."""
+        sock, process = self._sock, self._process
+        frame = _frame({"op": "close"})
+        sent = 0
+        if sock is not None and not self._outbox:
+            try:
+                sent = sock.send(frame)
+            except OSError:
+                sent = 0
+        if sent == len(frame):
+            self._asked_to_close = True
+        elif process is not None and process.poll() is None:
+            process.kill()
 
     def _end(self) -> None:
         """The spawner is gone (or being closed): stop watching, wake every waiter."""

@@ -225,3 +225,47 @@ def test_an_end_refused_long_after_the_runtime_went_is_still_written(tmp_path: P
     journal.refresh()
     record = journal.records[("job", "t", 0, 1)]
     assert record.exited is not None and record.exited.exit_code == 0
+
+
+# An instance ends and its end finds no room; its runtime stays up past the wait, then goes:
+# the spawner, left alone, still waits for room (the wait counts from its runtime's end).
+RUNTIME_GONE_AFTER_THE_END = """
+import errno, marshal, os, socket, sys, threading
+sys.path.insert(0, sys.argv[1])
+import _launch, _spawner
+work, logs = sys.argv[2], sys.argv[3]
+_spawner.ORPHANED_WRITES_S, _spawner.PAUSE_RETRY_S = 1.0, 0.1
+write = _launch.Journals.write
+full = threading.Event()
+full.set()
+def full_for_the_end(self, path, line, *, first=False):
+    if b'"status"' in line and full.is_set():
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    write(self, path, line, first=first)
+_launch.Journals.write = full_for_the_end
+ours, theirs = socket.socketpair()
+spawner = _spawner.Spawner(theirs.detach())
+env = {"PATH": os.environ["PATH"], "AIOBATCH_JOB_ID": "job", "AIOBATCH_TASK_NAME": "t",
+       "AIOBATCH_INSTANCE_INDEX": "0", "AIOBATCH_ATTEMPT": "1"}
+tag = b'["job","t","0","1"]'
+head = b'\\n{"key":%b,"runtime":"r","spawner":%b}\\n' % (tag, _launch.identity(os.getpid()))
+request = {"op": "spawn", "id": 1, "argv": ["true"], "cwd": work, "env": env,
+           "stdout": logs + "/0.stdout", "stderr": logs + "/0.stderr", "make_logs": False,
+           "journal": logs + "/.attempts", "head": head, "tag": tag, "user": None}
+body = marshal.dumps(request)
+ours.sendall(len(body).to_bytes(4, "big") + body)
+def runtime_goes():  # twice the wait after the end; room comes back soon after
+    ours.close()
+    threading.Timer(0.3, full.clear).start()
+threading.Timer(2.0, runtime_goes).start()
+spawner.run()
+"""
+
+
+def test_an_end_refused_long_before_the_runtime_went_is_still_written(tmp_path: Path) -> None:
+    work, logs = tmp_path / "work", tmp_path / "logs"
+    run_beside_the_spawner(RUNTIME_GONE_AFTER_THE_END, work, logs)
+    journal = records.Journal(logs / ".attempts")
+    journal.refresh()
+    record = journal.records[("job", "t", 0, 1)]
+    assert record.exited is not None and record.exited.exit_code == 0

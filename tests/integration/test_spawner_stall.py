@@ -19,7 +19,7 @@ from aiobatch.events import Event, InstanceStateChanged
 from aiobatch.executors import _launch as launch
 from aiobatch.executors import spawner as spawner_module
 from aiobatch.executors.spawner import Spawner, SpawnerGone
-from tests.helpers import spawn_attempt
+from tests.helpers import process_alive, spawn_attempt
 
 pytestmark = pytest.mark.anyio
 
@@ -207,15 +207,22 @@ async def test_requests_that_find_the_socket_full_go_in_order_once_it_has_room(
     assert [int(key[2]) for key in keys] == list(range(count))
 
 
-async def test_a_spawner_that_sends_what_makes_no_sense_is_killed_when_closed(
+async def test_a_spawner_that_sends_what_makes_no_sense_closes_with_all_it_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A frame that cannot be read ends the link: the waiters hear the spawner is gone, and
-    closing it kills it at once (it cannot be asked to close any more)."""
+    """A frame that cannot be read ends the link: the waiters hear the spawner is gone. It is
+    asked to close before that, and closing it waits for it: it kills what it runs, strays
+    included, and goes by itself."""
+    fifo = tmp_path / "stray"
+    os.mkfifo(fifo)
     spawner = Spawner()
     await spawner.open()
     process = spawner._process
     assert process is not None
+    argv = ["sh", "-c", f'setsid sleep 300 & echo $! > "{fifo}"; exec sleep 300']
+    running = await spawn_attempt(spawner, argv, 0, work=tmp_path / "work", logs=tmp_path / "logs")
+    with anyio.fail_after(10):
+        stray = int(await anyio.to_thread.run_sync(fifo.read_text, abandon_on_cancel=True))
 
     def garbled(_: bytes) -> dict[str, object]:
         raise ValueError("bad marshal data")
@@ -223,11 +230,12 @@ async def test_a_spawner_that_sends_what_makes_no_sense_is_killed_when_closed(
     monkeypatch.setattr(spawner_module, "_decode", garbled)
     try:
         with anyio.fail_after(10), pytest.raises(SpawnerGone):
-            await start(spawner, tmp_path, 0)
+            await start(spawner, tmp_path, 1)
     finally:
         with anyio.fail_after(spawner_module.CLOSE_TIMEOUT_S / 2):
             await spawner.aclose()
-    assert process.poll() is not None
+    assert process.poll() == 0  # it closed, not killed
+    assert not process_alive(running.pid) and not process_alive(stray)
 
 
 async def test_closing_a_stopped_spawner_from_a_cancelled_scope_still_ends_it(

@@ -81,6 +81,8 @@ def test_a_line_taking_back_a_start_takes_back_only_its_own_spawners(tmp_path: P
     old.write(path, launch.abandoned_line(tag(0), b"[1,null]"))  # room, at last
     new.write(path, head(1), first=True)
     new.write(path, launch.abandoned_line(tag(1), b"[1,null]"))  # its own: taken back
+    new.write(path, head(2), first=True)
+    new.write(path, b'\n{"key":%b,"abandoned":true}\n' % tag(2))  # an older spawner's: any
     old.close_all()
     new.close_all()
     found = read(Path(path))
