@@ -58,10 +58,10 @@ else:  # run as a script: its siblings are on the path, aiobatch is not
     from _outputs import Output, Outputs
 
 PR_SET_CHILD_SUBREAPER = 36
-PAUSE_RETRY_S = 1.0  # a copy paused for room, or a refused journal line, is tried again this often
+PAUSE_RETRY_S = 1.0  # a copy paused for room, or a refused journal line, is tried this often
 # An orphaned spawner (its runtime died) whose journal lines a full disk refused waits this long
-# for room, from its last instance's end, before it gives up on them and goes: those attempts
-# are then found lost.
+# for room, from its last instance's end or its runtime's death (the later), before it gives
+# up on them and goes: those attempts are then found lost.
 ORPHANED_WRITES_S = 3600.0
 NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 HEADER_SIZE = 4  # a frame's length, big-endian
@@ -353,8 +353,8 @@ class Spawner:
 
     def owes_lines(self) -> bool:
         """Lines are still to be written, and we wait for room: not once asked to close,
-        nor longer than ORPHANED_WRITES_S since we last had something running when our
-        runtime is gone."""
+        nor, our runtime gone, longer than ORPHANED_WRITES_S since it went or since we last
+        had something running (the later)."""
         if not self.unwritten or self.closing:
             return False
         if self.orphaned and time.monotonic() - self.busy_at > ORPHANED_WRITES_S:
