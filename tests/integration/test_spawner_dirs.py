@@ -98,36 +98,48 @@ async def test_a_start_whose_work_dir_cannot_be_made_leaves_no_line(tmp_path: Pa
     assert not (logs / ".attempts").exists()
 
 
-# A spawner whose disk fills while it writes an attempt's key line: all of it is written but
-# the last newline, which the next attempt's first line supplies. Then its runtime is gone.
-TORN_KEY_LINE = """
-import errno, marshal, os, socket, sys
+# What the scripts below begin with: the spawner's modules, a spawner on one end of a socket
+# (``ours`` is the runtime's), and ``ask``, which sends it the start of attempt 1 of instance
+# ``index`` of task t of job "job", as the runtime would.
+BESIDE_THE_SPAWNER = """
+import errno, marshal, os, socket, sys, threading
 sys.path.insert(0, sys.argv[1])
 import _launch, _spawner
 work, logs = sys.argv[2], sys.argv[3]
-write = _launch.Journals.write
+write = _launch.Journals.write  # the unpatched one
+ours, theirs = socket.socketpair()
+spawner = _spawner.Spawner(theirs.detach())
+def ask(request_id, index, argv):
+    env = {"PATH": os.environ["PATH"], "AIOBATCH_JOB_ID": "job", "AIOBATCH_TASK_NAME": "t",
+           "AIOBATCH_INSTANCE_INDEX": str(index), "AIOBATCH_ATTEMPT": "1"}
+    tag = b'["job","t","%d","1"]' % index
+    head = b'\\n{"key":%b,"runtime":"r","spawner":%b}\\n' % (tag, _launch.identity(os.getpid()))
+    request = {"op": "spawn", "id": request_id, "argv": argv, "cwd": work, "env": env,
+               "stdout": logs + f"/{index}.stdout", "stderr": logs + f"/{index}.stderr",
+               "make_logs": False, "journal": logs + "/.attempts", "head": head, "tag": tag,
+               "user": None}
+    body = marshal.dumps(request)
+    ours.sendall(len(body).to_bytes(4, "big") + body)
+"""
+
+
+# A spawner whose disk fills while it writes an attempt's key line: all of it is written but
+# the last newline, which the next attempt's first line supplies. Then its runtime is gone.
+TORN_KEY_LINE = (
+    BESIDE_THE_SPAWNER
+    + """
 def short(self, path, line, *, first=False):
     if first and b'"0","1"' in line:
         write(self, path, line[:-1], first=True)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     write(self, path, line, first=first)
 _launch.Journals.write = short
-ours, theirs = socket.socketpair()
-spawner = _spawner.Spawner(theirs.detach())
 for index in (0, 1):
-    env = {"PATH": os.environ["PATH"], "AIOBATCH_JOB_ID": "job", "AIOBATCH_TASK_NAME": "t",
-           "AIOBATCH_INSTANCE_INDEX": str(index), "AIOBATCH_ATTEMPT": "1"}
-    tag = b'["job","t","%d","1"]' % index
-    head = b'\\n{"key":%b,"runtime":"r","spawner":%b}\\n' % (tag, _launch.identity(os.getpid()))
-    request = {"op": "spawn", "id": index, "argv": ["sh", "-c", f"echo > ran-{index}"],
-               "cwd": work, "env": env, "stdout": logs + f"/{index}.stdout",
-               "stderr": logs + f"/{index}.stderr", "make_logs": False,
-               "journal": logs + "/.attempts", "head": head, "tag": tag, "user": None}
-    body = marshal.dumps(request)
-    ours.sendall(len(body).to_bytes(4, "big") + body)
+    ask(index, index, ["sh", "-c", f"echo > ran-{index}"])
 ours.close()
 spawner.run()
 """
+)
 
 
 def test_a_key_line_cut_short_by_a_full_disk_is_taken_back(tmp_path: Path) -> None:
@@ -145,12 +157,9 @@ def test_a_key_line_cut_short_by_a_full_disk_is_taken_back(tmp_path: Path) -> No
 # the line that takes it back; the start is asked for again (the runtime's retry, same
 # attempt) once there is room. The line taking back the first try must land before the
 # second try's key line, or it would take that one back.
-TRIED_AGAIN_AFTER_A_FULL_DISK = """
-import errno, marshal, os, socket, sys
-sys.path.insert(0, sys.argv[1])
-import _launch, _spawner
-work, logs = sys.argv[2], sys.argv[3]
-write = _launch.Journals.write
+TRIED_AGAIN_AFTER_A_FULL_DISK = (
+    BESIDE_THE_SPAWNER
+    + """
 refusals = [2]
 def full_at_first(self, path, line, *, first=False):
     if refusals[0]:
@@ -158,22 +167,12 @@ def full_at_first(self, path, line, *, first=False):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     write(self, path, line, first=first)
 _launch.Journals.write = full_at_first
-ours, theirs = socket.socketpair()
-spawner = _spawner.Spawner(theirs.detach())
-env = {"PATH": os.environ["PATH"], "AIOBATCH_JOB_ID": "job", "AIOBATCH_TASK_NAME": "t",
-       "AIOBATCH_INSTANCE_INDEX": "0", "AIOBATCH_ATTEMPT": "1"}
-tag = b'["job","t","0","1"]'
-head = b'\\n{"key":%b,"runtime":"r","spawner":%b}\\n' % (tag, _launch.identity(os.getpid()))
 for request_id in (1, 2):
-    request = {"op": "spawn", "id": request_id, "argv": ["sh", "-c", "echo >> ran"],
-               "cwd": work, "env": env, "stdout": logs + "/0.stdout",
-               "stderr": logs + "/0.stderr", "make_logs": False,
-               "journal": logs + "/.attempts", "head": head, "tag": tag, "user": None}
-    body = marshal.dumps(request)
-    ours.sendall(len(body).to_bytes(4, "big") + body)
+    ask(request_id, 0, ["sh", "-c", "echo >> ran"])
 ours.close()
 spawner.run()
 """
+)
 
 
 def test_a_start_tried_again_after_a_full_disk_is_not_taken_back(tmp_path: Path) -> None:
@@ -188,13 +187,10 @@ def test_a_start_tried_again_after_a_full_disk_is_not_taken_back(tmp_path: Path)
 
 # A spawner whose runtime went long ago still waits for room for the end of an instance that
 # ran all that time: the wait counts from its last instance's end, not from the runtime's.
-ORPHANED_LONG_AGO = """
-import errno, marshal, os, socket, sys
-sys.path.insert(0, sys.argv[1])
-import _launch, _spawner
-work, logs = sys.argv[2], sys.argv[3]
+ORPHANED_LONG_AGO = (
+    BESIDE_THE_SPAWNER
+    + """
 _spawner.ORPHANED_WRITES_S, _spawner.PAUSE_RETRY_S = 2.0, 0.1
-write = _launch.Journals.write
 refusals = [2]
 def full_for_the_end(self, path, line, *, first=False):
     if b'"status"' in line and refusals[0]:
@@ -202,40 +198,19 @@ def full_for_the_end(self, path, line, *, first=False):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     write(self, path, line, first=first)
 _launch.Journals.write = full_for_the_end
-ours, theirs = socket.socketpair()
-spawner = _spawner.Spawner(theirs.detach())
-env = {"PATH": os.environ["PATH"], "AIOBATCH_JOB_ID": "job", "AIOBATCH_TASK_NAME": "t",
-       "AIOBATCH_INSTANCE_INDEX": "0", "AIOBATCH_ATTEMPT": "1"}
-tag = b'["job","t","0","1"]'
-head = b'\\n{"key":%b,"runtime":"r","spawner":%b}\\n' % (tag, _launch.identity(os.getpid()))
-request = {"op": "spawn", "id": 1, "argv": ["sleep", "4"], "cwd": work, "env": env,
-           "stdout": logs + "/0.stdout", "stderr": logs + "/0.stderr", "make_logs": False,
-           "journal": logs + "/.attempts", "head": head, "tag": tag, "user": None}
-body = marshal.dumps(request)
-ours.sendall(len(body).to_bytes(4, "big") + body)
+ask(1, 0, ["sleep", "4"])
 ours.close()  # the runtime goes at once; the instance runs twice the wait
 spawner.run()
 """
-
-
-def test_an_end_refused_long_after_the_runtime_went_is_still_written(tmp_path: Path) -> None:
-    work, logs = tmp_path / "work", tmp_path / "logs"
-    run_beside_the_spawner(ORPHANED_LONG_AGO, work, logs)
-    journal = records.Journal(logs / ".attempts")
-    journal.refresh()
-    record = journal.records[("job", "t", 0, 1)]
-    assert record.exited is not None and record.exited.exit_code == 0
+)
 
 
 # An instance ends and its end finds no room; its runtime stays up past the wait, then goes:
 # the spawner, left alone, still waits for room (the wait counts from its runtime's end).
-RUNTIME_GONE_AFTER_THE_END = """
-import errno, marshal, os, socket, sys, threading
-sys.path.insert(0, sys.argv[1])
-import _launch, _spawner
-work, logs = sys.argv[2], sys.argv[3]
+RUNTIME_GONE_AFTER_THE_END = (
+    BESIDE_THE_SPAWNER
+    + """
 _spawner.ORPHANED_WRITES_S, _spawner.PAUSE_RETRY_S = 1.0, 0.1
-write = _launch.Journals.write
 full = threading.Event()
 full.set()
 def full_for_the_end(self, path, line, *, first=False):
@@ -243,28 +218,26 @@ def full_for_the_end(self, path, line, *, first=False):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     write(self, path, line, first=first)
 _launch.Journals.write = full_for_the_end
-ours, theirs = socket.socketpair()
-spawner = _spawner.Spawner(theirs.detach())
-env = {"PATH": os.environ["PATH"], "AIOBATCH_JOB_ID": "job", "AIOBATCH_TASK_NAME": "t",
-       "AIOBATCH_INSTANCE_INDEX": "0", "AIOBATCH_ATTEMPT": "1"}
-tag = b'["job","t","0","1"]'
-head = b'\\n{"key":%b,"runtime":"r","spawner":%b}\\n' % (tag, _launch.identity(os.getpid()))
-request = {"op": "spawn", "id": 1, "argv": ["true"], "cwd": work, "env": env,
-           "stdout": logs + "/0.stdout", "stderr": logs + "/0.stderr", "make_logs": False,
-           "journal": logs + "/.attempts", "head": head, "tag": tag, "user": None}
-body = marshal.dumps(request)
-ours.sendall(len(body).to_bytes(4, "big") + body)
+ask(1, 0, ["true"])
 def runtime_goes():  # twice the wait after the end; room comes back soon after
     ours.close()
     threading.Timer(0.3, full.clear).start()
 threading.Timer(2.0, runtime_goes).start()
 spawner.run()
 """
+)
 
 
-def test_an_end_refused_long_before_the_runtime_went_is_still_written(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "script",
+    [ORPHANED_LONG_AGO, RUNTIME_GONE_AFTER_THE_END],
+    ids=["runtime gone long before the end", "runtime gone long after the end"],
+)
+def test_an_orphaned_spawner_writes_an_end_refused_room_once_there_is_some(
+    tmp_path: Path, script: str
+) -> None:
     work, logs = tmp_path / "work", tmp_path / "logs"
-    run_beside_the_spawner(RUNTIME_GONE_AFTER_THE_END, work, logs)
+    run_beside_the_spawner(script, work, logs)
     journal = records.Journal(logs / ".attempts")
     journal.refresh()
     record = journal.records[("job", "t", 0, 1)]
