@@ -177,9 +177,10 @@ class LocalExecutor:
         # A start whose pid line its living spawner has yet to write is waited for, briefly:
         # found without it, its process would be killed and run again.
         with anyio.move_on_after(PID_LINE_WAIT_S):
-            while await anyio.to_thread.run_sync(_pids_to_come, [r for _, r in found]):
+            while waiting := await anyio.to_thread.run_sync(_pids_to_come, found):
                 await anyio.sleep(PID_LINE_POLL_S)  # no event: another process writes it
-                found = await anyio.to_thread.run_sync(records.records_of, logs, list(job_ids))
+                again = await anyio.to_thread.run_sync(records.records_of, logs, sorted(waiting))
+                found = [(w, r) for w, r in found if r.key[0] not in waiting] + again
         # Those whose spawner died too: how they end can never be known. Their processes go
         # now (found by their environment: a record may not have got its pid line), before
         # anything starts again; their instances find the attempts lost.
@@ -293,8 +294,9 @@ async def _terminate(spawner: Spawner, started: Started, grace: float) -> Exited
     return None
 
 
-def _pids_to_come(found: list[records.Record]) -> bool:
-    return any(records.pid_to_come(record) for record in found)
+def _pids_to_come(found: list[tuple[str, records.Record]]) -> set[str]:
+    """The jobs with a start whose pid line may still come (their journals are read again)."""
+    return {record.key[0] for _, record in found if records.pid_to_come(record)}
 
 
 def _unadoptable(found: list[records.Record]) -> set[AttemptKey]:
