@@ -85,14 +85,6 @@ class Notifier:
         self._settled = anyio.Event()  # set while no job has news
         self._settled.set()
 
-    def reload_targets(self, targets: tuple[NotifyDef, ...]) -> None:
-        """The config's targets as re-read (SIGHUP), for each job's events from the next
-        one read: a target new to a job starts at its next event, one gone gets nothing
-        more. What each job wants is worked out again when its next event comes."""
-        self._targets = tuple((f"config:{target.url}", target) for target in targets)
-        self._config_wants = wanted(targets)
-        self._wants.clear()
-
     @property
     def delivered(self) -> int:
         """Deliveries a receiver took (a 2xx answer)."""

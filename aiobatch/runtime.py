@@ -364,11 +364,6 @@ class Runtime(RuntimeReads):
         """Take a re-read config file's envs (SIGHUP)."""
         self._envs.reload(config)
 
-    def reload_notifications(self, config: Config) -> None:
-        """Take a re-read config file's notification targets (SIGHUP); ConfigError if they
-        are not valid (nothing changes then)."""
-        self._notifier.reload_targets(config.notify_targets())
-
     async def metrics_text(self) -> bytes:
         """The runtime's metrics in Prometheus' text format (``metrics.CONTENT_TYPE``)."""
         await self._store.flush()  # count what the engine has done, as listings do

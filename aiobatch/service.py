@@ -39,7 +39,7 @@ async def serve(
     config_path: Path | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT, then drain and stop. SIGHUP re-reads the config file's
-    compute envs and notification targets."""
+    compute envs."""
     # Taken out of the environment so task instances cannot talk to systemd as us.
     notifier = Notifier(unset_environment=True)
     watchdog = watchdog_interval(unset_environment=True)
@@ -78,19 +78,16 @@ async def serve(
 
 
 async def _reload_on_hangup(runtime: Runtime, path: Path | None) -> None:
-    """SIGHUP: the config file's envs (slots, Docker hosts) applied as a change of each, and
-    its notification targets taken; a file that does not load changes nothing (and says
-    why)."""
+    """SIGHUP: the config file's envs (slots, Docker hosts) applied as a change of each; a
+    file that does not load changes nothing (and says why)."""
     with anyio.open_signal_receiver(signal.SIGHUP) as hangups:
         async for _ in hangups:
             try:
                 config = await anyio.to_thread.run_sync(load_config, path)
-                runtime.reload_notifications(config)  # checks them: first
             except ConfigError as exc:
                 log.error("reload_refused", error=str(exc))
                 continue
             runtime.reload_envs(config)
-            log.info("reloaded", config=str(path) if path else None)
 
 
 async def _cut_short_on_signal(signals: AsyncIterator[int], grace: anyio.CancelScope) -> None:

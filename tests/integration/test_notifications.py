@@ -7,7 +7,6 @@ import hashlib
 import hmac
 import itertools
 import json
-import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
@@ -24,7 +23,6 @@ from structlog.testing import capture_logs
 
 from aiobatch import Runtime
 from aiobatch.config import Config
-from aiobatch.errors import ConfigError
 from aiobatch.events import JobStateChanged, JobSubmitted, event_encoder
 from aiobatch.notifications import notify_type
 from aiobatch.notify_delivery import Notifier
@@ -593,35 +591,3 @@ async def test_a_service_killed_with_deliveries_pending_delivers_them_after_rest
     assert [a.json["type"] for a in taken] == ["task_succeeded", "job_succeeded"]
     assert taken[0].delivery == before[0].delivery  # the same delivery, resumed
     assert all(signed(a, "service-secret") for a in receiver.arrivals)
-
-
-async def test_targets_read_again_take_each_jobs_next_events(state_dir: Path) -> None:
-    """The config's targets re-read (what SIGHUP does): a target gone gets nothing more, a
-    new one gets what comes next, of a job already running too."""
-    async with Receiver() as receiver:
-
-        def targets(*paths: str) -> Config:
-            return Config(
-                notifications=tuple(
-                    NotifySpec(url=f"{receiver.base}{p}", events=("job_succeeded",)) for p in paths
-                )
-            )
-
-        gate = state_dir.parent / "gate"
-        waiting = {"name": "waiting", "tasks": [{"name": "t", "command": f"cat {gate}"}]}
-        os.mkfifo(gate)
-        async with notifying(state_dir, targets("/old")) as (rt, notifier, _):
-            first = await rt.submit({"name": "first", "tasks": [{"name": "t", "command": "true"}]})
-            await receiver.wait_for(lambda: len(receiver.taken("/old")) == 1)
-            running = await rt.submit(waiting)
-            with pytest.raises(ConfigError):  # a bad target: nothing changes
-                rt.reload_notifications(targets("not a url"))
-            rt.reload_notifications(targets("/new"))
-            await anyio.to_thread.run_sync(gate.write_text, "go\n")  # once it reads
-            await running.wait_for_success()
-            last = await rt.submit({"name": "last", "tasks": [{"name": "t", "command": "true"}]})
-            await last.wait_for_success()
-            await receiver.wait_for(lambda: len(receiver.taken("/new")) == 2)
-            await notifier.settled()
-    assert [a.json["job_id"] for a in receiver.taken("/old")] == [first.id]
-    assert [a.json["job_id"] for a in receiver.taken("/new")] == [running.id, last.id]
