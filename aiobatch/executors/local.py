@@ -208,7 +208,8 @@ class LocalExecutor:
             if not await anyio.to_thread.run_sync(records.adoptable, record):
                 # Its spawner died too (find_attempts stopped it, unless that was just now):
                 # how it ends can never be known. It ran, so it counts as lost.
-                await anyio.to_thread.run_sync(_kill_recorded, record)
+                if record.pid is not None:
+                    await anyio.to_thread.run_sync(_kill_attempt, record.pid, record.runtime, key)
                 return Outcome(reason=RUNTIME_LOST)
             deadline = _deadline(ctx, record.started)
             exited = record.exited
@@ -301,12 +302,6 @@ def _pids_to_come(found: list[tuple[str, records.Record]]) -> set[str]:
 
 def _unadoptable(found: list[records.Record]) -> set[AttemptKey]:
     return {record.key for record in found if not records.adoptable(record)}
-
-
-def _kill_recorded(record: records.Record) -> None:
-    """Kill the process a record names, if it is still that process."""
-    if record.pid is not None and records.is_running(record):
-        processes.kill_group(record.pid, signal.SIGKILL)
 
 
 def _kill_attempt(pid: int, runtime_id: str, key: AttemptKey) -> None:

@@ -219,7 +219,7 @@ def adoptable(record: Record) -> bool:
     how, or it started and its spawner still runs to write it."""
     if record.exited is not None:
         return True
-    return record.pid is not None and record.spawner is not None and _same_process(*record.spawner)
+    return record.pid is not None and _spawner_lives(record)
 
 
 def _same_spawner(
@@ -236,7 +236,12 @@ def _same_spawner(
 def pid_to_come(record: Record) -> bool:
     """Whether the attempt's pid line may still come: its spawner lives, and was starting it
     (when its runtime died), or holds the line until a full disk has room."""
-    return record.pid is None and record.spawner is not None and _same_process(*record.spawner)
+    return record.pid is None and _spawner_lives(record)
+
+
+def _spawner_lives(record: Record) -> bool:
+    """Whether the spawner that wrote the record still runs (to write what it still owes)."""
+    return record.spawner is not None and _same_process(*record.spawner)
 
 
 def _same_process(pid: int, ticks: int | None) -> bool:
