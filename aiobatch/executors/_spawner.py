@@ -268,8 +268,8 @@ class Spawner:
                 os.close(end)  # the child holds them now: its exit is the pipes' end
         started, wall = time.monotonic(), time.time()
         self.leaders[pid] = leader
-        # Before the news: once the runtime stores RUNNING, the journal names the pid (if it
-        # cannot, the pid is in the runtime's own store too; the exit line matters more).
+        # Before the news: once the runtime stores RUNNING, the journal names the pid (a line
+        # a full disk refuses is kept, and written once there is room).
         self.write(leader, launch.started_line(leader.tag, pid, started, wall))
         self.send({"op": "started", "id": request_id, "pid": pid, "mono": started, "wall": wall})
 
