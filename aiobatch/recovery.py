@@ -3,7 +3,7 @@ still running (containers) to the instances that were active."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from aiobatch.attempt import AttemptKey, FoundAttempt, Usage
@@ -95,27 +95,52 @@ def take_over(
     return adopted, really_lost
 
 
+def claimable(
+    jobs: list[tuple[JobRec, list[InstanceRec]]],
+) -> Callable[[AttemptKey], bool]:
+    """Whether ``take_over`` could match an attempt of these jobs (each with its instances
+    that were active) to an instance: the active one's attempt, or the next attempt of one
+    that waits. Any other attempt (one run again since, or of an instance that ended) is
+    no instance's, whatever its record says."""
+    active = {(job.id, i.task.name, i.index, i.attempt) for job, lost in jobs for i in lost}
+    waiting = {job.id: job for job, _ in jobs if job.state not in JOB_TERMINAL}
+
+    def claimed(key: AttemptKey) -> bool:
+        if key in active:
+            return True
+        job = waiting.get(key[0])
+        return job is not None and _may_have_started(job, key)
+
+    return claimed
+
+
 def _started_unrecorded(job: JobRec, key: AttemptKey) -> InstanceRec | None:
-    """The waiting instance whose next attempt ``key`` is, if it could have been started."""
+    """The waiting instance whose next attempt ``key`` is, if it could have been started
+    (taken out of those waiting for a slot)."""
+    if not _may_have_started(job, key):
+        return None
+    _, name, index, _ = key
+    task = job.tasks[name]
+    if task.instances[index] is None and index in task.open:  # no longer waiting for a slot
+        task.open.remove(index)
+    return task.record(index)
+
+
+def _may_have_started(job: JobRec, key: AttemptKey) -> bool:
+    """Whether ``key`` is the next attempt of a waiting instance of ``job``."""
     _, name, index, attempt = key
     task = job.tasks.get(name)
     if task is None or not 0 <= index < task.total:
-        return None
+        return False
     # Its start is on record, and the engine starts nothing whose dependencies (or by-index
     # counterparts) are not met: that they are not met as stored only means their ends were
     # in the same commit window. Their attempts are adopted too and end as they did.
     if task.state in TASK_TERMINAL:
-        return None
+        return False
     inst = task.instances[index]
     if inst is None:
-        if attempt != 1:
-            return None
-        if index in task.open:  # it is no longer waiting for a slot
-            task.open.remove(index)
-        return task.record(index)
-    if inst.state is InstanceState.PENDING and inst.attempt == attempt:
-        return inst
-    return None
+        return attempt == 1
+    return inst.state is InstanceState.PENDING and inst.attempt == attempt
 
 
 def is_orphan(found: FoundAttempt, recovered: Mapping[str, JobRec]) -> bool:

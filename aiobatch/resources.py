@@ -7,7 +7,7 @@ They close, in reverse order, when the runtime does.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 from typing import cast
 
@@ -158,13 +158,16 @@ class Resources:
             self._stack.push_async_callback(backend.aclose)
             self.storage["s3"] = backend
 
-    async def find_attempts(self, job_ids: list[str]) -> dict[AttemptKey, Found]:
-        """Attempts still there in the opened executors that can outlive the runtime."""
+    async def find_attempts(
+        self, job_ids: list[str], claimable: Callable[[AttemptKey], bool]
+    ) -> dict[AttemptKey, Found]:
+        """Attempts still there in the opened executors that can outlive the runtime
+        (``claimable``: see ``AdoptingExecutor.find_attempts``)."""
         found: dict[AttemptKey, Found] = {}
         for env_name in self._opened:
             executor = self.executors[env_name]
             if isinstance(executor, AdoptingExecutor):
-                for attempt in await executor.find_attempts(job_ids):
+                for attempt in await executor.find_attempts(job_ids, claimable):
                     key = (attempt.job_id, attempt.task, attempt.index, attempt.attempt)
                     found[key] = (executor, attempt)
         return found

@@ -21,7 +21,7 @@ from aiobatch.executors import records
 from aiobatch.layout import StateLayout
 from aiobatch.model import InstanceRec, JobRec
 from aiobatch.queries import Queries
-from aiobatch.recovery import is_orphan, take_over
+from aiobatch.recovery import claimable, is_orphan, take_over
 from aiobatch.resources import Found, Resources
 from aiobatch.spec import JobDef
 from aiobatch.states import JobState
@@ -55,7 +55,7 @@ async def recover(
     await store.flush()
     for job, _ in jobs:
         await resources.open_for(job.defn)
-    found = await resources.find_attempts([job.id for job, _ in jobs])
+    found = await resources.find_attempts([job.id for job, _ in jobs], claimable(jobs))
     to_stop: list[InstanceRec] = []
     adopted: list[tuple[InstanceRec, Found | None]] = []
     for job, lost in jobs:

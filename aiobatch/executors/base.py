@@ -7,8 +7,13 @@ from typing import Protocol, runtime_checkable
 
 from anyio.abc import TaskGroup
 
-from aiobatch.attempt import FoundAttempt, InstanceContext, Outcome
+from aiobatch.attempt import AttemptKey, FoundAttempt, InstanceContext, Outcome
 from aiobatch.spec import TaskDef
+
+
+def any_attempt(key: AttemptKey) -> bool:
+    """Every attempt may be claimed (what ``find_attempts`` assumes unless told)."""
+    return True
 
 
 class Executor(Protocol):
@@ -53,9 +58,12 @@ class HoldingExecutor(Executor, Protocol):
 class AdoptingExecutor(Executor, Protocol):
     """An executor whose attempts outlive the runtime and can be taken over after a restart."""
 
-    async def find_attempts(self, job_ids: Collection[str]) -> list[FoundAttempt]:
+    async def find_attempts(
+        self, job_ids: Collection[str], claimable: Callable[[AttemptKey], bool] = any_attempt
+    ) -> list[FoundAttempt]:
         """Attempts this runtime started that are still there, running or ended (at least
-        those of ``job_ids``, the jobs being recovered)."""
+        those of ``job_ids``, the jobs being recovered). ``claimable`` says which of them an
+        instance may still claim: time spent on a record still to come goes to those alone."""
         ...
 
     async def adopt(self, ctx: InstanceContext, found: FoundAttempt) -> Outcome:

@@ -24,6 +24,7 @@ from anyio.abc import TaskGroup
 
 from aiobatch.attempt import AttemptKey, FoundAttempt, InstanceContext, Outcome
 from aiobatch.config import ComputeEnvConfig
+from aiobatch.executors.base import any_attempt
 from aiobatch.executors.docker_hosts import NO_CONNECTION, DockerHosts, message
 from aiobatch.executors.docker_logs import follow, open_logs, prepare_files, rewind_logs
 from aiobatch.executors.docker_outcome import container_outcome, seconds_since
@@ -236,7 +237,9 @@ class DockerExecutor:
 
     # -- after a restart --------------------------------------------------------------------
 
-    async def find_attempts(self, job_ids: Collection[str]) -> list[FoundAttempt]:
+    async def find_attempts(
+        self, job_ids: Collection[str], claimable: Callable[[AttemptKey], bool] = any_attempt
+    ) -> list[FoundAttempt]:
         """This runtime's containers on every host (running or not), from their labels: all
         of them, so that those of no job are found too."""
         found: list[FoundAttempt] = []

@@ -31,6 +31,7 @@ from aiobatch.attempt import (
 )
 from aiobatch.executors import _processes as processes
 from aiobatch.executors import records
+from aiobatch.executors.base import any_attempt
 from aiobatch.executors.spawner import Exited, Spawner, SpawnerGone, SpawnFailed, Started
 from aiobatch.layout import StateLayout
 from aiobatch.spec import TaskDef
@@ -169,15 +170,21 @@ class LocalExecutor:
 
     # -- after a restart ---------------------------------------------------------------------
 
-    async def find_attempts(self, job_ids: Collection[str]) -> list[FoundAttempt]:
+    async def find_attempts(
+        self, job_ids: Collection[str], claimable: Callable[[AttemptKey], bool] = any_attempt
+    ) -> list[FoundAttempt]:
         """The attempts of these jobs that a spawner started (or was asked to), from their
         journals: each is adopted, or found lost, by the instance it belongs to."""
         logs = self.layout.root / "logs"
         found = await anyio.to_thread.run_sync(records.records_of, logs, list(job_ids))
         # A start whose pid line its living spawner has yet to write is waited for, briefly:
-        # found without it, its process would be killed and run again.
+        # found without it, its process would be killed and run again. Only one an instance
+        # may claim: one whose line will never come (the spawner could not take it back)
+        # would otherwise cost every later restart the whole wait.
         with anyio.move_on_after(PID_LINE_WAIT_S):
-            while waiting := await anyio.to_thread.run_sync(_pids_to_come, found):
+            while waiting := await anyio.to_thread.run_sync(
+                _pids_to_come, [(w, r) for w, r in found if claimable(r.key)]
+            ):
                 await anyio.sleep(PID_LINE_POLL_S)  # no event: another process writes it
                 again = await anyio.to_thread.run_sync(records.records_of, logs, sorted(waiting))
                 found = [(w, r) for w, r in found if r.key[0] not in waiting] + again

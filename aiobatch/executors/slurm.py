@@ -23,6 +23,7 @@ from anyio.abc import TaskGroup
 
 from aiobatch.attempt import RUNTIME_LOST, AttemptKey, FoundAttempt, InstanceContext, Outcome
 from aiobatch.executors import slurm_batch as batch
+from aiobatch.executors.base import any_attempt
 from aiobatch.executors.slurm_commands import (
     PENDING_REST,
     ElementState,
@@ -221,7 +222,9 @@ class SlurmExecutor:
 
     # -- after a restart ---------------------------------------------------------------------
 
-    async def find_attempts(self, job_ids: Collection[str]) -> list[FoundAttempt]:
+    async def find_attempts(
+        self, job_ids: Collection[str], claimable: Callable[[AttemptKey], bool] = any_attempt
+    ) -> list[FoundAttempt]:
         """This runtime's elements: those squeue knows (running, pending or ended), and those
         of ``job_ids`` that jobcomp recorded ended after the controller forgot them."""
         assert self._watcher is not None

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from aiobatch.attempt import FoundAttempt
-from aiobatch.model import JobRec
-from aiobatch.recovery import is_orphan, take_over
+from aiobatch.model import InstanceRec, JobRec
+from aiobatch.recovery import claimable, is_orphan, take_over
 from aiobatch.spec import resolve_spec
-from aiobatch.states import InstanceState
+from aiobatch.states import InstanceState, JobState
 
 
 def job(keep_failed: bool = False) -> JobRec:
@@ -58,3 +58,34 @@ def test_orphans_are_removed_but_kept_failures_and_ended_jobs_stay() -> None:
     assert not is_orphan(found(0, attempt=2), recovered)  # keep_failed: kept
     assert not is_orphan(found(0, attempt=1), recovered)  # an earlier failed attempt, kept
     assert is_orphan(found(1), recovered)
+
+
+def as_left_by_a_crash(state: JobState = JobState.RUNNING) -> tuple[JobRec, list[InstanceRec]]:
+    """Instance 0 ran its second attempt, 1 waits for its third, 2 never started."""
+    rec = job()
+    rec.state = state
+    task = rec.tasks["t"]
+    running, waiting = task.record(0), task.record(1)
+    running.state, running.attempt = InstanceState.RUNNING, 2
+    waiting.state, waiting.attempt = InstanceState.PENDING, 3
+    return rec, [running]
+
+
+def test_claimable_attempts_are_those_take_over_would_adopt_and_asking_changes_nothing() -> None:
+    """After a restart, time spent on an attempt's record still to come goes to those an
+    instance may claim: exactly those take_over adopts."""
+    keys = [("j1", "t", i, a) for i in range(3) for a in range(1, 5)]
+    keys += [("j1", "gone", 0, 1), ("other", "t", 0, 2), ("j1", "t", 3, 1)]
+    for state in (JobState.RUNNING, JobState.FAILED):
+        rec, active = as_left_by_a_crash(state)
+        claimed = claimable([(rec, active)])
+        expected = {key for key in keys if claimed(key)}
+        assert rec.tasks["t"].instances[2] is None and rec.tasks["t"].fresh == 1  # unchanged
+        for key in keys:
+            again, lost = as_left_by_a_crash(state)
+            adopted, _ = take_over(again, lost, {key: found(key[2], key[3], key[0], key[1])})
+            assert bool(adopted) == (key in expected), key
+        if state is JobState.RUNNING:
+            assert expected == {("j1", "t", 0, 2), ("j1", "t", 1, 3), ("j1", "t", 2, 1)}
+        else:  # an ended job starts nothing: only what ran when it ended
+            assert expected == {("j1", "t", 0, 2)}

@@ -351,3 +351,32 @@ def test_a_journal_read_in_small_chunks_reads_the_same(
     monkeypatch.setattr(records, "READ_CHUNK", 37)  # lines split across reads, every way
     assert read(path) == whole and len(whole) == 50
     assert all(record.pid == 100 + key[2] for key, record in whole.items())
+
+
+@pytest.mark.anyio
+async def test_after_a_restart_a_start_no_instance_can_claim_is_not_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start with no pid line whose spawner lives, of an attempt run again since: its
+    line may never come (its spawner could not take the start back), and waiting for it
+    would cost this restart, and every later one, the whole wait. The journal is read once."""
+    layout = StateLayout(tmp_path)
+    executor = LocalExecutor(layout)
+    executor.runtime_id = "r"
+    journal = layout.journal_path("job")
+    living = b'\n{"key":%b,"runtime":"r","spawner":%b}\n' % (tag(0), launch.identity(os.getpid()))
+    writer = launch.Journals()
+    writer.write(str(journal), living, first=True)
+    writer.close_all()
+    reads: list[object] = []
+    records_of = records.records_of
+
+    def counted(*args: Any) -> Any:
+        reads.append(args)
+        return records_of(*args)
+
+    monkeypatch.setattr(records, "records_of", counted)
+    with anyio.fail_after(10):
+        found = await executor.find_attempts(["job"], lambda key: key != ("job", "t", 0, 1))
+    assert [(f.index, f.attempt) for f in found] == [(0, 1)]  # for recovery to match, or not
+    assert len(reads) == 1
