@@ -77,6 +77,11 @@ class Commands:
         """Number new jobs on from the stored ones (the store is open)."""
         self._next_seq = await self._store.next_job_seq()
 
+    @property
+    def next_job_number(self) -> int:
+        """The number the next job submitted gets (they only grow while the runtime runs)."""
+        return self._next_seq
+
     def resolve(self, spec: SpecSource) -> JobDef:
         """Validate a spec against the config and executors. Raises SpecError."""
         if isinstance(spec, JobDef):  # resolved already, maybe by another config (a stored job)

@@ -13,8 +13,8 @@ handed to ``on_given_up`` (the runtime records it in the job's history).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
 
 import anyio
 import structlog
@@ -44,6 +44,17 @@ WORKER_RETRY_FIRST_S, WORKER_RETRY_MAX_S = 1.0, 300.0
 @dataclass(slots=True)
 class _Worker:
     news: int = 1  # events of the job heard of (what was read is compared with it)
+    lanes: list[_Lane] = field(default_factory=list)  # this round's
+
+
+@dataclass(slots=True)
+class _Added:
+    """Where a config target added by a reload starts in each job: after the events the job
+    had then (it is sent what comes next, never what came before)."""
+
+    first_new_job: int  # jobs numbered from this one on came after it: all their events
+    starts: dict[str, int]  # the jobs running then: the seq of each one's last event then
+    otherwise: int  # any other job (ended then): the seq of the history's last event then
 
 
 @dataclass(slots=True)
@@ -57,6 +68,8 @@ class _Lane:
     tries: int  # tries of the next event so far (before a restart)
     tags: frozenset[str]  # the stored events it reads
     seen: int = 0  # the worker's news when the lane last read
+    # Cancelled when a reload removes its target: nothing more goes there, not even a retry.
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
 
 
 class Notifier:
@@ -73,8 +86,10 @@ class Notifier:
         """``targets``: the config's, for every job."""
         self._flush = store.flush  # returns once every event published so far is committed
         self._store = NotifyStore(store)
-        self._targets = tuple((f"config:{target.url}", target) for target in targets)
+        self._targets = _keyed(targets)
         self._config_wants = wanted(targets)
+        self._added: dict[str, _Added] = {}  # config targets a reload added, by key
+        self._reloading = anyio.Lock()
         self._sender = Sender(self._store, environ)
         self._sender.on_given_up = on_given_up
         self.pending = 0  # deliveries taken up, not yet delivered or given up
@@ -84,6 +99,34 @@ class Notifier:
         self._group: TaskGroup | None = None
         self._settled = anyio.Event()  # set while no job has news
         self._settled.set()
+
+    async def reload_targets(
+        self, targets: tuple[NotifyDef, ...], running: Collection[str], first_new_job: int
+    ) -> None:
+        """Take the config's targets as re-read (SIGHUP). One removed is sent nothing more
+        (a try waiting out its backoff is dropped); one added is sent, of every job, the
+        events after those it had now: the jobs ``running``, and those numbered from
+        ``first_new_job`` on, are all others that can have events later."""
+        async with self._reloading:
+            keyed = _keyed(targets)
+            keys = {key for key, _ in keyed}
+            added = keys - {key for key, _ in self._targets}
+            if added:
+                await self._flush()  # what was published so far has its seq
+                starts, last = await self._store.last_seqs(list(running))
+                since = _Added(first_new_job, starts, last)
+            # No await from here: every lane built from now on has the new targets.
+            for key in [key for key in self._added if key not in keys]:
+                del self._added[key]
+            for key in added:
+                self._added[key] = since
+            self._targets, self._config_wants = keyed, wanted(targets)
+            self._wants.clear()  # worked out again at each job's next round
+            for worker in self._running.values():
+                worker.news += 1  # one more round, with the targets as they are now
+                for lane in worker.lanes:
+                    if lane.key.startswith(_CONFIG) and lane.key not in keys:
+                        lane.scope.cancel()
 
     @property
     def delivered(self) -> int:
@@ -193,23 +236,21 @@ class Notifier:
         if job is None:  # deleted
             self._wants.pop(job_id, None)
             return
-        targets = self._targets + tuple((f"job:{i}", t) for i, t in enumerate(job.notify))
-        self._wants[job_id] = self._config_wants | wanted(job.notify)
-        lanes = []
-        for key, target in targets:
-            done, tries = job.lanes.get(key, (job.seq, 0))
-            tags = frozenset(event_tags(set(target.events)))
-            lanes.append(_Lane(key, target, max(done, job.seq), tries, tags))
+        lanes: dict[str, _Lane] = {}
         while True:
             # Whether it has ended, before its events are read: an end read after this is
             # news, and makes another round.
             ended = await self._store.ended(job_id)
             news = worker.news
+            # The targets as they are now (a reload between rounds changes them).
+            self._wants[job_id] = self._config_wants | wanted(job.notify)
+            lanes = {lane.key: lane for lane in self._lanes(job, lanes)}
+            worker.lanes = list(lanes.values())
             if lanes:
                 async with anyio.create_task_group() as group:
-                    for lane in lanes:
+                    for lane in worker.lanes:
                         group.start_soon(self._run_lane, job, lane, worker)
-                covered = min(lane.done for lane in lanes)
+                covered = min(lane.done for lane in worker.lanes)
             else:  # no target: the job's history is done with as it stands
                 await self._flush()
                 _, covered = await self._store.read(job_id, job.seq, (), 1)
@@ -217,28 +258,56 @@ class Notifier:
                 await self._store.advance(job_id, covered)
                 job.seq = covered
             # No await from here to the worker's end: news after the last read is not lost.
-            seen = [lane.seen for lane in lanes] if lanes else [news]
+            seen = [lane.seen for lane in worker.lanes] if lanes else [news]
             if all(count == worker.news for count in seen):
                 break
         if ended:
             self._wants.pop(job_id, None)  # it may be retried: then it is read afresh
+            for since in self._added.values():
+                since.starts.pop(job_id, None)  # its end is done with: nothing to skip
+
+    def _lanes(self, job: JobTargets, before: dict[str, _Lane]) -> list[_Lane]:
+        """A lane per target the job has now: those of the last round go on where they
+        were; a new one starts where the job's delivery stands (or, added by a reload,
+        after what the job had then)."""
+        targets = self._targets + tuple((f"job:{i}", t) for i, t in enumerate(job.notify))
+        lanes = []
+        for key, target in targets:
+            tags = frozenset(event_tags(set(target.events)))
+            lane = before.get(key)
+            if lane is None:
+                done, tries = job.lanes.get(key, (job.seq, 0))
+                start = max(done, job.seq, self._added_start(key, job))
+                lane = _Lane(key, target, start, tries if start == done else 0, tags)
+            else:
+                lane.target, lane.tags = target, tags  # its events may have changed
+                lane.scope = anyio.CancelScope()
+            lanes.append(lane)
+        return lanes
+
+    def _added_start(self, key: str, job: JobTargets) -> int:
+        since = self._added.get(key)
+        if since is None or job.number >= since.first_new_job:
+            return 0
+        return since.starts.get(job.job_id, since.otherwise)
 
     async def _run_lane(self, job: JobTargets, lane: _Lane, worker: _Worker) -> None:
-        while True:
-            lane.seen = worker.news
-            await self._flush()  # what the bus told of is written: read it back
-            page, covered = await self._store.read(job.job_id, lane.done, lane.tags, PAGE)
-            if covered <= lane.done:
-                if lane.seen != worker.news:
-                    continue
-                return
-            todo = []
-            for seq, body in page:
-                kind = notify_type(event_decoder.decode(body))
-                if kind in lane.target.events:
-                    todo.append((seq, body, kind))
-            await self._deliver(job, lane, todo)
-            lane.done = covered
+        with lane.scope:
+            while True:
+                lane.seen = worker.news
+                await self._flush()  # what the bus told of is written: read it back
+                page, covered = await self._store.read(job.job_id, lane.done, lane.tags, PAGE)
+                if covered <= lane.done:
+                    if lane.seen != worker.news:
+                        continue
+                    return
+                todo = []
+                for seq, body in page:
+                    kind = notify_type(event_decoder.decode(body))
+                    if kind in lane.target.events:
+                        todo.append((seq, body, kind))
+                await self._deliver(job, lane, todo)
+                lane.done = covered
 
     async def _deliver(
         self, job: JobTargets, lane: _Lane, todo: list[tuple[int, bytes, str]]
@@ -264,6 +333,13 @@ class Notifier:
                 await self._store.save_lane(job.job_id, lane.key, seq, 0)
         finally:
             self.pending -= left  # cancelled or failed: taken up again by the next worker
+
+
+_CONFIG = "config:"  # the key of a config target's lane: config:<url>
+
+
+def _keyed(targets: tuple[NotifyDef, ...]) -> tuple[tuple[str, NotifyDef], ...]:
+    return tuple((f"{_CONFIG}{target.url}", target) for target in targets)
 
 
 def _patiently(event: str, **bound: str) -> AsyncRetrying:

@@ -37,7 +37,7 @@ _PENDING = (
 )
 _TAKE_ON = "INSERT OR IGNORE INTO notify_jobs SELECT id, 0 FROM jobs WHERE id = ?"
 _JOB = (
-    "SELECT j.name, j.spec, COALESCE(n.seq, 0) FROM jobs j "
+    "SELECT j.name, j.spec, COALESCE(n.seq, 0), j.seq FROM jobs j "
     "LEFT JOIN notify_jobs n ON n.job_id = j.id WHERE j.id = ?"
 )
 _SAVE_LANE = (
@@ -50,6 +50,9 @@ _ADVANCE = (
     "UPDATE notify_jobs SET seq = ?2 WHERE job_id = ?1 AND seq < ?2",
     "DELETE FROM notify_lanes WHERE job_id = ?1 AND seq <= ?2",
 )
+
+
+_IDS_AT_ONCE = 500  # job ids in one query (SQLite allows 32,766 parameters)
 
 
 class _Notify(msgspec.Struct):
@@ -66,6 +69,7 @@ class JobTargets:
     name: str
     notify: tuple[NotifyDef, ...]
     seq: int  # every event up to this one is done with
+    number: int  # its place among jobs, in the order submitted
     lanes: dict[str, tuple[int, int]] = field(default_factory=dict)  # target -> (seq, tries)
 
 
@@ -91,7 +95,7 @@ class NotifyStore:
         rows = await self._rows(_JOB, (job_id,))
         if not rows:
             return None
-        name, spec, seq = rows[0]
+        name, spec, seq, number = rows[0]
         lanes = await self._rows(
             "SELECT target, seq, tries FROM notify_lanes WHERE job_id = ? AND seq >= ?",
             (job_id, seq),
@@ -106,8 +110,20 @@ class NotifyStore:
             name=name,
             notify=notify,
             seq=seq,
+            number=number,
             lanes={target: (lane_seq, tries) for target, lane_seq, tries in lanes},
         )
+
+    async def last_seqs(self, job_ids: list[str]) -> tuple[dict[str, int], int]:
+        """The seq of each job's last event (0 for none), and of the history's last."""
+        last: dict[str, int] = dict.fromkeys(job_ids, 0)
+        for at in range(0, len(job_ids), _IDS_AT_ONCE):
+            chunk = job_ids[at : at + _IDS_AT_ONCE]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT job_id, MAX(seq) FROM events WHERE job_id IN ({marks}) GROUP BY job_id"
+            last.update(await self._rows(sql, tuple(chunk)))
+        ((overall,),) = await self._rows("SELECT MAX(seq) FROM events")
+        return last, overall or 0
 
     async def read(
         self, job_id: str, after: int, tags: Collection[str], limit: int

@@ -364,6 +364,15 @@ class Runtime(RuntimeReads):
         """Take a re-read config file's envs (SIGHUP)."""
         self._envs.reload(config)
 
+    async def reload_notifications(self, config: Config) -> None:
+        """Take a re-read config file's notification targets (SIGHUP): one removed is sent
+        nothing more, one added the events that come next, of every job. ConfigError if
+        they are not valid: nothing changes then."""
+        self._check_open()
+        await self._notifier.reload_targets(
+            config.notify_targets(), list(self._engine.jobs), self._commands.next_job_number
+        )
+
     async def metrics_text(self) -> bytes:
         """The runtime's metrics in Prometheus' text format (``metrics.CONTENT_TYPE``)."""
         await self._store.flush()  # count what the engine has done, as listings do

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 import anyio
 import structlog
@@ -63,6 +64,11 @@ class Notifier:
     def ready(self) -> bool:
         """Startup is complete: systemd marks the unit active and starts its watchdog."""
         return self.notify(READY=1)
+
+    def reloading(self) -> bool:
+        """A reload (SIGHUP) has begun; ``ready`` says it is over. The monotonic time lets
+        a ``Type=notify-reload`` manager tell this reload from an earlier one."""
+        return self.notify(RELOADING=1, MONOTONIC_USEC=time.monotonic_ns() // 1000)
 
     def stopping(self) -> bool:
         """Shutdown has begun: systemd shows the unit as deactivating while we drain."""

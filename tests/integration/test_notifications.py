@@ -7,6 +7,8 @@ import hashlib
 import hmac
 import itertools
 import json
+import os
+import signal
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
@@ -23,6 +25,7 @@ from structlog.testing import capture_logs
 
 from aiobatch import Runtime
 from aiobatch.config import Config
+from aiobatch.errors import ConfigError
 from aiobatch.events import JobStateChanged, JobSubmitted, event_encoder
 from aiobatch.notifications import notify_type
 from aiobatch.notify_delivery import Notifier
@@ -591,3 +594,105 @@ async def test_a_service_killed_with_deliveries_pending_delivers_them_after_rest
     assert [a.json["type"] for a in taken] == ["task_succeeded", "job_succeeded"]
     assert taken[0].delivery == before[0].delivery  # the same delivery, resumed
     assert all(signed(a, "service-secret") for a in receiver.arrivals)
+
+
+def targets_at(receiver: Receiver, *paths: str, **fields: Any) -> Config:
+    """A config whose targets are the receiver's ``paths``, for jobs' starts and ends."""
+    events: tuple[NotifyEvent, ...] = ("job_running", "job_succeeded")
+    return Config(
+        notifications=tuple(
+            NotifySpec(url=f"{receiver.base}{path}", events=events, **fields) for path in paths
+        )
+    )
+
+
+async def test_targets_read_again_take_the_events_that_come_next_of_every_job(
+    state_dir: Path,
+) -> None:
+    """The config's targets re-read (what SIGHUP does): those removed get nothing more,
+    not even a delivery under way; one added gets what comes next, of a job already
+    running too, and none of what came before, though a removed target had held the job's
+    delivery back; a config whose targets are not valid changes nothing."""
+    async with Receiver() as receiver:
+        receiver.held["/slow"] = slow = anyio.Event()
+        gate = state_dir.parent / "gate"
+        os.mkfifo(gate)
+        waiting = {"name": "waiting", "tasks": [{"name": "t", "command": f"cat {gate}"}]}
+        config = targets_at(receiver, "/old", "/slow")
+        async with notifying(state_dir, config) as (rt, notifier, _):
+            running = await rt.submit(waiting)
+            await receiver.wait_for(
+                lambda: len(receiver.taken("/old")) == 1 and len(receiver.tries("/slow")) == 1
+            )
+            with pytest.raises(ConfigError):
+                await rt.reload_notifications(targets_at(receiver, "not a url"))
+            await rt.reload_notifications(targets_at(receiver, "/new"))
+            slow.set()
+            await anyio.to_thread.run_sync(gate.write_text, "go\n")  # once it reads
+            await running.wait_for_success()
+            last = await rt.submit({"name": "true", "tasks": [{"name": "t", "command": "true"}]})
+            await last.wait_for_success()
+            await notifier.settled()
+    old = [(a.json["job_id"], a.json["type"]) for a in receiver.taken("/old")]
+    assert old == [(running.id, "job_running")]
+    assert len(receiver.tries("/slow")) == 1  # its delivery was under way: not tried again
+    new = sorted((a.json["job_id"], a.json["type"]) for a in receiver.taken("/new"))
+    assert new == sorted(
+        [(running.id, "job_succeeded"), (last.id, "job_running"), (last.id, "job_succeeded")]
+    )
+
+
+async def test_a_target_read_again_without_one_failing_drops_its_retries(
+    state_dir: Path,
+) -> None:
+    """A target that fails, its deliveries waiting out their backoff, is removed: it is
+    tried no more, and the deliveries settle without it (not after its last try)."""
+    async with Receiver(lambda path, *_: 503 if path == "/failing" else 204) as receiver:
+        config = targets_at(receiver, "/failing", "/steady", tries=20, backoff="100ms")
+        async with notifying(state_dir, config) as (rt, notifier, _):
+            job = await rt.submit({"name": "one", "tasks": [{"name": "t", "command": "true"}]})
+            await receiver.wait_for(lambda: len(receiver.tries("/failing")) >= 2)
+            await rt.reload_notifications(targets_at(receiver, "/steady"))
+            tried = len(receiver.tries("/failing"))
+            later = await rt.submit({"name": "two", "tasks": [{"name": "t", "command": "true"}]})
+            await later.wait_for_success()
+            with anyio.fail_after(20):  # its 20 tries would take minutes
+                await notifier.settled()
+            assert len(receiver.tries("/failing")) == tried
+    steady = {(a.json["job_id"], a.json["type"]) for a in receiver.taken("/steady")}
+    assert {(job.id, "job_succeeded"), (later.id, "job_succeeded")} <= steady
+
+
+async def test_sighup_has_a_service_take_its_configs_targets_unless_they_are_not_valid(
+    service: Service,
+) -> None:
+    """``systemctl reload``: the service says it reloads and when it is done; a config
+    whose targets are not valid changes nothing, a valid one changes them."""
+    true = {"name": "true", "tasks": [{"name": "t", "command": "true"}]}
+
+    def targets(url: str) -> str:
+        return f'[[notifications]]\nurl = "{url}"\nevents = ["job_succeeded"]\n'
+
+    async def hang_up() -> None:
+        assert service.process is not None
+        service.process.send_signal(signal.SIGHUP)
+        assert (await service.message()).startswith("RELOADING=1\nMONOTONIC_USEC=")
+        assert await service.message() == "READY=1"
+
+    async with Receiver() as receiver:
+        service.config.write_text(targets(f"{receiver.base}/a"))
+        await service.start()
+        async with service.client() as client:
+            service.config.write_text(targets("not a url"))
+            await hang_up()
+            kept = await client.submit(true)
+            await kept.wait_for_success()
+            await receiver.wait_for(lambda: len(receiver.taken("/a")) == 1)
+            service.config.write_text(targets(f"{receiver.base}/b"))
+            await hang_up()
+            moved = await client.submit(true)
+            await moved.wait_for_success()
+            await receiver.wait_for(lambda: len(receiver.taken("/b")) == 1)
+            assert (await client.health())["status"] == "ok"  # still serving
+    assert [a.json["job_id"] for a in receiver.taken("/a")] == [kept.id]
+    assert [a.json["job_id"] for a in receiver.taken("/b")] == [moved.id]

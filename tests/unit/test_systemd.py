@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +41,17 @@ def test_ready_then_stopping_arrive_in_order(notify_socket: socket.socket) -> No
 
     assert notify_socket.recv(4096) == b"READY=1"
     assert notify_socket.recv(4096) == b"STOPPING=1"
+
+
+def test_a_reload_is_told_with_the_monotonic_time_it_began(notify_socket: socket.socket) -> None:
+    notifier = Notifier()
+    before = time.monotonic_ns() // 1000
+
+    assert notifier.reloading()
+
+    reloading, usec = notify_socket.recv(4096).decode().split("\n")
+    assert reloading == "RELOADING=1"
+    assert usec.startswith("MONOTONIC_USEC=") and before <= int(usec.split("=")[1])
 
 
 def test_status_text_and_several_fields_in_one_datagram(notify_socket: socket.socket) -> None:
