@@ -45,6 +45,21 @@ WORKER_RETRY_FIRST_S, WORKER_RETRY_MAX_S = 1.0, 300.0
 class _Worker:
     news: int = 1  # events of the job heard of (what was read is compared with it)
     lanes: list[_Lane] = field(default_factory=list)  # this round's
+    busy: int = 0  # this round's lanes still working (not caught up, not ended)
+    _poked: anyio.Event = field(default_factory=anyio.Event)
+
+    def hear(self) -> None:
+        """The job has news: every lane reads again."""
+        self.news += 1
+        self.poke()
+
+    def poke(self) -> None:
+        self._poked.set()
+        self._poked = anyio.Event()
+
+    async def poked(self) -> None:
+        """Until news comes, or a lane stops working."""
+        await self._poked.wait()
 
 
 @dataclass(slots=True)
@@ -123,7 +138,7 @@ class Notifier:
             self._targets, self._config_wants = keyed, wanted(targets)
             self._wants.clear()  # worked out again at each job's next round
             for worker in self._running.values():
-                worker.news += 1  # one more round, with the targets as they are now
+                worker.hear()  # one more round, with the targets as they are now
                 for lane in worker.lanes:
                     if lane.key.startswith(_CONFIG) and lane.key not in keys:
                         lane.scope.cancel()
@@ -160,7 +175,7 @@ class Notifier:
         """Bus subscriber: note that the event's job has news (no I/O)."""
         worker = self._running.get(event.job_id)
         if worker is not None:  # it reads once more before it ends, whatever the event
-            worker.news += 1
+            worker.hear()
             return
         wants = self._wants.get(event.job_id)
         if wants is not None and not wants and not isinstance(event, JobStateChanged):
@@ -245,7 +260,7 @@ class Notifier:
             # The targets as they are now (a reload between rounds changes them).
             self._wants[job_id] = self._config_wants | wanted(job.notify)
             lanes = {lane.key: lane for lane in self._lanes(job, lanes)}
-            worker.lanes = list(lanes.values())
+            worker.lanes, worker.busy = list(lanes.values()), len(lanes)
             if lanes:
                 async with anyio.create_task_group() as group:
                     for lane in worker.lanes:
@@ -292,22 +307,40 @@ class Notifier:
         return since.starts.get(job.job_id, since.otherwise)
 
     async def _run_lane(self, job: JobTargets, lane: _Lane, worker: _Worker) -> None:
-        with lane.scope:
-            while True:
-                lane.seen = worker.news
-                await self._flush()  # what the bus told of is written: read it back
-                page, covered = await self._store.read(job.job_id, lane.done, lane.tags, PAGE)
-                if covered <= lane.done:
+        busy = True
+        try:
+            with lane.scope:
+                while True:
+                    lane.seen = worker.news
+                    await self._flush()  # what the bus told of is written: read it back
+                    page, covered = await self._store.read(job.job_id, lane.done, lane.tags, PAGE)
+                    if covered > lane.done:
+                        todo = []
+                        for seq, body in page:
+                            kind = notify_type(event_decoder.decode(body))
+                            if kind in lane.target.events:
+                                todo.append((seq, body, kind))
+                        await self._deliver(job, lane, todo)
+                        lane.done = covered
+                        continue
                     if lane.seen != worker.news:
                         continue
-                    return
-                todo = []
-                for seq, body in page:
-                    kind = notify_type(event_decoder.decode(body))
-                    if kind in lane.target.events:
-                        todo.append((seq, body, kind))
-                await self._deliver(job, lane, todo)
-                lane.done = covered
+                    # Caught up. While another lane still works (a receiver slow or failing),
+                    # this one waits here for news: it must not wait for the round to end
+                    # to be sent the job's next events. Once none works, the round is over.
+                    busy = False
+                    worker.busy -= 1
+                    worker.poke()
+                    while lane.seen == worker.news and worker.busy:
+                        await worker.poked()
+                    if lane.seen == worker.news:
+                        return
+                    busy = True
+                    worker.busy += 1
+        finally:
+            if busy:  # ended (cancelled, failed): the others need not wait for it
+                worker.busy -= 1
+                worker.poke()
 
     async def _deliver(
         self, job: JobTargets, lane: _Lane, todo: list[tuple[int, bytes, str]]

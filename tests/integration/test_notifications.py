@@ -696,3 +696,28 @@ async def test_sighup_has_a_service_take_its_configs_targets_unless_they_are_not
             assert (await client.health())["status"] == "ok"  # still serving
     assert [a.json["job_id"] for a in receiver.taken("/a")] == [kept.id]
     assert [a.json["job_id"] for a in receiver.taken("/b")] == [moved.id]
+
+
+async def test_a_slow_target_holds_back_none_of_the_jobs_next_events_to_another(
+    state_dir: Path,
+) -> None:
+    """One target of a job takes its time to answer (a receiver stalled): another target
+    of the same job is sent the job's next events meanwhile, not after the slow one."""
+    async with Receiver() as receiver:
+        receiver.held["/slow"] = slow = anyio.Event()
+        gate = state_dir.parent / "gate"
+        os.mkfifo(gate)
+        waiting = {"name": "waiting", "tasks": [{"name": "t", "command": f"cat {gate}"}]}
+        async with notifying(state_dir, targets_at(receiver, "/slow", "/fast")) as (rt, n, _):
+            job = await rt.submit(waiting)
+            await receiver.wait_for(
+                lambda: len(receiver.taken("/fast")) == 1 and len(receiver.tries("/slow")) == 1
+            )
+            await anyio.to_thread.run_sync(gate.write_text, "go\n")  # once it reads
+            await job.wait_for_success()
+            await receiver.wait_for(lambda: len(receiver.taken("/fast")) == 2, limit_s=5)
+            assert len(receiver.tries("/slow")) == 1  # still held: its first event
+            slow.set()
+            await n.settled()
+    for path in ("/fast", "/slow"):
+        assert [a.json["type"] for a in receiver.taken(path)] == ["job_running", "job_succeeded"]
