@@ -132,8 +132,8 @@ class LinkKeys:
     def verify(self, credential: str, *, now: float | None = None) -> LinkClaims | None:
         """The claims of a credential signed with this key; None if it is not one (forged,
         altered, malformed, or signed with a key rotated away). Raises LinkExpired."""
-        if not self._key or len(credential) > MAX_LINK_BYTES:
-            return None
+        if not self._key or len(credential) > MAX_LINK_BYTES or not credential.isascii():
+            return None  # ours are base64url; a header's other bytes come as surrogates
         version, _, rest = credential.partition(".")
         payload, _, signature = rest.partition(".")
         if version != _VERSION or not hmac.compare_digest(

@@ -133,9 +133,12 @@ def fstat_size(file: IO[bytes]) -> int:
 
 
 def read_bytes(path: Path, offset: int, limit: int | None) -> bytes:
-    """Up to ``limit`` bytes of a file from ``offset``; nothing if the file does not exist."""
+    """Up to ``limit`` bytes of a file from ``offset``; nothing if the file does not exist,
+    or ends before ``offset`` (which may be beyond what a seek takes)."""
     try:
         with path.open("rb") as f:
+            if offset >= fstat_size(f):
+                return b""
             f.seek(offset)
             return f.read(-1 if limit is None else limit)
     except FileNotFoundError:

@@ -188,6 +188,23 @@ async def test_an_expired_link_gets_401_and_a_page_that_says_so(service: Service
             assert ok.status == 200
 
 
+async def test_a_link_cookie_of_bytes_that_are_not_text_gets_401_not_an_error(
+    service: Service,
+) -> None:
+    """Anyone may send any bytes: a cookie that is no link is refused like a forged one."""
+    address = URL(await start(service))
+    assert address.host is not None and address.port is not None
+    cookie = b"aiobatch_link_%d=l1.\xff\xfe.abc" % address.port
+    request = b"GET /v1/session HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: %b\r\n\r\n"
+    async with await anyio.connect_tcp(address.host, address.port) as stream:
+        await stream.send(request % cookie)
+        answer = b""
+        with anyio.fail_after(10):
+            async for chunk in stream:
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
+
+
 async def test_a_new_key_revokes_every_link_and_a_restart_keeps_them(service: Service) -> None:
     url = await start(service)
     job_id = await finished_job(service)
