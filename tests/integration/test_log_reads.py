@@ -132,8 +132,8 @@ async def test_log_answers_say_the_size_and_their_length(state_dir: Path, sock: 
         await job.wait_for_completion()
         path = f"http://x/v1/jobs/{job.id}/tasks/t/instances/0/logs/stdout"
         heads = {}
-        heads_of = ("", "?offset=3&limit=4", "?offset=8", "?offset=20", "?follow=1&offset=5")
-        heads_of += (f"?follow=1&offset={2**63 - 1}",)
+        heads_of = ["", "?offset=3&limit=4", "?offset=8", "?offset=20", "?follow=1&offset=5"]
+        heads_of.append(f"?follow=1&offset={2**63 - 1}")
         connector = aiohttp.UnixConnector(path=str(sock))
         async with aiohttp.ClientSession(connector=connector) as session:
             for query in heads_of:
