@@ -70,7 +70,6 @@ class Commands:
         self._attempts = attempts
         self._queries = queries
         self._state_dir = state_dir
-        self._retrying = anyio.Lock()
         self._next_seq = 1
 
     async def open(self) -> None:
@@ -138,7 +137,8 @@ class Commands:
 
     async def retry_job(self, job_id: str) -> bool:
         """Take a FAILED or CANCELLED job back to RUNNING; re-run only what did not succeed."""
-        async with self._retrying:  # two retries at once must not both pass the check
+        # Two retries at once must not both pass the check, nor a retry and a deletion.
+        async with self._queries.retrying_or_deleting:
             job = await self._queries.job(job_id)
             if job.state not in (JobState.FAILED, JobState.CANCELLED):
                 raise JobNotRetryable(job_id, job.state.value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -48,6 +49,13 @@ class Queries:
         # Ended jobs (of this run, or loaded for a query), most recent last; bounded.
         self._archive: OrderedDict[str, JobRec] = OrderedDict()
         self._job_done: dict[str, anyio.Event] = {}
+        # Jobs whose rows are being deleted: gone for every reader from the start of it.
+        self._deleting: set[str] = set()
+        # A job read from its rows, and rows deleted, one at a time: a read sees all of a
+        # job's rows or none, and never brings back into memory a job deleted meanwhile.
+        self._rows = anyio.Lock()
+        # Held to retry a job and to delete jobs: a retry never revives a job being deleted.
+        self.retrying_or_deleting = anyio.Lock()
 
     # -- finding jobs ------------------------------------------------------------------------
 
@@ -61,14 +69,34 @@ class Queries:
         return restore_job(row, tasks, instances)
 
     async def job(self, job_id: str) -> JobRec:
+        if job_id in self._deleting:
+            raise JobNotFound(job_id)
         job = self._engine.jobs.get(job_id) or self._archive.get(job_id)
         if job is None:
             # A job that ended a moment ago may have left the archive before the store
             # committed its end: what is stored must catch up with the engine first.
             await self._store.flush()
-            job, _ = await self.load(job_id)
-            self.remember(job)
+            async with self._rows:
+                job, _ = await self.load(job_id)
+                if job_id in self._deleting:  # its deletion began while it was read
+                    raise JobNotFound(job_id)
+                self.remember(job)
         return job
+
+    @asynccontextmanager
+    async def deleting(self, job_ids: list[str]) -> AsyncIterator[list[str]]:
+        """Take these ended jobs out of every reader's sight while their rows are deleted
+        (yielded: those that are not running again, retried meanwhile). The caller holds
+        ``retrying_or_deleting``."""
+        ids = [i for i in job_ids if i not in self._engine.jobs and i not in self._deleting]
+        self._deleting.update(ids)
+        for job_id in ids:
+            self._archive.pop(job_id, None)
+        try:
+            async with self._rows:
+                yield ids
+        finally:
+            self._deleting.difference_update(ids)
 
     async def live_job(self, job_id: str) -> JobRec | None:
         """The job if it has not ended; None if it has; JobNotFound if there is none."""

@@ -59,15 +59,22 @@ class Deletions:
             if not stop:
                 raise JobNotFinal(job_id, job.state.value)
             await self._stop_and_wait(job_id)
-        await self._delete([job_id])
+        if not await self._delete([job_id]):  # retried meanwhile (or deleted by another)
+            job = await self._queries.job(job_id)
+            raise JobNotFinal(job_id, job.state.value)
 
-    async def _delete(self, job_ids: list[str]) -> None:
-        await self._store.delete_jobs(job_ids)
-        for job_id in job_ids:
-            self._queries.forget(job_id)
-        await anyio.to_thread.run_sync(self._remove_files, job_ids)
-        self.deleted += len(job_ids)
-        log.info("jobs_deleted", count=len(job_ids), first=job_ids[0])
+    async def _delete(self, job_ids: list[str]) -> list[str]:
+        """Delete these jobs, but for any running again (retried since they were chosen):
+        those deleted."""
+        queries = self._queries
+        async with queries.retrying_or_deleting, queries.deleting(job_ids) as deleting:
+            if deleting:
+                await self._store.delete_jobs(deleting)
+        if deleting:
+            await anyio.to_thread.run_sync(self._remove_files, deleting)
+            self.deleted += len(deleting)
+            log.info("jobs_deleted", count=len(deleting), first=deleting[0])
+        return deleting
 
     def _remove_files(self, job_ids: Collection[str]) -> None:
         for job_id in job_ids:
@@ -84,8 +91,11 @@ class Deletions:
                 if not job_ids:
                     break
                 began = time.monotonic()
-                await self._delete(job_ids)
-                deleted += len(job_ids)
+                done = await self._delete(job_ids)
+                deleted += len(done)
+                if len(done) < len(job_ids):
+                    break  # some run again (their rows may say otherwise yet): next check
+
                 if self._busy():
                     await anyio.sleep((time.monotonic() - began) * (1 / BUSY_SHARE - 1))
                 else:

@@ -231,3 +231,88 @@ async def test_delete_through_the_cli_and_the_api(service: Service, tmp_path: Pa
     for job_id in (ended.id, other.id, held.id):
         assert rows_of(service.state_dir, job_id) == dict.fromkeys(TABLES, 0)
         assert files_of(service.state_dir, job_id) == []
+
+
+async def test_a_read_that_meets_a_deletion_finds_the_job_gone_and_never_brings_it_back(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job known only by its rows is being read when its deletion (by age) begins: the
+    read finds it gone (not half of its rows), and no later read finds it again."""
+    async with Runtime(state_dir) as rt:
+        job = await rt.submit(small_job())
+        await job.wait_for_success()
+    async with Runtime(state_dir) as rt:  # a new runtime: only the rows know the job
+        store = vars(rt)["_store"]
+        reading, go_on = anyio.Event(), anyio.Event()
+        task_rows = store.task_rows
+
+        async def paused_after_the_job_row(job_id: str) -> Any:
+            reading.set()
+            await go_on.wait()
+            return await task_rows(job_id)
+
+        monkeypatch.setattr(store, "task_rows", paused_after_the_job_row)
+        found: list[str] = []
+
+        async def read() -> None:
+            try:
+                await rt.get_job(job.id)
+                found.append("found")
+            except JobNotFound:
+                found.append("gone")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read)
+            await reading.wait()
+            deletions: Deletions = vars(rt)["_deletions"]
+            tg.start_soon(deletions.expire, {"SUCCEEDED": 0.0})
+            await anyio.wait_all_tasks_blocked()  # the deletion waits for the read
+            go_on.set()
+        assert found == ["gone"]
+        with pytest.raises(JobNotFound):
+            await rt.get_job(job.id)
+    assert rows_of(state_dir, job.id) == dict.fromkeys(TABLES, 0)
+
+
+async def test_a_job_being_retried_is_not_deleted_and_runs_with_its_rows(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deletion asked for while a retry of the job is under way waits for it, then finds
+    the job running again: it is refused, and the job runs with all its rows."""
+    spec = {"name": "fails", "tasks": [{"name": "t", "command": "exit 3"}]}
+    async with Runtime(state_dir) as rt:
+        job = await rt.submit(spec)
+        await job.wait_for_completion()
+        resources = vars(rt)["_resources"]
+        retrying, go_on = anyio.Event(), anyio.Event()
+        open_for = resources.open_for
+
+        async def paused(defn: Any) -> None:
+            retrying.set()
+            await go_on.wait()
+            await open_for(defn)
+
+        monkeypatch.setattr(resources, "open_for", paused)
+        refused: list[str] = []
+
+        async def delete() -> None:
+            try:
+                await rt.delete_job(job.id)
+            except JobNotFinal as exc:
+                refused.append(str(exc))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(rt.retry_job, job.id)
+            await retrying.wait()
+            tg.start_soon(delete)
+            await anyio.wait_all_tasks_blocked()  # the deletion waits for the retry
+            go_on.set()
+        assert refused and "RUNNING" in refused[0]
+        await job.wait_for_completion()
+        assert await job.get_state() is JobState.FAILED
+    rows = rows_of(state_dir, job.id)
+    assert rows["jobs"] == 1 and rows["instances"] == 1 and rows["events"] > 0
+    with sqlite3.connect(state_dir / "aiobatch.db") as db:
+        query = "SELECT attempt FROM instances WHERE job_id = ?"
+        (attempt,) = db.execute(query, (job.id,)).fetchone()
+    assert attempt == 2  # the retry ran it again
