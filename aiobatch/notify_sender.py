@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import anyio
 import structlog
@@ -123,7 +124,10 @@ class Sender:
         self.failed += 1
         bound.error("notification_failed", tries=target.tries, error=error)
         if self.on_given_up is not None:
-            given_up = GivenUp(d.job_id, target.url, d.type, d.seq, delivery, target.tries, error)
+            # The job's history is shown to whoever may see the job (a shared link too): a
+            # config target's URL, whose path or query may be its credential, is not.
+            url = target.url if d.target_key.startswith("job:") else _origin(target.url)
+            given_up = GivenUp(d.job_id, url, d.type, d.seq, delivery, target.tries, error)
             try:
                 self.on_given_up(given_up)
             except Exception:
@@ -183,3 +187,14 @@ class Sender:
                 headers={"User-Agent": "aiobatch"},
             )
         return self._session
+
+
+def _origin(url: str) -> str:
+    """The URL's scheme, host and port; ``/…`` where more was cut (a path, a query, a user)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    origin = f"{parts.scheme}://{f'[{host}]' if ':' in host else host}"
+    if parts.port is not None:
+        origin += f":{parts.port}"
+    cut = parts.username or parts.password or parts.path not in ("", "/") or parts.query
+    return origin + "/…" if cut or parts.fragment else origin

@@ -721,3 +721,31 @@ async def test_a_slow_target_holds_back_none_of_the_jobs_next_events_to_another(
             await n.settled()
     for path in ("/fast", "/slow"):
         assert [a.json["type"] for a in receiver.taken(path)] == ["job_running", "job_succeeded"]
+
+
+async def test_a_config_targets_url_given_up_shows_in_the_jobs_history_without_its_path(
+    state_dir: Path,
+) -> None:
+    """A job's history is shown to whoever may see the job, a shared link too: a config
+    target's path and query (a webhook's credential, often) stay out of it; the job's own
+    target, part of the job as submitted, is shown whole."""
+    async with Receiver(lambda *_: 500) as receiver:
+        secret = "/hooks/T000/SECRET?token=s3cr3t"
+        config = Config(
+            notifications=(
+                NotifySpec(url=f"{receiver.base}{secret}", events=("job_succeeded",), tries=1),
+            )
+        )
+        spec = {
+            "name": "unheard",
+            "notify": [{"url": f"{receiver.base}/own", "events": ["job_succeeded"], "tries": 1}],
+            "tasks": [{"name": "a", "command": "true"}],
+        }
+        async with notifying(state_dir, config) as (rt, notifier, _):
+            job = await rt.submit(spec)
+            await job.wait_for_success()
+            await notifier.settled()
+            history = [msgspec.to_builtins(e.event) for e in await rt.job_history(job.id)]
+    urls = sorted(e["url"] for e in history if e["type"] == "NotificationFailed")
+    assert urls == sorted([f"{receiver.base}/…", f"{receiver.base}/own"])
+    assert not any("SECRET" in json.dumps(e) or "s3cr3t" in json.dumps(e) for e in history)
