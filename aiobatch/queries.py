@@ -15,6 +15,7 @@ from aiobatch import views
 from aiobatch.api import (
     HistoryEntry,
     InstanceDetail,
+    InstanceResult,
     JobSnapshot,
     JobSummary,
     LogStream,
@@ -33,6 +34,7 @@ from aiobatch.store import Store
 
 LOG_POLL_S = 0.2  # how often a followed log file is checked for new bytes
 ARCHIVE_SIZE = 256  # ended jobs kept in memory for queries; older ones are read from SQLite
+MAX_STDERR_TAILS = 100  # failed instances whose stderr tails a task's result has
 
 
 class Queries:
@@ -208,10 +210,14 @@ class Queries:
             tail = await anyio.to_thread.run_sync(views.tail, path)
         return InstanceDetail(**msgspec.structs.asdict(result), stderr_tail=tail)
 
-    async def task_result(self, job_id: str, task_name: str) -> TaskResult:
+    async def task_result(
+        self, job_id: str, task_name: str, *, instances: bool = True
+    ) -> TaskResult:
         task = await self.task(job_id, task_name)
-        result = views.task_result(task, self._engine.waiting_reason, True, self._queued_of)
+        waiting_reason, queued_of = self._engine.waiting_reason, self._queued_of
+        result = views.task_result(task, waiting_reason, instances, queued_of)
         failed = [i.index for i in task.instances if i and i.state is InstanceState.FAILED]
+        del failed[MAX_STDERR_TAILS:]  # a file read each: bounded, however many failed
 
         def read_tails() -> dict[int, list[str]]:  # file reads: off the event loop
             log_path = self._layout.log_path
@@ -219,6 +225,17 @@ class Queries:
 
         tails = await anyio.to_thread.run_sync(read_tails)
         return msgspec.structs.replace(result, stderr_tails=tails)
+
+    async def instance_results(
+        self, job_id: str, task_name: str, start: int, stop: int
+    ) -> list[InstanceResult]:
+        task = await self.task(job_id, task_name)
+        queued = self._queued_of(task) if self._queued_of is not None else {}
+        waiting_reason = self._engine.waiting_reason
+        return [
+            views.instance_result(task, index, waiting_reason, queued.get(index))
+            for index in range(max(0, start), min(stop, task.total))
+        ]
 
     async def wait(self, job_id: str) -> JobSnapshot:
         job = await self.job(job_id)

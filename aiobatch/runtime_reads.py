@@ -16,6 +16,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from aiobatch.api import (
     HistoryEntry,
     InstanceDetail,
+    InstanceResult,
     JobSnapshot,
     JobSummary,
     LogStream,
@@ -75,8 +76,18 @@ class RuntimeReads:
         """One instance's result; its stderr tail (read for it alone) if it failed."""
         return await self._queries.instance_result(job_id, task_name, index)
 
-    async def task_result(self, job_id: str, task_name: str) -> TaskResult:
-        return await self._queries.task_result(job_id, task_name)
+    async def task_result(
+        self, job_id: str, task_name: str, *, instances: bool = True
+    ) -> TaskResult:
+        """The task's counts, its instances (unless not asked for) and the stderr tails of
+        its first failed instances (``MAX_STDERR_TAILS``)."""
+        return await self._queries.task_result(job_id, task_name, instances=instances)
+
+    async def instance_results(
+        self, job_id: str, task_name: str, start: int, stop: int
+    ) -> list[InstanceResult]:
+        """The results of the task's instances ``start`` to ``stop`` (not included)."""
+        return await self._queries.instance_results(job_id, task_name, start, stop)
 
     async def wait_job(self, job_id: str) -> JobSnapshot:
         return await self._queries.wait(job_id)

@@ -37,7 +37,9 @@ GET     /v1/jobs/ID/wait                                      ``JobSnapshot`` on
 POST    /v1/jobs/ID/stop|suspend|resume|retry                 ``{"id", "action", "changed",
                                                               "status"}``
 GET     /v1/jobs/ID/tasks/TASK                                ``TaskResult`` with ``instances``
+                                                              (streamed, as with ``instances=1``)
                                                               and ``stderr_tails`` {N: [line]}
+                                                              of the first 100 failed
 GET     /v1/jobs/ID/tasks/TASK/instances/N                    ``InstanceResult`` plus
                                                               ``stderr_tail`` (failed ones)
 POST    /v1/jobs/ID/tasks/TASK/instances/N/stop               ``{"id", "task", "index",

@@ -9,6 +9,7 @@ from aiohttp import web
 from aiobatch import wire
 from aiobatch.errors import JobNotFound, RuntimeClosed
 from aiobatch.server.bodies import read_spec
+from aiobatch.server.instance_lists import InstanceLists
 from aiobatch.server.limits import Limits
 from aiobatch.server.params import (
     flag_param,
@@ -32,6 +33,7 @@ CLIENT_GONE = 499  # logged (never sent) when the peer left before the answer wa
 class JobHandlers:
     def __init__(self, api: ServedAPI, long_requests: LongRequests, limits: Limits) -> None:
         self.api = api
+        self._instance_lists = InstanceLists(api, long_requests)
         self._long = long_requests
         self._limits = limits
 
@@ -79,9 +81,12 @@ class JobHandlers:
         jobs = await self.api.list_jobs(status=status, limit=limit, offset=offset, labels=labels)
         return json_response(jobs)
 
-    async def get_job(self, request: web.Request) -> web.Response:
+    async def get_job(self, request: web.Request) -> web.StreamResponse:
         instances = flag_param(query(request, "instances"), "instances")
-        return json_response(await self.api.job_snapshot(job_id_of(request), instances=instances))
+        snapshot = await self.api.job_snapshot(job_id_of(request))
+        if instances:
+            return await self._instance_lists.job(request, snapshot)
+        return json_response(snapshot)
 
     async def delete_job(self, request: web.Request) -> web.Response:
         stop = flag_param(query(request, "stop"), "stop")
@@ -117,10 +122,11 @@ class JobHandlers:
         done = wire.JobActionDone(id=job_id, action=action, changed=changed, status=status.value)
         return json_response(done)
 
-    async def task_result(self, request: web.Request) -> web.Response:
+    async def task_result(self, request: web.Request) -> web.StreamResponse:
         query(request)
-        task = text_param(request.match_info["task"], "task")
-        return json_response(await self.api.task_result(job_id_of(request), task))
+        job_id, task = job_id_of(request), text_param(request.match_info["task"], "task")
+        result = await self.api.task_result(job_id, task, instances=False)
+        return await self._instance_lists.task(request, job_id, task, result)
 
     async def instance(self, request: web.Request) -> web.Response:
         query(request)

@@ -8,7 +8,7 @@ from typing import Protocol
 
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from aiobatch.api import BatchAPI, LogStream
+from aiobatch.api import BatchAPI, InstanceResult, LogStream, TaskResult
 from aiobatch.events import Event
 
 
@@ -26,5 +26,15 @@ class ServedAPI(BatchAPI, Protocol):
     ) -> AbstractAsyncContextManager[MemoryObjectReceiveStream[Event]]: ...
 
     def log_path(self, job_id: str, task: str, index: int, stream: LogStream) -> Path: ...
+
+    async def task_result(self, job_id: str, task: str, *, instances: bool = True) -> TaskResult:
+        """Without ``instances``, the task's counts and failures' stderr tails alone."""
+        ...
+
+    async def instance_results(
+        self, job_id: str, task: str, start: int, stop: int
+    ) -> list[InstanceResult]:
+        """The results of the task's instances ``start`` to ``stop`` (not included)."""
+        ...
 
     async def metrics_text(self) -> bytes: ...

@@ -24,13 +24,16 @@ import anyio
 import msgspec
 import pytest
 
-from aiobatch import Runtime, SpecError, load_spec
+from aiobatch import Runtime, SpecError, load_spec, wire
+from aiobatch.api import TaskResult
 from aiobatch.client import Client
 from aiobatch.config import Config, ServerConfig
 from aiobatch.errors import RuntimeClosed
 from aiobatch.events import JobStateChanged, event_decoder
 from aiobatch.listeners import SocketInUse
+from aiobatch.queries import MAX_STDERR_TAILS
 from aiobatch.server import ControlServer
+from aiobatch.server.instance_lists import INSTANCES_AT_ONCE
 from tests.helpers import Gates, instance_is, until
 
 pytestmark = pytest.mark.anyio
@@ -429,3 +432,36 @@ async def test_openapi_document_is_served_with_the_same_auth_as_other_reads(
                 signed = response.status, await response.json()
     assert status == 200 and "/v1/jobs" in document["paths"]
     assert anonymous == 401 and signed == (200, document)
+
+
+async def test_every_instance_listed_is_streamed_in_slices_as_the_runtime_has_it(
+    state_dir: Path, sock_path: Path
+) -> None:
+    """A job's and a task's answers with every instance are written a slice at a time
+    (INSTANCES_AT_ONCE), the same JSON as the runtime's own; a task's result has the
+    stderr tails of its first MAX_STDERR_TAILS failed instances, however many failed."""
+    many = MAX_STDERR_TAILS + INSTANCES_AT_ONCE + 1
+    spec = {
+        "name": "many",
+        "tasks": [
+            {
+                "name": "a",
+                "instances": many,
+                "command": "echo no >&2; exit 1",
+                "on_failure": "continue",
+            },
+            {"name": "b", "instances": 3, "depends_on": ["a"], "command": "true"},
+        ],
+    }
+    async with serving(state_dir, sock_path) as (rt, _), raw(sock_path) as session:
+        job = await rt.submit(spec)
+        await job.wait_for_completion()
+        async with session.get(f"{BASE}/jobs/{job.id}?instances=1") as answer:
+            assert answer.status == 200 and "Content-Length" not in answer.headers  # streamed
+            body = await answer.read()
+        assert body == wire.encoder.encode(await rt.job_snapshot(job.id, instances=True))
+        async with session.get(f"{BASE}/jobs/{job.id}/tasks/a") as answer:
+            task = msgspec.json.decode(await answer.read(), type=TaskResult)
+    assert task.instances is not None and [i.index for i in task.instances] == list(range(many))
+    assert {i.status for i in task.instances} == {"FAILED"}
+    assert task.stderr_tails == {index: ["no"] for index in range(MAX_STDERR_TAILS)}
