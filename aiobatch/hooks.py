@@ -11,10 +11,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import anyio
+
 from aiobatch.attempt import InstanceContext, Outcome
 from aiobatch.errors import AiobatchError
 from aiobatch.spec import TaskDef
-from aiobatch.storage.base import StorageBackend, StorageError, StorageURI, inside
+from aiobatch.storage import beneath
+from aiobatch.storage.base import Local, StorageBackend, StorageError, StorageURI
 
 
 class HookFailed(AiobatchError, RuntimeError):
@@ -111,7 +114,7 @@ async def stage_inputs(context: HookContext) -> None:
     ctx = context.instance
     for mapping in ctx.task.inputs:
         uri = StorageURI.parse(context.expand(mapping.from_))
-        dest = inside(ctx.work_dir, context.expand(mapping.path))
+        dest = Local.of(ctx.work_dir, context.expand(mapping.path))
         await context.backend(uri).download(uri, dest)
 
 
@@ -122,11 +125,16 @@ async def upload_outputs(context: HookContext) -> None:
     for mapping in ctx.task.outputs:
         if mapping.when == "success" and not succeeded:
             continue
-        src = inside(ctx.work_dir, context.expand(mapping.path))
+        src = Local.of(ctx.work_dir, context.expand(mapping.path))
         uri = StorageURI.parse(context.expand(mapping.to))
-        if not src.exists():
+        found = await anyio.to_thread.run_sync(beneath.kind, src)
+        if found is None:
             raise HookFailed(f"stage_out_failed: output {mapping.path} does not exist")
-        if uri.is_prefix and src.is_file():
+        if found == "other":  # never followed, nor read: a FIFO blocks, a device never ends
+            raise HookFailed(
+                f"stage_out_failed: output {mapping.path} is a link or not a regular file"
+            )
+        if uri.is_prefix and found == "file":
             uri = uri.child(uri.key + src.name)  # a file into a folder keeps its name
         await context.backend(uri).upload(src, uri)
 
@@ -143,4 +151,4 @@ async def upload_logs(context: HookContext) -> None:
         uri = StorageURI.parse(context.expand(target))
         if uri.is_prefix:
             uri = uri.child(f"{uri.key}{ctx.task.name}.{ctx.index}.{stream}")
-        await context.backend(uri).upload(path, uri)
+        await context.backend(uri).upload(Local(path.parent, path.name), uri)

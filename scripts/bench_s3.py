@@ -28,7 +28,7 @@ from typing import Any
 import anyio
 
 from aiobatch.config import S3Settings
-from aiobatch.storage.base import StorageURI
+from aiobatch.storage.base import Local, StorageURI
 from aiobatch.storage.s3 import PART_SIZE, S3Backend, create_client
 
 CONCURRENCY = 16
@@ -118,8 +118,8 @@ async def ours(
     opened()
     try:
         uri = StorageURI("s3", BUCKET, prefix)
-        await backend.upload(src, uri)
-        await backend.download(uri, dest)
+        await backend.upload(Local(src.parent, src.name), uri)
+        await backend.download(uri, Local(dest.parent, dest.name))
     finally:
         await backend.aclose()
 

@@ -59,15 +59,48 @@ def inside(root: Path, relative: str) -> Path:
     return root / normal if normal != "." else root
 
 
+@dataclass(frozen=True, slots=True)
+class Local:
+    """A place ``relative`` to ``root`` (which we made: a work dir, a log dir), never outside
+    it; the parts of ``relative`` are the task's to lay out."""
+
+    root: Path
+    relative: str = "."
+
+    @classmethod
+    def of(cls, root: Path, relative: str) -> Local:
+        """Raises StorageError for a ``relative`` that would leave ``root``."""
+        return cls(root, str(inside(Path("/"), relative).relative_to("/")) or ".")
+
+    @property
+    def path(self) -> Path:
+        return self.root / self.relative
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def child(self, relative: str) -> Local:
+        return Local.of(self.root, f"{self.relative}/{relative}")
+
+    @property
+    def _parts(self) -> list[str]:
+        return [part for part in self.relative.split("/") if part not in ("", ".")]
+
+
 class StorageBackend(Protocol):
-    """Moves one file or one folder (a prefix) between a URI and a local path."""
+    """Moves one file or one folder (a prefix) between a URI and a place in a work dir (or
+    a log dir), never following a link there (``beneath.py``)."""
 
     scheme: str
 
-    async def download(self, uri: StorageURI, dest: Path) -> None:
-        """Copy ``uri`` to ``dest``; a prefix fills the folder ``dest`` with its contents."""
+    async def download(self, uri: StorageURI, dest: Local) -> None:
+        """Copy ``uri`` to ``dest``; a prefix fills the folder ``dest`` with its contents.
+        What an earlier attempt left at those places is replaced, never written through."""
         ...
 
-    async def upload(self, src: Path, uri: StorageURI) -> None:
-        """Copy ``src`` to ``uri``; a folder goes under the prefix ``uri``, keys mirroring paths."""
+    async def upload(self, src: Local, uri: StorageURI) -> None:
+        """Copy ``src`` to ``uri``; a folder goes under the prefix ``uri``, keys mirroring
+        paths (its regular files only: links, FIFOs and devices are skipped). ``src`` itself
+        must be a regular file or a folder."""
         ...

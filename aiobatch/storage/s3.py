@@ -8,17 +8,19 @@ never sits in memory.
 
 from __future__ import annotations
 
+import os
 from contextlib import AsyncExitStack
-from pathlib import Path
 from typing import Any
 
 import anyio
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
+from anyio import AsyncFile
 from botocore.exceptions import BotoCoreError, ClientError
 
 from aiobatch.config import S3Settings
-from aiobatch.storage.base import StorageError, StorageURI, inside
+from aiobatch.storage import beneath
+from aiobatch.storage.base import Local, StorageError, StorageURI
 
 PART_SIZE = 8 * 2**20  # multipart part and read chunk size: bounds memory per transfer
 ABORT_LIMIT_S = 30.0  # an abandoned multipart upload is aborted within this, or left to expire
@@ -70,10 +72,10 @@ class S3Profiles:
         except KeyError:
             raise StorageError(f"{uri}: unknown storage profile {uri.profile!r}") from None
 
-    async def download(self, uri: StorageURI, dest: Path) -> None:
+    async def download(self, uri: StorageURI, dest: Local) -> None:
         await self._for(uri).download(uri, dest)
 
-    async def upload(self, src: Path, uri: StorageURI) -> None:
+    async def upload(self, src: Local, uri: StorageURI) -> None:
         await self._for(uri).upload(src, uri)
 
 
@@ -94,28 +96,26 @@ class S3Backend:
     async def aclose(self) -> None:
         await self._stack.aclose()
 
-    async def download(self, uri: StorageURI, dest: Path) -> None:
+    async def download(self, uri: StorageURI, dest: Local) -> None:
         if not uri.is_prefix:
             await self._get(uri, dest)
             return
         # Every key is checked before anything is written: a key like "p/../../x" fails the
         # whole download, and nothing lands outside the work dir.
-        targets = {key: inside(dest, key[len(uri.key) :]) async for key in self._keys(uri)}
-        await anyio.Path(dest).mkdir(parents=True, exist_ok=True)
+        targets = {key: dest.child(key[len(uri.key) :]) async for key in self._keys(uri)}
+        await anyio.to_thread.run_sync(beneath.make_folder, dest)
         async with anyio.create_task_group() as tg:
             for key, target in targets.items():
                 tg.start_soon(self._get, uri.child(key), target)
 
-    async def upload(self, src: Path, uri: StorageURI) -> None:
-        root = anyio.Path(src)
-        if not await root.is_dir():
-            await self._put(src, uri)
+    async def upload(self, src: Local, uri: StorageURI) -> None:
+        if await anyio.to_thread.run_sync(beneath.kind, src) != "folder":
+            await self._put(src, uri)  # not a regular file (a link, a FIFO): refused there
             return
+        files = await anyio.to_thread.run_sync(_files_below, src)
         async with anyio.create_task_group() as tg:
-            async for path in root.rglob("*"):
-                if await path.is_file() and not await path.is_symlink():
-                    key = uri.key + path.relative_to(root).as_posix()
-                    tg.start_soon(self._put, Path(path), uri.child(key))
+            for relative in files:
+                tg.start_soon(self._put, src.child(relative), uri.child(uri.key + relative))
 
     async def _keys(self, uri: StorageURI) -> Any:
         paginator = self._client.get_paginator("list_objects_v2")
@@ -127,42 +127,47 @@ class S3Backend:
         except (ClientError, BotoCoreError) as exc:
             raise StorageError(f"{uri}: {_why(exc)}") from None
 
-    async def _get(self, uri: StorageURI, dest: Path) -> None:
+    async def _get(self, uri: StorageURI, dest: Local) -> None:
         async with self._limit:
             try:
                 response = await self._client.get_object(Bucket=uri.location, Key=uri.key)
             except (ClientError, BotoCoreError) as exc:
                 raise StorageError(f"{uri} {_why(exc)}") from None
-            await anyio.Path(dest.parent).mkdir(parents=True, exist_ok=True)
-            async with response["Body"] as body, await anyio.open_file(dest, "wb") as out:
+            fd = await anyio.to_thread.run_sync(beneath.create_file, dest)
+            async with response["Body"] as body, anyio.wrap_file(os.fdopen(fd, "wb")) as out:
                 while chunk := await body.read(PART_SIZE):
                     await out.write(chunk)
 
-    async def _put(self, src: Path, uri: StorageURI) -> None:
+    async def _put(self, src: Local, uri: StorageURI) -> None:
         async with self._limit:
-            try:
-                if (await anyio.Path(src).stat()).st_size <= PART_SIZE:
-                    data = await anyio.Path(src).read_bytes()
-                    await self._client.put_object(Bucket=uri.location, Key=uri.key, Body=data)
-                else:
-                    await self._multipart(src, uri)
-            except (ClientError, BotoCoreError) as exc:
-                raise StorageError(f"{uri}: {_why(exc)}") from None
+            # Opened once, as a regular file (a FIFO would block, a device never end), and
+            # read from that descriptor by the size it had then.
+            fd = await anyio.to_thread.run_sync(beneath.open_regular, src)
+            async with anyio.wrap_file(os.fdopen(fd, "rb")) as f:
+                try:
+                    size = os.fstat(fd).st_size
+                    if size <= PART_SIZE:
+                        data = await f.read(size)
+                        await self._client.put_object(Bucket=uri.location, Key=uri.key, Body=data)
+                    else:
+                        await self._multipart(f, size, uri)
+                except (ClientError, BotoCoreError) as exc:
+                    raise StorageError(f"{uri}: {_why(exc)}") from None
 
-    async def _multipart(self, src: Path, uri: StorageURI) -> None:
+    async def _multipart(self, f: AsyncFile[bytes], size: int, uri: StorageURI) -> None:
         client, bucket, key = self._client, uri.location, uri.key
         upload = await client.create_multipart_upload(Bucket=bucket, Key=key)
         upload_id = upload["UploadId"]
         parts = []
         try:
-            async with await anyio.open_file(src, "rb") as f:
-                number = 1
-                while chunk := await f.read(PART_SIZE):
-                    part = await client.upload_part(
-                        Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk
-                    )
-                    parts.append({"ETag": part["ETag"], "PartNumber": number})
-                    number += 1
+            number, left = 1, size  # what it held when opened: a file still growing ends there
+            while left > 0 and (chunk := await f.read(min(PART_SIZE, left))):
+                left -= len(chunk)
+                part = await client.upload_part(
+                    Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk
+                )
+                parts.append({"ETag": part["ETag"], "PartNumber": number})
+                number += 1
             await client.complete_multipart_upload(
                 Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
             )
@@ -170,6 +175,10 @@ class S3Backend:
             with anyio.CancelScope(shield=True), anyio.move_on_after(ABORT_LIMIT_S):
                 await client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
             raise
+
+
+def _files_below(src: Local) -> list[str]:
+    return [relative for relative, is_folder in beneath.entries(src) if not is_folder]
 
 
 def _why(exc: BaseException) -> str:

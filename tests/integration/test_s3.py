@@ -157,3 +157,37 @@ async def test_an_unreachable_endpoint_fails_staging_after_retries(state_dir: Pa
     assert inst.reason is not None
     assert inst.reason.startswith("stage_in_failed: s3://bkt/k ")
     assert "127.0.0.1:9" in inst.reason
+
+
+async def test_an_output_that_is_a_fifo_or_a_device_is_refused_at_once(
+    s3: Any, s3_endpoint: str, state_dir: Path
+) -> None:
+    """Read as a file, a FIFO would block the upload (and its transfer slot) for ever and a
+    device would never end: neither is opened; a folder's regular files go up alone."""
+    made = "mkfifo fifo; ln -s /dev/zero zero; mkdir d; echo kept > d/kept; mkfifo d/fifo"
+    tasks = [
+        {"name": name, "command": made, "on_failure": "continue", "outputs": [output]}
+        for name, output in (
+            ("fifo", {"path": "fifo", "to": "s3://bkt/fifo"}),
+            ("zero", {"path": "zero", "to": "s3://bkt/zero"}),
+            ("folder", {"path": "d/", "to": "s3://bkt/d/"}),
+        )
+    ]
+    async with Runtime(state_dir, config=config(s3_endpoint)) as rt:
+        job = await rt.submit({"name": "odd", "tasks": tasks})
+        with anyio.fail_after(60):
+            await job.wait_for_completion()
+        reasons = {
+            name: ((await job.get_task_result(name)).instances or [])[0].reason
+            for name in ("fifo", "zero", "folder")
+        }
+    refused = "stage_out_failed: output {} is a link or not a regular file"
+    assert reasons == {
+        "fifo": refused.format("fifo"),
+        "zero": refused.format("zero"),
+        "folder": None,
+    }
+    listed = (await s3.list_objects_v2(Bucket=BUCKET)).get("Contents", [])
+    ours = [item["Key"] for item in listed if item["Key"].startswith(("fifo", "zero", "d/"))]
+    assert ours == ["d/kept"]
+    assert await read(s3, "d/kept") == b"kept\n"

@@ -159,3 +159,86 @@ async def test_on_job_end_hooks_get_the_final_snapshot(state_dir: Path) -> None:
             await called.wait()
         assert (await handle.snapshot()).status == "FAILED"  # the hooks change nothing
     assert ended == ["files:FAILED"]
+
+
+async def test_an_output_that_is_a_link_is_refused_and_links_in_a_folder_are_skipped(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    """What a task leaves at an output's place is read without following a link: a link
+    there (to a file or a folder the task could not read itself), or under a folder of
+    its own, uploads nothing of what it points to; FIFOs and devices are no files."""
+    secret = tmp_path / "secret"
+    (secret / "inner").mkdir(parents=True)
+    (secret / "inner" / "key").write_text("KEY")
+    out = tmp_path / "out"
+    made = (
+        f"ln -s {secret}/inner/key key.txt; ln -s {secret} linked; mkdir -p via; "
+        f"ln -s {secret} via/sub; mkdir folder; echo mine > folder/mine; "
+        f"ln -s {secret}/inner/key folder/key; ln -s {secret} folder/dir; mkfifo folder/fifo; "
+        "mknod folder/zero c 1 5"
+    )
+    tasks = [
+        {"name": name, "command": made, "on_failure": "continue", "outputs": [output]}
+        for name, output in (
+            ("file", {"path": "key.txt", "to": f"file://{out}/file/key.txt"}),
+            ("folder", {"path": "linked/", "to": f"file://{out}/folder/"}),
+            ("below", {"path": "via/sub/inner/key", "to": f"file://{out}/below/key"}),
+            ("mixed", {"path": "folder/", "to": f"file://{out}/mixed/"}),
+            ("fifo", {"path": "folder/fifo", "to": f"file://{out}/fifo/x"}),
+        )
+    ]
+    async with Runtime(state_dir) as rt:
+        j = await rt.submit({"name": "links", "tasks": tasks})
+        with anyio.fail_after(30):  # a FIFO read would block for ever
+            await j.wait_for_completion()
+        reasons = {
+            name: ((await j.get_task_result(name)).instances or [])[0].reason
+            for name in ("file", "folder", "below", "mixed", "fifo")
+        }
+    link = "stage_out_failed: output {} is a link or not a regular file"
+    assert reasons == {
+        "file": link.format("key.txt"),
+        "folder": link.format("linked/"),
+        "below": "stage_out_failed: sub is not a folder (a link, or a file)",
+        "mixed": None,
+        "fifo": link.format("folder/fifo"),
+    }
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["mixed", "mixed/mine"]
+    assert "KEY" not in "".join(p.read_text() for p in out.rglob("*") if p.is_file())
+
+
+async def test_a_retry_replaces_the_links_an_attempt_left_where_its_inputs_go(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    """An attempt replaces its inputs with links to files and folders outside its work dir,
+    then fails; the next attempt's inputs go where the links were, and nothing is written
+    through them."""
+    remote = tmp_path / "remote"
+    (remote / "tree").mkdir(parents=True)
+    (remote / "input.txt").write_text("input")
+    (remote / "tree" / "planted.conf").write_text("planted")
+    victim, victim_dir = tmp_path / "victim", tmp_path / "victim_dir"
+    victim.write_text("untouched")
+    victim_dir.mkdir()
+    first = (
+        f'if [ "$AIOBATCH_ATTEMPT" = 1 ]; then rm -rf in.txt data deep; '
+        f"ln -s {victim} in.txt; ln -s {victim_dir} data; ln -s {victim_dir} deep; exit 1; fi; "
+        "cat in.txt data/planted.conf deep/er/x.txt"
+    )
+    spec = job(
+        {
+            "retries": 1,
+            "inputs": [
+                {"from": f"file://{remote}/input.txt", "path": "in.txt"},
+                {"from": f"file://{remote}/tree/", "path": "data/"},
+                {"from": f"file://{remote}/input.txt", "path": "deep/er/x.txt"},
+            ],
+            "command": first,
+        }
+    )
+    async with Runtime(state_dir) as rt:
+        j = await rt.submit(spec)
+        await j.wait_for_success()
+        [inst] = (await j.get_task_result("t")).instances or []
+    assert inst.attempts == 2
+    assert victim.read_text() == "untouched" and list(victim_dir.iterdir()) == []

@@ -1,0 +1,173 @@
+"""Files in an instance's work dir, reached without following a link anywhere below it.
+
+A task lays its work dir out as it likes, links and FIFOs included, and the runtime (often
+root) reads its outputs there and, at a retry, writes the next attempt's inputs. Every
+step below the work dir is opened with ``O_NOFOLLOW`` from the folder before it, so a link
+the task planted is never followed: an output that is a link, a device or a FIFO is
+refused (or, inside a folder, skipped), and an input replaces whatever link or file the
+last attempt left at its place instead of writing through it. Blocking: run in a thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from typing import Literal
+
+from aiobatch.storage.base import Local, StorageError
+
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # a FIFO never blocks
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+FILE_MODE, DIR_MODE = 0o644, 0o755
+
+Kind = Literal["file", "folder", "other"]
+
+
+def kind(place: Local) -> Kind | None:
+    """What is at ``place`` (a link is "other"); None if nothing is."""
+    try:
+        parent, name = _parent(place, make=False)
+    except FileNotFoundError:
+        return None
+    try:
+        found = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    finally:
+        os.close(parent)
+    if stat.S_ISREG(found.st_mode):
+        return "file"
+    return "folder" if stat.S_ISDIR(found.st_mode) else "other"
+
+
+def open_regular(place: Local) -> int:
+    """A file descriptor to read the regular file at ``place``; StorageError for a link, a
+    FIFO, a device, or anything else that is not one."""
+    try:
+        parent, name = _parent(place, make=False)
+    except FileNotFoundError:
+        raise StorageError(f"{place.relative} not found") from None
+    try:
+        fd = os.open(name, _READ, dir_fd=parent)
+    except OSError as exc:
+        raise StorageError(f"{place.relative}: {_why(exc)}") from None
+    finally:
+        os.close(parent)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise StorageError(f"{place.relative} is not a regular file")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def create_file(place: Local) -> int:
+    """A file descriptor to write a new file at ``place``: its folders made; a link or file
+    already there (an earlier attempt's) replaced, never written through."""
+    parent, name = _parent(place, make=True)
+    try:
+        if not name:
+            raise StorageError(f"{place.relative} is the work dir itself")
+        try:
+            return os.open(name, _CREATE, FILE_MODE, dir_fd=parent)
+        except FileExistsError:
+            there = os.stat(name, dir_fd=parent, follow_symlinks=False)
+            if stat.S_ISDIR(there.st_mode):
+                raise StorageError(f"{place.relative} is a folder") from None
+            os.unlink(name, dir_fd=parent)
+            return os.open(name, _CREATE, FILE_MODE, dir_fd=parent)
+    finally:
+        os.close(parent)
+
+
+def make_folder(place: Local) -> None:
+    """The folder at ``place`` and those above it (a link in their place replaced)."""
+    os.close(_open_dir(place, make=True))
+
+
+def entries(place: Local) -> Iterator[tuple[str, bool]]:
+    """The regular files and folders below the folder at ``place``: (path relative to it,
+    whether a folder), a folder before what it holds, each folder's in name order. Links,
+    FIFOs, devices and sockets are skipped."""
+    top = _open_dir(place, make=False)
+    stack: list[tuple[int, str]] = [(top, "")]
+    try:
+        while stack:
+            fd, prefix = stack.pop()
+            try:
+                with os.scandir(fd) as found:
+                    listed = sorted(found, key=lambda entry: entry.name)
+                folders = []
+                for entry in listed:
+                    if entry.is_file(follow_symlinks=False):
+                        yield prefix + entry.name, False
+                    elif entry.is_dir(follow_symlinks=False):
+                        folders.append(entry.name)
+                opened = []
+                for name in folders:
+                    try:
+                        opened.append((os.open(name, _DIR, dir_fd=fd), f"{prefix}{name}/"))
+                    except OSError:
+                        continue  # replaced meanwhile by something that is no folder
+                stack.extend(reversed(opened))  # held there before anything is yielded
+                for _, path in opened:
+                    yield path[:-1], True
+            finally:
+                os.close(fd)
+    finally:
+        for fd, _ in stack:
+            os.close(fd)
+
+
+def _open_dir(place: Local, *, make: bool) -> int:
+    parent, name = _parent(place, make=make)
+    if not name:
+        return parent
+    try:
+        return _step(parent, name, make=make)
+    finally:
+        os.close(parent)
+
+
+def _parent(place: Local, *, make: bool) -> tuple[int, str]:
+    """The folder holding ``place`` (open) and its name in it ("" for the root itself)."""
+    parts = place._parts
+    fd = os.open(place.root, _DIR)
+    try:
+        for part in parts[:-1]:
+            below = _step(fd, part, make=make)
+            os.close(fd)
+            fd = below
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, parts[-1] if parts else ""
+
+
+def _step(fd: int, name: str, *, make: bool) -> int:
+    """The folder ``name`` in ``fd``, made if ``make`` (a link there replaced by it)."""
+    try:
+        return os.open(name, _DIR, dir_fd=fd)
+    except FileNotFoundError:
+        if not make:
+            raise
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        there = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        if not (make and stat.S_ISLNK(there.st_mode)):
+            raise StorageError(f"{name} is not a folder (a link, or a file)") from None
+        os.unlink(name, dir_fd=fd)
+    try:
+        os.mkdir(name, DIR_MODE, dir_fd=fd)
+    except FileExistsError:
+        pass  # made meanwhile: opened below without following, whatever it is
+    return os.open(name, _DIR, dir_fd=fd)
+
+
+def _why(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "is a link"
+    return exc.strerror or type(exc).__name__
