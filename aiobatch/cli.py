@@ -40,6 +40,7 @@ from aiobatch.model import TaskRec
 from aiobatch.progress import ProgressView
 from aiobatch.runtime import Runtime
 from aiobatch.spec import JobDef, json_schema, load_spec
+from aiobatch.spec_convert import printable
 from aiobatch.states import JobState
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -254,11 +255,11 @@ def _print_summary(runtime: Runtime, snapshot: JobSnapshot) -> None:
     took = (snapshot.ended_at or 0) - (snapshot.started_at or snapshot.submitted_at)
     print(f"job {snapshot.id} ({snapshot.name}) {snapshot.status} in {took:.2f}s")
     for name, task in snapshot.tasks.items():
-        why = f" ({task.reason})" if task.reason else ""
+        why = f" ({printable(task.reason)})" if task.reason else ""
         print(f"  {TaskProgress.of(name, task).stage_string()} {task.status}{why}")
         for inst in task.instances or ():
             if inst.status == "FAILED":
-                print(f"    [{inst.index}] attempts={inst.attempts} {inst.reason}")
+                print(f"    [{inst.index}] attempts={inst.attempts} {printable(inst.reason or '')}")
                 log = runtime.log_path(snapshot.id, name, inst.index, "stderr")
-                for line in views.tail(log, 3):
-                    print(f"      | {line}")
+                for line in views.tail(log, 3):  # the task's own text: shown, never obeyed
+                    print(f"      | {printable(line)}")

@@ -16,6 +16,7 @@ import anyio
 from aiobatch.attempt import InstanceContext, Outcome
 from aiobatch.errors import AiobatchError
 from aiobatch.spec import TaskDef
+from aiobatch.spec_convert import printable
 from aiobatch.storage import beneath
 from aiobatch.storage.base import Local, StorageBackend, StorageError, StorageURI
 
@@ -99,7 +100,9 @@ async def _run(hook: Hook, context: HookContext, failure: str) -> None:
     except HookFailed:
         raise
     except Exception as exc:  # any hook error is the attempt's failure, with its message
-        raise HookFailed(f"{failure}: {_first_leaf(exc)}") from exc
+        leaf = _first_leaf(exc)
+        # A file name in it is the task's choice: no control character reaches a terminal.
+        raise HookFailed(f"{failure}: {printable(str(leaf) or type(leaf).__name__)}") from exc
 
 
 def _first_leaf(exc: BaseException) -> BaseException:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Never, TextIO
 
 from aiobatch.api import TaskProgress
 from aiobatch.events import Event, InstanceStateChanged, JobStateChanged, TaskStateChanged
+from aiobatch.spec_convert import printable
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -122,4 +123,4 @@ def _counts(progress: TaskProgress) -> str:
 
 
 def _why(reason: str | None) -> str:
-    return f" ({reason})" if reason else ""
+    return f" ({printable(reason)})" if reason else ""

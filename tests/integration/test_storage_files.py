@@ -134,6 +134,30 @@ async def test_user_hooks_run_and_fail_with_their_reason(state_dir: Path) -> Non
     assert refused.reason == "quota_exceeded: 3 of 2"
 
 
+async def test_a_hooks_error_becomes_a_reason_that_is_never_empty_nor_a_terminals_command(
+    state_dir: Path,
+) -> None:
+    """A hook's error (a copy's, naming a file the task chose) is the attempt's reason:
+    its control characters are shown escaped, and an error without a message is named."""
+
+    async def failing(context: HookContext) -> None:
+        if context.instance.index == 0:
+            raise OSError("\x1b]0;title\x07\x1b[2J\nFAKE LINE: job SUCCEEDED")
+        raise MemoryError
+
+    task = {"name": "t", "instances": 2, "command": "true", "on_failure": "continue"}
+    spec = {"name": "odd", "tasks": [task]}
+    async with Runtime(state_dir) as rt:
+        rt.hooks.after_exit.append(failing)
+        j = await rt.submit(spec)
+        await j.wait_for_completion()
+        reasons = [i.reason for i in (await j.get_task_result("t")).instances or []]
+    assert reasons == [
+        "stage_out_failed: \\x1b]0;title\\x07\\x1b[2J\\nFAKE LINE: job SUCCEEDED",
+        "stage_out_failed: MemoryError",
+    ]
+
+
 def test_paths_never_leave_the_work_dir(tmp_path: Path) -> None:
     assert inside(tmp_path, "a/b/../c") == tmp_path / "a" / "c"
     for bad in ("../x", "a/../../x", "/etc/passwd"):
