@@ -285,6 +285,7 @@ class ControlServer:
         links = self._auth.links
         if links is not None:
             await anyio.to_thread.run_sync(links.rotate)
+            self._long.revoke_links()
             log.warning("logview_links_rotated")
         return json_response(wire.LinksRotated(rotated=links is not None))
 

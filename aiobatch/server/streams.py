@@ -4,8 +4,11 @@ the server shuts down, so none outlives either."""
 from __future__ import annotations
 
 import contextlib
+import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 from typing import TypeVar
 
 import anyio
@@ -13,6 +16,8 @@ import structlog
 from aiohttp import web
 
 from aiobatch.errors import RuntimeClosed
+from aiobatch.server.auth import SESSION
+from aiobatch.server.responses import RequestError
 
 T = TypeVar("T")
 
@@ -26,6 +31,8 @@ class LongRequests:
 
     def __init__(self) -> None:
         self._scopes: set[anyio.CancelScope] = set()
+        self._by_link: set[anyio.CancelScope] = set()  # those a log-view link made
+        self._revoked: set[anyio.CancelScope] = set()
         self.closing = False
 
     def __len__(self) -> int:
@@ -37,14 +44,23 @@ class LongRequests:
         for scope in self._scopes:
             scope.cancel()
 
+    def revoke_links(self) -> None:
+        """Every link was revoked: what links are still sent ends now (their streams cut)."""
+        self._revoked |= self._by_link
+        for scope in self._by_link:
+            scope.cancel()
+
     async def run(self, request: web.Request, work: Callable[[], Awaitable[T]]) -> T:
         """``work()``, cancelled when the service shuts down or the peer goes away.
 
         Raises RuntimeClosed if it was cancelled (when the peer left there is nobody to tell,
-        so that does not matter); ``work``'s own errors come through as they are.
+        so that does not matter), RequestError (401) if the link it was asked with expired
+        or was revoked meanwhile; ``work``'s own errors come through as they are.
         """
         result: list[T] = []
         failure: list[Exception] = []
+        session = request.get(SESSION)
+        link = session if session is not None and session.job is not None else None
 
         async def run(scope: anyio.CancelScope) -> None:
             try:
@@ -55,16 +71,26 @@ class LongRequests:
 
         try:
             async with anyio.create_task_group() as tg:
-                self._scopes.add(tg.cancel_scope)
+                scope = tg.cancel_scope
+                self._scopes.add(scope)
+                if link is not None:  # a link shows nothing once it has expired or gone
+                    self._by_link.add(scope)
+                    if link.expires is not None:
+                        scope.deadline = anyio.current_time() + link.expires - time.time()
                 if self.closing:
-                    tg.cancel_scope.cancel()
-                tg.start_soon(run, tg.cancel_scope)
-                tg.start_soon(watch_peer, request, tg.cancel_scope)
+                    scope.cancel()
+                tg.start_soon(run, scope)
+                tg.start_soon(watch_peer, request, scope)
         finally:
-            self._scopes.discard(tg.cancel_scope)
+            self._scopes.discard(scope)
+            self._by_link.discard(scope)
+            revoked = scope in self._revoked
+            self._revoked.discard(scope)
         if failure:
             raise failure[0]
         if not result:
+            if link is not None and (revoked or time.time() >= (link.expires or math.inf)):
+                raise RequestError(HTTPStatus.UNAUTHORIZED, "the link expired or was revoked")
             raise RuntimeClosed("the service is shutting down")
         return result[0]
 
@@ -91,6 +117,11 @@ class LongRequests:
                 return response
         except ConnectionError:
             return response  # the peer went away mid-stream
+        except RequestError:
+            if not response.prepared:
+                raise
+            _abort(request)  # the link ended: so does what it was being sent
+            return response
         except Exception:
             if not response.prepared:
                 raise

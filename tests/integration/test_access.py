@@ -16,6 +16,7 @@ from yarl import URL
 from aiobatch import wire
 from aiobatch.links import KEY_FILE, LinkKeys
 from aiobatch.server import ControlServer, Limits
+from tests.helpers import Gates
 from tests.integration.service import AIOBATCH, Service
 
 pytestmark = pytest.mark.anyio
@@ -256,6 +257,56 @@ async def test_cli_logview_rotate_revokes_every_link_at_once(service: Service) -
         await sign_in(browser, fresh)
         async with browser.get(f"{url}/v1/jobs/{job_id}") as again:
             assert again.status == 200
+
+
+async def test_revoking_links_cuts_what_they_are_still_being_sent(service: Service) -> None:
+    """A link's event stream and its wait, opened on a running job, end at the rotation:
+    the stream is cut (it must not look complete), the wait answers 401."""
+    url = await start(service)
+    gates = Gates(service.root / "gates", 1)
+    async with service.client() as client:
+        job = await client.submit(
+            {"name": "held", "tasks": [{"name": "a", "command": gates.command}]}
+        )
+        address = await client.logview_address(job.id)
+    assert address is not None
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        await sign_in(browser, address)
+        events = await browser.get(f"{url}/v1/events?job={job.id}")
+        assert events.status == 200
+        await events.content.readline()  # the stream runs: its first event is in
+        async with anyio.create_task_group() as tg:
+            waited: list[int] = []
+
+            async def wait() -> None:
+                async with browser.get(f"{url}/v1/jobs/{job.id}/wait") as answer:
+                    waited.append(answer.status)
+
+            tg.start_soon(wait)
+            async with service.client() as client:
+                with anyio.fail_after(10):
+                    while (await client.health())["server"]["long_requests"] < 2:  # noqa: ASYNC110
+                        await anyio.sleep(0.05)  # the server says no more: ask again
+                await anyio.run_process(
+                    [str(AIOBATCH), "logview", "--rotate", "--socket", str(service.socket)]
+                )
+        with anyio.fail_after(10):
+            cut = await read_to_the_end(events)
+        assert isinstance(cut, aiohttp.ClientPayloadError)  # cut, not ended as if complete
+        assert waited == [401]
+    await gates.release(0)
+
+
+async def read_to_the_end(response: aiohttp.ClientResponse) -> Exception | None:
+    """Read a streamed answer to its end; the error that cut it, if one did."""
+    try:
+        while await response.content.readline():
+            pass
+    except aiohttp.ClientPayloadError as exc:
+        return exc
+    finally:
+        response.release()
+    return None
 
 
 @pytest.mark.parametrize("arguments", [["logview"], ["logview", "JOB", "--rotate"]])
