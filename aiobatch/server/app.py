@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.metadata
 import os
@@ -234,6 +235,10 @@ class ControlServer:
                 response = await handler(request)
             except Exception as exc:
                 response = error_response(exc, request)
+            if not response.prepared:  # sent here: the connection is busy until it is out
+                with contextlib.suppress(ConnectionError):  # the peer went meanwhile
+                    await response.prepare(request)
+                    await response.write_eof()
         finally:
             if connection is not None:
                 connection.request_ended()

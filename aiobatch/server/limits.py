@@ -1,10 +1,12 @@
 """Bounded work per peer: a connection limit per listener, a time limit for a request's
-headers, one for an idle keep-alive connection, and the process's file limit raised.
+headers, one for an idle keep-alive connection, one for a peer that takes none of its
+answer, and the process's file limit raised.
 
 A peer past the limit is closed at once (not queued, holding a file descriptor); a peer that
 has not sent a request's headers within ``header_timeout_s`` of connecting, or the next
-request's headers within ``idle_timeout_s`` of its last answer, is closed. A request in
-progress (a long wait, a stream) is never timed out here.
+request's headers within ``idle_timeout_s`` of its last answer (all of it sent), is closed.
+A request in progress (a long wait, a stream, a large answer) is not timed out here, unless
+its peer takes nothing of it for ``write_stall_s``: our send buffer full for that long.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ MAX_CONNECTIONS = 1024  # open connections per listener (fewer if the file limit
 FD_SHARE = 4  # a listener holds at most this fraction of the process's file limit
 HEADER_TIMEOUT_S = 10.0  # from connecting to a complete request line and headers
 IDLE_TIMEOUT_S = 75.0  # from an answer to the next request's complete headers
+WRITE_STALL_S = 75.0  # the send buffer full, the peer taking nothing of it
 BODY_TIMEOUT_S = 30.0  # from a request's headers to the end of its body
 LINGER_S = 1.0  # how long an unread request body is drained (and dropped) after the answer
 MAX_LINE_BYTES = 8190  # a request line, and a header line (aiohttp refuses longer: 400)
@@ -42,6 +45,7 @@ class Limits:
     header_timeout_s: float = HEADER_TIMEOUT_S
     idle_timeout_s: float = IDLE_TIMEOUT_S
     body_timeout_s: float = BODY_TIMEOUT_S
+    write_stall_s: float = WRITE_STALL_S
 
 
 def raise_open_files_limit() -> int:
@@ -77,7 +81,8 @@ class Listener:
         self.name, self.limits, self.peers = name, limits, peers
         self.open = 0
         self.refused = 0  # connections closed at once: the listener was full
-        self.timed_out = 0  # connections closed for not sending a request in time
+        # Connections closed for sending no request, or taking nothing of an answer, in time.
+        self.timed_out = 0
 
     def protocol_factory(self, handler: Callable[[], asyncio.Protocol]) -> Connection:
         return Connection(self, handler())
@@ -92,6 +97,8 @@ class Connection(asyncio.Protocol):
         self._accepted = False
         self._in_flight = 0
         self._deadline: asyncio.TimerHandle | None = None
+        self._stall: asyncio.TimerHandle | None = None
+        self._unsent = 0  # bytes of answers still in our buffer when the deadline was set
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -114,16 +121,32 @@ class Connection(asyncio.Protocol):
         return self.inner.eof_received() if self._accepted else None
 
     def pause_writing(self) -> None:
+        if self._accepted and self._stall is None:
+            loop = asyncio.get_running_loop()
+            self._stall = loop.call_later(self.listener.limits.write_stall_s, self._stalled)
         self.inner.pause_writing()
 
     def resume_writing(self) -> None:
+        self._unstall()
         self.inner.resume_writing()
+
+    def _unstall(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+
+    def _stalled(self) -> None:
+        self._stall = None
+        if self.transport is not None and self._accepted:
+            self.listener.timed_out += 1
+            self.transport.abort()  # its stream, or its answer, goes with it
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._accepted:
             return
         self._accepted = False
         self._disarm()
+        self._unstall()
         self.listener.open -= 1
         if self.transport is not None:
             self.listener.peers._by_transport.pop(self.transport, None)
@@ -145,6 +168,9 @@ class Connection(asyncio.Protocol):
         self._disarm()
         loop = asyncio.get_running_loop()
         self._deadline = loop.call_later(seconds, self._expire)
+        # The end of the last answer may still wait in our buffer: while the peer takes
+        # some of it, the connection is not idle.
+        self._unsent = self.transport.get_write_buffer_size() if self.transport else 0
 
     def _disarm(self) -> None:
         if self._deadline is not None:
@@ -154,6 +180,10 @@ class Connection(asyncio.Protocol):
     def _expire(self) -> None:
         self._deadline = None
         if self._in_flight == 0 and self.transport is not None and self._accepted:
+            unsent = self.transport.get_write_buffer_size()
+            if unsent and unsent < self._unsent:  # the peer is still taking the answer
+                self._arm(self.listener.limits.idle_timeout_s)
+                return
             self.listener.timed_out += 1
             self.transport.abort()
 

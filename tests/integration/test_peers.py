@@ -245,3 +245,54 @@ async def test_a_body_that_does_not_come_in_time_is_408_and_nothing_is_stored(
     assert answer.startswith(b"HTTP/1.1 408 Request Timeout")
     assert b'"message":"request body not received within 0.5 s"' in answer
     assert 0.4 <= took < 5 and jobs == []
+
+
+async def test_a_peer_taking_nothing_of_a_stream_is_closed_and_a_slow_one_is_not(
+    state_dir: Path, sock_path: Path
+) -> None:
+    """A peer that reads none of an event stream fills our buffer: after ``write_stall_s``
+    it is closed (our buffer freed). A peer that reads a large answer slowly but steadily is
+    not idle while it does, and gets all of it."""
+    limits = Limits(idle_timeout_s=0.5, write_stall_s=1.0)
+    spec = {"name": "busy", "tasks": [{"name": "t", "instances": 1000, "command": "true"}]}
+    async with (
+        Runtime(state_dir) as rt,
+        ControlServer(rt, socket=sock_path, limits=limits) as control,
+    ):
+        silent = await anyio.connect_unix(str(sock_path))
+        await silent.send(b"GET /v1/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = b""
+        with anyio.fail_after(10):
+            while b"\r\n\r\n" not in head:  # subscribed: every event from now on comes
+                head += await silent.receive(1)
+        job = await rt.submit(spec)
+        await job.wait_for_success()  # ~4,000 events streamed to a peer that reads none
+        with anyio.fail_after(10):
+            while True:
+                try:
+                    await silent.receive(1 << 20)  # what the kernel held, then the end
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    break
+        await silent.aclose()
+        stalled = control.statistics()["connections"]["unix"]["timed_out"]
+        slow = await anyio.connect_unix(str(sock_path))
+        await slow.send(f"GET /v1/jobs/{job.id}/history HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        answer = b""
+        with anyio.fail_after(60):
+            while b"\r\n0\r\n\r\n" not in answer[-16:] and not complete(answer):
+                answer += await slow.receive(16 * 1024)
+                await anyio.sleep(0.01)  # a slow reader: about 1.6 MB/s
+        await slow.aclose()
+    assert stalled == 1
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK") and len(body) > 1_000_000
+
+
+def complete(answer: bytes) -> bool:
+    """Whether a response with a Content-Length has all its body."""
+    head, found, body = answer.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if found and name.lower() == b"content-length":
+            return len(body) >= int(value)
+    return False
