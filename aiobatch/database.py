@@ -7,6 +7,8 @@ What is in the file is checked first, read-only, by ``dbcheck.py``; ``store.py``
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +44,7 @@ async def open_database(path: Path) -> aiosqlite.Connection:
     db = await aiosqlite.connect(path, isolation_level=None)
     try:
         await _configure(db, path)
+        await anyio.to_thread.run_sync(_private, path)
     except BaseException as exc:
         await db.close()
         sidecars.remove_new()
@@ -55,6 +58,14 @@ async def open_database(path: Path) -> aiosqlite.Connection:
             "check the file, its permissions and its file system",
         ) from None
     return db
+
+
+def _private(path: Path) -> None:
+    """The database and its WAL files readable by us alone: they hold every job's spec and
+    environment (SQLite makes its WAL files with the database's mode)."""
+    for name in (path.name, path.name + "-wal", path.name + "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(path.with_name(name), 0o600)
 
 
 async def _configure(db: aiosqlite.Connection, path: Path) -> None:

@@ -52,6 +52,11 @@ class StateLayout:
         for what lasts: a read-only file system, no permission, not a directory."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
+            # Another local user (a task run as one, too) may pass through to its own work
+            # dir, never list the jobs' dirs nor read their logs.
+            for name, mode in (("work", 0o711), ("logs", 0o700)):
+                (self.root / name).mkdir(exist_ok=True)
+                os.chmod(self.root / name, mode)
             self._write_probe()
         except OSError as exc:
             raise start_refused(self.root, exc) from None

@@ -133,9 +133,12 @@ class Outputs:
             self.close(output)
 
 
+LOG_MODE = 0o600  # a task's output is the service's to show, through its API
+
+
 def open_log(path: str) -> int:
     try:
-        return os.open(path, LOG_FLAGS, 0o644)
+        return os.open(path, LOG_FLAGS, LOG_MODE)
     except FileNotFoundError:  # a task's log dir is made at its first log
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        return os.open(path, LOG_FLAGS, 0o644)
+        return os.open(path, LOG_FLAGS, LOG_MODE)

@@ -118,3 +118,24 @@ async def test_it_holds_only_its_standard_streams(state_dir: Path) -> None:
         await job.wait_for_success()
         out = await rt.read_log(job.id, "t", 0)
     assert out.decode().split() == ["0", "1", "2", "3"]
+
+
+async def test_a_task_run_as_another_user_reads_nothing_of_other_jobs(shared: Path) -> None:
+    """The state dir lets another user pass to its own work dir, not list the jobs' dirs,
+    nor read their logs or the database (a job's spec and environment)."""
+    state = shared / "state"
+    spy = (
+        f"ls {state}/work; cat {state}/logs/*/t/0.stdout; cat {state}/aiobatch.db; "
+        f"ls {state}/logs; pwd > mine; cat mine"
+    )
+    async with Runtime(state) as rt:
+        first = await rt.submit({"name": "a", "tasks": [{"name": "t", "command": "echo s3cr3t"}]})
+        await first.wait_for_success()
+        task = {"name": "t", "command": spy, "user": "nobody", "on_failure": "continue"}
+        job = await rt.submit({"name": "b", "tasks": [task]})
+        await job.wait_for_completion()
+        out = (state / "logs" / job.id / "t" / "0.stdout").read_text()
+        err = (state / "logs" / job.id / "t" / "0.stderr").read_text()
+    assert "s3cr3t" not in out and first.id not in out
+    assert out.strip().endswith(f"/work/{job.id}/t/0")  # its own work dir: reached
+    assert err.count("Permission denied") == 4, err
