@@ -76,7 +76,8 @@ async def read_spec(request: web.Request, timeout_s: float) -> Mapping[str, Any]
     body = await read_body(request, limit=wire.MAX_BODY_BYTES, timeout_s=timeout_s)
     if not body.strip():
         raise bad_request("empty request body: send a job spec")
-    data = parse_body(body, request.content_type)
+    # Off the event loop: a MiB of YAML takes seconds to parse, and other requests go on.
+    data = await anyio.to_thread.run_sync(parse_body, body, request.content_type)
     if not isinstance(data, Mapping):
         got = type(data).__name__
         raise SpecError([f"$: expected a mapping at the top level, got {got}"])

@@ -465,3 +465,31 @@ async def test_every_instance_listed_is_streamed_in_slices_as_the_runtime_has_it
     assert task.instances is not None and [i.index for i in task.instances] == list(range(many))
     assert {i.status for i in task.instances} == {"FAILED"}
     assert task.stderr_tails == {index: ["no"] for index in range(MAX_STDERR_TAILS)}
+
+
+async def test_a_large_yaml_body_is_parsed_while_other_requests_are_answered(
+    state_dir: Path, sock_path: Path
+) -> None:
+    """A MiB of YAML takes seconds to parse: off the event loop, so the health of the
+    service is answered meanwhile, in well under the parse's time."""
+    body = ("[" + "1," * 450_000 + "1]").encode()  # a top-level list: refused once parsed
+    async with serving(state_dir, sock_path), raw(sock_path) as session:
+        headers = {"Content-Type": "application/yaml"}
+        async with anyio.create_task_group() as tg:
+            submitted: list[float] = []
+
+            async def submit() -> None:
+                started = anyio.current_time()
+                async with session.post(f"{BASE}/jobs", data=body, headers=headers) as answer:
+                    assert answer.status == 400  # not a mapping: no spec
+                submitted.append(anyio.current_time() - started)
+
+            tg.start_soon(submit)
+            slowest = 0.0
+            while not submitted:
+                started = anyio.current_time()
+                async with session.get(f"{BASE}/health") as health:
+                    assert health.status == 200
+                slowest = max(slowest, anyio.current_time() - started)
+    assert submitted[0] > 0.5, "the parse was too quick to tell anything"
+    assert slowest < submitted[0] / 3, (slowest, submitted)
