@@ -289,7 +289,7 @@ ROUTE_ACCESS: dict[tuple[str, str], Access] = {
     ("GET", "/ui"): Access("read"),
     ("GET", "/ui/jobs"): Access("read"),
     ("GET", "/ui/jobs/{job_id}"): Access("read", "path"),
-    ("GET", "/ui/static"): Access("read", "any"),
+    ("GET", "/ui/static/{path}"): Access("read", "any"),
 }
 
 

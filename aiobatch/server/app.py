@@ -235,7 +235,9 @@ class ControlServer:
                 response = await handler(request)
             except Exception as exc:
                 response = error_response(exc, request)
-            if not response.prepared:  # sent here: the connection is busy until it is out
+            # Sent here: the connection is busy until it is out. (A file's answer prepares
+            # itself anew each time it is asked: aiohttp sends it.)
+            if isinstance(response, web.Response) and not response.prepared:
                 with contextlib.suppress(ConnectionError):  # the peer went meanwhile
                     await response.prepare(request)
                     await response.write_eof()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from pathlib import Path
 
+import anyio
 from aiohttp import web
 
 from aiobatch.server.params import query
@@ -37,10 +39,26 @@ def add_ui(
         ]
     )
     if UI_DIR.is_dir():
-        app.router.add_static(
-            "/ui/static", UI_DIR, follow_symlinks=False, expect_handler=expect_handler
-        )
+        app.router.add_get("/ui/static/{path:.+}", ui_static, expect_handler=expect_handler)
     app.on_response_prepare.append(ui_headers)
+
+
+async def ui_static(request: web.Request) -> web.StreamResponse:
+    """A file of the UI's; the JSON 404 every other unknown path gets if there is none."""
+    query(request)
+    path = await anyio.to_thread.run_sync(_ui_file, request.match_info["path"])
+    if path is None:
+        raise web.HTTPNotFound()
+    return web.FileResponse(path)
+
+
+def _ui_file(relative: str) -> str | None:
+    """The file at ``relative`` below UI_DIR, reached through no link; None if none is."""
+    root = os.path.realpath(UI_DIR)
+    wanted = os.path.normpath(os.path.join(root, relative))
+    if not wanted.startswith(root + os.sep) or os.path.realpath(wanted) != wanted:
+        return None
+    return wanted if os.path.isfile(wanted) else None
 
 
 async def ui_home(request: web.Request) -> web.StreamResponse:

@@ -71,7 +71,7 @@ def needed(method: str, path: str) -> wire.Scope:
 
 def concrete(path: str, job_id: str) -> str:
     """A route of the table as a request: its parameters filled in for ``job_id``."""
-    if path == "/ui/static":
+    if path == "/ui/static/{path}":
         return "/ui/static/lib.js"
     url = path.format(job_id=job_id, task="a", index="0", stream="stdout", name="local")
     return url + (f"?job={job_id}" if path == wire.API_PREFIX + "/events" else "")

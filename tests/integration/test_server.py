@@ -216,6 +216,9 @@ async def test_bad_requests_get_json_errors_and_store_nothing(
         no_wait = await request(session, "GET", "/jobs/nope/wait")
         no_events = await request(session, "GET", "/events", params={"job": "nope"})
         no_route = await request(session, "GET", "/jobs/nope/frobnicate")
+        async with session.get("http://aiobatch/ui/static/nope.js") as answer:
+            assert answer.content_type == "application/json"  # a static file's 404 too
+            no_file = answer.status, await answer.json()
         wrong_method = await request(session, "GET", "/jobs/nope/stop")
         queries = [
             await request(session, "GET", "/jobs", params=params)
@@ -260,6 +263,10 @@ async def test_bad_requests_get_json_errors_and_store_nothing(
                 "message": "no such endpoint: GET /v1/jobs/nope/frobnicate",
             }
         },
+    )
+    assert no_file == (
+        404,
+        {"error": {"type": "NotFound", "message": "no such endpoint: GET /ui/static/nope.js"}},
     )
     assert wrong_method[0] == 405 and wrong_method[1]["error"]["type"] == "MethodNotAllowed"
     assert [status for status, _ in queries] == [400] * 4
