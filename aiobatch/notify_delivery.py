@@ -104,6 +104,7 @@ class Notifier:
         self._targets = _keyed(targets)
         self._config_wants = wanted(targets)
         self._added: dict[str, _Added] = {}  # config targets a reload added, by key
+        self._reloads = 0  # each one makes every running worker go one more round
         self._reloading = anyio.Lock()
         self._sender = Sender(self._store, environ)
         self._sender.on_given_up = on_given_up
@@ -136,6 +137,7 @@ class Notifier:
             for key in added:
                 self._added[key] = since
             self._targets, self._config_wants = keyed, wanted(targets)
+            self._reloads += 1
             self._wants.clear()  # worked out again at each job's next round
             for worker in self._running.values():
                 worker.hear()  # one more round, with the targets as they are now
@@ -250,13 +252,15 @@ class Notifier:
         job = await self._store.load(job_id)
         if job is None:  # deleted
             self._wants.pop(job_id, None)
+            for since in self._added.values():
+                since.starts.pop(job_id, None)
             return
         lanes: dict[str, _Lane] = {}
         while True:
             # Whether it has ended, before its events are read: an end read after this is
             # news, and makes another round.
             ended = await self._store.ended(job_id)
-            news = worker.news
+            news, reloads = worker.news, self._reloads
             # The targets as they are now (a reload between rounds changes them).
             self._wants[job_id] = self._config_wants | wanted(job.notify)
             lanes = {lane.key: lane for lane in self._lanes(job, lanes)}
@@ -269,12 +273,15 @@ class Notifier:
             else:  # no target: the job's history is done with as it stands
                 await self._flush()
                 _, covered = await self._store.read(job_id, job.seq, (), 1)
+            covered = self._held_for_added(job, lanes, covered)
             if covered > job.seq:
                 await self._store.advance(job_id, covered)
                 job.seq = covered
             # No await from here to the worker's end: news after the last read is not lost.
             seen = [lane.seen for lane in worker.lanes] if lanes else [news]
-            if all(count == worker.news for count in seen):
+            # A reload meanwhile: one more round, with the lanes of the targets it gave (a
+            # new one sent what this round sent the others).
+            if all(count == worker.news for count in seen) and reloads == self._reloads:
                 break
         if ended:
             self._wants.pop(job_id, None)  # it may be retried: then it is read afresh
@@ -299,6 +306,14 @@ class Notifier:
                 lane.scope = anyio.CancelScope()
             lanes.append(lane)
         return lanes
+
+    def _held_for_added(self, job: JobTargets, lanes: dict[str, _Lane], covered: int) -> int:
+        """How far the job's delivery is done with: not past where a target a reload added
+        during the round, with no lane yet, starts (it is sent what came after)."""
+        for key, _ in self._targets:
+            if key not in lanes:
+                covered = min(covered, max(job.seq, self._added_start(key, job)))
+        return covered
 
     def _added_start(self, key: str, job: JobTargets) -> int:
         since = self._added.get(key)

@@ -132,6 +132,8 @@ class Queries:
         return job.state
 
     async def exists(self, job_id: str) -> bool:
+        if job_id in self._deleting:
+            return False
         return job_id in self._engine.jobs or await self._store.job_row(job_id) is not None
 
     async def task(self, job_id: str, task_name: str) -> TaskRec:
@@ -167,6 +169,8 @@ class Queries:
         )
         summaries = []
         for row in rows:
+            if row.id in self._deleting:
+                continue  # gone for readers already; its rows go in a moment
             live = self._engine.jobs.get(row.id)
             total = sum(task.instances for task in row.defn.tasks)
             done = sum(task.done for task in live.tasks.values()) if live else total

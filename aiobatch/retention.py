@@ -67,7 +67,10 @@ class Deletions:
         """Delete these jobs, but for any running again (retried since they were chosen):
         those deleted."""
         queries = self._queries
-        async with queries.retrying_or_deleting, queries.deleting(job_ids) as deleting:
+        async with queries.retrying_or_deleting, queries.deleting(job_ids) as chosen:
+            # Those still there: another deletion may have taken some while we waited.
+            there = await self._store.existing_jobs(chosen) if chosen else set()
+            deleting = [job_id for job_id in chosen if job_id in there]
             if deleting:
                 await self._store.delete_jobs(deleting)
         if deleting:

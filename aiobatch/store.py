@@ -195,6 +195,13 @@ class Store:
             self._batch.delete_job(job_id)
         await self.flush(required=True)
 
+    async def existing_jobs(self, job_ids: Sequence[str]) -> set[str]:
+        """Those of ``job_ids`` (at most a few hundred) that are stored."""
+        marks = ",".join("?" * len(job_ids))
+        sql = f"SELECT id FROM jobs WHERE id IN ({marks})"
+        async with self.db.execute(sql, tuple(job_ids)) as cursor:
+            return {row[0] for row in await cursor.fetchall()}
+
     async def job_ids(self) -> set[str]:
         """Every stored job's id."""
         async with self.db.execute("SELECT id FROM jobs") as cursor:

@@ -171,8 +171,25 @@ def _write_rows(db: sqlite3.Connection, batch: Batch) -> None:
         db.executemany(STOP_INSTANCE, batch.instance_stops)
     if batch.events:
         db.executemany(INSERT_EVENT, batch.events)
-    for statement in DELETE_JOB if batch.deleted else ():
-        db.executemany(statement, batch.deleted)
+    if batch.deleted:
+        (highest,) = db.execute("SELECT MAX(seq) FROM events").fetchone()
+        for statement in DELETE_JOB:
+            db.executemany(statement, batch.deleted)
+        _keep_seqs_rising(db, highest)
+
+
+def _keep_seqs_rising(db: sqlite3.Connection, highest: int | None) -> None:
+    """An event's seq is never handed out twice: SQLite gives the next row the highest seq
+    plus one, so deleting the newest events would hand theirs out again (and a notification
+    target a reload added starts after the highest seq then). A row of no job keeps it."""
+    if highest is None:
+        return
+    db.execute(
+        "INSERT INTO events (seq, job_id, body) SELECT ?1, '', x'' "
+        "WHERE NOT EXISTS (SELECT 1 FROM events WHERE seq >= ?1)",
+        (highest,),
+    )
+    db.execute("DELETE FROM events WHERE job_id = '' AND seq < (SELECT MAX(seq) FROM events)")
 
 
 Row = tuple[Any, ...]

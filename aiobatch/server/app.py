@@ -45,7 +45,7 @@ from aiobatch.server.metrics_listener import LISTENER_NAME, serve_metrics
 from aiobatch.server.params import query
 from aiobatch.server.responses import error_response, json_response
 from aiobatch.server.served import ServedAPI
-from aiobatch.server.streams import LongRequests
+from aiobatch.server.streams import LINK_EPOCH, LongRequests
 from aiobatch.server.ui import add_ui
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -262,6 +262,8 @@ class ControlServer:
             return session
         authorize(request, session)
         request[SESSION] = session
+        if session.job is not None:  # a link: its long requests end if links are revoked
+            request[LINK_EPOCH] = self._long.revocations
         return await handler(request)
 
     # -- handlers of the server itself -------------------------------------------------------

@@ -27,6 +27,8 @@ from aiobatch.server.protocol import QuietRequestHandler
 log = structlog.get_logger("aiobatch.server")
 
 MAX_CONNECTIONS = 1024  # open connections per listener (fewer if the file limit is low)
+# Open TCP connections from one address: no one peer holds every connection of a listener.
+MAX_CONNECTIONS_PER_ADDRESS = 128
 FD_SHARE = 4  # a listener holds at most this fraction of the process's file limit
 HEADER_TIMEOUT_S = 10.0  # from connecting to a complete request line and headers
 IDLE_TIMEOUT_S = 75.0  # from an answer to the next request's complete headers
@@ -42,6 +44,7 @@ class Limits:
     """What one peer may hold of the server. Module constants by default; tests shorten them."""
 
     connections: int = MAX_CONNECTIONS
+    connections_per_address: int = MAX_CONNECTIONS_PER_ADDRESS
     header_timeout_s: float = HEADER_TIMEOUT_S
     idle_timeout_s: float = IDLE_TIMEOUT_S
     body_timeout_s: float = BODY_TIMEOUT_S
@@ -80,7 +83,8 @@ class Listener:
     def __init__(self, name: str, limits: Limits, peers: Peers) -> None:
         self.name, self.limits, self.peers = name, limits, peers
         self.open = 0
-        self.refused = 0  # connections closed at once: the listener was full
+        self.by_address: dict[str, int] = {}  # open TCP connections, by the peer's address
+        self.refused = 0  # connections closed at once: the listener, or its peer's share, full
         # Connections closed for sending no request, or taking nothing of an answer, in time.
         self.timed_out = 0
 
@@ -99,16 +103,25 @@ class Connection(asyncio.Protocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._stall: asyncio.TimerHandle | None = None
         self._unsent = 0  # bytes of answers still in our buffer when the deadline was set
+        self._address: str | None = None  # a TCP peer's
+        self._stalled_at = 0  # bytes in our buffer when the stall timer was set
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         listener = self.listener
-        if listener.open >= listener.limits.connections:
+        peer = transport.get_extra_info("peername")
+        # A unix socket's peers are users the kernel vouches for: only TCP peers are counted.
+        self._address = peer[0] if isinstance(peer, tuple) else None
+        held = listener.by_address.get(self._address, 0) if self._address is not None else 0
+        limits = listener.limits
+        if listener.open >= limits.connections or held >= limits.connections_per_address:
             listener.refused += 1
             transport.abort()  # its file descriptor is freed now, not after a timeout
             return
         self._accepted, self.transport = True, transport
         listener.open += 1
+        if self._address is not None:
+            listener.by_address[self._address] = held + 1
         listener.peers._by_transport[transport] = self
         self._arm(listener.limits.header_timeout_s)
         self.inner.connection_made(transport)
@@ -122,9 +135,13 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         if self._accepted and self._stall is None:
-            loop = asyncio.get_running_loop()
-            self._stall = loop.call_later(self.listener.limits.write_stall_s, self._stalled)
+            self._arm_stall()
         self.inner.pause_writing()
+
+    def _arm_stall(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._stall = loop.call_later(self.listener.limits.write_stall_s, self._stalled)
+        self._stalled_at = self.transport.get_write_buffer_size() if self.transport else 0
 
     def resume_writing(self) -> None:
         self._unstall()
@@ -138,6 +155,9 @@ class Connection(asyncio.Protocol):
     def _stalled(self) -> None:
         self._stall = None
         if self.transport is not None and self._accepted:
+            if self.transport.get_write_buffer_size() < self._stalled_at:
+                self._arm_stall()  # it takes some, slowly: a slow reader, not a stalled one
+                return
             self.listener.timed_out += 1
             self.transport.abort()  # its stream, or its answer, goes with it
 
@@ -148,6 +168,10 @@ class Connection(asyncio.Protocol):
         self._disarm()
         self._unstall()
         self.listener.open -= 1
+        if self._address is not None:
+            left = self.listener.by_address.pop(self._address) - 1
+            if left:
+                self.listener.by_address[self._address] = left
         if self.transport is not None:
             self.listener.peers._by_transport.pop(self.transport, None)
         self.inner.connection_lost(exc)

@@ -15,7 +15,7 @@ import anyio
 import structlog
 from aiohttp import web
 
-from aiobatch.errors import RuntimeClosed
+from aiobatch.errors import JobNotFound, RuntimeClosed
 from aiobatch.server.auth import SESSION
 from aiobatch.server.responses import RequestError
 
@@ -24,6 +24,8 @@ T = TypeVar("T")
 log = structlog.get_logger("aiobatch.server")
 
 PEER_POLL_S = 1.0  # how often a long request checks that its peer is still there
+# The revocations of links there had been when a request made with one was let in.
+LINK_EPOCH = web.RequestKey("link_epoch", int)
 
 
 class LongRequests:
@@ -33,6 +35,7 @@ class LongRequests:
         self._scopes: set[anyio.CancelScope] = set()
         self._by_link: set[anyio.CancelScope] = set()  # those a log-view link made
         self._revoked: set[anyio.CancelScope] = set()
+        self.revocations = 0
         self.closing = False
 
     def __len__(self) -> int:
@@ -46,6 +49,7 @@ class LongRequests:
 
     def revoke_links(self) -> None:
         """Every link was revoked: what links are still sent ends now (their streams cut)."""
+        self.revocations += 1  # a link let in before, not yet here, is refused when it comes
         self._revoked |= self._by_link
         for scope in self._by_link:
             scope.cancel()
@@ -61,6 +65,8 @@ class LongRequests:
         failure: list[Exception] = []
         session = request.get(SESSION)
         link = session if session is not None and session.job is not None else None
+        if link is not None and request.get(LINK_EPOCH, self.revocations) != self.revocations:
+            raise RequestError(HTTPStatus.UNAUTHORIZED, "the link expired or was revoked")
 
         async def run(scope: anyio.CancelScope) -> None:
             try:
@@ -117,10 +123,10 @@ class LongRequests:
                 return response
         except ConnectionError:
             return response  # the peer went away mid-stream
-        except RequestError:
+        except (RequestError, JobNotFound):
             if not response.prepared:
                 raise
-            _abort(request)  # the link ended: so does what it was being sent
+            _abort(request)  # the link ended, or the job was deleted: so does what was sent
             return response
         except Exception:
             if not response.prepared:

@@ -54,6 +54,8 @@ async def ui_static(request: web.Request) -> web.StreamResponse:
 
 def _ui_file(relative: str) -> str | None:
     """The file at ``relative`` below UI_DIR, reached through no link; None if none is."""
+    if "\0" in relative:
+        return None  # no file's name; the calls below would raise
     root = os.path.realpath(UI_DIR)
     wanted = os.path.normpath(os.path.join(root, relative))
     if not wanted.startswith(root + os.sep) or os.path.realpath(wanted) != wanted:

@@ -749,3 +749,52 @@ async def test_a_config_targets_url_given_up_shows_in_the_jobs_history_without_i
     urls = sorted(e["url"] for e in history if e["type"] == "NotificationFailed")
     assert urls == sorted([f"{receiver.base}/…", f"{receiver.base}/own"])
     assert not any("SECRET" in json.dumps(e) or "s3cr3t" in json.dumps(e) for e in history)
+
+
+async def test_a_target_added_while_a_jobs_delivery_is_under_way_gets_what_comes_next(
+    state_dir: Path,
+) -> None:
+    """A reload adds a target while the job's round is held by a slow one: the job's end,
+    sent to the others in that round, reaches the added target too."""
+    async with Receiver() as receiver:
+        receiver.held["/slow"] = slow = anyio.Event()
+        gate = state_dir.parent / "gate"
+        os.mkfifo(gate)
+        waiting = {"name": "waiting", "tasks": [{"name": "t", "command": f"cat {gate}"}]}
+        async with notifying(state_dir, targets_at(receiver, "/slow")) as (rt, notifier, _):
+            running = await rt.submit(waiting)
+            await receiver.wait_for(lambda: len(receiver.tries("/slow")) == 1)
+            await rt.reload_notifications(targets_at(receiver, "/slow", "/new"))
+            await anyio.to_thread.run_sync(gate.write_text, "go\n")  # once it reads
+            await running.wait_for_success()
+            slow.set()
+            with anyio.fail_after(20):
+                await notifier.settled()
+    new = [(a.json["job_id"], a.json["type"]) for a in receiver.taken("/new")]
+    assert new == [(running.id, "job_succeeded")]
+
+
+async def test_a_target_added_gets_a_retried_jobs_events_after_the_newest_job_is_deleted(
+    state_dir: Path,
+) -> None:
+    """Deleting the job with the newest events hands out none of their seqs again: a
+    target added before counts on seqs only rising."""
+    marker = state_dir.parent / "marker"
+    command = f"test -f {marker} || (touch {marker}; exit 1)"
+    flaky = {"name": "flaky", "tasks": [{"name": "t", "command": command}]}
+    many = {"name": "many", "tasks": [{"name": "t", "instances": 30, "command": "true"}]}
+    async with Receiver() as receiver:
+        async with notifying(state_dir, targets_at(receiver, "/old")) as (rt, notifier, _):
+            failed = await rt.submit(flaky)
+            await failed.wait_for_completion()
+            newest = await rt.submit(many)
+            await newest.wait_for_success()
+            await notifier.settled()
+            await rt.reload_notifications(targets_at(receiver, "/old", "/new"))
+            await rt.delete_job(newest.id)
+            await rt.retry_job(failed.id)
+            await failed.wait_for_success()
+            with anyio.fail_after(20):
+                await notifier.settled()
+    new = [(a.json["job_id"], a.json["type"]) for a in receiver.taken("/new")]
+    assert new == [(failed.id, "job_running"), (failed.id, "job_succeeded")]

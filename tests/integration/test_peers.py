@@ -52,11 +52,13 @@ def open_files_limit(pid: int) -> tuple[int, int]:
 
 
 def connect_peers(port: int, count: int) -> list[socket.socket]:
-    """``count`` TCP peers that each send half a request line, then nothing."""
+    """``count`` TCP peers that each send half a request line, then nothing; from 100
+    loopback addresses, each within its share of the listener."""
     peers = []
     try:
-        for _ in range(count):
-            peer = socket.create_connection(("127.0.0.1", port), timeout=10)
+        for index in range(count):
+            source = (f"127.0.1.{index % 100 + 1}", 0)
+            peer = socket.create_connection(("127.0.0.1", port), 10, source)
             peers.append(peer)
             peer.sendall(HALF_A_REQUEST)
     except BaseException:
@@ -267,6 +269,9 @@ async def test_a_peer_taking_nothing_of_a_stream_is_closed_and_a_slow_one_is_not
                 head += await silent.receive(1)
         job = await rt.submit(spec)
         await job.wait_for_success()  # ~4,000 events streamed to a peer that reads none
+        with anyio.fail_after(10):  # reading now would be taking some: the count is the sign
+            while control.statistics()["connections"]["unix"]["timed_out"] < 1:  # noqa: ASYNC110
+                await anyio.sleep(0.05)
         with anyio.fail_after(10):
             while True:
                 try:
@@ -281,7 +286,8 @@ async def test_a_peer_taking_nothing_of_a_stream_is_closed_and_a_slow_one_is_not
         with anyio.fail_after(60):
             while b"\r\n0\r\n\r\n" not in answer[-16:] and not complete(answer):
                 answer += await slow.receive(16 * 1024)
-                await anyio.sleep(0.01)  # a slow reader: about 1.6 MB/s
+                await anyio.sleep(0.03)  # a slow reader (~0.5 MB/s): it takes longer than
+                # write_stall_s to drain what waits in our buffer, but never stops taking
         await slow.aclose()
     assert stalled == 1
     head, _, body = answer.partition(b"\r\n\r\n")
@@ -296,3 +302,39 @@ def complete(answer: bytes) -> bool:
         if found and name.lower() == b"content-length":
             return len(body) >= int(value)
     return False
+
+
+async def test_one_address_holds_no_more_than_its_share_of_the_tcp_listener(
+    state_dir: Path, sock_path: Path
+) -> None:
+    """A peer that opens TCP connections and keeps them gets up to its share; one more of
+    its own is closed at once, while another address is still served."""
+    limits = Limits(connections=8, connections_per_address=3)
+    config = ServerConfig(http="127.0.0.1:0", token="t0k3n")
+    async with (
+        Runtime(state_dir) as rt,
+        ControlServer(rt, config, socket=sock_path, limits=limits) as control,
+    ):
+        assert control.http_url is not None
+        host, port = control.http_url.removeprefix("http://").rsplit(":", 1)
+        held = [await anyio.connect_tcp(host, int(port)) for _ in range(3)]
+        extra = await anyio.connect_tcp(host, int(port))
+        with anyio.fail_after(5):
+            with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                await extra.receive()
+        other = await anyio.connect_tcp(host, int(port), local_host="127.0.0.2")
+        await other.send(
+            b"GET /v1/health HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0k3n\r\n"
+            b"Connection: close\r\n\r\n"
+        )
+        answer = b""
+        with anyio.fail_after(5):
+            while True:
+                try:
+                    answer += await other.receive()
+                except anyio.EndOfStream:
+                    break
+        for stream in (*held, extra, other):
+            await stream.aclose()
+        tcp = control.statistics()["connections"]["tcp"]
+    assert answer.startswith(b"HTTP/1.1 200 OK") and tcp["refused"] == 1

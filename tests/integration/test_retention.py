@@ -316,3 +316,23 @@ async def test_a_job_being_retried_is_not_deleted_and_runs_with_its_rows(
         query = "SELECT attempt FROM instances WHERE job_id = ?"
         (attempt,) = db.execute(query, (job.id,)).fetchone()
     assert attempt == 2  # the retry ran it again
+
+
+async def test_two_deletions_of_one_job_at_once_delete_it_once(state_dir: Path) -> None:
+    async with Runtime(state_dir) as rt:
+        job = await rt.submit(small_job())
+        await job.wait_for_success()
+        results: list[str] = []
+
+        async def delete() -> None:
+            try:
+                await rt.delete_job(job.id)
+                results.append("deleted")
+            except JobNotFound:
+                results.append("not found")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(delete)
+            tg.start_soon(delete)
+        deletions: Deletions = vars(rt)["_deletions"]
+    assert sorted(results) == ["deleted", "not found"] and deletions.deleted == 1

@@ -23,6 +23,7 @@ import aiohttp
 import anyio
 import msgspec
 import pytest
+from yarl import URL
 
 from aiobatch import Runtime, SpecError, load_spec, wire
 from aiobatch.api import TaskResult
@@ -219,6 +220,9 @@ async def test_bad_requests_get_json_errors_and_store_nothing(
         async with session.get("http://aiobatch/ui/static/nope.js") as answer:
             assert answer.content_type == "application/json"  # a static file's 404 too
             no_file = answer.status, await answer.json()
+        nul = URL("http://aiobatch/ui/static/a%00b", encoded=True)
+        async with session.get(nul) as answer:
+            assert answer.status == 404 and answer.content_type == "application/json"
         wrong_method = await request(session, "GET", "/jobs/nope/stop")
         queries = [
             await request(session, "GET", "/jobs", params=params)
