@@ -8,6 +8,7 @@ What is in the file is checked first, read-only, by ``dbcheck.py``; ``store.py``
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sqlite3
 from collections.abc import Callable
@@ -39,6 +40,7 @@ async def open_database(path: Path) -> aiosqlite.Connection:
     anything is written to it: a corrupt or foreign file is left as it was found."""
     path.parent.mkdir(parents=True, exist_ok=True)
     await anyio.to_thread.run_sync(check_database, path)
+    await anyio.to_thread.run_sync(_made_private, path)
     sidecars = Sidecars(path)
     # isolation_level=None: the store issues BEGIN/COMMIT itself, one per batch.
     db = await aiosqlite.connect(path, isolation_level=None)
@@ -58,6 +60,21 @@ async def open_database(path: Path) -> aiosqlite.Connection:
             "check the file, its permissions and its file system",
         ) from None
     return db
+
+
+def _made_private(path: Path) -> None:
+    """A new database file is made 0600 before SQLite opens it (and its WAL files, which
+    take its mode): readable by no one else even for a moment."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StateDirUnwritable(path.parent, exc.strerror or str(exc)) from None
+        raise DatabaseUnusable(
+            path, f"cannot be made ({exc.strerror})", "check the state dir's permissions"
+        ) from None
 
 
 def _private(path: Path) -> None:

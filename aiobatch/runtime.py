@@ -165,7 +165,9 @@ class Runtime(RuntimeReads):
 
     @property
     def storage(self) -> dict[str, StorageBackend]:
-        """Storage backends by URI scheme; add yours for other schemes."""
+        """Storage backends by URI scheme; add yours for other schemes (``StorageBackend``:
+        it is given a ``Local`` place in the work dir, to reach through
+        ``aiobatch.storage.beneath`` only, never by its path)."""
         return self._resources.storage
 
     # -- lifecycle --------------------------------------------------------------------------

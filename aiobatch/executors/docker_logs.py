@@ -15,6 +15,7 @@ import structlog
 from aiodocker.containers import DockerContainer
 
 from aiobatch.attempt import InstanceContext
+from aiobatch.executors._outputs import LOG_MODE
 
 log = structlog.get_logger("aiobatch.docker")
 
@@ -27,12 +28,18 @@ def prepare_files(ctx: InstanceContext) -> tuple[int, int]:
 
 
 def open_logs(ctx: InstanceContext) -> tuple[BinaryIO, BinaryIO]:
-    out = ctx.stdout_path.open("ab", buffering=0)
+    out = _open_log(ctx.stdout_path)
     try:
-        return out, ctx.stderr_path.open("ab", buffering=0)
+        return out, _open_log(ctx.stderr_path)
     except BaseException:
         out.close()
         raise
+
+
+def _open_log(path: Path) -> BinaryIO:
+    """Appended to, readable by us alone (as a local instance's: _outputs.LOG_MODE)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, LOG_MODE)
+    return os.fdopen(fd, "ab", buffering=0)
 
 
 def rewind_logs(ctx: InstanceContext, offsets: tuple[int | None, int | None]) -> None:

@@ -69,8 +69,8 @@ class Local:
 
     @classmethod
     def of(cls, root: Path, relative: str) -> Local:
-        """Raises StorageError for a ``relative`` that would leave ``root``."""
-        return cls(root, str(inside(Path("/"), relative).relative_to("/")) or ".")
+        """A mapping's path: StorageError for one that would leave ``root``."""
+        return cls(root, str(inside(root, relative).relative_to(root)))
 
     @property
     def path(self) -> Path:
@@ -81,7 +81,12 @@ class Local:
         return self.path.name
 
     def child(self, relative: str) -> Local:
-        return Local.of(self.root, f"{self.relative}/{relative}")
+        """``relative`` below this place (an S3 key's rest, a name found in a folder, which
+        may hold a backslash): StorageError for one that would leave this place."""
+        parts = [part for part in relative.split("/") if part not in ("", ".")]
+        if ".." in parts:
+            raise StorageError(f"{relative!r} would land outside {self.relative}")
+        return Local(self.root, "/".join([*self._parts, *parts]) or ".")
 
     @property
     def _parts(self) -> list[str]:

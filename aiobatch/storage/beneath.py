@@ -19,7 +19,9 @@ from typing import Literal
 from aiobatch.storage.base import Local, StorageError
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # a FIFO never blocks
+# Checked to be a regular file first; should it have been swapped for a FIFO or a tty
+# meanwhile, opening it neither blocks nor makes it ours.
+_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_MODE, DIR_MODE = 0o644, 0o755
 
@@ -33,7 +35,7 @@ def kind(place: Local) -> Kind | None:
     except FileNotFoundError:
         return None
     try:
-        found = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        found = os.stat(name or ".", dir_fd=parent, follow_symlinks=False)
     except FileNotFoundError:
         return None
     finally:
@@ -43,24 +45,35 @@ def kind(place: Local) -> Kind | None:
     return "folder" if stat.S_ISDIR(found.st_mode) else "other"
 
 
-def open_regular(place: Local) -> int:
-    """A file descriptor to read the regular file at ``place``; StorageError for a link, a
-    FIFO, a device, or anything else that is not one."""
+def open_regular(place: Local) -> tuple[int, int]:
+    """A file descriptor to read the regular file at ``place``, and its size then (what is
+    read of it: one that grows meanwhile is not followed to the end of the disk);
+    StorageError for a link, a FIFO, a device, or anything else that is not one (none of
+    which is opened)."""
     try:
         parent, name = _parent(place, make=False)
     except FileNotFoundError:
         raise StorageError(f"{place.relative} not found") from None
     try:
-        fd = os.open(name, _READ, dir_fd=parent)
-    except OSError as exc:
-        raise StorageError(f"{place.relative}: {_why(exc)}") from None
+        if not name:
+            raise StorageError(f"{place.relative} is a folder")
+        try:
+            seen = os.stat(name, dir_fd=parent, follow_symlinks=False)
+            if not stat.S_ISREG(seen.st_mode):
+                raise StorageError(f"{place.relative} is not a regular file")
+            fd = os.open(name, _READ, dir_fd=parent)
+        except OSError as exc:
+            if isinstance(exc, StorageError):
+                raise
+            raise StorageError(f"{place.relative}: {_why(exc)}") from None
     finally:
         os.close(parent)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise StorageError(f"{place.relative} is not a regular file")
+    opened = os.fstat(fd)
+    if (opened.st_dev, opened.st_ino) != (seen.st_dev, seen.st_ino):
+        os.close(fd)  # swapped since it was looked at
+        raise StorageError(f"{place.relative} changed while it was opened")
     os.set_blocking(fd, True)
-    return fd
+    return fd, opened.st_size
 
 
 def create_file(place: Local) -> int:
@@ -90,35 +103,30 @@ def make_folder(place: Local) -> None:
 def entries(place: Local) -> Iterator[tuple[str, bool]]:
     """The regular files and folders below the folder at ``place``: (path relative to it,
     whether a folder), a folder before what it holds, each folder's in name order. Links,
-    FIFOs, devices and sockets are skipped."""
-    top = _open_dir(place, make=False)
-    stack: list[tuple[int, str]] = [(top, "")]
-    try:
-        while stack:
-            fd, prefix = stack.pop()
-            try:
-                with os.scandir(fd) as found:
-                    listed = sorted(found, key=lambda entry: entry.name)
-                folders = []
-                for entry in listed:
-                    if entry.is_file(follow_symlinks=False):
-                        yield prefix + entry.name, False
-                    elif entry.is_dir(follow_symlinks=False):
-                        folders.append(entry.name)
-                opened = []
-                for name in folders:
-                    try:
-                        opened.append((os.open(name, _DIR, dir_fd=fd), f"{prefix}{name}/"))
-                    except OSError:
-                        continue  # replaced meanwhile by something that is no folder
-                stack.extend(reversed(opened))  # held there before anything is yielded
-                for _, path in opened:
-                    yield path[:-1], True
-            finally:
-                os.close(fd)
-    finally:
-        for fd, _ in stack:
+    FIFOs, devices and sockets are skipped. One folder is open at a time, each reached
+    anew from ``place`` without following a link."""
+    pending = [""]
+    while pending:
+        prefix = pending.pop()
+        try:
+            fd = _open_dir(place.child(prefix), make=False)
+        except (FileNotFoundError, StorageError):
+            if not prefix:
+                raise
+            continue  # replaced meanwhile by something that is no folder
+        try:
+            with os.scandir(fd) as found:
+                listed = sorted(found, key=lambda entry: entry.name)
+        finally:
             os.close(fd)
+        folders = []
+        for entry in listed:
+            if entry.is_file(follow_symlinks=False):
+                yield prefix + entry.name, False
+            elif entry.is_dir(follow_symlinks=False):
+                folders.append(prefix + entry.name)
+                yield prefix + entry.name, True
+        pending.extend(f"{folder}/" for folder in reversed(folders))
 
 
 def _open_dir(place: Local, *, make: bool) -> int:
@@ -127,6 +135,8 @@ def _open_dir(place: Local, *, make: bool) -> int:
         return parent
     try:
         return _step(parent, name, make=make)
+    except StorageError as exc:
+        raise StorageError(f"{place.relative}: {exc}") from None
     finally:
         os.close(parent)
 
@@ -140,6 +150,9 @@ def _parent(place: Local, *, make: bool) -> tuple[int, str]:
             below = _step(fd, part, make=make)
             os.close(fd)
             fd = below
+    except StorageError as exc:
+        os.close(fd)
+        raise StorageError(f"{place.relative}: {exc}") from None  # the whole path named
     except BaseException:
         os.close(fd)
         raise
@@ -158,7 +171,7 @@ def _step(fd: int, name: str, *, make: bool) -> int:
             raise
         there = os.stat(name, dir_fd=fd, follow_symlinks=False)
         if not (make and stat.S_ISLNK(there.st_mode)):
-            raise StorageError(f"{name} is not a folder (a link, or a file)") from None
+            raise StorageError(f"{name}: not a folder (a link, or a file)") from None
         os.unlink(name, dir_fd=fd)
     try:
         os.mkdir(name, DIR_MODE, dir_fd=fd)

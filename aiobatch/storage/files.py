@@ -68,5 +68,10 @@ def _upload(src: Local, dest: Path) -> None:
 
 
 def _copy_out(src: Local, dest: Path) -> None:
-    with os.fdopen(beneath.open_regular(src), "rb") as reader, dest.open("wb") as writer:
-        shutil.copyfileobj(reader, writer, CHUNK)
+    """The file as large as it was when opened: one that grows while it is copied (a task's
+    process left behind) is not followed to the end of the disk."""
+    fd, left = beneath.open_regular(src)
+    with os.fdopen(fd, "rb") as reader, dest.open("wb") as writer:
+        while left > 0 and (chunk := reader.read(min(CHUNK, left))):
+            writer.write(chunk)
+            left -= len(chunk)

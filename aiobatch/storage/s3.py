@@ -133,19 +133,19 @@ class S3Backend:
                 response = await self._client.get_object(Bucket=uri.location, Key=uri.key)
             except (ClientError, BotoCoreError) as exc:
                 raise StorageError(f"{uri} {_why(exc)}") from None
-            fd = await anyio.to_thread.run_sync(beneath.create_file, dest)
-            async with response["Body"] as body, anyio.wrap_file(os.fdopen(fd, "wb")) as out:
-                while chunk := await body.read(PART_SIZE):
-                    await out.write(chunk)
+            async with response["Body"] as body:  # closed (its connection freed) on any error
+                fd = await anyio.to_thread.run_sync(beneath.create_file, dest)
+                async with anyio.wrap_file(os.fdopen(fd, "wb")) as out:
+                    while chunk := await body.read(PART_SIZE):
+                        await out.write(chunk)
 
     async def _put(self, src: Local, uri: StorageURI) -> None:
         async with self._limit:
             # Opened once, as a regular file (a FIFO would block, a device never end), and
             # read from that descriptor by the size it had then.
-            fd = await anyio.to_thread.run_sync(beneath.open_regular, src)
+            fd, size = await anyio.to_thread.run_sync(beneath.open_regular, src)
             async with anyio.wrap_file(os.fdopen(fd, "rb")) as f:
                 try:
-                    size = os.fstat(fd).st_size
                     if size <= PART_SIZE:
                         data = await f.read(size)
                         await self._client.put_object(Bucket=uri.location, Key=uri.key, Body=data)

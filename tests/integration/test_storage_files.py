@@ -223,7 +223,7 @@ async def test_an_output_that_is_a_link_is_refused_and_links_in_a_folder_are_ski
     assert reasons == {
         "file": link.format("key.txt"),
         "folder": link.format("linked/"),
-        "below": "stage_out_failed: sub is not a folder (a link, or a file)",
+        "below": "stage_out_failed: via/sub/inner/key: sub: not a folder (a link, or a file)",
         "mixed": None,
         "fifo": link.format("folder/fifo"),
     }

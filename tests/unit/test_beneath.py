@@ -1,0 +1,72 @@
+"""A work dir's files reached without following a link, over real files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from aiobatch.storage import beneath, files
+from aiobatch.storage.base import Local, StorageError
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_place_below_another_never_leaves_it_and_keeps_its_names(tmp_path: Path) -> None:
+    inputs = Local.of(tmp_path, "in/")
+    assert inputs.child("a/b.txt") == Local(tmp_path, "in/a/b.txt")
+    assert inputs.child("report\\2024.txt").path == tmp_path / "in" / "report\\2024.txt"
+    for escaping in ("../x", "a/../../x", "a/.."):
+        with pytest.raises(StorageError, match="would land outside in"):
+            inputs.child(escaping)
+    with pytest.raises(StorageError, match=f"would land outside {tmp_path}"):
+        Local.of(tmp_path, "../x")
+
+
+def test_the_work_dir_itself_is_a_folder_to_upload(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "f").write_text("f")
+    assert beneath.kind(Local.of(tmp_path, "./")) == "folder"
+    assert list(beneath.entries(Local.of(tmp_path, "."))) == [("a", True), ("a/f", False)]
+
+
+def test_a_wide_tree_is_walked_with_one_folder_open_at_a_time(tmp_path: Path) -> None:
+    for index in range(300):
+        (tmp_path / f"d{index:03}").mkdir()
+        (tmp_path / f"d{index:03}" / "f").write_text("")
+    before, most = open_fds(), 0
+    found = 0
+    for _, is_folder in beneath.entries(Local(tmp_path)):
+        most = max(most, open_fds() - before)
+        found += not is_folder
+    assert found == 300 and most <= 1
+
+
+def test_a_file_that_grows_while_it_is_copied_goes_out_as_large_as_when_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    (work / "grows").write_bytes(b"x" * 3_000_000)
+    open_regular = beneath.open_regular
+
+    def then_it_grows(place: Local) -> tuple[int, int]:
+        opened = open_regular(place)
+        with (work / "grows").open("ab") as more:
+            more.write(b"y" * 5_000_000)
+        return opened
+
+    monkeypatch.setattr(beneath, "open_regular", then_it_grows)
+    files._upload(Local.of(work, "grows"), out)
+    assert out.read_bytes() == b"x" * 3_000_000
+
+
+def test_a_fifo_or_a_link_is_refused_without_being_opened(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "link").symlink_to("/etc/hostname")
+    for name in ("fifo", "link"):
+        with pytest.raises(StorageError, match="is not a regular file"):
+            beneath.open_regular(Local.of(tmp_path, name))
