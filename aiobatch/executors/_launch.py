@@ -134,11 +134,38 @@ def _fork_exec(
 
 
 def give_tree(path: str, uid: int, gid: int) -> None:
-    """Make a work dir, and what was staged into it, belong to the user who runs in it."""
-    os.chown(path, uid, gid)
-    for root, dirs, files in os.walk(path):
-        for name in (*dirs, *files):
-            os.lchown(os.path.join(root, name), uid, gid)
+    """Make a work dir, and what was staged into it, belong to the user who runs in it.
+
+    Walked from each folder to the next without following a link: a process an earlier
+    attempt left running there cannot swap a folder for a link elsewhere (to root's files)
+    and have what it points to given away."""
+    fd = os.open(path, _DIR)
+    try:
+        os.fchown(fd, uid, gid)
+        _give_below(fd, uid, gid)
+    finally:
+        os.close(fd)
+
+
+def _give_below(fd: int, uid: int, gid: int) -> None:
+    with os.scandir(fd) as found:
+        entries = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in found]
+    for name, is_dir in entries:
+        try:
+            os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
+            below = os.open(name, _DIR, dir_fd=fd) if is_dir else None
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+                continue  # gone, or no folder any more: nothing of ours to give
+            raise
+        if below is not None:
+            try:
+                _give_below(below, uid, gid)
+            finally:
+                os.close(below)
+
+
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 _found: dict[tuple[str, str], str] = {}  # (program, PATH) -> the file that runs

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from aiobatch.executors import _launch as launch
 from aiobatch.storage import beneath, files
 from aiobatch.storage.base import Local, StorageError
 
@@ -70,3 +72,31 @@ def test_a_fifo_or_a_link_is_refused_without_being_opened(tmp_path: Path) -> Non
     for name in ("fifo", "link"):
         with pytest.raises(StorageError, match="is not a regular file"):
             beneath.open_regular(Local.of(tmp_path, name))
+
+
+def test_a_work_dir_is_given_to_its_user_without_following_a_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What is below a work dir becomes its user's; a folder swapped for a link to root's
+    files just before it is walked into gives nothing of them away."""
+    work, elsewhere = tmp_path / "work", tmp_path / "root-only"
+    (work / "kept" / "deep").mkdir(parents=True)
+    (work / "kept" / "deep" / "f").write_text("")
+    (work / "swapped").mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "secret").write_text("")
+    (work / "link").symlink_to(elsewhere)
+    real_open = os.open
+
+    def swapping(path: Any, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        if path == "swapped":  # a process left behind replaces it between listing and walking
+            os.rmdir(work / "swapped")
+            (work / "swapped").symlink_to(elsewhere)
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "open", swapping)
+    uid, gid = 65534, 65534
+    launch.give_tree(str(work), uid, gid)
+    owners = {p.relative_to(tmp_path).as_posix(): p.lstat().st_uid for p in tmp_path.rglob("*")}
+    assert owners["work/kept/deep/f"] == owners["work/link"] == uid
+    assert owners["root-only"] == owners["root-only/secret"] == os.getuid() != uid
