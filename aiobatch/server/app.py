@@ -121,7 +121,8 @@ class ControlServer:
             ]
             options: dict[str, Any] = {
                 "access_log": None,
-                "keepalive_timeout": limits.idle_timeout_s,
+                # Ours decides (limits.Connection, which counts it); aiohttp's only backs it up.
+                "keepalive_timeout": 2 * limits.idle_timeout_s,
                 "lingering_time": LINGER_S,
                 "max_line_size": MAX_LINE_BYTES,
                 "max_field_size": MAX_LINE_BYTES,
