@@ -10,7 +10,6 @@ yielding between them, so dispatch never waits long behind it.
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from pathlib import Path
@@ -23,6 +22,7 @@ from aiobatch.errors import JobNotFinal
 from aiobatch.layout import StateLayout
 from aiobatch.queries import Queries
 from aiobatch.states import JOB_TERMINAL, JobState
+from aiobatch.storage.beneath import remove_tree
 from aiobatch.store import Store
 
 log = structlog.get_logger("aiobatch.retention")
@@ -80,9 +80,11 @@ class Deletions:
         return deleting
 
     def _remove_files(self, job_ids: Collection[str]) -> None:
+        # Not shutil.rmtree: it recurses once per folder, and a task may nest thousands
+        # (RecursionError, which ignore_errors does not cover, at every later start).
         for job_id in job_ids:
             for top in ("work", "logs"):
-                shutil.rmtree(self._layout.root / top / job_id, ignore_errors=True)
+                remove_tree(self._layout.root / top / job_id)
 
     async def expire(self, ages_s: Mapping[str, float]) -> int:
         """Delete every job that ended longer ago than its state's age; returns how many."""
@@ -126,7 +128,11 @@ class Deletions:
                 known = await self._store.job_ids()
             orphans = [name for name in names if known is not None and name not in known]
             if orphans:
-                await anyio.to_thread.run_sync(self._remove_files, orphans)
+                try:
+                    await anyio.to_thread.run_sync(self._remove_files, orphans)
+                except Exception:  # files left over must never keep the runtime from starting
+                    log.exception("orphan_files_not_removed", where=top, jobs=len(orphans))
+                    continue
                 log.warning("orphan_files_removed", where=top, jobs=len(orphans))
 
 

@@ -10,10 +10,12 @@ last attempt left at its place instead of writing through it. Blocking: run in a
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Literal
 
 from aiobatch.storage.base import Local, StorageError
@@ -184,3 +186,73 @@ def _why(exc: OSError) -> str:
     if exc.errno == errno.ELOOP:
         return "is a link"
     return exc.strerror or type(exc).__name__
+
+
+def remove_tree(top: Path) -> None:
+    """Remove ``top`` and all below it, however deep a task nested its folders (no
+    recursion, one folder open at a time) and never through a link: the way back up is
+    checked to be the folder it came down from, so a folder moved meanwhile stops the
+    removal, never leads it elsewhere. What cannot be removed is left, never raised: a
+    deletion goes on with the rest."""
+    try:
+        fd = os.open(top, _DIR)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(top)  # a file, or a link, where a folder was
+        return
+    # The folders walked down into: each one's name, and who its parent was.
+    down: list[tuple[str, tuple[int, int]]] = []
+    stuck: set[tuple[int, int]] = set()  # folders that would not go: not tried again
+    try:
+        while True:
+            below = _first_folder_emptying_the_rest(fd, stuck)
+            if below is not None:
+                try:
+                    opened = os.open(below, _DIR, dir_fd=fd)
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        os.unlink(below, dir_fd=fd)
+                    continue
+                down.append((below, _identity(fd)))
+                os.close(fd)
+                fd = opened
+                continue
+            if not down:
+                break
+            name, parent = down.pop()
+            here = _identity(fd)
+            above = os.open("..", _DIR, dir_fd=fd)
+            os.close(fd)
+            fd = above
+            if _identity(fd) != parent:
+                return  # moved meanwhile: what is left stays
+            try:
+                os.rmdir(name, dir_fd=fd)
+            except OSError:
+                stuck.add(here)
+    except OSError:
+        return
+    finally:
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        os.rmdir(top)
+
+
+def _first_folder_emptying_the_rest(fd: int, stuck: set[tuple[int, int]]) -> str | None:
+    """Unlink everything in ``fd`` that is not a folder; the name of a folder left to
+    remove (not one found ``stuck``), if any."""
+    with os.scandir(fd) as found:
+        for entry in found:
+            if entry.is_dir(follow_symlinks=False):
+                seen = entry.stat(follow_symlinks=False)
+                if (seen.st_dev, seen.st_ino) not in stuck:
+                    return entry.name
+                continue
+            with contextlib.suppress(OSError):
+                os.unlink(entry.name, dir_fd=fd)
+    return None
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    found = os.fstat(fd)
+    return found.st_dev, found.st_ino

@@ -100,3 +100,25 @@ def test_a_work_dir_is_given_to_its_user_without_following_a_link(
     owners = {p.relative_to(tmp_path).as_posix(): p.lstat().st_uid for p in tmp_path.rglob("*")}
     assert owners["work/kept/deep/f"] == owners["work/link"] == uid
     assert owners["root-only"] == owners["root-only/secret"] == os.getuid() != uid
+
+
+def test_a_tree_nested_deeper_than_recursion_or_a_path_goes_is_removed(tmp_path: Path) -> None:
+    """A task may nest folders thousands deep (``mkdir d; cd d`` in a loop): removed, with
+    its files and links (not what they point to)."""
+    top, kept = tmp_path / "job", tmp_path / "kept"
+    kept.mkdir()
+    (kept / "f").write_text("kept")
+    top.mkdir()
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(3000):  # deeper than Python's recursion limit and than PATH_MAX
+            os.mkdir("d", dir_fd=fd)
+            os.symlink(str(kept), "link", dir_fd=fd)
+            below = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = below
+        os.close(os.open("leaf", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+    finally:
+        os.close(fd)
+    beneath.remove_tree(top)
+    assert not top.exists() and (kept / "f").read_text() == "kept"
