@@ -98,7 +98,10 @@ class DockerExecutor:
         task = ctx.task
         workdir = task.workdir or CONTAINER_WORKDIR
         command = task.command
-        host_config: dict[str, Any] = {"Binds": [f"{ctx.work_dir}:{workdir}"]}
+        # Init: the engine's small init is the container's first process, and passes a stop's
+        # TERM on; a shell as the first process ignores it, and only the KILL after the
+        # grace would end the program.
+        host_config: dict[str, Any] = {"Binds": [f"{ctx.work_dir}:{workdir}"], "Init": True}
         if task.cpus is not None:
             host_config["NanoCpus"] = int(task.cpus * 1e9)
         if task.memory_bytes is not None:
@@ -326,8 +329,9 @@ class DockerExecutor:
                         deadline = anyio.current_time() + ctx.task.timeout_s - ran
                         scope.deadline = min(scope.deadline, deadline)
                     await container.wait()
-                if scope.cancelled_caught:
-                    await self._stop(container, ctx.kill_grace_s)
+                # Stopped at its deadline while it still ran: a timeout, however soon the
+                # engine's init then ended it (the engine's start came a little after ours).
+                cut_short = scope.cancelled_caught and await self._stop(container, ctx.kill_grace_s)
             except BaseException:
                 if not ctx.control.detach:
                     with (
@@ -341,16 +345,18 @@ class DockerExecutor:
             with anyio.move_on_after(5):
                 await container.wait()
             followers.cancel_scope.deadline = anyio.current_time() + 5
-        outcome = await container_outcome(container, ctx, began, cut_short=scope.cancelled_caught)
+        outcome = await container_outcome(container, ctx, began, cut_short=cut_short)
         return replace(outcome, usage=meter.usage())
 
     @staticmethod
-    async def _stop(container: DockerContainer, grace: float) -> None:
-        """TERM the container's init, KILL after ``grace`` (the engine does both)."""
+    async def _stop(container: DockerContainer, grace: float) -> bool:
+        """TERM the container's init, KILL after ``grace`` (the engine does both). Whether
+        it was still running to be stopped."""
         try:
             await container.stop(t=max(1, round(grace)))
         except aiodocker.DockerError:
-            pass  # already gone
+            return False  # it had ended (304), or is gone
+        return True
 
 
 async def _within(

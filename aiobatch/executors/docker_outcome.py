@@ -23,7 +23,7 @@ async def container_outcome(
     container: DockerContainer, ctx: InstanceContext, began: float, *, cut_short: bool
 ) -> Outcome:
     """The outcome of a container that has ended; ``began`` is when it started (monotonic),
-    ``cut_short`` says we stopped it at its deadline or on request."""
+    ``cut_short`` says it still ran when we stopped it, at its deadline or on request."""
     state = (await container.show())["State"]
     if _maybe_oom(state, ctx) and not cut_short:
         state = await _settled_oom_state(container, state)
@@ -35,7 +35,7 @@ async def container_outcome(
     if ctx.control.stop_reason is not None or timeout is None:
         timed_out = False
     else:
-        timed_out = ran_s > timeout if ran_s is not None else cut_short
+        timed_out = cut_short or (ran_s is not None and ran_s > timeout)
     reason = None
     if timed_out:
         reason = "timeout"

@@ -532,3 +532,22 @@ async def test_detached_containers_are_readopted_and_orphans_removed(
     assert orphan.id not in {c.id for c in await leftovers(engine, state_dir)}
     assert await leftovers(engine, state_dir) == []
     gc.collect()  # the warnings above surface here, not in whichever test runs next
+
+
+async def test_a_stop_reaches_the_program_within_the_grace(
+    engine: aiodocker.Docker, state_dir: Path
+) -> None:
+    """A shell that runs the program (no exec: two commands) is not the container's first
+    process, which would ignore TERM: the stop ends it with TERM, long before the KILL."""
+    spec = {"name": "term", "tasks": [{"name": "t", "image": IMAGE, "command": "sleep 60; true"}]}
+    config = msgspec.structs.replace(docker_config(), kill_grace="30s")
+    async with Runtime(state_dir, config=config) as rt:
+        async with rt.subscribe() as events:
+            job = await rt.submit(spec)
+            await until(events, instance_is("t", "RUNNING"))
+            stopped = anyio.current_time()
+            await job.stop()
+        await job.wait_for_completion()
+        took = anyio.current_time() - stopped
+    assert took < 10, took  # not the 30 s grace, then KILL
+    assert await leftovers(engine, state_dir) == []
