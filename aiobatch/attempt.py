@@ -89,7 +89,7 @@ class Outcome:
 class AttemptControl:
     """Stops one attempt: cancels the scope its executor waits in (before or during the wait)."""
 
-    __slots__ = ("detach", "scope", "stop_reason")
+    __slots__ = ("_before", "detach", "scope", "stop_reason")
 
     def __init__(self) -> None:
         self.scope = anyio.CancelScope()
@@ -97,10 +97,21 @@ class AttemptControl:
         # Set before a shutdown cancels the attempt: leave the program running (a container
         # the next start re-adopts) instead of stopping it.
         self.detach = False
+        self._before: anyio.CancelScope | None = None
+
+    def before_start(self) -> anyio.CancelScope:
+        """A scope for what comes before the program starts (a pull, a create): a stop
+        cancels it too, so nothing starts for an attempt already stopped."""
+        self._before = anyio.CancelScope()
+        if self.stop_reason is not None:
+            self._before.cancel()
+        return self._before
 
     def stop(self, reason: str) -> None:
         self.stop_reason = reason
         self.scope.cancel()
+        if self._before is not None:
+            self._before.cancel()
 
 
 @dataclass(frozen=True, slots=True)

@@ -147,23 +147,31 @@ class DockerExecutor:
 
     async def run(self, ctx: InstanceContext, on_started: Callable[[int | None], None]) -> Outcome:
         host = ""
+        prepared: DockerContainer | Outcome | None = None
         try:
-            # An engine that does not answer is drained, and the retry goes to another host
-            # if there is a healthy one, else back to it after a backoff.
-            async for attempt in self._hosts.retrying():
-                with attempt:
-                    host = self._hosts.pick()
-                    self._hosts.take(host)
-                    try:
-                        prepared = await self._prepare(host, ctx)
-                    except BaseException:
-                        self._hosts.give_back(host)
-                        raise
+            # A stop (or a job's timeout) ends a pull or a wait for an engine too.
+            with ctx.control.before_start():
+                # An engine that does not answer is drained, and the retry goes to another
+                # host if there is a healthy one, else back to it after a backoff.
+                async for attempt in self._hosts.retrying():
+                    with attempt:
+                        host = self._hosts.pick()
+                        self._hosts.take(host)
+                        try:
+                            prepared = await self._prepare(host, ctx)
+                        except BaseException:
+                            self._hosts.give_back(host)
+                            raise
         except (aiodocker.DockerError, OSError) as exc:
             return Outcome(reason=f"engine_error: {host}: {message(exc)}")
+        if prepared is None:  # stopped before a container was made (a host taken is back)
+            return Outcome(reason=ctx.control.stop_reason)
         try:
             if isinstance(prepared, Outcome):
                 return prepared
+            if ctx.control.stop_reason is not None:  # stopped while it was made: not started
+                await _remove(prepared)
+                return Outcome(reason=ctx.control.stop_reason)
             return await self._run_container(prepared, ctx, on_started)
         finally:
             self._hosts.give_back(host)

@@ -24,6 +24,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from aiobatch import JobState, Runtime
 from aiobatch.config import ComputeEnvConfig, Config, StorageConfig
 from aiobatch.events import InstanceStateChanged
+from aiobatch.executors.docker import DockerExecutor
 from aiobatch.layout import StateLayout
 from tests.helpers import instance_is, stored, until
 from tests.integration.conftest import BUCKET, IMAGE, docker_hosts, read, settings
@@ -550,4 +551,28 @@ async def test_a_stop_reaches_the_program_within_the_grace(
         await job.wait_for_completion()
         took = anyio.current_time() - stopped
     assert took < 10, took  # not the 30 s grace, then KILL
+    assert await leftovers(engine, state_dir) == []
+
+
+async def test_a_job_stopped_while_its_image_is_readied_starts_nothing(
+    engine: aiodocker.Docker, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pull that does not end (a registry that trickles) is ended by a stop, and no
+    container is made or started for the stopped attempt."""
+    readying = anyio.Event()
+
+    async def never_ready(self: DockerExecutor, *args: Any) -> bool:
+        readying.set()
+        await anyio.sleep_forever()
+        raise AssertionError("not reached")
+
+    monkeypatch.setattr(DockerExecutor, "_image_ready", never_ready)
+    spec = {"name": "pulling", "tasks": [{"name": "t", "image": IMAGE, "command": "true"}]}
+    async with Runtime(state_dir, config=docker_config()) as rt:
+        job = await rt.submit(spec)
+        await readying.wait()
+        await job.stop()
+        with anyio.fail_after(10):
+            snapshot = await job.wait_for_completion()
+    assert snapshot.status == "CANCELLED"
     assert await leftovers(engine, state_dir) == []

@@ -55,6 +55,7 @@ async def test_container_config_maps_every_task_field() -> None:
     assert config["User"] == "nobody"
     assert config["HostConfig"] == {
         "Binds": ["/state/work/j1/t/3:/job"],
+        "Init": True,
         "NanoCpus": 500_000_000,
         "Memory": 64 * 2**20,
         "NetworkMode": "none",
@@ -76,7 +77,7 @@ async def test_defaults_leave_the_engine_in_charge() -> None:  # CancelScope nee
     config = executor().container_config(context(TaskDef(name="t", command=None, image="img")))
     assert "Cmd" not in config and "User" not in config
     assert config["WorkingDir"] == "/aiobatch"
-    assert config["HostConfig"] == {"Binds": ["/state/work/j1/t/3:/aiobatch"]}
+    assert config["HostConfig"] == {"Binds": ["/state/work/j1/t/3:/aiobatch"], "Init": True}
     argv = executor().container_config(context(TaskDef(name="t", command=("a", "b"), image="i")))
     assert argv["Cmd"] == ("a", "b")
 
