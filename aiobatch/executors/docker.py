@@ -36,6 +36,7 @@ CONTAINER_WORKDIR = "/aiobatch"
 LABEL_PREFIX = "aiobatch."
 _UNSUPPORTED: tuple[str, ...] = ()  # every task field has a meaning for a container
 CREATE_LIMIT_S = 60.0  # a container create the engine has not answered by then has failed
+LIST_LIMIT_S = 30.0  # after a restart, a list of our containers an engine has not answered
 STOP_MARGIN_S = 30.0  # beyond kill_grace, how long a stop may take before we give up on it
 
 log = structlog.get_logger("aiobatch.docker")
@@ -260,9 +261,11 @@ class DockerExecutor:
                 # An engine still starting (at boot) is waited for as runs wait for it:
                 # its containers must not be taken for lost.
                 async for attempt in self._hosts.retrying():
-                    with attempt:
+                    with attempt, anyio.fail_after(LIST_LIMIT_S):
                         containers = await docker.containers.list(all=True, filters=filters)
-            except (aiodocker.DockerError, OSError) as exc:
+            except (aiodocker.DockerError, OSError) as exc:  # TimeoutError is an OSError
+                # An engine that accepts and never answers must not keep the runtime from
+                # starting (nor its other envs' jobs from running).
                 log.warning("docker_list_failed", env=self.env_name, host=host, error=message(exc))
                 continue
             for container in containers:

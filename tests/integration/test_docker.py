@@ -24,6 +24,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from aiobatch import JobState, Runtime
 from aiobatch.config import ComputeEnvConfig, Config, StorageConfig
 from aiobatch.events import InstanceStateChanged
+from aiobatch.executors import docker as docker_module
 from aiobatch.executors.docker import DockerExecutor
 from aiobatch.layout import StateLayout
 from tests.helpers import instance_is, stored, until
@@ -576,3 +577,36 @@ async def test_a_job_stopped_while_its_image_is_readied_starts_nothing(
             snapshot = await job.wait_for_completion()
     assert snapshot.status == "CANCELLED"
     assert await leftovers(engine, state_dir) == []
+
+
+async def test_a_restart_is_not_held_by_an_engine_that_never_answers(
+    engine: aiodocker.Docker, state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a restart, our containers are listed on each engine: one that takes the
+    connection and answers nothing is given up on, and the runtime opens."""
+    spec = {"name": "left", "tasks": [{"name": "t", "image": IMAGE, "command": "sleep 60"}]}
+    leaving = msgspec.structs.replace(docker_config(), detach_on_shutdown=True)
+    async with Runtime(state_dir, config=leaving) as rt:
+        async with rt.subscribe() as events:
+            await rt.submit(spec)
+            await until(events, instance_is("t", "RUNNING"))
+    silent_path = tmp_path / "silent.sock"
+    monkeypatch.setattr(docker_module, "LIST_LIMIT_S", 0.5)
+    try:
+        async with await anyio.create_unix_listener(silent_path) as silent:
+            held: list[Any] = []
+
+            async def take(stream: Any) -> None:
+                held.append(stream)  # accepted, never answered
+                await anyio.sleep_forever()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(silent.serve, take)
+                config = docker_config([f"unix://{silent_path}"], engine_retry="1s")
+                with anyio.fail_after(30):
+                    async with Runtime(state_dir, config=config):
+                        pass
+                tg.cancel_scope.cancel()
+    finally:
+        for container in await leftovers(engine, state_dir):
+            await container.delete(force=True)
