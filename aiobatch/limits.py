@@ -49,6 +49,11 @@ MAX_BACKOFF_FACTOR = 100.0
 EXIT_CODE_MIN, EXIT_CODE_MAX = 0, 255
 # CPUs a container may be given (Docker's NanoCpus is cpus * 10**9 in a signed 64-bit int).
 MAX_CPUS = 4096.0
+# The fewest: the engine refuses less than 0.01 CPU, and a NanoCpus that rounds to 0 means
+# no limit at all.
+MIN_CPUS = 0.01
+# A container's work dir path (its bind mount's target).
+MAX_WORKDIR_CHARS = 4096
 # Every duration (timeout, kill_grace, shutdown_grace, engine_retry): finite, more than
 # zero, at most a year. NaN or infinity would mean "never" where a deadline is computed.
 MAX_DURATION_S = 365 * 86400.0

@@ -24,6 +24,8 @@ from aiobatch.limits import (
     MAX_SECRET_BYTES,
     MAX_SECRET_PATH_BYTES,
     MAX_SECRETS,
+    MAX_WORKDIR_CHARS,
+    MIN_CPUS,
 )
 
 # Imported from here by the spec, the config and others, since before spec_convert was.
@@ -271,16 +273,21 @@ def check_fields(fields: TaskFields, where: str, errors: list[str]) -> None:
         check_policy(fields.retries, where, errors)
     if fields.resources is not UNSET:
         cpus, memory = fields.resources.cpus, fields.resources.memory
-        if cpus is not None and not (math.isfinite(cpus) and 0 < cpus <= MAX_CPUS):
+        if cpus is not None and not (math.isfinite(cpus) and MIN_CPUS <= cpus <= MAX_CPUS):
             errors.append(
-                f"{where}.resources.cpus: must be more than 0 and at most {MAX_CPUS:g}, "
-                f"got {cpus!r}"
+                f"{where}.resources.cpus: must be from {MIN_CPUS:g} to {MAX_CPUS:g}, got {cpus!r}"
             )
         if memory is not None:
             try:
                 parse_size(memory)
             except ValueError as exc:
                 errors.append(f"{where}.resources.memory: {exc}")
+    if isinstance(fields.workdir, str) and not _is_mount_path(fields.workdir):
+        errors.append(
+            f"{where}.workdir: must be an absolute path of at most {MAX_WORKDIR_CHARS} "
+            f"characters, without ':' or ',' (it is a bind mount's target), got "
+            f"{printable(repr(fields.workdir[:MAX_WORKDIR_CHARS]))}"
+        )
     for k, mapping in enumerate(fields.inputs or ()):
         check_uri(mapping.from_, f"{where}.inputs[{k}].from", errors)
         check_relative_path(mapping.path, f"{where}.inputs[{k}].path", errors)
@@ -291,3 +298,14 @@ def check_fields(fields: TaskFields, where: str, errors: list[str]) -> None:
         uri = getattr(fields, stream)
         if uri is not UNSET:
             check_uri(uri, f"{where}.{stream}", errors)
+
+
+def _is_mount_path(path: str) -> bool:
+    """An absolute path a bind mount may take as its target: the engine splits the bind
+    string at ':' (``/a:ro`` would mount read-only at ``/a``)."""
+    return (
+        path.startswith("/")
+        and len(path) <= MAX_WORKDIR_CHARS
+        and path.isprintable()
+        and not any(c in path for c in ":,")
+    )

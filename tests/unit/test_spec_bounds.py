@@ -82,12 +82,32 @@ def test_retries_exit_codes_cpus_and_memory_have_ranges() -> None:
     assert errors == [
         "$.tasks[0].retries.limit: expected `int` <= 1000",
         "$.tasks[1].retries.on_exit_codes[0]: expected `int` <= 255",
-        "$.tasks[2].resources.cpus: must be more than 0 and at most 4096, got nan",
+        "$.tasks[2].resources.cpus: must be from 0.01 to 4096, got nan",
         "$.tasks[2].resources.memory: bad size 9223372036854775808: "
         "at most 9223372036854775807 bytes (2**63 - 1)",
-        "$.tasks[3].resources.cpus: must be more than 0 and at most 4096, got 1000000000.0",
+        "$.tasks[3].resources.cpus: must be from 0.01 to 4096, got 1000000000.0",
         "$.tasks[3].resources.memory: bad size '9999999TiB': "
         "at most 9223372036854775807 bytes (2**63 - 1)",
+    ]
+
+
+def test_a_container_gets_a_cpu_share_the_engine_keeps_and_a_workdir_it_mounts() -> None:
+    """0.0000000001 CPU would reach the engine as NanoCpus 0, which means no limit; a
+    workdir ``/a:ro`` would mount the work dir read-only at /a and run the program in an
+    empty /a:ro."""
+    errors = errors_of(
+        job(
+            task(image="i", resources={"cpus": 1e-10}, workdir="/a:ro"),
+            task(name="u", image="i", workdir="relative"),
+            task(name="v", image="i", resources={"cpus": 0.01}, workdir="/job"),
+        )
+    )
+    assert errors == [
+        "$.tasks[0].resources.cpus: must be from 0.01 to 4096, got 1e-10",
+        "$.tasks[0].workdir: must be an absolute path of at most 4096 characters, without ':'"
+        " or ',' (it is a bind mount's target), got '/a:ro'",
+        "$.tasks[1].workdir: must be an absolute path of at most 4096 characters, without ':'"
+        " or ',' (it is a bind mount's target), got 'relative'",
     ]
 
 
