@@ -31,6 +31,7 @@ from aiobatch.executors.docker_outcome import container_outcome, seconds_since
 from aiobatch.executors.docker_usage import UsageMeter
 from aiobatch.host_set import HostSet
 from aiobatch.spec import TaskDef
+from aiobatch.spec_convert import printable
 
 CONTAINER_WORKDIR = "/aiobatch"
 LABEL_PREFIX = "aiobatch."
@@ -208,7 +209,13 @@ class DockerExecutor:
             out, err = await anyio.to_thread.run_sync(open_logs, ctx)
             with out, err:
                 began = time.monotonic()
-                await container.start()
+                try:
+                    await container.start()
+                except aiodocker.DockerError as exc:
+                    # The engine could not start the program (no such user, no such file):
+                    # the attempt's failure, said as such, not the executor's.
+                    kind = "engine_error" if exc.status == NO_CONNECTION else "exec_failed"
+                    return Outcome(reason=f"{kind}: {printable(message(exc))}")
                 started = True
                 on_started(None)
                 outcome = await self._follow_and_wait(container, ctx, began, out, err)

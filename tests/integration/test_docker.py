@@ -610,3 +610,19 @@ async def test_a_restart_is_not_held_by_an_engine_that_never_answers(
     finally:
         for container in await leftovers(engine, state_dir):
             await container.delete(force=True)
+
+
+async def test_a_program_the_engine_cannot_start_fails_the_attempt_as_such(
+    engine: aiodocker.Docker, state_dir: Path
+) -> None:
+    spec = {
+        "name": "nouser",
+        "tasks": [{"name": "t", "image": IMAGE, "command": "true", "user": "nosuchuser"}],
+    }
+    async with Runtime(state_dir, config=docker_config()) as rt:
+        job = await rt.submit(spec)
+        await job.wait_for_completion()
+        [inst] = (await job.get_task_result("t")).instances or []
+    assert inst.status == "FAILED" and inst.reason is not None
+    assert inst.reason.startswith("exec_failed: ") and "nosuchuser" in inst.reason
+    assert await leftovers(engine, state_dir) == []
