@@ -607,6 +607,8 @@ async def test_a_restart_is_not_held_by_an_engine_that_never_answers(
                     async with Runtime(state_dir, config=config):
                         pass
                 tg.cancel_scope.cancel()
+            for stream in held:
+                await stream.aclose()
     finally:
         for container in await leftovers(engine, state_dir):
             await container.delete(force=True)
