@@ -5,7 +5,8 @@ root) reads its outputs there and, at a retry, writes the next attempt's inputs.
 step below the work dir is opened with ``O_NOFOLLOW`` from the folder before it, so a link
 the task planted is never followed: an output that is a link, a device or a FIFO is
 refused (or, inside a folder, skipped), and an input replaces whatever link or file the
-last attempt left at its place instead of writing through it. Blocking: run in a thread.
+last attempt left at its place instead of writing through it. A deleted job's tree is
+removed the same way, however deep. Blocking: run in a thread.
 """
 
 from __future__ import annotations
