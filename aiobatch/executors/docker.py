@@ -26,7 +26,13 @@ from aiobatch.attempt import AttemptKey, FoundAttempt, InstanceContext, Outcome
 from aiobatch.config import ComputeEnvConfig
 from aiobatch.executors.base import any_attempt
 from aiobatch.executors.docker_hosts import NO_CONNECTION, DockerHosts, message
-from aiobatch.executors.docker_logs import follow, open_logs, prepare_files, rewind_logs
+from aiobatch.executors.docker_logs import (
+    follow,
+    note_cut,
+    open_logs,
+    prepare_files,
+    rewind_logs,
+)
 from aiobatch.executors.docker_outcome import container_outcome, seconds_since
 from aiobatch.executors.docker_usage import UsageMeter
 from aiobatch.host_set import HostSet
@@ -38,6 +44,7 @@ LABEL_PREFIX = "aiobatch."
 _UNSUPPORTED: tuple[str, ...] = ()  # every task field has a meaning for a container
 CREATE_LIMIT_S = 60.0  # a container create the engine has not answered by then has failed
 LIST_LIMIT_S = 30.0  # after a restart, a list of our containers an engine has not answered
+LOG_QUIET_S = 5.0  # after a container's end, how long the engine may send nothing of its logs
 STOP_MARGIN_S = 30.0  # beyond kill_grace, how long a stop may take before we give up on it
 
 log = structlog.get_logger("aiobatch.docker")
@@ -334,9 +341,15 @@ class DockerExecutor:
     ) -> Outcome:
         scope = ctx.control.scope
         meter = UsageMeter()
+        ended = False
+
+        def progress() -> None:  # after the end, the copy goes on while the engine sends
+            if ended:
+                followers.cancel_scope.deadline = anyio.current_time() + LOG_QUIET_S
+
         async with anyio.create_task_group() as followers:
-            followers.start_soon(follow, container, "stdout", stdout)
-            followers.start_soon(follow, container, "stderr", stderr)
+            followers.start_soon(follow, container, "stdout", stdout, progress)
+            followers.start_soon(follow, container, "stderr", stderr, progress)
             sampling = anyio.CancelScope()
             followers.start_soon(_within, sampling, meter.follow, container)
             try:
@@ -359,10 +372,16 @@ class DockerExecutor:
                         await self._stop(container, ctx.kill_grace_s)
                 raise
             sampling.cancel()  # the engine's stats stream goes on after the container's end
-            # The followers end with the container's output; do not wait on a slow engine.
-            with anyio.move_on_after(5):
+            # The followers end with the container's output: they copy what is left for as
+            # long as the engine sends some, not waiting on one that sends nothing.
+            with anyio.move_on_after(LOG_QUIET_S):
                 await container.wait()
-            followers.cancel_scope.deadline = anyio.current_time() + 5
+            ended = True
+            followers.cancel_scope.deadline = anyio.current_time() + LOG_QUIET_S
+        if followers.cancel_scope.cancelled_caught:
+            for out, name in ((stdout, "stdout"), (stderr, "stderr")):
+                await anyio.to_thread.run_sync(note_cut, out, name, LOG_QUIET_S)
+            log.warning("log_copy_given_up", job_id=ctx.job_id, task=ctx.task.name)
         outcome = await container_outcome(container, ctx, began, cut_short=cut_short)
         return replace(outcome, usage=meter.usage())
 

@@ -628,3 +628,20 @@ async def test_a_program_the_engine_cannot_start_fails_the_attempt_as_such(
     assert inst.status == "FAILED" and inst.reason is not None
     assert inst.reason.startswith("exec_failed: ") and "nosuchuser" in inst.reason
     assert await leftovers(engine, state_dir) == []
+
+
+async def test_a_chatty_containers_log_is_copied_whole(
+    engine: aiodocker.Docker, state_dir: Path
+) -> None:
+    """300,000 short lines, most of them still on their way when the container ends: all
+    of them reach the log (the copy goes on while the engine sends)."""
+    spec = {
+        "name": "chatty",
+        "tasks": [{"name": "t", "image": IMAGE, "command": "seq 1 300000; echo END"}],
+    }
+    async with Runtime(state_dir, config=docker_config()) as rt:
+        job = await rt.submit(spec)
+        await job.wait_for_success()
+    lines = (state_dir / "logs" / job.id / "t" / "0.stdout").read_text().splitlines()
+    assert len(lines) == 300_001 and lines[0] == "1" and lines[-1] == "END"
+    assert await leftovers(engine, state_dir) == []
