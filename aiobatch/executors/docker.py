@@ -14,6 +14,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import replace
+from http import HTTPStatus
 from typing import Any, BinaryIO
 
 import aiodocker
@@ -197,12 +198,26 @@ class DockerExecutor:
             # Shielded: a container the engine made must come back to us, to be removed (one
             # made after the limit is found at the next start, by its labels).
             with anyio.CancelScope(shield=True), anyio.fail_after(CREATE_LIMIT_S):
-                container = await docker.containers.create(config)
+                container = await self._create(docker, config, ctx)
             return container
         except aiodocker.DockerError as exc:
             if exc.status == NO_CONNECTION:
                 self._hosts.drain(host, message(exc))
             raise
+
+    async def _create(
+        self, docker: aiodocker.Docker, config: dict[str, Any], ctx: InstanceContext
+    ) -> DockerContainer:
+        """The attempt's container, named after it: a create tried again because its answer
+        was lost finds the one the engine made then, rather than making a second one (which
+        a restart could adopt and start: the program twice)."""
+        name = f"aiobatch-{self.runtime_id}-{ctx.job_id}-{ctx.task.name}-{ctx.index}-{ctx.attempt}"
+        try:
+            return await docker.containers.create(config, name=name)
+        except aiodocker.DockerError as exc:
+            if exc.status != HTTPStatus.CONFLICT:
+                raise
+            return await docker.containers.get(name)
 
     async def _run_container(
         self,

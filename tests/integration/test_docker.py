@@ -26,6 +26,7 @@ from aiobatch.config import ComputeEnvConfig, Config, StorageConfig
 from aiobatch.events import InstanceStateChanged
 from aiobatch.executors import docker as docker_module
 from aiobatch.executors.docker import DockerExecutor
+from aiobatch.executors.docker_hosts import NO_CONNECTION
 from aiobatch.layout import StateLayout
 from tests.helpers import instance_is, stored, until
 from tests.integration.conftest import BUCKET, IMAGE, docker_hosts, read, settings
@@ -644,4 +645,30 @@ async def test_a_chatty_containers_log_is_copied_whole(
         await job.wait_for_success()
     lines = (state_dir / "logs" / job.id / "t" / "0.stdout").read_text().splitlines()
     assert len(lines) == 300_001 and lines[0] == "1" and lines[-1] == "END"
+    assert await leftovers(engine, state_dir) == []
+
+
+async def test_a_create_whose_answer_was_lost_is_not_made_twice(
+    engine: aiodocker.Docker, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine makes the container, its answer is lost (the connection drops), and the
+    create is tried again: the attempt's container is found by its name, not made again,
+    and the program runs once."""
+    create = aiodocker.containers.DockerContainers.create
+    made: list[str] = []
+
+    async def answer_lost_once(self: Any, config: Any, *, name: str | None = None) -> Any:
+        container = await create(self, config, name=name)
+        made.append(container.id)
+        if len(made) == 1:
+            raise aiodocker.DockerError(NO_CONNECTION, "server disconnected")
+        return container
+
+    monkeypatch.setattr(aiodocker.containers.DockerContainers, "create", answer_lost_once)
+    spec = {"name": "once", "tasks": [{"name": "t", "image": IMAGE, "command": "echo ran >> ran"}]}
+    async with Runtime(state_dir, config=docker_config()) as rt:
+        job = await rt.submit(spec)
+        await job.wait_for_success()
+    assert len(made) == 1  # the second try found it: the engine refused a second of its name
+    assert (state_dir / "work" / job.id / "t" / "0" / "ran").read_text() == "ran\n"
     assert await leftovers(engine, state_dir) == []
