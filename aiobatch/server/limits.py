@@ -141,7 +141,7 @@ class Connection(asyncio.Protocol):
     def _arm_stall(self) -> None:
         loop = asyncio.get_running_loop()
         self._stall = loop.call_later(self.listener.limits.write_stall_s, self._stalled)
-        self._stalled_at = self.transport.get_write_buffer_size() if self.transport else 0
+        self._stalled_at = self._unsent_now()
 
     def resume_writing(self) -> None:
         self._unstall()
@@ -155,11 +155,10 @@ class Connection(asyncio.Protocol):
     def _stalled(self) -> None:
         self._stall = None
         if self.transport is not None and self._accepted:
-            if self.transport.get_write_buffer_size() < self._stalled_at:
+            if self._unsent_now() < self._stalled_at:
                 self._arm_stall()  # it takes some, slowly: a slow reader, not a stalled one
                 return
-            self.listener.timed_out += 1
-            self.transport.abort()  # its stream, or its answer, goes with it
+            self._time_out()  # its stream, or its answer, goes with it
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._accepted:
@@ -194,7 +193,7 @@ class Connection(asyncio.Protocol):
         self._deadline = loop.call_later(seconds, self._expire)
         # The end of the last answer may still wait in our buffer: while the peer takes
         # some of it, the connection is not idle.
-        self._unsent = self.transport.get_write_buffer_size() if self.transport else 0
+        self._unsent = self._unsent_now()
 
     def _disarm(self) -> None:
         if self._deadline is not None:
@@ -204,12 +203,20 @@ class Connection(asyncio.Protocol):
     def _expire(self) -> None:
         self._deadline = None
         if self._in_flight == 0 and self.transport is not None and self._accepted:
-            unsent = self.transport.get_write_buffer_size()
+            unsent = self._unsent_now()
             if unsent and unsent < self._unsent:  # the peer is still taking the answer
                 self._arm(self.listener.limits.idle_timeout_s)
                 return
-            self.listener.timed_out += 1
-            self.transport.abort()
+            self._time_out()
+
+    def _unsent_now(self) -> int:
+        """Bytes of our answers waiting in our buffer for the peer to take."""
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
+    def _time_out(self) -> None:
+        assert self.transport is not None
+        self.listener.timed_out += 1
+        self.transport.abort()
 
 
 class GuardedSite(web.SockSite):
