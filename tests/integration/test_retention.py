@@ -48,6 +48,23 @@ async def outcome(call: Awaitable[object]) -> str:
     return "done"
 
 
+def paused(
+    monkeypatch: pytest.MonkeyPatch, owner: object, name: str
+) -> tuple[anyio.Event, anyio.Event]:
+    """``owner.name`` made to stop on its way: the first event is set once it is reached,
+    and it goes on once the second is set."""
+    reached, go_on = anyio.Event(), anyio.Event()
+    original = getattr(owner, name)
+
+    async def pausing(*args: Any) -> Any:
+        reached.set()
+        await go_on.wait()
+        return await original(*args)
+
+    monkeypatch.setattr(owner, name, pausing)
+    return reached, go_on
+
+
 async def cli(*args: str, socket: Path) -> tuple[int, str, str]:
     result = await anyio.run_process([str(AIOBATCH), *args, "--socket", str(socket)], check=False)
     return result.returncode, result.stdout.decode(), result.stderr.decode()
@@ -252,16 +269,8 @@ async def test_a_read_that_meets_a_deletion_finds_the_job_gone_and_never_brings_
         job = await rt.submit(small_job())
         await job.wait_for_success()
     async with Runtime(state_dir) as rt:  # a new runtime: only the rows know the job
-        store = vars(rt)["_store"]
-        reading, go_on = anyio.Event(), anyio.Event()
-        task_rows = store.task_rows
-
-        async def paused_after_the_job_row(job_id: str) -> Any:
-            reading.set()
-            await go_on.wait()
-            return await task_rows(job_id)
-
-        monkeypatch.setattr(store, "task_rows", paused_after_the_job_row)
+        # Paused after the job's row, before its tasks'.
+        reading, go_on = paused(monkeypatch, vars(rt)["_store"], "task_rows")
         found: list[str] = []
 
         async def read() -> None:
@@ -289,16 +298,7 @@ async def test_a_job_being_retried_is_not_deleted_and_runs_with_its_rows(
     async with Runtime(state_dir) as rt:
         job = await rt.submit(spec)
         await job.wait_for_completion()
-        resources = vars(rt)["_resources"]
-        retrying, go_on = anyio.Event(), anyio.Event()
-        open_for = resources.open_for
-
-        async def paused(defn: Any) -> None:
-            retrying.set()
-            await go_on.wait()
-            await open_for(defn)
-
-        monkeypatch.setattr(resources, "open_for", paused)
+        retrying, go_on = paused(monkeypatch, vars(rt)["_resources"], "open_for")
         refused: list[str] = []
 
         async def delete() -> None:
