@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -30,6 +30,23 @@ async def until(
             if predicate(event):
                 return event
     raise AssertionError("event stream ended")
+
+
+async def until_each(
+    stream: AsyncIterator[Event], task: str, state: str, indexes: Iterable[int]
+) -> None:
+    """Until each of these instances has reached ``state``, in any order: starts made at the
+    same time may run in two spawners, and reach RUNNING in either order."""
+    waiting = set(indexes)
+    matches = instance_is(task, state)
+
+    def one_of_them(event: Event) -> bool:
+        return matches(event) and isinstance(event, InstanceStateChanged) and event.index in waiting
+
+    while waiting:
+        event = await until(stream, one_of_them)
+        assert isinstance(event, InstanceStateChanged)
+        waiting.discard(event.index)
 
 
 def instance_is(task: str, state: str, index: int | None = None) -> Callable[[Event], bool]:

@@ -16,10 +16,12 @@ sibling ``_outputs.py`` only, so it starts in ~20 ms) for four reasons:
 - **It copies the instances' output into their logs** (``_outputs.py``), through pipes: on a
   full disk the copy pauses and the program with it, and no output is lost.
 
-Every attempt is recorded in its job's attempts journal (``logs/JOB/.attempts``, appended to)
-before its process starts: one JSON line with the attempt's key, one with its pid once it
-runs, one with its exit status once it ended (or one saying it never started); a line a full
-disk refuses is kept, and written in order once there is room. One journal
+A runtime runs one, and a second while starts overlap (``local.py``); each knows only the
+attempts it started. Every attempt is recorded in its job's attempts journal
+(``logs/JOB/.attempts``, appended to) before its process starts: one JSON line with the
+attempt's key, one with its pid once it runs, one with its exit status once it ended (or one
+saying it never started); a line a full disk refuses is kept, and written in order once
+there is room. One journal
 per job rather than a file per attempt: on a file system where making a file is slow, a file
 per start was most of a start's cost.
 

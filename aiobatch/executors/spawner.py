@@ -161,6 +161,11 @@ class Spawner:
     def gone(self) -> bool:
         return self._gone
 
+    @property
+    def starting(self) -> int:
+        """Starts asked for and not answered yet: how busy it is."""
+        return len(self._replies)
+
     # -- requests ----------------------------------------------------------------------------
 
     async def spawn(

@@ -16,7 +16,7 @@ from aiobatch import Runtime
 from aiobatch.config import ComputeEnvConfig, Config
 from aiobatch.errors import EnvNotFound, SpecError
 from aiobatch.wire import EnvChange, EnvInfo
-from tests.helpers import Gates, instance_is, until
+from tests.helpers import Gates, instance_is, until, until_each
 from tests.integration.conftest import IMAGE, docker_hosts
 from tests.integration.service import AIOBATCH, Service
 
@@ -44,8 +44,7 @@ async def test_slots_change_while_a_job_runs_and_the_change_is_kept(
     async with Runtime(state_dir, config=local(4)) as rt:
         async with rt.subscribe() as events:
             job = await rt.submit(spec)
-            for index in range(4):
-                await until(events, instance_is("t", "RUNNING", index))
+            await until_each(events, "t", "RUNNING", range(4))
             info = await rt.update_env("local", EnvChange(slots=2))
             assert (info.slots, info.used, info.queued) == (2, 4, 4)
             # Fewer slots let the running finish: three end, one more starts (2 in all).
@@ -59,8 +58,7 @@ async def test_slots_change_while_a_job_runs_and_the_change_is_kept(
             assert env_of(await rt.list_envs(), "local").used == 2
             # More slots dispatch at once.
             info = await rt.update_env("local", EnvChange(slots=6))
-            for index in (5, 6, 7):
-                await until(events, instance_is("t", "RUNNING", index))
+            await until_each(events, "t", "RUNNING", (5, 6, 7))
             assert env_of(await rt.list_envs(), "local").used == 5
         for index in range(3, 8):
             await gates.release(index)

@@ -13,7 +13,7 @@ from prometheus_client.samples import Sample
 
 from aiobatch import Runtime
 from aiobatch.config import ComputeEnvConfig, Config
-from tests.helpers import Gates, instance_is, until
+from tests.helpers import Gates, until_each
 
 pytestmark = pytest.mark.anyio
 
@@ -54,8 +54,7 @@ async def test_metrics_move_as_a_job_runs(state_dir: Path, tmp_path: Path) -> No
         assert before["aiobatch_jobs"] == []
         async with rt.subscribe() as events:
             job = await rt.submit(spec)
-            for index in range(3):
-                await until(events, instance_is("a", "RUNNING", index))
+            await until_each(events, "a", "RUNNING", range(3))
         during = await scrape(rt)
         assert value(during["aiobatch_jobs"], "aiobatch_jobs", state="RUNNING") == 1
         instances = during["aiobatch_instances"]

@@ -48,13 +48,23 @@ def runtime_child(
         raise
 
 
-def spawner_of(pid: int) -> int:
-    """The spawner a runtime process started: its child running _spawner.py."""
+def spawners_of(pid: int) -> list[int]:
+    """The spawners a runtime process started: its children running _spawner.py (a second
+    one runs once two starts overlap)."""
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    for child in children:
-        if b"_spawner.py" in Path(f"/proc/{child}/cmdline").read_bytes():
-            return int(child)
-    raise AssertionError(f"runtime {pid} has no spawner among {children}")
+    found = [
+        int(child)
+        for child in children
+        if b"_spawner.py" in Path(f"/proc/{child}/cmdline").read_bytes()
+    ]
+    assert found, f"runtime {pid} has no spawner among {children}"
+    return found
+
+
+def spawner_of(pid: int) -> int:
+    """The one spawner a runtime process started."""
+    [spawner] = spawners_of(pid)
+    return spawner
 
 
 def gated_job(tmp_path: Path, instances: int = 6) -> dict[str, object]:
@@ -113,10 +123,11 @@ def kill_with_two_running(
         assert child.stdout is not None
         job_id = child.stdout.readline().strip()
         assert child.stdout.readline().strip() == "running"
-        spawner = spawner_of(child.pid)
+        spawners = spawners_of(child.pid)
         child.send_signal(signal.SIGKILL)
         if spawner_too:
-            os.kill(spawner, signal.SIGKILL)
+            for spawner in spawners:
+                os.kill(spawner, signal.SIGKILL)
         assert child.wait(timeout=10) == -signal.SIGKILL
     pids = running_pids(state_dir, job_id)
     assert len(pids) == 2 and all(process_alive(pid) for pid in pids)
@@ -251,7 +262,8 @@ async def test_a_spawner_killed_under_a_running_runtime_is_replaced_and_nothing_
         async with rt.subscribe() as events:
             job = await rt.submit(spec)
             await until_all(events, "RUNNING", 3)
-            os.kill(spawner_of(os.getpid()), signal.SIGKILL)
+            for spawner in spawners_of(os.getpid()):
+                os.kill(spawner, signal.SIGKILL)
             # How the three attempts end can no longer be heard: each is lost, not failed.
             await until_all(events, "PENDING", 3)
         (tmp_path / "gate").touch()

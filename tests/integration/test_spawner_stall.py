@@ -67,7 +67,7 @@ async def test_a_job_whose_spawner_stalls_runs_each_instance_once(
     async with Runtime(tmp_path / "state") as rt:
         warm = await rt.submit({"name": "warm", "tasks": [{"name": "w", "command": "true"}]})
         await rt.wait_job(warm.id)  # the spawner runs now
-        spawner = rt.executors["local"]._spawner  # type: ignore[attr-defined]
+        [spawner] = rt.executors["local"]._spawners  # type: ignore[attr-defined]
         lost = anyio.Event()
 
         def on_event(event: Event) -> None:

@@ -181,6 +181,7 @@ class DiesAfterItsKeyLine:
     answer: the runtime hears nothing but that it is gone."""
 
     gone = False
+    starting = 0
 
     def __init__(self) -> None:
         self.started: subprocess.Popen[bytes] | None = None
@@ -205,7 +206,7 @@ async def test_a_start_whose_spawner_died_before_its_pid_line_is_killed_by_its_k
     executor = LocalExecutor(layout)
     executor.runtime_id = "r"
     spawner = DiesAfterItsKeyLine()
-    executor._spawner = spawner  # type: ignore[assignment]
+    executor._spawners = [spawner]  # type: ignore[list-item]
     key_env = {
         "AIOBATCH_JOB_ID": "job",
         "AIOBATCH_TASK_NAME": "t",
