@@ -9,7 +9,13 @@ from typing import NoReturn
 # to every start. None in sys.modules makes ``import rich`` fail, as if it were not there.
 sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
 
-from aiobatch import cli  # noqa: E402 - after the line above, which must come first
+if sys.argv[1:2] == ["run"]:
+    # Its spawner's interpreter starts while the rest of aiobatch is imported, not after.
+    from aiobatch.executors import spawner_process
+
+    spawner_process.start_early()
+
+from aiobatch import cli  # noqa: E402 - after the lines above, which must come first
 from aiobatch.lossy_stream import lossy  # noqa: E402
 
 STDOUT_FAILED = 120  # as Python itself exits when stdout cannot be written at its end

@@ -11,7 +11,6 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +20,13 @@ import anyio
 import msgspec
 import structlog
 
+from aiobatch.executors import spawner_process
 from aiobatch.executors._launch import start_ticks
 from aiobatch.executors._processes import KEY_VARS
 from aiobatch.users import Identity
 
 log = structlog.get_logger("aiobatch.spawner")
 
-PROGRAM = Path(__file__).with_name("_spawner.py")
 HEADER = struct.Struct(">I")
 REPLY_TIMEOUT_S = 30.0  # a spawn the spawner does not answer in this time has failed
 # A spawn request the spawner reads later than this before the runtime gives up on it is
@@ -109,16 +108,7 @@ class Spawner:
         self.log_bytes = 0  # what the spawner wrote into log files, as it tells at each end
 
     async def open(self) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        with theirs:
-            # -E -s -S: no PYTHON* settings, no site-packages: the standard library and the
-            # program's sibling (_outputs.py) only.
-            self._process = subprocess.Popen(  # noqa: ASYNC220 - a fork, once per runtime
-                [sys.executable, "-E", "-s", "-S", str(PROGRAM), str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-            )
+        self._process, ours = spawner_process.take()  # a fork, once per spawner
         ours.setblocking(False)
         self._sock = ours
         self._identity = [self._process.pid, start_ticks(self._process.pid)]
