@@ -67,6 +67,9 @@ PAUSE_RETRY_S = 1.0  # a copy paused for room, or a refused journal line, is tri
 ORPHANED_WRITES_S = 3600.0
 NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 HEADER_SIZE = 4  # a frame's length, big-endian
+# What one read of the socket takes at most: dozens of requests. Not 1 MiB: a buffer that
+# large is mapped and unmapped by malloc at every read, for a few KiB of requests.
+READ_SIZE = 1 << 16
 
 Key = processes.Key
 
@@ -151,7 +154,7 @@ class Spawner:
 
     def read_control(self) -> None:
         try:
-            data = os.read(self.control, 1 << 20)
+            data = os.read(self.control, READ_SIZE)
         except BlockingIOError:
             return
         except OSError:
@@ -371,13 +374,14 @@ class Spawner:
     # -- ending ----------------------------------------------------------------------------------
 
     def reap(self) -> None:
+        reaped, ends = False, []
         while True:
             try:
                 info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:
-                return
+                break
             if info is None or info.si_pid == 0:
-                return
+                break
             pid = info.si_pid
             leader = self.leaders.pop(pid, None)
             if leader is not None:
@@ -385,12 +389,19 @@ class Spawner:
                 # attempt runs on after its leader.
                 processes.kill_group(pid, signal.SIGKILL)
             _, status, usage = os.wait4(pid, 0)
-            ended, wall = time.monotonic(), time.time()
-            self.kill_strays()  # before the news: once the runtime hears, nothing is left
+            reaped = True
             if leader is not None:
-                for output in leader.outputs:  # what it wrote is in its log before the news
-                    self.copy(output)
-                self.ended(pid, leader, status, usage, ended, wall)
+                ends.append((pid, leader, status, usage, time.monotonic(), time.time()))
+        if not reaped:
+            return
+        # Once for all that ended together, not once each (a read of our children), and
+        # before the news: once the runtime hears, nothing of theirs is left. After any end,
+        # not just a leader's: a stray that ends leaves its own children to us.
+        self.kill_strays()
+        for pid, leader, status, usage, ended, wall in ends:
+            for output in leader.outputs:  # what it wrote is in its log before the news
+                self.copy(output)
+            self.ended(pid, leader, status, usage, ended, wall)
 
     def ended(
         self, pid: int, leader: Leader, status: int, usage: Any, ended: float, wall: float

@@ -33,6 +33,9 @@ REPLY_TIMEOUT_S = 30.0  # a spawn the spawner does not answer in this time has f
 # refused: its answer could come too late, and the attempt would run after being counted lost.
 EXPIRY_MARGIN_S = 5.0
 CLOSE_TIMEOUT_S = 10.0
+# What one read of the socket takes at most: dozens of frames. Not 1 MiB: a buffer that large
+# is mapped and unmapped by malloc at every read (~16 us each, here), for a few KiB of news.
+READ_SIZE = 1 << 16
 
 _encode = marshal.dumps  # the spawner runs this very interpreter: marshal, not json (it is
 _decode = marshal.loads  # built in: the spawner starts without importing json and re)
@@ -82,7 +85,9 @@ class _Pending:
     __slots__ = ("done", "value")
 
     def __init__(self) -> None:
-        self.done = anyio.Event()
+        # asyncio's own (this module runs on asyncio's loop): two per start, and anyio's
+        # looks up the running backend at every one.
+        self.done = asyncio.Event()
         self.value: dict[str, Any] | None = None  # None once done: the spawner is gone
 
 
@@ -274,7 +279,7 @@ class Spawner:
         if sock is None:
             return
         try:
-            data = sock.recv(1 << 20)
+            data = sock.recv(READ_SIZE)
         except BlockingIOError:
             return
         except OSError:  # reset: the spawner died with requests unread

@@ -242,3 +242,27 @@ def test_an_orphaned_spawner_writes_an_end_refused_room_once_there_is_some(
     journal.refresh()
     record = journal.records[("job", "t", 0, 1)]
     assert record.exited is not None and record.exited.exit_code == 0
+
+
+@pytest.mark.anyio
+async def test_a_request_larger_than_one_read_reaches_the_spawner_whole(tmp_path: Path) -> None:
+    # The spawner reads its socket 64 KiB at a time: a request of 300 KiB (its environment:
+    # three variables of 100 KB, each under the system's limit for one) arrives over several
+    # reads and is put back together.
+    big = {f"BIG{i}": str(i) * 100_000 for i in range(3)}
+    spawner = Spawner()
+    await spawner.open()
+    try:
+        started = await spawner.spawn(
+            argv=["sh", "-c", 'printf %s "${#BIG0} ${#BIG1} ${#BIG2}" > "$OUT"'],
+            cwd=tmp_path / "work",
+            env={"PATH": "/usr/bin:/bin", **big, "OUT": str(tmp_path / "length")},
+            stdout=tmp_path / "out",
+            stderr=tmp_path / "err",
+            journal=tmp_path / ".attempts",
+            runtime_id="r",
+        )
+        assert (await spawner.wait(started)).exit_code == 0
+    finally:
+        await spawner.aclose()
+    assert (tmp_path / "length").read_text() == "100000 100000 100000"
