@@ -331,6 +331,8 @@ class Spawner:
             asyncio.get_running_loop().remove_reader(self._sock.fileno())
         self._gone = True
         self._reader_done.set()
+        # Its copies ended with it: none waits for room now (another spawner may go on).
+        self.paused_logs.clear()
         if self._replies or self._exits:
             log.error("spawner_gone", waiting=len(self._replies) + len(self._exits))
         for pending in (*self._replies.values(), *self._exits.values()):

@@ -15,6 +15,7 @@ import pytest
 from aiobatch import Runtime
 from aiobatch.config import ComputeEnvConfig, Config
 from aiobatch.events import InstanceStateChanged
+from aiobatch.executors.spawner import Spawner
 from tests.helpers import processes_of, runtime_id
 from tests.integration.test_recovery import gated_job, run_counts, spawners_of, until_all
 
@@ -94,3 +95,21 @@ async def test_a_start_asked_while_the_spawner_is_busy_goes_to_a_second_whose_de
     counts = run_counts(tmp_path, 2)
     assert counts[lost_index] == 2 and counts[1 - lost_index] == 1
     assert processes_of(ours) == []
+
+
+async def test_a_dead_spawners_paused_copies_are_not_counted(tmp_path: Path) -> None:
+    spawner = Spawner()
+    await spawner.open()
+    try:
+        # As it tells of a copy that a full disk paused.
+        spawner._deliver(
+            {"op": "log_paused", "key": ["job", "t", "0", "1"], "stream": "stdout", "error": "x"}
+        )
+        assert len(spawner.paused_logs) == 1
+        assert spawner.pid is not None
+        os.kill(spawner.pid, signal.SIGKILL)
+        with anyio.fail_after(10):
+            await spawner._reader_done.wait()  # it has seen the end
+        assert spawner.gone and spawner.paused_logs == set()
+    finally:
+        await spawner.aclose()
