@@ -9,6 +9,7 @@ socket's other end closes with the command.
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -18,6 +19,7 @@ PROGRAM = os.path.join(os.path.dirname(__file__), "_spawner.py")
 Launched = tuple["subprocess.Popen[bytes]", socket.socket]  # the process, our end of its socket
 
 _early: Launched | None = None
+_early_files = (0, 0)  # the open files limit it was started with (and its programs get)
 
 
 def launch() -> Launched:
@@ -36,17 +38,20 @@ def launch() -> Launched:
 
 def start_early() -> None:
     """Start a spawner now, for the first ``take``."""
-    global _early
+    global _early, _early_files
     if _early is None:
         _early = launch()
+        _early_files = resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
 def take() -> Launched:
-    """The spawner started early, if it still runs; else a new one."""
+    """The spawner started early, if it still runs and nothing it inherits has changed
+    since (a log view raises the open files limit: a spawner started after it holds more
+    pipes at once); else a new one."""
     global _early
     early, _early = _early, None
     if early is not None:
-        if early[0].poll() is None:
+        if early[0].poll() is None and _early_files == resource.getrlimit(resource.RLIMIT_NOFILE):
             return early
-        early[1].close()
+        early[1].close()  # it ends as its socket does
     return launch()

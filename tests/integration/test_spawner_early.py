@@ -3,6 +3,7 @@ spawner a runtime opens is that one, if it still runs; unused, it ends with the 
 
 from __future__ import annotations
 
+import resource
 import signal
 import subprocess
 import sys
@@ -68,6 +69,30 @@ async def test_an_early_spawner_that_died_is_replaced(
             assert (await spawner.wait(started)).exit_code == 0
     finally:
         await spawner.aclose()
+
+
+async def test_an_early_spawner_is_not_taken_once_the_open_files_limit_changed(
+    tmp_path: Path, early: subprocess.Popen[bytes]
+) -> None:
+    # As a log view raises the limit after the command started its spawner: the programs a
+    # spawner starts get its limit, so a spawner started before the change is not used.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft - 1, hard))
+    try:
+        spawner = Spawner()
+        await spawner.open()
+        try:
+            assert spawner.pid != early.pid
+            started = await spawn_attempt(
+                spawner, ["true"], 0, work=tmp_path / "work", logs=tmp_path / "logs"
+            )
+            with anyio.fail_after(10):
+                assert (await spawner.wait(started)).exit_code == 0
+        finally:
+            await spawner.aclose()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert early.wait(timeout=10) == 0  # let go: its socket closed, it ended
 
 
 # Runs `aiobatch run ARGS...` as a child subreaper: what the command leaves behind becomes
