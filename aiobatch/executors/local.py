@@ -72,25 +72,39 @@ class LocalExecutor:
         holds its spawner until the new process has exec'd its program (``posix_spawn``
         waits for it: ~0.15 ms on an idle machine, 0.5 ms with both cores busy), so while
         every spawner is starting one, another is added, up to SPAWNERS; a chain of tasks
-        (one start at a time) keeps to one. One that ended (killed, crashed) is replaced."""
-        spawner = min(self._spawners, key=_starting)
-        if not spawner.gone and not (spawner.starting and len(self._spawners) < SPAWNERS):
-            return spawner  # no lock: an uncontended anyio lock still costs a loop trip
+        (one start at a time) keeps to one. One that ended (killed, crashed) is dropped at
+        the next start, and a new one started if none is left."""
+        spawners = self._spawners  # empty only while the lock below is held
+        if spawners and not any(each.gone for each in spawners):
+            spawner = min(spawners, key=_starting)
+            if not (spawner.starting and len(spawners) < SPAWNERS):
+                return spawner  # no lock: an uncontended anyio lock still costs a loop trip
         async with self._changing:
-            for at, old in enumerate(self._spawners):
-                if old.gone:
-                    log.error("spawner_restarted", pid=old.pid)
-                    await old.aclose()
-                    self._log_bytes_before += old.log_bytes
-                    fresh = Spawner()
-                    await fresh.open()
-                    self._spawners[at] = fresh  # only once open: the check above takes no lock
-            spawner = min(self._spawners, key=_starting)
-            if spawner.starting and len(self._spawners) < SPAWNERS:
-                spawner = Spawner()
-                await spawner.open()
-                self._spawners.append(spawner)
-        return spawner
+            await self._drop_gone()
+            least_busy = min(self._spawners, key=_starting, default=None)
+            if least_busy is not None and not (
+                least_busy.starting and len(self._spawners) < SPAWNERS
+            ):
+                return least_busy
+            fresh = Spawner()
+            try:
+                await fresh.open()
+            except OSError as exc:
+                if least_busy is None:
+                    raise  # no spawner at all: the start fails
+                # The busy one takes the start, as it would have without a second one.
+                log.warning("spawner_not_added", error=str(exc))
+                return least_busy
+            self._spawners.append(fresh)  # only once open: the check above takes no lock
+            return fresh
+
+    async def _drop_gone(self) -> None:
+        for old in [spawner for spawner in self._spawners if spawner.gone]:
+            log.error("spawner_dropped", pid=old.pid)
+            # Its count joins the others' as it leaves the pool: the total never dips.
+            self._spawners.remove(old)
+            self._log_bytes_before += old.log_bytes
+            await old.aclose()
 
     async def aclose(self) -> None:
         async with anyio.create_task_group() as closing:
@@ -179,8 +193,10 @@ class LocalExecutor:
             raise
         if exited is None:
             # Its exit status went with the spawner: the attempt is lost, not failed. Its
-            # process, if it still runs (its pid checked by its environment), goes too.
+            # process, if it still runs (its pid checked by its environment), goes too, and
+            # so does what it left behind: no spawner is its subreaper any more.
             await anyio.to_thread.run_sync(_kill_attempt, started.pid, self.runtime_id, key)
+            await anyio.to_thread.run_sync(records.sweep, self.runtime_id, set(), {key})
             return Outcome(reason=RUNTIME_LOST)
         return _outcome(exited, started.mono, deadline, ctx)
 

@@ -19,39 +19,61 @@ PROGRAM = os.path.join(os.path.dirname(__file__), "_spawner.py")
 Launched = tuple["subprocess.Popen[bytes]", socket.socket]  # the process, our end of its socket
 
 _early: Launched | None = None
-_early_files = (0, 0)  # the open files limit it was started with (and its programs get)
+_early_files = (0, 0)  # the open files limit it was started with
 
 
 def launch() -> Launched:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    with theirs:
-        # -E -s -S: no PYTHON* settings, no site-packages: the standard library and the
-        # program's siblings only.
-        process = subprocess.Popen(
-            [sys.executable, "-E", "-s", "-S", PROGRAM, str(theirs.fileno())],
-            pass_fds=(theirs.fileno(),),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-        )
+    try:
+        with theirs:
+            # -E -s -S: no PYTHON* settings, no site-packages: the standard library and the
+            # program's siblings only.
+            process = subprocess.Popen(
+                [sys.executable, "-E", "-s", "-S", PROGRAM, str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+            )
+    except BaseException:
+        ours.close()
+        raise
     return process, ours
 
 
 def start_early() -> None:
-    """Start a spawner now, for the first ``take``."""
+    """Start a spawner now, for the first ``take``; if it cannot be, ``take`` tries again
+    (and fails there with the reason)."""
     global _early, _early_files
     if _early is None:
-        _early = launch()
+        try:
+            _early = launch()
+        except OSError:
+            return
         _early_files = resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
 def take() -> Launched:
-    """The spawner started early, if it still runs and nothing it inherits has changed
-    since (a log view raises the open files limit: a spawner started after it holds more
-    pipes at once); else a new one."""
+    """The spawner started early, if it still runs; else a new one."""
     global _early
     early, _early = _early, None
     if early is not None:
-        if early[0].poll() is None and _early_files == resource.getrlimit(resource.RLIMIT_NOFILE):
+        process, ours = early
+        if process.poll() is None and _inherits_files_limit(process.pid):
             return early
-        early[1].close()  # it ends as its socket does
+        ours.close()
+        process.kill()  # it has started nothing
+        process.wait()
     return launch()
+
+
+def _inherits_files_limit(pid: int) -> bool:
+    """Give the early spawner the open files limit a spawner started now would inherit (a
+    log view raises it as it starts): its programs get it from the spawner, and it holds
+    two pipes per running instance."""
+    now = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if now != _early_files:
+        try:
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, now)
+        except OSError:
+            return False
+    return True

@@ -99,6 +99,15 @@ async def until_all(events: AsyncIterator[Event], state: str, count: int) -> Non
                     return
 
 
+async def until_ran(tmp_path: Path, indexes: list[int]) -> None:
+    """Until each of these instances of ``gated_job`` has marked its run: RUNNING means its
+    shell started, not that it got that far."""
+    runs = tmp_path / "runs"
+    with anyio.fail_after(20):
+        while not all((runs / str(i)).exists() for i in indexes):  # noqa: ASYNC110 - written by the instances
+            await anyio.sleep(0.01)
+
+
 def run_counts(tmp_path: Path, instances: int) -> list[int]:
     runs = tmp_path / "runs"
     return [len((runs / str(i)).read_text().splitlines()) for i in range(instances)]
@@ -262,6 +271,7 @@ async def test_a_spawner_killed_under_a_running_runtime_is_replaced_and_nothing_
         async with rt.subscribe() as events:
             job = await rt.submit(spec)
             await until_all(events, "RUNNING", 3)
+            await until_ran(tmp_path, [0, 1, 2])
             for spawner in spawners_of(os.getpid()):
                 os.kill(spawner, signal.SIGKILL)
             # How the three attempts end can no longer be heard: each is lost, not failed.

@@ -71,20 +71,25 @@ async def test_an_early_spawner_that_died_is_replaced(
         await spawner.aclose()
 
 
-async def test_an_early_spawner_is_not_taken_once_the_open_files_limit_changed(
+async def test_an_early_spawner_gets_the_open_files_limit_set_since(
     tmp_path: Path, early: subprocess.Popen[bytes]
 ) -> None:
-    # As a log view raises the limit after the command started its spawner: the programs a
-    # spawner starts get its limit, so a spawner started before the change is not used.
+    # As a log view changes the limit after the command started its spawner: the early
+    # spawner is given the limit now in force, which its programs then inherit.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft - 1, hard))
     try:
         spawner = Spawner()
         await spawner.open()
         try:
-            assert spawner.pid != early.pid
+            assert spawner.pid == early.pid
+            out = tmp_path / "limit"
             started = await spawn_attempt(
-                spawner, ["true"], 0, work=tmp_path / "work", logs=tmp_path / "logs"
+                spawner,
+                ["sh", "-c", f'ulimit -n > "{out}"'],
+                0,
+                work=tmp_path / "work",
+                logs=tmp_path / "logs",
             )
             with anyio.fail_after(10):
                 assert (await spawner.wait(started)).exit_code == 0
@@ -92,7 +97,7 @@ async def test_an_early_spawner_is_not_taken_once_the_open_files_limit_changed(
             await spawner.aclose()
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    assert early.wait(timeout=10) == 0  # let go: its socket closed, it ended
+    assert out.read_text().strip() == str(soft - 1)
 
 
 # Runs `aiobatch run ARGS...` as a child subreaper: what the command leaves behind becomes
