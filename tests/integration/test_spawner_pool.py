@@ -1,6 +1,8 @@
 """A runtime's local starts run in up to two spawners: a second one starts when a start is
-asked for while the first is still making one, one start at a time keeps to the first, and a
-spawner that dies loses its own attempts only (run again, uncharged)."""
+asked for while the first is still making one (never more than two), one start at a time
+keeps to the first, and one that cannot start leaves the start to the first. A spawner that
+dies loses its own attempts only (run again, uncharged), what they left behind goes too, and
+it is dropped (and reaped) at the next start; its paused log copies no longer count."""
 
 from __future__ import annotations
 
