@@ -154,12 +154,6 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     # The progress view already tells what the info log would; show warnings and worse.
     configure_logging(config.logging.format, config.logging.level if args.verbose else "warning")
-    if args.ui is not None:
-        # As the log view's server would, before any spawner: they and the programs they
-        # start inherit it.
-        from aiobatch.server.limits import raise_open_files_limit
-
-        raise_open_files_limit()
     runtime = Runtime(args.state_dir, config=config, logview=args.ui)
     defn = runtime.resolve(args.spec)  # bad input fails here, before any state is written
     return anyio.run(_run_job, runtime, defn, args)

@@ -26,7 +26,6 @@ from aiobatch.errors import ConfigError
 from aiobatch.listeners import bind_listeners
 from aiobatch.runtime import Runtime
 from aiobatch.server import ControlServer
-from aiobatch.server.limits import raise_open_files_limit
 from aiobatch.systemd import Notifier, run_watchdog, watchdog_interval
 
 log = structlog.get_logger("aiobatch.service")
@@ -44,8 +43,6 @@ async def serve(
     # Taken out of the environment so task instances cannot talk to systemd as us.
     notifier = Notifier(unset_environment=True)
     watchdog = watchdog_interval(unset_environment=True)
-    # Before the runtime starts its spawners: they and the programs they start inherit it.
-    raise_open_files_limit()
     listeners = await anyio.to_thread.run_sync(
         partial(bind_listeners, config.server, socket=socket)
     )

@@ -42,6 +42,7 @@ import ctypes
 import errno
 import marshal
 import os
+import resource
 import selectors
 import signal
 import sys
@@ -445,6 +446,19 @@ def _drain(fd: int) -> None:
         pass
 
 
+def _raise_open_files_limit() -> None:
+    """To the hard limit: we hold two pipes per running instance and use epoll, not select
+    (with the soft limit it was given, 1024 in most shells, a job of a thousand instances at
+    once failed its starts with "Too many open files"). Our programs inherit it, as they
+    do from a service, which raises its own for its connections."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):  # a hard limit of "unlimited" that the kernel caps
+            pass
+
+
 def main() -> None:
     fd = int(sys.argv[1])
     os.setsid()  # a kill of the runtime's process group must not take us along
@@ -452,6 +466,7 @@ def main() -> None:
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
     os.set_inheritable(fd, False)  # passed to us; the programs we start must not hold it
+    _raise_open_files_limit()
     Spawner(fd).run()
     # Everything is reaped, written and closed: skip the interpreter's teardown, which a
     # closing runtime would otherwise wait for.

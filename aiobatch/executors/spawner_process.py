@@ -9,7 +9,6 @@ socket's other end closes with the command.
 from __future__ import annotations
 
 import os
-import resource
 import socket
 import subprocess
 import sys
@@ -19,7 +18,6 @@ PROGRAM = os.path.join(os.path.dirname(__file__), "_spawner.py")
 Launched = tuple["subprocess.Popen[bytes]", socket.socket]  # the process, our end of its socket
 
 _early: Launched | None = None
-_early_files = (0, 0)  # the open files limit it was started with
 
 
 def launch() -> Launched:
@@ -43,13 +41,12 @@ def launch() -> Launched:
 def start_early() -> None:
     """Start a spawner now, for the first ``take``; if it cannot be, ``take`` tries again
     (and fails there with the reason)."""
-    global _early, _early_files
+    global _early
     if _early is None:
         try:
             _early = launch()
         except OSError:
             return
-        _early_files = resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
 def take() -> Launched:
@@ -58,22 +55,7 @@ def take() -> Launched:
     early, _early = _early, None
     if early is not None:
         process, ours = early
-        if process.poll() is None and _inherits_files_limit(process.pid):
+        if process.poll() is None:
             return early
         ours.close()
-        process.kill()  # it has started nothing
-        process.wait()
     return launch()
-
-
-def _inherits_files_limit(pid: int) -> bool:
-    """Give the early spawner the open files limit a spawner started now would inherit (a
-    log view raises it as it starts): its programs get it from the spawner, and it holds
-    two pipes per running instance."""
-    now = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if now != _early_files:
-        try:
-            resource.prlimit(pid, resource.RLIMIT_NOFILE, now)
-        except OSError:
-            return False
-    return True

@@ -6,7 +6,10 @@ process, real starts, real children."""
 
 from __future__ import annotations
 
+import resource
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -266,3 +269,35 @@ async def test_a_request_larger_than_one_read_reaches_the_spawner_whole(tmp_path
     finally:
         await spawner.aclose()
     assert (tmp_path / "length").read_text() == "100000 100000 100000"
+
+
+# Runs `aiobatch run ARGS...` with a soft open files limit of 64.
+LOW_FILES_LIMIT = """
+import os, resource, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+os.execv(sys.executable, [sys.executable, "-m", "aiobatch", "run", *sys.argv[1:]])
+"""
+
+
+def test_a_low_open_files_limit_does_not_fail_wide_jobs(tmp_path: Path) -> None:
+    # 100 instances at once hold 200 pipes in the spawners: more than a soft limit of 64,
+    # which each spawner raises to the hard one for itself and its programs.
+    spec = tmp_path / "wide.json"
+    spec.write_text(
+        '{"name": "wide", "tasks": [{"name": "t", "instances": 100,'
+        ' "command": "ulimit -n > \\"$AIOBATCH_INSTANCE_INDEX\\"; sleep 1"}]}'
+    )
+    config = tmp_path / "config.toml"
+    config.write_text("[compute_envs.local]\nslots = 100\n")
+    state = tmp_path / "state"
+    run = subprocess.run(
+        [sys.executable, "-c", LOW_FILES_LIMIT, str(spec), "--state-dir", str(state),
+         "--config", str(config), "--quiet", "--json"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, (run.stderr + run.stdout)[-2000:]
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    limits = {
+        path.read_text().strip() for path in (state / "work").glob("*/t/*/[0-9]*") if path.is_file()
+    }
+    assert limits == {"unlimited" if hard == resource.RLIM_INFINITY else str(hard)}

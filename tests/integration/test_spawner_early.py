@@ -3,7 +3,6 @@ spawner a runtime opens is that one, if it still runs; unused, it ends with the 
 
 from __future__ import annotations
 
-import resource
 import signal
 import subprocess
 import sys
@@ -69,35 +68,6 @@ async def test_an_early_spawner_that_died_is_replaced(
             assert (await spawner.wait(started)).exit_code == 0
     finally:
         await spawner.aclose()
-
-
-async def test_an_early_spawner_gets_the_open_files_limit_set_since(
-    tmp_path: Path, early: subprocess.Popen[bytes]
-) -> None:
-    # As a log view changes the limit after the command started its spawner: the early
-    # spawner is given the limit now in force, which its programs then inherit.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft - 1, hard))
-    try:
-        spawner = Spawner()
-        await spawner.open()
-        try:
-            assert spawner.pid == early.pid
-            out = tmp_path / "limit"
-            started = await spawn_attempt(
-                spawner,
-                ["sh", "-c", f'ulimit -n > "{out}"'],
-                0,
-                work=tmp_path / "work",
-                logs=tmp_path / "logs",
-            )
-            with anyio.fail_after(10):
-                assert (await spawner.wait(started)).exit_code == 0
-        finally:
-            await spawner.aclose()
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    assert out.read_text().strip() == str(soft - 1)
 
 
 # Runs `aiobatch run ARGS...` as a child subreaper: what the command leaves behind becomes
