@@ -445,8 +445,15 @@ async def test_drain_lets_running_attempts_finish_then_interrupts_the_rest(
     async with Runtime(state_dir) as rt:
         async with rt.subscribe() as events:
             job = await rt.submit(spec)
-            await until(events, instance_is("quick", "RUNNING"))
-            slow = await until(events, instance_is("slow", "RUNNING"))
+            # Started at once (by two spawners, maybe), in either order.
+            running: dict[str, InstanceStateChanged] = {}
+            while running.keys() != {"quick", "slow"}:
+                event = await until(
+                    events, lambda e: isinstance(e, InstanceStateChanged) and e.state == "RUNNING"
+                )
+                assert isinstance(event, InstanceStateChanged)
+                running[event.task] = event
+            slow = running["slow"]
             async with anyio.create_task_group() as tg:
                 tg.start_soon(rt.drain, 2.0)
                 await wait_all_tasks_blocked()  # the drain has begun
