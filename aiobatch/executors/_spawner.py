@@ -447,10 +447,10 @@ def _drain(fd: int) -> None:
 
 
 def _raise_open_files_limit() -> None:
-    """To the hard limit: we hold two pipes per running instance and use epoll, not select
-    (with the soft limit it was given, 1024 in most shells, a job of a thousand instances at
-    once failed its starts with "Too many open files"). Our programs inherit it, as they
-    do from a service, which raises its own for its connections."""
+    """To the hard limit: we hold two pipes per running instance and use epoll, not select.
+    With the soft limit we were given (1024 in most shells) a wide job failed its starts
+    with "Too many open files": at a soft limit of 256, one of 400 instances at once did.
+    Our programs inherit it, as they do from a service, which raises its own."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         try:
