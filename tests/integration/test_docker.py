@@ -22,6 +22,7 @@ import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from aiobatch import JobState, Runtime
+from aiobatch.api import InstanceResult
 from aiobatch.config import ComputeEnvConfig, Config, StorageConfig
 from aiobatch.events import InstanceStateChanged
 from aiobatch.executors import docker as docker_module
@@ -44,6 +45,15 @@ def docker_config(
         engine_retry=engine_retry,
     )
     return Config(kill_grace="1s", compute_envs={"docker": env})
+
+
+async def only_instance(state_dir: Path, spec: dict[str, Any]) -> InstanceResult:
+    """Run a job of one container task ``t`` of one instance to its end; that instance."""
+    async with Runtime(state_dir, config=docker_config()) as rt:
+        job = await rt.submit(spec)
+        await job.wait_for_completion()
+        [inst] = (await job.get_task_result("t")).instances or []
+    return inst
 
 
 async def leftovers(client: aiodocker.Docker, state_dir: Path) -> list[Any]:
@@ -101,10 +111,7 @@ async def test_timeout_stops_the_container(engine: aiodocker.Docker, state_dir: 
         "name": "slow",
         "tasks": [{"name": "t", "image": IMAGE, "command": "sleep 60", "timeout": "1s"}],
     }
-    async with Runtime(state_dir, config=docker_config()) as rt:
-        job = await rt.submit(spec)
-        await job.wait_for_completion()
-        [inst] = (await job.get_task_result("t")).instances or []
+    inst = await only_instance(state_dir, spec)
     assert inst.reason == "timeout"
     assert inst.duration_s is not None and inst.duration_s < 10
     assert await leftovers(engine, state_dir) == []
@@ -130,10 +137,7 @@ async def test_missing_image_fails_at_once(engine: aiodocker.Docker, state_dir: 
             {"name": "t", "image": "aiobatch-test:missing", "pull": "never", "command": "true"}
         ],
     }
-    async with Runtime(state_dir, config=docker_config()) as rt:
-        job = await rt.submit(spec)
-        await job.wait_for_completion()
-        [inst] = (await job.get_task_result("t")).instances or []
+    inst = await only_instance(state_dir, spec)
     assert (inst.status, inst.reason) == ("FAILED", "image_unavailable: aiobatch-test:missing")
 
 
@@ -150,10 +154,7 @@ async def test_out_of_memory_is_reported(engine: aiodocker.Docker, state_dir: Pa
             }
         ],
     }
-    async with Runtime(state_dir, config=docker_config()) as rt:
-        job = await rt.submit(spec)
-        await job.wait_for_completion()
-        [inst] = (await job.get_task_result("t")).instances or []
+    inst = await only_instance(state_dir, spec)
     assert (inst.status, inst.reason) == ("FAILED", "oom")
 
 
@@ -622,10 +623,7 @@ async def test_a_program_the_engine_cannot_start_fails_the_attempt_as_such(
         "name": "nouser",
         "tasks": [{"name": "t", "image": IMAGE, "command": "true", "user": "nosuchuser"}],
     }
-    async with Runtime(state_dir, config=docker_config()) as rt:
-        job = await rt.submit(spec)
-        await job.wait_for_completion()
-        [inst] = (await job.get_task_result("t")).instances or []
+    inst = await only_instance(state_dir, spec)
     assert inst.status == "FAILED" and inst.reason is not None
     assert inst.reason.startswith("exec_failed: ") and "nosuchuser" in inst.reason
     assert await leftovers(engine, state_dir) == []

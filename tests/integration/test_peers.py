@@ -212,13 +212,7 @@ async def test_a_full_listener_closes_new_peers_at_once_and_takes_them_again_lat
                 await anyio.sleep(0.01)
         again = await anyio.connect_unix(str(sock_path))
         await again.send(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        answer = b""
-        with anyio.fail_after(5):
-            while True:
-                try:
-                    answer += await again.receive()
-                except anyio.EndOfStream:
-                    break
+        answer = await read_to_the_end(again)
         await again.aclose()
         for stream in held:
             await stream.aclose()
@@ -294,6 +288,17 @@ async def test_a_peer_taking_nothing_of_a_stream_is_closed_and_a_slow_one_is_not
     assert head.startswith(b"HTTP/1.1 200 OK") and len(body) > 1_000_000
 
 
+async def read_to_the_end(stream: anyio.abc.ByteStream) -> bytes:
+    """All the server sends until it closes the connection (within 5 s)."""
+    answer = b""
+    with anyio.fail_after(5):
+        while True:
+            try:
+                answer += await stream.receive()
+            except anyio.EndOfStream:
+                return answer
+
+
 def complete(answer: bytes) -> bool:
     """Whether a response with a Content-Length has all its body."""
     head, found, body = answer.partition(b"\r\n\r\n")
@@ -327,13 +332,7 @@ async def test_one_address_holds_no_more_than_its_share_of_the_tcp_listener(
             b"GET /v1/health HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0k3n\r\n"
             b"Connection: close\r\n\r\n"
         )
-        answer = b""
-        with anyio.fail_after(5):
-            while True:
-                try:
-                    answer += await other.receive()
-                except anyio.EndOfStream:
-                    break
+        answer = await read_to_the_end(other)
         for stream in (*held, extra, other):
             await stream.aclose()
         tcp = control.statistics()["connections"]["tcp"]
