@@ -7,7 +7,6 @@ it is dropped (and reaped) at the next start; its paused log copies no longer co
 from __future__ import annotations
 
 import errno
-import json
 import os
 import signal
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from aiobatch import Runtime
 from aiobatch.config import ComputeEnvConfig, Config
 from aiobatch.events import InstanceStateChanged
-from aiobatch.executors import spawner_process
+from aiobatch.executors import records, spawner_process
 from aiobatch.executors.spawner import Spawner
 from tests.helpers import instance_is, process_alive, processes_of, runtime_id, until
 from tests.integration.test_recovery import (
@@ -36,12 +35,13 @@ TWO_SLOTS = Config(compute_envs={"local": ComputeEnvConfig(kind="local", slots=2
 
 def spawner_by_index(state_dir: Path, job_id: str, task: str) -> dict[tuple[int, int], int]:
     """(index, attempt) -> the pid of the spawner that started it, from the job's journal."""
-    found: dict[tuple[int, int], int] = {}
-    for line in (state_dir / "logs" / job_id / ".attempts").read_text().split("\n"):
-        record = json.loads(line) if line else {}
-        if "spawner" in record and "abandoned" not in record and record["key"][1] == task:
-            found[(int(record["key"][2]), int(record["key"][3]))] = record["spawner"][0]
-    return found
+    journal = records.Journal(state_dir / "logs" / job_id / ".attempts")
+    journal.refresh()
+    return {
+        (index, attempt): record.spawner[0]
+        for (_, name, index, attempt), record in journal.records.items()
+        if name == task and record.spawner is not None
+    }
 
 
 async def test_a_chain_keeps_to_one_spawner(tmp_path: Path) -> None:
