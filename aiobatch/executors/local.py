@@ -171,10 +171,8 @@ class LocalExecutor:
             # Asked but never answered: the process may run. The journal says; lost either way.
             with self._journal(str(journal)) as read:
                 recorded = await anyio.to_thread.run_sync(read.get, key)
-            if recorded is not None and recorded.pid is not None:
-                await anyio.to_thread.run_sync(_kill_attempt, recorded.pid, self.runtime_id, key)
-            elif recorded is not None:  # it may have started just before its spawner died
-                await anyio.to_thread.run_sync(records.sweep, self.runtime_id, set(), {key})
+            if recorded is not None:  # it may have started just before its spawner died
+                await self._end_lost(recorded.pid, key)
             return Outcome(reason=RUNTIME_LOST)
         on_started(started.pid)
         deadline = _deadline(ctx, started.mono)
@@ -192,13 +190,18 @@ class LocalExecutor:
                 await _terminate(spawner, started, ctx.kill_grace_s)
             raise
         if exited is None:
-            # Its exit status went with the spawner: the attempt is lost, not failed. Its
-            # process, if it still runs (its pid checked by its environment), goes too, and
-            # so does what it left behind: no spawner is its subreaper any more.
-            await anyio.to_thread.run_sync(_kill_attempt, started.pid, self.runtime_id, key)
-            await anyio.to_thread.run_sync(records.sweep, self.runtime_id, set(), {key})
+            # Its exit status went with the spawner: the attempt is lost, not failed.
+            await self._end_lost(started.pid, key)
             return Outcome(reason=RUNTIME_LOST)
         return _outcome(exited, started.mono, deadline, ctx)
+
+    async def _end_lost(self, pid: int | None, key: AttemptKey) -> None:
+        """Kill what runs of an attempt whose spawner died: its process group, if its pid is
+        known (and still the attempt's, by its environment), and what it left behind,
+        found by its environment (no spawner is its subreaper any more)."""
+        if pid is not None:
+            await anyio.to_thread.run_sync(_kill_attempt, pid, self.runtime_id, key)
+        await anyio.to_thread.run_sync(records.sweep, self.runtime_id, set(), {key})
 
     # -- after a restart ---------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from aiobatch.executors.local import LocalExecutor
 from aiobatch.executors.spawner import SpawnerGone
 from aiobatch.layout import StateLayout
 from aiobatch.spec import TaskDef
+from tests.helpers import process_alive
 
 USAGE = resource.getrusage(resource.RUSAGE_SELF)
 
@@ -236,6 +237,79 @@ async def test_a_start_whose_spawner_died_before_its_pid_line_is_killed_by_its_k
         if spawner.started is not None and spawner.started.poll() is None:
             spawner.started.kill()
             spawner.started.wait()
+
+
+class DiesAfterItsPidLine:
+    """A spawner that records a start, makes it and writes its pid line, then dies before
+    its answer. What it started has left a daemon in a session of its own."""
+
+    gone = False
+    starting = 0
+
+    def __init__(self, daemon: Path) -> None:
+        self.daemon = daemon  # a FIFO: the daemon's pid, once it leads its own session
+        self.daemon_pid: int | None = None
+        self.started: subprocess.Popen[bytes] | None = None
+
+    async def spawn(self, *, journal: Path, env: dict[str, str], **_: Any) -> None:
+        command = f"setsid sh -c 'echo $$ > \"{self.daemon}\"; exec sleep 600' & sleep 600"
+        self.started = subprocess.Popen(  # noqa: ASYNC220 - a fork, as the spawner makes
+            ["sh", "-c", command], env=env, start_new_session=True
+        )
+        writer = launch.Journals()
+        writer.write(str(journal), head(0), first=True)
+        writer.write(str(journal), launch.started_line(tag(0), self.started.pid, 1.0, 2.0))
+        writer.close_all()
+        read = await anyio.to_thread.run_sync(self.daemon.read_text, abandon_on_cancel=True)
+        self.daemon_pid = int(read)
+        raise SpawnerGone
+
+
+@pytest.mark.anyio
+async def test_a_start_whose_spawner_died_after_its_pid_line_loses_what_it_left_too(
+    tmp_path: Path,
+) -> None:
+    """The journal names the start's pid: its process group is killed, and so is what it
+    left in a session of its own, found by its environment (no spawner reaps it now)."""
+    layout = StateLayout(tmp_path)
+    executor = LocalExecutor(layout)
+    executor.runtime_id = "r"
+    daemon = tmp_path / "daemon"
+    os.mkfifo(daemon)
+    spawner = DiesAfterItsPidLine(daemon)
+    executor._spawners = [spawner]  # type: ignore[list-item]
+    key_env = {
+        "AIOBATCH_JOB_ID": "job",
+        "AIOBATCH_TASK_NAME": "t",
+        "AIOBATCH_INSTANCE_INDEX": "0",
+        "AIOBATCH_ATTEMPT": "1",
+    }
+    ctx = InstanceContext(
+        job_id="job",
+        job_name="job",
+        task=TaskDef(name="t", command="true"),
+        index=0,
+        attempt=1,
+        work_dir=tmp_path / "work",
+        stdout_path=tmp_path / "0.stdout",
+        stderr_path=tmp_path / "0.stderr",
+        env={"PATH": os.environ["PATH"], **key_env},
+        kill_grace_s=1.0,
+        control=AttemptControl(),
+    )
+    try:
+        with anyio.fail_after(30):
+            outcome = await executor.run(ctx, lambda pid: None)
+        assert outcome.reason == RUNTIME_LOST
+        assert spawner.started is not None
+        assert spawner.started.wait(timeout=10) == -signal.SIGKILL
+        assert spawner.daemon_pid is not None and not process_alive(spawner.daemon_pid)
+    finally:
+        if spawner.started is not None and spawner.started.poll() is None:
+            spawner.started.kill()
+            spawner.started.wait()
+        if spawner.daemon_pid is not None and process_alive(spawner.daemon_pid):
+            os.kill(spawner.daemon_pid, signal.SIGKILL)
 
 
 @pytest.mark.anyio
