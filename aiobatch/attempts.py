@@ -28,6 +28,7 @@ from aiobatch.attempt import (
     Outcome,
 )
 from aiobatch.contexts import Contexts, make_dirs, read_attempt_secrets, with_secrets
+from aiobatch.dirs_ahead import DirsAhead
 from aiobatch.engine import Engine
 from aiobatch.errors import StateDirUnwritable
 from aiobatch.events import Bus
@@ -68,6 +69,7 @@ class Attempts:
         self._hooks, self._executors, self._storage = hooks, executors, storage
         self._env_kinds = env_kinds
         self._contexts = Contexts(layout, env_kinds, kill_grace_s)
+        self.dirs_ahead = DirsAhead(layout)
         self._group: TaskGroup | None = None
         self.closing = False  # no more dispatching: a drain or a shutdown has begun
         # A start found no room in the state dir: nothing is dispatched until there is some.
@@ -82,6 +84,7 @@ class Attempts:
 
     def open(self, group: TaskGroup) -> None:
         self._group = group
+        self.dirs_ahead.open(group)
 
     # -- the engine's effects ----------------------------------------------------------------
 
@@ -139,6 +142,7 @@ class Attempts:
 
     def forget_job(self, job_id: str) -> None:
         self._contexts.forget_job(job_id)
+        self.dirs_ahead.stop(job_id)
         scope = self._deadlines.pop(job_id, None)
         if scope is not None:
             scope.cancel()

@@ -36,3 +36,25 @@ def find_cycles(depends_on: Mapping[str, Sequence[str]]) -> Iterator[list[str]]:
                 if key not in seen:
                     seen.add(key)
                     yield cycle
+
+
+def dependency_order(depends_on: Mapping[str, Sequence[str]]) -> list[str]:
+    """Every node after those it depends on; otherwise in the mapping's order. Nodes of a
+    cycle, and those that depend on one, are left out; edges to unknown nodes are ignored."""
+    waiting_on = {
+        node: {dep for dep in deps if dep in depends_on} for node, deps in depends_on.items()
+    }
+    dependents: dict[str, list[str]] = {node: [] for node in depends_on}
+    for node, deps in waiting_on.items():
+        for dep in deps:
+            dependents[dep].append(node)
+    order = [node for node, deps in waiting_on.items() if not deps]
+    at = 0
+    while at < len(order):
+        for dependent in dependents[order[at]]:
+            waiting = waiting_on[dependent]
+            waiting.discard(order[at])
+            if not waiting:
+                order.append(dependent)
+        at += 1
+    return order

@@ -89,9 +89,16 @@ class StateLayout:
         if dirs is None:
             if len(self._task_dirs) >= TASK_DIRS_CACHED:
                 self._task_dirs.clear()
-            dirs = (self.root / "work" / job_id / task, self.root / "logs" / job_id / task)
+            dirs = (self.task_work_dir(job_id, task), self.root / "logs" / job_id / task)
             self._task_dirs[(job_id, task)] = dirs
         return dirs
+
+    def job_work_dir(self, job_id: str) -> Path:
+        return self.root / "work" / job_id
+
+    def task_work_dir(self, job_id: str, task: str) -> Path:
+        """Where its instances' work dirs are (not cached: any thread may ask)."""
+        return self.job_work_dir(job_id) / task
 
     def work_dir(self, job_id: str, task: str, index: int) -> Path:
         return self._dirs_of(job_id, task)[0] / str(index)

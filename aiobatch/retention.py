@@ -44,10 +44,12 @@ class Deletions:
         queries: Queries,
         layout: StateLayout,
         stop_and_wait: Callable[[str], Awaitable[object]],
+        dirs_settled: Callable[[Collection[str]], Awaitable[None]],
         busy: Callable[[], bool] = lambda: False,
     ) -> None:
         self._store, self._queries, self._layout = store, queries, layout
         self._stop_and_wait = stop_and_wait
+        self._dirs_settled = dirs_settled  # none of these jobs' work dirs are made any more
         self._busy = busy  # whether instances run now
         self.deleted = 0  # jobs deleted since the start (by request or by age)
 
@@ -74,6 +76,7 @@ class Deletions:
             if deleting:
                 await self._store.delete_jobs(deleting)
         if deleting:
+            await self._dirs_settled(deleting)
             await anyio.to_thread.run_sync(self._remove_files, deleting)
             self.deleted += len(deleting)
             log.info("jobs_deleted", count=len(deleting), first=deleting[0])

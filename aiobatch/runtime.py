@@ -117,6 +117,7 @@ class Runtime(RuntimeReads):
             queries=self._queries,
             layout=self._layout,
             stop_and_wait=self._stop_and_wait,
+            dirs_settled=self._attempts.dirs_ahead.stopped,
             busy=lambda: any(self._engine.scheduler.used.values()),
         )
         self._envs = EnvControl(

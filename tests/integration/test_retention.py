@@ -7,7 +7,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +110,29 @@ async def test_deleting_an_ended_job_leaves_nothing_of_it(state_dir: Path) -> No
     kept_rows = rows_of(state_dir, kept.id)
     assert kept_rows["jobs"] == 1 and kept_rows["events"] > 0 and kept_rows["instances"] == 4
     assert files_of(state_dir, kept.id)
+
+
+async def test_a_deletion_removes_files_only_once_no_work_dir_is_made_ahead(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job's work dirs made ahead (dirs_ahead.py) are made in a thread: one made after
+    the deletion removed the job's files would stay for good."""
+    async with Runtime(state_dir) as rt:
+        job = await rt.submit(small_job("gone"))
+        await job.wait_for_success()
+        settled: list[str] = []
+        settle = rt._deletions._dirs_settled
+
+        async def made_last(job_ids: Collection[str]) -> None:
+            await settle(job_ids)
+            for job_id in job_ids:  # as a making still under way would at its end
+                (state_dir / "work" / job_id / "made-last").mkdir()
+                settled.append(job_id)
+
+        monkeypatch.setattr(rt._deletions, "_dirs_settled", made_last)
+        await rt.delete_job(job.id)
+    assert settled == [job.id]
+    assert files_of(state_dir, job.id) == []
 
 
 async def test_a_running_job_is_deleted_only_when_stopped(state_dir: Path, tmp_path: Path) -> None:

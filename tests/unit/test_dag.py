@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aiobatch.dag import find_cycles
+from aiobatch.dag import dependency_order, find_cycles
 from aiobatch.errors import SpecError
 from aiobatch.spec import resolve_spec
 
@@ -140,6 +140,51 @@ def test_deep_chain_does_not_recurse() -> None:
     (cycle,) = find_cycles(graph)
     assert len(cycle) == n + 2
     assert cycle[0] == cycle[-1] == name(0)
+
+
+# -- dependency order --------------------------------------------------------------------------
+
+
+def on_a_cycle_or_after_one(graph: Mapping[str, Sequence[str]]) -> set[str]:
+    """Nodes that can reach a cycle through their dependencies (a cycle's own included)."""
+    return {node for node in graph if not is_acyclic(induced(graph, reachable(graph, node)))}
+
+
+def induced(graph: Mapping[str, Sequence[str]], nodes: set[str]) -> Graph:
+    return {n: [d for d in graph[n] if d in nodes] for n in graph if n in nodes}
+
+
+@SETTINGS
+@given(graph=directed_graphs(), ghosts=st.lists(st.sampled_from(["x", "y"]), max_size=2))
+def test_dependency_order_puts_every_node_after_its_dependencies(
+    graph: Graph, ghosts: list[str]
+) -> None:
+    with_ghosts = dict(graph)
+    first = next(iter(graph))
+    with_ghosts[first] = [*graph[first], *dict.fromkeys(ghosts)]  # unknown: ignored
+
+    order = dependency_order(with_ghosts)
+
+    assert len(order) == len(set(order))
+    assert set(order) == set(graph) - on_a_cycle_or_after_one(graph)
+    position = {node: at for at, node in enumerate(order)}
+    for node in order:
+        for dep in graph[node]:
+            assert position[dep] < position[node], f"{node} before its dependency {dep}"
+
+
+@SETTINGS
+@given(graph=acyclic_graphs())
+def test_dependency_order_of_independent_nodes_is_the_mapping_order(graph: Graph) -> None:
+    independent: Graph = {node: [] for node in graph}
+    assert dependency_order(independent) == list(graph)
+    assert len(dependency_order(graph)) == len(graph)
+
+
+def test_a_chain_written_backwards_comes_out_forwards() -> None:
+    n = 5000  # no recursion, whatever the depth
+    graph = {name(i): [name(i - 1)] if i else [] for i in reversed(range(n))}
+    assert dependency_order(graph) == [name(i) for i in range(n)]
 
 
 # -- through resolve_spec --------------------------------------------------------------------
