@@ -18,6 +18,7 @@ import pytest
 from aiobatch import Runtime
 from aiobatch.config import ComputeEnvConfig, Config
 from aiobatch.events import Event, InstanceStateChanged, JobStateChanged
+from aiobatch.executors import records
 from tests.helpers import instance_is, stored, until
 from tests.integration.service import Service
 
@@ -148,11 +149,14 @@ async def test_by_index_cancels_the_counterpart_of_a_failed_instance(
         ("CANCELLED", "upstream_failed: s1[1]"),
         ("SUCCEEDED", None),
     ]
-    # s2[1] never ran: no start, no process, no work dir (its siblings have theirs).
+    # s2[1] never ran: no start, no process, no record of an attempt (its siblings have
+    # theirs). Its work dir may be there, made ahead with the job's first (dirs_ahead.py).
     assert [e.state for e in instance_changes(history, "s2", 1)] == ["CANCELLED"]
     assert runs(tmp_path, "s2", 1) == [] and runs(tmp_path, "s2", 0) == ["1"]
-    work = state_dir / "work" / job.id / "s2"
-    assert (work / "0").is_dir() and not (work / "1").exists()
+    journal = records.Journal(state_dir / "logs" / job.id / ".attempts")
+    journal.refresh()
+    started = sorted(index for _, task, index, _ in journal.records if task == "s2")
+    assert started == [0, 2]
 
 
 async def test_by_index_edges_survive_a_kill_9_of_the_service(
