@@ -8,10 +8,10 @@ A leaf: it imports nothing of aiobatch but the job spec's task definition.
 from __future__ import annotations
 
 import signal as signals
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
+import msgspec
 
 from aiobatch.spec import TaskDef
 
@@ -38,8 +38,7 @@ SECRET_UNAVAILABLE = "secret_unavailable"
 AttemptKey = tuple[str, str, int, int]  # job, task, index, attempt
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
+class Usage(msgspec.Struct, frozen=True):
     """What an attempt's program cost: CPU seconds (user, system) and its peak memory, as
     its executor measured them (a local process tree's rusage, a container's engine)."""
 
@@ -48,8 +47,7 @@ class Usage:
     max_rss_bytes: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(msgspec.Struct, frozen=True):
     """How one attempt ended, as an executor saw it."""
 
     exit_code: int | None = None
@@ -114,8 +112,7 @@ class AttemptControl:
             self._before.cancel()
 
 
-@dataclass(frozen=True, slots=True)
-class InstanceContext:
+class InstanceContext(msgspec.Struct, frozen=True):
     """Everything an executor needs to run one attempt; no live runtime objects."""
 
     job_id: str
@@ -128,14 +125,16 @@ class InstanceContext:
     work_dir: Path
     stdout_path: Path
     stderr_path: Path
-    # Left out of its repr: the executor's copy holds the attempt's secrets.
-    env: dict[str, str] = field(repr=False)
+    env: dict[str, str]  # not in its repr: the executor's copy holds the attempt's secrets
     kill_grace_s: float
     control: AttemptControl
 
+    def __repr__(self) -> str:
+        shown = (f"{name}={getattr(self, name)!r}" for name in self.__struct_fields__)
+        return f"InstanceContext({', '.join(s for s in shown if not s.startswith('env='))})"
 
-@dataclass(frozen=True, slots=True)
-class FoundAttempt:
+
+class FoundAttempt(msgspec.Struct, frozen=True):
     """An attempt an executor finds after a restart: a container by its labels, a local
     process by its record file."""
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import replace
 from typing import Any, cast
 
 import anyio
+import msgspec
 import structlog
 from anyio.abc import TaskGroup
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
@@ -332,7 +332,7 @@ class Attempts:
         elif inst.state is not InstanceState.UPLOADING:  # adopted mid-upload: upload again
             return outcome  # it never started: nothing to upload
         await self._release(inst, ctx)
-        return await self._hooks.run_after(replace(hooks, outcome=outcome))
+        return await self._hooks.run_after(msgspec.structs.replace(hooks, outcome=outcome))
 
     def _settle(self, inst: InstanceRec, outcome: Outcome) -> list[InstanceRec]:
         """The attempt's one settlement: a failure in it is logged, never tried twice."""

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import replace
 
 import anyio
+import msgspec
 
 from aiobatch.attempt import AttemptControl, InstanceContext
 from aiobatch.layout import StateLayout
@@ -100,7 +100,7 @@ def with_secrets(ctx: InstanceContext, secrets: dict[str, str]) -> InstanceConte
     """The context the executor alone gets: the hooks, the engine and the logs keep the one
     without the values. The secrets win over the inherited environment (they are never in
     the spec's env, and never the runtime's AIOBATCH_ names: both refused at submission)."""
-    return replace(ctx, env={**ctx.env, **secrets}) if secrets else ctx
+    return msgspec.structs.replace(ctx, env={**ctx.env, **secrets}) if secrets else ctx
 
 
 def make_dirs(ctx: InstanceContext) -> None:

@@ -8,10 +8,10 @@ raising ``HookFailed`` (or any exception), whose message becomes the attempt's r
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
+import msgspec
 
 from aiobatch.attempt import InstanceContext, Outcome
 from aiobatch.errors import AiobatchError
@@ -29,8 +29,7 @@ class HookFailed(AiobatchError, RuntimeError):
         super().__init__(reason)
 
 
-@dataclass(frozen=True, slots=True)
-class HookContext:
+class HookContext(msgspec.Struct, frozen=True):
     """What a hook sees: the attempt, its outcome (after exit) and the storage backends."""
 
     instance: InstanceContext
@@ -61,13 +60,12 @@ Hook = Callable[[HookContext], Awaitable[None]]
 JobHook = Callable[[Any], Awaitable[None]]
 
 
-@dataclass
-class Hooks:
+class Hooks(msgspec.Struct):
     """The hooks of each phase, run in order; the built-in ones come first."""
 
-    before_start: list[Hook] = field(default_factory=list)
-    after_exit: list[Hook] = field(default_factory=list)
-    on_job_end: list[JobHook] = field(default_factory=list)
+    before_start: list[Hook] = msgspec.field(default_factory=list)
+    after_exit: list[Hook] = msgspec.field(default_factory=list)
+    on_job_end: list[JobHook] = msgspec.field(default_factory=list)
 
     @classmethod
     def default(cls) -> Hooks:
@@ -90,7 +88,7 @@ class Hooks:
                 await _run(hook, context, "stage_out_failed")
             except HookFailed as exc:
                 if outcome.succeeded:
-                    outcome = replace(outcome, reason=exc.reason)
+                    outcome = msgspec.structs.replace(outcome, reason=exc.reason)
         return outcome
 
 

@@ -5,16 +5,16 @@ executor (``executors/docker_hosts.py``, which places attempts by it)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+
+import msgspec
 
 
-@dataclass
-class HostSet:
+class HostSet(msgspec.Struct):
     hosts: list[str]
     # Drained by an operator: no new attempt goes there (attempts on it finish).
-    held: set[str] = field(default_factory=set)
+    held: set[str] = msgspec.field(default_factory=set)
     # Drained, and dropped from ``hosts`` once no attempt is on them.
-    removing: set[str] = field(default_factory=set)
+    removing: set[str] = msgspec.field(default_factory=set)
     # Told when a removed host goes (its env's control stores the new list).
     on_drop: Callable[[], None] | None = None
 

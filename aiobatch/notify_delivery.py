@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
 
 import anyio
+import msgspec
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
@@ -41,12 +41,11 @@ PAGE = 200
 WORKER_RETRY_FIRST_S, WORKER_RETRY_MAX_S = 1.0, 300.0
 
 
-@dataclass(slots=True)
-class _Worker:
+class _Worker(msgspec.Struct):
     news: int = 1  # events of the job heard of (what was read is compared with it)
-    lanes: list[_Lane] = field(default_factory=list)  # this round's
+    lanes: list[_Lane] = msgspec.field(default_factory=list)  # this round's
     busy: int = 0  # this round's lanes still working (not caught up, not ended)
-    _poked: anyio.Event = field(default_factory=anyio.Event)
+    _poked: anyio.Event = msgspec.field(default_factory=anyio.Event)
 
     def hear(self) -> None:
         """The job has news: every lane reads again."""
@@ -62,8 +61,7 @@ class _Worker:
         await self._poked.wait()
 
 
-@dataclass(slots=True)
-class _Added:
+class _Added(msgspec.Struct):
     """Where a config target added by a reload starts in each job: after the events the job
     had then (it is sent what comes next, never what came before)."""
 
@@ -72,8 +70,7 @@ class _Added:
     otherwise: int  # any other job (ended then): the seq of the history's last event then
 
 
-@dataclass(slots=True)
-class _Lane:
+class _Lane(msgspec.Struct):
     """One target's way through a job's events: it goes at its own pace, so a receiver
     that fails holds back no other target, not even of the same job."""
 
@@ -84,7 +81,7 @@ class _Lane:
     tags: frozenset[str]  # the stored events it reads
     seen: int = 0  # the worker's news when the lane last read
     # Cancelled when a reload removes its target: nothing more goes there, not even a retry.
-    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    scope: anyio.CancelScope = msgspec.field(default_factory=anyio.CancelScope)
 
 
 class Notifier:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import anyio
+import msgspec
 import structlog
 from tenacity import (
     AsyncRetrying,
@@ -45,8 +45,7 @@ class DeliveryFailed(Exception):
     """One try did not get a 2xx answer; the message says what it got."""
 
 
-@dataclass(frozen=True, slots=True)
-class GivenUp:
+class GivenUp(msgspec.Struct, frozen=True):
     """A delivery that failed every one of its tries."""
 
     job_id: str
@@ -58,8 +57,7 @@ class GivenUp:
     error: str  # the last try's
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
+class Delivery(msgspec.Struct, frozen=True):
     """One event of a job to one target."""
 
     job_id: str

@@ -12,7 +12,6 @@ then fail with "database is locked" when a read ran first in them.)
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -61,8 +60,7 @@ class _Notify(msgspec.Struct):
     notify: tuple[NotifyDef, ...] = ()
 
 
-@dataclass(slots=True)
-class JobTargets:
+class JobTargets(msgspec.Struct):
     """A job as the deliverer sees it: its name, own targets and where delivery stands."""
 
     job_id: str
@@ -70,7 +68,8 @@ class JobTargets:
     notify: tuple[NotifyDef, ...]
     seq: int  # every event up to this one is done with
     number: int  # its place among jobs, in the order submitted
-    lanes: dict[str, tuple[int, int]] = field(default_factory=dict)  # target -> (seq, tries)
+    # target -> (seq, tries)
+    lanes: dict[str, tuple[int, int]] = msgspec.field(default_factory=dict)
 
 
 class NotifyStore:

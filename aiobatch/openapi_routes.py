@@ -7,8 +7,9 @@ what each error status means. The bodies themselves are generated from the wire 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from aiobatch import wire
 from aiobatch.api import HistoryEntry, InstanceDetail, JobSnapshot, JobSummary, TaskResult
@@ -37,24 +38,21 @@ def flag() -> dict[str, Any]:
     return {"type": "string", "enum": list(FLAG_VALUES), "default": "0"}
 
 
-@dataclass(frozen=True)
-class Param:
+class Param(msgspec.Struct, frozen=True):
     name: str
     where: str  # "path" or "query"
     schema: dict[str, Any]
     description: str
 
 
-@dataclass(frozen=True)
-class Header:
+class Header(msgspec.Struct, frozen=True):
     name: str
     schema: dict[str, Any]
     description: str
     required: bool = True
 
 
-@dataclass(frozen=True)
-class Route:
+class Route(msgspec.Struct, frozen=True):
     """One operation: what it takes, what it answers on success, which errors it may give."""
 
     method: str

@@ -14,7 +14,8 @@ of its instances succeeded; otherwise the indices that will never open are swept
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+
+import msgspec
 
 from aiobatch.model import TaskRec
 from aiobatch.spec_types import When
@@ -38,15 +39,14 @@ def edge_met(state: TaskState, succeeded: int, when: When) -> bool:
     return state is TaskState.SUCCEEDED
 
 
-@dataclass
-class Settled:
+class Settled(msgspec.Struct):
     """What the end of one task (and the skips it causes) means for the others."""
 
     # Whose whole-task dependencies may all be met now (the engine decides if they start).
-    ready: list[TaskRec] = field(default_factory=list)
-    skipped: list[TaskRec] = field(default_factory=list)  # PENDING tasks that never run
+    ready: list[TaskRec] = msgspec.field(default_factory=list)
+    skipped: list[TaskRec] = msgspec.field(default_factory=list)  # PENDING tasks that never run
     # (dependent, ended by-index dependency): indices that will never open are cancelled.
-    swept: list[tuple[TaskRec, TaskRec]] = field(default_factory=list)
+    swept: list[tuple[TaskRec, TaskRec]] = msgspec.field(default_factory=list)
 
 
 def after_task_finished(task: TaskRec) -> Settled:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -173,8 +172,7 @@ TERMINAL_INSTANCE_STATES = {s.value for s in INSTANCE_TERMINAL}
 TERMINAL_JOB_STATES = {s.value for s in JOB_TERMINAL}
 
 
-@dataclass(frozen=True, slots=True)
-class JobRow:
+class JobRow(msgspec.Struct, frozen=True):
     id: str
     seq: int
     defn: JobDef
@@ -188,8 +186,7 @@ class JobRow:
     damaged: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class InstanceRow:
+class InstanceRow(msgspec.Struct, frozen=True):
     task: str
     index: int
     attempt: int

@@ -9,7 +9,6 @@ against the bounds of ``limits.py``. All problems are collected and raised toget
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -98,8 +97,7 @@ def read_spec_file(path: str | Path) -> Any:
         raise SpecError([str(exc)]) from None
 
 
-@dataclass
-class _Decoded:
+class _Decoded(msgspec.Struct):
     """A spec decoded as far as it could be: what failed is reported, what did not is still
     checked, so that all of a spec's errors are found at once."""
 

@@ -11,7 +11,8 @@ import grp
 import os
 import pwd
 import re
-from dataclasses import dataclass
+
+import msgspec
 
 from aiobatch.limits import UID_MAX
 
@@ -21,8 +22,7 @@ _NUMBER = re.compile(r"[0-9]{1,10}", re.ASCII)
 CAP_CHOWN, CAP_SETGID, CAP_SETUID = 0, 6, 7
 
 
-@dataclass(frozen=True, slots=True)
-class Identity:
+class Identity(msgspec.Struct, frozen=True):
     """Who an instance runs as: its uid, primary gid and supplementary groups."""
 
     uid: int

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import msgspec
 
 from aiobatch.errors import SpecError
 from aiobatch.schema import (
@@ -44,21 +44,21 @@ class Waiter:
         self.error: BaseException | None = None
 
 
-@dataclass(slots=True)
-class Batch:
-    new_jobs: list[tuple[Any, ...]] = field(default_factory=list)
-    new_tasks: list[tuple[Any, ...]] = field(default_factory=list)
-    new_labels: list[tuple[Any, ...]] = field(default_factory=list)
-    job_updates: list[tuple[Any, ...]] = field(default_factory=list)
-    job_stops: list[tuple[Any, ...]] = field(default_factory=list)
-    job_failures: list[tuple[Any, ...]] = field(default_factory=list)  # jobs that cannot load
-    instance_stops: list[tuple[Any, ...]] = field(default_factory=list)
-    tasks: dict[tuple[str, str], tuple[Any, ...]] = field(default_factory=dict)
-    instances: dict[tuple[str, str, int], tuple[Any, ...]] = field(default_factory=dict)
-    events: list[tuple[str, bytes]] = field(default_factory=list)
-    waiters: list[Waiter] = field(default_factory=list)
+class Batch(msgspec.Struct):
+    new_jobs: list[tuple[Any, ...]] = msgspec.field(default_factory=list)
+    new_tasks: list[tuple[Any, ...]] = msgspec.field(default_factory=list)
+    new_labels: list[tuple[Any, ...]] = msgspec.field(default_factory=list)
+    job_updates: list[tuple[Any, ...]] = msgspec.field(default_factory=list)
+    job_stops: list[tuple[Any, ...]] = msgspec.field(default_factory=list)
+    # Jobs that cannot load.
+    job_failures: list[tuple[Any, ...]] = msgspec.field(default_factory=list)
+    instance_stops: list[tuple[Any, ...]] = msgspec.field(default_factory=list)
+    tasks: dict[tuple[str, str], tuple[Any, ...]] = msgspec.field(default_factory=dict)
+    instances: dict[tuple[str, str, int], tuple[Any, ...]] = msgspec.field(default_factory=dict)
+    events: list[tuple[str, bytes]] = msgspec.field(default_factory=list)
+    waiters: list[Waiter] = msgspec.field(default_factory=list)
     events_dropped: int = 0  # history events let go while the disk was full
-    deleted: list[tuple[str]] = field(default_factory=list)  # jobs whose every row goes
+    deleted: list[tuple[str]] = msgspec.field(default_factory=list)  # jobs whose every row goes
 
     def __bool__(self) -> bool:
         return bool(self.new_jobs or self.events or self.waiters or self.deleted)

@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
-from dataclasses import replace
 from http import HTTPStatus
 from typing import Any, BinaryIO
 
 import aiodocker
 import anyio
+import msgspec
 import structlog
 from aiodocker.containers import DockerContainer
 from anyio.abc import TaskGroup
@@ -398,7 +398,7 @@ class DockerExecutor:
                 await anyio.to_thread.run_sync(note_cut, out, name, LOG_QUIET_S)
             log.warning("log_copy_given_up", job_id=ctx.job_id, task=ctx.task.name)
         outcome = await container_outcome(container, ctx, began, cut_short=cut_short)
-        return replace(outcome, usage=meter.usage())
+        return msgspec.structs.replace(outcome, usage=meter.usage())
 
     @staticmethod
     async def _stop(container: DockerContainer, grace: float) -> bool:

@@ -16,7 +16,6 @@ import select
 import signal
 import threading
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -53,8 +52,7 @@ class _Line(msgspec.Struct, forbid_unknown_fields=False):
 _line = msgspec.json.Decoder(_Line)
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(msgspec.Struct, frozen=True):
     key: AttemptKey
     runtime: str
     spawner: tuple[int, int | None] | None = None  # the process that writes the exit line
@@ -66,12 +64,12 @@ class Record:
 def _then(record: Record, line: _Line) -> Record:
     """The record with what a line after the first says."""
     if line.pid is not None:
-        return replace(record, pid=line.pid, started=line.mono)
+        return msgspec.structs.replace(record, pid=line.pid, started=line.mono)
     if line.status is not None and line.mono is not None:
         exited = Exited(
             line.status, line.mono, line.wall or 0.0, line.utime, line.stime, line.maxrss_kib
         )
-        return replace(record, exited=exited)
+        return msgspec.structs.replace(record, exited=exited)
     return record
 
 

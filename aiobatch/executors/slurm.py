@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -209,7 +208,9 @@ class SlurmExecutor:
             on_started(None)  # it started and ended between two polls
         outcome = final.outcome()
         if scope.cancelled_caught and ctx.control.stop_reason is None:
-            outcome = replace(outcome, exit_code=None, signal=None, reason="timeout")
+            outcome = msgspec.structs.replace(
+                outcome, exit_code=None, signal=None, reason="timeout"
+            )
         return outcome
 
     async def _cancel(self, element: Element, grace: float) -> None:

@@ -22,10 +22,10 @@ import os
 import re
 import shlex
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import msgspec
 from anyio.abc import TaskGroup
 
 from aiobatch.attempt import InstanceContext
@@ -42,8 +42,7 @@ BatchKey = tuple[str, str, int, int]  # job, task, attempt, base
 Submit = Callable[[list[InstanceContext], int], Awaitable[tuple[int, str]]]
 
 
-@dataclass(frozen=True, slots=True)
-class Submitted:
+class Submitted(msgspec.Struct, frozen=True):
     """Where an instance's attempt runs: one element of an array."""
 
     array_id: int

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -45,8 +44,7 @@ class SlurmError(Exception):
     """A Slurm command failed: its words, for the attempt's reason."""
 
 
-@dataclass(frozen=True, slots=True)
-class ElementState:
+class ElementState(msgspec.Struct, frozen=True):
     """One array element as Slurm reports it."""
 
     array_id: int

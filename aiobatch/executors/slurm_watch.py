@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import replace
 from pathlib import Path
 
 import anyio
+import msgspec
 import structlog
 
 from aiobatch.executors.slurm_commands import (
@@ -138,7 +138,7 @@ class Watcher:
                     # Every element of that array gone from squeue ended so, never started.
                     for element in missing:
                         if element.key[0] == state.array_id and element.name == state.name:
-                            element.update(replace(state, task_id=element.key[1]))
+                            element.update(msgspec.structs.replace(state, task_id=element.key[1]))
                     continue
                 element = self._elements.get(state.key)
                 if element is not None and element.name == state.name:

@@ -12,7 +12,6 @@ import socket
 import struct
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,16 +41,14 @@ _decode = marshal.loads  # built in: the spawner starts without importing json a
 _json = msgspec.json.Encoder().encode  # an attempt's first line, written as we encode it
 
 
-@dataclass(frozen=True, slots=True)
-class Started:
+class Started(msgspec.Struct, frozen=True):
     id: int
     pid: int
     mono: float  # the system's monotonic clock (as the event loop's) when the process started
     wall: float
 
 
-@dataclass(frozen=True, slots=True)
-class Exited:
+class Exited(msgspec.Struct, frozen=True):
     status: int  # as wait(2) gives it
     mono: float  # when it ended, as the spawner saw it: not delayed by a stalled runtime
     wall: float

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import importlib.metadata
 import os
 import time
@@ -101,7 +100,7 @@ class ControlServer:
 
     async def __aenter__(self) -> Self:
         files = raise_open_files_limit()
-        limits = dataclasses.replace(
+        limits = msgspec.structs.replace(
             self._limits, connections=min(self._limits.connections, files // FD_SHARE)
         )
         async with AsyncExitStack() as stack:

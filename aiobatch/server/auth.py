@@ -14,9 +14,9 @@ from __future__ import annotations
 import hmac
 import os
 import time
-from dataclasses import dataclass
 from http import HTTPStatus
 
+import msgspec
 from aiohttp import web
 
 from aiobatch import wire
@@ -32,8 +32,7 @@ TOKEN_COOKIE, CSRF_COOKIE, CSRF_HEADER = "aiobatch_session_", "aiobatch_csrf_", 
 LINK_COOKIE, LINK_PARAM = "aiobatch_link_", "link"
 
 
-@dataclass(frozen=True)
-class Session:
+class Session(msgspec.Struct, frozen=True):
     scope: wire.Scope
     who: str  # for messages: "uid 1001", "token ci", "a log-view link"
     job: str | None = None  # a link's job: nothing else is shown
@@ -43,8 +42,7 @@ class Session:
 SESSION = web.RequestKey("session", Session)  # the request's, once authorized
 
 
-@dataclass(frozen=True)
-class _Token:
+class _Token(msgspec.Struct, frozen=True):
     name: str
     scope: wire.Scope
     value: bytes

@@ -15,9 +15,9 @@ import asyncio
 import resource
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import structlog
 from aiohttp import web
 
@@ -39,8 +39,7 @@ MAX_LINE_BYTES = 8190  # a request line, and a header line (aiohttp refuses long
 MAX_HEADERS = 32  # header lines in one request (more: 400); with the line limit: 256 KiB
 
 
-@dataclass(frozen=True, kw_only=True)
-class Limits:
+class Limits(msgspec.Struct, frozen=True, kw_only=True):
     """What one peer may hold of the server. Module constants by default; tests shorten them."""
 
     connections: int = MAX_CONNECTIONS

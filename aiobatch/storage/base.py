@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import posixpath
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+import msgspec
 
 from aiobatch.errors import AiobatchError
 
@@ -14,8 +15,7 @@ class StorageError(AiobatchError, OSError):
     """A transfer failed; the message names the URI and the cause."""
 
 
-@dataclass(frozen=True, slots=True)
-class StorageURI:
+class StorageURI(msgspec.Struct, frozen=True):
     """``scheme://location/key``; a key ending in ``/`` is a prefix (a folder)."""
 
     scheme: str
@@ -59,8 +59,7 @@ def inside(root: Path, relative: str) -> Path:
     return root / normal if normal != "." else root
 
 
-@dataclass(frozen=True, slots=True)
-class Local:
+class Local(msgspec.Struct, frozen=True):
     """A place ``relative`` to ``root`` (which we made: a work dir, a log dir), never outside
     it; the parts of ``relative`` are the task's to lay out."""
 
