@@ -26,6 +26,7 @@ class StateLayout:
         # Absolute: the spawner changes its own working dir to each instance's before it
         # starts it, so a relative path would name another place after the first start.
         self.root = Path(root).absolute()
+        self._work, self._logs = self.root / "work", self.root / "logs"
         # Per (job, task): its work dir and log dir, made once; an instance's paths then
         # cost one join each (thousands of instances share a task's dirs).
         self._task_dirs: dict[tuple[str, str], tuple[Path, Path]] = {}
@@ -89,16 +90,16 @@ class StateLayout:
         if dirs is None:
             if len(self._task_dirs) >= TASK_DIRS_CACHED:
                 self._task_dirs.clear()
-            dirs = (self.task_work_dir(job_id, task), self.root / "logs" / job_id / task)
+            dirs = (self._work.joinpath(job_id, task), self._logs.joinpath(job_id, task))
             self._task_dirs[(job_id, task)] = dirs
         return dirs
 
     def job_work_dir(self, job_id: str) -> Path:
-        return self.root / "work" / job_id
+        return self._work / job_id
 
     def task_work_dir(self, job_id: str, task: str) -> Path:
         """Where its instances' work dirs are (not cached: any thread may ask)."""
-        return self.job_work_dir(job_id) / task
+        return self._work.joinpath(job_id, task)
 
     def work_dir(self, job_id: str, task: str, index: int) -> Path:
         return self._dirs_of(job_id, task)[0] / str(index)
@@ -116,7 +117,7 @@ class StateLayout:
         if path is None:
             if len(self._journals) >= TASK_DIRS_CACHED:
                 self._journals.clear()
-            path = self._journals[job_id] = self.root / "logs" / job_id / JOURNAL_NAME
+            path = self._journals[job_id] = self._logs.joinpath(job_id, JOURNAL_NAME)
         return path
 
 

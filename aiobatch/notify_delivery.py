@@ -45,7 +45,9 @@ class _Worker(msgspec.Struct):
     news: int = 1  # events of the job heard of (what was read is compared with it)
     lanes: list[_Lane] = msgspec.field(default_factory=list)  # this round's
     busy: int = 0  # this round's lanes still working (not caught up, not ended)
-    _poked: anyio.Event = msgspec.field(default_factory=anyio.Event)
+    # Made by the first lane that waits: most news (every event of a job with no target
+    # among them) comes while none does, and an event per news was a cost of every event.
+    _poked: anyio.Event | None = None
 
     def hear(self) -> None:
         """The job has news: every lane reads again."""
@@ -53,11 +55,14 @@ class _Worker(msgspec.Struct):
         self.poke()
 
     def poke(self) -> None:
-        self._poked.set()
-        self._poked = anyio.Event()
+        if self._poked is not None:
+            self._poked.set()
+            self._poked = None
 
     async def poked(self) -> None:
         """Until news comes, or a lane stops working."""
+        if self._poked is None:
+            self._poked = anyio.Event()
         await self._poked.wait()
 
 
