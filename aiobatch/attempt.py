@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal as signals
 from pathlib import Path
+from typing import Any
 
 import anyio
 import msgspec
@@ -129,9 +130,12 @@ class InstanceContext(msgspec.Struct, frozen=True):
     kill_grace_s: float
     control: AttemptControl
 
+    def __rich_repr__(self) -> list[tuple[str, Any]]:  # rich's pretty printer
+        return [(name, getattr(self, name)) for name in self.__struct_fields__ if name != "env"]
+
     def __repr__(self) -> str:
-        shown = (f"{name}={getattr(self, name)!r}" for name in self.__struct_fields__)
-        return f"InstanceContext({', '.join(s for s in shown if not s.startswith('env='))})"
+        shown = ", ".join(f"{name}={value!r}" for name, value in self.__rich_repr__())
+        return f"InstanceContext({shown})"
 
 
 class FoundAttempt(msgspec.Struct, frozen=True):

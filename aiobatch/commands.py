@@ -130,8 +130,8 @@ class Commands:
                 raise
             self._bus.publish(submitted)  # accepted: now the watchers hear of it
             self._engine.add_job(job)
+        self._attempts.dirs_ahead.make(job_id, defn)  # before its first starts
         self._attempts.pump()
-        self._attempts.dirs_ahead.make(job_id, defn)
         self._attempts.watch_deadline(job)
         log.info("job_submitted", job_id=job_id, name=defn.name, tasks=len(defn.tasks))
         return job

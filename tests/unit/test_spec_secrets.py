@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 import pytest
+import rich.pretty
 import structlog
 
 from aiobatch.attempt import AttemptControl, InstanceContext
@@ -210,3 +211,5 @@ async def test_an_attempts_context_shows_no_environment_in_its_repr(tmp_path: Pa
         control=AttemptControl(),
     )
     assert "env:TOKEN" in repr(ctx) and VALUE not in repr(ctx)
+    shown = rich.pretty.pretty_repr(ctx)  # rich asks for its fields, not for its repr
+    assert "env:TOKEN" in shown and VALUE not in shown
