@@ -27,6 +27,7 @@ from aiobatch.attempt import AttemptKey, FoundAttempt, InstanceContext, Outcome
 from aiobatch.config import ComputeEnvConfig
 from aiobatch.executors.base import any_attempt
 from aiobatch.executors.docker_hosts import NO_CONNECTION, DockerHosts, message
+from aiobatch.executors.docker_leftovers import Leftovers
 from aiobatch.executors.docker_logs import (
     follow,
     note_cut,
@@ -69,6 +70,7 @@ class DockerExecutor:
         self._hosts = DockerHosts(env_name, config, hosts)
         # Containers of attempts that ended, until their end is stored (then ``release``).
         self._ended: dict[AttemptKey, tuple[DockerContainer, bool]] = {}
+        self.leftovers = Leftovers(env_name)  # those the engine did not let us remove
 
     def host_states(self) -> list[tuple[str, int, bool]]:
         """Each engine: attempts in flight on it, and whether it is healthy."""
@@ -84,6 +86,7 @@ class DockerExecutor:
     async def open(self, background: TaskGroup) -> None:
         self.runtime_id = self._runtime_id_source()
         await self._hosts.open()
+        self.leftovers.open(background)
 
     async def aclose(self) -> None:
         await self._hosts.close()
@@ -180,7 +183,7 @@ class DockerExecutor:
             if isinstance(prepared, Outcome):
                 return prepared
             if ctx.control.stop_reason is not None:  # stopped while it was made: not started
-                await _remove(prepared)
+                await self.leftovers.remove(prepared)
                 return Outcome(reason=ctx.control.stop_reason)
             return await self._run_container(prepared, ctx, on_started)
         finally:
@@ -268,13 +271,11 @@ class DockerExecutor:
             container, failed = ended
             await self._remove_unless_kept(container, ctx, failed=failed)
 
-    @staticmethod
     async def _remove_unless_kept(
-        container: DockerContainer, ctx: InstanceContext, *, failed: bool
+        self, container: DockerContainer, ctx: InstanceContext, *, failed: bool
     ) -> None:
         if not (failed and ctx.task.keep_failed):
-            with anyio.CancelScope(shield=True), anyio.move_on_after(30):
-                await _remove(container)
+            await self.leftovers.remove(container)
 
     # -- after a restart --------------------------------------------------------------------
 
@@ -319,7 +320,7 @@ class DockerExecutor:
 
     async def discard(self, found: FoundAttempt) -> bool:
         _, container = self._container(found)
-        await _remove(container)
+        await self.leftovers.remove(container)
         return True
 
     async def adopt(self, ctx: InstanceContext, found: FoundAttempt) -> Outcome:
@@ -418,13 +419,6 @@ async def _within(
 ) -> None:
     with scope:
         await func(container)
-
-
-async def _remove(container: DockerContainer) -> None:
-    try:
-        await container.delete(force=True)
-    except aiodocker.DockerError:
-        pass
 
 
 def _key(ctx: InstanceContext) -> AttemptKey:
