@@ -4,15 +4,17 @@ Imported only when a job uses a docker compute env, so a local-only run never pa
 aiodocker. The instance work dir is bind-mounted (at ``/aiobatch`` unless the task's
 ``workdir`` says otherwise) and is the container's working dir; stdout and stderr are
 followed while the container runs and appended to the same log files local instances use.
-The env's engines and the choice among them are in ``docker_hosts.py``, the log files in
-``docker_logs.py``, how an attempt ended (the engine's record) in ``docker_outcome.py``.
+The container asked for (its config and labels) is in ``docker_containers.py``, the env's
+engines and the choice among them in ``docker_hosts.py``, the log files in
+``docker_logs.py``, how an attempt ended (the engine's record) in ``docker_outcome.py``,
+removals the engine refused in ``docker_leftovers.py``.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection
 from http import HTTPStatus
 from typing import Any, BinaryIO
 
@@ -26,6 +28,12 @@ from anyio.abc import TaskGroup
 from aiobatch.attempt import AttemptKey, FoundAttempt, InstanceContext, Outcome
 from aiobatch.config import ComputeEnvConfig
 from aiobatch.executors.base import any_attempt
+from aiobatch.executors.docker_containers import (
+    container_config,
+    found_attempt,
+    log_offsets,
+    runtime_filter,
+)
 from aiobatch.executors.docker_hosts import NO_CONNECTION, DockerHosts, message
 from aiobatch.executors.docker_leftovers import Leftovers
 from aiobatch.executors.docker_logs import (
@@ -41,8 +49,6 @@ from aiobatch.host_set import HostSet
 from aiobatch.spec import TaskDef
 from aiobatch.spec_convert import printable
 
-CONTAINER_WORKDIR = "/aiobatch"
-LABEL_PREFIX = "aiobatch."
 _UNSUPPORTED: tuple[str, ...] = ()  # every task field has a meaning for a container
 CREATE_LIMIT_S = 60.0  # a container create the engine has not answered by then has failed
 LIST_LIMIT_S = 30.0  # after a restart, a list of our containers an engine has not answered
@@ -90,51 +96,6 @@ class DockerExecutor:
 
     async def aclose(self) -> None:
         await self._hosts.close()
-
-    def labels(self, ctx: InstanceContext, offsets: tuple[int, int] = (0, 0)) -> dict[str, str]:
-        return {
-            f"{LABEL_PREFIX}runtime": self.runtime_id,
-            f"{LABEL_PREFIX}job": ctx.job_id,
-            f"{LABEL_PREFIX}task": ctx.task.name,
-            f"{LABEL_PREFIX}index": str(ctx.index),
-            f"{LABEL_PREFIX}attempt": str(ctx.attempt),
-            # Where this attempt's output begins in the instance's log files (earlier
-            # attempts come before it): a re-adoption rewrites the logs from there.
-            f"{LABEL_PREFIX}stdout_offset": str(offsets[0]),
-            f"{LABEL_PREFIX}stderr_offset": str(offsets[1]),
-        }
-
-    def container_config(
-        self, ctx: InstanceContext, offsets: tuple[int, int] = (0, 0)
-    ) -> dict[str, Any]:
-        """``offsets``: the log files' sizes, where this attempt's output will begin."""
-        task = ctx.task
-        workdir = task.workdir or CONTAINER_WORKDIR
-        command = task.command
-        # Init: the engine's small init is the container's first process, and passes a stop's
-        # TERM on; a shell as the first process ignores it, and only the KILL after the
-        # grace would end the program.
-        host_config: dict[str, Any] = {"Binds": [f"{ctx.work_dir}:{workdir}"], "Init": True}
-        if task.cpus is not None:
-            host_config["NanoCpus"] = int(task.cpus * 1e9)
-        if task.memory_bytes is not None:
-            host_config["Memory"] = task.memory_bytes
-        if task.network is not None:
-            host_config["NetworkMode"] = task.network
-        config: dict[str, Any] = {
-            "Image": task.image,
-            "Env": [f"{key}={value}" for key, value in ctx.env.items()],
-            "WorkingDir": workdir,
-            "Labels": self.labels(ctx, offsets),
-            "HostConfig": host_config,
-            "AttachStdin": False,
-            "Tty": False,
-        }
-        if command is not None:
-            config["Cmd"] = ["/bin/sh", "-c", command] if isinstance(command, str) else command
-        if task.user is not None:
-            config["User"] = task.user
-        return config
 
     async def _image_ready(self, docker: aiodocker.Docker, image: str, pull: str) -> bool:
         """Whether the image is there, pulling it as the task's policy says.
@@ -197,7 +158,7 @@ class DockerExecutor:
             if not await self._image_ready(docker, image, ctx.task.pull):
                 return Outcome(reason=f"image_unavailable: {image}")
             offsets = await anyio.to_thread.run_sync(prepare_files, ctx)
-            config = self.container_config(ctx, offsets)
+            config = container_config(self.runtime_id, ctx, offsets)
             # Shielded: a container the engine made must come back to us, to be removed (one
             # made after the limit is found at the next start, by its labels).
             with anyio.CancelScope(shield=True), anyio.fail_after(CREATE_LIMIT_S):
@@ -285,7 +246,7 @@ class DockerExecutor:
         """This runtime's containers on every host (running or not), from their labels: all
         of them, so that those of no job are found too."""
         found: list[FoundAttempt] = []
-        filters = json.dumps({"label": [f"{LABEL_PREFIX}runtime={self.runtime_id}"]})
+        filters = json.dumps(runtime_filter(self.runtime_id))
         for host, docker in list(self._hosts.clients.items()):
             try:
                 # An engine still starting (at boot) is waited for as runs wait for it:
@@ -299,19 +260,8 @@ class DockerExecutor:
                 log.warning("docker_list_failed", env=self.env_name, host=host, error=message(exc))
                 continue
             for container in containers:
-                labels = container["Labels"] or {}
-                try:
-                    found.append(
-                        FoundAttempt(
-                            job_id=labels[f"{LABEL_PREFIX}job"],
-                            task=labels[f"{LABEL_PREFIX}task"],
-                            index=int(labels[f"{LABEL_PREFIX}index"]),
-                            attempt=int(labels[f"{LABEL_PREFIX}attempt"]),
-                            handle=f"{host} {container.id}",
-                        )
-                    )
-                except (KeyError, ValueError):
-                    found.append(FoundAttempt("", "", -1, 0, f"{host} {container.id}"))
+                handle = f"{host} {container.id}"
+                found.append(found_attempt(container["Labels"] or {}, handle))
         return found
 
     def _container(self, found: FoundAttempt) -> tuple[str, DockerContainer]:
@@ -331,7 +281,7 @@ class DockerExecutor:
         self._hosts.take(host)
         try:
             info = await container.show()
-            offsets = _log_offsets(info["Config"]["Labels"])
+            offsets = log_offsets(info["Config"]["Labels"])
             await anyio.to_thread.run_sync(rewind_logs, ctx, offsets)
             out, err = await anyio.to_thread.run_sync(open_logs, ctx)
             with out, err:
@@ -423,13 +373,3 @@ async def _within(
 
 def _key(ctx: InstanceContext) -> AttemptKey:
     return (ctx.job_id, ctx.task.name, ctx.index, ctx.attempt)
-
-
-def _log_offsets(labels: Mapping[str, str]) -> tuple[int | None, int | None]:
-    """Where the attempt's output began in its stdout and stderr logs, as its labels say."""
-
-    def offset(stream: str) -> int | None:
-        value = labels.get(f"{LABEL_PREFIX}{stream}_offset")
-        return None if value is None else int(value)
-
-    return offset("stdout"), offset("stderr")

@@ -8,6 +8,7 @@ import pytest
 from aiobatch.attempt import AttemptControl, InstanceContext
 from aiobatch.config import ComputeEnvConfig
 from aiobatch.executors.docker import DockerExecutor
+from aiobatch.executors.docker_containers import container_config
 from aiobatch.executors.docker_hosts import DockerHosts
 from aiobatch.spec import TaskDef
 
@@ -47,7 +48,7 @@ async def test_container_config_maps_every_task_field() -> None:
         workdir="/job",
         user="nobody",
     )
-    config = executor().container_config(context(task))
+    config = container_config("rid", context(task))
     assert config["Image"] == "img:1"
     assert config["Cmd"] == ["/bin/sh", "-c", "echo hi"]
     assert config["Env"] == ["A=1", "AIOBATCH_INSTANCE_INDEX=3"]
@@ -74,11 +75,11 @@ async def test_container_config_maps_every_task_field() -> None:
 
 @pytest.mark.anyio
 async def test_defaults_leave_the_engine_in_charge() -> None:  # CancelScope needs a loop
-    config = executor().container_config(context(TaskDef(name="t", command=None, image="img")))
+    config = container_config("rid", context(TaskDef(name="t", command=None, image="img")))
     assert "Cmd" not in config and "User" not in config
     assert config["WorkingDir"] == "/aiobatch"
     assert config["HostConfig"] == {"Binds": ["/state/work/j1/t/3:/aiobatch"], "Init": True}
-    argv = executor().container_config(context(TaskDef(name="t", command=("a", "b"), image="i")))
+    argv = container_config("rid", context(TaskDef(name="t", command=("a", "b"), image="i")))
     assert argv["Cmd"] == ("a", "b")
 
 
