@@ -1,12 +1,18 @@
 """The spawner's view of the processes it is the parent or subreaper of: its children, the
-attempt a process belongs to (by its environment), and killing one or its group. Standard
-library only, as the spawner (a sibling it imports as a script).
+attempt a process belongs to (by its environment), killing one or its group, and the strays
+of ended attempts; and its own open files limit. Standard library only, as the spawner (a
+sibling it imports as a script).
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import signal
+
+TYPE_CHECKING = False  # typing's own flag costs an import of typing
+if TYPE_CHECKING:
+    from collections.abc import Container
 
 KEY_VARS = ("AIOBATCH_JOB_ID", "AIOBATCH_TASK_NAME", "AIOBATCH_INSTANCE_INDEX", "AIOBATCH_ATTEMPT")
 
@@ -62,3 +68,32 @@ def key_of(pid: int) -> Key | None:
         return None
     job, task, index, attempt = (found[name] for name in KEY_VARS)
     return (job, task, index, attempt)
+
+
+def kill_strays(leaders: Container[int], running: Container[Key], *, everything: bool) -> None:
+    """Kill the processes left to us (we are their subreaper) whose attempt has ended:
+    every child but the ``leaders`` of attempts, unless its environment names a ``running``
+    attempt. One that names none (it cleared its environment) is killed once no attempt
+    runs; with ``everything`` (we close), all of them are."""
+    for pid in children():
+        if pid in leaders:
+            continue
+        if not everything:
+            key = key_of(pid)
+            if key in running or (key is None and running):
+                continue
+        kill(pid)
+        kill_group(pid, signal.SIGKILL)  # a setsid'd stray leads its own group
+
+
+def raise_open_files_limit() -> None:
+    """To the hard limit: we hold two pipes per running instance and use epoll, not select.
+    With the soft limit we were given (1024 in most shells) a wide job failed its starts
+    with "Too many open files": at a soft limit of 256, one of 400 instances at once did.
+    Our programs inherit it, as they do from a service, which raises its own."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):  # a hard limit of "unlimited" that the kernel caps
+            pass

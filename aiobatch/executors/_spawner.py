@@ -1,7 +1,8 @@
 """The spawner: a small process that starts, watches and reaps a runtime's local instances.
 
 It runs apart from the runtime (``python -E -s -S`` on this file: the standard library and its
-sibling ``_outputs.py`` only, so it starts in ~20 ms) for four reasons:
+siblings only, ``_launch``, ``_processes``, ``_outputs`` and ``_owed``, so it starts in
+~20 ms) for four reasons:
 
 - **It outlives a runtime that crashes.** It is in its own session, so a ``kill -9`` of the
   runtime leaves it running; it goes on reaping the instances it started and writes each one's
@@ -39,10 +40,8 @@ Standard library only: this file must not import aiobatch.
 from __future__ import annotations
 
 import ctypes
-import errno
 import marshal
 import os
-import resource
 import selectors
 import signal
 import sys
@@ -53,10 +52,12 @@ if TYPE_CHECKING:
     from typing import Any
 
     from aiobatch.executors import _launch as launch
+    from aiobatch.executors import _owed as owed
     from aiobatch.executors import _processes as processes
     from aiobatch.executors._outputs import Output, Outputs
 else:  # run as a script: its siblings are on the path, aiobatch is not
     import _launch as launch
+    import _owed as owed
     import _processes as processes
     from _outputs import Output, Outputs
 
@@ -66,7 +67,6 @@ PAUSE_RETRY_S = 1.0  # a copy paused for room, or a refused journal line, is tri
 # for room, from its last instance's end or its runtime's death (the later), before it gives
 # up on them and goes: those attempts are then found lost.
 ORPHANED_WRITES_S = 3600.0
-NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 HEADER_SIZE = 4  # a frame's length, big-endian
 # What one read of the socket takes at most: dozens of requests. Not 1 MiB: a buffer that
 # large is mapped and unmapped by malloc at every read, for a few KiB of requests.
@@ -105,9 +105,7 @@ class Spawner:
         self.selector.register(control, selectors.EVENT_READ, "control")
         self.outputs = Outputs(self.selector)
         self.journals = launch.Journals()
-        # Journal lines a full disk refused, by journal, oldest first: written, in order, once
-        # there is room (an attempt's pid and end must reach its journal for a next runtime).
-        self.unwritten: dict[str, list[bytes]] = {}
+        self.lines = owed.OwedLines(self.journals)  # and those a full disk refused
         self.busy_at = time.monotonic()  # when we last had an instance running
         self.identity = launch.identity(os.getpid())  # as the runtime names us in key lines
 
@@ -121,7 +119,7 @@ class Spawner:
             or outputs.open_count
             or self.owes_lines()
         ):
-            timeout = PAUSE_RETRY_S if outputs.paused or self.unwritten else None
+            timeout = PAUSE_RETRY_S if outputs.paused or self.lines.owed else None
             for key, _ in self.selector.select(timeout):
                 if isinstance(key.data, Output):
                     self.copy(key.data)
@@ -134,7 +132,7 @@ class Spawner:
             if self.leaders:  # before reaping: the last one's end counts as busy
                 self.busy_at = time.monotonic()
             self.reap()
-            self.write_unwritten()
+            self.lines.retry()
             self.flush()
             if self.closing and not self.leaders:
                 break  # what a closing runtime left behind is copied below, not waited for
@@ -252,10 +250,7 @@ class Spawner:
                 self.abort(request_id, leader, argv, exc, recorded=False, piped=len(ends) == 2)
                 return
             try:  # the key line, encoded by the runtime: the attempt is on record from here
-                # After the lines refused before it: one may take back an earlier try of
-                # this very attempt, and must not come after it.
-                self.write_owed(leader.journal)
-                self.journals.write(leader.journal, request["head"], first=True)
+                self.lines.write_first(leader.journal, request["head"])
             except OSError as exc:
                 for output in leader.outputs:
                     self.outputs.close(output)
@@ -319,49 +314,13 @@ class Spawner:
         self.send({**reply, "exec": exec_failed, "expired": expired})
 
     def write(self, leader: Leader, line: bytes) -> None:
-        """A journal line after the first. The runtime hears what it says anyway; one a full
-        disk refused waits, after those refused before it, for room (a runtime that dies
-        meanwhile leaves the next one the journal only); one whose journal went (the job's
-        logs were removed) is dropped."""
-        waiting = self.unwritten.get(leader.journal)
-        if waiting is not None:
-            waiting.append(line)
-            return
-        try:
-            self.journals.write(leader.journal, line)
-        except OSError as exc:
-            if exc.errno in NO_ROOM:
-                self.unwritten[leader.journal] = [line]
-
-    def write_unwritten(self) -> None:
-        """Try again the lines a full disk refused, each journal's in order."""
-        for path in list(self.unwritten):
-            try:
-                self.write_owed(path)
-            except OSError:
-                pass  # still no room: the next try, in PAUSE_RETRY_S
-
-    def write_owed(self, path: str) -> None:
-        """Write the lines refused before for this journal, in order. Raises OSError while
-        there is still no room; a line that fails otherwise (its journal went, the disk
-        failed) is dropped with those after it."""
-        lines = self.unwritten.get(path)
-        if lines is None:
-            return
-        try:
-            while lines:
-                self.journals.write(path, lines[0])
-                del lines[0]
-        except OSError as exc:
-            if exc.errno in NO_ROOM:
-                raise
-        del self.unwritten[path]
+        self.lines.write(leader.journal, line)
 
     def owes_lines(self) -> bool:
         """Lines are still to be written, and we wait for room: not once asked to close,
         nor, our runtime gone, longer than ORPHANED_WRITES_S since it went or since we last
         had something running (the later)."""
-        if not self.unwritten or self.closing:
+        if not self.lines.owed or self.closing:
             return False
         if self.orphaned and time.monotonic() - self.busy_at > ORPHANED_WRITES_S:
             return False
@@ -421,21 +380,8 @@ class Spawner:
         self.send({"op": "exited", "id": leader.id, "pid": pid, "log_bytes": log_bytes, **exited})
 
     def kill_strays(self, *, everything: bool = False) -> None:
-        """Kill the processes left to us (we are their subreaper) whose attempt has ended.
-
-        A stray belongs to the attempt its environment names. One that names none (it
-        cleared its environment) is killed once no attempt runs, or when we close.
-        """
         running = {leader.key for leader in self.leaders.values()}
-        for pid in processes.children():
-            if pid in self.leaders:
-                continue
-            if not everything:
-                key = processes.key_of(pid)
-                if key in running or (key is None and running):
-                    continue
-            processes.kill(pid)
-            processes.kill_group(pid, signal.SIGKILL)  # a setsid'd stray leads its own group
+        processes.kill_strays(self.leaders, running, everything=everything)
 
 
 def _drain(fd: int) -> None:
@@ -446,19 +392,6 @@ def _drain(fd: int) -> None:
         pass
 
 
-def _raise_open_files_limit() -> None:
-    """To the hard limit: we hold two pipes per running instance and use epoll, not select.
-    With the soft limit we were given (1024 in most shells) a wide job failed its starts
-    with "Too many open files": at a soft limit of 256, one of 400 instances at once did.
-    Our programs inherit it, as they do from a service, which raises its own."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError):  # a hard limit of "unlimited" that the kernel caps
-            pass
-
-
 def main() -> None:
     fd = int(sys.argv[1])
     os.setsid()  # a kill of the runtime's process group must not take us along
@@ -466,7 +399,7 @@ def main() -> None:
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
     os.set_inheritable(fd, False)  # passed to us; the programs we start must not hold it
-    _raise_open_files_limit()
+    processes.raise_open_files_limit()
     Spawner(fd).run()
     # Everything is reaped, written and closed: skip the interpreter's teardown, which a
     # closing runtime would otherwise wait for.
