@@ -92,9 +92,10 @@ class DockerExecutor:
     async def open(self, background: TaskGroup) -> None:
         self.runtime_id = self._runtime_id_source()
         await self._hosts.open()
-        self.leftovers.open(background)
+        await self.leftovers.open(background)
 
     async def aclose(self) -> None:
+        await self.leftovers.close()  # before the clients it removes through
         await self._hosts.close()
 
     async def _image_ready(self, docker: aiodocker.Docker, image: str, pull: str) -> bool:
@@ -269,9 +270,10 @@ class DockerExecutor:
         return host, self._hosts.client(host).containers.container(container_id)
 
     async def discard(self, found: FoundAttempt) -> bool:
+        """Remove an orphan found at a start: not shielded, so that a stop asked for then is
+        not held up by an engine that answers lists but not removals."""
         _, container = self._container(found)
-        await self.leftovers.remove(container)
-        return True
+        return await self.leftovers.remove(container, shield=False)
 
     async def adopt(self, ctx: InstanceContext, found: FoundAttempt) -> Outcome:
         """Follow a container this runtime started before it stopped; its logs are rewritten

@@ -1,10 +1,12 @@
 """Removing containers, and again later when the engine does not let us.
 
-A container whose removal fails (the engine does not answer within ``REMOVE_LIMIT_S``, or
-refuses) is kept in a list and tried again in the background, with exponential backoff,
-until it is gone: a service that runs for months must not collect them until its next
-start (which would find and remove them by their labels). A container the engine no
-longer knows counts as removed.
+A container whose removal fails (the engine does not answer within ``REMOVE_LIMIT_S``,
+refuses, or answers garbage) is tried again in the background, each on its own, 1 s later
+and then with doubling waits up to ``RETRY_MAX_S``, until it is gone: a service that runs
+for months must not collect them until its next start (which finds those of the env's
+hosts by their labels and removes them). One still there after ``RETRY_FOR_S`` is given up
+on, with a warning. A container the engine no longer knows counts as removed. The tries
+stop before the engines' clients close.
 """
 
 from __future__ import annotations
@@ -12,16 +14,18 @@ from __future__ import annotations
 from http import HTTPStatus
 
 import aiodocker
+import aiohttp
 import anyio
 import structlog
 from aiodocker.containers import DockerContainer
-from anyio.abc import TaskGroup
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
+from anyio.abc import TaskGroup, TaskStatus
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from aiobatch.executors.docker_hosts import message
 
 REMOVE_LIMIT_S = 30.0  # a removal the engine has not answered by then has failed
 RETRY_FIRST_S, RETRY_MAX_S = 1.0, 300.0  # the background tries' backoff
+RETRY_FOR_S = 24 * 3600.0  # then a container is left to the next start
 
 log = structlog.get_logger("aiobatch.docker")
 
@@ -35,64 +39,101 @@ async def remove(container: DockerContainer) -> str | None:
         if exc.status == HTTPStatus.NOT_FOUND:
             return None
         return message(exc)
-    except OSError as exc:  # TimeoutError among them: the engine did not answer
+    # OSError: no connection, or no answer in time (TimeoutError); the rest: an answer that
+    # is not HTTP, cut short, or not the JSON it says it is.
+    except (OSError, aiohttp.ClientError, ValueError, KeyError) as exc:
         return str(exc) or type(exc).__name__
     return None
 
 
-class _Left(Exception):
-    """Some of them are still there."""
+class _StillThere(Exception):
+    pass
 
 
 class Leftovers:
     def __init__(self, env_name: str) -> None:
         self.env_name = env_name
         self.waiting: dict[str, DockerContainer] = {}  # by container id
-        self._news = anyio.Event()
-        self._tried = anyio.Event()  # set after each background round
+        self._group: TaskGroup | None = None  # the background tries', while open
+        # Made once open: the executor itself is made before any event loop runs.
+        self._scope: anyio.CancelScope | None = None
+        self._closed: anyio.Event | None = None
+        self._none_left: anyio.Event | None = None  # None: nothing waits
 
-    def open(self, background: TaskGroup) -> None:
-        background.start_soon(self._sweep)
+    async def open(self, background: TaskGroup) -> None:
+        self._scope, self._closed = anyio.CancelScope(), anyio.Event()
+        await background.start(self._run, self._scope, self._closed)
 
-    async def remove(self, container: DockerContainer) -> None:
-        """Remove it now, or leave it to the background tries. Shielded (what asks may be
-        cancelled: a stop, a shutdown), bounded by ``REMOVE_LIMIT_S``."""
-        with anyio.CancelScope(shield=True):
+    async def close(self) -> None:
+        """Stop the background tries (their containers are found at the next start)."""
+        if self._scope is not None and self._closed is not None:
+            self._scope.cancel()
+            await self._closed.wait()
+
+    async def remove(self, container: DockerContainer, *, shield: bool = True) -> bool:
+        """Remove it now (bounded by ``REMOVE_LIMIT_S``; shielded unless told otherwise:
+        what asks may be cancelled, a stop or a shutdown); whether it is gone. If not, it
+        is tried again in the background."""
+        if shield:
+            with anyio.CancelScope(shield=True):
+                why = await remove(container)
+        else:
             why = await remove(container)
-        if why is not None:
-            log.warning(
-                "docker_remove_failed", env=self.env_name, container=container.id, error=why
-            )
+        if why is None:
+            return True
+        log.warning("docker_remove_failed", env=self.env_name, container=container.id, error=why)
+        if self._group is not None and container.id not in self.waiting:
+            if not self.waiting:
+                self._none_left = anyio.Event()
             self.waiting[container.id] = container
-            self._news.set()
-
-    async def _sweep(self) -> None:
-        while True:
-            await self._news.wait()
-            self._news = anyio.Event()
-            await anyio.sleep(RETRY_FIRST_S)  # it failed a moment ago
-            retrying = AsyncRetrying(
-                retry=retry_if_exception_type(_Left),
-                wait=wait_exponential(multiplier=RETRY_FIRST_S, max=RETRY_MAX_S),
-                sleep=anyio.sleep,
-            )
-            async for attempt in retrying:
-                with attempt:
-                    await self._try_all()
+            self._group.start_soon(self._keep_trying, container)
+        return False
 
     async def none_left(self) -> None:
-        """Return once every container left over so far is removed."""
-        while self.waiting:
-            await self._tried.wait()
+        """Return once no container waits to be tried again."""
+        if self._none_left is not None:
+            await self._none_left.wait()
 
-    async def _try_all(self) -> None:
+    async def _run(
+        self,
+        scope: anyio.CancelScope,
+        closed: anyio.Event,
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
         try:
-            for container_id, container in list(self.waiting.items()):
-                if await remove(container) is None:
-                    del self.waiting[container_id]
-                    log.info("docker_leftover_removed", env=self.env_name, container=container_id)
+            with scope:
+                async with anyio.create_task_group() as group:
+                    self._group = group
+                    task_status.started()
+                    await anyio.sleep_forever()
         finally:
-            self._tried.set()
-            self._tried = anyio.Event()
-        if self.waiting:
-            raise _Left
+            self._group = None
+            closed.set()
+
+    async def _keep_trying(self, container: DockerContainer) -> None:
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(_StillThere),
+            wait=wait_exponential(multiplier=RETRY_FIRST_S, max=RETRY_MAX_S),
+            stop=stop_after_delay(RETRY_FOR_S),
+            sleep=anyio.sleep,
+            reraise=True,
+        )
+        try:
+            await anyio.sleep(RETRY_FIRST_S)  # it failed a moment ago
+            async for attempt in retrying:
+                with attempt:
+                    why = await remove(container)
+                    if why is not None:
+                        raise _StillThere(why)
+            log.info("docker_leftover_removed", env=self.env_name, container=container.id)
+        except _StillThere as exc:
+            log.warning(
+                "docker_leftover_given_up", env=self.env_name, container=container.id, error=exc
+            )
+        except Exception:  # a bug of ours must not end the env's other tries, or the runtime
+            log.exception("docker_leftover_failed", env=self.env_name, container=container.id)
+        finally:
+            del self.waiting[container.id]
+            if not self.waiting and self._none_left is not None:
+                self._none_left.set()

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.anyio
 
 
 def dockerd_serving(host: str) -> int:
-    """The pid of the dockerd that listens on ``host``."""
+    """The pid of the dockerd that listens on ``host`` (one that scripts/docker-engine
+    started: ``-H HOST`` on its command line)."""
     with os.scandir("/proc") as entries:
         pids = [entry.name for entry in entries if entry.name.isdigit()]
     for pid in pids:
@@ -32,7 +33,10 @@ def dockerd_serving(host: str) -> int:
             continue
         if argv and argv[0].endswith(b"dockerd") and host.encode() in argv:
             return int(pid)
-    raise AssertionError(f"no dockerd listens on {host}")
+    message = f"no dockerd started with -H {host} (scripts/docker-engine up starts them)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 async def test_a_container_the_engine_would_not_remove_is_removed_once_it_answers(
@@ -63,8 +67,11 @@ async def test_a_container_the_engine_would_not_remove_is_removed_once_it_answer
             assert left_when_released == [1]
             executor = rt.executors["docker"]
             assert isinstance(executor, DockerExecutor)
+            # Tried again in the background (or removed by the engine as it resumed: the
+            # removal it was sent while stopped may still be in its socket; either way the
+            # runtime follows it to its end). tests/unit/test_docker_removal_retries.py: the tries.
             with anyio.fail_after(30):
-                await executor.leftovers.none_left()  # tried again in the background
+                await executor.leftovers.none_left()
             assert await leftovers(client, state_dir) == []
     finally:
         os.kill(pid, signal.SIGCONT)  # whatever happened, the engine runs on

@@ -107,3 +107,8 @@ def test_env_slots_are_per_host() -> None:
 def test_no_tls_for_unix_sockets() -> None:
     assert hosts().ssl_context("unix:///a.sock") is None
     anyio.run(executor().aclose)
+
+
+def test_an_executor_is_made_before_any_event_loop_runs() -> None:
+    """``aiobatch run`` checks a spec, and so makes its executors, before its loop starts."""
+    assert executor().leftovers.waiting == {}

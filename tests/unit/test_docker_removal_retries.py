@@ -1,0 +1,150 @@
+"""Containers the engine did not let us remove, tried again in the background: the retry
+logic against stand-in containers whose removal fails as an engine's can (the whole path,
+with a real engine stopped by SIGSTOP, is in tests/integration/test_docker_leftovers.py)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import cast
+
+import aiodocker
+import aiohttp
+import anyio
+import pytest
+import structlog
+from aiodocker.containers import DockerContainer
+
+from aiobatch.executors import docker_leftovers
+from aiobatch.executors.docker_leftovers import Leftovers
+
+pytestmark = pytest.mark.anyio
+
+
+class Container:
+    """Fails its first ``failures`` removals with what ``fail`` raises, then is removed."""
+
+    def __init__(
+        self, id: str, failures: float, fail: Callable[[], BaseException] | None = None
+    ) -> None:
+        self.id, self.failures, self.tries = id, failures, 0
+        self.fail = fail or (lambda: aiodocker.DockerError(500, "removal already in progress"))
+        self.removed = anyio.Event()
+
+    async def delete(self, *, force: bool) -> None:
+        assert force
+        self.tries += 1
+        if self.tries <= self.failures:
+            raise self.fail()
+        self.removed.set()
+
+
+def docker(container: Container) -> DockerContainer:
+    return cast(DockerContainer, container)
+
+
+@pytest.fixture(autouse=True)
+def quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(docker_leftovers, "RETRY_FIRST_S", 0.01)
+    monkeypatch.setattr(docker_leftovers, "RETRY_MAX_S", 0.04)
+    monkeypatch.setattr(docker_leftovers, "REMOVE_LIMIT_S", 0.5)
+
+
+@pytest.fixture
+async def leftovers() -> AsyncIterator[Leftovers]:
+    async with anyio.create_task_group() as background:
+        tried = Leftovers("docker")
+        await tried.open(background)
+        yield tried
+        await tried.close()
+        background.cancel_scope.cancel()
+
+
+async def test_a_refused_removal_is_tried_again_until_the_container_is_gone(
+    leftovers: Leftovers,
+) -> None:
+    container = Container("a", failures=3)
+    with structlog.testing.capture_logs() as logs:
+        assert not await leftovers.remove(docker(container))
+        with anyio.fail_after(10):
+            await leftovers.none_left()
+    assert container.tries == 4 and container.removed.is_set()
+    assert [entry["event"] for entry in logs] == ["docker_remove_failed", "docker_leftover_removed"]
+
+
+@pytest.mark.parametrize(
+    "fail",
+    [
+        lambda: TimeoutError(),
+        lambda: aiohttp.ClientPayloadError("cut short"),
+        lambda: aiohttp.ServerDisconnectedError(),
+        lambda: ValueError("not JSON"),
+    ],
+    ids=["no answer", "cut short", "hung up", "not JSON"],
+)
+async def test_whatever_an_engine_answers_a_removal_is_tried_again(
+    leftovers: Leftovers, fail: Callable[[], BaseException]
+) -> None:
+    container = Container("a", failures=2, fail=fail)
+    assert not await leftovers.remove(docker(container))
+    with anyio.fail_after(10):
+        await leftovers.none_left()
+    assert container.removed.is_set()
+
+
+async def test_a_new_leftover_does_not_wait_for_one_that_keeps_failing(
+    leftovers: Leftovers,
+) -> None:
+    stuck, new = Container("stuck", failures=float("inf")), Container("new", failures=1)
+    await leftovers.remove(docker(stuck))
+    await leftovers.remove(docker(new))
+    with anyio.fail_after(10):
+        await new.removed.wait()
+    assert list(leftovers.waiting) == ["stuck"]
+
+
+async def test_a_failure_of_ours_ends_that_container_tries_only() -> None:
+    """Not one an engine's answer can cause: logged, and the env's other tries, and the
+    runtime, go on."""
+    raised = iter([aiodocker.DockerError(500, "busy"), RuntimeError("Session is closed")])
+    broken = Container("broken", failures=2, fail=lambda: next(raised))
+    other = Container("other", failures=1)
+    with structlog.testing.capture_logs() as logs:
+        async with anyio.create_task_group() as background:
+            tried = Leftovers("docker")
+            await tried.open(background)
+            assert not await tried.remove(docker(broken))
+            assert not await tried.remove(docker(other))
+            with anyio.fail_after(10):
+                await tried.none_left()
+            await tried.close()
+    assert broken.tries == 2 and other.removed.is_set()
+    assert "docker_leftover_failed" in [entry["event"] for entry in logs]
+
+
+async def test_closing_stops_the_tries_before_the_clients_close(leftovers: Leftovers) -> None:
+    stuck = Container("stuck", failures=float("inf"))
+    await leftovers.remove(docker(stuck))
+    with anyio.fail_after(5):
+        await leftovers.close()
+    tries = stuck.tries
+    await anyio.sleep(0.1)  # a try still going on would count here
+    assert stuck.tries == tries and leftovers.waiting == {}
+
+
+async def test_a_removal_at_start_up_gives_way_to_a_stop() -> None:
+    """Shielded, a removal of an engine that never answers would hold a stop for the whole
+    limit; an orphan's, at start, is not."""
+
+    class Hanging(Container):
+        async def delete(self, *, force: bool) -> None:
+            await anyio.sleep_forever()
+
+    tried = Leftovers("docker")  # not opened: nothing is tried again
+    began = time.monotonic()
+    with anyio.move_on_after(0.05):
+        await tried.remove(docker(Hanging("h", 0)), shield=False)
+    assert time.monotonic() - began < 0.4  # REMOVE_LIMIT_S is 0.5 here
+    with anyio.move_on_after(0.05):
+        await tried.remove(docker(Hanging("h", 0)))
+    assert time.monotonic() - began >= 0.5  # shielded: the limit, whatever the stop
