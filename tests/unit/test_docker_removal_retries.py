@@ -4,8 +4,9 @@ with a real engine stopped by SIGSTOP, is in tests/integration/test_docker_lefto
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import cast
 
 import aiodocker
@@ -48,6 +49,15 @@ def quick(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(docker_leftovers, "RETRY_FIRST_S", 0.01)
     monkeypatch.setattr(docker_leftovers, "RETRY_MAX_S", 0.04)
     monkeypatch.setattr(docker_leftovers, "REMOVE_LIMIT_S", 0.5)
+
+
+@pytest.fixture(autouse=True)
+def every_level() -> Iterator[None]:
+    """Whatever level an earlier test (an in-process ``aiobatch run``) left configured."""
+    before = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.NOTSET))
+    yield
+    structlog.configure(**before)
 
 
 @pytest.fixture
