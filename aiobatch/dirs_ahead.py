@@ -1,11 +1,11 @@
 """Work dirs made ahead: once a job is accepted, its first work dirs are made in a worker
 thread, so that a start does not wait for its dir to be made.
 
-Making a dir costs a start ~70 µs per level on an ext4 that has freed many inodes (this
-is what a state dir that deletes old jobs becomes), more on a network file system; an
-instance's first start makes two levels (its task's dir and its own). In a chain, every
-hop waited for both. Made ahead, in dependency order, they are there by the time each task
-is ready.
+Making a dir cost a start 70-800 µs per level, measured on an ext4 without a journal that
+had freed many inodes in the minutes before (as a state dir that deletes old jobs does),
+and a round trip on a network file system; an instance's first start makes two levels
+(its task's dir and its own). In a chain, every hop waited for both. Made ahead, in
+dependency order, they are there by the time each task is ready.
 
 Bounded: the first ``AHEAD_PER_TASK`` instances of each task, ``AHEAD_PER_JOB`` dirs in
 all, for ``AHEAD_JOBS`` jobs at most (a backlog of accepted jobs must not become millions of
