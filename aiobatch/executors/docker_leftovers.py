@@ -1,12 +1,12 @@
 """Removing containers, and again later when the engine does not let us.
 
 A container whose removal fails (the engine does not answer within ``REMOVE_LIMIT_S``,
-refuses, or answers garbage) is tried again in the background, each on its own, 1 s later
-and then with doubling waits up to ``RETRY_MAX_S``, until it is gone: a service that runs
-for months must not collect them until its next start (which finds those of the env's
-hosts by their labels and removes them). One still there after ``RETRY_FOR_S`` is given up
-on, with a warning. A container the engine no longer knows counts as removed. The tries
-stop before the engines' clients close.
+refuses, or answers garbage) is tried again in the background, each on its own, after 1 s,
+1 s, 2 s, 4 s and so on up to ``RETRY_MAX_S``, until it is gone: a service that runs for
+months must not collect them (a start removes only the orphans of its unfinished jobs'
+envs). One still there after ``RETRY_FOR_S`` is given up on, with a warning. A container
+the engine no longer knows counts as removed. The tries stop before the engines' clients
+close.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from aiobatch.executors.docker_hosts import message
 
 REMOVE_LIMIT_S = 30.0  # a removal the engine has not answered by then has failed
 RETRY_FIRST_S, RETRY_MAX_S = 1.0, 300.0  # the background tries' backoff
-RETRY_FOR_S = 24 * 3600.0  # then a container is left to the next start
+RETRY_FOR_S = 24 * 3600.0  # then a container is left (logged: docker_leftover_given_up)
 
 log = structlog.get_logger("aiobatch.docker")
 
