@@ -270,10 +270,11 @@ class DockerExecutor:
         return host, self._hosts.client(host).containers.container(container_id)
 
     async def discard(self, found: FoundAttempt) -> bool:
-        """Remove an orphan found at a start: not shielded, so that a stop asked for then is
-        not held up by an engine that answers lists but not removals."""
+        """Have an orphan found at a start removed in the background: a start must not wait
+        for an engine that answers lists but not removals (its end is logged there)."""
         _, container = self._container(found)
-        return await self.leftovers.remove(container, shield=False)
+        self.leftovers.remove_soon(container)
+        return False
 
     async def adopt(self, ctx: InstanceContext, found: FoundAttempt) -> Outcome:
         """Follow a container this runtime started before it stopped; its logs are rewritten

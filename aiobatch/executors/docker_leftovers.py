@@ -4,7 +4,8 @@ A container whose removal fails (the engine does not answer within ``REMOVE_LIMI
 refuses, or answers garbage) is tried again in the background, each on its own, after 1 s,
 1 s, 2 s, 4 s and so on up to ``RETRY_MAX_S``, until it is gone: a service that runs for
 months must not collect them (a start removes only the orphans of its unfinished jobs'
-envs). One still there after ``RETRY_FOR_S`` is given up on, with a warning. A container
+envs, and hands them to these tries). One still there after ``RETRY_FOR_S`` is given up
+on, with a warning. A container
 the engine no longer knows counts as removed. The tries stop before the engines' clients
 close.
 """
@@ -70,24 +71,29 @@ class Leftovers:
             self._scope.cancel()
             await self._closed.wait()
 
-    async def remove(self, container: DockerContainer, *, shield: bool = True) -> bool:
-        """Remove it now (bounded by ``REMOVE_LIMIT_S``; shielded unless told otherwise:
-        what asks may be cancelled, a stop or a shutdown); whether it is gone. If not, it
-        is tried again in the background."""
-        if shield:
-            with anyio.CancelScope(shield=True):
-                why = await remove(container)
-        else:
+    async def remove(self, container: DockerContainer) -> bool:
+        """Remove it now, shielded (what asks may be cancelled: a stop, a shutdown) and
+        bounded by ``REMOVE_LIMIT_S``; whether it is gone. If not, it is tried again in the
+        background."""
+        with anyio.CancelScope(shield=True):
             why = await remove(container)
         if why is None:
             return True
         log.warning("docker_remove_failed", env=self.env_name, container=container.id, error=why)
+        self._try_in_background(container, first_wait=RETRY_FIRST_S)  # it failed just now
+        return False
+
+    def remove_soon(self, container: DockerContainer) -> None:
+        """Remove it in the background, from now on: what asks does not wait for it (a
+        start, for an engine that answers lists but not removals)."""
+        self._try_in_background(container, first_wait=0.0)
+
+    def _try_in_background(self, container: DockerContainer, *, first_wait: float) -> None:
         if self._group is not None and container.id not in self.waiting:
             if not self.waiting:
                 self._none_left = anyio.Event()
             self.waiting[container.id] = container
-            self._group.start_soon(self._keep_trying, container)
-        return False
+            self._group.start_soon(self._keep_trying, container, first_wait)
 
     async def none_left(self) -> None:
         """Return once no container waits to be tried again."""
@@ -111,7 +117,7 @@ class Leftovers:
             self._group = None
             closed.set()
 
-    async def _keep_trying(self, container: DockerContainer) -> None:
+    async def _keep_trying(self, container: DockerContainer, first_wait: float) -> None:
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(_StillThere),
             wait=wait_exponential(multiplier=RETRY_FIRST_S, max=RETRY_MAX_S),
@@ -120,7 +126,7 @@ class Leftovers:
             reraise=True,
         )
         try:
-            await anyio.sleep(RETRY_FIRST_S)  # it failed a moment ago
+            await anyio.sleep(first_wait)
             async for attempt in retrying:
                 with attempt:
                     why = await remove(container)

@@ -526,6 +526,10 @@ async def test_detached_containers_are_readopted_and_orphans_removed(
         await job.wait_for_success()
         result = await job.get_task_result("t")
         history = await stored(rt, job.id)
+        executor = rt.executors["docker"]
+        assert isinstance(executor, DockerExecutor)
+        with anyio.fail_after(30):
+            await executor.leftovers.none_left()  # the orphan is removed in the background
 
     assert [(i.status, i.attempts) for i in result.instances or []] == [("SUCCEEDED", 1)] * 2
     staged = [e for _, e in history if isinstance(e, InstanceStateChanged) and e.state == "STAGING"]
