@@ -66,7 +66,8 @@ class Leftovers:
         await background.start(self._run, self._scope, self._closed)
 
     async def close(self) -> None:
-        """Stop the background tries (their containers are found at the next start)."""
+        """Stop the background tries. What still waits is left: a next start removes those
+        of its unfinished jobs' envs that no instance claims (see above)."""
         if self._scope is not None and self._closed is not None:
             self._scope.cancel()
             await self._closed.wait()
