@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 import pytest
 
-from aiobatch.attempt import RUNTIME_LOST, AttemptControl, InstanceContext
+from aiobatch.attempt import RUNTIME_LOST, AttemptControl, InstanceContext, Outcome
 from aiobatch.executors import _launch as launch
 from aiobatch.executors import records
 from aiobatch.executors.local import LocalExecutor
@@ -177,6 +177,34 @@ async def test_an_attempt_that_ended_unwatched_is_adopted_with_its_exit(
     assert executor._journals == {}  # read while adopting, let go after
 
 
+async def run_one_attempt(tmp_path: Path, spawner: object) -> Outcome:
+    """Attempt 1 of ``job``'s task ``t``, index 0, run by a local executor whose only
+    spawner is ``spawner`` (a stand-in that dies on its way)."""
+    executor = LocalExecutor(StateLayout(tmp_path))
+    executor.runtime_id = "r"
+    executor._spawners = [spawner]  # type: ignore[list-item]
+    key_env = {
+        "AIOBATCH_JOB_ID": "job",
+        "AIOBATCH_TASK_NAME": "t",
+        "AIOBATCH_INSTANCE_INDEX": "0",
+        "AIOBATCH_ATTEMPT": "1",
+    }
+    ctx = InstanceContext(
+        job_id="job",
+        job_name="job",
+        task=TaskDef(name="t", command="true"),
+        index=0,
+        attempt=1,
+        work_dir=tmp_path / "work",
+        stdout_path=tmp_path / "0.stdout",
+        stderr_path=tmp_path / "0.stderr",
+        env={"PATH": os.environ["PATH"], **key_env},
+        kill_grace_s=1.0,
+        control=AttemptControl(),
+    )
+    return await executor.run(ctx, lambda pid: None)
+
+
 class DiesAfterItsKeyLine:
     """A spawner that records a start and makes it, then dies before its pid line and its
     answer: the runtime hears nothing but that it is gone."""
@@ -203,33 +231,10 @@ async def test_a_start_whose_spawner_died_before_its_pid_line_is_killed_by_its_k
 ) -> None:
     """The journal has the start's key line and no pid: the process may run, so it is
     found by the attempt its environment names and killed; the attempt is lost."""
-    layout = StateLayout(tmp_path)
-    executor = LocalExecutor(layout)
-    executor.runtime_id = "r"
     spawner = DiesAfterItsKeyLine()
-    executor._spawners = [spawner]  # type: ignore[list-item]
-    key_env = {
-        "AIOBATCH_JOB_ID": "job",
-        "AIOBATCH_TASK_NAME": "t",
-        "AIOBATCH_INSTANCE_INDEX": "0",
-        "AIOBATCH_ATTEMPT": "1",
-    }
-    ctx = InstanceContext(
-        job_id="job",
-        job_name="job",
-        task=TaskDef(name="t", command="true"),
-        index=0,
-        attempt=1,
-        work_dir=tmp_path / "work",
-        stdout_path=tmp_path / "0.stdout",
-        stderr_path=tmp_path / "0.stderr",
-        env={"PATH": os.environ["PATH"], **key_env},
-        kill_grace_s=1.0,
-        control=AttemptControl(),
-    )
     try:
         with anyio.fail_after(30):
-            outcome = await executor.run(ctx, lambda pid: None)
+            outcome = await run_one_attempt(tmp_path, spawner)
         assert outcome.reason == RUNTIME_LOST
         assert spawner.started is not None
         assert spawner.started.wait(timeout=10) == -signal.SIGKILL
@@ -271,35 +276,12 @@ async def test_a_start_whose_spawner_died_after_its_pid_line_loses_what_it_left_
 ) -> None:
     """The journal names the start's pid: its process group is killed, and so is what it
     left in a session of its own, found by its environment (no spawner reaps it now)."""
-    layout = StateLayout(tmp_path)
-    executor = LocalExecutor(layout)
-    executor.runtime_id = "r"
     daemon = tmp_path / "daemon"
     os.mkfifo(daemon)
     spawner = DiesAfterItsPidLine(daemon)
-    executor._spawners = [spawner]  # type: ignore[list-item]
-    key_env = {
-        "AIOBATCH_JOB_ID": "job",
-        "AIOBATCH_TASK_NAME": "t",
-        "AIOBATCH_INSTANCE_INDEX": "0",
-        "AIOBATCH_ATTEMPT": "1",
-    }
-    ctx = InstanceContext(
-        job_id="job",
-        job_name="job",
-        task=TaskDef(name="t", command="true"),
-        index=0,
-        attempt=1,
-        work_dir=tmp_path / "work",
-        stdout_path=tmp_path / "0.stdout",
-        stderr_path=tmp_path / "0.stderr",
-        env={"PATH": os.environ["PATH"], **key_env},
-        kill_grace_s=1.0,
-        control=AttemptControl(),
-    )
     try:
         with anyio.fail_after(30):
-            outcome = await executor.run(ctx, lambda pid: None)
+            outcome = await run_one_attempt(tmp_path, spawner)
         assert outcome.reason == RUNTIME_LOST
         assert spawner.started is not None
         assert spawner.started.wait(timeout=10) == -signal.SIGKILL
