@@ -15,7 +15,6 @@ from typing import Any, cast
 
 import anyio
 import msgspec
-import structlog
 from anyio.abc import TaskGroup
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
@@ -35,6 +34,7 @@ from aiobatch.events import Bus
 from aiobatch.executors.base import Executor, HoldingExecutor
 from aiobatch.hooks import HookContext, HookFailed, Hooks
 from aiobatch.layout import StateLayout
+from aiobatch.logging import get_logger
 from aiobatch.model import InstanceRec, JobRec
 from aiobatch.resources import Found
 from aiobatch.secret_sources import SecretUnavailable
@@ -42,7 +42,7 @@ from aiobatch.states import JOB_TERMINAL, InstanceState
 from aiobatch.storage.base import StorageBackend
 from aiobatch.store import Store
 
-log = structlog.get_logger("aiobatch.attempts")
+log = get_logger("aiobatch.attempts")
 
 SPACE_RETRY_FIRST_S = 0.1  # a full state dir is tried again after this, doubling up to the max
 SPACE_RETRY_MAX_S = 5.0

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import structlog
 
 from aiobatch.attempts import Attempts
 from aiobatch.config import Config
@@ -28,6 +27,7 @@ from aiobatch.errors import (
     TaskNotFound,
 )
 from aiobatch.events import Bus, JobSubmitted
+from aiobatch.logging import get_logger
 from aiobatch.model import JobRec
 from aiobatch.queries import Queries
 from aiobatch.resources import Resources
@@ -36,7 +36,7 @@ from aiobatch.spec import JobDef, JobSpec, load_spec
 from aiobatch.states import JOB_TERMINAL, JobState
 from aiobatch.store import Store
 
-log = structlog.get_logger("aiobatch.commands")
+log = get_logger("aiobatch.commands")
 
 SpecSource = str | Path | JobSpec | JobDef | Mapping[str, Any]
 

@@ -17,16 +17,16 @@ from typing import TypeVar
 
 import aiosqlite
 import anyio
-import structlog
 
 from aiobatch.dbcheck import Sidecars, check_database
 from aiobatch.errors import DatabaseUnusable, StateDirUnwritable
+from aiobatch.logging import get_logger
 from aiobatch.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
 
 A = TypeVar("A")
 R = TypeVar("R")
 
-log = structlog.get_logger("aiobatch.database")
+log = get_logger("aiobatch.database")
 
 # SQLite's primary result codes that mean the file system, not the data: full, I/O error,
 # read-only. Writes are kept in memory and tried again.

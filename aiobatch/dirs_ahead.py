@@ -28,14 +28,14 @@ from collections.abc import Collection
 from pathlib import Path
 
 import anyio
-import structlog
 from anyio.abc import TaskGroup
 
 from aiobatch.dag import dependency_order
 from aiobatch.layout import StateLayout
+from aiobatch.logging import get_logger
 from aiobatch.spec import JobDef
 
-log = structlog.get_logger("aiobatch.dirs_ahead")
+log = get_logger("aiobatch.dirs_ahead")
 
 AHEAD_PER_TASK = 8
 AHEAD_PER_JOB = 1024

@@ -5,16 +5,15 @@ ones, and its ``on_job_end`` hooks run with its final snapshot (unless the runti
 
 from __future__ import annotations
 
-import structlog
-
 from aiobatch.attempts import Attempts
 from aiobatch.engine import Engine
 from aiobatch.events import Event, JobStateChanged
 from aiobatch.hooks import Hooks
+from aiobatch.logging import get_logger
 from aiobatch.queries import Queries
 from aiobatch.states import JOB_TERMINAL
 
-log = structlog.get_logger("aiobatch.ended_jobs")
+log = get_logger("aiobatch.ended_jobs")
 
 
 class EndedJobs:

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import structlog
 from msgspec.structs import replace
 
 from aiobatch.config import ComputeEnvConfig, Config
@@ -29,12 +28,13 @@ from aiobatch.errors import EnvNotFound, SpecError
 from aiobatch.host_set import HostSet
 from aiobatch.layout import StateLayout
 from aiobatch.limits import MAX_SLOTS
+from aiobatch.logging import get_logger
 from aiobatch.resources import Resources
 from aiobatch.states import JobState, TaskState
 from aiobatch.units import shown
 from aiobatch.wire import EnvChange, EnvInfo, HostInfo
 
-log = structlog.get_logger("aiobatch.envs")
+log = get_logger("aiobatch.envs")
 
 MAX_HOSTS = 256  # engines per Docker env
 MAX_HOST_CHARS = 2048

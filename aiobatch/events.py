@@ -13,8 +13,9 @@ from contextlib import contextmanager
 
 import anyio
 import msgspec
-import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from aiobatch.logging import get_logger
 
 
 class JobSubmitted(msgspec.Struct, frozen=True, tag=True, kw_only=True):
@@ -97,7 +98,7 @@ class NotificationFailed(msgspec.Struct, frozen=True, tag=True, kw_only=True):
     ts: float
 
 
-log = structlog.get_logger("aiobatch.events")
+log = get_logger("aiobatch.events")
 
 Event = (
     JobSubmitted

@@ -1,16 +1,82 @@
-"""structlog setup: a console renderer for a person at a terminal, JSON lines otherwise."""
+"""structlog setup: a console renderer for a person at a terminal, JSON lines otherwise.
+
+structlog is imported at the first line logged, not when aiobatch is: with rich installed,
+structlog's import pulls it in and costs ~50 ms, which every CLI command and every
+``aiobatch run`` would pay although most log nothing. Modules take their logger from
+:func:`get_logger`, which stands in for structlog's until it is first used.
+"""
 
 from __future__ import annotations
 
-import logging
 import sys
-from typing import TextIO
-
-import structlog
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TextIO
 
 from aiobatch.lossy_stream import lossy
 
+if TYPE_CHECKING:
+    import structlog
+
 SECRET_WORDS = ("secret", "password", "token", "access_key", "credential", "authorization")
+
+_LEVELS = {
+    "debug": 10,
+    "info": 20,
+    "warning": 30,
+    "warn": 30,
+    "error": 40,
+    "exception": 40,
+    "critical": 50,
+}
+_lock = threading.Lock()
+# The configuration asked for before structlog was imported; applied at the first line logged.
+_pending: Callable[[], None] | None = None
+# Its level: while it is pending, a line below it is dropped without importing structlog.
+_pending_level = 0
+
+
+def _drop(*args: object, **kwargs: object) -> None:
+    return None
+
+
+class _Logger:
+    """A module's logger: becomes structlog's (a lazy proxy itself) at its first use."""
+
+    __slots__ = ("_name", "_real")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._real: Any = None
+
+    def __getattr__(self, attribute: str) -> Any:
+        if self._real is None:
+            if (
+                _pending is not None
+                and _LEVELS.get(attribute, 100) < _pending_level
+                and "structlog" not in sys.modules
+            ):
+                return _drop
+            self._real = _structlog_logger(self._name)
+        return getattr(self._real, attribute)
+
+
+def get_logger(name: str) -> Any:
+    """The logger of module ``name``; importing structlog waits for its first line."""
+    return _Logger(name)
+
+
+def _structlog_logger(name: str) -> Any:
+    global _pending
+    import structlog
+
+    with _lock:
+        # Configured by someone else since configure_logging was called (a host program, a
+        # test's capture_logs): theirs is the newer wish.
+        if _pending is not None and not structlog.is_configured():
+            _pending()
+        _pending = None
+    return structlog.get_logger(name)
 
 
 def redact_secrets(
@@ -26,6 +92,8 @@ def redact_secrets(
 def _traceback() -> structlog.typing.ExceptionRenderer:
     """Tracebacks without the values of local variables: rich (and better-exceptions, the
     console renderer's other default) would print an instance's environment, secrets and all."""
+    import structlog
+
     try:
         import rich  # noqa: F401 - only whether it is there
     except ImportError:
@@ -37,9 +105,29 @@ def configure_logging(
     format: str = "auto", level: str = "info", stream: TextIO | None = None
 ) -> None:
     """Route structlog to ``stream`` (stderr by default). ``auto`` picks by ``isatty``.
-    A line that cannot be written is dropped: logging never raises into the caller."""
+    A line that cannot be written is dropped: logging never raises into the caller.
+    Applied at once if structlog is imported already, else at the first line logged."""
+    global _pending, _pending_level
     stream = lossy(stream or sys.stderr)
     console = format == "console" or (format == "auto" and stream.isatty())
+
+    def apply() -> None:
+        _apply(stream, console, level)
+
+    with _lock:
+        if "structlog" in sys.modules:
+            _pending = None
+            apply()
+        else:
+            _pending = apply
+            _pending_level = _LEVELS[level.lower()]
+
+
+def _apply(stream: TextIO, console: bool, level: str) -> None:
+    import logging
+
+    import structlog
+
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer(colors=stream.isatty(), exception_formatter=_traceback())
         if console

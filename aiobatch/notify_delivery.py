@@ -17,11 +17,11 @@ from collections.abc import Callable, Collection, Mapping
 
 import anyio
 import msgspec
-import structlog
 from anyio.abc import TaskGroup, TaskStatus
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from aiobatch.events import Event, JobStateChanged, event_decoder
+from aiobatch.logging import get_logger
 from aiobatch.notifications import event_tags, notify_type, wanted
 from aiobatch.notify_sender import Delivery, GivenUp, Sender
 from aiobatch.notify_store import JobTargets, NotifyStore
@@ -29,7 +29,7 @@ from aiobatch.notify_types import NotifyDef
 from aiobatch.states import JOB_TERMINAL
 from aiobatch.store import Store
 
-log = structlog.get_logger("aiobatch.notifications")
+log = get_logger("aiobatch.notifications")
 
 # Jobs whose deliveries run at once (a sleeping task each while a try waits out its
 # backoff); more wait their turn, oldest news first.

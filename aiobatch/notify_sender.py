@@ -16,7 +16,6 @@ from urllib.parse import urlsplit
 
 import anyio
 import msgspec
-import structlog
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -25,6 +24,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from aiobatch.logging import get_logger
 from aiobatch.notifications import body_bytes, delivery_id, headers
 from aiobatch.notify_store import NotifyStore
 from aiobatch.notify_types import NOTIFY_MAX_WAIT_S, NotifyDef
@@ -33,7 +33,7 @@ from aiobatch.secret_sources import SecretUnavailable, read_secret
 if TYPE_CHECKING:
     import aiohttp
 
-log = structlog.get_logger("aiobatch.notifications")
+log = get_logger("aiobatch.notifications")
 
 # Connections open at once, in all and to one host: a receiver that hangs holds a few.
 MAX_CONNECTIONS = 64

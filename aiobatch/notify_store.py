@@ -15,13 +15,13 @@ from collections.abc import Collection
 from typing import Any
 
 import msgspec
-import structlog
 
+from aiobatch.logging import get_logger
 from aiobatch.notify_types import NotifyDef
 from aiobatch.schema import TERMINAL_JOB_STATES
 from aiobatch.store import Store
 
-log = structlog.get_logger("aiobatch.notifications")
+log = get_logger("aiobatch.notifications")
 
 # Jobs never taken on (their first event came just before a crash) start from their first
 # event; then every job with events after what was delivered is pending, oldest first.

@@ -12,13 +12,13 @@ import time
 from collections.abc import Callable
 
 import anyio
-import structlog
 
 from aiobatch.attempts import Attempts
 from aiobatch.engine import Engine
 from aiobatch.events import JobStateChanged
 from aiobatch.executors import records
 from aiobatch.layout import StateLayout
+from aiobatch.logging import get_logger
 from aiobatch.model import InstanceRec, JobRec
 from aiobatch.queries import Queries
 from aiobatch.recovery import claimable, is_orphan, take_over
@@ -27,7 +27,7 @@ from aiobatch.spec import JobDef
 from aiobatch.states import JobState
 from aiobatch.store import Store
 
-log = structlog.get_logger("aiobatch.restart")
+log = get_logger("aiobatch.restart")
 
 UNRECOVERABLE = "unrecoverable: "  # the reason of a job stored FAILED because it could not load
 

@@ -16,16 +16,16 @@ from pathlib import Path
 
 import anyio
 import anyio.lowlevel
-import structlog
 
 from aiobatch.errors import JobNotFinal
 from aiobatch.layout import StateLayout
+from aiobatch.logging import get_logger
 from aiobatch.queries import Queries
 from aiobatch.states import JOB_TERMINAL, JobState
 from aiobatch.storage.beneath import remove_tree
 from aiobatch.store import Store
 
-log = structlog.get_logger("aiobatch.retention")
+log = get_logger("aiobatch.retention")
 
 BATCH = 50  # jobs per deletion transaction
 # While instances run, deleting by age takes at most this share of the time (its file

@@ -20,7 +20,6 @@ from typing import Any, Self
 from urllib.parse import quote
 
 import anyio
-import structlog
 from anyio.abc import TaskGroup
 
 from aiobatch.api import JobHandle
@@ -37,6 +36,7 @@ from aiobatch.health import collect_statistics, health_report
 from aiobatch.hooks import Hooks
 from aiobatch.layout import StateLayout, lock_state_dir
 from aiobatch.links import DEFAULT_LINK_HOURS, LinkKeys, check_hours
+from aiobatch.logging import get_logger
 from aiobatch.metrics import Metrics
 from aiobatch.model import JobRec
 from aiobatch.notify_delivery import Notifier
@@ -52,7 +52,7 @@ from aiobatch.storage.base import StorageBackend
 from aiobatch.store import Store
 from aiobatch.wire import EnvChange, EnvInfo
 
-log = structlog.get_logger("aiobatch.runtime")
+log = get_logger("aiobatch.runtime")
 
 __all__ = ["Runtime", "SpecSource"]
 

@@ -12,16 +12,16 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 import anyio
-import structlog
 
 from aiobatch.config import ServerConfig
 from aiobatch.links import LinkKeys
 from aiobatch.listeners import Listeners, bind_listeners
+from aiobatch.logging import get_logger
 
 if TYPE_CHECKING:
     from aiobatch.server.served import ServedAPI
 
-log = structlog.get_logger("aiobatch.runtime_logview")
+log = get_logger("aiobatch.runtime_logview")
 
 
 class OwnLogView:

@@ -19,16 +19,16 @@ from functools import partial
 from pathlib import Path
 
 import anyio
-import structlog
 
 from aiobatch.config import Config, load_config
 from aiobatch.errors import ConfigError
 from aiobatch.listeners import bind_listeners
+from aiobatch.logging import get_logger
 from aiobatch.runtime import Runtime
 from aiobatch.server import ControlServer
 from aiobatch.systemd import Notifier, run_watchdog, watchdog_interval
 
-log = structlog.get_logger("aiobatch.service")
+log = get_logger("aiobatch.service")
 
 
 async def serve(

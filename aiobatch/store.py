@@ -19,7 +19,6 @@ from typing import Any
 import aiosqlite
 import anyio
 import msgspec
-import structlog
 from anyio.abc import TaskStatus
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
@@ -36,6 +35,7 @@ from aiobatch.events import (
     event_decoder,
     event_encoder,
 )
+from aiobatch.logging import get_logger
 from aiobatch.schema import (
     TERMINAL_INSTANCE_STATES,
     TERMINAL_JOB_STATES,
@@ -47,7 +47,7 @@ from aiobatch.spec import JobDef
 from aiobatch.states import InstanceState, JobState
 from aiobatch.writes import Batch, TrialRows, Waiter, write_batch
 
-log = structlog.get_logger("aiobatch.store")
+log = get_logger("aiobatch.store")
 
 RETRY_FIRST_S = 0.1  # a failed write is tried again after this, doubling up to RETRY_MAX_S
 RETRY_MAX_S = 5.0

@@ -13,12 +13,13 @@ import socket
 import time
 
 import anyio
-import structlog
 from anyio.abc import TaskStatus
+
+from aiobatch.logging import get_logger
 
 __all__ = ["Notifier", "run_watchdog", "watchdog_interval"]
 
-log = structlog.get_logger("aiobatch.systemd")
+log = get_logger("aiobatch.systemd")
 
 
 class Notifier:

@@ -21,7 +21,6 @@ from typing import Any, BinaryIO
 import aiodocker
 import anyio
 import msgspec
-import structlog
 from aiodocker.containers import DockerContainer
 from anyio.abc import TaskGroup
 
@@ -46,6 +45,7 @@ from aiobatch.executors.docker_logs import (
 from aiobatch.executors.docker_outcome import container_outcome, seconds_since
 from aiobatch.executors.docker_usage import UsageMeter
 from aiobatch.host_set import HostSet
+from aiobatch.logging import get_logger
 from aiobatch.spec import TaskDef
 from aiobatch.spec_convert import printable
 
@@ -55,7 +55,7 @@ LIST_LIMIT_S = 30.0  # after a restart, a list of our containers an engine has n
 LOG_QUIET_S = 5.0  # after a container's end, how long the engine may send nothing of its logs
 STOP_MARGIN_S = 30.0  # beyond kill_grace, how long a stop may take before we give up on it
 
-log = structlog.get_logger("aiobatch.docker")
+log = get_logger("aiobatch.docker")
 
 
 class DockerExecutor:

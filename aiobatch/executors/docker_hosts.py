@@ -13,18 +13,18 @@ import time
 
 import aiodocker
 import anyio
-import structlog
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from aiobatch.config import ComputeEnvConfig
 from aiobatch.host_set import HostSet
+from aiobatch.logging import get_logger
 from aiobatch.units import parse_duration
 
 NO_CONNECTION = 900  # aiodocker's status for "cannot connect to the engine"
 DRAIN_S = 10.0  # a host that did not answer gets no new attempt for this long
 HEALTH_TIMEOUT_S = 5.0
 
-log = structlog.get_logger("aiobatch.docker")
+log = get_logger("aiobatch.docker")
 
 
 class DockerHosts:

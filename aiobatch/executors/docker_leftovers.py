@@ -17,18 +17,18 @@ from http import HTTPStatus
 import aiodocker
 import aiohttp
 import anyio
-import structlog
 from aiodocker.containers import DockerContainer
 from anyio.abc import TaskGroup, TaskStatus
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from aiobatch.executors.docker_hosts import message
+from aiobatch.logging import get_logger
 
 REMOVE_LIMIT_S = 30.0  # a removal the engine has not answered by then has failed
 RETRY_FIRST_S, RETRY_MAX_S = 1.0, 300.0  # the background tries' backoff
 RETRY_FOR_S = 24 * 3600.0  # then a container is left (logged: docker_leftover_given_up)
 
-log = structlog.get_logger("aiobatch.docker")
+log = get_logger("aiobatch.docker")
 
 
 async def remove(container: DockerContainer) -> str | None:

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 import anyio
-import structlog
 from aiodocker.containers import DockerContainer
 
 from aiobatch.attempt import InstanceContext
 from aiobatch.executors._outputs import LOG_MODE
+from aiobatch.logging import get_logger
 
-log = structlog.get_logger("aiobatch.docker")
+log = get_logger("aiobatch.docker")
 
 
 def prepare_files(ctx: InstanceContext) -> tuple[int, int]:

@@ -17,7 +17,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
-import structlog
 from anyio.abc import TaskGroup
 
 from aiobatch.attempt import (
@@ -34,10 +33,11 @@ from aiobatch.executors import records
 from aiobatch.executors.base import any_attempt
 from aiobatch.executors.spawner import Exited, Spawner, SpawnerGone, SpawnFailed, Started
 from aiobatch.layout import StateLayout
+from aiobatch.logging import get_logger
 from aiobatch.spec import TaskDef
 from aiobatch.users import may_switch_user, resolve_user
 
-log = structlog.get_logger("aiobatch.local")
+log = get_logger("aiobatch.local")
 
 KILL_WAIT_S = 30.0  # after SIGKILL, how long an end may take to be heard of
 EXIT_LINE_WAIT_S = 5.0  # an adopted process ended: how long its old spawner may take to say how

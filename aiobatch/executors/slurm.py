@@ -17,7 +17,6 @@ from typing import Annotated
 
 import anyio
 import msgspec
-import structlog
 from anyio.abc import TaskGroup
 
 from aiobatch.attempt import RUNTIME_LOST, AttemptKey, FoundAttempt, InstanceContext, Outcome
@@ -34,10 +33,11 @@ from aiobatch.executors.slurm_commands import (
     squeue,
 )
 from aiobatch.executors.slurm_watch import Element, Watcher, read_all_jobcomp
+from aiobatch.logging import get_logger
 from aiobatch.spec import TaskDef
 from aiobatch.units import parse_duration
 
-log = structlog.get_logger("aiobatch.slurm")
+log = get_logger("aiobatch.slurm")
 
 # Beyond kill_grace, how long a scancelled element may take to be seen ended (Slurm's own
 # KillWait, 30 s by default, passes between its TERM and its KILL).

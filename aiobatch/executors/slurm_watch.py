@@ -14,7 +14,6 @@ from pathlib import Path
 
 import anyio
 import msgspec
-import structlog
 
 from aiobatch.executors.slurm_commands import (
     PENDING,
@@ -24,8 +23,9 @@ from aiobatch.executors.slurm_commands import (
     parse_jobcomp_line,
     squeue,
 )
+from aiobatch.logging import get_logger
 
-log = structlog.get_logger("aiobatch.slurm")
+log = get_logger("aiobatch.slurm")
 
 # An element neither squeue nor jobcomp knows of, this many polls and seconds in a row, is
 # lost (its controller lost its state, or jobcomp is not readable here).

@@ -17,14 +17,14 @@ from typing import Any
 
 import anyio
 import msgspec
-import structlog
 
 from aiobatch.executors import spawner_process
 from aiobatch.executors._launch import start_ticks
 from aiobatch.executors._processes import KEY_VARS
+from aiobatch.logging import get_logger
 from aiobatch.users import Identity
 
-log = structlog.get_logger("aiobatch.spawner")
+log = get_logger("aiobatch.spawner")
 
 HEADER = struct.Struct(">I")
 REPLY_TIMEOUT_S = 30.0  # a spawn the spawner does not answer in this time has failed

@@ -14,7 +14,6 @@ from typing import Any, Self
 
 import anyio
 import msgspec
-import structlog
 from aiohttp import web
 
 from aiobatch import wire
@@ -22,6 +21,7 @@ from aiobatch.config import ServerConfig, default_socket_path
 from aiobatch.errors import ConfigError
 from aiobatch.links import LinkKeys
 from aiobatch.listeners import Listeners, bind_listeners
+from aiobatch.logging import get_logger
 from aiobatch.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from aiobatch.server.auth import SESSION, Auth, Session, authorize
 from aiobatch.server.bodies import defer_continue
@@ -49,7 +49,7 @@ from aiobatch.server.ui import add_ui
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-log = structlog.get_logger("aiobatch.server")
+log = get_logger("aiobatch.server")
 
 SHUTDOWN_GRACE_S = 5.0  # short requests in flight get this long to finish at shutdown
 

@@ -18,13 +18,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
-import structlog
 from aiohttp import web
 
 from aiobatch.listeners import listen_backlog
+from aiobatch.logging import get_logger
 from aiobatch.server.protocol import QuietRequestHandler
 
-log = structlog.get_logger("aiobatch.server")
+log = get_logger("aiobatch.server")
 
 MAX_CONNECTIONS = 1024  # open connections per listener (fewer if the file limit is low)
 # Open TCP connections from one address: no one peer holds every connection of a listener.

@@ -18,16 +18,16 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
-import structlog
 from aiohttp import http_exceptions as bad
 from aiohttp import web
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import _ErrInfo
 
 from aiobatch import wire
+from aiobatch.logging import get_logger
 from aiobatch.server.responses import HTTP_ERROR_TYPES, json_response
 
-log = structlog.get_logger("aiobatch.server")
+log = get_logger("aiobatch.server")
 
 # What each parser error means, in words that quote nothing of the request (most specific
 # class first: BadHttpMethod is a BadStatusLine, every one is a BadHttpMessage).

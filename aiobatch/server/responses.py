@@ -6,13 +6,13 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
-import structlog
 from aiohttp import web
 
 from aiobatch import wire
 from aiobatch.errors import AiobatchError
+from aiobatch.logging import get_logger
 
-log = structlog.get_logger("aiobatch.server")
+log = get_logger("aiobatch.server")
 
 HTTP_ERROR_TYPES = {
     HTTPStatus.BAD_REQUEST: "BadRequest",

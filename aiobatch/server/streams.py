@@ -12,16 +12,16 @@ from http import HTTPStatus
 from typing import TypeVar
 
 import anyio
-import structlog
 from aiohttp import web
 
 from aiobatch.errors import JobNotFound, RuntimeClosed
+from aiobatch.logging import get_logger
 from aiobatch.server.auth import SESSION
 from aiobatch.server.responses import RequestError
 
 T = TypeVar("T")
 
-log = structlog.get_logger("aiobatch.server")
+log = get_logger("aiobatch.server")
 
 PEER_POLL_S = 1.0  # how often a long request checks that its peer is still there
 # The revocations of links there had been when a request made with one was let in.

@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import structlog
 
@@ -64,3 +66,57 @@ def test_secrets_never_reach_the_log() -> None:
     assert record["endpoint"] == "http://s3"
     assert record["secret_access_key"] == record["token"] == "[redacted]"
     assert "s3cr3t" not in stream.getvalue()
+
+
+def _python(code: str, **env: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env or None
+    )
+    return done.stdout
+
+
+def test_structlog_waits_for_the_first_line_at_the_configured_level() -> None:
+    out = _python(
+        "import sys\n"
+        "from aiobatch.logging import configure_logging, get_logger\n"
+        "configure_logging('json', 'warning', sys.stdout)\n"
+        "log = get_logger('t')\n"
+        "log.info('below_the_level')\n"
+        "log.debug('below_the_level')\n"
+        "print('structlog' in sys.modules)\n"
+        "log.warning('at_the_level', job_id='j1')\n"
+        "print('structlog' in sys.modules)\n"
+    )
+    before, line, after = out.splitlines()
+    assert (before, after) == ("False", "True")
+    record = json.loads(line)
+    assert (record["event"], record["level"], record["job_id"]) == ("at_the_level", "warning", "j1")
+
+
+def test_a_configuration_made_after_ours_wins() -> None:
+    # A host program configures structlog itself after aiobatch's configure_logging, before
+    # aiobatch logs anything: aiobatch's lines go where the host said.
+    out = _python(
+        "import sys\n"
+        "from aiobatch.logging import configure_logging, get_logger\n"
+        "configure_logging('json', 'warning', sys.stderr)\n"
+        "import structlog\n"
+        "structlog.configure(processors=[structlog.processors.KeyValueRenderer()],\n"
+        "                    logger_factory=structlog.PrintLoggerFactory(sys.stdout))\n"
+        "get_logger('t').info('from_aiobatch')\n"
+    )
+    assert out.strip() == "event='from_aiobatch'"
+
+
+def test_a_job_that_succeeds_imports_no_structlog(tmp_path: Path) -> None:
+    (tmp_path / "job.yaml").write_text("name: one\ntasks:\n  - name: t\n    command: ['true']\n")
+    out = _python(
+        "import sys\n"
+        "from aiobatch import cli\n"
+        f"sys.argv = ['aiobatch', 'run', {str(tmp_path / 'job.yaml')!r}]\n"
+        "code = cli.main()\n"
+        "print(code, 'structlog' in sys.modules)\n",
+        AIOBATCH_STATE_DIR=str(tmp_path / "state"),
+        PATH=os.environ["PATH"],
+    )
+    assert out.splitlines()[-1] == "0 False"
