@@ -30,6 +30,12 @@ DISRUPTIONS = frozenset({RUNTIME_LOST, NODE_FAIL, PREEMPTED, "disrupted"})
 # It could not start for lack of space in the state dir: nothing ran; it waits (uncharged,
 # same attempt) for dispatch to resume once there is room.
 NO_SPACE = "state_dir_full"
+# It could not start for a limit of the system or of its runtime: open files (EMFILE, ENFILE),
+# processes (EAGAIN) or memory (ENOMEM) ran out while it was being started. Nothing ran;
+# like NO_SPACE it waits (uncharged, same attempt) while dispatch pauses, then tries again.
+SYSTEM_LIMIT = "system_limit"
+# The reasons, by kind, of starts that wait instead of failing.
+NOT_STARTED_FOR_ROOM = frozenset({NO_SPACE, SYSTEM_LIMIT})
 
 # A secret of the task could not be read when the attempt started: nothing ran. Charged to
 # the task's retries like a failed staging (``stage_in_failed``); the reason names the secret

@@ -16,18 +16,19 @@ from typing import Any, cast
 import anyio
 import msgspec
 from anyio.abc import TaskGroup
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from aiobatch.attempt import (
     NO_SPACE,
     RUNTIME_LOST,
     SECRET_UNAVAILABLE,
+    SYSTEM_LIMIT,
     AttemptControl,
     InstanceContext,
     Outcome,
 )
 from aiobatch.contexts import Contexts, make_dirs, read_attempt_secrets, with_secrets
 from aiobatch.dirs_ahead import DirsAhead
+from aiobatch.dispatch_pauses import DispatchPauses
 from aiobatch.engine import Engine
 from aiobatch.errors import StateDirUnwritable
 from aiobatch.events import Bus
@@ -44,8 +45,6 @@ from aiobatch.store import Store
 
 log = get_logger("aiobatch.attempts")
 
-SPACE_RETRY_FIRST_S = 0.1  # a full state dir is tried again after this, doubling up to the max
-SPACE_RETRY_MAX_S = 5.0
 # A job's deadline is on the wall clock, read again at least this often while waiting for
 # it: a stalled process or a clock step never adds to the job's time.
 DEADLINE_CHECK_S = 30.0
@@ -72,8 +71,8 @@ class Attempts:
         self.dirs_ahead = DirsAhead(layout)
         self._group: TaskGroup | None = None
         self.closing = False  # no more dispatching: a drain or a shutdown has begun
-        # A start found no room in the state dir: nothing is dispatched until there is some.
-        self.space_short: str | None = None
+        # A start found no room (in the state dir, the system): none until there may be.
+        self.pauses = DispatchPauses(layout, self.pump)
         self._controls: dict[InstanceRec, AttemptControl] = {}
         self.in_flight = 0  # attempts whose tasks run in the group
         self._none_in_flight = anyio.Event()
@@ -85,6 +84,7 @@ class Attempts:
     def open(self, group: TaskGroup) -> None:
         self._group = group
         self.dirs_ahead.open(group)
+        self.pauses.open(group)
 
     # -- the engine's effects ----------------------------------------------------------------
 
@@ -109,11 +109,12 @@ class Attempts:
     def no_room(self) -> str | None:
         """Why the state dir takes nothing new (its store cannot write, or a start found no
         room), or None."""
-        return self._store.unwritable or self.space_short
+        return self._store.unwritable or self.pauses.space_short
 
     def may_dispatch(self) -> bool:
-        """Starts need room in the state dir (records, logs, their state changes)."""
-        return not self.closing and self.no_room is None
+        """Starts need room in the state dir (records, logs, their state changes) and in the
+        system's limits (open files, processes)."""
+        return not self.closing and self.no_room is None and self.pauses.limits_short is None
 
     def adopt(
         self, adopted: list[tuple[InstanceRec, Found | None]], to_stop: list[InstanceRec]
@@ -213,28 +214,6 @@ class Attempts:
             while self.in_flight:
                 await self._none_in_flight.wait()
 
-    # -- room in the state dir ---------------------------------------------------------------
-
-    def wait_for_space(self, reason: str) -> None:
-        if self.space_short is None and self._group is not None:
-            self.space_short = reason
-            log.error("dispatch_paused", reason=reason)
-            self._group.start_soon(self._probe_space)
-
-    async def _probe_space(self) -> None:
-        """Try the state dir, backing off, until a write fits again; then dispatch."""
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(StateDirUnwritable),
-            wait=wait_exponential(multiplier=SPACE_RETRY_FIRST_S, max=SPACE_RETRY_MAX_S),
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                await anyio.to_thread.run_sync(self._layout.check_writable)
-        self.space_short = None
-        log.warning("dispatch_resumed")
-        self.pump()
-
     # -- one attempt -------------------------------------------------------------------------
 
     async def _run(self, inst: InstanceRec, found: Found | None = None) -> None:
@@ -288,6 +267,7 @@ class Attempts:
         engine = self._engine
 
         def on_started(pid: int | None) -> None:
+            self.pauses.started()
             engine.instance_running(inst, pid)
             self.pump()
             log.debug(
@@ -342,7 +322,9 @@ class Attempts:
             log.exception("settle_failed", job_id=inst.task.job.id, task=inst.task.name)
             return []
         if outcome.reason is not None and outcome.reason.startswith(NO_SPACE):
-            self.wait_for_space(outcome.reason)
+            self.pauses.for_space(outcome.reason)
+        elif outcome.reason is not None and outcome.reason.startswith(SYSTEM_LIMIT):
+            self.pauses.for_limits(outcome.reason)
         return to_stop
 
     def _began(self) -> None:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from aiobatch import gates, resolver
-from aiobatch.attempt import NO_SPACE, RUNTIME_LOST, Outcome
+from aiobatch.attempt import RUNTIME_LOST, Outcome
 from aiobatch.backoff import Backoffs
 from aiobatch.endings import Endings
 from aiobatch.events import InstanceStopRequested
@@ -29,7 +29,7 @@ from aiobatch.reasons import (
     RETRIED,
     RUNTIME_LOST_LIMIT,
     STOPPED_BY_USER,
-    not_started_for_space,
+    not_started_for_room,
     should_retry,
     waiting_reason,
 )
@@ -204,8 +204,8 @@ class Engine(Endings):
                 if gates.open_gate(dependent, inst.index):
                     self._wake(dependent)
                     self.scheduler.offer(dependent)
-        elif not_started_for_space(inst, outcome) and job.stopping is None:
-            self._instance_to(inst, InstanceState.PENDING, NO_SPACE)
+        elif (waits_for := not_started_for_room(inst, outcome)) and job.stopping is None:
+            self._instance_to(inst, InstanceState.PENDING, waits_for)
             task.retry_queue.appendleft(inst)
         elif outcome.disrupted and job.stopping is None:
             if inst.lost < self.lost_limit:

@@ -27,6 +27,8 @@ def collect_statistics(
         "compute_envs": engine.scheduler.statistics(),
         "commits": store.commits,
         "store": attempts.no_room or "ok",
+        # Why nothing is started now for a system limit (open files, processes), or "ok".
+        "dispatch": attempts.pauses.limits_short or "ok",
         # Instances' outputs whose copy into their logs waits for room in the state dir.
         "logs_paused": sum(
             executor.logs_paused
@@ -38,8 +40,8 @@ def collect_statistics(
 
 def health_report(statistics: Mapping[str, Any], *, closing: bool) -> dict[str, Any]:
     """The statistics with a status: degraded (whether closing or not) while the state dir
-    cannot take the store's writes or the instances' logs."""
+    cannot take the store's writes or the instances' logs, or starts wait for a system limit."""
     status = "closing" if closing else "ok"
-    if statistics["store"] != "ok" or statistics["logs_paused"]:
+    if statistics["store"] != "ok" or statistics["dispatch"] != "ok" or statistics["logs_paused"]:
         status = "degraded"
     return {"status": status, **statistics}

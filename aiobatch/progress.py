@@ -7,6 +7,7 @@ import time
 from typing import TYPE_CHECKING, Never, TextIO
 
 from aiobatch.api import TaskProgress
+from aiobatch.attempt import NOT_STARTED_FOR_ROOM
 from aiobatch.events import Event, InstanceStateChanged, JobStateChanged, TaskStateChanged
 from aiobatch.spec_convert import printable
 
@@ -80,11 +81,11 @@ class ProgressView:
                 "FAILED",
             )
         ):
+            name = f"{event.task}[{event.index}] attempt"
+            if event.reason.split(":", 1)[0] in NOT_STARTED_FOR_ROOM:  # the same attempt waits
+                return f"{name} {event.attempt} {event.reason}, waiting"
             verb = "retrying" if event.state == "PENDING" else "failed"
-            return (
-                f"{event.task}[{event.index}] attempt {event.attempt - (verb == 'retrying')} "
-                f"{event.reason}, {verb}"
-            )
+            return f"{name} {event.attempt - (verb == 'retrying')} {event.reason}, {verb}"
         if isinstance(event, JobStateChanged):
             return f"job {event.job_id} {event.state}{_why(event.reason)}"
         return None

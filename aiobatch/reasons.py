@@ -7,7 +7,7 @@ Part of the pure core: no I/O, and nothing from the executors, hooks or the runt
 from __future__ import annotations
 
 from aiobatch import resolver
-from aiobatch.attempt import NO_SPACE, Outcome
+from aiobatch.attempt import NOT_STARTED_FOR_ROOM, Outcome
 from aiobatch.model import InstanceRec, TaskRec
 from aiobatch.scheduler import Scheduler, parallel_limit
 from aiobatch.states import InstanceState, JobState, TaskState
@@ -42,13 +42,14 @@ def reason_kind(reason: str) -> str:
     return reason.split(":", 1)[0]
 
 
-def not_started_for_space(inst: InstanceRec, outcome: Outcome) -> bool:
-    """The attempt ended before its program started because the state dir had no room:
-    it waits for room, it is not a failure."""
+def not_started_for_room(inst: InstanceRec, outcome: Outcome) -> str | None:
+    """What the attempt waits for (``state_dir_full``, ``system_limit``) if it ended before
+    its program started for want of room in the state dir or the system: not a failure."""
     reason = outcome.reason
-    return (
-        inst.state is InstanceState.STAGING and reason is not None and reason.startswith(NO_SPACE)
-    )
+    if inst.state is not InstanceState.STAGING or reason is None:
+        return None
+    kind = reason.split(":", 1)[0]
+    return kind if kind in NOT_STARTED_FOR_ROOM else None
 
 
 def waiting_reason(task: TaskRec, scheduler: Scheduler) -> str | None:

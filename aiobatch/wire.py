@@ -142,7 +142,8 @@ class ServerStatistics(msgspec.Struct, frozen=True, kw_only=True):
 
 class Health(msgspec.Struct, frozen=True, kw_only=True):
     """``GET /v1/health`` → 200. ``degraded``: the state dir has no room (``store`` says
-    why), or instances' logs are paused until it has."""
+    why), instances' logs are paused until it has, or starts wait for a system limit
+    (``dispatch`` says which)."""
 
     status: Literal["ok", "closing", "degraded"]
     jobs: dict[str, int]  # jobs held in memory, by state
@@ -150,6 +151,8 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
     commits: int  # store transactions since the start
     store: str  # "ok", or why the state dir takes nothing new
     logs_paused: int
+    # "ok", or why nothing is started now: a start hit a system limit (open files, processes)
+    dispatch: str = "ok"
     server: ServerStatistics
 
 

@@ -22,6 +22,7 @@ from anyio.abc import TaskGroup
 from aiobatch.attempt import (
     NO_SPACE,
     RUNTIME_LOST,
+    SYSTEM_LIMIT,
     AttemptKey,
     FoundAttempt,
     InstanceContext,
@@ -50,6 +51,9 @@ PID_LINE_POLL_S = 0.05
 # Spawners at most: a second overlaps its starts with the first's (2,000 x `true` at 8 slots
 # took ~15% less time on 2 cores); a third gained nothing measurable there.
 SPAWNERS = 2
+# A start that failed with one of these ran out of open files (the spawner's, the system's),
+# processes or memory: it waits for dispatch to resume, it is not the program's failure.
+SHORT_OF_LIMITS = frozenset({errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM})
 
 
 class LocalExecutor:
@@ -165,6 +169,8 @@ class LocalExecutor:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 # Its record or logs found no room: nothing ran, and it is not the task's doing.
                 return Outcome(reason=f"{NO_SPACE}: {exc.error}")
+            if exc.errno in SHORT_OF_LIMITS:  # the system's or ours, not the program's
+                return Outcome(reason=f"{SYSTEM_LIMIT}: {exc.error}")
             kind = "exec_failed" if exc.exec_failed else "spawn_failed"
             return Outcome(reason=f"{kind}: {exc.error}")
         except SpawnerGone:

@@ -27,7 +27,7 @@ from hypothesis.stateful import (
 )
 from msgspec.structs import replace
 
-from aiobatch.attempt import NO_SPACE, NODE_FAIL, PREEMPTED, Outcome
+from aiobatch.attempt import NO_SPACE, NODE_FAIL, PREEMPTED, SYSTEM_LIMIT, Outcome
 from aiobatch.engine import (
     BACKOFF,
     INTERRUPTED,
@@ -1290,13 +1290,23 @@ def test_a_node_failure_then_success_succeeds() -> None:
     assert h.job_state() is JobState.SUCCEEDED
 
 
-def test_a_start_that_found_no_room_waits_uncharged_for_the_same_attempt() -> None:
-    h = Harness(task_def("t"))
+@pytest.mark.parametrize(
+    ("reason", "waits_for"),
+    [
+        # The spawner could not write the attempt's record: nothing ran.
+        (f"{NO_SPACE}: record: No space left", NO_SPACE),
+        # The spawner had no file descriptor left for the program's pipes.
+        (f"{SYSTEM_LIMIT}: log: Too many open files", SYSTEM_LIMIT),
+    ],
+)
+def test_a_start_that_found_no_room_waits_uncharged_for_the_same_attempt(
+    reason: str, waits_for: str
+) -> None:
+    h = Harness(task_def("t"))  # no retries: a charged failure would fail the job
     assert h.dispatch() == ["t[0]"]
     inst = h.inst("t")
-    # The spawner could not write the attempt's record: nothing ran.
-    h.engine.instance_finished(inst, Outcome(reason=f"{NO_SPACE}: record: No space left"))
-    assert (inst.state, inst.reason, inst.attempt) == (InstanceState.PENDING, NO_SPACE, 1)
+    h.engine.instance_finished(inst, Outcome(reason=reason))
+    assert (inst.state, inst.reason, inst.attempt) == (InstanceState.PENDING, waits_for, 1)
     assert inst.charged_attempts == 1 and h.task("t").retry_queue[0] is inst
     assert h.dispatch() == ["t[0]"]  # once there is room again, the same attempt starts
     h.run("t")

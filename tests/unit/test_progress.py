@@ -13,6 +13,7 @@ import io
 import re
 from datetime import datetime
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -148,3 +149,25 @@ def test_bars_fill_with_terminated_instances_and_show_running_first() -> None:
     view.refresh([TaskProgress(name="render", running=1, terminated=5, total=8)])
     view.close()
     assert " 5/8 " in stream.getvalue().rsplit("\r", 1)[-1]
+
+
+@pytest.mark.parametrize(
+    ("attempt", "reason", "line"),
+    [
+        # A failed attempt 1 is tried again: the event names attempt 2, the one to come.
+        (2, "exit_code: 3", "render[4] attempt 1 exit_code: 3, retrying"),
+        # A start that found no room: the same attempt waits, it did not fail.
+        (1, "system_limit: log: Too many open files", "render[4] attempt 1 system_limit: "),
+        (1, "state_dir_full: record: No space left", "render[4] attempt 1 state_dir_full: "),
+    ],
+)
+def test_lines_say_which_attempt_waits_and_why(attempt: int, reason: str, line: str) -> None:
+    stream = io.StringIO()
+    view = ProgressView({"render": 8}, stream, bars=False)
+    event = InstanceStateChanged(
+        job_id="j", task="render", index=4, attempt=attempt, state="PENDING", reason=reason, ts=0
+    )
+    view.update(event, TaskProgress(name="render", running=0, terminated=0, total=8))
+    written = stream.getvalue().split(" ", 1)[1]
+    assert written.startswith(line)
+    assert written.endswith(", retrying\n" if attempt == 2 else ", waiting\n")
