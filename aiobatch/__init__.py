@@ -2,7 +2,7 @@
 
 The public names are imported when first used (PEP 562), so that ``import aiobatch`` and the
 command's start pay only for the modules they touch: the client pulls in aiohttp, the
-runtime structlog and SQLite.
+runtime SQLite (structlog waits for its first line logged).
 """
 
 from importlib import import_module

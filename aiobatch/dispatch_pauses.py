@@ -8,8 +8,12 @@ Two kinds of room, each named by the reason of the start that found none:
 - ``system_limit``: the system or the runtime ran out of open files, processes or memory
   while starting a program (EMFILE, ENFILE, EAGAIN, ENOMEM). Nothing tells when that is
   over, and the instances running may be what holds it, so dispatch resumes after a wait:
-  1 s, doubling at each pause in a row up to 30 s, and back to 1 s at the next start that
-  works.
+  1 s, doubling at each pause in a row up to 30 s, and back to 1 s once a start works after
+  dispatch resumed. One instance waits so 10 times at most (the engine's bound): a limit
+  that its own start keeps hitting (its user's process limit) then fails it, charged.
+
+Either pause holds every compute env's starts, not only the local one's: simpler, and a
+host short of files or memory is short of them for its engine clients too.
 """
 
 from __future__ import annotations
@@ -45,15 +49,11 @@ class DispatchPauses:
     def open(self, group: TaskGroup) -> None:
         self._group = group
 
-    @property
-    def reason(self) -> str | None:
-        return self.space_short or self.limits_short
-
     def for_space(self, reason: str) -> None:
         if self.space_short is None and self._group is not None:
             self.space_short = reason
-            log.error("dispatch_paused", reason=reason)
             self._group.start_soon(self._probe_space)
+            log.error("dispatch_paused", reason=reason)
 
     def for_limits(self, reason: str) -> None:
         if self.limits_short is None and self._group is not None:
@@ -62,11 +62,11 @@ class DispatchPauses:
                 self._limits_wait,
                 min(self._limits_wait * 2, LIMITS_WAIT_MAX_S),
             )
-            log.error("dispatch_paused", reason=reason, resumes_in_s=wait)
             self._group.start_soon(self._resume_after, wait)
+            log.error("dispatch_paused", reason=reason, resumes_in_s=wait)
 
     def started(self) -> None:
-        """A program started: the limits that paused dispatch, if any, had room again."""
+        """A program started while dispatch runs: the next pause waits the shortest again."""
         if self.limits_short is None:
             self._limits_wait = LIMITS_WAIT_FIRST_S
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from aiobatch import gates, resolver
-from aiobatch.attempt import RUNTIME_LOST, Outcome
+from aiobatch.attempt import RUNTIME_LOST, SYSTEM_LIMIT, Outcome
 from aiobatch.backoff import Backoffs
 from aiobatch.endings import Endings
 from aiobatch.events import InstanceStopRequested
@@ -50,6 +50,9 @@ __all__ = [
 ]
 
 DEFAULT_LOST_LIMIT = 3  # crashes one instance may live through before it fails
+# Starts of one instance that may hit a system limit and wait, uncharged, before one counts
+# as the failure it then is (its own user's process limit would otherwise loop forever).
+SYSTEM_LIMIT_WAITS = 10
 
 
 class Engine(Endings):
@@ -204,7 +207,9 @@ class Engine(Endings):
                 if gates.open_gate(dependent, inst.index):
                     self._wake(dependent)
                     self.scheduler.offer(dependent)
-        elif (waits_for := not_started_for_room(inst, outcome)) and job.stopping is None:
+        elif (waits_for := not_started_for_room(inst, outcome)) and self._may_wait(inst, waits_for):
+            if waits_for == SYSTEM_LIMIT:
+                inst.limit_waits += 1
             self._instance_to(inst, InstanceState.PENDING, waits_for)
             task.retry_queue.appendleft(inst)
         elif outcome.disrupted and job.stopping is None:
@@ -232,6 +237,12 @@ class Engine(Endings):
         if can_dispatch(task, self.scheduler.self_throttled):
             self.scheduler.offer(task)
         return to_stop
+
+    def _may_wait(self, inst: InstanceRec, waits_for: str) -> bool:
+        """Whether a start that found no room waits for some (else it is a failure)."""
+        if inst.task.job.stopping is not None:
+            return False
+        return waits_for != SYSTEM_LIMIT or inst.limit_waits < SYSTEM_LIMIT_WAITS
 
     def _fail(self, inst: InstanceRec, reason: str) -> list[InstanceRec]:
         task = inst.task

@@ -1,9 +1,11 @@
 """structlog setup: a console renderer for a person at a terminal, JSON lines otherwise.
 
-structlog is imported at the first line logged, not when aiobatch is: with rich installed,
-structlog's import pulls it in and costs ~50 ms, which every CLI command and every
-``aiobatch run`` would pay although most log nothing. Modules take their logger from
-:func:`get_logger`, which stands in for structlog's until it is first used.
+structlog is imported at the first line logged, not when aiobatch is: its import costs
+~10 ms (~50 ms more where rich is installed and the ``aiobatch`` command does not keep it
+out), which every CLI command and every ``aiobatch run`` would pay although most log nothing.
+Modules take their logger from :func:`get_logger`, which stands in for structlog's until it
+is first used. An import that fails then (no file descriptor or memory left: the very
+trouble a first line may be about) gives a plain line on stderr and is tried again later.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, TextIO
 
 from aiobatch.lossy_stream import lossy
@@ -57,8 +60,24 @@ class _Logger:
                 and "structlog" not in sys.modules
             ):
                 return _drop
-            self._real = _structlog_logger(self._name)
+            try:
+                self._real = _structlog_logger(self._name)
+            except Exception as exc:  # logging never raises into the code that logs
+                if attribute in _LEVELS:
+                    return partial(_plain_line, attribute, exc)
+                if attribute in ("bind", "new", "unbind", "try_unbind"):
+                    return lambda *args, **kwargs: self
+                raise
         return getattr(self._real, attribute)
+
+
+def _plain_line(level: str, why: Exception, event: str, *args: object, **fields: Any) -> None:
+    """A line without structlog, which could not be imported: secrets redacted all the same."""
+    if level == "exception":
+        fields.setdefault("exc_info", repr(sys.exc_info()[1]))
+    shown = redact_secrets(None, level, fields)
+    text = " ".join(f"{key}={value!r}" for key, value in shown.items())
+    print(f"{level} {event} {text} (logging: {why!r})", file=lossy(sys.stderr))
 
 
 def get_logger(name: str) -> Any:

@@ -27,6 +27,7 @@ class InstanceRec:
         "exit_code",
         "index",
         "interrupted",
+        "limit_waits",
         "lost",
         "not_before",
         "pid",
@@ -49,6 +50,8 @@ class InstanceRec:
         # lost in a crash (bounded by the engine's lost_limit), or interrupted by a shutdown.
         self.lost = 0
         self.interrupted = 0
+        # Starts that hit a system limit and waited, uncharged (bounded by the engine).
+        self.limit_waits = 0
         self.exit_code: int | None = None
         self.signal: int | None = None
         self.pid: int | None = None

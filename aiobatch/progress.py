@@ -82,7 +82,7 @@ class ProgressView:
             )
         ):
             name = f"{event.task}[{event.index}] attempt"
-            if event.reason.split(":", 1)[0] in NOT_STARTED_FOR_ROOM:  # the same attempt waits
+            if event.state == "PENDING" and event.reason.split(":", 1)[0] in NOT_STARTED_FOR_ROOM:
                 return f"{name} {event.attempt} {event.reason}, waiting"
             verb = "retrying" if event.state == "PENDING" else "failed"
             return f"{name} {event.attempt - (verb == 'retrying')} {event.reason}, {verb}"

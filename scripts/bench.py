@@ -24,9 +24,9 @@ child's peak RSS); each repetition gets a fresh state or working dir. Timings re
 median and the best of the repetitions; ratios use medians. The markdown table goes to stdout,
 progress to stderr, everything measured to ``--json-out`` (default bench-results/core.json).
 State and working dirs live under the system temp dir (``TMPDIR`` moves them); aiobatch makes a
-work dir per instance there (and log files for those that write), so a run first waits, up to
-7 minutes, until a mkdir there costs what it does on a quiet file system (``--settle-us``; see
-``settle``), and records that file system's mkdir and create latency at the start and the end.
+work dir per instance there (and log files for those that write), so a run first waits until
+6 minutes after an earlier run removed its files (``--no-settle`` skips it; see ``settle``), and
+records that file system's mkdir and create latency at the start and the end.
 Exit status: 0, or 1 when a correctness check failed (or, with ``--strict``, a target was
 missed).
 """
@@ -887,30 +887,31 @@ def fs_probe(root: Path, count: int = 300) -> dict[str, float]:
     }
 
 
-SETTLED_MKDIR_US = 50.0  # a quiet ext4 here: 19-45 us; within minutes of mass deletions: 60-360
-SETTLE_MAX_S = 420.0  # such an ext4 skips inodes freed up to 300 s ago (while their block is dirty)
-SETTLE_EVERY_S = 15.0
+# ext4 without a journal (this VM's root) skips, one buffer lookup each, every free inode freed
+# in the last 60 s, or 360 s while its inode table block is dirty, when it makes a file or dir.
+RECENCY_S = 360.0
+CLEANED_MARK = "aiobatch-bench-cleaned"  # in the temp dir: touched when a run removed its files
 
 
-def settle(root: Path, limit_us: float) -> dict[str, Any]:
-    """Wait, up to SETTLE_MAX_S, until a mkdir under ``root`` costs at most ``limit_us``.
+def settle(temp: Path, wait: bool) -> dict[str, Any]:
+    """Wait until RECENCY_S after an earlier run of this benchmark removed its files.
 
     Every aiobatch instance makes a work dir; the plain loops it is compared with make none.
-    On ext4 without a journal (this VM's root) each new inode is found by skipping, one table
-    read each, every inode freed in the last 60 s (300 s while its table block is dirty): for
-    minutes after a test run or an earlier benchmark deleted thousands of files, a mkdir
-    costs 5-15 times what it does on a quiet file system, and the comparison measures that.
-    The probes' dirs are kept until the run ends, so that waiting deletes nothing."""
-    started = time.monotonic()
-    probes: list[float] = []
-    while True:
-        probes.append(fs_probe(root)["mkdir_us"])
-        waited = time.monotonic() - started
-        if limit_us <= 0 or probes[-1] <= limit_us or waited >= SETTLE_MAX_S:
-            break
-        note(f"the temp dir's file system is busy (mkdir {probes[-1]:.0f} us); waiting")
-        time.sleep(SETTLE_EVERY_S)
-    return {"limit_us": limit_us, "waited_s": waited, "probes_us": probes}
+    A run removes tens of thousands of dirs when it ends, and for minutes after that each new
+    inode nearby is found by skipping those: a mkdir costs 5-15 times what it does on a quiet
+    file system, and the comparison measures that. A probe of a few hundred mkdirs can miss
+    it (it may land in a group with fresh inodes), so the wait is by the clock. Deletions of
+    other programs (a test run) are not known here: the mkdir probes before and after tell."""
+    mark = temp / CLEANED_MARK
+    try:
+        since = time.time() - mark.stat().st_mtime
+    except FileNotFoundError:
+        since = None
+    left = RECENCY_S - since if since is not None and wait else 0.0
+    if left > 0:
+        note(f"an earlier run removed its files {since:.0f} s ago; waiting {left:.0f} s")
+        time.sleep(left)
+    return {"since_cleanup_s": since, "waited_s": max(left, 0.0)}
 
 
 def _installed(module: str) -> bool:
@@ -952,11 +953,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument(
-        "--settle-us",
-        type=float,
-        default=SETTLED_MKDIR_US,
-        help="first wait (up to 7 min) until a mkdir in the temp dir takes at most this many "
-        f"microseconds (default {SETTLED_MKDIR_US:.0f}; 0: do not wait)",
+        "--settle",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"first wait until {RECENCY_S:.0f} s after an earlier run removed its files "
+        "(default: on; see settle())",
     )
     return parser
 
@@ -976,15 +977,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.json_out if args.json_out.is_absolute() else REPO / args.json_out
     started = time.time()
     load_before = os.getloadavg()
+    temp = Path(tempfile.gettempdir())
+    settled = settle(temp, args.settle)
     with tempfile.TemporaryDirectory(prefix="aiobatch-bench-") as tmp:
-        settled = settle(Path(tmp), args.settle_us)
         fs_before = fs_probe(Path(tmp))
         bench = Bench(args, Path(tmp))
         for key in wanted:
             SECTIONS[key](bench)
         fs_after = fs_probe(Path(tmp))
+    (temp / CLEANED_MARK).touch()
     fs = [f"{f['mkdir_us']:.0f}/{f['create_us']:.0f} us" for f in (fs_before, fs_after)]
-    waited = f"; waited {settled['waited_s']:.0f} s for it to settle" if settled["waited_s"] else ""
+    since = settled["since_cleanup_s"]
+    if since is None:
+        waited = ""
+    else:
+        waited = f"; begun {since + settled['waited_s']:.0f} s after an earlier run's cleanup"
     return bench.report.finish(
         out,
         started=started,

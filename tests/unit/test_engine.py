@@ -34,6 +34,7 @@ from aiobatch.engine import (
     JOB_TIMEOUT,
     RUNTIME_LOST_LIMIT,
     STOPPED_BY_USER,
+    SYSTEM_LIMIT_WAITS,
     Engine,
 )
 from aiobatch.events import (
@@ -1288,6 +1289,23 @@ def test_a_node_failure_then_success_succeeds() -> None:
     assert h.dispatch() == ["t[0]"]
     h.run("t")
     assert h.job_state() is JobState.SUCCEEDED
+
+
+def test_a_start_that_keeps_hitting_a_system_limit_fails_after_its_waits() -> None:
+    h = Harness(task_def("t"))  # no retries
+    for waited in range(1, SYSTEM_LIMIT_WAITS + 1):
+        assert h.dispatch() == ["t[0]"]
+        inst = h.inst("t")
+        h.engine.instance_finished(inst, Outcome(reason=f"{SYSTEM_LIMIT}: sh: Resource busy"))
+        assert (inst.state, inst.attempt, inst.limit_waits) == (
+            InstanceState.PENDING,
+            1,
+            waited,
+        )
+    assert h.dispatch() == ["t[0]"]
+    h.engine.instance_finished(inst, Outcome(reason=f"{SYSTEM_LIMIT}: sh: Resource busy"))
+    assert (inst.state, inst.reason) == (InstanceState.FAILED, f"{SYSTEM_LIMIT}: sh: Resource busy")
+    assert h.job_state() is JobState.FAILED
 
 
 @pytest.mark.parametrize(

@@ -171,3 +171,19 @@ def test_lines_say_which_attempt_waits_and_why(attempt: int, reason: str, line: 
     written = stream.getvalue().split(" ", 1)[1]
     assert written.startswith(line)
     assert written.endswith(", retrying\n" if attempt == 2 else ", waiting\n")
+
+
+def test_an_instance_failed_for_a_system_limit_says_failed() -> None:
+    stream = io.StringIO()
+    view = ProgressView({"render": 8}, stream, bars=False)
+    event = InstanceStateChanged(
+        job_id="j",
+        task="render",
+        index=4,
+        attempt=1,
+        state="FAILED",
+        reason="system_limit: x",
+        ts=0,
+    )
+    view.update(event, TaskProgress(name="render", running=0, terminated=1, total=8))
+    assert stream.getvalue().split(" ", 1)[1] == "render[4] attempt 1 system_limit: x, failed\n"

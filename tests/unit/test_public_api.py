@@ -120,3 +120,31 @@ def test_a_job_that_succeeds_imports_no_structlog(tmp_path: Path) -> None:
         PATH=os.environ["PATH"],
     )
     assert out.splitlines()[-1] == "0 False"
+
+
+def test_a_first_line_that_cannot_import_structlog_is_written_plainly_and_never_raises() -> None:
+    # No file descriptor or memory left to import structlog, the very trouble a first line
+    # may report: the line goes to stderr as it is (secrets redacted), and once the import
+    # works again, lines go through structlog.
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys\n"
+            "from aiobatch.logging import configure_logging, get_logger\n"
+            "configure_logging('json', 'warning', sys.stdout)\n"
+            "sys.modules['structlog'] = None  # import structlog raises ImportError\n"
+            "log = get_logger('t')\n"
+            "log.error('dispatch_paused', reason='system_limit', token='t0k')\n"
+            "log.bind(job_id='j1').warning('bound')\n"
+            "del sys.modules['structlog']\n"
+            "log.error('imported')\n",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    first, second = done.stderr.splitlines()
+    assert first.startswith("error dispatch_paused reason='system_limit' token='[redacted]' ")
+    assert second.startswith("warning bound ")
+    assert json.loads(done.stdout)["event"] == "imported"
