@@ -233,6 +233,48 @@ async def test_an_attempt_started_in_the_commit_window_is_adopted_not_repeated(
     assert states == ["STAGING", "RUNNING", "UPLOADING", "SUCCEEDED"]
 
 
+async def test_a_dependency_that_ran_and_ended_in_the_commit_window_is_not_run_again(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "runtime.pid"
+    ran = {name: tmp_path / f"runs-{name}" for name in ("first", "then")}
+    # ``first`` starts and ends, then ``then`` starts and kills the runtime, all while the
+    # commits are held: none of it is in the store. ``then``'s start proves ``first``'s end.
+    spec = {
+        "name": "window-chain",
+        "tasks": [
+            {"name": "first", "command": f'echo run >> "{ran["first"]}"'},
+            {
+                "name": "then",
+                "depends_on": ["first"],
+                "command": f'kill -9 $(cat "{pidfile}"); until test -e "{tmp_path}/gate"; '
+                f'do sleep 0.02; done; echo run >> "{ran["then"]}"',
+            },
+        ],
+    }
+    with runtime_child(state_dir, pidfile, {}, json.dumps(spec), "--slow-commits") as child:
+        assert child.stdout is not None
+        job_id = child.stdout.readline().strip()
+        assert child.wait(timeout=20) == -signal.SIGKILL
+    with sqlite3.connect(state_dir / "aiobatch.db") as db:
+        assert db.execute("SELECT * FROM instances").fetchall() == [], "a start was stored"
+
+    async with Runtime(state_dir) as rt:
+        (tmp_path / "gate").touch()
+        job = await rt.get_job(job_id)
+        await job.wait_for_success()
+        results = await job.get_task_results()
+
+    assert {name: path.read_text() for name, path in ran.items()} == {
+        "first": "run\n",
+        "then": "run\n",
+    }, "each ran once: adopted, not started again"
+    assert {
+        name: [(i.status, i.attempts) for i in result.instances or []]
+        for name, result in results.items()
+    } == {"first": [("SUCCEEDED", 1)], "then": [("SUCCEEDED", 1)]}
+
+
 async def test_an_instance_that_keeps_killing_its_runtime_fails_at_the_lost_limit(
     state_dir: Path, tmp_path: Path
 ) -> None:
