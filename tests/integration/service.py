@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import sqlite3
 import sys
@@ -88,8 +89,10 @@ class Service:
             self.process = None
 
     def clean_up(self) -> None:
-        """After the test: nothing of this service's runtime may outlive it."""
+        """After the test: nothing of this service's runtime may outlive it, and its root
+        (sockets, config, tokens: a temp dir of its own) goes."""
         kill_leftovers(self.state_dir)
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 async def submit_and_see_running(
