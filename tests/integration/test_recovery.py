@@ -13,6 +13,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -196,6 +197,27 @@ async def test_kill_9_of_runtime_and_spawner_reruns_lost_attempts_uncharged(
     assert run_counts(tmp_path, 6) == [2 if i in rerun else 1 for i in range(6)]
 
 
+def kills_its_runtime(pidfile: Path, gate: Path, runs: Path) -> str:
+    """A command whose first act kills its runtime; then it waits for ``gate`` and counts its
+    run in ``runs``."""
+    return (
+        f'kill -9 $(cat "{pidfile}"); until test -e "{gate}"; do sleep 0.02; done; '
+        f'echo run >> "{runs}"'
+    )
+
+
+def crash_in_the_commit_window(state_dir: Path, pidfile: Path, spec: dict[str, Any]) -> str:
+    """Run ``spec`` in a runtime whose commits of instances are held, until one of its
+    instances kills it: none of their states is stored. Returns the job's id."""
+    with runtime_child(state_dir, pidfile, {}, json.dumps(spec), "--slow-commits") as child:
+        assert child.stdout is not None
+        job_id = child.stdout.readline().strip()
+        assert child.wait(timeout=20) == -signal.SIGKILL
+    with sqlite3.connect(state_dir / "aiobatch.db") as db:
+        assert db.execute("SELECT * FROM instances").fetchall() == [], "a start was stored"
+    return job_id
+
+
 async def test_an_attempt_started_in_the_commit_window_is_adopted_not_repeated(
     state_dir: Path, tmp_path: Path
 ) -> None:
@@ -203,22 +225,9 @@ async def test_an_attempt_started_in_the_commit_window_is_adopted_not_repeated(
     runs = tmp_path / "runs"
     # The instance's first act kills its runtime, whose commits are held: its start is not
     # in the store when the runtime dies. Then it waits for the gate, and counts its run.
-    spec = {
-        "name": "window",
-        "tasks": [
-            {
-                "name": "t",
-                "command": f'kill -9 $(cat "{pidfile}"); until test -e "{tmp_path}/gate"; '
-                f'do sleep 0.02; done; echo run >> "{runs}"',
-            }
-        ],
-    }
-    with runtime_child(state_dir, pidfile, {}, json.dumps(spec), "--slow-commits") as child:
-        assert child.stdout is not None
-        job_id = child.stdout.readline().strip()
-        assert child.wait(timeout=20) == -signal.SIGKILL
-    with sqlite3.connect(state_dir / "aiobatch.db") as db:
-        assert db.execute("SELECT * FROM instances").fetchall() == [], "the start was stored"
+    command = kills_its_runtime(pidfile, tmp_path / "gate", runs)
+    spec = {"name": "window", "tasks": [{"name": "t", "command": command}]}
+    job_id = crash_in_the_commit_window(state_dir, pidfile, spec)
 
     async with Runtime(state_dir) as rt:
         (tmp_path / "gate").touch()
@@ -247,17 +256,11 @@ async def test_a_dependency_that_ran_and_ended_in_the_commit_window_is_not_run_a
             {
                 "name": "then",
                 "depends_on": ["first"],
-                "command": f'kill -9 $(cat "{pidfile}"); until test -e "{tmp_path}/gate"; '
-                f'do sleep 0.02; done; echo run >> "{ran["then"]}"',
+                "command": kills_its_runtime(pidfile, tmp_path / "gate", ran["then"]),
             },
         ],
     }
-    with runtime_child(state_dir, pidfile, {}, json.dumps(spec), "--slow-commits") as child:
-        assert child.stdout is not None
-        job_id = child.stdout.readline().strip()
-        assert child.wait(timeout=20) == -signal.SIGKILL
-    with sqlite3.connect(state_dir / "aiobatch.db") as db:
-        assert db.execute("SELECT * FROM instances").fetchall() == [], "a start was stored"
+    job_id = crash_in_the_commit_window(state_dir, pidfile, spec)
 
     async with Runtime(state_dir) as rt:
         (tmp_path / "gate").touch()
