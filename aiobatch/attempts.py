@@ -316,6 +316,11 @@ class Attempts:
 
     def _settle(self, inst: InstanceRec, outcome: Outcome) -> list[InstanceRec]:
         """The attempt's one settlement: a failure in it is logged, never tried twice."""
+        if outcome.reason is not None and outcome.reason.startswith(SYSTEM_LIMIT):
+            if self._others_run_in(inst):
+                # What they hold is what the start lacked: a wait like one for a slot, not
+                # counted toward the instance's bound (which is for limits nothing frees).
+                inst.limit_waits = 0
         try:
             to_stop = self._engine.instance_finished(inst, outcome)
         except Exception:
@@ -326,6 +331,16 @@ class Attempts:
         elif outcome.reason is not None and outcome.reason.startswith(SYSTEM_LIMIT):
             self.pauses.for_limits(outcome.reason)
         return to_stop
+
+    def _others_run_in(self, inst: InstanceRec) -> bool:
+        """Whether another instance of ``inst``'s compute env runs its program now."""
+        env = inst.task.defn.compute_env
+        return any(
+            other is not inst
+            and other.state is InstanceState.RUNNING
+            and other.task.defn.compute_env == env
+            for other in self._controls
+        )
 
     def _began(self) -> None:
         if self.in_flight == 0:

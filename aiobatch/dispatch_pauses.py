@@ -9,8 +9,9 @@ Two kinds of room, each named by the reason of the start that found none:
   while starting a program (EMFILE, ENFILE, EAGAIN, ENOMEM). Nothing tells when that is
   over, and the instances running may be what holds it, so dispatch resumes after a wait:
   1 s, doubling at each pause in a row up to 30 s, and back to 1 s once a start works after
-  dispatch resumed. One instance waits so 10 times at most (the engine's bound): a limit
-  that its own start keeps hitting (its user's process limit) then fails it, charged.
+  dispatch resumed. While other instances of its compute env run, an instance waits as for
+  a slot; with none running, 10 times in a row at most (the engine's bound), and then a
+  limit that nothing of ours frees fails it, charged.
 
 Either pause holds every compute env's starts, not only the local one's: simpler, and a
 host short of files or memory is short of them for its engine clients too.

@@ -50,8 +50,9 @@ __all__ = [
 ]
 
 DEFAULT_LOST_LIMIT = 3  # crashes one instance may live through before it fails
-# Starts of one instance that may hit a system limit and wait, uncharged, before one counts
-# as the failure it then is (its own user's process limit would otherwise loop forever).
+# Starts of one instance in a row that may hit a system limit and wait, uncharged, while no
+# other instance of its compute env runs (nothing of ours holds what it lacks), before one
+# counts as the failure it then is: a limit nothing frees must not loop for ever.
 SYSTEM_LIMIT_WAITS = 10
 
 
@@ -128,6 +129,7 @@ class Engine(Endings):
                     inst.attempt += 1
                     self._instance_to(inst, InstanceState.PENDING, RETRIED)
                 inst.not_before = None
+                inst.limit_waits = 0  # a new try of the user's: a new bound
                 task.retry_queue.append(inst)
             task.fresh = task.instances.count(None)
             task.next_fresh = 0

@@ -63,21 +63,38 @@ class _Logger:
             try:
                 self._real = _structlog_logger(self._name)
             except Exception as exc:  # logging never raises into the code that logs
-                if attribute in _LEVELS:
-                    return partial(_plain_line, attribute, exc)
-                if attribute in ("bind", "new", "unbind", "try_unbind"):
-                    return lambda *args, **kwargs: self
-                raise
+                return getattr(_Plain(exc, {}), attribute)
         return getattr(self._real, attribute)
 
 
-def _plain_line(level: str, why: Exception, event: str, *args: object, **fields: Any) -> None:
+class _Plain:
+    """A logger while structlog cannot be imported: plain lines on stderr, fields bound."""
+
+    def __init__(self, why: Exception, fields: dict[str, Any]) -> None:
+        self._why, self._fields = why, fields
+
+    def __getattr__(self, attribute: str) -> Any:
+        if attribute in _LEVELS:
+            return partial(_plain_line, attribute, self._why, self._fields)
+        if attribute in ("bind", "new"):
+            fields = self._fields if attribute == "bind" else {}
+            return lambda **more: _Plain(self._why, {**fields, **more})
+        raise AttributeError(attribute)
+
+
+def _plain_line(
+    level: str, why: Exception, bound: dict[str, Any], event: str, *args: object, **fields: Any
+) -> None:
     """A line without structlog, which could not be imported: secrets redacted all the same."""
+    fields = {**bound, **fields}
     if level == "exception":
         fields.setdefault("exc_info", repr(sys.exc_info()[1]))
     shown = redact_secrets(None, level, fields)
     text = " ".join(f"{key}={value!r}" for key, value in shown.items())
-    print(f"{level} {event} {text} (logging: {why!r})", file=lossy(sys.stderr))
+    try:
+        print(f"{level} {event} {text} (logging: {why!r})", file=lossy(sys.stderr))
+    except Exception:  # no stderr at all (None): the line goes nowhere, as a lossy one does
+        pass
 
 
 def get_logger(name: str) -> Any:

@@ -50,7 +50,8 @@ class InstanceRec:
         # lost in a crash (bounded by the engine's lost_limit), or interrupted by a shutdown.
         self.lost = 0
         self.interrupted = 0
-        # Starts that hit a system limit and waited, uncharged (bounded by the engine).
+        # Starts in a row that hit a system limit and waited, uncharged, while nothing else
+        # of its compute env ran (bounded by the engine; kept in memory only).
         self.limit_waits = 0
         self.exit_code: int | None = None
         self.signal: int | None = None

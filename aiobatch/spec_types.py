@@ -37,6 +37,7 @@ RetryReason = Literal[
     "secret_unavailable",
     "executor_error",
     "runtime_lost_limit",
+    "system_limit",
 ]
 PullPolicy = Literal["if_missing", "always", "never"]
 OutputWhen = Literal["success", "always"]

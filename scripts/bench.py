@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import contextlib
 import json
 import os
 import random
@@ -979,13 +980,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_before = os.getloadavg()
     temp = Path(tempfile.gettempdir())
     settled = settle(temp, args.settle)
-    with tempfile.TemporaryDirectory(prefix="aiobatch-bench-") as tmp:
-        fs_before = fs_probe(Path(tmp))
-        bench = Bench(args, Path(tmp))
-        for key in wanted:
-            SECTIONS[key](bench)
-        fs_after = fs_probe(Path(tmp))
-    (temp / CLEANED_MARK).touch()
+    try:
+        with tempfile.TemporaryDirectory(prefix="aiobatch-bench-") as tmp:
+            fs_before = fs_probe(Path(tmp))
+            bench = Bench(args, Path(tmp))
+            for key in wanted:
+                SECTIONS[key](bench)
+            fs_after = fs_probe(Path(tmp))
+    finally:  # its files are removed however the run ended: the next run waits for that
+        with contextlib.suppress(OSError):  # another user's mark: that run's wait is lost
+            (temp / CLEANED_MARK).touch()
     fs = [f"{f['mkdir_us']:.0f}/{f['create_us']:.0f} us" for f in (fs_before, fs_after)]
     since = settled["since_cleanup_s"]
     if since is None:

@@ -146,5 +146,5 @@ def test_a_first_line_that_cannot_import_structlog_is_written_plainly_and_never_
     )
     first, second = done.stderr.splitlines()
     assert first.startswith("error dispatch_paused reason='system_limit' token='[redacted]' ")
-    assert second.startswith("warning bound ")
+    assert second.startswith("warning bound job_id='j1' ")
     assert json.loads(done.stdout)["event"] == "imported"
