@@ -22,10 +22,11 @@ instance index.
 method  path and parameters                                   200/201 response
 ======  ====================================================  ===================================
 GET     /v1/openapi.json                                      the OpenAPI document of /v1
-GET     /v1/health                                            ``{"status": "ok"|"closing",
-                                                              "jobs": {STATE: n}, "compute_envs",
-                                                              "commits", "server": {"version",
-                                                              "pid", "long_requests", ...}}``
+GET     /v1/health                                            ``{"status": "ok"|"closing"|
+                                                              "degraded", "jobs": {STATE: n},
+                                                              "compute_envs", "commits", "store",
+                                                              "dispatch", "logs_paused", "server":
+                                                              {"version", "pid", ...}}``
 POST    /v1/jobs  body: a job spec, JSON (default), YAML      201 ``{"id", "name", "status",
         (``Content-Type: application/yaml`` or                "tasks": [NAME, ...]}``, and
         ``text/yaml``) or TOML (``application/toml``)         ``Location: /v1/jobs/ID``
