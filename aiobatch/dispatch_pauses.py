@@ -38,7 +38,8 @@ LIMITS_WAIT_MAX_S = 30.0  # doubling at each pause in a row up to this
 
 
 class DispatchPauses:
-    """Why dispatch is paused (``reason``), and the waits that end each pause."""
+    """Why dispatch is paused (``space_short``, ``limits_short``), and the waits that end
+    each pause."""
 
     def __init__(self, layout: StateLayout, resume: Callable[[], None]) -> None:
         self._layout, self._resume = layout, resume
