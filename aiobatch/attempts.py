@@ -92,7 +92,7 @@ class Attempts:
         """Publish what the engine did, stop what it says to stop, start what it dispatched."""
         engine = self._engine
         engine.release_due()
-        started = engine.dispatch() if self.may_dispatch() else []
+        started = engine.dispatch(paused=self.pauses.limits_short) if self.may_dispatch() else []
         for inst in started:
             self._controls[inst] = AttemptControl()
         for event in engine.drain():
@@ -112,9 +112,9 @@ class Attempts:
         return self._store.unwritable or self.pauses.space_short
 
     def may_dispatch(self) -> bool:
-        """Starts need room in the state dir (records, logs, their state changes) and in the
-        system's limits (open files, processes)."""
-        return not self.closing and self.no_room is None and self.pauses.limits_short is None
+        """Starts need room in the state dir (records, logs, their state changes); those of
+        a compute env paused for a system limit wait too (``dispatch``'s ``paused``)."""
+        return not self.closing and self.no_room is None
 
     def adopt(
         self, adopted: list[tuple[InstanceRec, Found | None]], to_stop: list[InstanceRec]
@@ -267,7 +267,7 @@ class Attempts:
         engine = self._engine
 
         def on_started(pid: int | None) -> None:
-            self.pauses.started()
+            self.pauses.started(inst.task.defn.compute_env)
             engine.instance_running(inst, pid)
             self.pump()
             log.debug(
@@ -329,7 +329,7 @@ class Attempts:
         if outcome.reason is not None and outcome.reason.startswith(NO_SPACE):
             self.pauses.for_space(outcome.reason)
         elif outcome.reason is not None and outcome.reason.startswith(SYSTEM_LIMIT):
-            self.pauses.for_limits(outcome.reason)
+            self.pauses.for_limits(inst.task.defn.compute_env, outcome.reason)
         return to_stop
 
     def _others_run_in(self, inst: InstanceRec) -> bool:

@@ -1,20 +1,19 @@
-"""Pauses of dispatch: once a start fails for want of room, nothing more is started until
-there may be some again. The instance that could not start waits, uncharged, for its turn.
+"""Pauses of dispatch: once a start fails for want of room, nothing more is started where
+it lacked room until there may be some again. The instance that could not start waits,
+uncharged, for its turn.
 
 Two kinds of room, each named by the reason of the start that found none:
 
 - ``state_dir_full``: the state dir took no record or log. A small write is tried, backing
   off (0.1 s doubling up to 5 s), until one fits.
+  Every compute env's starts wait: the state dir is theirs too.
 - ``system_limit``: the system or the runtime ran out of open files, processes or memory
-  while starting a program (EMFILE, ENFILE, EAGAIN, ENOMEM). Nothing tells when that is
-  over, and the instances running may be what holds it, so dispatch resumes after a wait:
-  1 s, doubling at each pause in a row up to 30 s, and back to 1 s once a start works after
-  dispatch resumed. While other instances of its compute env run, an instance waits as for
-  a slot; with none running, 10 times in a row at most (the engine's bound), and then a
-  limit that nothing of ours frees fails it, charged.
-
-Either pause holds every compute env's starts, not only the local one's: simpler, and a
-host short of files or memory is short of them for its engine clients too.
+  while starting a program (EMFILE, ENFILE, EAGAIN, ENOMEM). Only that compute env's starts
+  wait. Nothing tells when that is over, and the instances running may be what holds it,
+  so its dispatch resumes after a wait: 1 s, doubling at each pause in a row up to 30 s,
+  and back to 1 s once a start there works after it resumed. While other instances of the
+  env run, an instance waits as for a slot; with none running, 10 times in a row at most
+  (the engine's bound), and then a limit that nothing of ours frees fails it, charged.
 """
 
 from __future__ import annotations
@@ -45,8 +44,9 @@ class DispatchPauses:
         self._layout, self._resume = layout, resume
         self._group: TaskGroup | None = None
         self.space_short: str | None = None  # the reason of the start that found no room
-        self.limits_short: str | None = None  # the reason of the start that hit a limit
-        self._limits_wait = LIMITS_WAIT_FIRST_S
+        # By compute env: the reason of the start that hit a limit there, and the next wait.
+        self.limits_short: dict[str, str] = {}
+        self._limits_wait: dict[str, float] = {}
 
     def open(self, group: TaskGroup) -> None:
         self._group = group
@@ -57,20 +57,19 @@ class DispatchPauses:
             self._group.start_soon(self._probe_space)
             log.error("dispatch_paused", reason=reason)
 
-    def for_limits(self, reason: str) -> None:
-        if self.limits_short is None and self._group is not None:
-            self.limits_short = reason
-            wait, self._limits_wait = (
-                self._limits_wait,
-                min(self._limits_wait * 2, LIMITS_WAIT_MAX_S),
-            )
-            self._group.start_soon(self._resume_after, wait)
-            log.error("dispatch_paused", reason=reason, resumes_in_s=wait)
+    def for_limits(self, env: str, reason: str) -> None:
+        if env not in self.limits_short and self._group is not None:
+            self.limits_short[env] = reason
+            wait = self._limits_wait.get(env, LIMITS_WAIT_FIRST_S)
+            self._limits_wait[env] = min(wait * 2, LIMITS_WAIT_MAX_S)
+            self._group.start_soon(self._resume_after, env, wait)
+            log.error("dispatch_paused", compute_env=env, reason=reason, resumes_in_s=wait)
 
-    def started(self) -> None:
-        """A program started while dispatch runs: the next pause waits the shortest again."""
-        if self.limits_short is None:
-            self._limits_wait = LIMITS_WAIT_FIRST_S
+    def started(self, env: str) -> None:
+        """A program started in ``env`` while its dispatch runs: its next pause waits the
+        shortest again."""
+        if env not in self.limits_short:
+            self._limits_wait.pop(env, None)
 
     async def _probe_space(self) -> None:
         """Try the state dir, backing off, until a write fits again; then dispatch."""
@@ -86,8 +85,8 @@ class DispatchPauses:
         log.warning("dispatch_resumed")
         self._resume()
 
-    async def _resume_after(self, wait: float) -> None:
+    async def _resume_after(self, env: str, wait: float) -> None:
         await anyio.sleep(wait)
-        self.limits_short = None
-        log.warning("dispatch_resumed")
+        del self.limits_short[env]
+        log.warning("dispatch_resumed", compute_env=env)
         self._resume()

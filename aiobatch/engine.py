@@ -14,7 +14,7 @@ instances waiting out a retry's backoff in ``backoff.py``; the per-index depende
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from aiobatch import gates, resolver
 from aiobatch.attempt import RUNTIME_LOST, SYSTEM_LIMIT, Outcome
@@ -151,10 +151,13 @@ class Engine(Endings):
 
     # -- instances --------------------------------------------------------------------------
 
-    def dispatch(self) -> list[InstanceRec]:
-        """Start as many instances as free slots allow: each goes PENDING -> STAGING."""
+    def dispatch(self, paused: Collection[str] = ()) -> list[InstanceRec]:
+        """Start as many instances as free slots allow, but none in the ``paused`` compute
+        envs: each goes PENDING -> STAGING."""
         started: list[InstanceRec] = []
         for env in self.scheduler.slots:
+            if env in paused:
+                continue
             while (task := self.scheduler.pick(env)) is not None:
                 if task.retry_queue:
                     inst = task.retry_queue.popleft()

@@ -27,8 +27,11 @@ def collect_statistics(
         "compute_envs": engine.scheduler.statistics(),
         "commits": store.commits,
         "store": attempts.no_room or "ok",
-        # Why nothing is started now for a system limit (open files, processes), or "ok".
-        "dispatch": attempts.pauses.limits_short or "ok",
+        # Why starts wait for a system limit (open files, processes), by env, or "ok".
+        "dispatch": "; ".join(
+            f"{env}: {reason}" for env, reason in sorted(attempts.pauses.limits_short.items())
+        )
+        or "ok",
         # Instances' outputs whose copy into their logs waits for room in the state dir.
         "logs_paused": sum(
             executor.logs_paused

@@ -151,7 +151,8 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
     commits: int  # store transactions since the start
     store: str  # "ok", or why the state dir takes nothing new
     logs_paused: int
-    # "ok", or why nothing is started now: a start hit a system limit (open files, processes)
+    # "ok", or the compute envs whose starts wait for a system limit (open files,
+    # processes), each with why: "local: system_limit: log: Too many open files"
     dispatch: str = "ok"
     server: ServerStatistics
 

@@ -1329,3 +1329,9 @@ def test_a_start_that_found_no_room_waits_uncharged_for_the_same_attempt(
     assert h.dispatch() == ["t[0]"]  # once there is room again, the same attempt starts
     h.run("t")
     assert h.job_state() is JobState.SUCCEEDED and inst.attempt == 1
+
+
+def test_a_paused_compute_env_gets_no_starts_and_the_others_do() -> None:
+    h = Harness(task_def("a"), task_def("b", compute_env="gpu"))
+    assert [i.task.name for i in h.engine.dispatch(paused={"local"})] == ["b"]
+    assert [i.task.name for i in h.engine.dispatch()] == ["a"]
