@@ -46,7 +46,13 @@ async def serve(
     listeners = await anyio.to_thread.run_sync(
         partial(bind_listeners, config.server, socket=socket)
     )
-    with closing(listeners), anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    # SIGHUP is taken before READY=1: a reload asked for at once (``systemctl reload`` right
+    # after the start) found its default action, which ends the process, until it was.
+    with (
+        closing(listeners),
+        anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals,
+        anyio.open_signal_receiver(signal.SIGHUP) as hangups,
+    ):
         async with (
             Runtime(state_dir, config=config) as runtime,
             ControlServer(
@@ -59,7 +65,7 @@ async def serve(
             notifier.ready()
             notifier.status(f"listening on {server.socket_path}")
             await tg.start(run_watchdog, notifier, watchdog)
-            tg.start_soon(_reload_on_hangup, runtime, config_path, notifier)
+            tg.start_soon(_reload_on_hangup, hangups, runtime, config_path, notifier)
             log.info(
                 "serving",
                 socket=str(server.socket_path),
@@ -77,24 +83,25 @@ async def serve(
     log.info("stopped")
 
 
-async def _reload_on_hangup(runtime: Runtime, path: Path | None, notifier: Notifier) -> None:
+async def _reload_on_hangup(
+    hangups: AsyncIterator[int], runtime: Runtime, path: Path | None, notifier: Notifier
+) -> None:
     """SIGHUP: the config file's notification targets taken, and its envs (slots, Docker
     hosts) applied as a change of each; a file that does not load changes nothing (and says
     why). The service manager is told when each reload begins and ends."""
-    with anyio.open_signal_receiver(signal.SIGHUP) as hangups:
-        async for _ in hangups:
-            notifier.reloading()
-            try:
-                config = await anyio.to_thread.run_sync(load_config, path)
-                await runtime.reload_notifications(config)
-            except ConfigError as exc:
-                log.error("reload_refused", error=str(exc))
-            except Exception as exc:  # the state dir could not be read: still serving
-                log.error("reload_failed", error=repr(exc))
-            else:
-                runtime.reload_envs(config)
-                log.info("reloaded", config=str(path) if path else None)
-            notifier.ready()
+    async for _ in hangups:
+        notifier.reloading()
+        try:
+            config = await anyio.to_thread.run_sync(load_config, path)
+            await runtime.reload_notifications(config)
+        except ConfigError as exc:
+            log.error("reload_refused", error=str(exc))
+        except Exception as exc:  # the state dir could not be read: still serving
+            log.error("reload_failed", error=repr(exc))
+        else:
+            runtime.reload_envs(config)
+            log.info("reloaded", config=str(path) if path else None)
+        notifier.ready()
 
 
 async def _cut_short_on_signal(signals: AsyncIterator[int], grace: anyio.CancelScope) -> None:
