@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from aiobatch import JobFailed, Runtime
 from aiobatch.config import load_config
 from aiobatch.errors import ConfigError, SpecError
+from aiobatch.limits import MAX_CONFIG_BYTES
 from aiobatch.spec import JobDef, load_spec, resolve_spec
 from aiobatch.spec_checks import printable
 from tests.helpers import kill_leftovers
@@ -221,8 +222,15 @@ def test_a_config_file_is_accepted_or_refused_with_field_paths(doc: dict[str, An
             load_config(path)
         except ConfigError as exc:
             lines = str(exc).splitlines()
-            if not lines[0].startswith(f"{path}: not valid TOML"):
+            if len(data) > MAX_CONFIG_BYTES:  # refused before it is read: one line says so
+                assert lines == [
+                    f"{path}: larger than {MAX_CONFIG_BYTES} bytes, the limit for a config "
+                    f"file ({len(data)} bytes)"
+                ]
+            elif not lines[0].startswith(f"{path}: not valid TOML"):
                 assert lines and all(line.startswith(f"{path}: $") for line in lines), lines
+        else:
+            assert len(data) <= MAX_CONFIG_BYTES
 
 
 # -- what is accepted runs -------------------------------------------------------------------
