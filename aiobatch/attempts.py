@@ -316,20 +316,21 @@ class Attempts:
 
     def _settle(self, inst: InstanceRec, outcome: Outcome) -> list[InstanceRec]:
         """The attempt's one settlement: a failure in it is logged, never tried twice."""
-        if outcome.reason is not None and outcome.reason.startswith(SYSTEM_LIMIT):
-            if self._others_run_in(inst):
-                # What they hold is what the start lacked: a wait like one for a slot, not
-                # counted toward the instance's bound (which is for limits nothing frees).
-                inst.limit_waits = 0
+        reason = outcome.reason or ""
+        short_of_limits = reason.startswith(SYSTEM_LIMIT)
+        if short_of_limits and self._others_run_in(inst):
+            # What they hold is what the start lacked: a wait like one for a slot, not
+            # counted toward the instance's bound (which is for limits nothing frees).
+            inst.limit_waits = 0
         try:
             to_stop = self._engine.instance_finished(inst, outcome)
         except Exception:
             log.exception("settle_failed", job_id=inst.task.job.id, task=inst.task.name)
             return []
-        if outcome.reason is not None and outcome.reason.startswith(NO_SPACE):
-            self.pauses.for_space(outcome.reason)
-        elif outcome.reason is not None and outcome.reason.startswith(SYSTEM_LIMIT):
-            self.pauses.for_limits(inst.task.defn.compute_env, outcome.reason)
+        if reason.startswith(NO_SPACE):
+            self.pauses.for_space(reason)
+        elif short_of_limits:
+            self.pauses.for_limits(inst.task.defn.compute_env, reason)
         return to_stop
 
     def _others_run_in(self, inst: InstanceRec) -> bool:
