@@ -146,10 +146,7 @@ def configure_logging(
     global _pending, _pending_level
     stream = lossy(stream or sys.stderr)
     console = format == "console" or (format == "auto" and stream.isatty())
-
-    def apply() -> None:
-        _apply(stream, console, level)
-
+    apply = partial(_apply, stream, console, level)
     with _lock:
         if "structlog" in sys.modules:
             _pending = None
