@@ -301,6 +301,14 @@ class Attempts:
                 await self._hooks.run_before(hooks)
             except HookFailed as exc:
                 return Outcome(reason=exc.reason)
+            if inst.lost:
+                # A run after a loss starts once the loss is stored: an instance that brings
+                # its runtime down within the commit window would else be found with the count
+                # before it, and run again past its lost_limit (each time it struck so fast).
+                try:
+                    await self._store.flush(required=True)
+                except StateDirUnwritable as exc:
+                    return Outcome(reason=f"{NO_SPACE}: {exc}")
             runs = self._executors[inst.task.defn.compute_env]
             outcome = await runs.run(with_secrets(ctx, secrets), on_started)
             del secrets  # the values were the instance's environment, nothing else

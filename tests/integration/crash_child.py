@@ -2,9 +2,10 @@
 dir (recovering what is there), submits a job if given one and prints its id, then prints
 ``running`` once that many instances run, and waits to be killed (or for its jobs to end).
 
-``--slow-commits`` holds for 30 s every store transaction that changes instances (but those
-that accept jobs): a crash then comes, for certain, before the starts of instances are
-committed, and nothing else (a write at open) holds the job's submission up behind it.
+``--slow-commits [SECONDS]`` holds for 30 s (or SECONDS) every store transaction that changes
+instances (but those that accept jobs): a crash then comes, for certain, before the starts of
+instances are committed, and nothing else (a write at open) holds the job's submission up
+behind it.
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ from aiobatch.logging import configure_logging
 from aiobatch.store import Store
 
 
-def hold_commits() -> None:
+def hold_commits(seconds: float) -> None:
     write_pending = Store.write_pending
 
     async def slow(self: Store) -> None:
         if self._batch.instances and not self._batch.new_jobs:
-            await anyio.sleep(30)
+            await anyio.sleep(seconds)
         await write_pending(self)
 
     Store.write_pending = slow  # type: ignore[method-assign]
@@ -65,10 +66,10 @@ parser.add_argument("pidfile")
 parser.add_argument("config", help="the Config as JSON")
 parser.add_argument("spec", nargs="?", help="a job to submit, as JSON")
 parser.add_argument("--running", type=int, default=0)
-parser.add_argument("--slow-commits", action="store_true")
+parser.add_argument("--slow-commits", type=float, nargs="?", const=30.0, metavar="SECONDS")
 arguments = parser.parse_args()
-if arguments.slow_commits:
-    hold_commits()
+if arguments.slow_commits is not None:
+    hold_commits(arguments.slow_commits)
 Path(arguments.pidfile).write_text(f"{os.getpid()}\n")
 configure_logging("json", "info", sys.stderr)  # stdout carries only what the test reads
 anyio.run(main, arguments)

@@ -291,8 +291,9 @@ async def test_an_instance_that_keeps_killing_its_runtime_fails_at_the_lost_limi
         assert child.stdout is not None
         job_id = child.stdout.readline().strip()
         assert child.wait(timeout=20) == -signal.SIGKILL
-    # The next runtime finds the attempt lost and runs it again, uncharged: it strikes again.
-    with runtime_child(state_dir, pidfile, config) as child:
+    # The next runtime finds the attempt lost and runs it again, uncharged: it strikes again,
+    # within the commit window (held for a second): its loss must be stored before it runs.
+    with runtime_child(state_dir, pidfile, config, "--slow-commits", "1") as child:
         assert child.wait(timeout=20) == -signal.SIGKILL
     async with Runtime(state_dir, config=Config(lost_limit=1)) as rt:
         job = await rt.get_job(job_id)
